@@ -1,0 +1,208 @@
+//! The AdminService: what on-call engineers and scripts use through drctl.
+//!
+//! Reads are served from the node asked (its applied state); writes are
+//! routed to the leader (see [`super::forward`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use drc_proto::admin_service_server::AdminService;
+use drc_proto::{
+    AddNodeRequest, ApplyTopologyRequest, ApplyTopologyResponse, GetTopologyRequest, GetTopologyResponse, ListNodesRequest, ListNodesResponse, MembershipResponse,
+    NodeStatus as NodeStatusProto, NodeStatusRequest, RemoveNodeRequest, StatusRequest, StatusResponse, TopologySummary,
+};
+use tonic::{Request, Response, Status};
+
+use super::forward::{admin_client, is_forwarded, mark_forwarded, route, Route};
+use crate::raft::transport::Transport;
+use crate::raft::{MembershipChange, NodeHandle, NodeStatus, ProposeError, Role};
+use crate::state::{Command, Outcome};
+use crate::topology::{diff::diff, parse::parse_topology, parse::valid_address, render::to_toml};
+
+/// How long `Status` waits for each other node.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(800);
+
+pub struct AdminApi {
+    node: NodeHandle,
+    transport: Arc<Transport>,
+    write_timeout: Duration,
+}
+
+impl AdminApi {
+    pub fn new(node: NodeHandle, transport: Arc<Transport>, write_timeout: Duration) -> Self {
+        AdminApi { node, transport, write_timeout }
+    }
+
+    fn local_status(&self) -> NodeStatusProto {
+        let s = self.node.status();
+        let address = self.transport.address_of(s.id).unwrap_or_default();
+        to_proto(&s, address)
+    }
+
+    /// Every node of the membership, each asked directly and concurrently.
+    async fn all_statuses(&self) -> Vec<NodeStatusProto> {
+        let me = self.node.status();
+        let mut ids: Vec<u64> = me.voters.iter().chain(me.learners.iter()).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.contains(&me.id) {
+            ids.push(me.id);
+        }
+        let asks = ids.into_iter().map(|id| async move {
+            if id == me.id {
+                return self.local_status();
+            }
+            let address = self.transport.address_of(id).unwrap_or_default();
+            let unreachable = |error: String| NodeStatusProto { id, address: address.clone(), role: "unknown".into(), reachable: false, error, ..Default::default() };
+            let mut client = match admin_client(&address, PEER_STATUS_TIMEOUT) {
+                Ok(c) => c,
+                Err(e) => return unreachable(e.message().to_string()),
+            };
+            match tokio::time::timeout(PEER_STATUS_TIMEOUT, client.node_status(NodeStatusRequest {})).await {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(e)) => unreachable(e.message().to_string()),
+                Err(_) => unreachable(format!("no answer within {}", humantime::format_duration(PEER_STATUS_TIMEOUT))),
+            }
+        });
+        futures::future::join_all(asks).await
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<Outcome, Status> {
+        let r = self.node.propose(cmd, self.write_timeout).await;
+        r.map_err(|e| self.explain(e))
+    }
+
+    /// Turns a lost leadership into "no quorum" when no new leader exists.
+    fn explain(&self, e: ProposeError) -> Status {
+        match e {
+            ProposeError::LeadershipLost if self.node.status().leader_id == 0 => Status::unavailable(
+                "no quorum: this coordinator lost its leadership before the write committed (a majority of coordinators is unreachable); the write was not acknowledged",
+            ),
+            e => e.into(),
+        }
+    }
+}
+
+fn to_proto(s: &NodeStatus, address: String) -> NodeStatusProto {
+    NodeStatusProto {
+        id: s.id,
+        address,
+        role: s.role.as_str().to_string(),
+        term: s.term,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        leader_id: s.leader_id,
+        reachable: true,
+        error: String::new(),
+        first_index: s.first_index,
+        last_index: s.last_index,
+        membership: if s.learners.contains(&s.id) { "learner" } else { "voter" }.to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let nodes = self.all_statuses().await;
+        let me = self.node.status();
+        // Prefer the view of a node that knows a leader.
+        let leader_id = if me.leader_id != 0 { me.leader_id } else { nodes.iter().filter(|n| n.reachable).map(|n| n.leader_id).find(|l| *l != 0).unwrap_or(0) };
+        let topology = self.node.store().with_state(|sm| TopologySummary {
+            version: sm.topology_version,
+            regions: sm.topology.regions.len() as u32,
+            clusters: sm.topology.clusters.len() as u32,
+            members: sm.topology.members.len() as u32,
+            failover_groups: sm.topology.failover_groups.len() as u32,
+        });
+        Ok(Response::new(StatusResponse { leader_id, nodes, topology: Some(topology), answered_by: me.id }))
+    }
+
+    async fn node_status(&self, _req: Request<NodeStatusRequest>) -> Result<Response<NodeStatusProto>, Status> {
+        Ok(Response::new(self.local_status()))
+    }
+
+    async fn apply_topology(&self, req: Request<ApplyTopologyRequest>) -> Result<Response<ApplyTopologyResponse>, Status> {
+        // Validate before anything else: a bad document is refused by any node.
+        let topology = parse_topology(&req.get_ref().topology_toml)?;
+        if let Route::Leader(mut client) = route(&self.node, &self.transport, is_forwarded(&req), self.write_timeout).await? {
+            return client.apply_topology(mark_forwarded(Request::new(req.into_inner()))).await;
+        }
+        let current = self.node.store().with_state(|sm| sm.topology.clone());
+        let changes = diff(&current, &topology);
+        let version = self.node.store().with_state(|sm| sm.topology_version);
+        if req.get_ref().dry_run || changes.is_empty() {
+            return Ok(Response::new(ApplyTopologyResponse { applied: false, diff: changes, version, raft_index: 0 }));
+        }
+        match self.propose(Command::ApplyTopology { topology }).await? {
+            Outcome::Topology { version } => {
+                tracing::info!(version, changes = changes.len(), "topology applied");
+                let raft_index = self.node.status().applied_index;
+                Ok(Response::new(ApplyTopologyResponse { applied: true, diff: changes, version, raft_index }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn get_topology(&self, _req: Request<GetTopologyRequest>) -> Result<Response<GetTopologyResponse>, Status> {
+        let (topology, version) = self.node.store().with_state(|sm| (sm.topology.clone(), sm.topology_version));
+        let topology_json = serde_json::to_string(&topology).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(GetTopologyResponse { version, topology_json, topology_toml: to_toml(&topology), applied_index: self.node.status().applied_index }))
+    }
+
+    async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        Ok(Response::new(ListNodesResponse { nodes: self.all_statuses().await }))
+    }
+
+    async fn add_node(&self, req: Request<AddNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let r = req.get_ref();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("id: must be greater than 0"));
+        }
+        if !valid_address(&r.address) {
+            return Err(Status::invalid_argument(format!("address: invalid address {:?}, expected host:port", r.address)));
+        }
+        if let Route::Leader(mut client) = route(&self.node, &self.transport, is_forwarded(&req), self.write_timeout).await? {
+            return client.add_node(mark_forwarded(Request::new(req.into_inner()))).await;
+        }
+        let r = req.into_inner();
+        let outcome = self.node.change_membership(MembershipChange::Add { id: r.id, address: r.address }, self.write_timeout).await;
+        membership_response(outcome.map_err(|e| self.explain(e))?, self.node.status().applied_index)
+    }
+
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let id = req.get_ref().id;
+        let forwarded = is_forwarded(&req);
+        if let Route::Leader(mut client) = route(&self.node, &self.transport, forwarded, self.write_timeout).await? {
+            return client.remove_node(mark_forwarded(Request::new(req.into_inner()))).await;
+        }
+        let me = self.node.status();
+        if id == me.id {
+            // A leader does not remove itself: hand leadership to the most
+            // up-to-date other voter first, then let the new leader do it.
+            let Some(&to) = me.voters.iter().find(|v| **v != me.id) else {
+                return Err(Status::invalid_argument("cannot remove the last voter"));
+            };
+            self.node.transfer_leader(to).await;
+            let deadline = tokio::time::Instant::now() + self.write_timeout;
+            let mut watch = self.node.watch_status();
+            while watch.borrow_and_update().role == Role::Leader {
+                if tokio::time::timeout_at(deadline, watch.changed()).await.is_err() {
+                    return Err(Status::unavailable("could not hand over leadership before removing this node; retry"));
+                }
+            }
+            match route(&self.node, &self.transport, false, self.write_timeout).await? {
+                Route::Leader(mut client) => return client.remove_node(mark_forwarded(Request::new(RemoveNodeRequest { id }))).await,
+                Route::Local => return Err(Status::unavailable("leadership came back to the node being removed; retry")),
+            }
+        }
+        let outcome = self.node.change_membership(MembershipChange::Remove { id }, self.write_timeout).await;
+        membership_response(outcome.map_err(|e| self.explain(e))?, self.node.status().applied_index)
+    }
+}
+
+fn membership_response(outcome: Outcome, raft_index: u64) -> Result<Response<MembershipResponse>, Status> {
+    match outcome {
+        Outcome::Membership { voters } => Ok(Response::new(MembershipResponse { voters, raft_index })),
+        other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+    }
+}

@@ -1,0 +1,28 @@
+//! The one mapping from coordinator errors to gRPC status codes.
+//!
+//! Clients (drctl, scripts) rely on the codes: `UNAVAILABLE` means "nothing
+//! was done, try again or elsewhere", `INVALID_ARGUMENT` means "fix the
+//! request", `FAILED_PRECONDITION` means "not now".
+
+use tonic::Status;
+
+use crate::raft::ProposeError;
+use crate::topology::parse::InvalidTopology;
+
+impl From<ProposeError> for Status {
+    fn from(e: ProposeError) -> Status {
+        match e {
+            ProposeError::NotLeader { .. } | ProposeError::LeadershipLost | ProposeError::ShuttingDown => Status::unavailable(e.to_string()),
+            ProposeError::NoQuorum(_) => Status::unavailable(e.to_string()),
+            ProposeError::ChangeInProgress => Status::failed_precondition(e.to_string()),
+            ProposeError::Rejected(_) => Status::invalid_argument(e.to_string()),
+            ProposeError::Storage(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<InvalidTopology> for Status {
+    fn from(e: InvalidTopology) -> Status {
+        Status::invalid_argument(e.to_string())
+    }
+}

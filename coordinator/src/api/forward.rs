@@ -1,0 +1,70 @@
+//! Routing of writes to the leader, so that a caller never needs to know who
+//! leads: a write that reaches a follower is forwarded once to the leader;
+//! without a leader it fails with "no quorum" within the write timeout.
+
+use std::time::Duration;
+
+use drc_proto::admin_service_client::AdminServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::raft::transport::Transport;
+use crate::raft::{NodeHandle, Role};
+
+/// Metadata key marking a forwarded request, so it is never forwarded twice.
+pub const FORWARDED: &str = "x-drc-forwarded";
+
+/// Where a write must run.
+pub enum Route {
+    Local,
+    Leader(AdminServiceClient<Channel>),
+}
+
+/// A client for another coordinator's AdminService.
+pub fn admin_client(address: &str, timeout: Duration) -> Result<AdminServiceClient<Channel>, Status> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| Status::internal(format!("bad coordinator address {address:?}: {e}")))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(timeout);
+    Ok(AdminServiceClient::new(endpoint.connect_lazy()))
+}
+
+/// Decides where a write runs, waiting up to `deadline` for a leader.
+pub async fn route(node: &NodeHandle, transport: &Transport, forwarded: bool, deadline: Duration) -> Result<Route, Status> {
+    let start = tokio::time::Instant::now();
+    let mut status = node.watch_status();
+    loop {
+        let s = status.borrow_and_update().clone();
+        if s.role == Role::Leader {
+            return Ok(Route::Local);
+        }
+        if s.leader_id != 0 {
+            if forwarded {
+                return Err(Status::unavailable(format!("leadership moved while the request was forwarded (leader is now node {}); retry", s.leader_id)));
+            }
+            if let Some(address) = transport.address_of(s.leader_id) {
+                return Ok(Route::Leader(admin_client(&address, deadline + Duration::from_secs(1))?));
+            }
+        }
+        let left = deadline.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(Status::unavailable(format!(
+                "no quorum: no coordinator leader could be elected within {} (voters {:?}; fewer than a majority are reachable from node {})",
+                humantime::format_duration(deadline),
+                s.voters,
+                s.id
+            )));
+        }
+        let _ = tokio::time::timeout(left, status.changed()).await;
+    }
+}
+
+/// Marks a request as forwarded.
+pub fn mark_forwarded<T>(mut req: tonic::Request<T>) -> tonic::Request<T> {
+    req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    req
+}
+
+pub fn is_forwarded<T>(req: &tonic::Request<T>) -> bool {
+    req.metadata().contains_key(FORWARDED)
+}

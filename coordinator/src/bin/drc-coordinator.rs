@@ -1,0 +1,136 @@
+//! `drc-coordinator`: one node of drc's Raft-replicated coordinator.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use drc_coordinator::config::{CoordinatorConfig, PeerConfig, RaftTuning};
+use tokio_util::sync::CancellationToken;
+
+/// One node of drc's Raft-replicated coordinator. Flags override the file.
+#[derive(Parser, Debug)]
+#[command(name = "drc-coordinator", version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(short, long, env = "DRC_COORDINATOR_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    cluster_id: Option<String>,
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// host:port to serve gRPC on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// host:port other nodes use to reach this one (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A founding peer as ID=HOST:PORT; repeat for each (replaces the file's list).
+    #[arg(long = "peer", value_name = "ID=HOST:PORT")]
+    peers: Vec<String>,
+    /// Start without a configuration, to be added with `drctl members add`.
+    #[arg(long)]
+    join: bool,
+}
+
+fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+            CoordinatorConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => CoordinatorConfig {
+            cluster_id: String::new(),
+            node_id: 0,
+            listen: String::new(),
+            advertise: None,
+            data_dir: PathBuf::new(),
+            join: false,
+            peers: Vec::new(),
+            raft: RaftTuning::default(),
+        },
+    };
+    if let Some(v) = args.cluster_id {
+        cfg.cluster_id = v;
+    }
+    if let Some(v) = args.node_id {
+        cfg.node_id = v;
+    }
+    if let Some(v) = args.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = args.advertise {
+        cfg.advertise = Some(v);
+    }
+    if let Some(v) = args.data_dir {
+        cfg.data_dir = v;
+    }
+    if args.join {
+        cfg.join = true;
+    }
+    if !args.peers.is_empty() {
+        cfg.peers = args
+            .peers
+            .iter()
+            .map(|p| {
+                let (id, address) = p.split_once('=').ok_or_else(|| anyhow::anyhow!("--peer {p:?}: expected ID=HOST:PORT"))?;
+                let id = id.parse().map_err(|_| anyhow::anyhow!("--peer {p:?}: {id:?} is not a node id"))?;
+                Ok(PeerConfig { id, address: address.to_string() })
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    drc_coordinator::init_tracing("info,raft=info,h2=warn,tower=warn,hyper=warn");
+    let cfg = match load(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("drc-coordinator: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("drc-coordinator: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        let signals = cancel.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested");
+            signals.cancel();
+        });
+        drc_coordinator::server::run(cfg, cancel).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("drc-coordinator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

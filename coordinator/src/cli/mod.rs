@@ -1,0 +1,254 @@
+//! drctl: the on-call CLI, a thin client of the AdminService.
+//!
+//! Output is a human table by default and JSON with `-o json`. JSON field
+//! names are a contract for scripts: fields are added, never renamed or
+//! removed. Every failure prints `error: …` on stderr and exits non-zero.
+
+pub mod table;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+use drc_proto::admin_service_client::AdminServiceClient;
+use drc_proto::{AddNodeRequest, ApplyTopologyRequest, GetTopologyRequest, ListNodesRequest, NodeStatus, RemoveNodeRequest, StatusRequest};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser, Debug)]
+#[command(name = "drctl", version, about = "Drive drc, the multi-region disaster-recovery coordinator")]
+pub struct Cli {
+    /// Coordinator addresses, comma-separated (host:port or http://host:port); any reachable one is used.
+    #[arg(long, env = "DRC_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7400", global = true)]
+    pub endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    /// How long to wait for an answer.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Every coordinator's role and Raft indexes, and a topology summary.
+    Status,
+    /// Validate a topology file and make it the replicated topology.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The replicated topology.
+    Topology {
+        #[command(subcommand)]
+        command: TopologyCommand,
+    },
+    /// The coordinator nodes (Raft membership).
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopologyCommand {
+    /// Print the topology (TOML that `drctl apply` accepts; JSON with -o json).
+    Get,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MembersCommand {
+    /// List the coordinator nodes.
+    List,
+    /// Add a coordinator node (started with --join) to the Raft group.
+    Add {
+        #[arg(long)]
+        id: u64,
+        /// host:port the new node listens on.
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a coordinator node from the Raft group.
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+fn endpoint_url(e: &str) -> String {
+    if e.starts_with("http://") || e.starts_with("https://") {
+        e.to_string()
+    } else {
+        format!("http://{e}")
+    }
+}
+
+/// Connects to the first reachable coordinator of `endpoints`.
+pub async fn connect(endpoints: &[String], timeout: Duration) -> anyhow::Result<AdminServiceClient<Channel>> {
+    let mut tried = Vec::new();
+    for e in endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        let url = endpoint_url(e);
+        let endpoint = match Endpoint::from_shared(url.clone()) {
+            Ok(ep) => ep.connect_timeout(Duration::from_secs(2)).timeout(timeout),
+            Err(err) => {
+                tried.push(format!("{e}: invalid address ({err})"));
+                continue;
+            }
+        };
+        match endpoint.connect().await {
+            Ok(ch) => return Ok(AdminServiceClient::new(ch)),
+            Err(err) => tried.push(format!("{url}: {}", root_cause(&err))),
+        }
+    }
+    if tried.is_empty() {
+        return Err(anyhow!("no coordinator endpoints given (use --endpoints or DRC_ENDPOINTS)"));
+    }
+    Err(anyhow!("no coordinator reachable; tried {}", tried.join("; ")))
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{}", s.message())
+}
+
+fn node_json(n: &NodeStatus) -> serde_json::Value {
+    json!({
+        "id": n.id,
+        "address": n.address,
+        "role": n.role,
+        "term": n.term,
+        "commit_index": n.commit_index,
+        "applied_index": n.applied_index,
+        "leader_id": n.leader_id,
+        "reachable": n.reachable,
+        "error": n.error,
+        "first_index": n.first_index,
+        "last_index": n.last_index,
+        "membership": n.membership,
+    })
+}
+
+fn nodes_table(nodes: &[NodeStatus], leader: u64) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let id = if n.id == leader { format!("{}*", n.id) } else { n.id.to_string() };
+            if n.reachable {
+                vec![id, n.address.clone(), n.role.clone(), n.term.to_string(), n.commit_index.to_string(), n.applied_index.to_string(), "yes".into()]
+            } else {
+                vec![id, n.address.clone(), "-".into(), "-".into(), "-".into(), "-".into(), format!("no ({})", n.error)]
+            }
+        })
+        .collect();
+    table::render(&["ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "REACHABLE"], &rows)
+}
+
+/// Runs one drctl command, printing its result on stdout.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut client = connect(&cli.endpoints, cli.timeout).await?;
+    let json_out = cli.output == Output::Json;
+    match cli.command {
+        Command::Status => {
+            let s = client.status(StatusRequest {}).await.map_err(status_err)?.into_inner();
+            let t = s.topology.unwrap_or_default();
+            if json_out {
+                let v = json!({
+                    "leader_id": s.leader_id,
+                    "answered_by": s.answered_by,
+                    "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>(),
+                    "topology": {
+                        "version": t.version,
+                        "regions": t.regions,
+                        "clusters": t.clusters,
+                        "members": t.members,
+                        "failover_groups": t.failover_groups,
+                    },
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let leader = if s.leader_id == 0 { "none (no quorum?)".to_string() } else { s.leader_id.to_string() };
+                println!("coordinators (leader: {leader}, answered by node {})", s.answered_by);
+                print!("{}", nodes_table(&s.nodes, s.leader_id));
+                println!(
+                    "\ntopology v{}: {} regions, {} clusters, {} members, {} failover groups",
+                    t.version, t.regions, t.clusters, t.members, t.failover_groups
+                );
+            }
+        }
+        Command::Apply { file, dry_run } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let r = client.apply_topology(ApplyTopologyRequest { topology_toml: text, dry_run }).await.map_err(status_err)?.into_inner();
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&json!({"applied": r.applied, "dry_run": dry_run, "diff": r.diff, "version": r.version, "raft_index": r.raft_index}))?);
+            } else {
+                for line in &r.diff {
+                    println!("{line}");
+                }
+                if r.diff.is_empty() {
+                    println!("no changes (topology v{})", r.version);
+                } else if dry_run {
+                    println!("dry run: {} change(s) not applied", r.diff.len());
+                } else {
+                    println!("applied {} change(s): topology v{} at raft index {}", r.diff.len(), r.version, r.raft_index);
+                }
+            }
+        }
+        Command::Topology { command: TopologyCommand::Get } => {
+            let r = client.get_topology(GetTopologyRequest {}).await.map_err(status_err)?.into_inner();
+            if json_out {
+                let topology: serde_json::Value = serde_json::from_str(&r.topology_json)?;
+                println!("{}", serde_json::to_string_pretty(&json!({"version": r.version, "applied_index": r.applied_index, "topology": topology}))?);
+            } else {
+                println!("# topology v{} (raft index {})\n", r.version, r.applied_index);
+                print!("{}", r.topology_toml);
+            }
+        }
+        Command::Members { command } => match command {
+            MembersCommand::List => {
+                let r = client.list_nodes(ListNodesRequest {}).await.map_err(status_err)?.into_inner();
+                let leader = r.nodes.iter().find(|n| n.role == "leader").map(|n| n.id).unwrap_or(0);
+                if json_out {
+                    println!("{}", serde_json::to_string_pretty(&json!({"leader_id": leader, "nodes": r.nodes.iter().map(node_json).collect::<Vec<_>>()}))?);
+                } else {
+                    print!("{}", nodes_table(&r.nodes, leader));
+                }
+            }
+            MembersCommand::Add { id, address } => {
+                let r = client.add_node(AddNodeRequest { id, address: address.clone() }).await.map_err(status_err)?.into_inner();
+                if json_out {
+                    println!("{}", serde_json::to_string_pretty(&json!({"added": id, "address": address, "voters": r.voters, "raft_index": r.raft_index}))?);
+                } else {
+                    println!("added node {id} ({address}); voters now {:?}", r.voters);
+                }
+            }
+            MembersCommand::Remove { id } => {
+                let r = client.remove_node(RemoveNodeRequest { id }).await.map_err(status_err)?.into_inner();
+                if json_out {
+                    println!("{}", serde_json::to_string_pretty(&json!({"removed": id, "voters": r.voters, "raft_index": r.raft_index}))?);
+                } else {
+                    println!("removed node {id}; voters now {:?}", r.voters);
+                }
+            }
+        },
+    }
+    Ok(())
+}

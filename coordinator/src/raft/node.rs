@@ -1,0 +1,506 @@
+//! The task that owns the raft-rs `RawNode`.
+//!
+//! Everything that touches the Raft state happens on this one task: ticks,
+//! inbound messages, proposals, and the handling of each `Ready` in the order
+//! raft-rs documents — send the leader's messages, persist snapshot, entries
+//! and hard state in one fsynced transaction, send the messages that had to
+//! wait for persistence, apply committed entries, advance.
+//!
+//! Proposals are tracked by (term, index). A proposal is answered when the
+//! entry at its index is applied: with the outcome if the entry still carries
+//! the term it was proposed in, with [`ProposeError::LeadershipLost`] if
+//! another leader overwrote it. When this node stops being leader, every
+//! pending proposal fails at once with the same error, so no caller waits on
+//! an entry that may never commit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::logger::raft_logger;
+use super::storage::{RaftStore, StorageError};
+use super::transport::Transport;
+use crate::state::{Command, Outcome};
+
+/// Tuning of the Raft node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub tick_interval: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Compact the log once this many applied entries have accumulated.
+    pub snapshot_entries: u64,
+}
+
+/// Why a proposal did not (or may not have) taken effect.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader")]
+    NotLeader { leader: Option<u64> },
+    #[error("leadership changed before the write committed; it was not applied")]
+    LeadershipLost,
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    #[error("a membership change is already in progress; retry once it has been applied")]
+    ChangeInProgress,
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+/// One membership change; raft-rs allows one at a time.
+#[derive(Clone, Debug)]
+pub enum MembershipChange {
+    Add { id: u64, address: String },
+    Remove { id: u64 },
+}
+
+/// The Raft role of a node, as shown by `drctl status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    PreCandidate,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre_candidate",
+        }
+    }
+}
+
+/// What the node publishes about itself after every step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub role: Role,
+    pub term: u64,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+type Reply = oneshot::Sender<Result<Outcome, ProposeError>>;
+
+/// Inputs of the node task.
+pub enum NodeInput {
+    Raft(Box<Message>),
+    Unreachable(u64),
+    SnapshotReport { to: u64, ok: bool },
+    Propose { cmd: Command, reply: Reply },
+    ChangeMembership { change: MembershipChange, reply: Reply },
+    TransferLeader { to: u64 },
+}
+
+/// Handle used by the API layer. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<NodeInput>,
+    status: watch::Receiver<NodeStatus>,
+    store: RaftStore,
+}
+
+impl NodeHandle {
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    pub fn store(&self) -> &RaftStore {
+        &self.store
+    }
+
+    /// Proposes a command and waits until it is applied, or fails with
+    /// [`ProposeError::NoQuorum`] after `timeout`.
+    pub async fn propose(&self, cmd: Command, timeout: Duration) -> Result<Outcome, ProposeError> {
+        self.request(|reply| NodeInput::Propose { cmd, reply }, timeout).await
+    }
+
+    pub async fn change_membership(&self, change: MembershipChange, timeout: Duration) -> Result<Outcome, ProposeError> {
+        self.request(|reply| NodeInput::ChangeMembership { change, reply }, timeout).await
+    }
+
+    pub async fn transfer_leader(&self, to: u64) {
+        let _ = self.tx.send(NodeInput::TransferLeader { to }).await;
+    }
+
+    async fn request(&self, make: impl FnOnce(Reply) -> NodeInput, timeout: Duration) -> Result<Outcome, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| ProposeError::ShuttingDown)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ProposeError::ShuttingDown),
+            Err(_) => Err(ProposeError::NoQuorum(format!(
+                "the write was not committed within {} (fewer than a quorum of coordinators acknowledged it; it may still be applied if they return)",
+                humantime::format_duration(timeout)
+            ))),
+        }
+    }
+}
+
+struct Pending {
+    term: u64,
+    reply: Reply,
+}
+
+/// The Raft node task.
+pub struct Node {
+    cfg: NodeConfig,
+    raw: RawNode<RaftStore>,
+    store: RaftStore,
+    transport: Arc<Transport>,
+    rx: mpsc::Receiver<NodeInput>,
+    status_tx: watch::Sender<NodeStatus>,
+    pending: BTreeMap<u64, Pending>,
+    last_role: (StateRole, u64),
+}
+
+/// Channel capacity of the node's input queue. Raft messages beyond it are
+/// dropped (raft retransmits); API requests wait.
+pub const INPUT_CAPACITY: usize = 4096;
+
+impl Node {
+    /// Builds the node on opened storage. `applied` comes from storage so
+    /// that raft-rs does not re-deliver entries that were already applied.
+    pub fn new(cfg: NodeConfig, store: RaftStore, transport: Arc<Transport>, rx: mpsc::Receiver<NodeInput>, tx: mpsc::Sender<NodeInput>) -> Result<(Self, NodeHandle), raft::Error> {
+        let rcfg = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: store.applied(),
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        rcfg.validate()?;
+        let raw = RawNode::new(&rcfg, store.clone(), &raft_logger(cfg.id))?;
+        let status = status_of(&raw);
+        let (status_tx, status_rx) = watch::channel(status);
+        let handle = NodeHandle { tx, status: status_rx, store: store.clone() };
+        let last_role = (raw.raft.state, raw.raft.term);
+        transport.merge_addresses(&store.with_state(|sm| sm.nodes.clone()));
+        Ok((Node { cfg, raw, store, transport, rx, status_tx, pending: BTreeMap::new(), last_role }, handle))
+    }
+
+    /// Runs until `cancel` fires or storage fails. A storage failure is fatal:
+    /// the error is returned and the process must exit.
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<(), StorageError> {
+        let mut ticker = tokio::time::interval(self.cfg.tick_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = ticker.tick() => { self.raw.tick(); }
+                input = self.rx.recv() => match input {
+                    Some(input) => {
+                        self.handle(input);
+                        // Batch whatever else is already queued into the same Ready.
+                        for _ in 0..256 {
+                            match self.rx.try_recv() {
+                                Ok(input) => self.handle(input),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => break,
+                },
+            }
+            self.on_ready()?;
+            self.after_step();
+        }
+        self.fail_all(|| ProposeError::ShuttingDown);
+        Ok(())
+    }
+
+    fn handle(&mut self, input: NodeInput) {
+        match input {
+            NodeInput::Raft(m) => {
+                if let Err(e) = self.raw.step(*m) {
+                    tracing::debug!(error = %e, "dropped raft message");
+                }
+            }
+            NodeInput::Unreachable(id) => self.raw.report_unreachable(id),
+            NodeInput::SnapshotReport { to, ok } => {
+                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                self.raw.report_snapshot(to, status);
+            }
+            NodeInput::Propose { cmd, reply } => {
+                if let Err(e) = self.check_leader() {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let data = match serde_json::to_vec(&cmd) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = reply.send(Err(ProposeError::Rejected(format!("cannot encode command: {e}"))));
+                        return;
+                    }
+                };
+                let before = self.raw.raft.raft_log.last_index();
+                let result = self.raw.propose(vec![], data);
+                self.track(before, result, reply);
+            }
+            NodeInput::ChangeMembership { change, reply } => {
+                if let Err(e) = self.check_leader() {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                if self.raw.raft.has_pending_conf() {
+                    let _ = reply.send(Err(ProposeError::ChangeInProgress));
+                    return;
+                }
+                let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+                let mut cc = ConfChange::default();
+                let context = match &change {
+                    MembershipChange::Add { id, address } => {
+                        if voters.contains(id) {
+                            let _ = reply.send(Err(ProposeError::Rejected(format!("node {id} is already a voter"))));
+                            return;
+                        }
+                        cc.set_change_type(ConfChangeType::AddNode);
+                        cc.node_id = *id;
+                        address.clone().into_bytes()
+                    }
+                    MembershipChange::Remove { id } => {
+                        if !voters.contains(id) {
+                            let _ = reply.send(Err(ProposeError::Rejected(format!("node {id} is not a member (voters: {voters:?})"))));
+                            return;
+                        }
+                        if voters.len() == 1 {
+                            let _ = reply.send(Err(ProposeError::Rejected("cannot remove the last voter".into())));
+                            return;
+                        }
+                        cc.set_change_type(ConfChangeType::RemoveNode);
+                        cc.node_id = *id;
+                        Vec::new()
+                    }
+                };
+                cc.context = context.into();
+                let before = self.raw.raft.raft_log.last_index();
+                let result = self.raw.propose_conf_change(vec![], cc);
+                self.track(before, result, reply);
+            }
+            NodeInput::TransferLeader { to } => self.raw.transfer_leader(to),
+        }
+    }
+
+    fn check_leader(&self) -> Result<(), ProposeError> {
+        if self.raw.raft.state == StateRole::Leader {
+            return Ok(());
+        }
+        let leader = self.raw.raft.leader_id;
+        Err(ProposeError::NotLeader { leader: (leader != 0).then_some(leader) })
+    }
+
+    fn track(&mut self, before: u64, result: raft::Result<()>, reply: Reply) {
+        let index = self.raw.raft.raft_log.last_index();
+        match result {
+            Ok(()) if index > before => {
+                self.pending.insert(index, Pending { term: self.raw.raft.term, reply });
+            }
+            Ok(()) | Err(raft::Error::ProposalDropped) => {
+                let _ = reply.send(Err(ProposeError::NotLeader { leader: None }));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ProposeError::Rejected(e.to_string())));
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), StorageError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        if !rd.messages().is_empty() {
+            self.transport.send(rd.take_messages());
+        }
+        let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+        let store = self.store.clone();
+        tokio::task::block_in_place(|| store.persist_ready(snapshot.as_ref(), rd.entries(), rd.hs()))?;
+        if let Some(s) = &snapshot {
+            let index = s.get_metadata().index;
+            tracing::info!(index, term = s.get_metadata().term, "installed snapshot from the leader");
+            self.transport.merge_addresses(&self.store.with_state(|sm| sm.nodes.clone()));
+            let stale: Vec<u64> = self.pending.range(..=index).map(|(i, _)| *i).collect();
+            for i in stale {
+                if let Some(p) = self.pending.remove(&i) {
+                    let _ = p.reply.send(Err(ProposeError::LeadershipLost));
+                }
+            }
+        }
+        if !rd.persisted_messages().is_empty() {
+            self.transport.send(rd.take_persisted_messages());
+        }
+        let committed = rd.take_committed_entries();
+        self.apply(committed, None)?;
+        let mut light = self.raw.advance(rd);
+        if !light.messages().is_empty() {
+            self.transport.send(light.take_messages());
+        }
+        let committed = light.take_committed_entries();
+        self.apply(committed, light.commit_index())?;
+        self.raw.advance_apply();
+        if let Some(at) = tokio::task::block_in_place(|| self.store.compact_if_needed(self.cfg.snapshot_entries))? {
+            tracing::info!(compacted_to = at, "compacted the raft log");
+        }
+        Ok(())
+    }
+
+    /// Applies committed entries in one durable batch, then answers proposers.
+    fn apply(&mut self, entries: Vec<Entry>, commit: Option<u64>) -> Result<(), StorageError> {
+        if entries.is_empty() && commit.is_none() {
+            return Ok(());
+        }
+        let mut batch = self.store.begin_apply();
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut membership_changed = false;
+        for e in entries {
+            // Idempotent apply: raft-rs may re-deliver entries applied before a restart.
+            if e.index <= batch.applied.0 {
+                continue;
+            }
+            let outcome = match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => Outcome::Nothing,
+                EntryType::EntryNormal => match serde_json::from_slice::<Command>(&e.data) {
+                    Ok(cmd) => batch.sm.apply(cmd),
+                    Err(err) => {
+                        tracing::error!(index = e.index, error = %err, "skipping an entry this version cannot decode");
+                        Outcome::Nothing
+                    }
+                },
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let change = decode_conf_change(&e).map_err(|err| StorageError::Corrupt(format!("conf change at {}: {err}", e.index)))?;
+                    let applied = match (&change.v1, &change.v2) {
+                        (Some(cc), _) => self.raw.apply_conf_change(cc),
+                        (None, Some(cc)) => self.raw.apply_conf_change(cc),
+                        (None, None) => unreachable!("decode_conf_change returns one of them"),
+                    };
+                    let cs = applied.map_err(|err| StorageError::Corrupt(format!("conf change at {}: {err}", e.index)))?;
+                    let (id, address) = (change.id, change.address);
+                    batch.sm.apply_membership(id, address);
+                    let voters = cs.voters.clone();
+                    batch.conf_state = Some(cs);
+                    membership_changed = true;
+                    tracing::info!(index = e.index, node = id, ?voters, "membership changed");
+                    Outcome::Membership { voters }
+                }
+            };
+            batch.applied = (e.index, e.term);
+            outcomes.push((e.index, e.term, outcome));
+        }
+        let store = self.store.clone();
+        tokio::task::block_in_place(|| store.commit_apply(batch, commit))?;
+        if membership_changed {
+            self.transport.merge_addresses(&self.store.with_state(|sm| sm.nodes.clone()));
+        }
+        for (index, term, outcome) in outcomes {
+            if let Some(p) = self.pending.remove(&index) {
+                let result = if p.term == term { Ok(outcome) } else { Err(ProposeError::LeadershipLost) };
+                let _ = p.reply.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the status and fails pending proposals on a leadership change.
+    fn after_step(&mut self) {
+        let now = (self.raw.raft.state, self.raw.raft.term);
+        if now != self.last_role {
+            if self.last_role.0 == StateRole::Leader {
+                tracing::info!(term = now.1, "stepped down as leader");
+                self.fail_all(|| ProposeError::LeadershipLost);
+            }
+            if now.0 == StateRole::Leader {
+                tracing::info!(term = now.1, "became leader");
+            }
+            self.last_role = now;
+        }
+        let status = status_of(&self.raw);
+        self.status_tx.send_if_modified(|s| {
+            if *s != status {
+                *s = status;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> ProposeError) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p.reply.send(Err(err()));
+        }
+    }
+}
+
+/// A decoded conf change entry: what raft-rs must apply, which node it is
+/// about, and that node's address when it is added.
+struct DecodedChange {
+    v1: Option<ConfChange>,
+    v2: Option<ConfChangeV2>,
+    id: u64,
+    address: Option<String>,
+}
+
+fn decode_conf_change(e: &Entry) -> Result<DecodedChange, protobuf::ProtobufError> {
+    if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+        let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
+        let (id, add) = cc.get_changes().first().map(|c| (c.node_id, c.get_change_type() != ConfChangeType::RemoveNode)).unwrap_or((0, false));
+        let address = add.then(|| String::from_utf8_lossy(&cc.context).into_owned());
+        return Ok(DecodedChange { v1: None, v2: Some(cc), id, address });
+    }
+    let cc = ConfChange::parse_from_bytes(&e.data)?;
+    let id = cc.node_id;
+    let address = (cc.get_change_type() != ConfChangeType::RemoveNode).then(|| String::from_utf8_lossy(&cc.context).into_owned());
+    Ok(DecodedChange { v1: Some(cc), v2: None, id, address })
+}
+
+fn status_of(raw: &RawNode<RaftStore>) -> NodeStatus {
+    let r = &raw.raft;
+    let conf = r.prs().conf();
+    let (first_index, last_index, _) = raw.store().log_bounds();
+    NodeStatus {
+        id: r.id,
+        role: match r.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+        },
+        term: r.term,
+        leader_id: r.leader_id,
+        commit_index: r.raft_log.committed,
+        applied_index: raw.store().applied(),
+        first_index,
+        last_index,
+        voters: conf.voters().ids().iter().collect(),
+        learners: conf.learners.iter().copied().collect(),
+    }
+}

@@ -1,0 +1,528 @@
+//! Durable Raft storage on redb.
+//!
+//! Why redb rather than raft-engine: the coordinator's log is small (admin
+//! writes and decisions, not data), and what matters is that entries, hard
+//! state, conf state, the applied index and the state machine move together.
+//! redb gives exactly that — one ACID transaction, fsynced on commit — in a
+//! pure-Rust crate with no C build, no background threads and a stable file
+//! format. raft-engine is built for TiKV's write volume and brings its own
+//! protobuf/lz4 build chain that we do not need.
+//!
+//! Layout (one redb file, `raft.redb`, in the data dir):
+//! * `entries`: index → `eraftpb.Entry` (raft-rs encoding)
+//! * `meta`: `identity`, `hard_state`, `conf_state`, `compacted` (index, term
+//!   of the last entry removed by compaction), `applied` (index, term) and
+//!   `state_machine` (the state as of `applied`).
+//!
+//! Crash safety: every Ready is persisted in one transaction and every batch
+//! of applied entries in another, so a crash at any point leaves either the
+//! old or the new state, both of which raft-rs accepts on restart. The
+//! persisted commit index is never below the persisted applied index.
+//!
+//! All of it is mirrored in memory (the log is bounded by compaction), so
+//! reads from raft-rs never touch the disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::state::StateMachine;
+
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Errors of the storage layer. Any of them is fatal for the node: raft-rs
+/// cannot continue safely on a log it failed to write.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("data dir {dir} belongs to drc cluster {found_cluster:?} node {found_node}, but this coordinator is configured as cluster {want_cluster:?} node {want_node}; refusing to start (use an empty data dir for a new node)")]
+    ForeignDataDir { dir: PathBuf, found_cluster: String, found_node: u64, want_cluster: String, want_node: u64 },
+    #[error("data dir {dir} is already in use by another coordinator process")]
+    InUse { dir: PathBuf },
+    #[error("storage at {dir}: {source}")]
+    Db { dir: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("corrupt storage: {0}")]
+    Corrupt(String),
+}
+
+/// What the data dir belongs to; written once, checked at every start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Identity {
+    cluster_id: String,
+    node_id: u64,
+}
+
+#[derive(Default)]
+struct Core {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry removed by compaction (0, 0 if none).
+    compacted: (u64, u64),
+    /// `entries[i].index == compacted.0 + 1 + i`.
+    entries: Vec<Entry>,
+    applied: (u64, u64),
+    sm: StateMachine,
+}
+
+impl Core {
+    fn first_index(&self) -> u64 {
+        self.compacted.0 + 1
+    }
+
+    fn last_index(&self) -> u64 {
+        self.compacted.0 + self.entries.len() as u64
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.compacted.0 {
+            return Ok(self.compacted.1);
+        }
+        if idx < self.compacted.0 {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if idx > self.last_index() {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        Ok(self.entries[(idx - self.first_index()) as usize].term)
+    }
+}
+
+/// A batch of applied entries: the state after them, to be made durable in
+/// one transaction by [`RaftStore::commit_apply`].
+pub struct ApplyBatch {
+    pub sm: StateMachine,
+    pub conf_state: Option<ConfState>,
+    pub applied: (u64, u64),
+}
+
+/// The node's durable Raft storage. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct RaftStore {
+    db: Arc<Database>,
+    dir: PathBuf,
+    core: Arc<RwLock<Core>>,
+}
+
+fn enc<M: protobuf::Message>(m: &M) -> Vec<u8> {
+    m.write_to_bytes().unwrap_or_default()
+}
+
+fn dec<M: protobuf::Message>(bytes: &[u8], what: &str) -> Result<M, StorageError> {
+    M::parse_from_bytes(bytes).map_err(|e| StorageError::Corrupt(format!("{what}: {e}")))
+}
+
+fn pair(bytes: &[u8]) -> Result<(u64, u64), StorageError> {
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt(format!("index pair: {e}")))
+}
+
+impl RaftStore {
+    /// Opens (or creates) the storage in `dir`.
+    ///
+    /// A new, empty dir is stamped with `cluster_id`/`node_id`; `founders`
+    /// (id → address) seeds the initial voters for a founding node, while a
+    /// node that will be added later (`founders == None`) starts with no
+    /// configuration and waits for the leader's snapshot. An existing dir
+    /// must carry the same identity.
+    pub fn open(dir: &Path, cluster_id: &str, node_id: u64, founders: Option<&BTreeMap<u64, String>>) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::Db { dir: dir.to_path_buf(), source: Box::new(e) })?;
+        let path = dir.join("raft.redb");
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StorageError::InUse { dir: dir.to_path_buf() }),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(StorageError::InUse { dir: dir.to_path_buf() })
+            }
+            Err(e) => return Err(StorageError::Db { dir: dir.to_path_buf(), source: Box::new(e) }),
+        };
+        let store = RaftStore { db: Arc::new(db), dir: dir.to_path_buf(), core: Arc::new(RwLock::new(Core::default())) };
+        let want = Identity { cluster_id: cluster_id.to_string(), node_id };
+        let found = store.read_meta("identity")?;
+        match found {
+            Some(bytes) => {
+                let found: Identity = serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("identity: {e}")))?;
+                if found != want {
+                    return Err(StorageError::ForeignDataDir {
+                        dir: dir.to_path_buf(),
+                        found_cluster: found.cluster_id,
+                        found_node: found.node_id,
+                        want_cluster: want.cluster_id,
+                        want_node: want.node_id,
+                    });
+                }
+            }
+            None => store.initialise(&want, founders)?,
+        }
+        store.load()?;
+        Ok(store)
+    }
+
+    fn db_err(&self, e: impl std::error::Error + Send + Sync + 'static) -> StorageError {
+        StorageError::Db { dir: self.dir.clone(), source: Box::new(e) }
+    }
+
+    fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.db_err(e)),
+        };
+        let v = table.get(key).map_err(|e| self.db_err(e))?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    fn initialise(&self, identity: &Identity, founders: Option<&BTreeMap<u64, String>>) -> Result<(), StorageError> {
+        let mut cs = ConfState::default();
+        let mut sm = StateMachine::default();
+        if let Some(f) = founders {
+            cs.voters = f.keys().copied().collect();
+            sm = StateMachine::bootstrap(f);
+        }
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
+            let id = serde_json::to_vec(identity).unwrap_or_default();
+            meta.insert("conf_state", enc(&cs).as_slice()).map_err(|e| self.db_err(e))?;
+            meta.insert("state_machine", sm.encode().as_slice()).map_err(|e| self.db_err(e))?;
+            // Identity last in the batch: a dir without it is "new" and safe to re-initialise.
+            meta.insert("identity", id.as_slice()).map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    fn load(&self) -> Result<(), StorageError> {
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+        let get = |k: &str| -> Result<Option<Vec<u8>>, StorageError> { Ok(meta.get(k).map_err(|e| self.db_err(e))?.map(|g| g.value().to_vec())) };
+        let mut core = Core::default();
+        if let Some(b) = get("hard_state")? {
+            core.hard_state = dec(&b, "hard state")?;
+        }
+        if let Some(b) = get("conf_state")? {
+            core.conf_state = dec(&b, "conf state")?;
+        }
+        if let Some(b) = get("compacted")? {
+            core.compacted = pair(&b)?;
+        }
+        if let Some(b) = get("applied")? {
+            core.applied = pair(&b)?;
+        }
+        if let Some(b) = get("state_machine")? {
+            core.sm = StateMachine::decode(&b).map_err(|e| StorageError::Corrupt(format!("state machine: {e}")))?;
+        }
+        let entries = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
+        let mut expect = core.compacted.0 + 1;
+        for row in entries.range(expect..).map_err(|e| self.db_err(e))? {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            if k.value() != expect {
+                return Err(StorageError::Corrupt(format!("log gap: expected entry {expect}, found {}", k.value())));
+            }
+            core.entries.push(dec(v.value(), "entry")?);
+            expect += 1;
+        }
+        if core.applied.0 > core.hard_state.commit {
+            return Err(StorageError::Corrupt(format!("applied index {} is beyond commit index {}", core.applied.0, core.hard_state.commit)));
+        }
+        *self.core.write().unwrap_or_else(|p| p.into_inner()) = core;
+        Ok(())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Core> {
+        self.core.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes one Ready durable: an incoming snapshot, new entries (replacing
+    /// any conflicting suffix) and the hard state, in one fsynced transaction.
+    pub fn persist_ready(&self, snapshot: Option<&Snapshot>, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StorageError> {
+        if snapshot.is_none() && entries.is_empty() && hs.is_none() {
+            return Ok(());
+        }
+        let mut core = self.core.write().unwrap_or_else(|p| p.into_inner());
+        let snap_sm = match snapshot {
+            Some(s) => Some(StateMachine::decode(&s.data).map_err(|e| StorageError::Corrupt(format!("snapshot from leader: {e}")))?),
+            None => None,
+        };
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            let mut table = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
+            if let (Some(s), Some(sm)) = (snapshot, &snap_sm) {
+                let m = s.get_metadata();
+                remove_from(&mut table, 0).map_err(|e| self.db_err(e))?;
+                let at = serde_json::to_vec(&(m.index, m.term)).unwrap_or_default();
+                meta.insert("compacted", at.as_slice()).map_err(|e| self.db_err(e))?;
+                meta.insert("applied", at.as_slice()).map_err(|e| self.db_err(e))?;
+                meta.insert("conf_state", enc(m.get_conf_state()).as_slice()).map_err(|e| self.db_err(e))?;
+                meta.insert("state_machine", sm.encode().as_slice()).map_err(|e| self.db_err(e))?;
+            }
+            if let Some(first) = entries.first() {
+                remove_from(&mut table, first.index).map_err(|e| self.db_err(e))?;
+                for e in entries {
+                    table.insert(e.index, enc(e).as_slice()).map_err(|e| self.db_err(e))?;
+                }
+            }
+            let mut new_hs = hs.cloned().unwrap_or_else(|| core.hard_state.clone());
+            if let Some(s) = snapshot {
+                new_hs.commit = new_hs.commit.max(s.get_metadata().index);
+            }
+            meta.insert("hard_state", enc(&new_hs).as_slice()).map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+
+        if let (Some(s), Some(sm)) = (snapshot, snap_sm) {
+            let m = s.get_metadata();
+            core.entries.clear();
+            core.compacted = (m.index, m.term);
+            core.applied = (m.index, m.term);
+            core.conf_state = m.get_conf_state().clone();
+            core.sm = sm;
+            core.hard_state.commit = core.hard_state.commit.max(m.index);
+        }
+        if let Some(first) = entries.first() {
+            let keep = first.index.saturating_sub(core.first_index()) as usize;
+            core.entries.truncate(keep);
+            core.entries.extend_from_slice(entries);
+        }
+        if let Some(hs) = hs {
+            let commit = core.hard_state.commit;
+            core.hard_state = hs.clone();
+            if snapshot.is_some() {
+                core.hard_state.commit = core.hard_state.commit.max(commit);
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy of the current state machine, to apply the next batch onto.
+    pub fn begin_apply(&self) -> ApplyBatch {
+        let core = self.read();
+        ApplyBatch { sm: core.sm.clone(), conf_state: None, applied: core.applied }
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied(&self) -> u64 {
+        self.read().applied.0
+    }
+
+    /// Makes a batch of applied entries durable in one transaction, with the
+    /// commit index raised to at least the applied index.
+    pub fn commit_apply(&self, batch: ApplyBatch, commit: Option<u64>) -> Result<(), StorageError> {
+        let mut core = self.core.write().unwrap_or_else(|p| p.into_inner());
+        let mut hs = core.hard_state.clone();
+        hs.commit = hs.commit.max(commit.unwrap_or(0)).max(batch.applied.0);
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            meta.insert("state_machine", batch.sm.encode().as_slice()).map_err(|e| self.db_err(e))?;
+            meta.insert("applied", serde_json::to_vec(&batch.applied).unwrap_or_default().as_slice()).map_err(|e| self.db_err(e))?;
+            meta.insert("hard_state", enc(&hs).as_slice()).map_err(|e| self.db_err(e))?;
+            if let Some(cs) = &batch.conf_state {
+                meta.insert("conf_state", enc(cs).as_slice()).map_err(|e| self.db_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+        core.sm = batch.sm;
+        core.applied = batch.applied;
+        core.hard_state = hs;
+        if let Some(cs) = batch.conf_state {
+            core.conf_state = cs;
+        }
+        Ok(())
+    }
+
+    /// Drops log entries up to the applied index once more than `threshold`
+    /// entries have accumulated. A follower that needs them gets a snapshot.
+    /// Returns the new compaction point if the log was compacted.
+    pub fn compact_if_needed(&self, threshold: u64) -> Result<Option<u64>, StorageError> {
+        let mut core = self.core.write().unwrap_or_else(|p| p.into_inner());
+        let (applied, applied_term) = core.applied;
+        if applied <= core.compacted.0 || applied - core.compacted.0 < threshold || applied > core.last_index() {
+            return Ok(None);
+        }
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut table = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
+            let keys: Vec<u64> = table.range(..=applied).map_err(|e| self.db_err(e))?.filter_map(|r| r.ok().map(|(k, _)| k.value())).collect();
+            for k in keys {
+                table.remove(k).map_err(|e| self.db_err(e))?;
+            }
+            let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            meta.insert("compacted", serde_json::to_vec(&(applied, applied_term)).unwrap_or_default().as_slice()).map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+        let drop = (applied - core.compacted.0) as usize;
+        core.entries.drain(..drop);
+        core.compacted = (applied, applied_term);
+        Ok(Some(applied))
+    }
+
+    /// Runs `f` on the current (applied) state machine.
+    pub fn with_state<R>(&self, f: impl FnOnce(&StateMachine) -> R) -> R {
+        f(&self.read().sm)
+    }
+
+    /// (first index, last index, compaction point) of the log.
+    pub fn log_bounds(&self) -> (u64, u64, u64) {
+        let core = self.read();
+        (core.first_index(), core.last_index(), core.compacted.0)
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        self.read().conf_state.clone()
+    }
+}
+
+fn remove_from(table: &mut redb::Table<u64, &[u8]>, from: u64) -> Result<(), redb::StorageError> {
+    let keys: Vec<u64> = table.range(from..)?.filter_map(|r| r.ok().map(|(k, _)| k.value())).collect();
+    for k in keys {
+        table.remove(k)?;
+    }
+    Ok(())
+}
+
+impl raft::Storage for RaftStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let core = self.read();
+        Ok(RaftState { hard_state: core.hard_state.clone(), conf_state: core.conf_state.clone() })
+    }
+
+    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+        let core = self.read();
+        if low < core.first_index() {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > core.last_index() + 1 {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let lo = (low - core.first_index()) as usize;
+        let hi = (high - core.first_index()) as usize;
+        let mut ents = core.entries[lo..hi].to_vec();
+        raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.read().term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.read().first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.read().last_index())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let core = self.read();
+        if core.applied.0 < request_index {
+            return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
+        }
+        let mut snap = Snapshot::default();
+        snap.data = core.sm.encode().into();
+        let meta = snap.mut_metadata();
+        meta.index = core.applied.0;
+        meta.term = core.applied.1;
+        meta.set_conf_state(core.conf_state.clone());
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raft::Storage as _;
+
+    use super::*;
+    use crate::state::Command;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e
+    }
+
+    fn founders() -> BTreeMap<u64, String> {
+        BTreeMap::from([(1, "a:1".to_string()), (2, "b:1".to_string()), (3, "c:1".to_string())])
+    }
+
+    #[test]
+    fn refuses_a_data_dir_of_another_cluster() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(RaftStore::open(dir.path(), "alpha", 1, Some(&founders())).expect("open"));
+        let err = RaftStore::open(dir.path(), "beta", 1, Some(&founders())).err().expect("must refuse");
+        assert!(err.to_string().contains("belongs to drc cluster \"alpha\""), "{err}");
+        let err = RaftStore::open(dir.path(), "alpha", 2, Some(&founders())).err().expect("must refuse");
+        assert!(matches!(err, StorageError::ForeignDataDir { .. }));
+    }
+
+    #[test]
+    fn survives_reopen_and_replaces_conflicting_suffix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = RaftStore::open(dir.path(), "c", 1, Some(&founders())).expect("open");
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.commit = 2;
+        s.persist_ready(None, &[entry(1, 1), entry(2, 1), entry(3, 1)], Some(&hs)).expect("persist");
+        s.persist_ready(None, &[entry(3, 2), entry(4, 2)], None).expect("persist");
+        drop(s);
+        let s = RaftStore::open(dir.path(), "c", 1, None).expect("reopen");
+        assert_eq!(s.last_index().expect("last"), 4);
+        assert_eq!(s.term(3).expect("term"), 2);
+        assert_eq!(s.initial_state().expect("state").hard_state.term, 2);
+        assert_eq!(s.initial_state().expect("state").conf_state.voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn crash_between_writes_never_leaves_applied_beyond_commit() {
+        // A batch applied with commit unknown still raises the persisted commit.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = RaftStore::open(dir.path(), "c", 1, Some(&founders())).expect("open");
+        s.persist_ready(None, &[entry(1, 1), entry(2, 1)], None).expect("persist");
+        let mut b = s.begin_apply();
+        b.applied = (2, 1);
+        s.commit_apply(b, None).expect("apply");
+        // "Crash": drop without any further write, then reopen.
+        drop(s);
+        let s = RaftStore::open(dir.path(), "c", 1, None).expect("reopen");
+        let st = s.initial_state().expect("state");
+        assert!(st.hard_state.commit >= s.applied());
+    }
+
+    #[test]
+    fn compaction_keeps_terms_and_serves_snapshots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = RaftStore::open(dir.path(), "c", 1, Some(&founders())).expect("open");
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1 + i / 5)).collect();
+        s.persist_ready(None, &ents, None).expect("persist");
+        let mut b = s.begin_apply();
+        b.sm.apply(Command::ApplyTopology { topology: Default::default() });
+        b.applied = (8, 2);
+        s.commit_apply(b, Some(8)).expect("apply");
+        assert_eq!(s.compact_if_needed(5).expect("compact"), Some(8));
+        assert_eq!(s.first_index().expect("first"), 9);
+        assert_eq!(s.term(8).expect("term at compaction point"), 2);
+        assert!(matches!(s.term(7), Err(raft::Error::Store(RaftStorageError::Compacted))));
+        let snap = s.snapshot(8, 2).expect("snapshot");
+        assert_eq!(snap.get_metadata().index, 8);
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
+        drop(s);
+        let s = RaftStore::open(dir.path(), "c", 1, None).expect("reopen");
+        assert_eq!((s.first_index().expect("f"), s.last_index().expect("l")), (9, 10));
+
+        // A fresh node installs that snapshot.
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let joiner = RaftStore::open(dir2.path(), "c", 4, None).expect("open");
+        joiner.persist_ready(Some(&snap), &[], None).expect("install");
+        assert_eq!(joiner.applied(), 8);
+        assert_eq!(joiner.initial_state().expect("s").hard_state.commit, 8);
+        assert_eq!(joiner.with_state(|sm| sm.nodes.len()), 3);
+    }
+}

@@ -1,0 +1,223 @@
+//! Raft messages between coordinators, over gRPC.
+//!
+//! Outbound, every peer has its own worker task and bounded queue: a slow or
+//! dead peer never delays messages to the others, and when its queue is full
+//! messages are dropped (raft retransmits). Failures are reported back to
+//! raft-rs (`report_unreachable`, `report_snapshot`) so that it probes the peer
+//! again instead of streaming into the void.
+//!
+//! Messages travel as opaque bytes in raft-rs's own encoding.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use drc_proto::raft_transport_client::RaftTransportClient;
+use drc_proto::raft_transport_server::RaftTransport;
+use drc_proto::{RaftAck, RaftBatch};
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use super::node::NodeInput;
+
+const PEER_QUEUE: usize = 1024;
+const MAX_BATCH: usize = 256;
+/// Upper bound of one gRPC message; a snapshot must fit.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+struct Peer {
+    address: String,
+    tx: mpsc::Sender<Message>,
+    cancel: CancellationToken,
+}
+
+/// The sending half of the transport, shared by the node task.
+pub struct Transport {
+    cluster_id: String,
+    self_id: u64,
+    self_address: String,
+    addresses: RwLock<BTreeMap<u64, String>>,
+    peers: Mutex<HashMap<u64, Peer>>,
+    node: mpsc::Sender<NodeInput>,
+    cancel: CancellationToken,
+}
+
+impl Transport {
+    pub fn new(cluster_id: String, self_id: u64, self_address: String, node: mpsc::Sender<NodeInput>, cancel: CancellationToken) -> Arc<Self> {
+        Arc::new(Transport {
+            cluster_id,
+            self_id,
+            self_address,
+            addresses: RwLock::new(BTreeMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            node,
+            cancel,
+        })
+    }
+
+    /// Adds or updates peer addresses (from the replicated membership or from
+    /// configuration hints).
+    pub fn merge_addresses(&self, nodes: &BTreeMap<u64, String>) {
+        let mut book = self.addresses.write().unwrap_or_else(|p| p.into_inner());
+        for (id, addr) in nodes {
+            if !addr.is_empty() {
+                book.insert(*id, addr.clone());
+            }
+        }
+    }
+
+    /// Learns the address of a peer from its own messages, unless the
+    /// replicated membership already says where it is.
+    pub fn learn_address(&self, id: u64, address: &str) {
+        if id == 0 || address.is_empty() {
+            return;
+        }
+        let mut book = self.addresses.write().unwrap_or_else(|p| p.into_inner());
+        book.entry(id).or_insert_with(|| address.to_string());
+    }
+
+    pub fn address_of(&self, id: u64) -> Option<String> {
+        self.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    pub fn addresses(&self) -> BTreeMap<u64, String> {
+        self.addresses.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Queues messages for their peers; never blocks.
+    pub fn send(self: &Arc<Self>, msgs: Vec<Message>) {
+        for m in msgs {
+            let to = m.to;
+            if to == self.self_id {
+                continue;
+            }
+            let Some(address) = self.address_of(to) else {
+                tracing::debug!(to, "no address for raft peer; message dropped");
+                continue;
+            };
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            let replace = peers.get(&to).is_none_or(|p| p.address != address || p.tx.is_closed());
+            if replace {
+                if let Some(old) = peers.remove(&to) {
+                    old.cancel.cancel();
+                }
+                peers.insert(to, self.spawn_peer(to, address));
+            }
+            if let Some(peer) = peers.get(&to) {
+                if peer.tx.try_send(m).is_err() && is_snapshot {
+                    let _ = self.node.try_send(NodeInput::SnapshotReport { to, ok: false });
+                }
+            }
+        }
+    }
+
+    fn spawn_peer(self: &Arc<Self>, to: u64, address: String) -> Peer {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let cancel = self.cancel.child_token();
+        let this = Arc::clone(self);
+        tokio::spawn(this.peer_worker(to, address.clone(), rx, cancel.clone()));
+        Peer { address, tx, cancel }
+    }
+
+    async fn peer_worker(self: Arc<Self>, to: u64, address: String, mut rx: mpsc::Receiver<Message>, cancel: CancellationToken) {
+        let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
+            Ok(e) => e.connect_timeout(Duration::from_millis(500)).timeout(Duration::from_secs(5)).tcp_nodelay(true),
+            Err(e) => {
+                tracing::warn!(to, %address, error = %e, "invalid raft peer address");
+                return;
+            }
+        };
+        let mut client = RaftTransportClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut failing = false;
+        loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => return,
+                m = rx.recv() => match m { Some(m) => m, None => return },
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let snapshots = batch.iter().filter(|m| m.get_msg_type() == MessageType::MsgSnapshot).count();
+            let req = RaftBatch {
+                cluster_id: self.cluster_id.clone(),
+                from_id: self.self_id,
+                from_address: self.self_address.clone(),
+                messages: batch.iter().map(|m| m.write_to_bytes().unwrap_or_default()).collect(),
+            };
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = client.send(req) => r,
+            };
+            match result {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!(to, %address, "raft peer reachable again");
+                        failing = false;
+                    }
+                    for _ in 0..snapshots {
+                        let _ = self.node.try_send(NodeInput::SnapshotReport { to, ok: true });
+                    }
+                }
+                Err(status) => {
+                    if !failing {
+                        tracing::warn!(to, %address, error = %status.message(), "raft peer unreachable");
+                        failing = true;
+                    }
+                    let _ = self.node.try_send(NodeInput::Unreachable(to));
+                    for _ in 0..snapshots {
+                        let _ = self.node.try_send(NodeInput::SnapshotReport { to, ok: false });
+                    }
+                    // Don't spin on a dead peer: raft will retry on its own schedule.
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+        }
+    }
+}
+
+/// The receiving half: the `RaftTransport` gRPC service.
+pub struct RaftService {
+    transport: Arc<Transport>,
+}
+
+impl RaftService {
+    pub fn new(transport: Arc<Transport>) -> Self {
+        RaftService { transport }
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn send(&self, request: tonic::Request<RaftBatch>) -> Result<tonic::Response<RaftAck>, tonic::Status> {
+        let batch = request.into_inner();
+        let t = &self.transport;
+        if batch.cluster_id != t.cluster_id {
+            return Err(tonic::Status::permission_denied(format!(
+                "raft batch from drc cluster {:?}, but this node belongs to {:?}",
+                batch.cluster_id, t.cluster_id
+            )));
+        }
+        t.learn_address(batch.from_id, &batch.from_address);
+        for bytes in batch.messages {
+            let m = Message::parse_from_bytes(&bytes).map_err(|e| tonic::Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            if m.to != t.self_id {
+                return Err(tonic::Status::invalid_argument(format!("raft message for node {} delivered to node {}", m.to, t.self_id)));
+            }
+            // Full queue: drop; raft retransmits.
+            let _ = t.node.try_send(NodeInput::Raft(Box::new(m)));
+        }
+        Ok(tonic::Response::new(RaftAck {}))
+    }
+}

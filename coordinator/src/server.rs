@@ -1,0 +1,105 @@
+//! Wiring of one coordinator process: storage, the Raft node task, the
+//! transport and the gRPC server, and their shutdown in a fixed order.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use drc_proto::admin_service_server::AdminServiceServer;
+use drc_proto::agent_service_server::AgentServiceServer;
+use drc_proto::raft_transport_server::RaftTransportServer;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::admin::AdminApi;
+use crate::api::agent::AgentApi;
+use crate::api::auth::authenticate;
+use crate::config::CoordinatorConfig;
+use crate::raft::node::{Node, NodeConfig, INPUT_CAPACITY};
+use crate::raft::transport::{RaftService, Transport, MAX_MESSAGE_BYTES};
+use crate::raft::RaftStore;
+
+/// Runs a coordinator until `cancel` fires. Returns an error, before serving
+/// anything, if the configuration is invalid, the port is taken or the data
+/// dir belongs to another node or cluster.
+pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!("cannot listen on {}: the address is already in use (is another coordinator running?)", cfg.listen),
+        _ => anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen),
+    })?;
+    let founders = cfg.founders();
+    let store = RaftStore::open(&cfg.data_dir, &cfg.cluster_id, cfg.node_id, founders.as_ref())?;
+
+    let (node_tx, node_rx) = mpsc::channel(INPUT_CAPACITY);
+    let transport = Transport::new(cfg.cluster_id.clone(), cfg.node_id, cfg.advertise().to_string(), node_tx.clone(), cancel.child_token());
+    transport.merge_addresses(&cfg.peers.iter().map(|p| (p.id, p.address.clone())).collect());
+    let node_cfg = NodeConfig {
+        id: cfg.node_id,
+        tick_interval: cfg.raft.tick_interval,
+        election_ticks: cfg.raft.election_ticks,
+        heartbeat_ticks: cfg.raft.heartbeat_ticks,
+        snapshot_entries: cfg.raft.snapshot_entries,
+    };
+    let (node, handle) = Node::new(node_cfg, store, Arc::clone(&transport), node_rx, node_tx).context("starting the raft node")?;
+    let status = handle.status();
+    tracing::info!(
+        node = cfg.node_id,
+        cluster = %cfg.cluster_id,
+        listen = %cfg.listen,
+        term = status.term,
+        applied = status.applied_index,
+        voters = ?status.voters,
+        "coordinator starting"
+    );
+
+    let node_cancel = cancel.child_token();
+    let node_task = tokio::spawn(node.run(node_cancel.clone()));
+
+    let admin = AdminServiceServer::with_interceptor(AdminApi::new(handle.clone(), Arc::clone(&transport), cfg.raft.write_timeout), authenticate);
+    let agent = AgentServiceServer::with_interceptor(AgentApi::new(handle.clone(), Arc::clone(&transport)), authenticate);
+    let raft = RaftTransportServer::with_interceptor(RaftService::new(Arc::clone(&transport)), authenticate)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let server_cancel = cancel.clone();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(raft)
+        .add_service(agent)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move { server_cancel.cancelled().await });
+    let mut server = tokio::spawn(server);
+
+    // The node task ends on its own only on a fatal storage error.
+    let mut node_task = node_task;
+    let outcome = tokio::select! {
+        r = &mut node_task => {
+            cancel.cancel();
+            match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::Error::new(e).context("raft storage failed; stopping this node")),
+                Err(e) => Err(anyhow::anyhow!("raft node task failed: {e}")),
+            }
+        }
+        r = &mut server => {
+            cancel.cancel();
+            let _ = (&mut node_task).await;
+            match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::anyhow!("gRPC server failed: {e}")),
+                Err(e) => Err(anyhow::anyhow!("gRPC server task failed: {e}")),
+            }
+        }
+        _ = cancel.cancelled() => {
+            // Shutdown order: stop taking requests, then stop the node (which
+            // fails pending proposals), then release storage.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await;
+            node_cancel.cancel();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut node_task).await;
+            Ok(())
+        }
+    };
+    tracing::info!(node = cfg.node_id, "coordinator stopped");
+    outcome
+}

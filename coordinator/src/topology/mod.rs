@@ -1,0 +1,114 @@
+//! The replicated topology: regions, database clusters, their members,
+//! failover groups and per-cluster failover policy.
+//!
+//! A topology is declared in a TOML document (see [`parse`]) and replaced as a
+//! whole through Raft, so every node holds the same value at the same index.
+//! The model only ever holds a topology that passed [`parse::parse_topology`]'s
+//! validation: every member names a declared cluster and region, every group
+//! names declared clusters, every duration is positive.
+
+pub mod diff;
+pub mod parse;
+pub mod render;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of database a cluster runs; it decides how agents probe and act.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterKind {
+    Postgres,
+    Redis,
+}
+
+impl ClusterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterKind::Postgres => "postgres",
+            ClusterKind::Redis => "redis",
+        }
+    }
+}
+
+/// A failure domain, usually a cloud region. Lower `priority` is preferred
+/// when several regions hold equally good failover candidates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    pub priority: u32,
+}
+
+/// How a cluster may fail over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// A replica further behind than this many bytes is never promoted
+    /// automatically.
+    pub rpo_max_lag_bytes: u64,
+    /// A replica further behind than this is never promoted automatically.
+    #[serde(with = "humantime_serde")]
+    pub rpo_max_lag_time: Duration,
+    /// How long a primary must look dead, from more than one region, before
+    /// a failure is declared.
+    #[serde(with = "humantime_serde")]
+    pub detection_window: Duration,
+    /// After a failover, automatic failover of the cluster is blocked this long.
+    #[serde(with = "humantime_serde")]
+    pub anti_flap_window: Duration,
+    /// Maintenance: no automatic failover while set.
+    pub paused: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            rpo_max_lag_bytes: 16 * 1024 * 1024,
+            rpo_max_lag_time: Duration::from_secs(10),
+            detection_window: Duration::from_secs(3),
+            anti_flap_window: Duration::from_secs(600),
+            paused: false,
+        }
+    }
+}
+
+/// A replicated database: one primary and its replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub kind: ClusterKind,
+    pub policy: Policy,
+}
+
+/// One database server of a cluster. Higher `priority` is preferred among
+/// equally advanced candidates; 0 means "never promote automatically".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub cluster: String,
+    pub region: String,
+    pub address: String,
+    pub priority: u32,
+}
+
+/// Clusters that must always have their primaries in the same region (for
+/// example the PostgreSQL and Redis of one application).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverGroup {
+    pub clusters: Vec<String>,
+}
+
+/// The whole declared topology. Maps are ordered so that serialisation, the
+/// diff and every node's copy are deterministic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    pub regions: BTreeMap<String, Region>,
+    pub clusters: BTreeMap<String, Cluster>,
+    pub members: BTreeMap<String, Member>,
+    pub failover_groups: BTreeMap<String, FailoverGroup>,
+}
+
+impl Topology {
+    /// Members of one cluster, in id order.
+    pub fn members_of<'a>(&'a self, cluster: &'a str) -> impl Iterator<Item = (&'a String, &'a Member)> {
+        self.members.iter().filter(move |(_, m)| m.cluster == cluster)
+    }
+}

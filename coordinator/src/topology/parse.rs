@@ -1,0 +1,505 @@
+//! Parsing and validation of a topology document (TOML).
+//!
+//! The document is walked by hand rather than through `serde` so that *every*
+//! problem is reported at once, each with the key that is wrong
+//! (`members[2].region`, `clusters.pg.policy.detection_window`), instead of
+//! stopping at the first one. Nothing is returned unless the whole document
+//! is valid, so a bad document can never be half-applied.
+//!
+//! ```toml
+//! [regions.eu-west]
+//! priority = 1
+//!
+//! [clusters.n8n-pg]
+//! kind = "postgres"
+//! [clusters.n8n-pg.policy]
+//! rpo_max_lag_bytes = 16777216
+//! rpo_max_lag_time = "10s"
+//! detection_window = "3s"
+//! anti_flap_window = "10m"
+//! paused = false
+//!
+//! [[members]]
+//! id = "pg-eu-west"
+//! cluster = "n8n-pg"
+//! region = "eu-west"
+//! address = "10.0.0.5:5432"
+//! priority = 100
+//!
+//! [failover_groups.n8n]
+//! clusters = ["n8n-pg", "n8n-redis"]
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::{Cluster, ClusterKind, FailoverGroup, Member, Policy, Region, Topology};
+
+/// Default priority of a region or member that does not declare one.
+pub const DEFAULT_PRIORITY: u32 = 100;
+
+/// One thing wrong with a document, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Path of the offending key, e.g. `members[2].region`; empty for the
+    /// document as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a document.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidTopology {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for InvalidTopology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(f, "invalid topology ({n} problem{}):", if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses and validates a topology document.
+pub fn parse_topology(text: &str) -> Result<Topology, InvalidTopology> {
+    let table: Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(InvalidTopology {
+                problems: vec![Problem { key: String::new(), message: format!("malformed TOML: {}", e.to_string().trim_end()) }],
+            })
+        }
+    };
+    let mut w = Walker::default();
+    let topology = w.topology(&table);
+    if w.problems.is_empty() {
+        Ok(topology)
+    } else {
+        Err(InvalidTopology { problems: w.problems })
+    }
+}
+
+/// Parses a human-readable, strictly positive duration such as `"500ms"` or `"2s"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); write a positive duration like \"500ms\", \"2s\" or \"5m\""))?;
+    if d.is_zero() {
+        return Err(format!("duration {text:?} must be greater than zero"));
+    }
+    Ok(d)
+}
+
+#[derive(Default)]
+struct Walker {
+    problems: Vec<Problem>,
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    v.type_str()
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+impl Walker {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { key: key.into(), message: message.into() });
+    }
+
+    fn unknown_keys(&mut self, table: &Table, path: &str, allowed: &[&str]) {
+        for key in table.keys() {
+            if !allowed.contains(&key.as_str()) {
+                self.problem(join(path, key), format!("unknown key (expected one of: {})", allowed.join(", ")));
+            }
+        }
+    }
+
+    fn table<'a>(&mut self, v: &'a Value, path: &str) -> Option<&'a Table> {
+        match v {
+            Value::Table(t) => Some(t),
+            other => {
+                self.problem(path, format!("expected a table, found {}", type_name(other)));
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, name: &str, path: &str) {
+        if !valid_name(name) {
+            self.problem(path, format!("invalid name {name:?}: use 1-63 letters, digits, '-', '_' or '.'"));
+        }
+    }
+
+    fn string(&mut self, t: &Table, path: &str, key: &str, required: bool) -> Option<String> {
+        match t.get(key) {
+            None if required => {
+                self.problem(join(path, key), "missing (required)");
+                None
+            }
+            None => None,
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.problem(join(path, key), "must not be empty");
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                self.problem(join(path, key), format!("expected a string, found {}", type_name(other)));
+                None
+            }
+        }
+    }
+
+    fn unsigned(&mut self, t: &Table, path: &str, key: &str, max: u64) -> Option<u64> {
+        match t.get(key)? {
+            Value::Integer(i) if *i >= 0 && (*i as u64) <= max => Some(*i as u64),
+            Value::Integer(i) => {
+                self.problem(join(path, key), format!("{i} is out of range (0..={max})"));
+                None
+            }
+            other => {
+                self.problem(join(path, key), format!("expected a non-negative integer, found {}", type_name(other)));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, t: &Table, path: &str, key: &str) -> Option<Duration> {
+        match t.get(key)? {
+            Value::String(s) => match parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.problem(join(path, key), e);
+                    None
+                }
+            },
+            other => {
+                self.problem(join(path, key), format!("expected a duration string like \"2s\", found {}", type_name(other)));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, t: &Table, path: &str, key: &str) -> Option<bool> {
+        match t.get(key)? {
+            Value::Boolean(b) => Some(*b),
+            other => {
+                self.problem(join(path, key), format!("expected true or false, found {}", type_name(other)));
+                None
+            }
+        }
+    }
+
+    fn topology(&mut self, doc: &Table) -> Topology {
+        self.unknown_keys(doc, "", &["regions", "clusters", "members", "failover_groups"]);
+        let mut topo = Topology::default();
+        if let Some(v) = doc.get("regions") {
+            if let Some(regions) = self.table(v, "regions") {
+                for (name, v) in regions {
+                    let path = join("regions", name);
+                    self.name(name, &path);
+                    if let Some(t) = self.table(v, &path) {
+                        self.unknown_keys(t, &path, &["priority"]);
+                        let priority = self.unsigned(t, &path, "priority", u32::MAX as u64).unwrap_or(DEFAULT_PRIORITY as u64) as u32;
+                        topo.regions.insert(name.clone(), Region { priority });
+                    }
+                }
+            }
+        }
+        if let Some(v) = doc.get("clusters") {
+            if let Some(clusters) = self.table(v, "clusters") {
+                for (name, v) in clusters {
+                    let path = join("clusters", name);
+                    self.name(name, &path);
+                    if let Some(c) = self.table(v, &path).and_then(|t| self.cluster(t, &path)) {
+                        topo.clusters.insert(name.clone(), c);
+                    }
+                }
+            }
+        }
+        if let Some(v) = doc.get("members") {
+            self.members(v, &mut topo);
+        }
+        if let Some(v) = doc.get("failover_groups") {
+            self.failover_groups(v, &mut topo);
+        }
+        topo
+    }
+
+    fn cluster(&mut self, t: &Table, path: &str) -> Option<Cluster> {
+        self.unknown_keys(t, path, &["kind", "policy"]);
+        let kind = match self.string(t, path, "kind", true).as_deref() {
+            Some("postgres") => Some(ClusterKind::Postgres),
+            Some("redis") => Some(ClusterKind::Redis),
+            Some(other) => {
+                self.problem(join(path, "kind"), format!("unknown kind {other:?} (expected \"postgres\" or \"redis\")"));
+                None
+            }
+            None => None,
+        };
+        let mut policy = Policy::default();
+        if let Some(v) = t.get("policy") {
+            let ppath = join(path, "policy");
+            if let Some(p) = self.table(v, &ppath) {
+                self.unknown_keys(p, &ppath, &["rpo_max_lag_bytes", "rpo_max_lag_time", "detection_window", "anti_flap_window", "paused"]);
+                if let Some(b) = self.unsigned(p, &ppath, "rpo_max_lag_bytes", i64::MAX as u64) {
+                    policy.rpo_max_lag_bytes = b;
+                }
+                if let Some(d) = self.duration(p, &ppath, "rpo_max_lag_time") {
+                    policy.rpo_max_lag_time = d;
+                }
+                if let Some(d) = self.duration(p, &ppath, "detection_window") {
+                    policy.detection_window = d;
+                }
+                if let Some(d) = self.duration(p, &ppath, "anti_flap_window") {
+                    policy.anti_flap_window = d;
+                }
+                if let Some(b) = self.boolean(p, &ppath, "paused") {
+                    policy.paused = b;
+                }
+            }
+        }
+        Some(Cluster { kind: kind?, policy })
+    }
+
+    fn members(&mut self, v: &Value, topo: &mut Topology) {
+        let Value::Array(items) = v else {
+            self.problem("members", format!("expected an array of tables ([[members]]), found {}", type_name(v)));
+            return;
+        };
+        let mut first_seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("members[{i}]");
+            let Some(t) = self.table(item, &path) else { continue };
+            self.unknown_keys(t, &path, &["id", "cluster", "region", "address", "priority"]);
+            let id = self.string(t, &path, "id", true);
+            if let Some(id) = &id {
+                self.name(id, &join(&path, "id"));
+                if let Some(j) = first_seen.get(id) {
+                    self.problem(join(&path, "id"), format!("duplicate member id {id:?} (also members[{j}])"));
+                } else {
+                    first_seen.insert(id.clone(), i);
+                }
+            }
+            let cluster = self.string(t, &path, "cluster", true);
+            if let Some(c) = &cluster {
+                if !topo.clusters.contains_key(c) {
+                    let declared = topo.clusters.keys().cloned().collect::<Vec<_>>().join(", ");
+                    self.problem(join(&path, "cluster"), format!("unknown cluster {c:?} (declared: {declared})"));
+                }
+            }
+            let region = self.string(t, &path, "region", true);
+            if let Some(r) = &region {
+                if !topo.regions.contains_key(r) {
+                    let declared = topo.regions.keys().cloned().collect::<Vec<_>>().join(", ");
+                    self.problem(join(&path, "region"), format!("undeclared region {r:?} (declared: {declared})"));
+                }
+            }
+            let address = self.string(t, &path, "address", true);
+            if let Some(a) = &address {
+                if !valid_address(a) {
+                    self.problem(join(&path, "address"), format!("invalid address {a:?}: expected host:port"));
+                }
+            }
+            let priority = self.unsigned(t, &path, "priority", u32::MAX as u64).unwrap_or(DEFAULT_PRIORITY as u64) as u32;
+            if let (Some(id), Some(cluster), Some(region), Some(address)) = (id, cluster, region, address) {
+                topo.members.entry(id).or_insert(Member { cluster, region, address, priority });
+            }
+        }
+    }
+
+    fn failover_groups(&mut self, v: &Value, topo: &mut Topology) {
+        let Some(groups) = self.table(v, "failover_groups") else { return };
+        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        for (name, v) in groups {
+            let path = join("failover_groups", name);
+            self.name(name, &path);
+            let Some(t) = self.table(v, &path) else { continue };
+            self.unknown_keys(t, &path, &["clusters"]);
+            let cpath = join(&path, "clusters");
+            let clusters = match t.get("clusters") {
+                Some(Value::Array(items)) => {
+                    let mut out = Vec::new();
+                    let mut seen = BTreeSet::new();
+                    for (i, item) in items.iter().enumerate() {
+                        let ipath = format!("{cpath}[{i}]");
+                        match item {
+                            Value::String(c) if !topo.clusters.contains_key(c) => self.problem(ipath, format!("unknown cluster {c:?}")),
+                            Value::String(c) if !seen.insert(c.clone()) => self.problem(ipath, format!("cluster {c:?} listed twice")),
+                            Value::String(c) => {
+                                if let Some(other) = owner.insert(c.clone(), name.clone()) {
+                                    self.problem(ipath, format!("cluster {c:?} is already in failover group {other:?}"));
+                                }
+                                out.push(c.clone());
+                            }
+                            other => self.problem(ipath, format!("expected a cluster name, found {}", type_name(other))),
+                        }
+                    }
+                    if items.is_empty() {
+                        self.problem(&cpath, "must list at least one cluster");
+                    }
+                    out
+                }
+                Some(other) => {
+                    self.problem(&cpath, format!("expected an array of cluster names, found {}", type_name(other)));
+                    continue;
+                }
+                None => {
+                    self.problem(&cpath, "missing (required)");
+                    continue;
+                }
+            };
+            topo.failover_groups.insert(name.clone(), FailoverGroup { clusters });
+        }
+    }
+}
+
+/// `host:port` with a non-empty host and a port in 1..=65535.
+pub fn valid_address(a: &str) -> bool {
+    match a.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+[regions.a]
+priority = 1
+[regions.b]
+priority = 2
+
+[clusters.pg]
+kind = "postgres"
+[clusters.pg.policy]
+rpo_max_lag_time = "5s"
+detection_window = "2s"
+
+[clusters.cache]
+kind = "redis"
+
+[[members]]
+id = "pg-a"
+cluster = "pg"
+region = "a"
+address = "127.0.0.1:5433"
+
+[[members]]
+id = "pg-b"
+cluster = "pg"
+region = "b"
+address = "127.0.0.1:5434"
+priority = 50
+
+[failover_groups.app]
+clusters = ["pg", "cache"]
+"#;
+
+    #[test]
+    fn parses_a_valid_document() {
+        let t = parse_topology(EXAMPLE).expect("valid");
+        assert_eq!(t.regions.len(), 2);
+        assert_eq!(t.clusters["pg"].policy.detection_window, Duration::from_secs(2));
+        assert_eq!(t.clusters["cache"].policy, Policy::default());
+        assert_eq!(t.members["pg-a"].priority, DEFAULT_PRIORITY);
+        assert_eq!(t.members["pg-b"].priority, 50);
+        assert_eq!(t.failover_groups["app"].clusters, vec!["pg", "cache"]);
+    }
+
+    fn keys(text: &str) -> Vec<String> {
+        parse_topology(text).expect_err("must be invalid").problems.into_iter().map(|p| p.key).collect()
+    }
+
+    #[test]
+    fn malformed_toml_is_one_clear_problem() {
+        let e = parse_topology("[regions.a\npriority = 1").expect_err("invalid");
+        assert_eq!(e.problems.len(), 1);
+        assert!(e.to_string().contains("malformed TOML"), "{e}");
+    }
+
+    #[test]
+    fn reports_every_problem_at_once_with_its_key() {
+        let doc = r#"
+colour = "blue"
+[regions.a]
+prio = 1
+[clusters.pg]
+kind = "mysql"
+[clusters.r]
+kind = "redis"
+[clusters.r.policy]
+detection_window = "0s"
+anti_flap_window = "-5s"
+rpo_max_lag_bytes = -1
+[[members]]
+id = "m1"
+cluster = "pg"
+region = "zz"
+address = "nowhere"
+[[members]]
+id = "m1"
+cluster = "nope"
+region = "a"
+address = "127.0.0.1:1"
+"#;
+        let k = keys(doc);
+        for want in [
+            "colour",
+            "regions.a.prio",
+            "clusters.pg.kind",
+            "clusters.r.policy.detection_window",
+            "clusters.r.policy.anti_flap_window",
+            "clusters.r.policy.rpo_max_lag_bytes",
+            "members[0].region",
+            "members[0].address",
+            "members[1].id",
+            "members[1].cluster",
+        ] {
+            assert!(k.contains(&want.to_string()), "missing {want} in {k:?}");
+        }
+    }
+
+    #[test]
+    fn durations_must_be_positive_strings() {
+        assert!(parse_duration("500ms").is_ok());
+        assert!(parse_duration("0s").unwrap_err().contains("greater than zero"));
+        assert!(parse_duration("-1s").is_err());
+        let k = keys("[regions.a]\n[clusters.c]\nkind='redis'\n[clusters.c.policy]\ndetection_window = 5\n");
+        assert_eq!(k, vec!["clusters.c.policy.detection_window"]);
+    }
+
+    #[test]
+    fn a_cluster_belongs_to_at_most_one_group() {
+        let doc = "[clusters.a]\nkind='redis'\n[failover_groups.x]\nclusters=['a']\n[failover_groups.y]\nclusters=['a','b']\n";
+        let k = keys(doc);
+        assert_eq!(k, vec!["failover_groups.y.clusters[0]", "failover_groups.y.clusters[1]"]);
+    }
+}

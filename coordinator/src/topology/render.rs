@@ -1,0 +1,56 @@
+//! Renders a topology back into the TOML document format that
+//! [`super::parse::parse_topology`] accepts, so `drctl topology get > f.toml`
+//! followed by `drctl apply -f f.toml` is a no-op.
+
+use std::fmt::Write;
+
+use super::Topology;
+
+/// The canonical TOML form of a topology.
+pub fn to_toml(t: &Topology) -> String {
+    let mut s = String::new();
+    let q = |v: &str| toml::Value::String(v.to_string()).to_string();
+    for (name, r) in &t.regions {
+        let _ = writeln!(s, "[regions.{}]\npriority = {}\n", q(name), r.priority);
+    }
+    for (name, c) in &t.clusters {
+        let p = &c.policy;
+        let _ = writeln!(s, "[clusters.{}]\nkind = {}", q(name), q(c.kind.as_str()));
+        let _ = writeln!(s, "[clusters.{}.policy]", q(name));
+        let _ = writeln!(s, "rpo_max_lag_bytes = {}", p.rpo_max_lag_bytes);
+        let _ = writeln!(s, "rpo_max_lag_time = {}", q(&humantime::format_duration(p.rpo_max_lag_time).to_string()));
+        let _ = writeln!(s, "detection_window = {}", q(&humantime::format_duration(p.detection_window).to_string()));
+        let _ = writeln!(s, "anti_flap_window = {}", q(&humantime::format_duration(p.anti_flap_window).to_string()));
+        let _ = writeln!(s, "paused = {}\n", p.paused);
+    }
+    for (id, m) in &t.members {
+        let _ = writeln!(
+            s,
+            "[[members]]\nid = {}\ncluster = {}\nregion = {}\naddress = {}\npriority = {}\n",
+            q(id),
+            q(&m.cluster),
+            q(&m.region),
+            q(&m.address),
+            m.priority
+        );
+    }
+    for (name, g) in &t.failover_groups {
+        let list = g.clusters.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(s, "[failover_groups.{}]\nclusters = [{}]\n", q(name), list);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::parse_topology;
+    use super::*;
+
+    #[test]
+    fn round_trips_through_the_parser() {
+        let doc = "[regions.a]\n[regions.b]\npriority=2\n[clusters.pg]\nkind='postgres'\n[clusters.pg.policy]\nrpo_max_lag_time='1m 30s'\npaused=true\n[[members]]\nid='m'\ncluster='pg'\nregion='b'\naddress='h:1'\n[failover_groups.g]\nclusters=['pg']\n";
+        let t = parse_topology(doc).expect("valid");
+        let again = parse_topology(&to_toml(&t)).expect("rendered form is valid");
+        assert_eq!(t, again);
+    }
+}

@@ -1,0 +1,348 @@
+//! Test harness: starts real drc binaries on loopback ports chosen at run
+//! time, drives them with the real `drctl`, and cleans everything up when
+//! dropped — also when a test panics.
+//!
+//! The binaries are taken from the Cargo target dir next to the test
+//! executable (`target/debug`), or from `DRC_BIN_DIR`; `scripts/test` builds
+//! them before running the tests.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::Value;
+
+/// Directory holding the drc binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("DRC_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a drc binary; panics with the command to build it if missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} not found; build it first with `cargo build --workspace --bins`", p.display());
+    p
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills the child when the test process's spawning thread dies, so that a
+/// test killed mid-run leaves no orphan behind.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Options of a test cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    pub nodes: u64,
+    pub snapshot_entries: u64,
+    pub write_timeout: &'static str,
+    pub tick_interval: &'static str,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts { nodes: 3, snapshot_entries: 1000, write_timeout: "5s", tick_interval: "100ms" }
+    }
+}
+
+/// One coordinator process.
+pub struct Node {
+    pub id: u64,
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The node's log output so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A coordinator cluster on loopback in a temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub cluster_id: String,
+    pub opts: ClusterOpts,
+    pub nodes: BTreeMap<u64, Node>,
+}
+
+impl Cluster {
+    /// Starts `opts.nodes` founding coordinators and waits for a leader.
+    pub fn start(opts: ClusterOpts) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("drc-test-").tempdir()?;
+        let cluster_id = format!("test-{}", dir.path().file_name().and_then(|n| n.to_str()).unwrap_or("x").trim_start_matches("drc-test-"));
+        let mut c = Cluster { dir, cluster_id, opts, nodes: BTreeMap::new() };
+        let peers: Vec<(u64, String)> = (1..=c.opts.nodes).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+        for (id, address) in &peers {
+            c.add_node_config(*id, address, &peers, false)?;
+        }
+        for id in 1..=c.opts.nodes {
+            c.spawn(id)?;
+        }
+        c.wait_leader(Duration::from_secs(30))?;
+        Ok(c)
+    }
+
+    fn add_node_config(&mut self, id: u64, address: &str, peers: &[(u64, String)], join: bool) -> anyhow::Result<()> {
+        let data_dir = self.dir.path().join(format!("node{id}"));
+        let config = self.dir.path().join(format!("node{id}.toml"));
+        let log = self.dir.path().join(format!("node{id}.log"));
+        let mut text = format!(
+            "cluster_id = {:?}\nnode_id = {id}\nlisten = {address:?}\ndata_dir = {:?}\njoin = {join}\n",
+            self.cluster_id,
+            data_dir.display().to_string()
+        );
+        for (pid, paddr) in peers {
+            text.push_str(&format!("\n[[peers]]\nid = {pid}\naddress = {paddr:?}\n"));
+        }
+        text.push_str(&format!(
+            "\n[raft]\ntick_interval = {:?}\nsnapshot_entries = {}\nwrite_timeout = {:?}\n",
+            self.opts.tick_interval, self.opts.snapshot_entries, self.opts.write_timeout
+        ));
+        fs::write(&config, text)?;
+        self.nodes.insert(id, Node { id, address: address.to_string(), data_dir, config, log, child: None });
+        Ok(())
+    }
+
+    /// Starts (or restarts) node `id` and waits until it accepts connections.
+    pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let log = fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let mut cmd = Command::new(bin("drc-coordinator"));
+        cmd.arg("--config").arg(&node.config).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        die_with_parent(&mut cmd);
+        node.child = Some(cmd.spawn().context("spawning drc-coordinator")?);
+        let address = node.address.clone();
+        wait_for(&format!("node {id} to listen on {address}"), Duration::from_secs(20), || {
+            let node = self.nodes.get_mut(&id)?;
+            if !node.is_running() {
+                return Some(Err(anyhow!("node {id} exited during start-up:\n{}", node.log_text())));
+            }
+            TcpStream::connect(&address).ok().map(|_| Ok(()))
+        })?
+    }
+
+    /// Adds a new node started with `join = true` (not yet a member).
+    pub fn spawn_joiner(&mut self, id: u64) -> anyhow::Result<String> {
+        let address = format!("127.0.0.1:{}", free_port());
+        let peers: Vec<(u64, String)> = self.nodes.values().map(|n| (n.id, n.address.clone())).collect();
+        self.add_node_config(id, &address, &peers, true)?;
+        self.spawn(id)?;
+        Ok(address)
+    }
+
+    /// SIGKILLs node `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs node `id` and waits for it to exit; returns its exit status.
+    pub fn terminate(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let mut child = self.nodes.get_mut(&id).and_then(|n| n.child.take())?;
+        #[allow(unsafe_code)]
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let status = wait_for("coordinator to exit after SIGTERM", Duration::from_secs(15), || child.try_wait().ok().flatten());
+        if status.is_err() {
+            let _ = child.kill();
+        }
+        status.ok()
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.nodes.values().map(|n| n.address.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Runs drctl against every node's address (any reachable one answers).
+    pub fn drctl(&self, args: &[&str]) -> Output {
+        drctl(&self.endpoints(), args)
+    }
+
+    /// `drctl -o json ARGS` against one node; the parsed JSON on success.
+    pub fn json_at(&self, id: u64, args: &[&str]) -> anyhow::Result<Value> {
+        let addr = &self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?.address;
+        json_output(drctl(addr, &[&["-o", "json"], args].concat()))
+    }
+
+    /// `drctl -o json ARGS` against all nodes.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        json_output(self.drctl(&[&["-o", "json"], args].concat()))
+    }
+
+    /// Waits until the running nodes agree on a leader; returns its id.
+    pub fn wait_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
+        wait_for("a leader", timeout, || {
+            let s = self.json(&["status"]).ok()?;
+            let leader = s["leader_id"].as_u64()?;
+            let nodes = s["nodes"].as_array()?;
+            let is_leader = nodes.iter().any(|n| n["id"].as_u64() == Some(leader) && n["role"] == "leader");
+            (leader != 0 && is_leader).then_some(leader)
+        })
+    }
+
+    /// Applies a topology document; panics with drctl's output on failure.
+    pub fn apply(&self, toml: &str) -> anyhow::Result<Value> {
+        let path = self.dir.path().join(format!("topology-{}.toml", free_port()));
+        fs::write(&path, toml)?;
+        self.json(&["apply", "-f", path.to_str().unwrap_or_default()])
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub fn wait_applied(&self, id: u64, index: u64, timeout: Duration) -> anyhow::Result<()> {
+        wait_for(&format!("node {id} to apply index {index}"), timeout, || {
+            let s = self.json_at(id, &["status"]).ok()?;
+            let me = s["nodes"].as_array()?.iter().find(|n| n["id"].as_u64() == Some(id))?.clone();
+            (me["applied_index"].as_u64()? >= index).then_some(())
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut c) = node.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for node in self.nodes.values() {
+                eprintln!("----- log of node {} -----\n{}", node.id, tail(&node.log_text(), 60));
+            }
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs drctl with `--endpoints endpoints`.
+pub fn drctl(endpoints: &str, args: &[&str]) -> Output {
+    Command::new(bin("drctl")).arg("--endpoints").arg(endpoints).arg("--timeout").arg("20s").args(args).env_remove("DRC_ENDPOINTS").output().expect("run drctl")
+}
+
+/// Parses drctl's stdout as JSON, or returns its stderr as the error.
+pub fn json_output(out: Output) -> anyhow::Result<Value> {
+    if !out.status.success() {
+        bail!("drctl failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("drctl printed no JSON: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// An example three-region topology whose region `a` priority is `version`,
+/// so that successive calls produce distinct writes.
+pub fn example_topology(version: u32) -> String {
+    format!(
+        r#"
+[regions.a]
+priority = {version}
+[regions.b]
+priority = 2
+[regions.c]
+priority = 3
+
+[clusters.n8n-pg]
+kind = "postgres"
+[clusters.n8n-pg.policy]
+rpo_max_lag_bytes = 1048576
+rpo_max_lag_time = "5s"
+detection_window = "2s"
+anti_flap_window = "5m"
+
+[clusters.n8n-redis]
+kind = "redis"
+
+[[members]]
+id = "pg-a"
+cluster = "n8n-pg"
+region = "a"
+address = "127.0.0.1:15432"
+[[members]]
+id = "pg-b"
+cluster = "n8n-pg"
+region = "b"
+address = "127.0.0.1:15433"
+[[members]]
+id = "pg-c"
+cluster = "n8n-pg"
+region = "c"
+address = "127.0.0.1:15434"
+[[members]]
+id = "redis-a"
+cluster = "n8n-redis"
+region = "a"
+address = "127.0.0.1:16379"
+[[members]]
+id = "redis-b"
+cluster = "n8n-redis"
+region = "b"
+address = "127.0.0.1:16380"
+
+[failover_groups.n8n]
+clusters = ["n8n-pg", "n8n-redis"]
+"#
+    )
+}
+
+/// Path helper for messages.
+pub fn show(p: &Path) -> String {
+    p.display().to_string()
+}
