@@ -1,6 +1,6 @@
 //! `drc-agent`: one per database member. It will probe its local PostgreSQL or
 //! Redis (role, LSN / offset, lag, timeline, reachability of the primary) and
-//! stream samples to the coordinator leader over `AgentService.Connect`,
+//! stream samples to the coordinator leader over `AgentService.Session`,
 //! carrying epoch-stamped commands back.
 //!
 //! This is the skeleton the agents issue fills in: it already speaks the

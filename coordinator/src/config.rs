@@ -148,11 +148,9 @@ impl CoordinatorConfig {
         if !self.join {
             match self.peers.iter().find(|peer| peer.id == self.node_id) {
                 None => p.push(format!("peers: must include this node (id {}) unless join = true", self.node_id)),
-                Some(me) if me.address != self.advertise() => p.push(format!(
-                    "peers: this node's entry says {:?} but it advertises {:?}",
-                    me.address,
-                    self.advertise()
-                )),
+                Some(me) if me.address != self.advertise() => {
+                    p.push(format!("peers: this node's entry says {:?} but it advertises {:?}", me.address, self.advertise()))
+                }
                 Some(_) => {}
             }
         }
@@ -186,7 +184,10 @@ mod tests {
 
     #[test]
     fn a_minimal_config_is_valid() {
-        let c = CoordinatorConfig::from_toml("cluster_id='x'\nnode_id=1\nlisten='127.0.0.1:1'\ndata_dir='/tmp/x'\n[[peers]]\nid=1\naddress='127.0.0.1:1'\n").expect("parses");
+        let c = CoordinatorConfig::from_toml(
+            "cluster_id='x'\nnode_id=1\nlisten='127.0.0.1:1'\ndata_dir='/tmp/x'\n[[peers]]\nid=1\naddress='127.0.0.1:1'\n",
+        )
+        .expect("parses");
         c.validate().expect("valid");
         assert_eq!(c.raft, RaftTuning::default());
     }
@@ -195,7 +196,10 @@ mod tests {
     fn unknown_keys_and_every_semantic_problem_are_reported() {
         let e = CoordinatorConfig::from_toml("cluster_id='x'\nnode_id=1\nlisten='a:1'\ndata_dir='d'\nbogus=1\n").expect_err("unknown key");
         assert!(e.to_string().contains("bogus"), "{e}");
-        let c = CoordinatorConfig::from_toml("cluster_id=''\nnode_id=0\nlisten='nope'\ndata_dir='d'\n[raft]\nelection_ticks=1\nheartbeat_ticks=2\ntick_interval='0s'\n").expect("parses");
+        let c = CoordinatorConfig::from_toml(
+            "cluster_id=''\nnode_id=0\nlisten='nope'\ndata_dir='d'\n[raft]\nelection_ticks=1\nheartbeat_ticks=2\ntick_interval='0s'\n",
+        )
+        .expect("parses");
         let e = c.validate().expect_err("invalid").0;
         assert!(e.len() >= 5, "{e:?}");
     }

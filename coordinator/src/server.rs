@@ -10,6 +10,7 @@ use drc_proto::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::api::admin::AdminApi;
 use crate::api::agent::AgentApi;
@@ -25,7 +26,9 @@ use crate::raft::RaftStore;
 pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     cfg.validate()?;
     let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => anyhow::anyhow!("cannot listen on {}: the address is already in use (is another coordinator running?)", cfg.listen),
+        std::io::ErrorKind::AddrInUse => {
+            anyhow::anyhow!("cannot listen on {}: the address is already in use (is another coordinator running?)", cfg.listen)
+        }
         _ => anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen),
     })?;
     let founders = cfg.founders();
@@ -56,11 +59,15 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     let node_cancel = cancel.child_token();
     let node_task = tokio::spawn(node.run(node_cancel.clone()));
 
-    let admin = AdminServiceServer::with_interceptor(AdminApi::new(handle.clone(), Arc::clone(&transport), cfg.raft.write_timeout), authenticate);
+    let admin =
+        AdminServiceServer::with_interceptor(AdminApi::new(handle.clone(), Arc::clone(&transport), cfg.raft.write_timeout), authenticate);
     let agent = AgentServiceServer::with_interceptor(AgentApi::new(handle.clone(), Arc::clone(&transport)), authenticate);
-    let raft = RaftTransportServer::with_interceptor(RaftService::new(Arc::clone(&transport)), authenticate)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let raft = InterceptedService::new(
+        RaftTransportServer::new(RaftService::new(Arc::clone(&transport)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        authenticate,
+    );
 
     let server_cancel = cancel.clone();
     let server = tonic::transport::Server::builder()
@@ -68,7 +75,10 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
         .add_service(raft)
         .add_service(agent)
         .add_service(admin)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move { server_cancel.cancelled().await });
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move { server_cancel.cancelled().await },
+        );
     let mut server = tokio::spawn(server);
 
     // The node task ends on its own only on a fatal storage error.

@@ -276,7 +276,15 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// Runs drctl with `--endpoints endpoints`.
 pub fn drctl(endpoints: &str, args: &[&str]) -> Output {
-    Command::new(bin("drctl")).arg("--endpoints").arg(endpoints).arg("--timeout").arg("20s").args(args).env_remove("DRC_ENDPOINTS").output().expect("run drctl")
+    Command::new(bin("drctl"))
+        .arg("--endpoints")
+        .arg(endpoints)
+        .arg("--timeout")
+        .arg("20s")
+        .args(args)
+        .env_remove("DRC_ENDPOINTS")
+        .output()
+        .expect("run drctl")
 }
 
 /// Parses drctl's stdout as JSON, or returns its stderr as the error.

@@ -34,7 +34,8 @@ fn three_nodes_elect_a_leader_and_replicate_the_topology() {
     let expected = topology_at(&c, c.wait_leader(LONG).expect("leader")).expect("topology");
     assert_eq!(expected["members"].as_object().map(|m| m.len()), Some(5));
     for id in 1..=3 {
-        wait_for(&format!("node {id} to hold the topology"), LONG, || (topology_at(&c, id)? == expected).then_some(())).expect("replicated");
+        wait_for(&format!("node {id} to hold the topology"), LONG, || (topology_at(&c, id)? == expected).then_some(()))
+            .expect("replicated");
     }
     // Applying the same document again changes nothing.
     let again = c.apply(&example_topology(1)).expect("apply");
@@ -61,7 +62,8 @@ fn a_killed_leader_is_replaced_and_catches_up_from_a_snapshot() {
     let (old_leader, _) = leader_and_followers(&c);
     c.kill(old_leader);
 
-    let new_leader = wait_for("a new leader", LONG, || c.wait_leader(Duration::from_secs(2)).ok().filter(|l| *l != old_leader)).expect("new leader");
+    let new_leader =
+        wait_for("a new leader", LONG, || c.wait_leader(Duration::from_secs(2)).ok().filter(|l| *l != old_leader)).expect("new leader");
     assert_ne!(new_leader, old_leader);
     let r = c.apply(&example_topology(2)).expect("write after failover");
     assert_eq!(r["applied"], true);
@@ -80,7 +82,10 @@ fn a_killed_leader_is_replaced_and_catches_up_from_a_snapshot() {
     c.wait_applied(old_leader, target, LONG).expect("caught up");
     let want = topology_at(&c, new_leader).expect("topology");
     assert_eq!(topology_at(&c, old_leader), Some(want));
-    assert!(c.nodes[&old_leader].log_text().contains("installed snapshot from the leader"), "the restarted node did not install a snapshot");
+    assert!(
+        c.nodes[&old_leader].log_text().contains("installed snapshot from the leader"),
+        "the restarted node did not install a snapshot"
+    );
 }
 
 #[test]
@@ -152,7 +157,9 @@ fn a_fourth_node_is_added_then_a_node_removed_and_writes_keep_working() {
     assert_eq!(r["voters"], serde_json::json!([1, 2, 3, 4]));
     let leader = c.wait_leader(LONG).expect("leader");
     let s = c.json_at(leader, &["status"]).expect("status");
-    let applied = s["nodes"].as_array().expect("nodes").iter().find(|n| n["id"].as_u64() == Some(leader)).expect("leader")["applied_index"].as_u64().expect("idx");
+    let applied = s["nodes"].as_array().expect("nodes").iter().find(|n| n["id"].as_u64() == Some(leader)).expect("leader")["applied_index"]
+        .as_u64()
+        .expect("idx");
     c.wait_applied(4, applied, LONG).expect("node 4 caught up");
     assert_eq!(topology_at(&c, 4), topology_at(&c, leader));
 
@@ -218,7 +225,8 @@ fn bad_endpoints_configs_and_data_dirs_are_refused_clearly() {
 
     let mut c = Cluster::start(ClusterOpts::default()).expect("cluster");
     // Another cluster's data dir.
-    c.terminate(1).expect("clean stop on SIGTERM");
+    let stopped = c.terminate(1).expect("stops on SIGTERM");
+    assert!(stopped.success(), "SIGTERM did not stop the coordinator cleanly: {stopped}");
     let cfg = fs::read_to_string(&c.nodes[&1].config).expect("config");
     let foreign = c.dir.path().join("foreign.toml");
     fs::write(&foreign, cfg.replace(&format!("cluster_id = {:?}", c.cluster_id), "cluster_id = \"someone-else\"")).expect("write");
@@ -231,7 +239,14 @@ fn bad_endpoints_configs_and_data_dirs_are_refused_clearly() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = busy.local_addr().expect("addr").port();
     let out = std::process::Command::new(bin("drc-coordinator"))
-        .args(["--config", c.nodes[&1].config.to_str().expect("path"), "--listen", &format!("127.0.0.1:{port}"), "--advertise", &c.nodes[&1].address])
+        .args([
+            "--config",
+            c.nodes[&1].config.to_str().expect("path"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--advertise",
+            &c.nodes[&1].address,
+        ])
         .output()
         .expect("run");
     assert!(!out.status.success());

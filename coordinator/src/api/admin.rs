@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use drc_proto::admin_service_server::AdminService;
 use drc_proto::{
-    AddNodeRequest, ApplyTopologyRequest, ApplyTopologyResponse, GetTopologyRequest, GetTopologyResponse, ListNodesRequest, ListNodesResponse, MembershipResponse,
-    NodeStatus as NodeStatusProto, NodeStatusRequest, RemoveNodeRequest, StatusRequest, StatusResponse, TopologySummary,
+    AddNodeRequest, ApplyTopologyRequest, ApplyTopologyResponse, GetTopologyRequest, GetTopologyResponse, ListNodesRequest,
+    ListNodesResponse, MembershipResponse, NodeStatus as NodeStatusProto, NodeStatusRequest, RemoveNodeRequest, StatusRequest,
+    StatusResponse, TopologySummary,
 };
 use tonic::{Request, Response, Status};
 
-use super::forward::{admin_client, is_forwarded, mark_forwarded, route, Route};
+use super::forward::{admin_client, mark_forwarded, on_leader, route, Route};
 use crate::raft::transport::Transport;
 use crate::raft::{MembershipChange, NodeHandle, NodeStatus, ProposeError, Role};
 use crate::state::{Command, Outcome};
@@ -53,7 +54,14 @@ impl AdminApi {
                 return self.local_status();
             }
             let address = self.transport.address_of(id).unwrap_or_default();
-            let unreachable = |error: String| NodeStatusProto { id, address: address.clone(), role: "unknown".into(), reachable: false, error, ..Default::default() };
+            let unreachable = |error: String| NodeStatusProto {
+                id,
+                address: address.clone(),
+                role: "unknown".into(),
+                reachable: false,
+                error,
+                ..Default::default()
+            };
             let mut client = match admin_client(&address, PEER_STATUS_TIMEOUT) {
                 Ok(c) => c,
                 Err(e) => return unreachable(e.message().to_string()),
@@ -106,7 +114,11 @@ impl AdminService for AdminApi {
         let nodes = self.all_statuses().await;
         let me = self.node.status();
         // Prefer the view of a node that knows a leader.
-        let leader_id = if me.leader_id != 0 { me.leader_id } else { nodes.iter().filter(|n| n.reachable).map(|n| n.leader_id).find(|l| *l != 0).unwrap_or(0) };
+        let leader_id = if me.leader_id != 0 {
+            me.leader_id
+        } else {
+            nodes.iter().filter(|n| n.reachable).map(|n| n.leader_id).find(|l| *l != 0).unwrap_or(0)
+        };
         let topology = self.node.store().with_state(|sm| TopologySummary {
             version: sm.topology_version,
             regions: sm.topology.regions.len() as u32,
@@ -124,8 +136,10 @@ impl AdminService for AdminApi {
     async fn apply_topology(&self, req: Request<ApplyTopologyRequest>) -> Result<Response<ApplyTopologyResponse>, Status> {
         // Validate before anything else: a bad document is refused by any node.
         let topology = parse_topology(&req.get_ref().topology_toml)?;
-        if let Route::Leader(mut client) = route(&self.node, &self.transport, is_forwarded(&req), self.write_timeout).await? {
-            return client.apply_topology(mark_forwarded(Request::new(req.into_inner()))).await;
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.apply_topology(r).await }).await?
+        {
+            return Ok(answer);
         }
         let current = self.node.store().with_state(|sm| sm.topology.clone());
         let changes = diff(&current, &topology);
@@ -146,7 +160,12 @@ impl AdminService for AdminApi {
     async fn get_topology(&self, _req: Request<GetTopologyRequest>) -> Result<Response<GetTopologyResponse>, Status> {
         let (topology, version) = self.node.store().with_state(|sm| (sm.topology.clone(), sm.topology_version));
         let topology_json = serde_json::to_string(&topology).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(GetTopologyResponse { version, topology_json, topology_toml: to_toml(&topology), applied_index: self.node.status().applied_index }))
+        Ok(Response::new(GetTopologyResponse {
+            version,
+            topology_json,
+            topology_toml: to_toml(&topology),
+            applied_index: self.node.status().applied_index,
+        }))
     }
 
     async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
@@ -161,8 +180,10 @@ impl AdminService for AdminApi {
         if !valid_address(&r.address) {
             return Err(Status::invalid_argument(format!("address: invalid address {:?}, expected host:port", r.address)));
         }
-        if let Route::Leader(mut client) = route(&self.node, &self.transport, is_forwarded(&req), self.write_timeout).await? {
-            return client.add_node(mark_forwarded(Request::new(req.into_inner()))).await;
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.add_node(r).await }).await?
+        {
+            return Ok(answer);
         }
         let r = req.into_inner();
         let outcome = self.node.change_membership(MembershipChange::Add { id: r.id, address: r.address }, self.write_timeout).await;
@@ -171,9 +192,10 @@ impl AdminService for AdminApi {
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
         let id = req.get_ref().id;
-        let forwarded = is_forwarded(&req);
-        if let Route::Leader(mut client) = route(&self.node, &self.transport, forwarded, self.write_timeout).await? {
-            return client.remove_node(mark_forwarded(Request::new(req.into_inner()))).await;
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.remove_node(r).await }).await?
+        {
+            return Ok(answer);
         }
         let me = self.node.status();
         if id == me.id {

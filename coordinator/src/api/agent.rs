@@ -33,9 +33,9 @@ type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + 
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
-    type ConnectStream = Outbound;
+    type SessionStream = Outbound;
 
-    async fn connect(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
+    async fn session(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = req.into_inner();
         let hello = match inbound.next().await {
             Some(Ok(AgentMessage { body: Some(drc_proto::agent_message::Body::Hello(h)) })) => h,

@@ -12,7 +12,9 @@ use crate::topology::parse::InvalidTopology;
 impl From<ProposeError> for Status {
     fn from(e: ProposeError) -> Status {
         match e {
-            ProposeError::NotLeader { .. } | ProposeError::LeadershipLost | ProposeError::ShuttingDown => Status::unavailable(e.to_string()),
+            ProposeError::NotLeader { .. } | ProposeError::LeadershipLost | ProposeError::ShuttingDown => {
+                Status::unavailable(e.to_string())
+            }
             ProposeError::NoQuorum(_) => Status::unavailable(e.to_string()),
             ProposeError::ChangeInProgress => Status::failed_precondition(e.to_string()),
             ProposeError::Rejected(_) => Status::invalid_argument(e.to_string()),

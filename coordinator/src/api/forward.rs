@@ -40,7 +40,10 @@ pub async fn route(node: &NodeHandle, transport: &Transport, forwarded: bool, de
         }
         if s.leader_id != 0 {
             if forwarded {
-                return Err(Status::unavailable(format!("leadership moved while the request was forwarded (leader is now node {}); retry", s.leader_id)));
+                return Err(Status::unavailable(format!(
+                    "leadership moved while the request was forwarded (leader is now node {}); retry",
+                    s.leader_id
+                )));
             }
             if let Some(address) = transport.address_of(s.leader_id) {
                 return Ok(Route::Leader(admin_client(&address, deadline + Duration::from_secs(1))?));
@@ -56,6 +59,48 @@ pub async fn route(node: &NodeHandle, transport: &Transport, forwarded: bool, de
             )));
         }
         let _ = tokio::time::timeout(left, status.changed()).await;
+    }
+}
+
+/// Runs a write on the leader: `Ok(None)` when this node leads (the caller
+/// goes on locally), or the leader's answer. A leader that cannot be reached
+/// (dead, or leadership moving) is retried until `deadline`, after which the
+/// write fails with "no quorum"; answers from a reachable leader, including
+/// its own "no quorum", are returned as they are.
+pub async fn on_leader<Req, Resp, F, Fut>(
+    node: &NodeHandle,
+    transport: &Transport,
+    req: &tonic::Request<Req>,
+    deadline: Duration,
+    call: F,
+) -> Result<Option<tonic::Response<Resp>>, Status>
+where
+    Req: Clone,
+    F: Fn(AdminServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    let start = tokio::time::Instant::now();
+    let forwarded = is_forwarded(req);
+    loop {
+        let left = deadline.saturating_sub(start.elapsed());
+        let client = match route(node, transport, forwarded, left).await? {
+            Route::Local => return Ok(None),
+            Route::Leader(client) => client,
+        };
+        let leader = node.status().leader_id;
+        match call(client, mark_forwarded(tonic::Request::new(req.get_ref().clone()))).await {
+            Err(e) if e.code() == tonic::Code::Unavailable && !e.message().starts_with("no quorum") && !forwarded => {
+                if start.elapsed() >= deadline {
+                    return Err(Status::unavailable(format!(
+                        "no quorum: the leader (node {leader}) is unreachable ({}) and no other leader was elected within {}",
+                        e.message(),
+                        humantime::format_duration(deadline)
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other.map(Some),
+        }
     }
 }
 

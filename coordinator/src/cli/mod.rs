@@ -153,7 +153,15 @@ fn nodes_table(nodes: &[NodeStatus], leader: u64) -> String {
         .map(|n| {
             let id = if n.id == leader { format!("{}*", n.id) } else { n.id.to_string() };
             if n.reachable {
-                vec![id, n.address.clone(), n.role.clone(), n.term.to_string(), n.commit_index.to_string(), n.applied_index.to_string(), "yes".into()]
+                vec![
+                    id,
+                    n.address.clone(),
+                    n.role.clone(),
+                    n.term.to_string(),
+                    n.commit_index.to_string(),
+                    n.applied_index.to_string(),
+                    "yes".into(),
+                ]
             } else {
                 vec![id, n.address.clone(), "-".into(), "-".into(), "-".into(), "-".into(), format!("no ({})", n.error)]
             }
@@ -198,7 +206,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let r = client.apply_topology(ApplyTopologyRequest { topology_toml: text, dry_run }).await.map_err(status_err)?.into_inner();
             if json_out {
-                println!("{}", serde_json::to_string_pretty(&json!({"applied": r.applied, "dry_run": dry_run, "diff": r.diff, "version": r.version, "raft_index": r.raft_index}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"applied": r.applied, "dry_run": dry_run, "diff": r.diff, "version": r.version, "raft_index": r.raft_index})
+                    )?
+                );
             } else {
                 for line in &r.diff {
                     println!("{line}");
@@ -216,7 +229,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = client.get_topology(GetTopologyRequest {}).await.map_err(status_err)?.into_inner();
             if json_out {
                 let topology: serde_json::Value = serde_json::from_str(&r.topology_json)?;
-                println!("{}", serde_json::to_string_pretty(&json!({"version": r.version, "applied_index": r.applied_index, "topology": topology}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"version": r.version, "applied_index": r.applied_index, "topology": topology}))?
+                );
             } else {
                 println!("# topology v{} (raft index {})\n", r.version, r.applied_index);
                 print!("{}", r.topology_toml);
@@ -227,7 +243,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let r = client.list_nodes(ListNodesRequest {}).await.map_err(status_err)?.into_inner();
                 let leader = r.nodes.iter().find(|n| n.role == "leader").map(|n| n.id).unwrap_or(0);
                 if json_out {
-                    println!("{}", serde_json::to_string_pretty(&json!({"leader_id": leader, "nodes": r.nodes.iter().map(node_json).collect::<Vec<_>>()}))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &json!({"leader_id": leader, "nodes": r.nodes.iter().map(node_json).collect::<Vec<_>>()})
+                        )?
+                    );
                 } else {
                     print!("{}", nodes_table(&r.nodes, leader));
                 }
@@ -235,7 +256,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             MembersCommand::Add { id, address } => {
                 let r = client.add_node(AddNodeRequest { id, address: address.clone() }).await.map_err(status_err)?.into_inner();
                 if json_out {
-                    println!("{}", serde_json::to_string_pretty(&json!({"added": id, "address": address, "voters": r.voters, "raft_index": r.raft_index}))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &json!({"added": id, "address": address, "voters": r.voters, "raft_index": r.raft_index})
+                        )?
+                    );
                 } else {
                     println!("added node {id} ({address}); voters now {:?}", r.voters);
                 }

@@ -150,10 +150,12 @@ impl NodeHandle {
 
     async fn request(&self, make: impl FnOnce(Reply) -> NodeInput, timeout: Duration) -> Result<Outcome, ProposeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| ProposeError::ShuttingDown)?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ProposeError::ShuttingDown),
+        let round_trip = async {
+            self.tx.send(make(reply)).await.map_err(|_| ProposeError::ShuttingDown)?;
+            rx.await.map_err(|_| ProposeError::ShuttingDown)?
+        };
+        match tokio::time::timeout(timeout, round_trip).await {
+            Ok(result) => result,
             Err(_) => Err(ProposeError::NoQuorum(format!(
                 "the write was not committed within {} (fewer than a quorum of coordinators acknowledged it; it may still be applied if they return)",
                 humantime::format_duration(timeout)
@@ -186,7 +188,13 @@ pub const INPUT_CAPACITY: usize = 4096;
 impl Node {
     /// Builds the node on opened storage. `applied` comes from storage so
     /// that raft-rs does not re-deliver entries that were already applied.
-    pub fn new(cfg: NodeConfig, store: RaftStore, transport: Arc<Transport>, rx: mpsc::Receiver<NodeInput>, tx: mpsc::Sender<NodeInput>) -> Result<(Self, NodeHandle), raft::Error> {
+    pub fn new(
+        cfg: NodeConfig,
+        store: RaftStore,
+        transport: Arc<Transport>,
+        rx: mpsc::Receiver<NodeInput>,
+        tx: mpsc::Sender<NodeInput>,
+    ) -> Result<(Self, NodeHandle), raft::Error> {
         let rcfg = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks,
@@ -396,7 +404,8 @@ impl Node {
                     }
                 },
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let change = decode_conf_change(&e).map_err(|err| StorageError::Corrupt(format!("conf change at {}: {err}", e.index)))?;
+                    let change =
+                        decode_conf_change(&e).map_err(|err| StorageError::Corrupt(format!("conf change at {}: {err}", e.index)))?;
                     let applied = match (&change.v1, &change.v2) {
                         (Some(cc), _) => self.raw.apply_conf_change(cc),
                         (None, Some(cc)) => self.raw.apply_conf_change(cc),
@@ -405,7 +414,8 @@ impl Node {
                     let cs = applied.map_err(|err| StorageError::Corrupt(format!("conf change at {}: {err}", e.index)))?;
                     let (id, address) = (change.id, change.address);
                     batch.sm.apply_membership(id, address);
-                    let voters = cs.voters.clone();
+                    let mut voters = cs.voters.clone();
+                    voters.sort_unstable();
                     batch.conf_state = Some(cs);
                     membership_changed = true;
                     tracing::info!(index = e.index, node = id, ?voters, "membership changed");
@@ -472,7 +482,8 @@ struct DecodedChange {
 fn decode_conf_change(e: &Entry) -> Result<DecodedChange, protobuf::ProtobufError> {
     if e.get_entry_type() == EntryType::EntryConfChangeV2 {
         let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
-        let (id, add) = cc.get_changes().first().map(|c| (c.node_id, c.get_change_type() != ConfChangeType::RemoveNode)).unwrap_or((0, false));
+        let (id, add) =
+            cc.get_changes().first().map(|c| (c.node_id, c.get_change_type() != ConfChangeType::RemoveNode)).unwrap_or((0, false));
         let address = add.then(|| String::from_utf8_lossy(&cc.context).into_owned());
         return Ok(DecodedChange { v1: None, v2: Some(cc), id, address });
     }
@@ -501,6 +512,6 @@ fn status_of(raw: &RawNode<RaftStore>) -> NodeStatus {
         first_index,
         last_index,
         voters: conf.voters().ids().iter().collect(),
-        learners: conf.learners.iter().copied().collect(),
+        learners: conf.learners().iter().copied().collect(),
     }
 }

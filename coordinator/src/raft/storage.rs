@@ -26,7 +26,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use redb::{Database, ReadableTable, TableDefinition};
@@ -36,6 +35,9 @@ use crate::state::StateMachine;
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Index (and term) of the founding snapshot of a new cluster.
+pub const BOOTSTRAP_INDEX: u64 = 1;
 
 /// Errors of the storage layer. Any of them is fatal for the node: raft-rs
 /// cannot continue safely on a log it failed to write.
@@ -177,20 +179,26 @@ impl RaftStore {
         Ok(v.map(|g| g.value().to_vec()))
     }
 
+    /// Stamps a new data dir. A founding node starts from a snapshot at
+    /// [`BOOTSTRAP_INDEX`] holding the founding membership: because that state
+    /// is not in the log, a node added later cannot rebuild it from entries
+    /// and always receives a snapshot first (as TiKV does).
     fn initialise(&self, identity: &Identity, founders: Option<&BTreeMap<u64, String>>) -> Result<(), StorageError> {
-        let mut cs = ConfState::default();
-        let mut sm = StateMachine::default();
-        if let Some(f) = founders {
-            cs.voters = f.keys().copied().collect();
-            sm = StateMachine::bootstrap(f);
-        }
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
             tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
             let id = serde_json::to_vec(identity).unwrap_or_default();
-            meta.insert("conf_state", enc(&cs).as_slice()).map_err(|e| self.db_err(e))?;
-            meta.insert("state_machine", sm.encode().as_slice()).map_err(|e| self.db_err(e))?;
+            if let Some(f) = founders {
+                let cs = ConfState { voters: f.keys().copied().collect(), ..Default::default() };
+                let hs = HardState { term: BOOTSTRAP_INDEX, commit: BOOTSTRAP_INDEX, ..Default::default() };
+                let at = serde_json::to_vec(&(BOOTSTRAP_INDEX, BOOTSTRAP_INDEX)).unwrap_or_default();
+                meta.insert("conf_state", enc(&cs).as_slice()).map_err(|e| self.db_err(e))?;
+                meta.insert("hard_state", enc(&hs).as_slice()).map_err(|e| self.db_err(e))?;
+                meta.insert("compacted", at.as_slice()).map_err(|e| self.db_err(e))?;
+                meta.insert("applied", at.as_slice()).map_err(|e| self.db_err(e))?;
+                meta.insert("state_machine", StateMachine::bootstrap(f).encode().as_slice()).map_err(|e| self.db_err(e))?;
+            }
             // Identity last in the batch: a dir without it is "new" and safe to re-initialise.
             meta.insert("identity", id.as_slice()).map_err(|e| self.db_err(e))?;
         }
@@ -200,7 +208,8 @@ impl RaftStore {
     fn load(&self) -> Result<(), StorageError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
-        let get = |k: &str| -> Result<Option<Vec<u8>>, StorageError> { Ok(meta.get(k).map_err(|e| self.db_err(e))?.map(|g| g.value().to_vec())) };
+        let get =
+            |k: &str| -> Result<Option<Vec<u8>>, StorageError> { Ok(meta.get(k).map_err(|e| self.db_err(e))?.map(|g| g.value().to_vec())) };
         let mut core = Core::default();
         if let Some(b) = get("hard_state")? {
             core.hard_state = dec(&b, "hard state")?;
@@ -218,17 +227,19 @@ impl RaftStore {
             core.sm = StateMachine::decode(&b).map_err(|e| StorageError::Corrupt(format!("state machine: {e}")))?;
         }
         let entries = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
-        let mut expect = core.compacted.0 + 1;
-        for row in entries.range(expect..).map_err(|e| self.db_err(e))? {
+        let first = core.compacted.0 + 1;
+        for (expect, row) in (first..).zip(entries.range(first..).map_err(|e| self.db_err(e))?) {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
             if k.value() != expect {
                 return Err(StorageError::Corrupt(format!("log gap: expected entry {expect}, found {}", k.value())));
             }
             core.entries.push(dec(v.value(), "entry")?);
-            expect += 1;
         }
         if core.applied.0 > core.hard_state.commit {
-            return Err(StorageError::Corrupt(format!("applied index {} is beyond commit index {}", core.applied.0, core.hard_state.commit)));
+            return Err(StorageError::Corrupt(format!(
+                "applied index {} is beyond commit index {}",
+                core.applied.0, core.hard_state.commit
+            )));
         }
         *self.core.write().unwrap_or_else(|p| p.into_inner()) = core;
         Ok(())
@@ -349,12 +360,14 @@ impl RaftStore {
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut table = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
-            let keys: Vec<u64> = table.range(..=applied).map_err(|e| self.db_err(e))?.filter_map(|r| r.ok().map(|(k, _)| k.value())).collect();
+            let keys: Vec<u64> =
+                table.range(..=applied).map_err(|e| self.db_err(e))?.filter_map(|r| r.ok().map(|(k, _)| k.value())).collect();
             for k in keys {
                 table.remove(k).map_err(|e| self.db_err(e))?;
             }
             let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
-            meta.insert("compacted", serde_json::to_vec(&(applied, applied_term)).unwrap_or_default().as_slice()).map_err(|e| self.db_err(e))?;
+            meta.insert("compacted", serde_json::to_vec(&(applied, applied_term)).unwrap_or_default().as_slice())
+                .map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))?;
         let drop = (applied - core.compacted.0) as usize;
@@ -425,8 +438,7 @@ impl raft::Storage for RaftStore {
         if core.applied.0 < request_index {
             return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
         }
-        let mut snap = Snapshot::default();
-        snap.data = core.sm.encode().into();
+        let mut snap = Snapshot { data: core.sm.encode().into(), ..Default::default() };
         let meta = snap.mut_metadata();
         meta.index = core.applied.0;
         meta.term = core.applied.1;
@@ -443,10 +455,7 @@ mod tests {
     use crate::state::Command;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e
+        Entry { index, term, ..Default::default() }
     }
 
     fn founders() -> BTreeMap<u64, String> {
@@ -467,15 +476,14 @@ mod tests {
     fn survives_reopen_and_replaces_conflicting_suffix() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = RaftStore::open(dir.path(), "c", 1, Some(&founders())).expect("open");
-        let mut hs = HardState::default();
-        hs.term = 2;
-        hs.commit = 2;
-        s.persist_ready(None, &[entry(1, 1), entry(2, 1), entry(3, 1)], Some(&hs)).expect("persist");
-        s.persist_ready(None, &[entry(3, 2), entry(4, 2)], None).expect("persist");
+        let hs = HardState { term: 2, commit: 2, ..Default::default() };
+        assert_eq!((s.first_index().expect("first"), s.last_index().expect("last")), (2, 1), "founders start from a snapshot");
+        s.persist_ready(None, &[entry(2, 1), entry(3, 1), entry(4, 1)], Some(&hs)).expect("persist");
+        s.persist_ready(None, &[entry(4, 2), entry(5, 2)], None).expect("persist");
         drop(s);
         let s = RaftStore::open(dir.path(), "c", 1, None).expect("reopen");
-        assert_eq!(s.last_index().expect("last"), 4);
-        assert_eq!(s.term(3).expect("term"), 2);
+        assert_eq!(s.last_index().expect("last"), 5);
+        assert_eq!(s.term(4).expect("term"), 2);
         assert_eq!(s.initial_state().expect("state").hard_state.term, 2);
         assert_eq!(s.initial_state().expect("state").conf_state.voters, vec![1, 2, 3]);
     }
@@ -485,9 +493,9 @@ mod tests {
         // A batch applied with commit unknown still raises the persisted commit.
         let dir = tempfile::tempdir().expect("tempdir");
         let s = RaftStore::open(dir.path(), "c", 1, Some(&founders())).expect("open");
-        s.persist_ready(None, &[entry(1, 1), entry(2, 1)], None).expect("persist");
+        s.persist_ready(None, &[entry(2, 1), entry(3, 1)], None).expect("persist");
         let mut b = s.begin_apply();
-        b.applied = (2, 1);
+        b.applied = (3, 1);
         s.commit_apply(b, None).expect("apply");
         // "Crash": drop without any further write, then reopen.
         drop(s);
@@ -500,7 +508,7 @@ mod tests {
     fn compaction_keeps_terms_and_serves_snapshots() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = RaftStore::open(dir.path(), "c", 1, Some(&founders())).expect("open");
-        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1 + i / 5)).collect();
+        let ents: Vec<Entry> = (2..=11).map(|i| entry(i, 1 + i / 5)).collect();
         s.persist_ready(None, &ents, None).expect("persist");
         let mut b = s.begin_apply();
         b.sm.apply(Command::ApplyTopology { topology: Default::default() });
@@ -515,7 +523,7 @@ mod tests {
         assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
         drop(s);
         let s = RaftStore::open(dir.path(), "c", 1, None).expect("reopen");
-        assert_eq!((s.first_index().expect("f"), s.last_index().expect("l")), (9, 10));
+        assert_eq!((s.first_index().expect("f"), s.last_index().expect("l")), (9, 11));
 
         // A fresh node installs that snapshot.
         let dir2 = tempfile::tempdir().expect("tempdir");

@@ -46,7 +46,13 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub fn new(cluster_id: String, self_id: u64, self_address: String, node: mpsc::Sender<NodeInput>, cancel: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        cluster_id: String,
+        self_id: u64,
+        self_address: String,
+        node: mpsc::Sender<NodeInput>,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Transport {
             cluster_id,
             self_id,
@@ -131,7 +137,9 @@ impl Transport {
                 return;
             }
         };
-        let mut client = RaftTransportClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client = RaftTransportClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut failing = false;
         loop {
             let first = tokio::select! {
@@ -211,7 +219,8 @@ impl RaftTransport for RaftService {
         }
         t.learn_address(batch.from_id, &batch.from_address);
         for bytes in batch.messages {
-            let m = Message::parse_from_bytes(&bytes).map_err(|e| tonic::Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            let m =
+                Message::parse_from_bytes(&bytes).map_err(|e| tonic::Status::invalid_argument(format!("undecodable raft message: {e}")))?;
             if m.to != t.self_id {
                 return Err(tonic::Status::invalid_argument(format!("raft message for node {} delivered to node {}", m.to, t.self_id)));
             }

@@ -85,7 +85,10 @@ mod tests {
     #[test]
     fn shows_added_removed_and_changed_entities() {
         let a = parse_topology("[regions.a]\n[regions.b]\n[clusters.c]\nkind='redis'\n").expect("valid");
-        let b = parse_topology("[regions.a]\npriority=7\n[regions.z]\n[clusters.c]\nkind='redis'\n[clusters.c.policy]\ndetection_window='9s'\n").expect("valid");
+        let b = parse_topology(
+            "[regions.a]\npriority=7\n[regions.z]\n[clusters.c]\nkind='redis'\n[clusters.c.policy]\ndetection_window='9s'\n",
+        )
+        .expect("valid");
         let d = diff(&a, &b);
         assert_eq!(
             d,

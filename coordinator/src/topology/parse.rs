@@ -490,7 +490,7 @@ address = "127.0.0.1:1"
     #[test]
     fn durations_must_be_positive_strings() {
         assert!(parse_duration("500ms").is_ok());
-        assert!(parse_duration("0s").unwrap_err().contains("greater than zero"));
+        assert!(parse_duration("0s").expect_err("zero").contains("greater than zero"));
         assert!(parse_duration("-1s").is_err());
         let k = keys("[regions.a]\n[clusters.c]\nkind='redis'\n[clusters.c.policy]\ndetection_window = 5\n");
         assert_eq!(k, vec!["clusters.c.policy.detection_window"]);

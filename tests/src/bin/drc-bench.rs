@@ -95,6 +95,11 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     failovers.sort();
-    println!("leader failover, SIGKILL -> first accepted write ({trials} trials): median {}  min {}  max {}", ms(percentile(&failovers, 0.5)), ms(failovers[0]), ms(failovers[failovers.len() - 1]));
+    println!(
+        "leader failover, SIGKILL -> first accepted write ({trials} trials): median {}  min {}  max {}",
+        ms(percentile(&failovers, 0.5)),
+        ms(failovers[0]),
+        ms(failovers[failovers.len() - 1])
+    );
     Ok(())
 }
