@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::admin::AdminApi;
 use crate::api::agent::AgentApi;
@@ -70,15 +71,11 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     );
 
     let server_cancel = cancel.clone();
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(raft)
-        .add_service(agent)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move { server_cancel.cancelled().await },
-        );
+    let server = tonic::transport::Server::builder().add_service(raft).add_service(agent).add_service(admin).serve_with_incoming_shutdown(
+        // Nagle off: gRPC writes headers, data and trailers separately.
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        async move { server_cancel.cancelled().await },
+    );
     let mut server = tokio::spawn(server);
 
     // The node task ends on its own only on a fatal storage error.

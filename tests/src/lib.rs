@@ -160,7 +160,12 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
         let log = fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
         let mut cmd = Command::new(bin("drc-coordinator"));
-        cmd.arg("--config").arg(&node.config).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.arg("--config")
+            .arg(&node.config)
+            .env("RUST_LOG", std::env::var("DRC_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         die_with_parent(&mut cmd);
         node.child = Some(cmd.spawn().context("spawning drc-coordinator")?);
         let address = node.address.clone();

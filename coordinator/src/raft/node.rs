@@ -351,7 +351,8 @@ impl Node {
         }
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
         let store = self.store.clone();
-        tokio::task::block_in_place(|| store.persist_ready(snapshot.as_ref(), rd.entries(), rd.hs()))?;
+        let sync = rd.must_sync();
+        tokio::task::block_in_place(|| store.persist_ready(snapshot.as_ref(), rd.entries(), rd.hs(), sync))?;
         if let Some(s) = &snapshot {
             let index = s.get_metadata().index;
             tracing::info!(index, term = s.get_metadata().term, "installed snapshot from the leader");

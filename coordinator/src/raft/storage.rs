@@ -14,10 +14,11 @@
 //!   of the last entry removed by compaction), `applied` (index, term) and
 //!   `state_machine` (the state as of `applied`).
 //!
-//! Crash safety: every Ready is persisted in one transaction and every batch
-//! of applied entries in another, so a crash at any point leaves either the
-//! old or the new state, both of which raft-rs accepts on restart. The
-//! persisted commit index is never below the persisted applied index.
+//! Crash safety: every Ready is persisted in one fsynced transaction and every
+//! batch of applied entries in another (not fsynced: it is re-derivable from
+//! the log), so a crash at any point leaves an earlier consistent state that
+//! raft-rs accepts on restart. The persisted commit index is never below the
+//! persisted applied index.
 //!
 //! All of it is mirrored in memory (the log is bounded by compaction), so
 //! reads from raft-rs never touch the disk.
@@ -251,16 +252,31 @@ impl RaftStore {
 
     /// Makes one Ready durable: an incoming snapshot, new entries (replacing
     /// any conflicting suffix) and the hard state, in one fsynced transaction.
-    pub fn persist_ready(&self, snapshot: Option<&Snapshot>, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StorageError> {
+    ///
+    /// `sync` is raft-rs's `Ready::must_sync()`: false when only the commit
+    /// index moved, which can be recovered from the log and need not wait for
+    /// an fsync (etcd's rule). Such a write becomes durable, in order, with
+    /// the next synced one.
+    pub fn persist_ready(
+        &self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        sync: bool,
+    ) -> Result<(), StorageError> {
         if snapshot.is_none() && entries.is_empty() && hs.is_none() {
             return Ok(());
         }
+        let sync = sync || snapshot.is_some() || !entries.is_empty();
         let mut core = self.core.write().unwrap_or_else(|p| p.into_inner());
         let snap_sm = match snapshot {
             Some(s) => Some(StateMachine::decode(&s.data).map_err(|e| StorageError::Corrupt(format!("snapshot from leader: {e}")))?),
             None => None,
         };
-        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        let mut tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        if !sync {
+            tx.set_durability(redb::Durability::None);
+        }
         {
             let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
             let mut table = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
@@ -322,13 +338,18 @@ impl RaftStore {
         self.read().applied.0
     }
 
-    /// Makes a batch of applied entries durable in one transaction, with the
-    /// commit index raised to at least the applied index.
+    /// Records a batch of applied entries in one transaction, with the commit
+    /// index raised to at least the applied index.
     pub fn commit_apply(&self, batch: ApplyBatch, commit: Option<u64>) -> Result<(), StorageError> {
         let mut core = self.core.write().unwrap_or_else(|p| p.into_inner());
         let mut hs = core.hard_state.clone();
         hs.commit = hs.commit.max(commit.unwrap_or(0)).max(batch.applied.0);
-        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        let mut tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        // No fsync here: the applied state is derived from the durable log. A
+        // crash may lose this batch, and then raft-rs re-delivers its entries
+        // (they are above the durable applied index) and they are applied
+        // again. redb makes it durable with the next fsynced commit, in order.
+        tx.set_durability(redb::Durability::None);
         {
             let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
             meta.insert("state_machine", batch.sm.encode().as_slice()).map_err(|e| self.db_err(e))?;
@@ -478,8 +499,8 @@ mod tests {
         let s = RaftStore::open(dir.path(), "c", 1, Some(&founders())).expect("open");
         let hs = HardState { term: 2, commit: 2, ..Default::default() };
         assert_eq!((s.first_index().expect("first"), s.last_index().expect("last")), (2, 1), "founders start from a snapshot");
-        s.persist_ready(None, &[entry(2, 1), entry(3, 1), entry(4, 1)], Some(&hs)).expect("persist");
-        s.persist_ready(None, &[entry(4, 2), entry(5, 2)], None).expect("persist");
+        s.persist_ready(None, &[entry(2, 1), entry(3, 1), entry(4, 1)], Some(&hs), true).expect("persist");
+        s.persist_ready(None, &[entry(4, 2), entry(5, 2)], None, true).expect("persist");
         drop(s);
         let s = RaftStore::open(dir.path(), "c", 1, None).expect("reopen");
         assert_eq!(s.last_index().expect("last"), 5);
@@ -493,7 +514,7 @@ mod tests {
         // A batch applied with commit unknown still raises the persisted commit.
         let dir = tempfile::tempdir().expect("tempdir");
         let s = RaftStore::open(dir.path(), "c", 1, Some(&founders())).expect("open");
-        s.persist_ready(None, &[entry(2, 1), entry(3, 1)], None).expect("persist");
+        s.persist_ready(None, &[entry(2, 1), entry(3, 1)], None, true).expect("persist");
         let mut b = s.begin_apply();
         b.applied = (3, 1);
         s.commit_apply(b, None).expect("apply");
@@ -509,7 +530,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = RaftStore::open(dir.path(), "c", 1, Some(&founders())).expect("open");
         let ents: Vec<Entry> = (2..=11).map(|i| entry(i, 1 + i / 5)).collect();
-        s.persist_ready(None, &ents, None).expect("persist");
+        s.persist_ready(None, &ents, None, true).expect("persist");
         let mut b = s.begin_apply();
         b.sm.apply(Command::ApplyTopology { topology: Default::default() });
         b.applied = (8, 2);
@@ -528,7 +549,7 @@ mod tests {
         // A fresh node installs that snapshot.
         let dir2 = tempfile::tempdir().expect("tempdir");
         let joiner = RaftStore::open(dir2.path(), "c", 4, None).expect("open");
-        joiner.persist_ready(Some(&snap), &[], None).expect("install");
+        joiner.persist_ready(Some(&snap), &[], None, true).expect("install");
         assert_eq!(joiner.applied(), 8);
         assert_eq!(joiner.initial_state().expect("s").hard_state.commit, 8);
         assert_eq!(joiner.with_state(|sm| sm.nodes.len()), 3);

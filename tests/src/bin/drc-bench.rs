@@ -56,6 +56,25 @@ async fn main() -> anyhow::Result<()> {
     let leader = cluster.wait_leader(Duration::from_secs(30))?;
     let address = cluster.nodes[&leader].address.clone();
     let mut client = AdminServiceClient::connect(format!("http://{address}")).await?;
+    let mut ping = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        client.node_status(drc_proto::NodeStatusRequest {}).await?;
+        ping.push(t.elapsed());
+    }
+    ping.sort();
+    println!("gRPC round trip (NodeStatus): p50 {}  p99 {}", ms(percentile(&ping, 0.5)), ms(percentile(&ping, 0.99)));
+    // Baseline: the same request as a dry run (parse, validate, diff; no Raft).
+    let mut base = Vec::with_capacity(writes as usize);
+    for v in 0..writes.min(300) {
+        let req = ApplyTopologyRequest { topology_toml: example_topology(5000 + v), dry_run: true };
+        let t = Instant::now();
+        client.apply_topology(req).await?;
+        base.push(t.elapsed());
+    }
+    base.sort();
+    println!("baseline: the same request as a dry run (no Raft), {} requests:", base.len());
+    println!("  p50 {}  p99 {}", ms(percentile(&base, 0.5)), ms(percentile(&base, 0.99)));
     let mut lat = Vec::with_capacity(writes as usize);
     for v in 0..writes {
         let req = ApplyTopologyRequest { topology_toml: example_topology(1000 + v), dry_run: false };
