@@ -1,32 +1,143 @@
-//! `drc-agent`: one per database member. It will probe its local PostgreSQL or
-//! Redis (role, LSN / offset, lag, timeline, reachability of the primary) and
-//! stream samples to the coordinator leader over `AgentService.Session`,
-//! carrying epoch-stamped commands back.
+//! `drc-agent`: one per database member. Probes its local PostgreSQL or
+//! Redis every probe interval (role, position, lag in bytes and time,
+//! timeline or replication id, replication link), cross-probes the cluster's
+//! current primary from its own region, and streams samples to the
+//! coordinator leader over one long-lived gRPC stream.
 //!
-//! This is the skeleton the agents issue fills in: it already speaks the
-//! stream contract (Hello first, follow Redirects), nothing more.
+//! Exit codes: 0 on SIGTERM/SIGINT, 2 for a bad configuration, 3 when the
+//! coordinator refuses the agent (unknown member, another cluster's dataset).
 
+mod config;
+mod probe;
+mod session;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::probe::Prober;
+use crate::session::SampleBuffer;
 
 /// drc's per-member agent.
 #[derive(Parser, Debug)]
 #[command(name = "drc-agent", version)]
 struct Args {
-    /// Member id as declared in the topology.
-    #[arg(long)]
-    member_id: String,
-    /// Coordinator addresses, comma-separated.
+    /// TOML configuration file.
+    #[arg(short, long, env = "DRC_AGENT_CONFIG")]
+    config: PathBuf,
+    /// Coordinator addresses, comma-separated (replaces the file's list).
     #[arg(long, env = "DRC_ENDPOINTS", value_delimiter = ',')]
     endpoints: Vec<String>,
 }
 
+fn load(args: &Args) -> anyhow::Result<AgentConfig> {
+    let text = std::fs::read_to_string(&args.config).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.config.display()))?;
+    let mut cfg = AgentConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    if !args.endpoints.is_empty() {
+        cfg.endpoints = args.endpoints.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
 fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let args = Args::parse();
-    eprintln!(
-        "drc-agent: member {:?}, coordinators {:?}: probing and streaming are not implemented in this version",
-        args.member_id, args.endpoints
-    );
-    ExitCode::from(2)
+    let cfg = match load(&args) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("drc-agent: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("drc-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cfg))
+}
+
+async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
+    let mut prober = match Prober::new(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("drc-agent: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cancel = CancellationToken::new();
+    let signals = cancel.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        signals.cancel();
+    });
+
+    let buffer = Arc::new(SampleBuffer::new(cfg.max_buffered_samples));
+    let (views_tx, views_rx) = watch::channel::<Option<drc_proto::ClusterView>>(None);
+    // Probe once before connecting, so that the Hello carries the dataset id.
+    let first = prober.local().await;
+    let (dataset_tx, dataset_rx) = watch::channel(first.dataset_id.clone());
+    tracing::info!(member = %cfg.member_id, kind = cfg.kind.as_str(), role = first.role, reachable = first.reachable, "agent starting");
+
+    let probe_cfg = Arc::clone(&cfg);
+    let probe_buffer = Arc::clone(&buffer);
+    let probe_cancel = cancel.clone();
+    let probes = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(probe_cfg.probe_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = probe_cancel.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let local = prober.local().await;
+            let view = views_rx.borrow().clone();
+            let primary = match &view {
+                Some(v) if v.primary_member != probe_cfg.member_id && !v.primary_address.is_empty() => {
+                    Some(prober.primary(&v.primary_address).await)
+                }
+                _ => None,
+            };
+            let epoch = view.as_ref().map(|v| v.epoch).unwrap_or(0);
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            let sample = prober.sample(&probe_cfg.member_id, &local, primary.as_ref(), epoch, now);
+            if !local.dataset_id.is_empty() {
+                dataset_tx.send_if_modified(|d| {
+                    let changed = *d != local.dataset_id;
+                    *d = local.dataset_id.clone();
+                    changed
+                });
+            }
+            probe_buffer.push(sample);
+        }
+    });
+
+    let result = session::run(Arc::clone(&cfg), buffer, views_tx, dataset_rx, cancel.clone()).await;
+    cancel.cancel();
+    let _ = probes.await;
+    match result {
+        Ok(()) => {
+            tracing::info!("agent stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("drc-agent: {e}");
+            ExitCode::from(3)
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //!
 //! * [`topology`] — the declared regions, clusters, members and policy.
 //! * [`state`] — the replicated state machine.
+//! * [`health`] — the leader's soft state of member health (never in Raft).
 //! * [`raft`] — storage, the node task and the transport.
 //! * [`api`] — the gRPC services.
 //! * [`server`] — how one coordinator process is put together.
@@ -12,6 +13,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod raft;
 pub mod server;
 pub mod state;

@@ -17,9 +17,13 @@ use crate::api::admin::AdminApi;
 use crate::api::agent::AgentApi;
 use crate::api::auth::authenticate;
 use crate::config::CoordinatorConfig;
+use crate::health::{run_monitor, HealthBoard};
 use crate::raft::node::{Node, NodeConfig, INPUT_CAPACITY};
 use crate::raft::transport::{RaftService, Transport, MAX_MESSAGE_BYTES};
 use crate::raft::RaftStore;
+
+/// How often the leader re-evaluates member health when no sample arrives.
+const HEALTH_REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Runs a coordinator until `cancel` fires. Returns an error, before serving
 /// anything, if the configuration is invalid, the port is taken or the data
@@ -60,9 +64,11 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     let node_cancel = cancel.child_token();
     let node_task = tokio::spawn(node.run(node_cancel.clone()));
 
-    let admin =
-        AdminServiceServer::with_interceptor(AdminApi::new(handle.clone(), Arc::clone(&transport), cfg.raft.write_timeout), authenticate);
-    let agent = AgentServiceServer::with_interceptor(AgentApi::new(handle.clone(), Arc::clone(&transport)), authenticate);
+    let health = Arc::new(HealthBoard::new());
+    tokio::spawn(run_monitor(Arc::clone(&health), handle.clone(), HEALTH_REFRESH, cancel.child_token()));
+    let admin_api = AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&health), cfg.raft.write_timeout);
+    let admin = AdminServiceServer::with_interceptor(admin_api, authenticate);
+    let agent = AgentServiceServer::with_interceptor(AgentApi::new(handle.clone(), Arc::clone(&transport), health), authenticate);
     let raft = InterceptedService::new(
         RaftTransportServer::new(RaftService::new(Arc::clone(&transport)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

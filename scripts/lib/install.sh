@@ -16,10 +16,16 @@ fi
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
-# Debian packages the scripts use directly.
+# Debian packages: the lab and the end-to-end tests run real PostgreSQL 15
+# and Redis servers.
 apt_need=""
 need_cmd curl || apt_need="$apt_need curl"
 need_cmd python3 || apt_need="$apt_need python3"
+[ -x /usr/lib/postgresql/15/bin/pg_ctl ] || apt_need="$apt_need postgresql-15"
+need_cmd psql || apt_need="$apt_need postgresql-client-15"
+need_cmd redis-server || apt_need="$apt_need redis-server"
+need_cmd redis-cli || apt_need="$apt_need redis-tools"
+need_cmd runuser || apt_need="$apt_need util-linux"
 if [ -n "$apt_need" ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -28,4 +34,9 @@ if [ -n "$apt_need" ]; then
     echo "install: missing packages:$apt_need (run as root or install them)" >&2
     exit 1
   fi
+fi
+
+# PostgreSQL servers run as the `postgres` OS user.
+if ! id postgres >/dev/null 2>&1; then
+  useradd --system --no-create-home --shell /usr/sbin/nologin postgres
 fi

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod lab;
+
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::Value;
 

@@ -12,7 +12,14 @@ use drc_proto::{
     ListNodesResponse, MembershipResponse, NodeStatus as NodeStatusProto, NodeStatusRequest, RemoveNodeRequest, StatusRequest,
     StatusResponse, TopologySummary,
 };
+use std::pin::Pin;
+use std::time::Instant;
+
+use drc_proto::{ClusterHealth, HealthRequest, HealthResponse, WatchEvent, WatchRequest};
+use futures::Stream;
 use tonic::{Request, Response, Status};
+
+use crate::health::HealthBoard;
 
 use super::forward::{admin_client, mark_forwarded, on_leader, route, Route};
 use crate::raft::transport::Transport;
@@ -26,12 +33,29 @@ const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(800);
 pub struct AdminApi {
     node: NodeHandle,
     transport: Arc<Transport>,
+    health: Arc<HealthBoard>,
     write_timeout: Duration,
 }
 
 impl AdminApi {
-    pub fn new(node: NodeHandle, transport: Arc<Transport>, write_timeout: Duration) -> Self {
-        AdminApi { node, transport, write_timeout }
+    pub fn new(node: NodeHandle, transport: Arc<Transport>, health: Arc<HealthBoard>, write_timeout: Duration) -> Self {
+        AdminApi { node, transport, health, write_timeout }
+    }
+
+    /// Member health from the leader: locally when leading, else asked of
+    /// the leader with a short timeout; empty when there is no leader.
+    async fn leader_health(&self) -> Vec<ClusterHealth> {
+        let s = self.node.status();
+        if s.role == Role::Leader {
+            let topology = self.node.store().with_state(|sm| sm.topology.clone());
+            return self.health.clusters(&topology, Instant::now());
+        }
+        let Some(address) = self.transport.address_of(s.leader_id).filter(|_| s.leader_id != 0) else { return Vec::new() };
+        let Ok(mut client) = admin_client(&address, PEER_STATUS_TIMEOUT) else { return Vec::new() };
+        match tokio::time::timeout(PEER_STATUS_TIMEOUT, client.health(mark_forwarded(Request::new(HealthRequest {})))).await {
+            Ok(Ok(r)) => r.into_inner().clusters,
+            _ => Vec::new(),
+        }
     }
 
     fn local_status(&self) -> NodeStatusProto {
@@ -126,7 +150,8 @@ impl AdminService for AdminApi {
             members: sm.topology.members.len() as u32,
             failover_groups: sm.topology.failover_groups.len() as u32,
         });
-        Ok(Response::new(StatusResponse { leader_id, nodes, topology: Some(topology), answered_by: me.id }))
+        let clusters = self.leader_health().await;
+        Ok(Response::new(StatusResponse { leader_id, nodes, topology: Some(topology), answered_by: me.id, clusters }))
     }
 
     async fn node_status(&self, _req: Request<NodeStatusRequest>) -> Result<Response<NodeStatusProto>, Status> {
@@ -166,6 +191,50 @@ impl AdminService for AdminApi {
             topology_toml: to_toml(&topology),
             applied_index: self.node.status().applied_index,
         }))
+    }
+
+    async fn health(&self, req: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.health(r).await }).await?
+        {
+            return Ok(answer);
+        }
+        let topology = self.node.store().with_state(|sm| sm.topology.clone());
+        Ok(Response::new(HealthResponse { clusters: self.health.clusters(&topology, Instant::now()), leader_id: self.node.status().id }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let forwarded =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.watch(r).await }).await?;
+        if let Some(remote) = forwarded {
+            // Relay the leader's stream; it ends when leadership moves.
+            return Ok(Response::new(Box::pin(remote.into_inner())));
+        }
+        let mut events = self.health.subscribe();
+        let mut status = self.node.watch_status();
+        let stream = async_stream(move |tx: tokio::sync::mpsc::Sender<Result<WatchEvent, Status>>| async move {
+            loop {
+                tokio::select! {
+                    e = events.recv() => match e {
+                        Ok(e) => if tx.send(Ok(e)).await.is_err() { return },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let lost = WatchEvent { kind: "lagged".into(), message: format!("{n} events dropped: this watcher is too slow"), ..Default::default() };
+                            if tx.send(Ok(lost)).await.is_err() { return }
+                        }
+                        Err(_) => return,
+                    },
+                    r = status.changed() => {
+                        if r.is_err() || status.borrow_and_update().role != Role::Leader {
+                            let _ = tx.send(Err(Status::unavailable("this coordinator is no longer the leader; watch again"))).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream))
     }
 
     async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
@@ -227,4 +296,16 @@ fn membership_response(outcome: Outcome, raft_index: u64) -> Result<Response<Mem
         Outcome::Membership { voters } => Ok(Response::new(MembershipResponse { voters, raft_index })),
         other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
     }
+}
+
+/// A stream fed by a task: `f` gets the sending half.
+fn async_stream<T, F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

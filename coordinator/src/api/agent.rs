@@ -1,35 +1,103 @@
 //! The AgentService: one long-lived bidirectional stream per database agent.
 //!
-//! The stream contract is fixed now (first message a Hello; followers answer
-//! with a Redirect to the leader). Sample handling — the leader's soft state of
-//! member health and lag — arrives with the agents feature; until then the
-//! leader refuses the stream with `UNIMPLEMENTED` and a message saying so,
-//! rather than silently swallowing samples.
+//! Contract: the first message is a Hello naming a member declared in the
+//! topology. A follower answers with a Redirect to the leader and closes. The
+//! leader keeps the stream: samples go into its [`HealthBoard`] (soft state,
+//! never Raft); the cluster's current primary goes down as a ClusterView so
+//! that agents cross-probe it. A malformed message ends that one stream with
+//! `INVALID_ARGUMENT`; nothing else is affected. A member whose dataset
+//! (system identifier / replication id) differs from its cluster's is refused
+//! with `FAILED_PRECONDITION`.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use drc_proto::agent_service_server::AgentService;
-use drc_proto::{coordinator_message, AgentMessage, CoordinatorMessage, Redirect};
+use drc_proto::{agent_message, coordinator_message, AgentHello, AgentMessage, CoordinatorMessage, Redirect, Sample};
 use futures::Stream;
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::health::{HealthBoard, ROLES};
 use crate::raft::transport::Transport;
 use crate::raft::{NodeHandle, Role};
+use crate::topology::Topology;
 
 pub struct AgentApi {
     node: NodeHandle,
     transport: Arc<Transport>,
+    health: Arc<HealthBoard>,
 }
 
 impl AgentApi {
-    pub fn new(node: NodeHandle, transport: Arc<Transport>) -> Self {
-        AgentApi { node, transport }
+    pub fn new(node: NodeHandle, transport: Arc<Transport>, health: Arc<HealthBoard>) -> Self {
+        AgentApi { node, transport, health }
+    }
+
+    fn redirect(&self) -> CoordinatorMessage {
+        let s = self.node.status();
+        let leader_address = self.transport.address_of(s.leader_id).unwrap_or_default();
+        CoordinatorMessage { body: Some(coordinator_message::Body::Redirect(Redirect { leader_id: s.leader_id, leader_address })) }
     }
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+#[allow(clippy::result_large_err)]
+fn check_hello(h: &AgentHello, t: &Topology) -> Result<(), Status> {
+    let Some(m) = t.members.get(&h.member_id) else {
+        return Err(Status::not_found(format!("member {:?} is not declared in the topology", h.member_id)));
+    };
+    if m.cluster != h.cluster {
+        return Err(Status::failed_precondition(format!(
+            "member {:?} belongs to cluster {:?}, not {:?}",
+            h.member_id, m.cluster, h.cluster
+        )));
+    }
+    let kind = t.clusters.get(&m.cluster).map(|c| c.kind.as_str()).unwrap_or_default();
+    if kind != h.kind {
+        return Err(Status::failed_precondition(format!(
+            "cluster {:?} is {kind}, but the agent of {:?} probes {:?}",
+            m.cluster, h.member_id, h.kind
+        )));
+    }
+    if m.region != h.region {
+        return Err(Status::failed_precondition(format!(
+            "member {:?} is declared in region {:?}, but its agent says {:?}",
+            h.member_id, m.region, h.region
+        )));
+    }
+    Ok(())
+}
+
+#[allow(clippy::result_large_err)]
+fn check_sample(s: &Sample, hello: &AgentHello) -> Result<(), Status> {
+    if s.member_id != hello.member_id {
+        return Err(Status::invalid_argument(format!("sample for member {:?} on the stream of member {:?}", s.member_id, hello.member_id)));
+    }
+    if !ROLES.contains(&s.role.as_str()) {
+        return Err(Status::invalid_argument(format!("sample.role {:?} is not one of {ROLES:?}", s.role)));
+    }
+    Ok(())
+}
+
+impl AgentApi {
+    #[allow(clippy::result_large_err)]
+    fn check_dataset(&self, cluster: &str, member: &str, dataset: &str) -> Result<(), Status> {
+        if dataset.is_empty() {
+            return Ok(());
+        }
+        let topology = self.node.store().with_state(|sm| sm.topology.clone());
+        match self.health.dataset_of(&topology, cluster, member) {
+            Some((other, theirs)) if theirs != dataset => Err(Status::failed_precondition(format!(
+                "member {member:?} holds dataset {dataset} but cluster {cluster:?} holds {theirs} (as member {other:?} reports): this agent points at a member of another cluster"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
@@ -38,7 +106,7 @@ impl AgentService for AgentApi {
     async fn session(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = req.into_inner();
         let hello = match inbound.next().await {
-            Some(Ok(AgentMessage { body: Some(drc_proto::agent_message::Body::Hello(h)) })) => h,
+            Some(Ok(AgentMessage { body: Some(agent_message::Body::Hello(h)) })) => h,
             Some(Ok(_)) => return Err(Status::invalid_argument("the first message on an agent stream must be a Hello")),
             Some(Err(e)) => return Err(e),
             None => return Err(Status::invalid_argument("agent stream closed before its Hello")),
@@ -46,12 +114,82 @@ impl AgentService for AgentApi {
         if hello.member_id.is_empty() {
             return Err(Status::invalid_argument("hello.member_id: must not be empty"));
         }
-        let s = self.node.status();
-        if s.role != Role::Leader {
-            let redirect = Redirect { leader_id: s.leader_id, leader_address: self.transport.address_of(s.leader_id).unwrap_or_default() };
-            let msg = CoordinatorMessage { body: Some(coordinator_message::Body::Redirect(redirect)) };
-            return Ok(Response::new(Box::pin(tokio_stream::once(Ok(msg)))));
+        if self.node.status().role != Role::Leader {
+            return Ok(Response::new(Box::pin(tokio_stream::once(Ok(self.redirect())))));
         }
-        Err(Status::unimplemented(format!("agent streams are not served by this coordinator version yet (member {})", hello.member_id)))
+        let topology = self.node.store().with_state(|sm| sm.topology.clone());
+        check_hello(&hello, &topology)?;
+        self.check_dataset(&hello.cluster, &hello.member_id, &hello.dataset_id)?;
+
+        let session = self.health.connect(&hello.member_id, &hello.cluster);
+        tracing::info!(member = %hello.member_id, cluster = %hello.cluster, region = %hello.region, session, "agent connected");
+        let (tx, rx) = mpsc::channel::<Result<CoordinatorMessage, Status>>(16);
+        let this = AgentApi { node: self.node.clone(), transport: Arc::clone(&self.transport), health: Arc::clone(&self.health) };
+        tokio::spawn(async move {
+            let reason = this.serve(&hello, session, &mut inbound, &tx).await;
+            this.health.disconnect(&hello.member_id, &hello.cluster, session);
+            match reason {
+                Ok(why) => tracing::info!(member = %hello.member_id, session, "agent stream ended: {why}"),
+                Err(status) => {
+                    tracing::warn!(member = %hello.member_id, session, error = %status.message(), "agent stream refused");
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+impl AgentApi {
+    /// Serves one stream until it ends; `Err` ends it with that status.
+    async fn serve(
+        &self,
+        hello: &AgentHello,
+        session: u64,
+        inbound: &mut Streaming<AgentMessage>,
+        tx: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
+    ) -> Result<&'static str, Status> {
+        let mut views = self.health.views();
+        let mut status = self.node.watch_status();
+        let mut sent_view = None;
+        loop {
+            let view = views.borrow_and_update().get(&hello.cluster).cloned();
+            if view.is_some() && view != sent_view {
+                let msg = CoordinatorMessage { body: Some(coordinator_message::Body::View(view.clone().unwrap_or_default())) };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return Ok("agent went away");
+                }
+                sent_view = view;
+            }
+            tokio::select! {
+                msg = inbound.next() => match msg {
+                    Some(Ok(AgentMessage { body: Some(agent_message::Body::Sample(s)) })) => {
+                        check_sample(&s, hello)?;
+                        self.check_dataset(&hello.cluster, &hello.member_id, &s.dataset_id)?;
+                        if !self.health.is_current(&hello.member_id, session) {
+                            return Ok("replaced by a newer stream of the same member");
+                        }
+                        self.health.ingest(s, Instant::now());
+                    }
+                    Some(Ok(AgentMessage { body: Some(agent_message::Body::Result(_)) })) => {}
+                    Some(Ok(AgentMessage { body: Some(agent_message::Body::Hello(_)) })) => {
+                        return Err(Status::invalid_argument("a second Hello on an open stream"));
+                    }
+                    Some(Ok(AgentMessage { body: None })) => return Err(Status::invalid_argument("an empty message")),
+                    Some(Err(e)) => return Err(Status::invalid_argument(format!("undecodable message: {}", e.message()))),
+                    None => return Ok("agent closed the stream"),
+                },
+                _ = views.changed() => {}
+                changed = status.changed() => {
+                    if changed.is_err() {
+                        return Ok("coordinator shutting down");
+                    }
+                    if status.borrow_and_update().role != Role::Leader {
+                        let _ = tx.send(Ok(self.redirect())).await;
+                        return Ok("this coordinator is no longer the leader");
+                    }
+                }
+            }
+        }
     }
 }

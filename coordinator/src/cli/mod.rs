@@ -12,7 +12,10 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use drc_proto::admin_service_client::AdminServiceClient;
-use drc_proto::{AddNodeRequest, ApplyTopologyRequest, GetTopologyRequest, ListNodesRequest, NodeStatus, RemoveNodeRequest, StatusRequest};
+use drc_proto::{
+    AddNodeRequest, ApplyTopologyRequest, ClusterHealth, GetTopologyRequest, ListNodesRequest, MemberHealth, NodeStatus, RemoveNodeRequest,
+    StatusRequest, WatchRequest,
+};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 
@@ -40,8 +43,10 @@ pub enum Output {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Every coordinator's role and Raft indexes, and a topology summary.
+    /// Every coordinator's role and Raft indexes, member health and lag, and a topology summary.
     Status,
+    /// Stream health changes (members turning healthy or not, roles, primaries) as they happen.
+    Watch,
     /// Validate a topology file and make it the replicated topology.
     Apply {
         #[arg(short = 'f', long = "file")]
@@ -147,6 +152,87 @@ fn node_json(n: &NodeStatus) -> serde_json::Value {
     })
 }
 
+fn member_json(m: &MemberHealth) -> serde_json::Value {
+    json!({
+        "id": m.id,
+        "region": m.region,
+        "role": m.role,
+        "healthy": m.healthy,
+        "lag_bytes": m.lag_bytes,
+        "lag_ms": m.lag_ms,
+        "timeline": m.timeline,
+        "dataset_id": m.dataset_id,
+        "sample_age_ms": m.sample_age_ms,
+        "has_sample": m.has_sample,
+        "agent_connected": m.agent_connected,
+        "position": m.position,
+        "replication_connected": m.replication_connected,
+        "replication_state": m.replication_state,
+        "primary_reachable_from": m.primary_reachable_from.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "error": m.error,
+    })
+}
+
+fn cluster_json(c: &ClusterHealth) -> serde_json::Value {
+    json!({
+        "name": c.name,
+        "kind": c.kind,
+        "primary": c.primary,
+        "epoch": c.epoch,
+        "members": c.members.iter().map(member_json).collect::<Vec<_>>(),
+    })
+}
+
+fn clusters_text(clusters: &[ClusterHealth]) -> String {
+    let mut out = String::new();
+    for c in clusters {
+        let primary = if c.primary.is_empty() { "none" } else { c.primary.as_str() };
+        out.push_str(&format!("\ncluster {} ({}), primary: {primary}\n", c.name, c.kind));
+        let rows: Vec<Vec<String>> = c
+            .members
+            .iter()
+            .map(|m| {
+                let health = if m.healthy {
+                    "healthy".to_string()
+                } else if !m.agent_connected {
+                    "UNHEALTHY (no agent)".to_string()
+                } else if !m.error.is_empty() {
+                    format!("UNHEALTHY ({})", m.error)
+                } else {
+                    "UNHEALTHY".to_string()
+                };
+                let sees: Vec<String> = {
+                    let mut v: Vec<_> = m.primary_reachable_from.iter().collect();
+                    v.sort();
+                    v.into_iter().map(|(r, ok)| format!("{r}:{}", if *ok { "ok" } else { "NO" })).collect()
+                };
+                let age = if m.has_sample { format!("{}ms", m.sample_age_ms) } else { "-".into() };
+                vec![
+                    m.id.clone(),
+                    m.region.clone(),
+                    m.role.clone(),
+                    health,
+                    m.lag_bytes.to_string(),
+                    format!("{:.1}", m.lag_ms as f64 / 1000.0),
+                    if c.kind == "postgres" { m.timeline.to_string() } else { short(&m.dataset_id) },
+                    age,
+                    sees.join(" "),
+                ]
+            })
+            .collect();
+        let id_col = if c.kind == "postgres" { "TIMELINE" } else { "REPLID" };
+        out.push_str(&table::render(
+            &["MEMBER", "REGION", "ROLE", "HEALTH", "LAG_BYTES", "LAG_S", id_col, "SAMPLE_AGE", "PRIMARY_REACHABLE_FROM"],
+            &rows,
+        ));
+    }
+    out
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
 fn nodes_table(nodes: &[NodeStatus], leader: u64) -> String {
     let rows: Vec<Vec<String>> = nodes
         .iter()
@@ -183,6 +269,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "leader_id": s.leader_id,
                     "answered_by": s.answered_by,
                     "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>(),
+                    "clusters": s.clusters.iter().map(cluster_json).collect::<Vec<_>>(),
                     "topology": {
                         "version": t.version,
                         "regions": t.regions,
@@ -196,10 +283,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let leader = if s.leader_id == 0 { "none (no quorum?)".to_string() } else { s.leader_id.to_string() };
                 println!("coordinators (leader: {leader}, answered by node {})", s.answered_by);
                 print!("{}", nodes_table(&s.nodes, s.leader_id));
+                print!("{}", clusters_text(&s.clusters));
                 println!(
                     "\ntopology v{}: {} regions, {} clusters, {} members, {} failover groups",
                     t.version, t.regions, t.clusters, t.members, t.failover_groups
                 );
+            }
+        }
+        Command::Watch => {
+            let mut stream = client.watch(WatchRequest {}).await.map_err(status_err)?.into_inner();
+            while let Some(e) = stream.message().await.map_err(status_err)? {
+                if json_out {
+                    let v = json!({"at_ms": e.at_ms, "kind": e.kind, "cluster": e.cluster, "member": e.member, "message": e.message});
+                    println!("{v}");
+                } else {
+                    let at = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(e.at_ms));
+                    println!("{at}  {:<13} {}", e.kind, e.message);
+                }
             }
         }
         Command::Apply { file, dry_run } => {

@@ -1,0 +1,203 @@
+//! Probes of the local member and, from this agent's region, of its
+//! cluster's current primary. A probe never fails: an unreachable member is a
+//! reading that says so (with the error), which is exactly what the
+//! coordinator needs to see.
+
+pub mod postgres;
+pub mod redis;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use drc_proto::Sample;
+
+use crate::config::{AgentConfig, Kind};
+
+/// What the local probe saw.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reading {
+    pub reachable: bool,
+    /// "primary", "replica" or "unknown".
+    pub role: &'static str,
+    /// Primary: current position; replica: replay position.
+    pub position: u64,
+    pub receive: u64,
+    pub replay: u64,
+    pub timeline: u32,
+    pub dataset_id: String,
+    pub replication_connected: bool,
+    pub replication_state: String,
+    /// Age of the last replayed transaction (PostgreSQL standby), if known.
+    pub replay_age: Option<Duration>,
+    pub error: String,
+}
+
+/// What the cross-probe of the primary saw.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PrimaryReading {
+    pub reachable: bool,
+    pub position: u64,
+    pub round_trip: Duration,
+    /// What the primary says this member last acknowledged, and how long
+    /// ago (Redis `slaveN:` lines): the lag of a member that cannot answer
+    /// its own probe, e.g. a stopped process.
+    pub acked: Option<(u64, Duration)>,
+}
+
+/// How far behind in time a replica is, from the history of the primary's
+/// positions seen by the cross-probe: the replica holds what the primary had
+/// at the moment the primary first moved past the replica's position. An
+/// idle primary that the replica has caught up with gives 0, however old its
+/// last write; a busy primary with a replica a few bytes behind gives the
+/// few milliseconds that really separate them.
+#[derive(Default)]
+pub struct LagClock {
+    /// (primary position, when it was first seen), increasing.
+    history: VecDeque<(u64, Instant)>,
+    caught_up_at: Option<Instant>,
+}
+
+const LAG_HISTORY: usize = 8192;
+
+impl LagClock {
+    pub fn observe_primary(&mut self, position: u64, now: Instant) {
+        if self.history.back().is_none_or(|(p, _)| position > *p) {
+            self.history.push_back((position, now));
+            if self.history.len() > LAG_HISTORY {
+                self.history.pop_front();
+            }
+        }
+    }
+
+    /// Lag of a replica at `replica` when the primary is at `primary`.
+    pub fn lag(&mut self, replica: u64, primary: u64, now: Instant) -> Duration {
+        if replica >= primary {
+            self.caught_up_at = Some(now);
+            while self.history.len() > 1 && self.history[1].0 <= replica {
+                self.history.pop_front();
+            }
+            return Duration::ZERO;
+        }
+        let since = self.history.iter().find(|(p, _)| *p > replica).map(|(_, t)| *t);
+        let since = match (since, self.caught_up_at) {
+            (Some(t), _) => t,
+            (None, Some(t)) => t,
+            (None, None) => return Duration::ZERO,
+        };
+        now.saturating_duration_since(since)
+    }
+}
+
+enum Inner {
+    Postgres(Box<postgres::PgProber>),
+    Redis(Box<redis::RedisProber>),
+}
+
+/// The prober of one member.
+pub struct Prober {
+    inner: Inner,
+    clock: LagClock,
+}
+
+impl Prober {
+    pub fn new(cfg: &AgentConfig) -> anyhow::Result<Self> {
+        let inner = match cfg.kind {
+            Kind::Postgres => Inner::Postgres(Box::new(postgres::PgProber::new(&cfg.connection, cfg.probe_timeout)?)),
+            Kind::Redis => Inner::Redis(Box::new(redis::RedisProber::new(&cfg.connection, cfg.probe_timeout)?)),
+        };
+        Ok(Prober { inner, clock: LagClock::default() })
+    }
+
+    pub async fn local(&mut self) -> Reading {
+        match &mut self.inner {
+            Inner::Postgres(p) => p.local().await,
+            Inner::Redis(p) => p.local().await,
+        }
+    }
+
+    /// Connects to the primary at `address` (host:port) and reads its position.
+    pub async fn primary(&mut self, address: &str) -> PrimaryReading {
+        let r = match &mut self.inner {
+            Inner::Postgres(p) => p.primary(address).await,
+            Inner::Redis(p) => p.primary(address).await,
+        };
+        if r.reachable {
+            self.clock.observe_primary(r.position, Instant::now());
+        }
+        r
+    }
+
+    /// Turns readings into a sample, computing the lag against the primary.
+    pub fn sample(&mut self, member: &str, local: &Reading, primary: Option<&PrimaryReading>, epoch: u64, taken_at_ms: u64) -> Sample {
+        let now = Instant::now();
+        let acked = primary.filter(|p| p.reachable).and_then(|p| p.acked.map(|(at, ago)| (p.position.saturating_sub(at), ago)));
+        let (lag_bytes, lag) = match local.role {
+            "unknown" if acked.is_some() => acked.unwrap_or_default(),
+            "replica" => match primary.filter(|p| p.reachable) {
+                Some(p) => (p.position.saturating_sub(local.replay), self.clock.lag(local.replay, p.position, now)),
+                // Without the primary: what was received but not replayed,
+                // aged by the last replayed transaction when known.
+                None => {
+                    let behind = local.receive.saturating_sub(local.replay);
+                    (behind, if behind == 0 { Duration::ZERO } else { local.replay_age.unwrap_or_default() })
+                }
+            },
+            _ => (0, Duration::ZERO),
+        };
+        let primary_reachable = match local.role {
+            "primary" => local.reachable,
+            _ => primary.is_some_and(|p| p.reachable),
+        };
+        Sample {
+            member_id: member.to_string(),
+            taken_at_ms,
+            reachable: local.reachable,
+            role: local.role.to_string(),
+            position: local.position,
+            lag_bytes,
+            lag_ms: lag.as_millis() as u64,
+            timeline: local.timeline,
+            dataset_id: local.dataset_id.clone(),
+            replication_connected: local.replication_connected,
+            epoch,
+            primary_reachable,
+            error: local.error.clone(),
+            receive_position: local.receive,
+            replay_position: local.replay,
+            primary_position: primary.map(|p| p.position).unwrap_or(0),
+            replication_state: local.replication_state.clone(),
+            primary_probe_us: primary.map(|p| p.round_trip.as_micros() as u64).unwrap_or(0),
+        }
+    }
+}
+
+/// Splits "host:port".
+pub fn split_address(address: &str) -> Option<(String, u16)> {
+    let (h, p) = address.rsplit_once(':')?;
+    Some((h.to_string(), p.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_zero_when_caught_up_with_an_idle_primary() {
+        let mut c = LagClock::default();
+        let t0 = Instant::now();
+        c.observe_primary(100, t0);
+        assert_eq!(c.lag(100, 100, t0 + Duration::from_secs(60)), Duration::ZERO);
+    }
+
+    #[test]
+    fn lag_counts_from_when_the_primary_moved_past_the_replica() {
+        let mut c = LagClock::default();
+        let t0 = Instant::now();
+        c.observe_primary(100, t0);
+        c.observe_primary(200, t0 + Duration::from_secs(1));
+        c.observe_primary(300, t0 + Duration::from_secs(2));
+        assert_eq!(c.lag(150, 300, t0 + Duration::from_secs(3)), Duration::from_secs(2));
+        assert_eq!(c.lag(250, 300, t0 + Duration::from_secs(3)), Duration::from_secs(1));
+        assert_eq!(c.lag(300, 300, t0 + Duration::from_secs(3)), Duration::ZERO);
+    }
+}

@@ -1,0 +1,144 @@
+//! PostgreSQL probe (tokio-postgres).
+//!
+//! Lag in seconds must stay right on an idle primary: a standby that has
+//! replayed everything the primary has is 0 s behind however old its last
+//! replayed transaction is. Only when it is behind in bytes does the age of
+//! the last replayed transaction count.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::{split_address, PrimaryReading, Reading};
+use crate::config::Connection;
+
+pub struct PgProber {
+    local_cfg: Config,
+    base: Config,
+    timeout: Duration,
+    local: Option<Client>,
+    /// Connection to the primary, with the address it was made to.
+    primary: Option<(String, Client)>,
+}
+
+const LOCAL_IDENTITY: &str = "SELECT pg_is_in_recovery(), (SELECT system_identifier::text FROM pg_control_system())";
+const PRIMARY_STATE: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, \
+     ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int";
+const STANDBY_STATE: &str = "SELECT COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0'), 0)::bigint, \
+     COALESCE(pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0'), 0)::bigint, \
+     (EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())) * 1000)::float8, \
+     COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint()))::int, \
+     COALESCE((SELECT status FROM pg_stat_wal_receiver), 'stopped')";
+
+impl PgProber {
+    pub fn new(conn: &Connection, timeout: Duration) -> anyhow::Result<Self> {
+        let mut base = Config::new();
+        base.user(conn.user.as_deref().unwrap_or("postgres"))
+            .dbname(conn.dbname.as_deref().unwrap_or("postgres"))
+            .connect_timeout(timeout)
+            .application_name("drc-agent");
+        if let Some(p) = conn.password()? {
+            base.password(p);
+        }
+        let mut local_cfg = base.clone();
+        local_cfg.host(&conn.host).port(conn.port);
+        Ok(PgProber { local_cfg, base, timeout, local: None, primary: None })
+    }
+
+    async fn connect(cfg: &Config, timeout: Duration) -> Result<Client, String> {
+        let (client, connection) = tokio::time::timeout(timeout, cfg.connect(NoTls))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    pub async fn local(&mut self) -> Reading {
+        match self.try_local().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.local = None;
+                Reading { reachable: false, role: "unknown", error: e, ..Default::default() }
+            }
+        }
+    }
+
+    async fn try_local(&mut self) -> Result<Reading, String> {
+        if self.local.as_ref().is_none_or(|c| c.is_closed()) {
+            self.local = Some(Self::connect(&self.local_cfg, self.timeout).await?);
+        }
+        let client = self.local.as_ref().ok_or("no connection")?;
+        let t = self.timeout;
+        let q = |sql: &'static str| async move {
+            tokio::time::timeout(t, client.query_one(sql, &[])).await.map_err(|_| "query timed out".to_string())?.map_err(|e| e.to_string())
+        };
+        let row = q(LOCAL_IDENTITY).await?;
+        let in_recovery: bool = row.get(0);
+        let dataset_id: String = row.get(1);
+        if !in_recovery {
+            let row = q(PRIMARY_STATE).await?;
+            let position = row.get::<_, i64>(0) as u64;
+            return Ok(Reading {
+                reachable: true,
+                role: "primary",
+                position,
+                timeline: row.get::<_, i32>(1) as u32,
+                dataset_id,
+                replication_connected: true,
+                ..Default::default()
+            });
+        }
+        let row = q(STANDBY_STATE).await?;
+        let receive = row.get::<_, i64>(0) as u64;
+        let replay = row.get::<_, i64>(1) as u64;
+        let age_ms: Option<f64> = row.get(2);
+        let state: String = row.get(4);
+        Ok(Reading {
+            reachable: true,
+            role: "replica",
+            position: replay,
+            receive,
+            replay,
+            timeline: row.get::<_, i32>(3) as u32,
+            dataset_id,
+            replication_connected: state == "streaming",
+            replication_state: state,
+            replay_age: age_ms.map(|ms| Duration::from_millis(ms.max(0.0) as u64)),
+            error: String::new(),
+        })
+    }
+
+    pub async fn primary(&mut self, address: &str) -> PrimaryReading {
+        let start = Instant::now();
+        match self.try_primary(address).await {
+            Ok(position) => PrimaryReading { reachable: true, position, round_trip: start.elapsed(), acked: None },
+            Err(e) => {
+                tracing::debug!(%address, error = %e, "primary not reachable");
+                self.primary = None;
+                PrimaryReading { reachable: false, position: 0, round_trip: start.elapsed(), acked: None }
+            }
+        }
+    }
+
+    async fn try_primary(&mut self, address: &str) -> Result<u64, String> {
+        let stale = match &self.primary {
+            Some((a, c)) => a != address || c.is_closed(),
+            None => true,
+        };
+        if stale {
+            let (host, port) = split_address(address).ok_or_else(|| format!("bad primary address {address:?}"))?;
+            let mut cfg = self.base.clone();
+            cfg.host(&host).port(port);
+            self.primary = Some((address.to_string(), Self::connect(&cfg, self.timeout).await?));
+        }
+        let (_, client) = self.primary.as_ref().ok_or("no connection")?;
+        let row = tokio::time::timeout(self.timeout, client.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint", &[]))
+            .await
+            .map_err(|_| "query timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+}

@@ -1,0 +1,181 @@
+//! Redis probe (`INFO replication`).
+//!
+//! Redis reports no replication delay in time, so the agent measures it: a
+//! replica's lag is the time since it was last fully caught up with the
+//! primary's offset.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+
+use super::{split_address, PrimaryReading, Reading};
+use crate::config::Connection;
+
+pub struct RedisProber {
+    url: String,
+    local_port: u16,
+    password: Option<String>,
+    user: Option<String>,
+    timeout: Duration,
+    local: Option<MultiplexedConnection>,
+    primary: Option<(String, MultiplexedConnection)>,
+}
+
+/// Parses the `key:value` lines of an INFO section.
+pub fn parse_info(text: &str) -> HashMap<&str, &str> {
+    text.lines().filter_map(|l| l.trim_end().split_once(':')).collect()
+}
+
+impl RedisProber {
+    pub fn new(conn: &Connection, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(RedisProber {
+            url: url(&conn.host, conn.port),
+            local_port: conn.port,
+            password: conn.password()?,
+            user: conn.user.clone(),
+            timeout,
+            local: None,
+            primary: None,
+        })
+    }
+
+    async fn connect(&self, url: &str) -> Result<MultiplexedConnection, String> {
+        let mut info: redis::ConnectionInfo = url.parse().map_err(|e: redis::RedisError| e.to_string())?;
+        let mut redis_info = info.redis_settings().clone();
+        if let Some(p) = &self.password {
+            redis_info = redis_info.set_password(p.clone());
+        }
+        if let Some(u) = &self.user {
+            redis_info = redis_info.set_username(u.clone());
+        }
+        info = info.set_redis_settings(redis_info);
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        tokio::time::timeout(self.timeout, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    async fn info(&self, con: &mut MultiplexedConnection) -> Result<String, String> {
+        tokio::time::timeout(self.timeout, redis::cmd("INFO").arg("replication").query_async::<String>(con))
+            .await
+            .map_err(|_| "INFO timed out".to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn local(&mut self) -> Reading {
+        match self.try_local().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.local = None;
+                Reading { reachable: false, role: "unknown", error: e, ..Default::default() }
+            }
+        }
+    }
+
+    async fn try_local(&mut self) -> Result<Reading, String> {
+        let mut con = match self.local.take() {
+            Some(c) => c,
+            None => self.connect(&self.url.clone()).await?,
+        };
+        let text = self.info(&mut con).await?;
+        self.local = Some(con);
+        let info = parse_info(&text);
+        let num = |k: &str| info.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let dataset_id = info.get("master_replid").copied().unwrap_or_default().to_string();
+        match info.get("role").copied() {
+            Some("master") => {
+                let pos = num("master_repl_offset");
+                Ok(Reading {
+                    reachable: true,
+                    role: "primary",
+                    position: pos,
+                    dataset_id,
+                    replication_connected: true,
+                    ..Default::default()
+                })
+            }
+            Some("slave") => {
+                let link = info.get("master_link_status").copied().unwrap_or("down").to_string();
+                let pos = num("slave_repl_offset");
+                // Until its first sync a replica carries a replication id of
+                // its own, which says nothing about the dataset it will hold.
+                let dataset_id = if link == "up" { dataset_id } else { String::new() };
+                Ok(Reading {
+                    reachable: true,
+                    role: "replica",
+                    position: pos,
+                    receive: pos,
+                    replay: pos,
+                    dataset_id,
+                    replication_connected: link == "up",
+                    replication_state: link,
+                    ..Default::default()
+                })
+            }
+            other => Err(format!("unexpected role {other:?} in INFO replication")),
+        }
+    }
+
+    pub async fn primary(&mut self, address: &str) -> PrimaryReading {
+        let start = Instant::now();
+        match self.try_primary(address).await {
+            Ok((position, acked)) => PrimaryReading { reachable: true, position, round_trip: start.elapsed(), acked },
+            Err(e) => {
+                tracing::debug!(%address, error = %e, "primary not reachable");
+                self.primary = None;
+                PrimaryReading { reachable: false, position: 0, round_trip: start.elapsed(), acked: None }
+            }
+        }
+    }
+
+    async fn try_primary(&mut self, address: &str) -> Result<(u64, Option<(u64, Duration)>), String> {
+        let mut con = match self.primary.take() {
+            Some((a, c)) if a == address => c,
+            _ => {
+                let (host, port) = split_address(address).ok_or_else(|| format!("bad primary address {address:?}"))?;
+                self.connect(&url(&host, port)).await?
+            }
+        };
+        let text = self.info(&mut con).await?;
+        self.primary = Some((address.to_string(), con));
+        let info = parse_info(&text);
+        let position = info.get("master_repl_offset").and_then(|v| v.parse().ok()).ok_or_else(|| "no master_repl_offset".to_string())?;
+        Ok((position, acked_by(&info, self.local_port)))
+    }
+}
+
+/// The offset a replica listening on `port` last acknowledged, and how long
+/// ago, from the primary's `slaveN:ip=..,port=..,offset=..,lag=..` lines.
+pub fn acked_by(info: &HashMap<&str, &str>, port: u16) -> Option<(u64, Duration)> {
+    info.iter().filter(|(k, _)| k.starts_with("slave") && k[5..].chars().all(|c| c.is_ascii_digit())).find_map(|(_, v)| {
+        let fields: HashMap<&str, &str> = v.split(',').filter_map(|f| f.split_once('=')).collect();
+        if fields.get("port")?.parse::<u16>().ok()? != port {
+            return None;
+        }
+        let offset = fields.get("offset")?.parse().ok()?;
+        let lag = fields.get("lag")?.parse::<u64>().ok()?;
+        Some((offset, Duration::from_secs(lag)))
+    })
+}
+
+fn url(host: &str, port: u16) -> String {
+    format!("redis://{host}:{port}/")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_info_replication() {
+        let text = "# Replication\r\nrole:slave\r\nmaster_link_status:up\r\nslave_repl_offset:1234\r\nmaster_replid:abc\r\n";
+        let info = super::parse_info(text);
+        assert_eq!(info["role"], "slave");
+        assert_eq!(info["slave_repl_offset"], "1234");
+        assert_eq!(info["master_replid"], "abc");
+        let primary = "role:master\r\nslave0:ip=127.0.0.1,port=7001,state=online,offset=90,lag=3\r\nmaster_repl_offset:100\r\n";
+        let info = super::parse_info(primary);
+        assert_eq!(super::acked_by(&info, 7001), Some((90, std::time::Duration::from_secs(3))));
+        assert_eq!(super::acked_by(&info, 7002), None);
+    }
+}

@@ -1,0 +1,220 @@
+//! The agent's one long-lived stream to the coordinator leader.
+//!
+//! Samples go up from a bounded buffer (oldest dropped first while
+//! disconnected, so memory stays bounded whatever the outage); ClusterViews
+//! and commands come down. The agent reconnects with jittered exponential
+//! backoff (`backon`) to any coordinator and follows Redirects to the leader.
+//! A refusal (unknown member, another cluster's dataset) is fatal: retrying
+//! cannot fix a wrong configuration, so the agent stops and says why.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::BackoffBuilder as _;
+use drc_proto::agent_service_client::AgentServiceClient;
+use drc_proto::{agent_message, coordinator_message, AgentHello, AgentMessage, ClusterView, Sample};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tonic::Code;
+
+use crate::config::AgentConfig;
+
+/// Samples waiting to be sent; bounded, oldest dropped first.
+pub struct SampleBuffer {
+    queue: Mutex<VecDeque<Sample>>,
+    capacity: usize,
+    notify: Notify,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl SampleBuffer {
+    pub fn new(capacity: usize) -> Self {
+        SampleBuffer { queue: Mutex::new(VecDeque::with_capacity(capacity)), capacity, notify: Notify::new(), dropped: Default::default() }
+    }
+
+    pub fn push(&self, s: Sample) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= self.capacity {
+            q.pop_front();
+            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        q.push_back(s);
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    pub async fn pop(&self) -> Sample {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(s) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+                return s;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Why the agent stopped for good.
+#[derive(Debug, thiserror::Error)]
+#[error("the coordinator refused this agent: {0}")]
+pub struct Refused(pub String);
+
+enum End {
+    Redirect(String),
+    Closed(&'static str),
+    Retry(String),
+}
+
+fn url(address: &str) -> String {
+    if address.starts_with("http://") || address.starts_with("https://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}
+
+/// Runs the stream until `cancel` fires or the coordinator refuses us.
+pub async fn run(
+    cfg: Arc<AgentConfig>,
+    buffer: Arc<SampleBuffer>,
+    views: watch::Sender<Option<ClusterView>>,
+    dataset: watch::Receiver<String>,
+    cancel: CancellationToken,
+) -> Result<(), Refused> {
+    let builder = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    let mut delays = builder.build();
+    let mut next = 0usize;
+    let mut redirect: Option<String> = None;
+    loop {
+        let address = redirect.take().unwrap_or_else(|| {
+            let a = cfg.endpoints[next % cfg.endpoints.len()].clone();
+            next += 1;
+            a
+        });
+        let hello = AgentHello {
+            member_id: cfg.member_id.clone(),
+            cluster: cfg.cluster.clone(),
+            region: cfg.region.clone(),
+            kind: cfg.kind.as_str().into(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            dataset_id: dataset.borrow().clone(),
+        };
+        let end = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            end = session(&address, hello, &buffer, &views) => end?,
+        };
+        let pause = match end {
+            End::Redirect(leader) if !leader.is_empty() && leader != address => {
+                tracing::info!(from = %address, to = %leader, "following the coordinator leader");
+                redirect = Some(leader);
+                Duration::ZERO
+            }
+            End::Redirect(_) => delays.next().unwrap_or(Duration::from_secs(1)),
+            End::Closed(why) => {
+                tracing::info!(coordinator = %address, "stream closed: {why}");
+                delays = builder.build();
+                Duration::from_millis(50)
+            }
+            End::Retry(e) => {
+                let d = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(coordinator = %address, error = %e, retry_in = ?d, buffered = buffer.len(), dropped = buffer.dropped(), "coordinator unreachable");
+                d
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+async fn session(
+    address: &str,
+    hello: AgentHello,
+    buffer: &SampleBuffer,
+    views: &watch::Sender<Option<ClusterView>>,
+) -> Result<End, Refused> {
+    let endpoint = match Endpoint::from_shared(url(address)) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5)),
+        Err(e) => return Ok(End::Retry(format!("bad address: {e}"))),
+    };
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return Ok(End::Retry(e.to_string())),
+    };
+    let mut client = AgentServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+    let _ = tx.send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) }).await;
+    let mut inbound = match client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return classify(s),
+    };
+    loop {
+        tokio::select! {
+            s = buffer.pop() => {
+                if tx.send(AgentMessage { body: Some(agent_message::Body::Sample(s)) }).await.is_err() {
+                    return Ok(End::Retry("stream closed".into()));
+                }
+            }
+            m = inbound.message() => match m {
+                Ok(Some(msg)) => match msg.body {
+                    Some(coordinator_message::Body::Redirect(r)) => return Ok(End::Redirect(r.leader_address)),
+                    Some(coordinator_message::Body::View(v)) => {
+                        tracing::info!(primary = %v.primary_member, address = %v.primary_address, epoch = v.epoch, "cluster view");
+                        views.send_replace(Some(v));
+                    }
+                    Some(coordinator_message::Body::Command(c)) => {
+                        tracing::warn!(command = c.command_id, action = %c.action, "commands are not supported by this agent version; ignored");
+                    }
+                    None => {}
+                },
+                Ok(None) => return Ok(End::Closed("the coordinator ended the stream")),
+                Err(s) => return classify(s),
+            }
+        }
+    }
+}
+
+fn classify(s: tonic::Status) -> Result<End, Refused> {
+    match s.code() {
+        Code::NotFound | Code::FailedPrecondition | Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated => {
+            Err(Refused(s.message().to_string()))
+        }
+        _ => Ok(End::Retry(format!("{:?}: {}", s.code(), s.message()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_buffer_drops_the_oldest_samples_first() {
+        let b = SampleBuffer::new(3);
+        for i in 0..5u64 {
+            b.push(Sample { taken_at_ms: i, ..Default::default() });
+        }
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.dropped(), 2);
+        assert_eq!(b.pop().await.taken_at_ms, 2);
+        assert_eq!(b.pop().await.taken_at_ms, 3);
+    }
+}

@@ -1,0 +1,385 @@
+//! The leader's soft state of member health: the newest sample of every
+//! member, who is connected, and what that says about each cluster.
+//!
+//! Samples never go through Raft (DESIGN.md: heartbeats would make consensus
+//! the bottleneck). The board is cleared whenever this node becomes leader, so
+//! a new leader decides only on samples it received itself.
+//!
+//! Time is passed in (`now`), so the board is deterministic under test.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use drc_proto::{ClusterHealth, ClusterView, MemberHealth, Sample, WatchEvent};
+use tokio::sync::{broadcast, watch};
+
+use crate::topology::Topology;
+
+/// Roles an agent may report.
+pub const ROLES: [&str; 3] = ["primary", "replica", "unknown"];
+
+#[derive(Default)]
+struct MemberState {
+    sample: Option<Sample>,
+    received: Option<Instant>,
+    /// Session id of the connected agent stream, if any.
+    session: Option<u64>,
+}
+
+#[derive(Default)]
+struct Board {
+    members: HashMap<String, MemberState>,
+    next_session: u64,
+    /// Health and role last reported in events, to report only changes.
+    last: HashMap<String, (bool, String)>,
+    last_primary: HashMap<String, String>,
+}
+
+/// Shared health board of the leader.
+pub struct HealthBoard {
+    board: Mutex<Board>,
+    events: broadcast::Sender<WatchEvent>,
+    views: watch::Sender<BTreeMap<String, ClusterView>>,
+}
+
+impl Default for HealthBoard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl HealthBoard {
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(1024);
+        let (views, _) = watch::channel(BTreeMap::new());
+        HealthBoard { board: Mutex::new(Board::default()), events, views }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.board.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn views(&self) -> watch::Receiver<BTreeMap<String, ClusterView>> {
+        self.views.subscribe()
+    }
+
+    fn emit(&self, kind: &str, cluster: &str, member: &str, message: String) {
+        let _ =
+            self.events.send(WatchEvent { at_ms: now_ms(), kind: kind.into(), cluster: cluster.into(), member: member.into(), message });
+    }
+
+    /// Forgets everything: called when this node becomes leader.
+    pub fn reset(&self) {
+        *self.lock() = Board::default();
+        self.views.send_replace(BTreeMap::new());
+    }
+
+    /// Registers a new agent stream for `member`, replacing any older one.
+    pub fn connect(&self, member: &str, cluster: &str) -> u64 {
+        let id = {
+            let mut b = self.lock();
+            b.next_session += 1;
+            let id = b.next_session;
+            b.members.entry(member.to_string()).or_default().session = Some(id);
+            id
+        };
+        self.emit("agent", cluster, member, format!("agent of {member} connected"));
+        id
+    }
+
+    /// Ends a stream; a newer stream of the same member is left alone.
+    pub fn disconnect(&self, member: &str, cluster: &str, session: u64) {
+        let gone = {
+            let mut b = self.lock();
+            match b.members.get_mut(member) {
+                Some(m) if m.session == Some(session) => {
+                    m.session = None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if gone {
+            self.emit("agent", cluster, member, format!("agent of {member} disconnected"));
+        }
+    }
+
+    /// Whether `session` is still the member's current stream.
+    pub fn is_current(&self, member: &str, session: u64) -> bool {
+        self.lock().members.get(member).is_some_and(|m| m.session == Some(session))
+    }
+
+    /// Records a sample received at `now`.
+    pub fn ingest(&self, sample: Sample, now: Instant) {
+        let mut b = self.lock();
+        let m = b.members.entry(sample.member_id.clone()).or_default();
+        m.sample = Some(sample);
+        m.received = Some(now);
+    }
+
+    /// The dataset (system identifier / replication id) that the members of
+    /// `cluster` other than `except` report, if any does.
+    pub fn dataset_of(&self, topology: &Topology, cluster: &str, except: &str) -> Option<(String, String)> {
+        let b = self.lock();
+        topology.members_of(cluster).filter(|(id, _)| id.as_str() != except).find_map(|(id, _)| {
+            let s = b.members.get(id)?.sample.as_ref()?;
+            (!s.dataset_id.is_empty()).then(|| (id.clone(), s.dataset_id.clone()))
+        })
+    }
+
+    /// Health of every declared cluster as of `now`.
+    pub fn clusters(&self, topology: &Topology, now: Instant) -> Vec<ClusterHealth> {
+        let b = self.lock();
+        topology
+            .clusters
+            .iter()
+            .map(|(name, cluster)| {
+                let window = cluster.policy.detection_window;
+                let mut reach: BTreeMap<String, bool> = BTreeMap::new();
+                let mut members = Vec::new();
+                for (id, decl) in topology.members_of(name) {
+                    let state = b.members.get(id);
+                    let sample = state.and_then(|m| m.sample.as_ref());
+                    let age = state.and_then(|m| m.received).map(|r| now.saturating_duration_since(r));
+                    let connected = state.is_some_and(|m| m.session.is_some());
+                    let fresh = age.is_some_and(|a| a <= window);
+                    if let (Some(s), true) = (sample, fresh) {
+                        let e = reach.entry(decl.region.clone()).or_insert(false);
+                        *e |= s.primary_reachable;
+                    }
+                    members.push(member_health(id, &decl.region, sample, age, connected, fresh));
+                }
+                let primary = primary_of(&members);
+                for m in &mut members {
+                    m.primary_reachable_from = reach.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                }
+                ClusterHealth { name: name.clone(), kind: cluster.kind.as_str().to_string(), primary, members, epoch: 0 }
+            })
+            .collect()
+    }
+
+    /// Recomputes the clusters at `now`: publishes changed primaries to the
+    /// agents and emits an event for every health, role or primary change.
+    pub fn refresh(&self, topology: &Topology, now: Instant) {
+        let clusters = self.clusters(topology, now);
+        let mut events = Vec::new();
+        {
+            let mut b = self.lock();
+            for c in &clusters {
+                for m in &c.members {
+                    let cur = (m.healthy, m.role.clone());
+                    match b.last.insert(m.id.clone(), cur.clone()) {
+                        Some(prev) if prev == cur => {}
+                        prev => {
+                            if prev.as_ref().map(|p| p.0) != Some(cur.0) {
+                                let what = if cur.0 { "healthy".to_string() } else { format!("unhealthy{}", reason(m)) };
+                                events.push(("member_health", c.name.clone(), m.id.clone(), format!("{} is {what}", m.id)));
+                            }
+                            if prev.as_ref().map(|p| &p.1) != Some(&cur.1) {
+                                events.push(("member_role", c.name.clone(), m.id.clone(), format!("{} is {}", m.id, cur.1)));
+                            }
+                        }
+                    }
+                }
+                if b.last_primary.get(&c.name) != Some(&c.primary) {
+                    b.last_primary.insert(c.name.clone(), c.primary.clone());
+                    let msg = if c.primary.is_empty() {
+                        format!("{} has no primary", c.name)
+                    } else {
+                        format!("{} primary is {}", c.name, c.primary)
+                    };
+                    events.push(("primary", c.name.clone(), c.primary.clone(), msg));
+                }
+            }
+        }
+        for (kind, cluster, member, msg) in events {
+            self.emit(kind, &cluster, &member, msg);
+        }
+        let views: BTreeMap<String, ClusterView> = clusters
+            .iter()
+            .map(|c| {
+                let address = topology.members.get(&c.primary).map(|m| m.address.clone()).unwrap_or_default();
+                (
+                    c.name.clone(),
+                    ClusterView { cluster: c.name.clone(), primary_member: c.primary.clone(), primary_address: address, epoch: c.epoch },
+                )
+            })
+            .collect();
+        self.views.send_if_modified(|v| {
+            if *v != views {
+                *v = views;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+fn reason(m: &MemberHealth) -> String {
+    if !m.has_sample {
+        " (no sample yet)".into()
+    } else if !m.agent_connected {
+        " (agent disconnected)".into()
+    } else if !m.error.is_empty() {
+        format!(" ({})", m.error)
+    } else {
+        format!(" (last sample {} ms ago)", m.sample_age_ms)
+    }
+}
+
+fn member_health(id: &str, region: &str, sample: Option<&Sample>, age: Option<Duration>, connected: bool, fresh: bool) -> MemberHealth {
+    let mut h = MemberHealth {
+        id: id.to_string(),
+        region: region.to_string(),
+        role: "unknown".into(),
+        agent_connected: connected,
+        ..Default::default()
+    };
+    if let Some(s) = sample {
+        h.has_sample = true;
+        h.role = if fresh && s.reachable { s.role.clone() } else { "unknown".into() };
+        h.lag_bytes = s.lag_bytes;
+        h.lag_ms = s.lag_ms;
+        h.timeline = s.timeline;
+        h.dataset_id = s.dataset_id.clone();
+        h.error = s.error.clone();
+        h.position = s.position;
+        h.replication_connected = s.replication_connected;
+        h.replication_state = s.replication_state.clone();
+        h.sample_age_ms = age.map(|a| a.as_millis() as u64).unwrap_or(0);
+        h.healthy = connected && fresh && s.reachable && s.error.is_empty();
+    }
+    h
+}
+
+/// The primary: the one healthy member reporting the primary role; with
+/// several (split brain as seen by agents), the most advanced; none if none.
+fn primary_of(members: &[MemberHealth]) -> String {
+    members
+        .iter()
+        .filter(|m| m.healthy && m.role == "primary")
+        .max_by_key(|m| (m.timeline, m.position))
+        .map(|m| m.id.clone())
+        .unwrap_or_default()
+}
+
+/// Keeps the board in step with leadership and time: cleared whenever this
+/// node gains or loses leadership, refreshed every `interval` while leading
+/// (so that staleness turns members unhealthy even when nothing arrives).
+pub async fn run_monitor(
+    board: std::sync::Arc<HealthBoard>,
+    node: crate::raft::NodeHandle,
+    interval: Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut status = node.watch_status();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+            r = status.changed() => if r.is_err() { return },
+        }
+        let s = status.borrow_and_update().clone();
+        let leader = s.role == crate::raft::Role::Leader;
+        if leader != was_leader {
+            board.reset();
+            if leader {
+                board.emit("leader", "", "", format!("node {} leads (term {}); waiting for fresh samples", s.id, s.term));
+            }
+            was_leader = leader;
+        }
+        if leader {
+            let topology = node.store().with_state(|sm| sm.topology.clone());
+            board.refresh(&topology, Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::parse::parse_topology;
+
+    fn topo() -> Topology {
+        parse_topology(
+            "[regions.a]\n[regions.b]\n[clusters.pg]\nkind='postgres'\n[clusters.pg.policy]\ndetection_window='1s'\n\
+             [[members]]\nid='p'\ncluster='pg'\nregion='a'\naddress='h:1'\n[[members]]\nid='r'\ncluster='pg'\nregion='b'\naddress='h:2'\n",
+        )
+        .expect("valid")
+    }
+
+    fn sample(member: &str, role: &str) -> Sample {
+        Sample {
+            member_id: member.into(),
+            reachable: true,
+            role: role.into(),
+            dataset_id: "42".into(),
+            primary_reachable: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fresh_connected_members_are_healthy_and_stale_ones_are_not() {
+        let board = HealthBoard::new();
+        let t = topo();
+        let t0 = Instant::now();
+        board.connect("p", "pg");
+        board.connect("r", "pg");
+        board.ingest(sample("p", "primary"), t0);
+        board.ingest(Sample { lag_bytes: 10, ..sample("r", "replica") }, t0);
+        let c = &board.clusters(&t, t0 + Duration::from_millis(500))[0];
+        assert_eq!(c.primary, "p");
+        assert!(c.members.iter().all(|m| m.healthy));
+        assert_eq!(c.members[1].lag_bytes, 10);
+        assert_eq!(c.members[1].primary_reachable_from.get("a"), Some(&true));
+        let c = &board.clusters(&t, t0 + Duration::from_secs(2))[0];
+        assert!(c.members.iter().all(|m| !m.healthy), "stale samples beyond the detection window");
+        assert_eq!(c.primary, "");
+    }
+
+    #[test]
+    fn refresh_reports_changes_once_and_publishes_the_primary() {
+        let board = HealthBoard::new();
+        let mut events = board.subscribe();
+        let views = board.views();
+        let t = topo();
+        let t0 = Instant::now();
+        let s = board.connect("p", "pg");
+        board.ingest(sample("p", "primary"), t0);
+        board.refresh(&t, t0);
+        board.refresh(&t, t0);
+        assert_eq!(views.borrow()["pg"].primary_address, "h:1");
+        let mut kinds = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            kinds.push(e.kind);
+        }
+        assert_eq!(kinds.iter().filter(|k| *k == "primary").count(), 1, "{kinds:?}");
+        board.disconnect("p", "pg", s);
+        board.refresh(&t, t0);
+        assert_eq!(views.borrow()["pg"].primary_member, "");
+    }
+
+    #[test]
+    fn a_newer_stream_replaces_an_older_one() {
+        let board = HealthBoard::new();
+        let old = board.connect("p", "pg");
+        let new = board.connect("p", "pg");
+        board.disconnect("p", "pg", old);
+        assert!(board.is_current("p", new));
+        assert!(!board.is_current("p", old));
+    }
+}

@@ -1,0 +1,384 @@
+//! The local three-region lab: real PostgreSQL 15 and Redis members, an agent
+//! per member and a coordinator per region, all on loopback with ports chosen
+//! at run time. `drc-lab up` and the end-to-end tests share this code.
+//!
+//! Region `a` holds the primaries; `b` and `c` hold streaming replicas (with
+//! replication slots for PostgreSQL). Every process is started in its own
+//! session so that `drc-lab up` can return and leave the lab running;
+//! [`Lab::down`] (and dropping an owned [`Lab`]) stops every process listed in
+//! `lab.json` and leaves none behind.
+
+pub mod postgres;
+pub mod redis;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{bin, drctl, free_port, json_output, wait_for};
+
+pub const REGIONS: [&str; 3] = ["a", "b", "c"];
+pub const PG_CLUSTER: &str = "app-pg";
+pub const REDIS_CLUSTER: &str = "app-redis";
+
+/// One coordinator in `lab.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CoordinatorInfo {
+    pub id: u64,
+    pub region: String,
+    /// host:port of its gRPC (admin) endpoint.
+    pub endpoint: String,
+    pub pid: u32,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+/// One database member in `lab.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: String,
+    pub cluster: String,
+    /// "postgres" or "redis".
+    pub kind: String,
+    pub region: String,
+    pub host: String,
+    pub port: u16,
+    pub pid: u32,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub agent_pid: u32,
+    pub agent_config: PathBuf,
+    pub agent_log: PathBuf,
+}
+
+/// What `drc-lab up` writes to `DIR/lab.json`. Field names are a contract
+/// for scripts: add, never rename or remove.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabInfo {
+    pub dir: PathBuf,
+    pub drctl: PathBuf,
+    /// Comma-separated coordinator endpoints, for `DRC_ENDPOINTS`.
+    pub endpoints: String,
+    pub coordinators: Vec<CoordinatorInfo>,
+    pub members: Vec<MemberInfo>,
+    /// S3-compatible servers, one per region (empty until the backups feature).
+    pub s3: Vec<Value>,
+}
+
+/// A running lab. Dropping it stops everything (unless [`Lab::detach`]ed).
+pub struct Lab {
+    pub info: LabInfo,
+    owned: bool,
+}
+
+/// Starts `program` in its own session (so it outlives `drc-lab up`), with
+/// stdout and stderr appended to `log`.
+pub fn spawn_detached(cmd: &mut Command, log: &Path) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    // SAFETY: setsid(2) is async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    Ok(child.id())
+}
+
+/// Whether a process is alive (and not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`; reaps our own children.
+pub fn stop_pid(pid: u32, grace: Duration) {
+    if pid == 0 || !alive(pid) {
+        return;
+    }
+    signal(pid, libc::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while alive(pid) && std::time::Instant::now() < deadline {
+        reap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if alive(pid) {
+        signal(pid, libc::SIGKILL);
+    }
+    for _ in 0..100 {
+        reap();
+        if !alive(pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a pid we started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+fn reap() {
+    // SAFETY: waitpid(2) with WNOHANG on any child; never blocks.
+    #[allow(unsafe_code)]
+    unsafe {
+        while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+    }
+}
+
+fn make_world_readable(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+impl Lab {
+    /// Brings the whole lab up in `dir` and returns once every member is
+    /// healthy with the right role.
+    pub fn up(dir: &Path) -> anyhow::Result<Lab> {
+        postgres::check_installed()?;
+        redis::check_installed()?;
+        fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        make_world_readable(&dir)?;
+        // A lab that fails half-way still cleans up what it started.
+        let mut lab = Lab {
+            info: LabInfo {
+                dir: dir.clone(),
+                drctl: bin("drctl"),
+                endpoints: String::new(),
+                coordinators: Vec::new(),
+                members: Vec::new(),
+                s3: Vec::new(),
+            },
+            owned: true,
+        };
+        lab.start_coordinators()?;
+        lab.write_info()?;
+        lab.start_databases()?;
+        lab.write_info()?;
+        lab.apply_topology()?;
+        lab.start_agents()?;
+        lab.write_info()?;
+        lab.wait_healthy(Duration::from_secs(60))?;
+        Ok(lab)
+    }
+
+    /// Attaches to a lab described by `DIR/lab.json`.
+    pub fn attach(dir: &Path) -> anyhow::Result<Lab> {
+        let text = fs::read_to_string(dir.join("lab.json")).with_context(|| format!("no lab in {}", dir.display()))?;
+        Ok(Lab { info: serde_json::from_str(&text)?, owned: false })
+    }
+
+    /// Leaves the lab running when this value is dropped.
+    pub fn detach(mut self) -> LabInfo {
+        self.owned = false;
+        self.info.clone()
+    }
+
+    pub fn write_info(&self) -> anyhow::Result<()> {
+        let tmp = self.info.dir.join("lab.json.tmp");
+        fs::write(&tmp, serde_json::to_string_pretty(&self.info)?)?;
+        fs::rename(&tmp, self.info.dir.join("lab.json"))?;
+        Ok(())
+    }
+
+    fn start_coordinators(&mut self) -> anyhow::Result<()> {
+        let addrs: Vec<String> = REGIONS.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        for (i, region) in REGIONS.iter().enumerate() {
+            let id = i as u64 + 1;
+            let data_dir = self.info.dir.join(format!("coordinator-{region}"));
+            let config = self.info.dir.join(format!("coordinator-{region}.toml"));
+            let log = self.info.dir.join(format!("coordinator-{region}.log"));
+            let mut text =
+                format!("cluster_id = \"lab\"\nnode_id = {id}\nlisten = {:?}\ndata_dir = {:?}\n", addrs[i], data_dir.display().to_string());
+            for (j, a) in addrs.iter().enumerate() {
+                text.push_str(&format!("[[peers]]\nid = {}\naddress = {a:?}\n", j + 1));
+            }
+            fs::write(&config, text)?;
+            let pid = spawn_detached(Command::new(bin("drc-coordinator")).arg("--config").arg(&config), &log)?;
+            self.info.coordinators.push(CoordinatorInfo {
+                id,
+                region: region.to_string(),
+                endpoint: addrs[i].clone(),
+                pid,
+                data_dir,
+                config,
+                log,
+            });
+        }
+        self.info.endpoints = addrs.join(",");
+        wait_for("a coordinator leader", Duration::from_secs(30), || {
+            let s = self.status().ok()?;
+            (s["leader_id"].as_u64()? != 0).then_some(())
+        })
+    }
+
+    fn start_databases(&mut self) -> anyhow::Result<()> {
+        let pg = postgres::start_cluster(&self.info.dir, PG_CLUSTER)?;
+        self.info.members.extend(pg);
+        let rd = redis::start_cluster(&self.info.dir, REDIS_CLUSTER)?;
+        self.info.members.extend(rd);
+        Ok(())
+    }
+
+    /// The topology document of the lab.
+    pub fn topology(&self) -> String {
+        let mut t = String::new();
+        for (i, r) in REGIONS.iter().enumerate() {
+            t.push_str(&format!("[regions.{r}]\npriority = {}\n", i + 1));
+        }
+        for (name, kind) in [(PG_CLUSTER, "postgres"), (REDIS_CLUSTER, "redis")] {
+            t.push_str(&format!(
+                "[clusters.{name}]\nkind = \"{kind}\"\n[clusters.{name}.policy]\nrpo_max_lag_bytes = 16777216\nrpo_max_lag_time = \"10s\"\ndetection_window = \"2s\"\nanti_flap_window = \"5m\"\n"
+            ));
+        }
+        for m in &self.info.members {
+            t.push_str(&format!(
+                "[[members]]\nid = {:?}\ncluster = {:?}\nregion = {:?}\naddress = \"{}:{}\"\n",
+                m.id, m.cluster, m.region, m.host, m.port
+            ));
+        }
+        t.push_str(&format!("[failover_groups.app]\nclusters = [\"{PG_CLUSTER}\", \"{REDIS_CLUSTER}\"]\n"));
+        t
+    }
+
+    fn apply_topology(&self) -> anyhow::Result<()> {
+        let path = self.info.dir.join("topology.toml");
+        fs::write(&path, self.topology())?;
+        json_output(drctl(&self.info.endpoints, &["-o", "json", "apply", "-f", &path.display().to_string()]))?;
+        Ok(())
+    }
+
+    /// Writes an agent config for `m` and starts the agent.
+    pub fn start_agent(&mut self, index: usize) -> anyhow::Result<()> {
+        let m = &self.info.members[index];
+        let config = self.info.dir.join(format!("agent-{}.toml", m.id));
+        let log = self.info.dir.join(format!("agent-{}.log", m.id));
+        let endpoints = self.info.coordinators.iter().map(|c| format!("{:?}", c.endpoint)).collect::<Vec<_>>().join(", ");
+        let user = if m.kind == "postgres" { "user = \"postgres\"\n" } else { "" };
+        let text = format!(
+            "member_id = {:?}\ncluster = {:?}\nregion = {:?}\nkind = {:?}\nendpoints = [{endpoints}]\nprobe_interval = \"200ms\"\nprobe_timeout = \"1s\"\n[connection]\nhost = {:?}\nport = {}\n{user}",
+            m.id, m.cluster, m.region, m.kind, m.host, m.port
+        );
+        fs::write(&config, text)?;
+        let pid = spawn_detached(Command::new(bin("drc-agent")).arg("--config").arg(&config), &log)?;
+        let m = &mut self.info.members[index];
+        m.agent_pid = pid;
+        m.agent_config = config;
+        m.agent_log = log;
+        Ok(())
+    }
+
+    fn start_agents(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.info.members.len() {
+            self.start_agent(i)?;
+        }
+        Ok(())
+    }
+
+    /// `drctl -o json status` against the lab.
+    pub fn status(&self) -> anyhow::Result<Value> {
+        json_output(drctl(&self.info.endpoints, &["-o", "json", "status"]))
+    }
+
+    /// Member health rows by member id, from the leader.
+    pub fn members_health(&self) -> anyhow::Result<std::collections::BTreeMap<String, Value>> {
+        let s = self.status()?;
+        let mut out = std::collections::BTreeMap::new();
+        for c in s["clusters"].as_array().into_iter().flatten() {
+            for m in c["members"].as_array().into_iter().flatten() {
+                out.insert(m["id"].as_str().unwrap_or_default().to_string(), m.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits until every member is healthy with the role the lab gave it.
+    pub fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
+        let mut last = String::new();
+        let r = wait_for("every member healthy with its role", timeout, || {
+            let health = self.members_health().ok()?;
+            let ok = self.info.members.iter().all(|m| {
+                let want = if m.region == "a" { "primary" } else { "replica" };
+                health.get(&m.id).is_some_and(|h| h["healthy"] == true && h["role"] == want)
+            });
+            last = serde_json::to_string(&health).unwrap_or_default();
+            ok.then_some(())
+        });
+        r.map_err(|e| anyhow!("{e}; last health: {last}"))
+    }
+
+    pub fn member(&self, id: &str) -> anyhow::Result<&MemberInfo> {
+        self.info.members.iter().find(|m| m.id == id).ok_or_else(|| anyhow!("no member {id}"))
+    }
+
+    /// Stops every process of the lab. Idempotent.
+    pub fn down(&self) -> anyhow::Result<()> {
+        for m in &self.info.members {
+            stop_pid(m.agent_pid, Duration::from_secs(3));
+        }
+        for c in &self.info.coordinators {
+            stop_pid(c.pid, Duration::from_secs(5));
+        }
+        let mut errors = Vec::new();
+        for m in &self.info.members {
+            let r = match m.kind.as_str() {
+                "postgres" => postgres::stop(m),
+                _ => {
+                    stop_pid(m.pid, Duration::from_secs(3));
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                errors.push(format!("{}: {e}", m.id));
+            }
+        }
+        let left: Vec<u32> = self.pids().into_iter().filter(|p| alive(*p)).collect();
+        if !left.is_empty() {
+            errors.push(format!("processes still running: {left:?}"));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("drc-lab down: {}", errors.join("; "))
+        }
+    }
+
+    /// Every pid the lab started.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut p: Vec<u32> = self.info.coordinators.iter().map(|c| c.pid).collect();
+        for m in &self.info.members {
+            p.push(m.agent_pid);
+            p.push(m.pid);
+        }
+        p.retain(|p| *p != 0);
+        p
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.owned {
+            if let Err(e) = self.down() {
+                eprintln!("{e}");
+            }
+        }
+    }
+}

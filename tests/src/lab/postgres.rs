@@ -1,0 +1,157 @@
+//! PostgreSQL 15 members of the lab. Servers run as the `postgres` OS user
+//! (initdb and postgres refuse root); ports and socket dirs are passed on the
+//! command line, never in postgresql.conf, because pg_basebackup copies it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+
+use super::{MemberInfo, REGIONS};
+use crate::{free_port, wait_for};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub fn check_installed() -> anyhow::Result<()> {
+    if !Path::new(PG_BIN).join("pg_ctl").exists() {
+        bail!("PostgreSQL 15 is not installed ({PG_BIN}/pg_ctl missing); run scripts/test or `apt-get install postgresql-15`");
+    }
+    if Command::new("id").arg("postgres").output().map(|o| !o.status.success()).unwrap_or(true) {
+        bail!("the `postgres` OS user does not exist; run scripts/test or create it");
+    }
+    Ok(())
+}
+
+fn as_postgres(program: &str) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")]);
+    c
+}
+
+fn run(mut cmd: Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn chown_postgres(path: &Path) -> anyhow::Result<()> {
+    run(
+        {
+            let mut c = Command::new("chown");
+            c.args(["-R", "postgres:postgres"]).arg(path);
+            c
+        },
+        "chown",
+    )?;
+    Ok(())
+}
+
+/// Runs SQL on the member as the postgres superuser; returns psql's unaligned output.
+pub fn psql(port: u16, sql: &str) -> anyhow::Result<String> {
+    let mut c = Command::new("psql");
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql]);
+    Ok(run(c, &format!("psql -p {port}"))?.trim().to_string())
+}
+
+fn start(data: &Path, port: u16, sock: &Path, log: &Path) -> anyhow::Result<u32> {
+    let mut c = as_postgres("pg_ctl");
+    c.arg("-D").arg(data).arg("-l").arg(log).args(["-w", "-t", "60", "-o"]).arg(format!("-p {port} -k {}", sock.display())).arg("start");
+    run(c, "pg_ctl start")?;
+    postmaster_pid(data)
+}
+
+/// The postmaster's pid, from `postmaster.pid`.
+pub fn postmaster_pid(data: &Path) -> anyhow::Result<u32> {
+    let text = fs::read_to_string(data.join("postmaster.pid")).context("reading postmaster.pid")?;
+    text.lines().next().and_then(|l| l.trim().parse().ok()).ok_or_else(|| anyhow!("bad postmaster.pid"))
+}
+
+/// Creates the primary in region a and streaming standbys in b and c.
+pub fn start_cluster(dir: &Path, cluster: &str) -> anyhow::Result<Vec<MemberInfo>> {
+    let mut members = Vec::new();
+    let mut primary_port = 0;
+    for region in REGIONS {
+        let id = format!("pg-{region}");
+        let data = dir.join(format!("{id}.data"));
+        let sock = dir.join(format!("{id}.sock"));
+        let log = dir.join(format!("{id}.log"));
+        fs::create_dir_all(&sock)?;
+        chown_postgres(&sock)?;
+        // The log file must be writable by postgres.
+        fs::write(&log, "")?;
+        chown_postgres(&log)?;
+        let port = free_port();
+        if region == "a" {
+            let mut c = as_postgres("initdb");
+            c.arg("-D").arg(&data).args(["-U", "postgres", "-A", "trust", "--data-checksums", "--no-sync", "-E", "UTF8", "--locale", "C"]);
+            fs::create_dir_all(&data)?;
+            chown_postgres(&data)?;
+            run(c, "initdb")?;
+            let mut conf = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?;
+            use std::io::Write as _;
+            writeln!(
+                conf,
+                "listen_addresses = '127.0.0.1'\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nhot_standby = on\nwal_log_hints = on\nfsync = off\nsynchronous_commit = off\nfull_page_writes = on\nwal_keep_size = '64MB'\nshared_buffers = '32MB'\nhot_standby_feedback = on\nwal_receiver_status_interval = '1s'"
+            )?;
+            fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
+            )?;
+            chown_postgres(&data)?;
+            primary_port = port;
+        } else {
+            fs::create_dir_all(&data)?;
+            chown_postgres(&data)?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&data, fs::Permissions::from_mode(0o700))?;
+            }
+            let slot = format!("slot_{region}");
+            let mut c = as_postgres("pg_basebackup");
+            c.args(["-h", "127.0.0.1", "-p", &primary_port.to_string(), "-U", "postgres", "-D"]).arg(&data).args([
+                "-R",
+                "-X",
+                "stream",
+                "-C",
+                "-S",
+                &slot,
+                "--no-sync",
+            ]);
+            run(c, "pg_basebackup")?;
+        }
+        let pid = start(&data, port, &sock, &log)?;
+        members.push(MemberInfo {
+            id,
+            cluster: cluster.to_string(),
+            kind: "postgres".into(),
+            region: region.to_string(),
+            host: "127.0.0.1".into(),
+            port,
+            pid,
+            data_dir: data,
+            log,
+            agent_pid: 0,
+            agent_config: PathBuf::new(),
+            agent_log: PathBuf::new(),
+        });
+        wait_for(&format!("pg-{region} to accept connections"), Duration::from_secs(30), || psql(port, "SELECT 1").ok())?;
+    }
+    Ok(members)
+}
+
+/// Stops a member at once (`pg_ctl stop -m immediate`); falls back to SIGKILL.
+pub fn stop(m: &MemberInfo) -> anyhow::Result<()> {
+    if m.data_dir.join("postmaster.pid").exists() {
+        let mut c = as_postgres("pg_ctl");
+        c.arg("-D").arg(&m.data_dir).args(["-m", "immediate", "-w", "-t", "20", "stop"]);
+        if run(c, "pg_ctl stop").is_err() {
+            super::stop_pid(m.pid, Duration::from_millis(100));
+        }
+    }
+    super::stop_pid(m.pid, Duration::from_secs(2));
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! End-to-end tests of agents and member health through the lab: real
+//! PostgreSQL 15, real Redis, real agents and coordinators on loopback.
+
+use std::time::Duration;
+
+use drc_tests::lab::{alive, postgres::psql, redis::cli, signal, stop_pid, Lab};
+use drc_tests::{bin, wait_for};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(40);
+
+fn lab() -> (tempfile::TempDir, Lab) {
+    let dir = tempfile::Builder::new().prefix("drc-lab-test-").tempdir().expect("tempdir");
+    let lab = Lab::up(dir.path()).expect("lab up");
+    (dir, lab)
+}
+
+fn member(lab: &Lab, id: &str) -> Option<Value> {
+    lab.members_health().ok()?.remove(id)
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn members_report_roles_health_and_lag_that_returns_to_zero() {
+    let (_dir, lab) = lab();
+    // Once the agents have their cluster views, every region reaches both primaries.
+    let everywhere = serde_json::json!({"a": true, "b": true, "c": true});
+    let status = wait_for("every region to reach the primaries", LONG, || {
+        let s = lab.status().ok()?;
+        let all = s["clusters"]
+            .as_array()?
+            .iter()
+            .flat_map(|c| c["members"].as_array().cloned().unwrap_or_default())
+            .all(|m| m["primary_reachable_from"] == everywhere);
+        all.then_some(s)
+    })
+    .expect("cross-probes");
+    for c in status["clusters"].as_array().expect("clusters") {
+        assert_eq!(c["primary"], if c["kind"] == "postgres" { "pg-a" } else { "redis-a" }, "{c}");
+        for m in c["members"].as_array().expect("members") {
+            assert!(!m["dataset_id"].as_str().unwrap_or_default().is_empty(), "{m}");
+        }
+    }
+
+    // PostgreSQL: pause replay on pg-b, write a burst, see the lag in bytes
+    // and seconds, resume, see it return to zero.
+    let pa = lab.member("pg-a").expect("pg-a").port;
+    let pb = lab.member("pg-b").expect("pg-b").port;
+    psql(pb, "SELECT pg_wal_replay_pause()").expect("pause");
+    psql(pa, "CREATE TABLE burst AS SELECT g, md5(g::text) FROM generate_series(1, 20000) g").expect("burst");
+    let lagging = wait_for("pg-b to show lag in bytes and seconds", LONG, || {
+        let m = member(&lab, "pg-b")?;
+        (u(&m, "lag_bytes") > 0 && u(&m, "lag_ms") > 0).then_some(m)
+    })
+    .expect("lag visible");
+    assert_eq!(lagging["role"], "replica");
+    let pc = member(&lab, "pg-c").expect("pg-c");
+    assert!(u(&pc, "lag_bytes") < u(&lagging, "lag_bytes"), "the other standby keeps up: {pc} vs {lagging}");
+    psql(pb, "SELECT pg_wal_replay_resume()").expect("resume");
+    wait_for("pg-b lag back to zero", LONG, || {
+        let m = member(&lab, "pg-b")?;
+        (u(&m, "lag_bytes") == 0 && u(&m, "lag_ms") == 0).then_some(())
+    })
+    .expect("lag cleared");
+    // An idle primary does not look like a growing lag.
+    std::thread::sleep(Duration::from_secs(2));
+    let m = member(&lab, "pg-b").expect("pg-b");
+    assert_eq!((u(&m, "lag_bytes"), u(&m, "lag_ms")), (0, 0), "idle primary shows lag: {m}");
+
+    // Redis: a SIGSTOPped replica shows a growing lag.
+    let ra = lab.member("redis-a").expect("redis-a").port;
+    let rb = lab.member("redis-b").expect("redis-b");
+    signal(rb.pid, libc::SIGSTOP);
+    let mut seen = Vec::new();
+    let grown = wait_for("redis-b lag to grow", LONG, || {
+        cli(ra, &["SET", &format!("k{}", seen.len()), "x".repeat(512).as_str()]).ok()?;
+        let m = member(&lab, "redis-b")?;
+        seen.push((u(&m, "lag_bytes"), u(&m, "lag_ms")));
+        let n = seen.len();
+        (n >= 2 && seen[n - 1].0 > seen[n - 2].0 && seen[n - 2].0 > 0 && seen[n - 1].1 > 0).then_some(m)
+    });
+    signal(rb.pid, libc::SIGCONT);
+    let grown = grown.expect("growing lag");
+    assert_eq!(grown["healthy"], false, "a stopped replica cannot be healthy: {grown}");
+    wait_for("redis-b healthy again", LONG, || {
+        let m = member(&lab, "redis-b")?;
+        (m["healthy"] == true && u(&m, "lag_bytes") == 0).then_some(())
+    })
+    .expect("redis-b recovered");
+
+    // A stopped standby turns unhealthy within the detection window.
+    let pgc = lab.member("pg-c").expect("pg-c").clone();
+    drc_tests::lab::postgres::stop(&pgc).expect("stop pg-c");
+    let m = wait_for("pg-c unhealthy", LONG, || member(&lab, "pg-c").filter(|m| m["healthy"] == false)).expect("unhealthy");
+    assert!(!m["error"].as_str().unwrap_or_default().is_empty(), "no reason given: {m}");
+    // The human view shows it too.
+    let out = drc_tests::drctl(&lab.info.endpoints, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cluster app-pg (postgres), primary: pg-a") && text.contains("UNHEALTHY"), "{text}");
+}
+
+#[test]
+fn agents_follow_a_new_leader_and_bad_agents_or_messages_are_refused() {
+    let (dir, lab) = lab();
+    // SIGKILL the coordinator leader: the agents reconnect to the new one.
+    let s = lab.status().expect("status");
+    let leader = s["leader_id"].as_u64().expect("leader");
+    let coord = lab.info.coordinators.iter().find(|c| c.id == leader).expect("leader info");
+    signal(coord.pid, libc::SIGKILL);
+    wait_for("a new leader", LONG, || {
+        let s = lab.status().ok()?;
+        let l = s["leader_id"].as_u64()?;
+        (l != 0 && l != leader).then_some(())
+    })
+    .expect("new leader");
+    lab.wait_healthy(LONG).expect("every member healthy again on the new leader");
+    for m in &lab.info.members {
+        assert!(alive(m.agent_pid), "agent of {} died", m.id);
+    }
+
+    // An agent pointed at a member of another cluster (a Redis with its own
+    // replication id) is refused with a clear error and exits.
+    let foreign_port = drc_tests::free_port();
+    let foreign_dir = dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign_dir).expect("dir");
+    let mut foreign = std::process::Command::new("redis-server")
+        .args(["--port", &foreign_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
+        .arg(&foreign_dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("foreign redis");
+    wait_for("foreign redis", LONG, || cli(foreign_port, &["PING"]).ok().filter(|p| p == "PONG")).expect("ping");
+    let rc = lab.member("redis-c").expect("redis-c");
+    let cfg = std::fs::read_to_string(&rc.agent_config)
+        .expect("config")
+        .replace(&format!("port = {}", rc.port), &format!("port = {foreign_port}"));
+    let path = dir.path().join("foreign-agent.toml");
+    std::fs::write(&path, cfg).expect("write");
+    let mut agent = std::process::Command::new(bin("drc-agent"))
+        .arg("--config")
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("agent");
+    let status = wait_for("the foreign agent to exit", LONG, || agent.try_wait().ok().flatten());
+    stop_pid(foreign.id(), Duration::from_secs(2));
+    let _ = foreign.wait();
+    let status = status.unwrap_or_else(|e| {
+        let _ = agent.kill();
+        panic!("{e}")
+    });
+    let mut err = String::new();
+    use std::io::Read as _;
+    agent.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("another cluster"), "unclear refusal: {err}");
+    assert_eq!(member(&lab, "redis-c").expect("redis-c")["healthy"], true, "the real redis-c agent was disturbed");
+
+    // A malformed message ends only that stream.
+    let endpoint = format!("http://{}", lab.info.endpoints.split(',').find(|e| !e.ends_with(&coord.endpoint)).unwrap_or_default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let code = rt.block_on(malformed_stream(endpoint, rc.region.clone()));
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    lab.wait_healthy(LONG).expect("everything else still healthy");
+}
+
+/// Opens an agent stream to any coordinator (following a redirect), sends a
+/// valid Hello and then a sample for another member; returns the stream's end.
+async fn malformed_stream(mut endpoint: String, region: String) -> tonic::Code {
+    use drc_proto::agent_service_client::AgentServiceClient;
+    use drc_proto::{agent_message::Body, coordinator_message, AgentHello, AgentMessage, Sample};
+    for _ in 0..5 {
+        let mut client = AgentServiceClient::connect(endpoint.clone()).await.expect("connect");
+        let hello = AgentHello {
+            member_id: "redis-c".into(),
+            cluster: "app-redis".into(),
+            region: region.clone(),
+            kind: "redis".into(),
+            ..Default::default()
+        };
+        let bad = Sample { member_id: "pg-a".into(), role: "primary".into(), ..Default::default() };
+        let msgs = vec![AgentMessage { body: Some(Body::Hello(hello)) }, AgentMessage { body: Some(Body::Sample(bad)) }];
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        for m in msgs {
+            tx.send(m).await.expect("queue");
+        }
+        let mut inbound = match client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return s.code(),
+        };
+        loop {
+            match inbound.message().await {
+                Ok(Some(m)) => {
+                    if let Some(coordinator_message::Body::Redirect(r)) = m.body {
+                        endpoint = format!("http://{}", r.leader_address);
+                        break;
+                    }
+                }
+                Ok(None) => return tonic::Code::Ok,
+                Err(s) => return s.code(),
+            }
+        }
+    }
+    tonic::Code::Unknown
+}
+
+#[test]
+fn lab_down_after_a_failed_test_leaves_no_process_behind() {
+    let dir = tempfile::Builder::new().prefix("drc-lab-test-").tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let pids = std::panic::catch_unwind(move || {
+        let lab = Lab::up(&path).expect("lab up");
+        let pids = lab.pids();
+        std::panic::panic_any(pids);
+    })
+    .expect_err("the test body panicked");
+    let pids = pids.downcast::<Vec<u32>>().expect("pids");
+    assert!(pids.len() >= 3 + 6 + 6, "{pids:?}");
+    // The owned Lab was dropped while unwinding: everything is stopped.
+    let left: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "still running after the panic: {left:?}");
+
+    // And `drc-lab up` / `down` as commands.
+    let dir2 = tempfile::Builder::new().prefix("drc-lab-cli-").tempdir().expect("tempdir");
+    let up = std::process::Command::new(bin("drc-lab")).args(["up", "--dir"]).arg(dir2.path()).output().expect("drc-lab up");
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let lab = Lab::attach(dir2.path()).expect("lab.json");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(dir2.path().join("lab.json")).expect("read")).expect("json");
+    for key in ["coordinators", "members", "s3", "drctl"] {
+        assert!(!json[key].is_null(), "lab.json lacks {key}");
+    }
+    let pids = lab.pids();
+    assert!(pids.iter().all(|p| alive(*p)));
+    let down = std::process::Command::new(bin("drc-lab")).args(["down", "--dir"]).arg(dir2.path()).output().expect("drc-lab down");
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(pids.iter().all(|p| !alive(*p)));
+}
