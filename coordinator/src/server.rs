@@ -23,7 +23,7 @@ use crate::raft::transport::{RaftService, Transport, MAX_MESSAGE_BYTES};
 use crate::raft::RaftStore;
 
 /// How often the leader re-evaluates member health when no sample arrives.
-const HEALTH_REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
+const HEALTH_REFRESH: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Runs a coordinator until `cancel` fires. Returns an error, before serving
 /// anything, if the configuration is invalid, the port is taken or the data

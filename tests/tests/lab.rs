@@ -218,7 +218,7 @@ fn lab_down_after_a_failed_test_leaves_no_process_behind() {
     })
     .expect_err("the test body panicked");
     let pids = pids.downcast::<Vec<u32>>().expect("pids");
-    assert!(pids.len() >= 3 + 6 + 6, "{pids:?}");
+    assert!(pids.len() >= 3 + 6 + 6 + 3, "{pids:?}");
     // The owned Lab was dropped while unwinding: everything is stopped.
     let left: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "still running after the panic: {left:?}");
@@ -234,6 +234,23 @@ fn lab_down_after_a_failed_test_leaves_no_process_behind() {
     }
     let pids = lab.pids();
     assert!(pids.iter().all(|p| alive(*p)));
+    // Each region's S3 server takes its own credentials and refuses others.
+    assert_eq!(lab.info.s3.len(), 3);
+    for (i, s3) in lab.info.s3.iter().enumerate() {
+        let put = |ak: &str, sk: &str| {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "--data-binary", "hello"])
+                .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", &format!("{ak}:{sk}")])
+                .arg(format!("{}/{}/probe-{i}", s3.endpoint, s3.bucket))
+                .output()
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        assert_eq!(put(&s3.access_key, &s3.secret_key), "200", "{s3:?}");
+        let other = &lab.info.s3[(i + 1) % 3];
+        assert_eq!(put(&s3.access_key, &other.secret_key), "403", "a wrong secret was accepted by {}", s3.endpoint);
+        assert!(s3.root.join(&s3.bucket).join(format!("probe-{i}")).exists());
+    }
     let down = std::process::Command::new(bin("drc-lab")).args(["down", "--dir"]).arg(dir2.path()).output().expect("drc-lab down");
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
     assert!(pids.iter().all(|p| !alive(*p)));

@@ -52,7 +52,7 @@ impl AdminApi {
         }
         let Some(address) = self.transport.address_of(s.leader_id).filter(|_| s.leader_id != 0) else { return Vec::new() };
         let Ok(mut client) = admin_client(&address, PEER_STATUS_TIMEOUT) else { return Vec::new() };
-        match tokio::time::timeout(PEER_STATUS_TIMEOUT, client.health(mark_forwarded(Request::new(HealthRequest {})))).await {
+        match tokio::time::timeout(PEER_STATUS_TIMEOUT, client.health(mark_forwarded(Request::new(HealthRequest::default())))).await {
             Ok(Ok(r)) => r.into_inner().clusters,
             _ => Vec::new(),
         }
@@ -199,7 +199,14 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
-        let topology = self.node.store().with_state(|sm| sm.topology.clone());
+        let mut topology = self.node.store().with_state(|sm| sm.topology.clone());
+        let only = &req.get_ref().cluster;
+        if !only.is_empty() {
+            if !topology.clusters.contains_key(only) {
+                return Err(Status::not_found(format!("unknown cluster {only:?}")));
+            }
+            topology.clusters.retain(|name, _| name == only);
+        }
         Ok(Response::new(HealthResponse { clusters: self.health.clusters(&topology, Instant::now()), leader_id: self.node.status().id }))
     }
 

@@ -89,8 +89,7 @@ impl AgentApi {
         if dataset.is_empty() {
             return Ok(());
         }
-        let topology = self.node.store().with_state(|sm| sm.topology.clone());
-        match self.health.dataset_of(&topology, cluster, member) {
+        match self.health.dataset_of(cluster, member) {
             Some((other, theirs)) if theirs != dataset => Err(Status::failed_precondition(format!(
                 "member {member:?} holds dataset {dataset} but cluster {cluster:?} holds {theirs} (as member {other:?} reports): this agent points at a member of another cluster"
             ))),
@@ -117,8 +116,7 @@ impl AgentService for AgentApi {
         if self.node.status().role != Role::Leader {
             return Ok(Response::new(Box::pin(tokio_stream::once(Ok(self.redirect())))));
         }
-        let topology = self.node.store().with_state(|sm| sm.topology.clone());
-        check_hello(&hello, &topology)?;
+        self.node.store().with_state(|sm| check_hello(&hello, &sm.topology))?;
         self.check_dataset(&hello.cluster, &hello.member_id, &hello.dataset_id)?;
 
         let session = self.health.connect(&hello.member_id, &hello.cluster);
@@ -169,7 +167,7 @@ impl AgentApi {
                         if !self.health.is_current(&hello.member_id, session) {
                             return Ok("replaced by a newer stream of the same member");
                         }
-                        self.health.ingest(s, Instant::now());
+                        self.health.ingest(&hello.cluster, s, Instant::now());
                     }
                     Some(Ok(AgentMessage { body: Some(agent_message::Body::Result(_)) })) => {}
                     Some(Ok(AgentMessage { body: Some(agent_message::Body::Hello(_)) })) => {

@@ -30,6 +30,8 @@ struct MemberState {
 #[derive(Default)]
 struct Board {
     members: HashMap<String, MemberState>,
+    /// cluster -> member -> dataset id, from the newest samples.
+    datasets: HashMap<String, HashMap<String, String>>,
     next_session: u64,
     /// Health and role last reported in events, to report only changes.
     last: HashMap<String, (bool, String)>,
@@ -118,26 +120,33 @@ impl HealthBoard {
         self.lock().members.get(member).is_some_and(|m| m.session == Some(session))
     }
 
-    /// Records a sample received at `now`.
-    pub fn ingest(&self, sample: Sample, now: Instant) {
+    /// Records a sample of a member of `cluster`, received at `now`.
+    pub fn ingest(&self, cluster: &str, sample: Sample, now: Instant) {
         let mut b = self.lock();
+        if !sample.dataset_id.is_empty() {
+            let ds = b.datasets.entry(cluster.to_string()).or_default();
+            if ds.get(&sample.member_id) != Some(&sample.dataset_id) {
+                ds.insert(sample.member_id.clone(), sample.dataset_id.clone());
+            }
+        }
         let m = b.members.entry(sample.member_id.clone()).or_default();
         m.sample = Some(sample);
         m.received = Some(now);
     }
 
-    /// The dataset (system identifier / replication id) that the members of
-    /// `cluster` other than `except` report, if any does.
-    pub fn dataset_of(&self, topology: &Topology, cluster: &str, except: &str) -> Option<(String, String)> {
+    /// The dataset (system identifier / replication id) that a member of
+    /// `cluster` other than `except` reports, if any does.
+    pub fn dataset_of(&self, cluster: &str, except: &str) -> Option<(String, String)> {
         let b = self.lock();
-        topology.members_of(cluster).filter(|(id, _)| id.as_str() != except).find_map(|(id, _)| {
-            let s = b.members.get(id)?.sample.as_ref()?;
-            (!s.dataset_id.is_empty()).then(|| (id.clone(), s.dataset_id.clone()))
-        })
+        b.datasets.get(cluster)?.iter().filter(|(m, _)| m.as_str() != except).min().map(|(m, d)| (m.clone(), d.clone()))
     }
 
     /// Health of every declared cluster as of `now`.
     pub fn clusters(&self, topology: &Topology, now: Instant) -> Vec<ClusterHealth> {
+        let mut by_cluster: HashMap<&str, Vec<(&String, &crate::topology::Member)>> = HashMap::new();
+        for (id, m) in &topology.members {
+            by_cluster.entry(m.cluster.as_str()).or_default().push((id, m));
+        }
         let b = self.lock();
         topology
             .clusters
@@ -146,7 +155,7 @@ impl HealthBoard {
                 let window = cluster.policy.detection_window;
                 let mut reach: BTreeMap<String, bool> = BTreeMap::new();
                 let mut members = Vec::new();
-                for (id, decl) in topology.members_of(name) {
+                for &(id, decl) in by_cluster.get(name.as_str()).map(Vec::as_slice).unwrap_or_default() {
                     let state = b.members.get(id);
                     let sample = state.and_then(|m| m.sample.as_ref());
                     let age = state.and_then(|m| m.received).map(|r| now.saturating_duration_since(r));
@@ -286,6 +295,7 @@ pub async fn run_monitor(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_leader = false;
+    let mut topology: Option<(u64, Topology)> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -302,8 +312,14 @@ pub async fn run_monitor(
             was_leader = leader;
         }
         if leader {
-            let topology = node.store().with_state(|sm| sm.topology.clone());
-            board.refresh(&topology, Instant::now());
+            // Clone the topology only when it changed: it can hold thousands of members.
+            let version = node.store().with_state(|sm| sm.topology_version);
+            if topology.as_ref().is_none_or(|(v, _)| *v != version) {
+                topology = Some((version, node.store().with_state(|sm| sm.topology.clone())));
+            }
+            if let Some((_, t)) = &topology {
+                board.refresh(t, Instant::now());
+            }
         }
     }
 }
@@ -339,8 +355,8 @@ mod tests {
         let t0 = Instant::now();
         board.connect("p", "pg");
         board.connect("r", "pg");
-        board.ingest(sample("p", "primary"), t0);
-        board.ingest(Sample { lag_bytes: 10, ..sample("r", "replica") }, t0);
+        board.ingest("pg", sample("p", "primary"), t0);
+        board.ingest("pg", Sample { lag_bytes: 10, ..sample("r", "replica") }, t0);
         let c = &board.clusters(&t, t0 + Duration::from_millis(500))[0];
         assert_eq!(c.primary, "p");
         assert!(c.members.iter().all(|m| m.healthy));
@@ -359,7 +375,7 @@ mod tests {
         let t = topo();
         let t0 = Instant::now();
         let s = board.connect("p", "pg");
-        board.ingest(sample("p", "primary"), t0);
+        board.ingest("pg", sample("p", "primary"), t0);
         board.refresh(&t, t0);
         board.refresh(&t, t0);
         assert_eq!(views.borrow()["pg"].primary_address, "h:1");

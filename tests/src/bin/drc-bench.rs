@@ -30,6 +30,15 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         trials: u32,
     },
+    /// N agent streams at one sample per second against a 3-node cluster:
+    /// the leader's CPU and RSS, and sample-to-status staleness.
+    Agents {
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+        counts: Vec<usize>,
+        /// Measurement window per count.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -51,7 +60,16 @@ async fn write(address: &str, version: u32) -> Result<(), tonic::Status> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let Args { bench: Bench::Raft { writes, trials } } = Args::parse();
+    match Args::parse().bench {
+        Bench::Raft { writes, trials } => raft(writes, trials).await,
+        Bench::Agents { counts, seconds } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            tokio::task::block_in_place(|| rt.block_on(agents::run(counts, seconds)))
+        }
+    }
+}
+
+async fn raft(writes: u32, trials: u32) -> anyhow::Result<()> {
     let mut cluster = Cluster::start(ClusterOpts::default())?;
     let leader = cluster.wait_leader(Duration::from_secs(30))?;
     let address = cluster.nodes[&leader].address.clone();
@@ -121,4 +139,206 @@ async fn main() -> anyhow::Result<()> {
         ms(failovers[failovers.len() - 1])
     );
     Ok(())
+}
+
+mod agents {
+    //! The agent-stream load generator.
+
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use drc_proto::admin_service_client::AdminServiceClient;
+    use drc_proto::agent_service_client::AgentServiceClient;
+    use drc_proto::{agent_message::Body, AgentHello, AgentMessage, ApplyTopologyRequest, HealthRequest, Sample};
+    use drc_tests::{Cluster, ClusterOpts};
+
+    const PROBES: usize = 20;
+
+    /// When each (probe member, position) was sent.
+    type SentAt = Arc<Mutex<HashMap<(String, u64), Instant>>>;
+
+    fn topology(n: usize) -> String {
+        let mut t = String::from("[regions.a]\n[regions.b]\n[regions.c]\n[clusters.probe]\nkind = \"redis\"\n");
+        for c in 0..n.div_ceil(5) {
+            t.push_str(&format!("[clusters.c{c}]\nkind = \"redis\"\n"));
+        }
+        for i in 0..n {
+            let r = ["a", "b", "c"][i % 3];
+            t.push_str(&format!(
+                "[[members]]\nid = \"m{i}\"\ncluster = \"c{}\"\nregion = \"{r}\"\naddress = \"10.0.0.{}:6379\"\n",
+                i / 5,
+                i % 250 + 1
+            ));
+        }
+        for p in 0..PROBES {
+            t.push_str(&format!("[[members]]\nid = \"p{p}\"\ncluster = \"probe\"\nregion = \"a\"\naddress = \"10.1.0.{}:6379\"\n", p + 1));
+        }
+        t
+    }
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+
+    fn cpu_ticks(pid: u32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    }
+
+    fn rss_mib(pid: u32) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|k| k.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+
+    /// One agent: its own connection, a Hello, then a sample a second.
+    /// Probe agents record when each position was sent.
+    async fn agent(endpoint: String, member: String, cluster: String, region: String, sent: Option<SentAt>, stop: Instant) {
+        let Ok(mut client) = AgentServiceClient::connect(endpoint).await else { return };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let hello = AgentHello {
+            member_id: member.clone(),
+            cluster,
+            region,
+            kind: "redis".into(),
+            dataset_id: "bench".into(),
+            ..Default::default()
+        };
+        if tx.send(AgentMessage { body: Some(Body::Hello(hello)) }).await.is_err() {
+            return;
+        }
+        let Ok(resp) = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await else { return };
+        let mut inbound = resp.into_inner();
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        // Spread the agents over the second.
+        let jitter = member.bytes().map(u64::from).sum::<u64>() * 7919 % 1000;
+        tokio::time::sleep(Duration::from_millis(jitter)).await;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut seq = 0u64;
+        while Instant::now() < stop {
+            tick.tick().await;
+            seq += 1;
+            let s = Sample {
+                member_id: member.clone(),
+                taken_at_ms: now_ms(),
+                reachable: true,
+                role: "replica".into(),
+                position: seq,
+                lag_bytes: 0,
+                dataset_id: "bench".into(),
+                replication_connected: true,
+                primary_reachable: true,
+                replication_state: "up".into(),
+                ..Default::default()
+            };
+            if let Some(sent) = &sent {
+                sent.lock().unwrap_or_else(|p| p.into_inner()).insert((member.clone(), seq), Instant::now());
+            }
+            if tx.send(AgentMessage { body: Some(Body::Sample(s)) }).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn pct(v: &mut [Duration], p: f64) -> f64 {
+        v.sort();
+        if v.is_empty() {
+            return 0.0;
+        }
+        v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+    }
+
+    pub async fn run(counts: Vec<usize>, seconds: u64) -> anyhow::Result<()> {
+        println!("agents benchmark: 3 coordinators on loopback, each agent its own gRPC connection and stream, 1 sample/s each");
+        for n in counts {
+            let cluster = Cluster::start(ClusterOpts { write_timeout: "30s", ..Default::default() })?;
+            let leader_id = cluster.wait_leader(Duration::from_secs(30))?;
+            let leader = cluster.nodes[&leader_id].address.clone();
+            let pid = cluster.nodes[&leader_id].pid().unwrap_or(0);
+            let mut admin = AdminServiceClient::connect(format!("http://{leader}"))
+                .await?
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20);
+            admin.apply_topology(ApplyTopologyRequest { topology_toml: topology(n), dry_run: false }).await?;
+            let idle_rss = rss_mib(pid);
+            let sent = Arc::new(Mutex::new(HashMap::new()));
+            let connect_start = Instant::now();
+            let stop = Instant::now() + Duration::from_secs(seconds + 15 + (n as u64 / 1000) * 3);
+            let mut tasks = Vec::new();
+            for i in 0..n {
+                tasks.push(tokio::spawn(agent(
+                    format!("http://{leader}"),
+                    format!("m{i}"),
+                    format!("c{}", i / 5),
+                    ["a", "b", "c"][i % 3].into(),
+                    None,
+                    stop,
+                )));
+                if i % 200 == 199 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            for p in 0..PROBES {
+                tasks.push(tokio::spawn(agent(
+                    format!("http://{leader}"),
+                    format!("p{p}"),
+                    "probe".into(),
+                    "a".into(),
+                    Some(Arc::clone(&sent)),
+                    stop,
+                )));
+            }
+            // Wait until the leader sees every agent connected.
+            loop {
+                let h = admin.health(HealthRequest { cluster: String::new() }).await?.into_inner();
+                let connected = h.clusters.iter().flat_map(|c| &c.members).filter(|m| m.agent_connected).count();
+                if connected >= n + PROBES || connect_start.elapsed() > Duration::from_secs(120) {
+                    println!("N = {n}: {connected} streams connected in {:.1} s", connect_start.elapsed().as_secs_f64());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            // Measure: leader CPU over the window; staleness of probe samples.
+            let ticks0 = cpu_ticks(pid);
+            let t0 = Instant::now();
+            let mut seen: HashMap<String, u64> = HashMap::new();
+            let mut staleness = Vec::new();
+            while t0.elapsed() < Duration::from_secs(seconds) {
+                let h = admin.health(HealthRequest { cluster: "probe".into() }).await?.into_inner();
+                let now = Instant::now();
+                for m in h.clusters.iter().flat_map(|c| &c.members) {
+                    let last = seen.entry(m.id.clone()).or_insert(m.position);
+                    if m.position > *last {
+                        *last = m.position;
+                        if let Some(at) = sent.lock().unwrap_or_else(|p| p.into_inner()).remove(&(m.id.clone(), m.position)) {
+                            staleness.push(now.saturating_duration_since(at));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let cpu = (cpu_ticks(pid) - ticks0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+            let rss = rss_mib(pid);
+            println!(
+                "N = {n}: leader CPU {cpu:.0} % of one core, RSS {rss:.0} MiB (before agents {idle_rss:.0} MiB); staleness sample->status over {} samples: p50 {:.1} ms, p99 {:.1} ms",
+                staleness.len(),
+                pct(&mut staleness, 0.5),
+                pct(&mut staleness, 0.99)
+            );
+            for t in tasks {
+                t.abort();
+            }
+            drop(cluster);
+        }
+        Ok(())
+    }
 }

@@ -71,6 +71,9 @@ fn print_summary(lab: &Lab) {
             m.id, m.cluster, m.kind, m.region, m.host, m.port, m.pid, m.agent_pid
         );
     }
+    for s in &i.s3 {
+        println!("  s3 {:<6} {}  bucket {}  access key {}", s.region, s.endpoint, s.bucket, s.access_key);
+    }
     println!("\nexplore:  DRC_ENDPOINTS={} {} status", i.endpoints, i.drctl.display());
     println!("stop:     drc-lab down --dir {}", i.dir.display());
 }

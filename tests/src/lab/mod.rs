@@ -57,6 +57,20 @@ pub struct MemberInfo {
     pub agent_log: PathBuf,
 }
 
+/// One S3-compatible server in `lab.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct S3Info {
+    pub region: String,
+    /// Base URL, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+    pub pid: u32,
+    pub root: PathBuf,
+    pub log: PathBuf,
+}
+
 /// What `drc-lab up` writes to `DIR/lab.json`. Field names are a contract
 /// for scripts: add, never rename or remove.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -67,8 +81,9 @@ pub struct LabInfo {
     pub endpoints: String,
     pub coordinators: Vec<CoordinatorInfo>,
     pub members: Vec<MemberInfo>,
-    /// S3-compatible servers, one per region (empty until the backups feature).
-    pub s3: Vec<Value>,
+    /// S3-compatible servers (s3s-fs), one per region, each with its own
+    /// credentials and bucket.
+    pub s3: Vec<S3Info>,
 }
 
 /// A running lab. Dropping it stops everything (unless [`Lab::detach`]ed).
@@ -111,14 +126,14 @@ pub fn stop_pid(pid: u32, grace: Duration) {
     signal(pid, libc::SIGTERM);
     let deadline = std::time::Instant::now() + grace;
     while alive(pid) && std::time::Instant::now() < deadline {
-        reap();
+        reap(pid);
         std::thread::sleep(Duration::from_millis(20));
     }
     if alive(pid) {
         signal(pid, libc::SIGKILL);
     }
     for _ in 0..100 {
-        reap();
+        reap(pid);
         if !alive(pid) {
             break;
         }
@@ -134,11 +149,14 @@ pub fn signal(pid: u32, sig: i32) {
     }
 }
 
-fn reap() {
-    // SAFETY: waitpid(2) with WNOHANG on any child; never blocks.
+/// Reaps `pid` if it is our child and has exited. Only that pid: reaping
+/// any child would steal the exit status of processes that other threads
+/// (`Command::output`) are waiting for.
+fn reap(pid: u32) {
+    // SAFETY: waitpid(2) with WNOHANG on one pid; never blocks.
     #[allow(unsafe_code)]
     unsafe {
-        while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+        libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG);
     }
 }
 
@@ -170,6 +188,8 @@ impl Lab {
             owned: true,
         };
         lab.start_coordinators()?;
+        lab.write_info()?;
+        lab.start_s3()?;
         lab.write_info()?;
         lab.start_databases()?;
         lab.write_info()?;
@@ -228,6 +248,39 @@ impl Lab {
             let s = self.status().ok()?;
             (s["leader_id"].as_u64()? != 0).then_some(())
         })
+    }
+
+    fn start_s3(&mut self) -> anyhow::Result<()> {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+            ^ u128::from(std::process::id());
+        for (i, region) in REGIONS.iter().enumerate() {
+            let root = self.info.dir.join(format!("s3-{region}"));
+            let log = self.info.dir.join(format!("s3-{region}.log"));
+            fs::create_dir_all(&root)?;
+            let port = free_port();
+            let access_key = format!("lab-{region}");
+            let secret_key = format!("{:032x}", seed.wrapping_mul(6364136223846793005).wrapping_add(i as u128 * 1442695040888963407));
+            let bucket = format!("drc-backups-{region}");
+            let mut cmd = Command::new(bin("drc-s3-server"));
+            cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--bucket", &bucket, "--root"]).arg(&root);
+            cmd.env("DRC_S3_ACCESS_KEY", &access_key).env("DRC_S3_SECRET_KEY", &secret_key);
+            let pid = spawn_detached(&mut cmd, &log)?;
+            let address = format!("127.0.0.1:{port}");
+            self.info.s3.push(S3Info {
+                region: region.to_string(),
+                endpoint: format!("http://{address}"),
+                access_key,
+                secret_key,
+                bucket,
+                pid,
+                root,
+                log,
+            });
+            wait_for(&format!("the S3 server of region {region}"), Duration::from_secs(20), || {
+                std::net::TcpStream::connect(&address).ok()
+            })?;
+        }
+        Ok(())
     }
 
     fn start_databases(&mut self) -> anyhow::Result<()> {
@@ -337,6 +390,9 @@ impl Lab {
         for c in &self.info.coordinators {
             stop_pid(c.pid, Duration::from_secs(5));
         }
+        for s in &self.info.s3 {
+            stop_pid(s.pid, Duration::from_secs(3));
+        }
         let mut errors = Vec::new();
         for m in &self.info.members {
             let r = match m.kind.as_str() {
@@ -368,6 +424,7 @@ impl Lab {
             p.push(m.agent_pid);
             p.push(m.pid);
         }
+        p.extend(self.info.s3.iter().map(|s| s.pid));
         p.retain(|p| *p != 0);
         p
     }
