@@ -239,7 +239,9 @@ fn lab_down_after_a_failed_test_leaves_no_process_behind() {
     for (i, s3) in lab.info.s3.iter().enumerate() {
         let put = |ak: &str, sk: &str| {
             let out = std::process::Command::new("curl")
+                // sha256("hello"): S3 SigV4 wants the payload hash as a header.
                 .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "--data-binary", "hello"])
+                .args(["-H", "x-amz-content-sha256: 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"])
                 .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", &format!("{ak}:{sk}")])
                 .arg(format!("{}/{}/probe-{i}", s3.endpoint, s3.bucket))
                 .output()
