@@ -91,11 +91,26 @@ fn members_report_roles_health_and_lag_that_returns_to_zero() {
     })
     .expect("redis-b recovered");
 
-    // A stopped standby turns unhealthy within the detection window.
+    // A stopped standby turns unhealthy within the detection window, and
+    // `drctl watch` reports it as it happens.
+    let watch = std::process::Command::new(bin("drctl"))
+        .args(["--endpoints", &lab.info.endpoints, "-o", "json", "watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("drctl watch");
+    std::thread::sleep(Duration::from_millis(500));
     let pgc = lab.member("pg-c").expect("pg-c").clone();
     drc_tests::lab::postgres::stop(&pgc).expect("stop pg-c");
     let m = wait_for("pg-c unhealthy", LONG, || member(&lab, "pg-c").filter(|m| m["healthy"] == false)).expect("unhealthy");
     assert!(!m["error"].as_str().unwrap_or_default().is_empty(), "no reason given: {m}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop_pid(watch.id(), Duration::from_secs(1));
+    let events = watch.wait_with_output().expect("watch output");
+    let events: Vec<Value> = String::from_utf8_lossy(&events.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(
+        events.iter().any(|e| e["kind"] == "member_health" && e["member"] == "pg-c" && e["message"].as_str().unwrap_or_default().contains("unhealthy")),
+        "drctl watch did not report pg-c turning unhealthy: {events:?}"
+    );
     // The human view shows it too.
     let out = drc_tests::drctl(&lab.info.endpoints, &["status"]);
     let text = String::from_utf8_lossy(&out.stdout);

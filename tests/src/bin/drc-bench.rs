@@ -58,14 +58,10 @@ async fn write(address: &str, version: u32) -> Result<(), tonic::Status> {
     c.apply_topology(ApplyTopologyRequest { topology_toml: example_topology(version), dry_run: false }).await.map(|_| ())
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     match Args::parse().bench {
-        Bench::Raft { writes, trials } => raft(writes, trials).await,
-        Bench::Agents { counts, seconds } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            tokio::task::block_in_place(|| rt.block_on(agents::run(counts, seconds)))
-        }
+        Bench::Raft { writes, trials } => tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(raft(writes, trials)),
+        Bench::Agents { counts, seconds } => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(counts, seconds)),
     }
 }
 
@@ -202,7 +198,18 @@ mod agents {
     /// One agent: its own connection, a Hello, then a sample a second.
     /// Probe agents record when each position was sent.
     async fn agent(endpoint: String, member: String, cluster: String, region: String, sent: Option<SentAt>, stop: Instant) {
-        let Ok(mut client) = AgentServiceClient::connect(endpoint).await else { return };
+        let mut client = None;
+        for attempt in 0..20u64 {
+            match AgentServiceClient::connect(endpoint.clone()).await {
+                Ok(c) => {
+                    client = Some(c);
+                    break;
+                }
+                Err(e) if attempt == 19 => eprintln!("agent {member}: cannot connect: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await,
+            }
+        }
+        let Some(mut client) = client else { return };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let hello = AgentHello {
             member_id: member.clone(),
@@ -215,7 +222,13 @@ mod agents {
         if tx.send(AgentMessage { body: Some(Body::Hello(hello)) }).await.is_err() {
             return;
         }
-        let Ok(resp) = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await else { return };
+        let resp = match client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("agent {member}: refused: {}", e.message());
+                return;
+            }
+        };
         let mut inbound = resp.into_inner();
         tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
         // Spread the agents over the second.
@@ -282,8 +295,8 @@ mod agents {
                     None,
                     stop,
                 )));
-                if i % 200 == 199 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                if i % 100 == 99 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
             for p in 0..PROBES {
