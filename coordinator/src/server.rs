@@ -22,6 +22,25 @@ use crate::raft::node::{Node, NodeConfig, INPUT_CAPACITY};
 use crate::raft::transport::{RaftService, Transport, MAX_MESSAGE_BYTES};
 use crate::raft::RaftStore;
 
+/// Runs the Raft node on a dedicated OS thread with its own single-threaded
+/// runtime, isolated from the API load on the main runtime. Its outbound
+/// transport workers run there too.
+fn spawn_node_thread(
+    node: Node,
+    cancel: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), crate::raft::StorageError>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the raft runtime")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("raft-node".into())
+        .spawn(move || {
+            let result = runtime.block_on(node.run(cancel));
+            let _ = done_tx.send(result);
+        })
+        .context("starting the raft thread")?;
+    Ok(tokio::spawn(async move { done_rx.await.unwrap_or(Ok(())) }))
+}
+
 /// How often the leader re-evaluates member health when no sample arrives.
 const HEALTH_REFRESH: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -62,7 +81,7 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     );
 
     let node_cancel = cancel.child_token();
-    let node_task = tokio::spawn(node.run(node_cancel.clone()));
+    let node_task = spawn_node_thread(node, node_cancel.clone())?;
 
     let health = Arc::new(HealthBoard::new());
     tokio::spawn(run_monitor(Arc::clone(&health), handle.clone(), HEALTH_REFRESH, cancel.child_token()));

@@ -108,7 +108,9 @@ fn members_report_roles_health_and_lag_that_returns_to_zero() {
     let events = watch.wait_with_output().expect("watch output");
     let events: Vec<Value> = String::from_utf8_lossy(&events.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(
-        events.iter().any(|e| e["kind"] == "member_health" && e["member"] == "pg-c" && e["message"].as_str().unwrap_or_default().contains("unhealthy")),
+        events.iter().any(|e| e["kind"] == "member_health"
+            && e["member"] == "pg-c"
+            && e["message"].as_str().unwrap_or_default().contains("unhealthy")),
         "drctl watch did not report pg-c turning unhealthy: {events:?}"
     );
     // The human view shows it too.

@@ -1,5 +1,10 @@
 //! The task that owns the raft-rs `RawNode`.
 //!
+//! The task runs on a thread and runtime of its own (see
+//! [`crate::server`]): thousands of agent streams or a burst of admin calls
+//! can load the main runtime without delaying heartbeats, and the fsyncs it
+//! waits for block only this thread.
+//!
 //! Everything that touches the Raft state happens on this one task: ticks,
 //! inbound messages, proposals, and the handling of each `Ready` in the order
 //! raft-rs documents — send the leader's messages, persist snapshot, entries
@@ -352,7 +357,7 @@ impl Node {
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
         let store = self.store.clone();
         let sync = rd.must_sync();
-        tokio::task::block_in_place(|| store.persist_ready(snapshot.as_ref(), rd.entries(), rd.hs(), sync))?;
+        store.persist_ready(snapshot.as_ref(), rd.entries(), rd.hs(), sync)?;
         if let Some(s) = &snapshot {
             let index = s.get_metadata().index;
             tracing::info!(index, term = s.get_metadata().term, "installed snapshot from the leader");
@@ -376,7 +381,7 @@ impl Node {
         let committed = light.take_committed_entries();
         self.apply(committed, light.commit_index())?;
         self.raw.advance_apply();
-        if let Some(at) = tokio::task::block_in_place(|| self.store.compact_if_needed(self.cfg.snapshot_entries))? {
+        if let Some(at) = self.store.compact_if_needed(self.cfg.snapshot_entries)? {
             tracing::info!(compacted_to = at, "compacted the raft log");
         }
         Ok(())
@@ -427,7 +432,7 @@ impl Node {
             outcomes.push((e.index, e.term, outcome));
         }
         let store = self.store.clone();
-        tokio::task::block_in_place(|| store.commit_apply(batch, commit))?;
+        store.commit_apply(batch, commit)?;
         if membership_changed {
             self.transport.merge_addresses(&self.store.with_state(|sm| sm.nodes.clone()));
         }
@@ -441,7 +446,18 @@ impl Node {
     }
 
     /// Publishes the status and fails pending proposals on a leadership change.
+    /// The status goes out first, so that a caller woken by the failure
+    /// already sees the new role (and can say "no quorum" when no leader is left).
     fn after_step(&mut self) {
+        let status = status_of(&self.raw);
+        self.status_tx.send_if_modified(|s| {
+            if *s != status {
+                *s = status;
+                true
+            } else {
+                false
+            }
+        });
         let now = (self.raw.raft.state, self.raw.raft.term);
         if now != self.last_role {
             if self.last_role.0 == StateRole::Leader {
@@ -453,15 +469,6 @@ impl Node {
             }
             self.last_role = now;
         }
-        let status = status_of(&self.raw);
-        self.status_tx.send_if_modified(|s| {
-            if *s != status {
-                *s = status;
-                true
-            } else {
-                false
-            }
-        });
     }
 
     fn fail_all(&mut self, err: impl Fn() -> ProposeError) {

@@ -60,8 +60,12 @@ async fn write(address: &str, version: u32) -> Result<(), tonic::Status> {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().bench {
-        Bench::Raft { writes, trials } => tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(raft(writes, trials)),
-        Bench::Agents { counts, seconds } => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(counts, seconds)),
+        Bench::Raft { writes, trials } => {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(raft(writes, trials))
+        }
+        Bench::Agents { counts, seconds } => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(counts, seconds))
+        }
     }
 }
 
@@ -195,70 +199,85 @@ mod agents {
             / 1024.0
     }
 
-    /// One agent: its own connection, a Hello, then a sample a second.
-    /// Probe agents record when each position was sent.
+    /// One agent: its own connection, a Hello, then a sample a second; like
+    /// a real agent it reconnects (after a short pause) when the stream breaks.
     async fn agent(endpoint: String, member: String, cluster: String, region: String, sent: Option<SentAt>, stop: Instant) {
-        let mut client = None;
-        for attempt in 0..20u64 {
-            match AgentServiceClient::connect(endpoint.clone()).await {
-                Ok(c) => {
-                    client = Some(c);
-                    break;
+        // Spread the agents over the second.
+        let jitter = member.bytes().map(u64::from).sum::<u64>() * 7919 % 1000;
+        let mut seq = 0u64;
+        let mut failures = 0u32;
+        while Instant::now() < stop {
+            match stream(&endpoint, &member, &cluster, &region, sent.as_ref(), stop, jitter, &mut seq).await {
+                Ok(()) => return,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(10) {
+                        eprintln!("agent {member}: {e} (attempt {failures})");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
                 }
-                Err(e) if attempt == 19 => eprintln!("agent {member}: cannot connect: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await,
             }
         }
-        let Some(mut client) = client else { return };
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stream(
+        endpoint: &str,
+        member: &str,
+        cluster: &str,
+        region: &str,
+        sent: Option<&SentAt>,
+        stop: Instant,
+        jitter: u64,
+        seq: &mut u64,
+    ) -> Result<(), String> {
+        let mut client = AgentServiceClient::connect(endpoint.to_string()).await.map_err(|e| format!("cannot connect: {e}"))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let hello = AgentHello {
-            member_id: member.clone(),
-            cluster,
-            region,
+            member_id: member.into(),
+            cluster: cluster.into(),
+            region: region.into(),
             kind: "redis".into(),
             dataset_id: "bench".into(),
             ..Default::default()
         };
-        if tx.send(AgentMessage { body: Some(Body::Hello(hello)) }).await.is_err() {
-            return;
-        }
-        let resp = match client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("agent {member}: refused: {}", e.message());
-                return;
-            }
-        };
+        tx.send(AgentMessage { body: Some(Body::Hello(hello)) }).await.map_err(|_| "stream closed".to_string())?;
+        let resp =
+            client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(|e| format!("refused: {}", e.message()))?;
         let mut inbound = resp.into_inner();
-        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
-        // Spread the agents over the second.
-        let jitter = member.bytes().map(u64::from).sum::<u64>() * 7919 % 1000;
+        let drain = tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
         tokio::time::sleep(Duration::from_millis(jitter)).await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut seq = 0u64;
-        while Instant::now() < stop {
+        let result = loop {
+            if Instant::now() >= stop {
+                break Ok(());
+            }
             tick.tick().await;
-            seq += 1;
+            if drain.is_finished() {
+                break Err("stream ended".to_string());
+            }
+            *seq += 1;
             let s = Sample {
-                member_id: member.clone(),
+                member_id: member.into(),
                 taken_at_ms: now_ms(),
                 reachable: true,
                 role: "replica".into(),
-                position: seq,
-                lag_bytes: 0,
+                position: *seq,
                 dataset_id: "bench".into(),
                 replication_connected: true,
                 primary_reachable: true,
                 replication_state: "up".into(),
                 ..Default::default()
             };
-            if let Some(sent) = &sent {
-                sent.lock().unwrap_or_else(|p| p.into_inner()).insert((member.clone(), seq), Instant::now());
+            if let Some(sent) = sent {
+                sent.lock().unwrap_or_else(|p| p.into_inner()).insert((member.to_string(), *seq), Instant::now());
             }
             if tx.send(AgentMessage { body: Some(Body::Sample(s)) }).await.is_err() {
-                return;
+                break Err("stream closed".to_string());
             }
-        }
+        };
+        drain.abort();
+        result
     }
 
     fn pct(v: &mut [Duration], p: f64) -> f64 {
