@@ -104,7 +104,7 @@ fn members_report_roles_health_and_lag_that_returns_to_zero() {
     let m = wait_for("pg-c unhealthy", LONG, || member(&lab, "pg-c").filter(|m| m["healthy"] == false)).expect("unhealthy");
     assert!(!m["error"].as_str().unwrap_or_default().is_empty(), "no reason given: {m}");
     std::thread::sleep(Duration::from_millis(500));
-    stop_pid(watch.id(), Duration::from_secs(1));
+    signal(watch.id(), libc::SIGTERM);
     let events = watch.wait_with_output().expect("watch output");
     let events: Vec<Value> = String::from_utf8_lossy(&events.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(
