@@ -14,11 +14,13 @@
 //!   of the last entry removed by compaction), `applied` (index, term) and
 //!   `state_machine` (the state as of `applied`).
 //!
-//! Crash safety: every Ready is persisted in one fsynced transaction and every
-//! batch of applied entries in another (not fsynced: it is re-derivable from
-//! the log), so a crash at any point leaves an earlier consistent state that
-//! raft-rs accepts on restart. The persisted commit index is never below the
-//! persisted applied index.
+//! Crash safety: every Ready is persisted in one fsynced transaction; the
+//! state machine is checkpointed (with its applied index, conf state and
+//! commit index, in one transaction) every [`CHECKPOINT_ENTRIES`] entries, at
+//! membership changes and at compaction. A crash at any point leaves an
+//! earlier consistent state that raft-rs accepts on restart, and the entries
+//! since the checkpoint are re-applied. The persisted commit index is never
+//! below the persisted applied index.
 //!
 //! All of it is mirrored in memory (the log is bounded by compaction), so
 //! reads from raft-rs never touch the disk.
@@ -39,6 +41,13 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Index (and term) of the founding snapshot of a new cluster.
 pub const BOOTSTRAP_INDEX: u64 = 1;
+
+/// The state machine is written to disk at most once per this many applied
+/// entries (and at every membership change and compaction): writing a large
+/// topology on every entry would stall the Raft thread. Entries applied since
+/// the last checkpoint are re-applied after a restart (apply is idempotent),
+/// and the log is never compacted past the checkpoint.
+pub const CHECKPOINT_ENTRIES: u64 = 64;
 
 /// Errors of the storage layer. Any of them is fatal for the node: raft-rs
 /// cannot continue safely on a log it failed to write.
@@ -70,6 +79,8 @@ struct Core {
     /// `entries[i].index == compacted.0 + 1 + i`.
     entries: Vec<Entry>,
     applied: (u64, u64),
+    /// The applied index whose state machine is on disk (a checkpoint).
+    checkpointed: u64,
     sm: StateMachine,
 }
 
@@ -236,6 +247,7 @@ impl RaftStore {
             }
             core.entries.push(dec(v.value(), "entry")?);
         }
+        core.checkpointed = core.applied.0;
         if core.applied.0 > core.hard_state.commit {
             return Err(StorageError::Corrupt(format!(
                 "applied index {} is beyond commit index {}",
@@ -308,6 +320,7 @@ impl RaftStore {
             core.entries.clear();
             core.compacted = (m.index, m.term);
             core.applied = (m.index, m.term);
+            core.checkpointed = m.index;
             core.conf_state = m.get_conf_state().clone();
             core.sm = sm;
             core.hard_state.commit = core.hard_state.commit.max(m.index);
@@ -338,40 +351,49 @@ impl RaftStore {
         self.read().applied.0
     }
 
-    /// Records a batch of applied entries in one transaction, with the commit
-    /// index raised to at least the applied index.
+    /// Records a batch of applied entries. The state machine, applied index,
+    /// conf state and commit index go to disk together as a checkpoint when
+    /// the batch changed the membership or [`CHECKPOINT_ENTRIES`] entries were
+    /// applied since the last one; otherwise only memory changes.
     pub fn commit_apply(&self, batch: ApplyBatch, commit: Option<u64>) -> Result<(), StorageError> {
         let mut core = self.core.write().unwrap_or_else(|p| p.into_inner());
-        let mut hs = core.hard_state.clone();
-        hs.commit = hs.commit.max(commit.unwrap_or(0)).max(batch.applied.0);
-        let mut tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
-        // No fsync here: the applied state is derived from the durable log. A
-        // crash may lose this batch, and then raft-rs re-delivers its entries
-        // (they are above the durable applied index) and they are applied
-        // again. redb makes it durable with the next fsynced commit, in order.
-        tx.set_durability(redb::Durability::None);
-        {
-            let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
-            meta.insert("state_machine", batch.sm.encode().as_slice()).map_err(|e| self.db_err(e))?;
-            meta.insert("applied", serde_json::to_vec(&batch.applied).unwrap_or_default().as_slice()).map_err(|e| self.db_err(e))?;
-            meta.insert("hard_state", enc(&hs).as_slice()).map_err(|e| self.db_err(e))?;
-            if let Some(cs) = &batch.conf_state {
-                meta.insert("conf_state", enc(cs).as_slice()).map_err(|e| self.db_err(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.db_err(e))?;
+        core.hard_state.commit = core.hard_state.commit.max(commit.unwrap_or(0)).max(batch.applied.0);
         core.sm = batch.sm;
         core.applied = batch.applied;
-        core.hard_state = hs;
+        let membership = batch.conf_state.is_some();
         if let Some(cs) = batch.conf_state {
             core.conf_state = cs;
+        }
+        if membership || core.applied.0 >= core.checkpointed + CHECKPOINT_ENTRIES {
+            let mut tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+            if !membership {
+                // No fsync: everything in a checkpoint is re-derivable from
+                // the durable log; redb makes it durable, in order, with the
+                // next synced commit.
+                tx.set_durability(redb::Durability::None);
+            }
+            self.write_checkpoint(&tx, &core)?;
+            tx.commit().map_err(|e| self.db_err(e))?;
+            core.checkpointed = core.applied.0;
         }
         Ok(())
     }
 
+    /// Writes state machine, applied index, conf state and hard state, which
+    /// must always be on disk as of the same applied index.
+    fn write_checkpoint(&self, tx: &redb::WriteTransaction, core: &Core) -> Result<(), StorageError> {
+        let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+        meta.insert("state_machine", core.sm.encode().as_slice()).map_err(|e| self.db_err(e))?;
+        meta.insert("applied", serde_json::to_vec(&core.applied).unwrap_or_default().as_slice()).map_err(|e| self.db_err(e))?;
+        meta.insert("hard_state", enc(&core.hard_state).as_slice()).map_err(|e| self.db_err(e))?;
+        meta.insert("conf_state", enc(&core.conf_state).as_slice()).map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
     /// Drops log entries up to the applied index once more than `threshold`
-    /// entries have accumulated. A follower that needs them gets a snapshot.
-    /// Returns the new compaction point if the log was compacted.
+    /// entries have accumulated, checkpointing the state machine in the same
+    /// transaction. A follower that needs them gets a snapshot. Returns the
+    /// new compaction point if the log was compacted.
     pub fn compact_if_needed(&self, threshold: u64) -> Result<Option<u64>, StorageError> {
         let mut core = self.core.write().unwrap_or_else(|p| p.into_inner());
         let (applied, applied_term) = core.applied;
@@ -379,6 +401,7 @@ impl RaftStore {
             return Ok(None);
         }
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        self.write_checkpoint(&tx, &core)?;
         {
             let mut table = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
             let keys: Vec<u64> =
@@ -391,6 +414,7 @@ impl RaftStore {
                 .map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))?;
+        core.checkpointed = applied;
         let drop = (applied - core.compacted.0) as usize;
         core.entries.drain(..drop);
         core.compacted = (applied, applied_term);
