@@ -32,6 +32,13 @@ pub struct Reading {
     pub error: String,
 }
 
+impl Reading {
+    /// A member that did not answer, and why.
+    pub fn unreachable(error: String) -> Self {
+        Reading { reachable: false, role: "unknown", error, ..Default::default() }
+    }
+}
+
 /// What the cross-probe of the primary saw.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PrimaryReading {

@@ -61,7 +61,7 @@ impl PgProber {
             Ok(r) => r,
             Err(e) => {
                 self.local = None;
-                Reading { reachable: false, role: "unknown", error: e, ..Default::default() }
+                Reading::unreachable(e)
             }
         }
     }

@@ -69,7 +69,7 @@ impl RedisProber {
             Ok(r) => r,
             Err(e) => {
                 self.local = None;
-                Reading { reachable: false, role: "unknown", error: e, ..Default::default() }
+                Reading::unreachable(e)
             }
         }
     }
