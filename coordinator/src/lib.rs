@@ -13,6 +13,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod failover;
 pub mod health;
 pub mod raft;
 pub mod server;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::failover::{ClusterRecord, Decision, DecisionKind, Millis, StepState};
 use crate::topology::Topology;
 
 /// A change proposed through Raft. Serialised as JSON into the entry data;
@@ -20,6 +21,19 @@ use crate::topology::Topology;
 pub enum Command {
     /// Replace the whole topology.
     ApplyTopology { topology: Topology },
+    /// Record the first primary of a cluster (epoch 1). Ignored once a
+    /// cluster has a primary.
+    Adopt { cluster: String, primary: String, dataset: String },
+    /// Start a change of primary: applied only if it starts the epoch right
+    /// after the recorded one and nothing else is in progress
+    /// (compare-and-set, so a stale or repeated proposal changes nothing).
+    Decide { decision: Box<Decision> },
+    /// The outcome of one step of a decision.
+    Step { decision: u64, index: usize, state: StepState, started: Millis, finished: Millis, error: String },
+    /// Maintenance: pause or resume automatic failover of one cluster, or of all.
+    Pause { cluster: Option<String>, paused: bool },
+    /// Lift a cluster's anti-flap block.
+    ClearBlock { cluster: String },
 }
 
 /// What applying a command did, returned to the proposer.
@@ -31,6 +45,12 @@ pub enum Outcome {
     Membership { voters: Vec<u64> },
     /// An entry with nothing to apply (leader's empty entry).
     Nothing,
+    /// A decision was recorded with this id (or, repeated, already had it).
+    Decided { id: u64 },
+    /// The command was not applied, and why.
+    Refused { reason: String },
+    /// Applied.
+    Done,
 }
 
 /// The replicated state.
@@ -41,6 +61,15 @@ pub struct StateMachine {
     pub topology_version: u64,
     /// Address of every coordinator node in the Raft configuration, by id.
     pub nodes: BTreeMap<u64, String>,
+    /// Primary, epoch and failover state of every cluster.
+    #[serde(default)]
+    pub records: BTreeMap<String, ClusterRecord>,
+    /// Every decision ever taken, by id (1, 2, ...).
+    #[serde(default)]
+    pub history: BTreeMap<u64, Decision>,
+    /// `drctl pause` for every cluster.
+    #[serde(default)]
+    pub global_paused: bool,
 }
 
 impl StateMachine {
@@ -59,7 +88,117 @@ impl StateMachine {
                 }
                 Outcome::Topology { version: self.topology_version }
             }
+            Command::Adopt { cluster, primary, dataset } => {
+                let rec = self.records.entry(cluster).or_default();
+                if rec.primary.is_empty() {
+                    *rec = ClusterRecord { epoch: rec.epoch.max(1), primary, dataset, ..rec.clone() };
+                }
+                Outcome::Done
+            }
+            Command::Decide { decision } => self.decide(*decision),
+            Command::Step { decision, index, state, started, finished, error } => {
+                self.step(decision, index, state, started, finished, error)
+            }
+            Command::Pause { cluster: None, paused } => {
+                self.global_paused = paused;
+                Outcome::Done
+            }
+            Command::Pause { cluster: Some(c), paused } => {
+                if !self.topology.clusters.contains_key(&c) {
+                    return Outcome::Refused { reason: format!("unknown cluster {c:?}") };
+                }
+                self.records.entry(c).or_default().paused = paused;
+                Outcome::Done
+            }
+            Command::ClearBlock { cluster } => match self.records.get_mut(&cluster) {
+                Some(r) => {
+                    r.blocked_until = 0;
+                    Outcome::Done
+                }
+                None => Outcome::Refused { reason: format!("unknown cluster {cluster:?}") },
+            },
         }
+    }
+
+    fn decide(&mut self, mut d: Decision) -> Outcome {
+        if let Some((id, _)) = self.history.iter().find(|(_, h)| h.cluster == d.cluster && h.epoch == d.epoch && h.to == d.to) {
+            return Outcome::Decided { id: *id };
+        }
+        let Some(cluster) = self.topology.clusters.get(&d.cluster) else {
+            return Outcome::Refused { reason: format!("unknown cluster {:?}", d.cluster) };
+        };
+        let anti_flap = cluster.policy.anti_flap_window.as_millis() as u64;
+        let rec = self.records.entry(d.cluster.clone()).or_default();
+        if rec.epoch + 1 != d.epoch || rec.primary != d.from {
+            return Outcome::Refused {
+                reason: format!("stale decision: {} is at epoch {} with primary {:?}", d.cluster, rec.epoch, rec.primary),
+            };
+        }
+        if let Some(id) = rec.in_progress {
+            return Outcome::Refused { reason: format!("decision {id} is still in progress for {}", d.cluster) };
+        }
+        let id = self.history.keys().next_back().copied().unwrap_or(0) + 1;
+        d.id = id;
+        // Steps of older decisions still waiting (a member to repoint or
+        // rejoin) are replaced by this decision's own.
+        for old in self.history.values_mut().filter(|h| h.cluster == d.cluster && h.finished_at.is_none()) {
+            for s in old.steps.iter_mut().filter(|s| s.state == StepState::Pending) {
+                s.state = StepState::Skipped;
+                s.error = format!("superseded by decision {id}");
+            }
+            old.finished_at = Some(d.decided_at);
+            if old.outcome.is_empty() {
+                old.outcome = format!("superseded by decision {id}");
+            }
+        }
+        rec.epoch = d.epoch;
+        rec.primary = d.to.clone();
+        rec.in_progress = Some(id);
+        rec.changed_at = d.decided_at;
+        if d.kind == DecisionKind::Failover {
+            rec.blocked_until = d.decided_at + anti_flap;
+        }
+        self.history.insert(id, d);
+        Outcome::Decided { id }
+    }
+
+    fn step(&mut self, id: u64, index: usize, state: StepState, started: Millis, finished: Millis, error: String) -> Outcome {
+        let Some(d) = self.history.get_mut(&id) else {
+            return Outcome::Refused { reason: format!("no decision {id}") };
+        };
+        let Some(step) = d.steps.get_mut(index) else {
+            return Outcome::Refused { reason: format!("decision {id} has no step {index}") };
+        };
+        step.state = state;
+        step.started = started;
+        step.finished = finished;
+        step.error = error;
+        // The cluster is free for new decisions once the new primary serves
+        // and the replicas follow it; rejoining the old primary may wait
+        // until it comes back.
+        let settled = d.steps.iter().all(|s| s.state != StepState::Pending || s.is_background());
+        let failed = d.steps.iter().any(|s| s.state == StepState::Failed && !s.is_background());
+        let promoted = d.steps.iter().any(|s| s.action == "promote" && s.state == StepState::Done);
+        if settled || failed {
+            if let Some(rec) = self.records.get_mut(&d.cluster) {
+                if rec.in_progress == Some(id) {
+                    rec.in_progress = None;
+                    if failed && !promoted {
+                        // Nobody was promoted: the old primary stays (in the
+                        // new epoch, so that older commands stay refused),
+                        // and a failure of it is detected afresh.
+                        rec.primary = d.from.clone();
+                    }
+                }
+            }
+        }
+        if failed || d.steps.iter().all(|s| s.state != StepState::Pending) {
+            d.finished_at.get_or_insert(finished);
+            if d.outcome.is_empty() {
+                d.outcome = if failed { format!("failed at {}", d.steps[index].action) } else { "done".into() };
+            }
+        }
+        Outcome::Done
     }
 
     /// Records a node joining (with its address) or leaving the Raft group.

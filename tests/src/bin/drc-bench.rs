@@ -38,6 +38,9 @@ enum Bench {
         /// Measurement window per count.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// The coordinators' Raft tick (election timeout = 10 ticks).
+        #[arg(long, default_value = "100ms")]
+        tick_interval: String,
     },
 }
 
@@ -63,8 +66,9 @@ fn main() -> anyhow::Result<()> {
         Bench::Raft { writes, trials } => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(raft(writes, trials))
         }
-        Bench::Agents { counts, seconds } => {
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(counts, seconds))
+        Bench::Agents { counts, seconds, tick_interval } => {
+            let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(counts, seconds, tick))
         }
     }
 }
@@ -150,7 +154,7 @@ mod agents {
 
     use drc_proto::admin_service_client::AdminServiceClient;
     use drc_proto::agent_service_client::AgentServiceClient;
-    use drc_proto::{agent_message::Body, AgentHello, AgentMessage, ApplyTopologyRequest, HealthRequest, Sample};
+    use drc_proto::{agent_message::Body, coordinator_message, AgentHello, AgentMessage, ApplyTopologyRequest, HealthRequest, Sample};
     use drc_tests::{Cluster, ClusterOpts};
 
     const PROBES: usize = 20;
@@ -206,9 +210,11 @@ mod agents {
         let jitter = member.bytes().map(u64::from).sum::<u64>() * 7919 % 1000;
         let mut seq = 0u64;
         let mut failures = 0u32;
+        let mut endpoint = endpoint;
         while Instant::now() < stop {
             match stream(&endpoint, &member, &cluster, &region, sent.as_ref(), stop, jitter, &mut seq).await {
-                Ok(()) => return,
+                Ok(None) => return,
+                Ok(Some(leader)) => endpoint = format!("http://{leader}"),
                 Err(e) => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(10) {
@@ -230,7 +236,7 @@ mod agents {
         stop: Instant,
         jitter: u64,
         seq: &mut u64,
-    ) -> Result<(), String> {
+    ) -> Result<Option<String>, String> {
         let mut client = AgentServiceClient::connect(endpoint.to_string()).await.map_err(|e| format!("cannot connect: {e}"))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let hello = AgentHello {
@@ -245,16 +251,34 @@ mod agents {
         let resp =
             client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(|e| format!("refused: {}", e.message()))?;
         let mut inbound = resp.into_inner();
-        let drain = tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        // The coordinator's side: views are ignored, a redirect names the leader.
+        let mut drain = tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(m)) => {
+                        if let Some(coordinator_message::Body::Redirect(r)) = m.body {
+                            return Ok(r.leader_address);
+                        }
+                    }
+                    Ok(None) => return Err("the coordinator closed the stream".to_string()),
+                    Err(e) => return Err(format!("stream failed: {} {}", e.code(), e.message())),
+                }
+            }
+        });
         tokio::time::sleep(Duration::from_millis(jitter)).await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let result = loop {
             if Instant::now() >= stop {
-                break Ok(());
+                break Ok(None);
             }
             tick.tick().await;
             if drain.is_finished() {
-                break Err("stream ended".to_string());
+                break match (&mut drain).await {
+                    Ok(Ok(leader)) if !leader.is_empty() => Ok(Some(leader)),
+                    Ok(Ok(_)) => Err("redirected, but no leader known yet".to_string()),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(e.to_string()),
+                };
             }
             *seq += 1;
             let s = Sample {
@@ -288,10 +312,12 @@ mod agents {
         v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
     }
 
-    pub async fn run(counts: Vec<usize>, seconds: u64) -> anyhow::Result<()> {
-        println!("agents benchmark: 3 coordinators on loopback, each agent its own gRPC connection and stream, 1 sample/s each");
+    pub async fn run(counts: Vec<usize>, seconds: u64, tick_interval: &'static str) -> anyhow::Result<()> {
+        println!(
+            "agents benchmark: 3 coordinators on loopback (raft tick {tick_interval}), each agent its own gRPC connection and stream, 1 sample/s each"
+        );
         for n in counts {
-            let cluster = Cluster::start(ClusterOpts { write_timeout: "30s", ..Default::default() })?;
+            let cluster = Cluster::start(ClusterOpts { write_timeout: "30s", tick_interval, ..Default::default() })?;
             let leader_id = cluster.wait_leader(Duration::from_secs(30))?;
             let leader = cluster.nodes[&leader_id].address.clone();
             let pid = cluster.nodes[&leader_id].pid().unwrap_or(0);
@@ -329,7 +355,17 @@ mod agents {
                 )));
             }
             // Wait until the leader sees every agent connected.
+            let mut admin = admin;
+            let mut pid = pid;
             loop {
+                // Agents follow the leader if it moves; so does the measurement.
+                let now_leader = cluster.wait_leader(Duration::from_secs(30))?;
+                if cluster.nodes[&now_leader].pid().unwrap_or(0) != pid {
+                    pid = cluster.nodes[&now_leader].pid().unwrap_or(0);
+                    admin = AdminServiceClient::connect(format!("http://{}", cluster.nodes[&now_leader].address))
+                        .await?
+                        .max_decoding_message_size(256 << 20);
+                }
                 let h = admin.health(HealthRequest { cluster: String::new() }).await?.into_inner();
                 let connected = h.clusters.iter().flat_map(|c| &c.members).filter(|m| m.agent_connected).count();
                 if connected >= n + PROBES || connect_start.elapsed() > Duration::from_secs(120) {
@@ -366,6 +402,8 @@ mod agents {
                 pct(&mut staleness, 0.5),
                 pct(&mut staleness, 0.99)
             );
+            let elections: usize = cluster.nodes.values().map(|node| node.log_text().matches("became leader").count()).sum();
+            println!("N = {n}: leader elections during the run: {}", elections.saturating_sub(1));
             for t in tasks {
                 t.abort();
             }

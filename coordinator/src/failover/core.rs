@@ -1,0 +1,529 @@
+//! The decision core: pure — no I/O, no clock, no randomness.
+//!
+//! The leader calls [`Core::tick`] with what it currently sees (a [`World`]:
+//! time, topology, replicated records, fresh observations) and carries out
+//! the [`Action`]s it returns; operator requests go through
+//! [`Core::request`]. Everything that makes a failover safe is decided here
+//! and checked by the seeded simulations in `sim.rs`:
+//!
+//! - a failure is declared only when the primary's own agent reports it down
+//!   or is silent, no agent anywhere can reach it, agents in at least one
+//!   other region confirm it, and that has held for the detection window
+//!   (DESIGN.md rule 4);
+//! - an unreachable primary is replaced only after its lease has expired,
+//!   plus a clock-drift margin (rule 2): leases are granted only to a
+//!   healthy primary, and a new leader assumes its predecessor just granted
+//!   one;
+//! - a candidate is promoted automatically only within the RPO budget in
+//!   bytes and in time (rule 3); an operator's `force` is the only override;
+//! - after a failover the cluster is blocked for the anti-flap window
+//!   (rule 5); pause stops automatic decisions, not operators;
+//! - clusters of a failover group end up in one region.
+
+use std::collections::BTreeMap;
+
+use super::{ClusterRecord, Decision, DecisionKind, MemberEvidence, Millis, Step, StepState, Trigger};
+use crate::topology::{Policy, Topology};
+
+/// One member as the leader sees it now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Obs {
+    /// Agent connected and its newest sample younger than the detection window.
+    pub fresh: bool,
+    /// The agent reaches its own database.
+    pub reachable: bool,
+    /// "primary", "replica" or "unknown".
+    pub role: String,
+    pub dataset: String,
+    /// Replayed LSN / replication offset (the primary: its current one).
+    pub position: u64,
+    pub lag_bytes: u64,
+    pub lag_ms: u64,
+    /// This agent's cross-probe of the recorded primary.
+    pub primary_reachable: bool,
+    /// The primary's position as this agent's cross-probe last read it.
+    pub primary_position: u64,
+    /// The highest epoch the agent has seen.
+    pub epoch: u64,
+}
+
+/// Everything the core reads at one instant.
+pub struct World<'a> {
+    pub now: Millis,
+    pub topology: &'a Topology,
+    pub records: &'a BTreeMap<String, ClusterRecord>,
+    /// `drctl pause` without a cluster.
+    pub global_paused: bool,
+    /// By member id; a member without an entry has never been heard from.
+    pub observations: &'a BTreeMap<String, Obs>,
+}
+
+/// Lease timing. The agent of a primary fences it when `lease` passes
+/// without a renewal; the leader replaces an unreachable primary only
+/// `lease + drift_margin` after its last renewal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    pub lease: Millis,
+    pub drift_margin: Millis,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig { lease: 2_000, drift_margin: 500 }
+    }
+}
+
+/// What the leader should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Record the first primary of a cluster (epoch 1).
+    Adopt { cluster: String, primary: String, dataset: String },
+    /// Commit this decision to Raft, then carry out its steps.
+    Decide(Box<Decision>),
+    /// Grant (renew) the primary's lease for `ttl` from now.
+    Lease { cluster: String, member: String, epoch: u64, ttl: Millis },
+    /// Nothing happens to this cluster, and why (shown in status).
+    Wait { cluster: String, reason: String },
+}
+
+/// An operator's request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Failover { cluster: String, to: Option<String>, force: bool },
+    Switchover { cluster: String, to: Option<String> },
+}
+
+#[derive(Clone, Debug, Default)]
+struct Track {
+    /// Since when the failure has been confirmed without interruption.
+    down_since: Option<Millis>,
+    /// The newest lease the primary may hold ends here.
+    lease_until: Millis,
+    /// Highest position of the primary seen in this epoch.
+    primary_position: u64,
+    epoch: u64,
+}
+
+/// The leader's decision state: soft, rebuilt from nothing by every new leader.
+pub struct Core {
+    lease: LeaseConfig,
+    leader_since: Millis,
+    tracks: BTreeMap<String, Track>,
+}
+
+fn is_primary(o: &Obs) -> bool {
+    o.fresh && o.reachable && o.role == "primary"
+}
+
+/// The policy's gate, or `None` when the member may be promoted.
+fn rpo_problem(policy: &Policy, lag_bytes: u64, lag_ms: u64) -> Option<String> {
+    let budget_ms = policy.rpo_max_lag_time.as_millis() as u64;
+    if lag_bytes > policy.rpo_max_lag_bytes {
+        Some(format!("lag {lag_bytes} bytes > RPO budget {} bytes", policy.rpo_max_lag_bytes))
+    } else if lag_ms > budget_ms {
+        Some(format!("lag {lag_ms} ms > RPO budget {budget_ms} ms"))
+    } else {
+        None
+    }
+}
+
+impl Core {
+    /// A core for a node that became leader at `now`. It assumes that the
+    /// previous leader renewed every lease just before it lost leadership.
+    pub fn new(lease: LeaseConfig, now: Millis) -> Core {
+        Core { lease, leader_since: now, tracks: BTreeMap::new() }
+    }
+
+    /// The cluster's track, reset when the epoch changed. `primary_position`
+    /// is what is known of the recorded primary's position: after a
+    /// promotion, at least the position it had as a replica.
+    fn track(&mut self, cluster: &str, rec: &ClusterRecord, primary_position: u64) -> &mut Track {
+        let fresh = Track { lease_until: self.leader_since + self.lease.lease, epoch: rec.epoch, primary_position, ..Track::default() };
+        let t = self.tracks.entry(cluster.to_string()).or_insert_with(|| fresh.clone());
+        if t.epoch != rec.epoch {
+            // A new primary: nothing of the old one's history applies, but a
+            // lease we granted to the old one must still run out.
+            *t = Track { lease_until: t.lease_until, ..fresh };
+        }
+        t
+    }
+
+    /// Re-evaluates every cluster.
+    pub fn tick(&mut self, w: &World) -> Vec<Action> {
+        let mut out = Vec::new();
+        for name in w.topology.clusters.keys() {
+            self.tick_cluster(w, name, &mut out);
+        }
+        out
+    }
+
+    fn tick_cluster(&mut self, w: &World, name: &str, out: &mut Vec<Action>) {
+        let wait = |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason });
+        let Some(policy) = w.topology.clusters.get(name).map(|c| c.policy.clone()) else { return };
+        let members: Vec<(&String, Obs)> = w
+            .topology
+            .members
+            .iter()
+            .filter(|(_, m)| m.cluster == name)
+            .map(|(id, _)| (id, w.observations.get(id).cloned().unwrap_or_default()))
+            .collect();
+        let default_rec = ClusterRecord::default();
+        let rec = w.records.get(name).unwrap_or(&default_rec);
+
+        if rec.primary.is_empty() {
+            let primaries: Vec<&(&String, Obs)> = members.iter().filter(|(_, o)| is_primary(o)).collect();
+            match primaries.as_slice() {
+                [(id, o)] => out.push(Action::Adopt { cluster: name.to_string(), primary: id.to_string(), dataset: o.dataset.clone() }),
+                [] => wait(out, "no primary seen yet".into()),
+                many => wait(out, format!("{} members claim to be primary; waiting for one", many.len())),
+            }
+            return;
+        }
+        if let Some(id) = rec.in_progress {
+            wait(out, format!("decision {id} is being carried out"));
+            return;
+        }
+        let now = w.now;
+        let lease = self.lease;
+        let leader_since = self.leader_since;
+        let primary_id = rec.primary.clone();
+        let p = members.iter().find(|(id, _)| **id == primary_id).map(|(_, o)| o.clone()).unwrap_or_default();
+        let primary_region = w.topology.members.get(&primary_id).map(|m| m.region.clone()).unwrap_or_default();
+        let track = self.track(name, rec, p.position);
+        track.primary_position = track.primary_position.max(members.iter().map(|(_, o)| o.primary_position).max().unwrap_or(0));
+        if is_primary(&p) {
+            track.primary_position = track.primary_position.max(p.position);
+            track.down_since = None;
+            track.lease_until = now + lease.lease;
+            out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
+            self.follow_group(w, name, rec, &policy, &members, out);
+            return;
+        }
+
+        // The primary does not look healthy to its own agent (or the agent is
+        // silent). Do other regions agree?
+        let observers: Vec<(&String, &Obs)> =
+            members.iter().filter(|(id, o)| **id != primary_id && o.fresh).map(|(id, o)| (*id, o)).collect();
+        let region_of = |id: &str| w.topology.members.get(id).map(|m| m.region.clone()).unwrap_or_default();
+        if let Some((who, _)) = observers.iter().find(|(_, o)| o.primary_reachable) {
+            track.down_since = None;
+            wait(out, format!("primary {primary_id} looks down to its own agent, but {who} (region {}) still reaches it", region_of(who)));
+            return;
+        }
+        if !observers.iter().any(|(id, o)| region_of(id) != primary_region && !o.primary_reachable) {
+            track.down_since = None;
+            wait(out, format!("primary {primary_id} looks down, but no agent in another region can confirm it"));
+            return;
+        }
+        let since = *track.down_since.get_or_insert(now);
+        let window = policy.detection_window.as_millis() as u64;
+        if now < since + window {
+            wait(out, format!("primary {primary_id} down for {} ms, confirming for {window} ms", now - since));
+            return;
+        }
+        if now < leader_since + window {
+            wait(out, format!("new leader: collecting {window} ms of fresh samples before deciding"));
+            return;
+        }
+        let lease_end = track.lease_until + lease.drift_margin;
+        if now < lease_end {
+            wait(out, format!("waiting {} ms for the old primary's lease to expire", lease_end - now));
+            return;
+        }
+        if policy.paused || rec.paused || w.global_paused {
+            wait(out, format!("primary {primary_id} is down, but automatic failover is paused"));
+            return;
+        }
+        if now < rec.blocked_until {
+            wait(
+                out,
+                format!("primary {primary_id} is down, but automatic failover is blocked for {} ms (anti-flap)", rec.blocked_until - now),
+            );
+            return;
+        }
+        let known = track.primary_position;
+        let preferred = preferred_region(w, name, &primary_region);
+        match choose(w, rec, &policy, &members, known, None, false, preferred.as_deref()) {
+            Ok((to, why)) => {
+                let reason = format!("primary {primary_id} down for {} ms, confirmed from another region; {why}", now - since);
+                out.push(Action::Decide(Box::new(decision(
+                    w,
+                    name,
+                    rec,
+                    DecisionKind::Failover,
+                    Trigger::Automatic,
+                    &to,
+                    reason,
+                    &members,
+                    since,
+                ))));
+            }
+            Err(why) => wait(out, format!("primary {primary_id} is down, but no member can be promoted: {why}")),
+        }
+    }
+
+    /// A healthy cluster whose failover-group partner has moved to another
+    /// region more recently than it did follows it there, planned.
+    fn follow_group(&self, w: &World, name: &str, rec: &ClusterRecord, policy: &Policy, members: &[(&String, Obs)], out: &mut Vec<Action>) {
+        if policy.paused || rec.paused || w.global_paused {
+            return;
+        }
+        let my_region = w.topology.members.get(&rec.primary).map(|m| m.region.as_str()).unwrap_or_default();
+        for partner in partners(w.topology, name) {
+            let Some(prec) = w.records.get(&partner) else { continue };
+            let Some(pm) = w.topology.members.get(&prec.primary) else { continue };
+            if prec.in_progress.is_some() || prec.changed_at <= rec.changed_at || pm.region == my_region {
+                continue;
+            }
+            let known = self.tracks.get(name).map(|t| t.primary_position).unwrap_or(0);
+            let region = pm.region.clone();
+            match choose(w, rec, policy, members, known, None, false, Some(&region)) {
+                Ok((to, why)) if w.topology.members.get(&to).is_some_and(|m| m.region == region) => {
+                    let reason = format!("failover group: {partner} moved to region {region}; {why}");
+                    let trigger = Trigger::Group { leader_cluster: partner.clone() };
+                    out.push(Action::Decide(Box::new(decision(
+                        w,
+                        name,
+                        rec,
+                        DecisionKind::Switchover,
+                        trigger,
+                        &to,
+                        reason,
+                        members,
+                        w.now,
+                    ))));
+                }
+                Ok(_) | Err(_) => out.push(Action::Wait {
+                    cluster: name.to_string(),
+                    reason: format!("failover group: {partner} is in region {region}, but no member there can take over yet"),
+                }),
+            }
+            return;
+        }
+    }
+
+    /// An operator's failover or switchover: the decision to commit, or
+    /// exactly why not.
+    pub fn request(&mut self, w: &World, req: &Request) -> Result<Decision, String> {
+        let (name, to, force, kind) = match req {
+            Request::Failover { cluster, to, force } => (cluster, to, *force, DecisionKind::Failover),
+            Request::Switchover { cluster, to } => (cluster, to, false, DecisionKind::Switchover),
+        };
+        let policy = w.topology.clusters.get(name).map(|c| c.policy.clone()).ok_or_else(|| format!("unknown cluster {name:?}"))?;
+        let rec = w.records.get(name).cloned().unwrap_or_default();
+        if rec.primary.is_empty() {
+            return Err(format!("cluster {name:?} has no recorded primary yet"));
+        }
+        if let Some(id) = rec.in_progress {
+            return Err(format!("decision {id} is still being carried out for {name:?}"));
+        }
+        if let Some(to) = to {
+            match w.topology.members.get(to) {
+                Some(m) if m.cluster == *name => {}
+                _ => return Err(format!("{to:?} is not a member of cluster {name:?}")),
+            }
+            if *to == rec.primary {
+                return Err(format!("{to:?} is already the primary of {name:?}"));
+            }
+        }
+        let members: Vec<(&String, Obs)> = w
+            .topology
+            .members
+            .iter()
+            .filter(|(_, m)| m.cluster == *name)
+            .map(|(id, _)| (id, w.observations.get(id).cloned().unwrap_or_default()))
+            .collect();
+        let p = members.iter().find(|(id, _)| **id == rec.primary).map(|(_, o)| o.clone()).unwrap_or_default();
+        let now = w.now;
+        let lease = self.lease;
+        let track = self.track(name, &rec, p.position);
+        let healthy = is_primary(&p);
+        if healthy {
+            track.primary_position = track.primary_position.max(p.position);
+        }
+        track.primary_position = track.primary_position.max(members.iter().map(|(_, o)| o.primary_position).max().unwrap_or(0));
+        let known = track.primary_position;
+        match kind {
+            DecisionKind::Switchover if !healthy => {
+                return Err(format!("switchover needs a healthy primary, and {} is not; use failover", rec.primary));
+            }
+            // A healthy primary is fenced through its agent first; an
+            // unreachable one only after its lease ran out.
+            DecisionKind::Failover if !healthy && now < track.lease_until + lease.drift_margin => {
+                return Err(format!(
+                    "the old primary {} is unreachable and may still hold its lease for {} ms; retry then",
+                    rec.primary,
+                    track.lease_until + lease.drift_margin - now
+                ));
+            }
+            _ => {}
+        }
+        let (chosen, why) = choose(w, &rec, &policy, &members, known, to.as_deref(), force, None)?;
+        let trigger = Trigger::Operator { force };
+        let reason = match kind {
+            DecisionKind::Switchover => format!("operator switchover; {why}"),
+            DecisionKind::Failover if force => format!("operator failover with --force; {why}"),
+            DecisionKind::Failover => format!("operator failover; {why}"),
+        };
+        Ok(decision(w, name, &rec, kind, trigger, &chosen, reason, &members, now))
+    }
+}
+
+/// The other clusters of `cluster`'s failover groups.
+fn partners(t: &Topology, cluster: &str) -> Vec<String> {
+    let mut out: Vec<String> = t
+        .failover_groups
+        .values()
+        .filter(|g| g.clusters.iter().any(|c| c == cluster))
+        .flat_map(|g| g.clusters.iter().filter(|c| *c != cluster).cloned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Where a failing cluster should go to stay with its group: the region of
+/// a partner's primary that is not in the failing region.
+fn preferred_region(w: &World, cluster: &str, failing_region: &str) -> Option<String> {
+    partners(w.topology, cluster)
+        .iter()
+        .filter_map(|p| w.records.get(p))
+        .filter_map(|r| w.topology.members.get(&r.primary))
+        .map(|m| m.region.clone())
+        .find(|r| r != failing_region)
+}
+
+/// The best member to promote: eligible members ranked by position, then
+/// the preferred region, region priority, member priority and id.
+#[allow(clippy::too_many_arguments)]
+fn choose(
+    w: &World,
+    rec: &ClusterRecord,
+    policy: &Policy,
+    members: &[(&String, Obs)],
+    known_primary_position: u64,
+    only: Option<&str>,
+    force: bool,
+    preferred_region: Option<&str>,
+) -> Result<(String, String), String> {
+    let mut eligible = Vec::new();
+    let mut refused = Vec::new();
+    for (id, o) in members {
+        if **id == rec.primary || only.is_some_and(|t| t != id.as_str()) {
+            continue;
+        }
+        let decl = &w.topology.members[*id];
+        let lag_bytes = o.lag_bytes.max(known_primary_position.saturating_sub(o.position));
+        let problem = if !o.fresh {
+            Some("no fresh sample".to_string())
+        } else if !o.reachable {
+            Some("its agent cannot reach it".to_string())
+        } else if o.role != "replica" {
+            Some(format!("role is {}", o.role))
+        } else if !rec.dataset.is_empty() && !o.dataset.is_empty() && o.dataset != rec.dataset {
+            Some(format!("holds dataset {} instead of {}", o.dataset, rec.dataset))
+        } else if decl.priority == 0 && only.is_none() {
+            Some("priority 0 (never promoted automatically)".to_string())
+        } else if force {
+            None
+        } else {
+            rpo_problem(policy, lag_bytes, o.lag_ms)
+        };
+        match problem {
+            Some(p) => refused.push(format!("{id}: {p}")),
+            None => {
+                let region_priority = w.topology.regions.get(&decl.region).map(|r| r.priority).unwrap_or(u32::MAX);
+                let preferred = preferred_region.is_some_and(|r| r == decl.region);
+                eligible.push((
+                    o.position,
+                    preferred,
+                    std::cmp::Reverse(region_priority),
+                    decl.priority,
+                    std::cmp::Reverse(id.to_string()),
+                    lag_bytes,
+                    o.lag_ms,
+                ));
+            }
+        }
+    }
+    eligible.sort();
+    match eligible.last() {
+        Some((pos, _, _, _, std::cmp::Reverse(id), lag_bytes, lag_ms)) => {
+            let region = &w.topology.members[id].region;
+            Ok((id.clone(), format!("promoting {id} (region {region}, position {pos}, lag {lag_bytes} bytes / {lag_ms} ms)")))
+        }
+        None if refused.is_empty() => Err("the cluster has no other member".into()),
+        None => Err(refused.join("; ")),
+    }
+}
+
+/// Builds the decision and its steps. Its id is assigned when committed.
+#[allow(clippy::too_many_arguments)]
+fn decision(
+    w: &World,
+    name: &str,
+    rec: &ClusterRecord,
+    kind: DecisionKind,
+    trigger: Trigger,
+    to: &str,
+    reason: String,
+    members: &[(&String, Obs)],
+    detected_at: Millis,
+) -> Decision {
+    let step = |action: &str, member: &str| Step {
+        action: action.into(),
+        member: member.into(),
+        state: StepState::Pending,
+        started: 0,
+        finished: 0,
+        error: String::new(),
+        args: BTreeMap::new(),
+    };
+    let mut steps = Vec::new();
+    match kind {
+        DecisionKind::Failover => steps.push(step("fence", &rec.primary)),
+        DecisionKind::Switchover => {
+            steps.push(step("demote", &rec.primary));
+            steps.push(step("catch_up", to));
+        }
+    }
+    steps.push(step("promote", to));
+    for (id, _) in members {
+        if id.as_str() != to && **id != rec.primary {
+            steps.push(step("repoint", id));
+        }
+    }
+    // The old primary follows the new one: at once after a switchover, when
+    // it comes back after a failover.
+    steps.push(step("rejoin", &rec.primary));
+    let evidence = members
+        .iter()
+        .map(|(id, o)| MemberEvidence {
+            id: id.to_string(),
+            region: w.topology.members.get(*id).map(|m| m.region.clone()).unwrap_or_default(),
+            fresh: o.fresh,
+            reachable: o.reachable,
+            role: o.role.clone(),
+            position: o.position,
+            lag_bytes: o.lag_bytes,
+            lag_ms: o.lag_ms,
+            primary_reachable: o.primary_reachable,
+        })
+        .collect();
+    Decision {
+        id: 0,
+        cluster: name.to_string(),
+        kind,
+        trigger,
+        epoch: rec.epoch + 1,
+        from: rec.primary.clone(),
+        to: to.to_string(),
+        reason,
+        evidence,
+        detected_at,
+        decided_at: w.now,
+        steps,
+        finished_at: None,
+        outcome: String::new(),
+    }
+}

@@ -1,0 +1,143 @@
+//! Automated failover: the replicated records it keeps, the pure decision
+//! core ([`core`]) and the executor that carries decisions out on the leader
+//! ([`executor`]).
+//!
+//! The split follows DESIGN.md: the core sees observations and time as
+//! values and answers with actions; it is covered by seeded simulations
+//! (`sim`). Everything that touches the network or Raft is in the executor.
+
+pub mod core;
+#[cfg(test)]
+mod sim;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch on the leader's clock. Replicated
+/// deadlines (anti-flap blocks) use it because the next leader must read them.
+pub type Millis = u64;
+
+/// What Raft remembers about one database cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    /// Bumped by every change of primary, before any command is sent.
+    pub epoch: u64,
+    /// The member that is the primary in this epoch ("" until adopted).
+    pub primary: String,
+    /// System identifier / replication id of the cluster's data, as adopted.
+    pub dataset: String,
+    /// Operator pause (maintenance), besides the topology's `policy.paused`.
+    pub paused: bool,
+    /// Anti-flap: no automatic failover before this time.
+    pub blocked_until: Millis,
+    /// The decision being carried out, if any (its id in the history).
+    pub in_progress: Option<u64>,
+    /// When the primary last changed by a decision (0: adopted, never changed).
+    #[serde(default)]
+    pub changed_at: Millis,
+}
+
+/// Why a decision was taken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Trigger {
+    /// The leader detected the failure itself.
+    Automatic,
+    /// An operator asked; `force` overrode the RPO gate.
+    Operator { force: bool },
+    /// The cluster follows its failover group to another region.
+    Group { leader_cluster: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// Unplanned: the old primary is gone or fenced.
+    Failover,
+    /// Planned: the old primary hands over without losing a write.
+    Switchover,
+}
+
+/// One member as the leader saw it when it decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberEvidence {
+    pub id: String,
+    pub region: String,
+    pub fresh: bool,
+    pub reachable: bool,
+    pub role: String,
+    pub position: u64,
+    pub lag_bytes: u64,
+    pub lag_ms: u64,
+    /// Whether this member's agent could reach the old primary.
+    pub primary_reachable: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Done,
+    Failed,
+    /// Not needed or not possible (e.g. fencing an unreachable old primary
+    /// whose lease has expired); the reason is in `error`.
+    Skipped,
+}
+
+/// One command of a decision, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// "fence", "catch_up", "promote", "repoint", "rejoin", "publish".
+    pub action: String,
+    pub member: String,
+    pub state: StepState,
+    #[serde(default)]
+    pub started: Millis,
+    #[serde(default)]
+    pub finished: Millis,
+    #[serde(default)]
+    pub error: String,
+    /// Extra arguments (the new primary's address, the target position...).
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+}
+
+/// A change of primary, with everything that justified it. Kept forever in
+/// the history; its steps are updated as the executor carries them out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub id: u64,
+    pub cluster: String,
+    pub kind: DecisionKind,
+    pub trigger: Trigger,
+    /// The epoch this decision starts.
+    pub epoch: u64,
+    pub from: String,
+    pub to: String,
+    /// One line: what was seen and why this candidate.
+    pub reason: String,
+    pub evidence: Vec<MemberEvidence>,
+    /// When the failure was first seen, when it was decided.
+    pub detected_at: Millis,
+    pub decided_at: Millis,
+    pub steps: Vec<Step>,
+    /// Set once every step is done or the decision was abandoned.
+    pub finished_at: Option<Millis>,
+    #[serde(default)]
+    pub outcome: String,
+}
+
+impl Step {
+    /// Repointing a replica and rejoining the old primary wait for their
+    /// member to be reachable; they do not hold the cluster's next decision.
+    pub fn is_background(&self) -> bool {
+        self.action == "repoint" || self.action == "rejoin"
+    }
+}
+
+impl Decision {
+    pub fn next_pending(&self) -> Option<usize> {
+        self.steps.iter().position(|s| s.state == StepState::Pending)
+    }
+}

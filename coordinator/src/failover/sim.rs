@@ -1,0 +1,805 @@
+//! Seeded simulations of the decision core against a model of the world:
+//! three regions, two clusters in one failover group (one member of each per
+//! region), agents with leases, a coordinator leader that comes and goes,
+//! and random faults — member crashes, region loss, agent link loss,
+//! partitions between regions, lagging replicas, flapping links, operator
+//! requests. The core's decisions go through the real [`StateMachine`];
+//! a small executor carries out their steps against the model.
+//!
+//! After every step of 100 ms the safety rules are checked (see
+//! [`Sim::check`]). `cargo test -p drc-coordinator sim` runs 1,000 seeds;
+//! `DRC_SIM_SEEDS=100000` runs more; `DRC_SIM_SEED=N` replays one seed and
+//! prints its story.
+
+use std::collections::BTreeMap;
+
+use super::core::{Action, Core, LeaseConfig, Obs, Request, World};
+use super::{Decision, DecisionKind, Millis, StepState, Trigger};
+use crate::state::{Command, Outcome, StateMachine};
+use crate::topology::parse::parse_topology;
+use crate::topology::Topology;
+
+const REGIONS: [&str; 3] = ["a", "b", "c"];
+const CLUSTERS: [&str; 2] = ["pg", "rd"];
+const TICK: Millis = 100;
+const STEPS: u64 = 500;
+const LEASE: LeaseConfig = LeaseConfig { lease: 2_000, drift_margin: 500 };
+const WINDOW: Millis = 1_500;
+const RPO_BYTES: u64 = 1_000;
+const RPO_MS: u64 = 5_000;
+/// Time a new leader needs to be elected.
+const ELECTION: Millis = 1_000;
+/// An agent's samples count as fresh this long (the detection window).
+const FRESH: Millis = WINDOW;
+
+/// splitmix64: small, seedable, good enough to draw fault schedules.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Member {
+    id: String,
+    cluster: String,
+    region: usize,
+    /// The server process runs (a crash or a fence stops it).
+    up: bool,
+    primary: bool,
+    /// Accepts writes: up, primary, not fenced.
+    writable: bool,
+    position: u64,
+    /// Wall time of the newest write it holds.
+    written_at: Millis,
+    /// Member this replica streams from.
+    upstream: String,
+    /// Replay held back far beyond the RPO budget.
+    lagging: bool,
+    // --- its agent ---
+    link: bool,
+    epoch: u64,
+    /// The primary of `epoch`, as this agent knows it.
+    epoch_primary: String,
+    lease_until: Option<Millis>,
+    refuse_promotion_until: Millis,
+    last_sample: Option<Millis>,
+    seen_epoch: u64,
+    seen_primary: u64,
+    seen_lag_ms: u64,
+}
+
+impl Member {
+    /// The agent learns of `epoch`, whose primary is `primary`.
+    fn learn(&mut self, epoch: u64, primary: &str) {
+        if epoch >= self.epoch {
+            self.epoch = epoch;
+            self.epoch_primary = primary.to_string();
+            if primary != self.id {
+                // Not the primary of the newest epoch: any lease is void.
+                self.lease_until = None;
+            }
+        }
+    }
+}
+
+struct Sim {
+    rng: Rng,
+    now: Millis,
+    topology: Topology,
+    sm: StateMachine,
+    members: BTreeMap<String, Member>,
+    region_up: [bool; 3],
+    /// cut[i][j]: regions i and j cannot talk.
+    cut: [[bool; 3]; 3],
+    leader: Option<usize>,
+    election_until: Millis,
+    core: Option<Core>,
+    /// Per decision: when the promote was first attempted.
+    promote_since: BTreeMap<u64, Millis>,
+    /// (cluster, epoch) -> member promoted in it.
+    promoted: BTreeMap<(String, u64), String>,
+    /// Highest primary position the coordinator has seen, per cluster.
+    known_position: BTreeMap<String, u64>,
+    /// Since when each cluster has had no writable member while it could have.
+    unavailable_since: BTreeMap<String, Millis>,
+    log: Vec<String>,
+    last_wait: BTreeMap<String, String>,
+    /// The newest sample of each member the leader received.
+    samples: BTreeMap<String, Obs>,
+    verbose: bool,
+}
+
+fn topology() -> Topology {
+    let mut t = String::from("[regions.a]\npriority = 1\n[regions.b]\npriority = 2\n[regions.c]\npriority = 3\n");
+    for c in CLUSTERS {
+        t.push_str(&format!(
+            "[clusters.{c}]\nkind = \"{}\"\n[clusters.{c}.policy]\nrpo_max_lag_bytes = {RPO_BYTES}\nrpo_max_lag_time = \"{RPO_MS}ms\"\ndetection_window = \"{WINDOW}ms\"\nanti_flap_window = \"4s\"\n",
+            if c == "pg" { "postgres" } else { "redis" }
+        ));
+        for r in REGIONS {
+            t.push_str(&format!("[[members]]\nid = \"{c}-{r}\"\ncluster = \"{c}\"\nregion = \"{r}\"\naddress = \"h:1\"\npriority = 100\n"));
+        }
+    }
+    t.push_str("[failover_groups.app]\nclusters = [\"pg\", \"rd\"]\n");
+    parse_topology(&t).expect("the simulation's topology is valid")
+}
+
+impl Sim {
+    fn new(seed: u64, verbose: bool) -> Sim {
+        let topology = topology();
+        let mut sm = StateMachine::default();
+        sm.apply(Command::ApplyTopology { topology: topology.clone() });
+        let mut members = BTreeMap::new();
+        for c in CLUSTERS {
+            for (i, r) in REGIONS.iter().enumerate() {
+                let id = format!("{c}-{r}");
+                let primary = i == 0;
+                members.insert(
+                    id.clone(),
+                    Member {
+                        id,
+                        cluster: c.to_string(),
+                        region: i,
+                        up: true,
+                        primary,
+                        writable: primary,
+                        position: 0,
+                        written_at: 0,
+                        upstream: if primary { String::new() } else { format!("{c}-a") },
+                        lagging: false,
+                        link: true,
+                        epoch: 0,
+                        epoch_primary: format!("{c}-a"),
+                        lease_until: if primary { Some(LEASE.lease) } else { None },
+                        refuse_promotion_until: 0,
+                        last_sample: None,
+                        seen_epoch: 0,
+                        seen_primary: 0,
+                        seen_lag_ms: 0,
+                    },
+                );
+            }
+        }
+        Sim {
+            rng: Rng(seed),
+            now: 0,
+            topology,
+            sm,
+            members,
+            region_up: [true; 3],
+            cut: [[false; 3]; 3],
+            leader: Some(0),
+            election_until: 0,
+            core: Some(Core::new(LEASE, 0)),
+            promote_since: BTreeMap::new(),
+            promoted: BTreeMap::new(),
+            known_position: BTreeMap::new(),
+            unavailable_since: BTreeMap::new(),
+            log: Vec::new(),
+            last_wait: BTreeMap::new(),
+            samples: BTreeMap::new(),
+            verbose,
+        }
+    }
+
+    fn say(&mut self, what: String) {
+        if self.verbose {
+            println!("{:>6} ms  {what}", self.now);
+        }
+        self.log.push(format!("{} ms: {what}", self.now));
+    }
+
+    fn talk(&self, a: usize, b: usize) -> bool {
+        self.region_up[a] && self.region_up[b] && !self.cut[a][b]
+    }
+
+    /// The agent of `m` and the coordinator leader can exchange messages.
+    fn agent_connected(&self, m: &Member) -> bool {
+        self.leader.is_some_and(|l| m.link && self.talk(m.region, l))
+    }
+
+    // ------------------------------------------------------------ faults
+
+    fn fault(&mut self) {
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        let pick = ids[self.rng.below(ids.len() as u64) as usize].clone();
+        let region = self.rng.below(3) as usize;
+        match self.rng.below(16) {
+            0 | 1 => {
+                // Crash the writable member of a cluster.
+                let writable: Vec<String> = self.members.values().filter(|m| m.writable).map(|m| m.id.clone()).collect();
+                if !writable.is_empty() {
+                    let id = writable[self.rng.below(writable.len() as u64) as usize].clone();
+                    self.set(&id, |m| {
+                        m.up = false;
+                        m.writable = false;
+                    });
+                    self.say(format!("crash primary {id}"));
+                }
+            }
+            2 => {
+                let m = self.members.get_mut(&pick).expect("picked");
+                if !m.up && self.region_up[m.region] {
+                    m.up = true;
+                    // A restarted server comes back in the role it had; a
+                    // restarted old primary is writable until its agent acts.
+                    m.writable = m.primary;
+                    self.say(format!("restart {pick}"));
+                }
+            }
+            3 => {
+                self.region_up[region] = false;
+                for m in self.members.values_mut().filter(|m| m.region == region) {
+                    m.up = false;
+                    m.writable = false;
+                }
+                self.say(format!("region {} lost", REGIONS[region]));
+            }
+            4 => {
+                if !self.region_up[region] {
+                    self.region_up[region] = true;
+                    for m in self.members.values_mut().filter(|m| m.region == region) {
+                        m.up = true;
+                        m.writable = m.primary;
+                        m.lease_until = None;
+                    }
+                    self.say(format!("region {} back", REGIONS[region]));
+                }
+            }
+            5 | 6 => {
+                let m = self.members.get_mut(&pick).expect("picked");
+                m.link = !m.link;
+                let state = if m.link { "restored" } else { "cut" };
+                self.say(format!("agent link of {pick} {state}"));
+            }
+            7 | 8 => {
+                let other = (region + 1 + self.rng.below(2) as usize) % 3;
+                let cut = !self.cut[region][other];
+                self.cut[region][other] = cut;
+                self.cut[other][region] = cut;
+                let state = if cut { "partitioned" } else { "healed" };
+                self.say(format!("regions {} and {} {state}", REGIONS[region], REGIONS[other]));
+            }
+            9 => {
+                if self.leader.is_some() {
+                    self.leader = None;
+                    self.core = None;
+                    self.election_until = self.now + ELECTION;
+                    self.say("coordinator leader lost".into());
+                }
+            }
+            10 | 11 => {
+                let m = self.members.get_mut(&pick).expect("picked");
+                m.lagging = !m.lagging;
+                let state = if m.lagging { "lags" } else { "catches up" };
+                self.say(format!("{pick} {state}"));
+            }
+            12 => {
+                // A flapping agent link: a few quick toggles.
+                for _ in 0..(1 + self.rng.below(3)) * 2 {
+                    let m = self.members.get_mut(&pick).expect("picked");
+                    m.link = !m.link;
+                    self.step();
+                }
+                self.say(format!("agent link of {pick} flapped"));
+            }
+            13 => {
+                let c = CLUSTERS[self.rng.below(2) as usize].to_string();
+                let paused = self.rng.chance(50);
+                let cluster = if self.rng.chance(30) { None } else { Some(c) };
+                self.say(format!("operator: pause {cluster:?} = {paused}"));
+                self.sm.apply(Command::Pause { cluster, paused });
+            }
+            14 => {
+                let c = CLUSTERS[self.rng.below(2) as usize].to_string();
+                let force = self.rng.chance(30);
+                let to = self.rng.chance(50).then(|| pick.clone()).filter(|p| p.starts_with(&c));
+                let req =
+                    if self.rng.chance(50) { Request::Failover { cluster: c, to, force } } else { Request::Switchover { cluster: c, to } };
+                self.operator(req);
+            }
+            _ => {
+                let c = CLUSTERS[self.rng.below(2) as usize].to_string();
+                self.sm.apply(Command::ClearBlock { cluster: c });
+            }
+        }
+    }
+
+    fn operator(&mut self, req: Request) {
+        let obs = self.observations();
+        let Some(core) = self.core.as_mut() else { return };
+        let world = World {
+            now: self.now,
+            topology: &self.topology,
+            records: &self.sm.records,
+            global_paused: self.sm.global_paused,
+            observations: &obs,
+        };
+        match core.request(&world, &req) {
+            Ok(d) => {
+                self.say(format!("operator {req:?}: accepted"));
+                self.commit(d);
+            }
+            Err(e) => self.say(format!("operator {req:?}: refused: {e}")),
+        }
+    }
+
+    // ------------------------------------------------------------ the world
+
+    /// What the leader holds: the newest sample each agent could deliver
+    /// (frozen while its agent is cut off), fresh within the window.
+    fn observations(&mut self) -> BTreeMap<String, Obs> {
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        for id in ids {
+            let m = &self.members[&id];
+            if !self.agent_connected(m) {
+                continue;
+            }
+            let rec = self.sm.records.get(&m.cluster).cloned().unwrap_or_default();
+            let p = self.members.get(&rec.primary);
+            let primary_reachable = p.is_some_and(|p| p.up && self.talk(m.region, p.region));
+            // The agent remembers the primary's newest position it saw in
+            // this epoch, so a replica's lag outlives the primary.
+            let (mut seen, mut seen_lag_ms) = if m.seen_epoch == rec.epoch { (m.seen_primary, m.seen_lag_ms) } else { (0, 0) };
+            if let Some(p) = p.filter(|_| primary_reachable) {
+                seen = seen.max(p.position);
+                seen_lag_ms = if p.position > m.position { p.written_at.saturating_sub(m.written_at) } else { 0 };
+            }
+            let primary_position = seen;
+            let lag_bytes = seen.saturating_sub(m.position);
+            let lag_ms = seen_lag_ms;
+            let epoch = rec.epoch;
+            self.set(&id, |x| {
+                x.seen_epoch = epoch;
+                x.seen_primary = seen;
+                x.seen_lag_ms = seen_lag_ms;
+            });
+            let m = &self.members[&id];
+            let obs = Obs {
+                fresh: true,
+                reachable: m.up,
+                role: if !m.up {
+                    "unknown".into()
+                } else if m.primary {
+                    "primary".into()
+                } else {
+                    "replica".into()
+                },
+                dataset: format!("ds-{}", m.cluster),
+                // A stopped server tells its agent nothing.
+                position: if m.up { m.position } else { 0 },
+                lag_bytes: if m.primary { 0 } else { lag_bytes },
+                lag_ms: if m.primary { 0 } else { lag_ms },
+                primary_reachable,
+                primary_position,
+                epoch: m.epoch,
+            };
+            if m.primary && m.up {
+                let k = self.known_position.entry(m.cluster.clone()).or_default();
+                *k = (*k).max(m.position);
+            }
+            self.members.get_mut(&id).expect("member").last_sample = Some(self.now);
+            self.samples.insert(id, obs);
+        }
+        let mut out = self.samples.clone();
+        for (id, o) in out.iter_mut() {
+            o.fresh = self.members[id].last_sample.is_some_and(|at| self.now - at <= FRESH);
+        }
+        out
+    }
+
+    /// Writes, replication, agents' leases.
+    fn world_step(&mut self) {
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        for id in &ids {
+            if self.members[id].writable && self.rng.chance(70) {
+                let now = self.now;
+                let m = self.members.get_mut(id).expect("member");
+                m.position += 1 + self.rng.below(50);
+                m.written_at = now;
+            }
+        }
+        for id in &ids {
+            let m = &self.members[id];
+            if m.primary || !m.up || m.upstream.is_empty() {
+                continue;
+            }
+            let Some(up) = self.members.get(&m.upstream) else { continue };
+            if !up.up || !self.talk(m.region, up.region) {
+                continue;
+            }
+            let (pos, at) = (up.position, up.written_at);
+            let m = self.members.get_mut(id).expect("member");
+            // A lagging replica's replay is paused: it falls behind in bytes
+            // and in time.
+            if !m.lagging && pos >= m.position {
+                m.position = pos;
+                m.written_at = at;
+            }
+        }
+        // An agent whose primary runs without a valid lease fences it,
+        // unless every other member vouches that no newer epoch exists.
+        for id in &ids {
+            let m = &self.members[id];
+            if !m.writable || m.lease_until.is_some_and(|t| self.now < t) {
+                continue;
+            }
+            let others: Vec<&Member> = self.members.values().filter(|o| o.cluster == m.cluster && o.id != m.id).collect();
+            // Only the primary of the newest epoch this agent knows may stay
+            // up, and only if no other member knows of a newer one (or of
+            // another primary in this one).
+            let vouched = m.epoch_primary == m.id
+                && others
+                    .iter()
+                    .all(|o| self.talk(m.region, o.region) && (o.epoch < m.epoch || (o.epoch == m.epoch && o.epoch_primary == m.id)));
+            if vouched {
+                let (until, names) = (self.now + LEASE.lease, others.iter().map(|o| o.id.clone()).collect::<Vec<_>>());
+                for o in names {
+                    self.members.get_mut(&o).expect("member").refuse_promotion_until = until;
+                }
+            } else {
+                let m = self.members.get_mut(id).expect("member");
+                m.writable = false;
+                m.up = false;
+                self.say(format!("agent of {id} fences it: lease expired"));
+            }
+        }
+    }
+
+    fn commit(&mut self, d: Decision) {
+        let summary = format!("decide {} epoch {}: {} -> {} ({:?}, {})", d.cluster, d.epoch, d.from, d.to, d.trigger, d.reason);
+        if d.trigger == Trigger::Automatic {
+            self.check_no_failover_of_reachable_primary(&d);
+        }
+        match self.sm.apply(Command::Decide { decision: Box::new(d) }) {
+            Outcome::Decided { id } => self.say(format!("{summary} => decision {id}")),
+            other => self.say(format!("{summary} => {other:?}")),
+        }
+    }
+
+    /// Carries out the next pending step of every decision in progress.
+    fn execute(&mut self) {
+        if self.leader.is_none() {
+            return;
+        }
+        let running: Vec<Decision> = self.sm.history.values().filter(|d| d.finished_at.is_none()).cloned().collect();
+        for d in running {
+            let Some(i) = d.next_pending() else { continue };
+            let step = d.steps[i].clone();
+            let Some(m) = self.members.get(&step.member).cloned() else { continue };
+            let reach = self.agent_connected(&m) && self.region_up[m.region];
+            if reach && d.epoch < m.epoch {
+                self.finish_step(&d, i, StepState::Failed, format!("agent refused: epoch {} < {}", d.epoch, m.epoch));
+                continue;
+            }
+            let (state, error) = match step.action.as_str() {
+                "fence" | "demote" if reach => {
+                    self.set(&m.id, |x| {
+                        x.writable = false;
+                        x.up = false;
+                        x.learn(d.epoch, &d.to);
+                    });
+                    (StepState::Done, String::new())
+                }
+                "fence" if self.now >= d.decided_at + LEASE.lease + LEASE.drift_margin => {
+                    (StepState::Skipped, "unreachable; its lease has expired".into())
+                }
+                "demote" => (StepState::Failed, "old primary unreachable".into()),
+                "catch_up" => {
+                    let old = &self.members[&d.from];
+                    if m.position >= old.position {
+                        (StepState::Done, String::new())
+                    } else if self.now > d.decided_at + 5_000 {
+                        (StepState::Failed, "did not catch up".into())
+                    } else {
+                        continue;
+                    }
+                }
+                "promote" if reach && m.up && self.now >= m.refuse_promotion_until => {
+                    self.check_promotion(&d, &m);
+                    self.known_position.insert(d.cluster.clone(), m.position);
+                    self.set(&m.id, |x| {
+                        x.primary = true;
+                        x.writable = true;
+                        x.upstream.clear();
+                        x.learn(d.epoch, &d.to);
+                    });
+                    let now = self.now;
+                    self.set(&m.id, |x| x.lease_until = Some(now + LEASE.lease));
+                    (StepState::Done, String::new())
+                }
+                "promote" => {
+                    let since = *self.promote_since.entry(d.id).or_insert(self.now);
+                    if self.now - since > 3_000 {
+                        (StepState::Failed, "candidate unreachable".into())
+                    } else {
+                        continue;
+                    }
+                }
+                "repoint" | "rejoin" if reach && m.up => {
+                    let to = d.to.clone();
+                    self.set(&m.id, |x| {
+                        x.primary = false;
+                        x.writable = false;
+                        x.upstream = to.clone();
+                        x.learn(d.epoch, &to);
+                    });
+                    (StepState::Done, String::new())
+                }
+                _ => continue,
+            };
+            self.finish_step(&d, i, state, error);
+        }
+    }
+
+    fn set(&mut self, id: &str, f: impl FnOnce(&mut Member)) {
+        if let Some(m) = self.members.get_mut(id) {
+            f(m);
+        }
+    }
+
+    fn finish_step(&mut self, d: &Decision, i: usize, state: StepState, error: String) {
+        self.say(format!("decision {} step {} {} {}: {state:?} {error}", d.id, i, d.steps[i].action, d.steps[i].member));
+        self.sm.apply(Command::Step { decision: d.id, index: i, state, started: self.now, finished: self.now, error });
+    }
+
+    fn step(&mut self) {
+        self.now += TICK;
+        self.world_step();
+        if self.leader.is_none() && self.now >= self.election_until {
+            // A majority of coordinators that can talk elects a leader.
+            let candidates: Vec<usize> =
+                (0..3).filter(|&r| self.region_up[r] && (0..3).filter(|&o| o != r && self.talk(r, o)).count() >= 1).collect();
+            if let Some(&r) = candidates.get(self.rng.below(candidates.len().max(1) as u64) as usize) {
+                self.leader = Some(r);
+                self.core = Some(Core::new(LEASE, self.now));
+                self.say(format!("coordinator in region {} becomes leader", REGIONS[r]));
+            }
+        }
+        if let Some(l) = self.leader {
+            if !self.region_up[l] || (0..3).all(|o| o == l || !self.talk(l, o)) {
+                self.leader = None;
+                self.core = None;
+                self.election_until = self.now + ELECTION;
+                self.say("coordinator leader lost its quorum".into());
+            }
+        }
+        let obs = self.observations();
+        if let Some(core) = self.core.as_mut() {
+            let world = World {
+                now: self.now,
+                topology: &self.topology,
+                records: &self.sm.records,
+                global_paused: self.sm.global_paused,
+                observations: &obs,
+            };
+            let actions = core.tick(&world);
+            for a in actions {
+                match a {
+                    Action::Adopt { cluster, primary, dataset } => {
+                        self.say(format!("adopt {primary} as primary of {cluster}"));
+                        self.sm.apply(Command::Adopt { cluster, primary, dataset });
+                    }
+                    Action::Decide(d) => self.commit(*d),
+                    Action::Lease { member, epoch, ttl, .. } => {
+                        let now = self.now;
+                        let connected = self.members.get(&member).is_some_and(|m| self.agent_connected(m));
+                        if connected {
+                            let id = member.clone();
+                            self.set(&member, |m| {
+                                if epoch >= m.epoch {
+                                    m.learn(epoch, &id);
+                                    m.lease_until = Some(now + ttl);
+                                }
+                            });
+                        }
+                    }
+                    Action::Wait { cluster, reason } => {
+                        let short: String = reason.split(" for ").next().unwrap_or_default().chars().take(60).collect();
+                        if self.last_wait.get(&cluster) != Some(&short) {
+                            self.last_wait.insert(cluster.clone(), short);
+                            self.say(format!("{cluster} waits: {reason}"));
+                        }
+                    }
+                }
+            }
+        }
+        // Agents learn the current epoch from the views the leader sends.
+        let epochs: Vec<(String, u64, String)> = self.sm.records.iter().map(|(c, r)| (c.clone(), r.epoch, r.primary.clone())).collect();
+        let connected: Vec<String> = self.members.values().filter(|m| self.agent_connected(m)).map(|m| m.id.clone()).collect();
+        for id in connected {
+            let m = self.members.get_mut(&id).expect("member");
+            if let Some((_, e, p)) = epochs.iter().find(|(c, _, _)| *c == m.cluster) {
+                m.learn(*e, p);
+            }
+        }
+        self.execute();
+        self.check();
+    }
+
+    // ------------------------------------------------------------ checks
+
+    fn fail(&self, what: String) -> ! {
+        let story = self.log.iter().rev().take(40).rev().cloned().collect::<Vec<_>>().join("\n");
+        panic!("{what}\n--- last events ---\n{story}");
+    }
+
+    /// Safety rule 1 (one writable primary per cluster) and liveness.
+    fn check(&mut self) {
+        for c in CLUSTERS {
+            let writable: Vec<&Member> = self.members.values().filter(|m| m.cluster == c && m.writable).collect();
+            if writable.len() > 1 {
+                let ids: Vec<&str> = writable.iter().map(|m| m.id.as_str()).collect();
+                self.fail(format!("two writable members in cluster {c}: {ids:?}"));
+            }
+            // Liveness: with no writable member, a leader, no pause or
+            // block, and a healthy candidate, a promotion must follow
+            // within a bound.
+            let rec = self.sm.records.get(c).cloned().unwrap_or_default();
+            let known = self.known_position.get(c).copied().unwrap_or(0);
+            let candidate = self.members.values().any(|m| {
+                m.cluster == c
+                    && m.up
+                    && !m.primary
+                    && m.position + RPO_BYTES >= known
+                    && m.seen_primary.saturating_sub(m.position) <= RPO_BYTES
+                    && m.seen_lag_ms <= RPO_MS
+                    && self.agent_connected(m)
+                    && m.refuse_promotion_until <= self.now
+            });
+            let may = writable.is_empty()
+                && !rec.primary.is_empty()
+                && candidate
+                && self.leader.is_some()
+                && !rec.paused
+                && !self.sm.global_paused
+                && rec.blocked_until <= self.now
+                && !self.members.values().any(|m| m.cluster == c && m.up && m.primary);
+            if !may {
+                self.unavailable_since.remove(c);
+                continue;
+            }
+            let since = *self.unavailable_since.entry(c.to_string()).or_insert(self.now);
+            let bound = 2 * WINDOW + FRESH + LEASE.lease + LEASE.drift_margin + 5_000;
+            if self.now - since > bound {
+                let positions: Vec<String> =
+                    self.members.values().filter(|m| m.cluster == c).map(|m| format!("{}@{}", m.id, m.position)).collect();
+                self.fail(format!(
+                    "liveness: cluster {c} has had no primary for {} ms with a healthy candidate (known position {known}, members {positions:?})",
+                    self.now - since
+                ));
+            }
+        }
+    }
+
+    /// Never two primaries in one epoch; never an automatic promotion
+    /// beyond the RPO budget.
+    fn check_promotion(&mut self, d: &Decision, m: &Member) {
+        if let Some(other) = self.promoted.insert((d.cluster.clone(), d.epoch), m.id.clone()) {
+            if other != m.id {
+                self.fail(format!("two primaries in epoch {} of {}: {other} and {}", d.epoch, d.cluster, m.id));
+            }
+        }
+        let forced = matches!(d.trigger, Trigger::Operator { force: true });
+        let known = self.known_position.get(&d.cluster).copied().unwrap_or(0);
+        if !forced && d.kind == DecisionKind::Failover && known.saturating_sub(m.position) > RPO_BYTES {
+            self.fail(format!(
+                "promotion of {} beyond the RPO budget: at {} while the primary was seen at {known} ({:?})",
+                m.id, m.position, d.trigger
+            ));
+        }
+    }
+
+    /// Never a failover while the primary is reachable from a majority of
+    /// regions and only its agent link is down.
+    fn check_no_failover_of_reachable_primary(&self, d: &Decision) {
+        let Some(p) = self.members.get(&d.from) else { return };
+        let reach = (0..3).filter(|&r| self.talk(r, p.region)).count();
+        if p.up && reach >= 2 {
+            self.fail(format!("automatic failover of {} while it is up and reachable from {reach} regions", p.id));
+        }
+    }
+}
+
+fn run(seed: u64, verbose: bool) {
+    let mut sim = Sim::new(seed, verbose);
+    for _ in 0..STEPS {
+        if sim.rng.chance(4) {
+            sim.fault();
+        }
+        sim.step();
+    }
+}
+
+fn replay_line(seed: u64) -> String {
+    format!("DRC_SIM_SEED={seed} cargo test -p drc-coordinator failover::sim -- --nocapture")
+}
+
+#[test]
+fn seeded_fault_schedules_keep_every_safety_rule() {
+    if let Some(seed) = std::env::var("DRC_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        run(seed, true);
+        return;
+    }
+    let seeds: u64 = std::env::var("DRC_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000);
+    let base: u64 = std::env::var("DRC_SIM_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    for seed in base..base + seeds {
+        if let Err(e) = std::panic::catch_unwind(|| run(seed, false)) {
+            let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+            panic!("seed {seed} failed: {msg}\nreplay: {}", replay_line(seed));
+        }
+    }
+}
+
+#[test]
+fn a_crashed_primary_is_replaced_within_the_bound() {
+    let mut sim = Sim::new(1, false);
+    for _ in 0..30 {
+        sim.step();
+    }
+    assert_eq!(sim.sm.records["pg"].primary, "pg-a");
+    sim.set("pg-a", |m| {
+        m.up = false;
+        m.writable = false;
+    });
+    for _ in 0..80 {
+        sim.step();
+    }
+    let rec = &sim.sm.records["pg"];
+    assert_eq!(rec.epoch, 2, "{:?}", sim.log);
+    assert_eq!(rec.primary, "pg-b", "region b has the better priority");
+    // The group follows: Redis moved to region b too.
+    assert_eq!(sim.sm.records["rd"].primary, "rd-b", "{:#?}", sim.log);
+}
+
+#[test]
+fn an_agent_link_loss_alone_causes_no_failover() {
+    let mut sim = Sim::new(2, false);
+    for _ in 0..30 {
+        sim.step();
+    }
+    sim.set("pg-a", |m| m.link = false);
+    for _ in 0..100 {
+        sim.step();
+    }
+    assert_eq!(sim.sm.records["pg"].epoch, 1, "{:#?}", sim.log);
+    assert!(sim.members["pg-a"].writable, "fail-static: every other member vouched for it");
+}
+
+#[test]
+fn a_lagging_replica_is_not_promoted_but_force_does() {
+    let mut sim = Sim::new(3, false);
+    sim.set("pg-b", |m| m.lagging = true);
+    sim.set("pg-c", |m| m.lagging = true);
+    for _ in 0..100 {
+        sim.step();
+    }
+    sim.set("pg-a", |m| {
+        m.up = false;
+        m.writable = false;
+    });
+    for _ in 0..80 {
+        sim.step();
+    }
+    assert_eq!(sim.sm.records["pg"].epoch, 1, "no automatic promotion beyond the RPO budget");
+    sim.operator(Request::Failover { cluster: "pg".into(), to: Some("pg-c".into()), force: true });
+    for _ in 0..10 {
+        sim.step();
+    }
+    let d = sim.sm.history.values().find(|d| d.cluster == "pg").expect("a decision");
+    assert_eq!(d.trigger, Trigger::Operator { force: true });
+    assert!(sim.members["pg-c"].writable);
+}
