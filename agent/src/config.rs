@@ -109,9 +109,27 @@ pub struct AgentConfig {
     #[serde(default = "default_buffer")]
     pub max_buffered_samples: usize,
     pub connection: Connection,
+    /// How to stop, start and rewind the local PostgreSQL (failover actions).
+    #[serde(default)]
+    pub postgres: Option<crate::actions::PostgresControl>,
+    /// Where the agent keeps the newest epoch it has seen, across restarts.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// A replica that streamed from its primary this recently refuses an
+    /// automatic promotion (it vouches for that primary); the lease period.
+    #[serde(default = "default_vouch", with = "humantime_serde")]
+    pub lease_vouch_period: Duration,
+}
+
+fn default_vouch() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl AgentConfig {
+    pub fn state_file(&self) -> Option<PathBuf> {
+        self.state_dir.as_ref().map(|d| d.join(format!("{}.state.json", self.member_id)))
+    }
+
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
         toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
     }

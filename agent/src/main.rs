@@ -7,6 +7,7 @@
 //! Exit codes: 0 on SIGTERM/SIGINT, 2 for a bad configuration, 3 when the
 //! coordinator refuses the agent (unknown member, another cluster's dataset).
 
+mod actions;
 mod config;
 mod probe;
 mod session;
@@ -87,6 +88,9 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
     });
 
     let buffer = Arc::new(SampleBuffer::new(cfg.max_buffered_samples));
+    let actor = actions::Actor::new(Arc::clone(&cfg));
+    tokio::spawn(Arc::clone(&actor).watch_lease(cancel.clone()));
+    let probe_actor = Arc::clone(&actor);
     let (views_tx, views_rx) = watch::channel::<Option<drc_proto::ClusterView>>(None);
     // Probe once before connecting, so that the Hello carries the dataset id.
     let first = prober.local().await;
@@ -112,7 +116,8 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
                 }
                 _ => None,
             };
-            let epoch = view.as_ref().map(|v| v.epoch).unwrap_or(0);
+            probe_actor.observe_link(local.reachable && local.role == "replica" && local.replication_connected);
+            let epoch = probe_actor.epoch().max(view.as_ref().map(|v| v.epoch).unwrap_or(0));
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
             let sample = prober.sample(&probe_cfg.member_id, &local, primary.as_ref(), epoch, now);
             if !local.dataset_id.is_empty() {
@@ -126,7 +131,7 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
         }
     });
 
-    let result = session::run(Arc::clone(&cfg), buffer, views_tx, dataset_rx, cancel.clone()).await;
+    let result = session::run(Arc::clone(&cfg), actor, buffer, views_tx, dataset_rx, cancel.clone()).await;
     cancel.cancel();
     let _ = probes.await;
     match result {

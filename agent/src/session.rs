@@ -86,6 +86,7 @@ fn url(address: &str) -> String {
 /// Runs the stream until `cancel` fires or the coordinator refuses us.
 pub async fn run(
     cfg: Arc<AgentConfig>,
+    actor: Arc<crate::actions::Actor>,
     buffer: Arc<SampleBuffer>,
     views: watch::Sender<Option<ClusterView>>,
     dataset: watch::Receiver<String>,
@@ -115,7 +116,7 @@ pub async fn run(
         };
         let end = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            end = session(&address, hello, &buffer, &views) => end?,
+            end = session(&address, hello, &buffer, &views, &actor) => end?,
         };
         let pause = match end {
             End::Redirect(leader) if !leader.is_empty() && leader != address => {
@@ -147,6 +148,7 @@ async fn session(
     hello: AgentHello,
     buffer: &SampleBuffer,
     views: &watch::Sender<Option<ClusterView>>,
+    actor: &Arc<crate::actions::Actor>,
 ) -> Result<End, Refused> {
     let endpoint = match Endpoint::from_shared(url(address)) {
         Ok(e) => e
@@ -161,7 +163,7 @@ async fn session(
         Err(e) => return Ok(End::Retry(e.to_string())),
     };
     let mut client = AgentServiceClient::new(channel);
-    let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(64);
     let _ = tx.send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) }).await;
     let mut inbound = match client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
@@ -179,10 +181,19 @@ async fn session(
                     Some(coordinator_message::Body::Redirect(r)) => return Ok(End::Redirect(r.leader_address)),
                     Some(coordinator_message::Body::View(v)) => {
                         tracing::info!(primary = %v.primary_member, address = %v.primary_address, epoch = v.epoch, "cluster view");
+                        actor.view(v.epoch, &v.primary_member);
                         views.send_replace(Some(v));
                     }
                     Some(coordinator_message::Body::Command(c)) => {
-                        tracing::warn!(command = c.command_id, action = %c.action, "commands are not supported by this agent version; ignored");
+                        // Commands run beside the stream; leases answer nothing.
+                        let (actor, tx) = (Arc::clone(actor), tx.clone());
+                        tokio::spawn(async move {
+                            let lease = c.action == "lease";
+                            let result = actor.handle(c).await;
+                            if !lease {
+                                let _ = tx.send(AgentMessage { body: Some(agent_message::Body::Result(result)) }).await;
+                            }
+                        });
                     }
                     None => {}
                 },

@@ -21,6 +21,10 @@
 //! tick_interval = "100ms"
 //! election_ticks = 10
 //! heartbeat_ticks = 2
+//!
+//! [failover]
+//! lease = "2s"            # a primary's agent fences it after this without renewal
+//! drift_margin = "500ms"  # the leader waits lease + margin before replacing it
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,6 +71,22 @@ impl Default for RaftTuning {
     }
 }
 
+/// Lease timing of automated failover (DESIGN.md rule 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverTuning {
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drift_margin: Duration,
+}
+
+impl Default for FailoverTuning {
+    fn default() -> Self {
+        FailoverTuning { lease: Duration::from_secs(2), drift_margin: Duration::from_millis(500) }
+    }
+}
+
 /// The whole configuration of one coordinator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +110,8 @@ pub struct CoordinatorConfig {
     pub peers: Vec<PeerConfig>,
     #[serde(default)]
     pub raft: RaftTuning,
+    #[serde(default)]
+    pub failover: FailoverTuning,
 }
 
 /// A configuration that cannot be used, with every problem found.
@@ -121,6 +143,9 @@ impl CoordinatorConfig {
         }
         if self.node_id == 0 {
             p.push("node_id: must be greater than 0".to_string());
+        }
+        if self.failover.lease < Duration::from_millis(200) {
+            p.push("failover.lease: must be at least 200ms (the agent renews it every 200ms)".to_string());
         }
         if !valid_address(&self.listen) {
             p.push(format!("listen: invalid address {:?}, expected host:port", self.listen));

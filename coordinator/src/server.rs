@@ -17,6 +17,8 @@ use crate::api::admin::AdminApi;
 use crate::api::agent::AgentApi;
 use crate::api::auth::authenticate;
 use crate::config::CoordinatorConfig;
+use crate::failover::core::LeaseConfig;
+use crate::failover::executor::{Executor, Waits};
 use crate::health::{run_monitor, HealthBoard};
 use crate::raft::node::{Node, NodeConfig, INPUT_CAPACITY};
 use crate::raft::transport::{RaftService, Transport, MAX_MESSAGE_BYTES};
@@ -85,7 +87,12 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
 
     let health = Arc::new(HealthBoard::new());
     tokio::spawn(run_monitor(Arc::clone(&health), handle.clone(), HEALTH_REFRESH, cancel.child_token()));
-    let admin_api = AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&health), cfg.raft.write_timeout);
+    let lease = LeaseConfig { lease: cfg.failover.lease.as_millis() as u64, drift_margin: cfg.failover.drift_margin.as_millis() as u64 };
+    let waits: Waits = Default::default();
+    let executor = Executor::new(handle.clone(), Arc::clone(&health), lease, cfg.raft.write_timeout, Arc::clone(&waits));
+    tokio::spawn(Arc::clone(&executor).run(cancel.child_token()));
+    let admin_api =
+        AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&health), cfg.raft.write_timeout, Arc::clone(&executor));
     let admin = AdminServiceServer::with_interceptor(admin_api, authenticate);
     let agent = AgentServiceServer::with_interceptor(AgentApi::new(handle.clone(), Arc::clone(&transport), health), authenticate);
     let raft = InterceptedService::new(

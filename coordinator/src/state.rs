@@ -29,7 +29,17 @@ pub enum Command {
     /// (compare-and-set, so a stale or repeated proposal changes nothing).
     Decide { decision: Box<Decision> },
     /// The outcome of one step of a decision.
-    Step { decision: u64, index: usize, state: StepState, started: Millis, finished: Millis, error: String },
+    Step {
+        decision: u64,
+        index: usize,
+        state: StepState,
+        started: Millis,
+        finished: Millis,
+        error: String,
+        /// What the agent reported (e.g. a demoted primary's final position).
+        #[serde(default)]
+        output: BTreeMap<String, String>,
+    },
     /// Maintenance: pause or resume automatic failover of one cluster, or of all.
     Pause { cluster: Option<String>, paused: bool },
     /// Lift a cluster's anti-flap block.
@@ -96,8 +106,8 @@ impl StateMachine {
                 Outcome::Done
             }
             Command::Decide { decision } => self.decide(*decision),
-            Command::Step { decision, index, state, started, finished, error } => {
-                self.step(decision, index, state, started, finished, error)
+            Command::Step { decision, index, state, started, finished, error, output } => {
+                self.step(decision, index, state, started, finished, error, output)
             }
             Command::Pause { cluster: None, paused } => {
                 self.global_paused = paused;
@@ -162,7 +172,17 @@ impl StateMachine {
         Outcome::Decided { id }
     }
 
-    fn step(&mut self, id: u64, index: usize, state: StepState, started: Millis, finished: Millis, error: String) -> Outcome {
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        id: u64,
+        index: usize,
+        state: StepState,
+        started: Millis,
+        finished: Millis,
+        error: String,
+        output: BTreeMap<String, String>,
+    ) -> Outcome {
         let Some(d) = self.history.get_mut(&id) else {
             return Outcome::Refused { reason: format!("no decision {id}") };
         };
@@ -170,6 +190,7 @@ impl StateMachine {
             return Outcome::Refused { reason: format!("decision {id} has no step {index}") };
         };
         step.state = state;
+        step.args.extend(output);
         step.started = started;
         step.finished = finished;
         step.error = error;

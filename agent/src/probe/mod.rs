@@ -104,6 +104,10 @@ enum Inner {
 pub struct Prober {
     inner: Inner,
     clock: LagClock,
+    /// The primary's newest position seen in `known_epoch`: a replica's lag
+    /// outlives the primary (a new coordinator leader must still see it).
+    known_primary: u64,
+    known_epoch: u64,
 }
 
 impl Prober {
@@ -112,7 +116,7 @@ impl Prober {
             Kind::Postgres => Inner::Postgres(Box::new(postgres::PgProber::new(&cfg.connection, cfg.probe_timeout)?)),
             Kind::Redis => Inner::Redis(Box::new(redis::RedisProber::new(&cfg.connection, cfg.probe_timeout)?)),
         };
-        Ok(Prober { inner, clock: LagClock::default() })
+        Ok(Prober { inner, clock: LagClock::default(), known_primary: 0, known_epoch: 0 })
     }
 
     pub async fn local(&mut self) -> Reading {
@@ -137,16 +141,25 @@ impl Prober {
     /// Turns readings into a sample, computing the lag against the primary.
     pub fn sample(&mut self, member: &str, local: &Reading, primary: Option<&PrimaryReading>, epoch: u64, taken_at_ms: u64) -> Sample {
         let now = Instant::now();
+        if epoch != self.known_epoch {
+            self.known_epoch = epoch;
+            self.known_primary = 0;
+        }
+        if let Some(p) = primary.filter(|p| p.reachable) {
+            self.known_primary = self.known_primary.max(p.position);
+        }
         let acked = primary.filter(|p| p.reachable).and_then(|p| p.acked.map(|(at, ago)| (p.position.saturating_sub(at), ago)));
         let (lag_bytes, lag) = match local.role {
             "unknown" if acked.is_some() => acked.unwrap_or_default(),
             "replica" => match primary.filter(|p| p.reachable) {
                 Some(p) => (p.position.saturating_sub(local.replay), self.clock.lag(local.replay, p.position, now)),
-                // Without the primary: what was received but not replayed,
-                // aged by the last replayed transaction when known.
+                // Without the primary: behind its newest position seen, or
+                // what was received but not replayed, aged by the history of
+                // the primary's positions or the last replayed transaction.
                 None => {
-                    let behind = local.receive.saturating_sub(local.replay);
-                    (behind, if behind == 0 { Duration::ZERO } else { local.replay_age.unwrap_or_default() })
+                    let behind = local.receive.saturating_sub(local.replay).max(self.known_primary.saturating_sub(local.replay));
+                    let age = self.clock.lag(local.replay, self.known_primary, now).max(local.replay_age.unwrap_or_default());
+                    (behind, if behind == 0 { Duration::ZERO } else { age })
                 }
             },
             _ => (0, Duration::ZERO),
@@ -171,7 +184,7 @@ impl Prober {
             error: local.error.clone(),
             receive_position: local.receive,
             replay_position: local.replay,
-            primary_position: primary.map(|p| p.position).unwrap_or(0),
+            primary_position: self.known_primary,
             replication_state: local.replication_state.clone(),
             primary_probe_us: primary.map(|p| p.round_trip.as_micros() as u64).unwrap_or(0),
         }

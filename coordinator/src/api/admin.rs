@@ -15,7 +15,13 @@ use drc_proto::{
 use std::pin::Pin;
 use std::time::Instant;
 
-use drc_proto::{ClusterHealth, HealthRequest, HealthResponse, WatchEvent, WatchRequest};
+use drc_proto::{
+    ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRequest, HealthRequest, HealthResponse, HistoryReply, HistoryRequest,
+    PauseReply, PauseRequest, SwitchoverRequest, WatchEvent, WatchRequest,
+};
+
+use crate::failover::core::Request as FailoverAsk;
+use crate::failover::executor::Executor;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
@@ -35,11 +41,45 @@ pub struct AdminApi {
     transport: Arc<Transport>,
     health: Arc<HealthBoard>,
     write_timeout: Duration,
+    executor: Arc<Executor>,
 }
 
 impl AdminApi {
-    pub fn new(node: NodeHandle, transport: Arc<Transport>, health: Arc<HealthBoard>, write_timeout: Duration) -> Self {
-        AdminApi { node, transport, health, write_timeout }
+    pub fn new(
+        node: NodeHandle,
+        transport: Arc<Transport>,
+        health: Arc<HealthBoard>,
+        write_timeout: Duration,
+        executor: Arc<Executor>,
+    ) -> Self {
+        AdminApi { node, transport, health, write_timeout, executor }
+    }
+
+    /// Health of the clusters, with why each is (not) failing over.
+    fn local_clusters(
+        &self,
+        topology: &crate::topology::Topology,
+        records: &std::collections::BTreeMap<String, crate::failover::ClusterRecord>,
+    ) -> Vec<ClusterHealth> {
+        let mut clusters = self.health.clusters(topology, records, Instant::now());
+        for c in &mut clusters {
+            c.failover_state = self.executor.wait_reason(&c.name);
+        }
+        clusters
+    }
+
+    async fn decide(&self, ask: FailoverAsk) -> Result<Response<DecisionReply>, Status> {
+        match self.executor.request(ask).await {
+            Ok(d) => Ok(Response::new(DecisionReply { decision_id: d.id, epoch: d.epoch, from: d.from, to: d.to, reason: d.reason })),
+            Err(e) => Err(Status::failed_precondition(e)),
+        }
+    }
+
+    async fn simple(&self, cmd: Command, done: String) -> Result<Response<PauseReply>, Status> {
+        match self.propose(cmd).await? {
+            Outcome::Refused { reason } => Err(Status::not_found(reason)),
+            _ => Ok(Response::new(PauseReply { message: done })),
+        }
     }
 
     /// Member health from the leader: locally when leading, else asked of
@@ -47,8 +87,8 @@ impl AdminApi {
     async fn leader_health(&self) -> Vec<ClusterHealth> {
         let s = self.node.status();
         if s.role == Role::Leader {
-            let topology = self.node.store().with_state(|sm| sm.topology.clone());
-            return self.health.clusters(&topology, Instant::now());
+            let (topology, records) = self.node.store().with_state(|sm| (sm.topology.clone(), sm.records.clone()));
+            return self.local_clusters(&topology, &records);
         }
         let Some(address) = self.transport.address_of(s.leader_id).filter(|_| s.leader_id != 0) else { return Vec::new() };
         let Ok(mut client) = admin_client(&address, PEER_STATUS_TIMEOUT) else { return Vec::new() };
@@ -134,6 +174,67 @@ fn to_proto(s: &NodeStatus, address: String) -> NodeStatusProto {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    async fn failover(&self, req: Request<FailoverRequest>) -> Result<Response<DecisionReply>, Status> {
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.failover(r).await }).await?
+        {
+            return Ok(answer);
+        }
+        let r = req.into_inner();
+        let to = (!r.to.is_empty()).then_some(r.to);
+        self.decide(FailoverAsk::Failover { cluster: r.cluster, to, force: r.force }).await
+    }
+
+    async fn switchover(&self, req: Request<SwitchoverRequest>) -> Result<Response<DecisionReply>, Status> {
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.switchover(r).await }).await?
+        {
+            return Ok(answer);
+        }
+        let r = req.into_inner();
+        let to = (!r.to.is_empty()).then_some(r.to);
+        self.decide(FailoverAsk::Switchover { cluster: r.cluster, to }).await
+    }
+
+    async fn pause(&self, req: Request<PauseRequest>) -> Result<Response<PauseReply>, Status> {
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.pause(r).await }).await?
+        {
+            return Ok(answer);
+        }
+        let r = req.into_inner();
+        let what = if r.paused { "paused" } else { "resumed" };
+        let (cluster, done) = if r.cluster.is_empty() {
+            (None, format!("automatic failover {what} for every cluster"))
+        } else {
+            (Some(r.cluster.clone()), format!("automatic failover {what} for {}", r.cluster))
+        };
+        self.simple(Command::Pause { cluster, paused: r.paused }, done).await
+    }
+
+    async fn clear_block(&self, req: Request<ClearBlockRequest>) -> Result<Response<PauseReply>, Status> {
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.clear_block(r).await }).await?
+        {
+            return Ok(answer);
+        }
+        let cluster = req.into_inner().cluster;
+        let done = format!("anti-flap block of {cluster} cleared");
+        self.simple(Command::ClearBlock { cluster }, done).await
+    }
+
+    async fn history(&self, req: Request<HistoryRequest>) -> Result<Response<HistoryReply>, Status> {
+        let only = req.into_inner().cluster;
+        let decisions = self.node.store().with_state(|sm| {
+            if !only.is_empty() && !sm.topology.clusters.contains_key(&only) {
+                return Err(Status::not_found(format!("unknown cluster {only:?}")));
+            }
+            Ok(sm.history.values().rev().filter(|d| only.is_empty() || d.cluster == only).cloned().collect::<Vec<_>>())
+        })?;
+        let decisions_json = serde_json::to_string(&decisions).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(HistoryReply { decisions_json }))
+    }
+
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let nodes = self.all_statuses().await;
         let me = self.node.status();
@@ -199,7 +300,7 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
-        let mut topology = self.node.store().with_state(|sm| sm.topology.clone());
+        let (mut topology, records) = self.node.store().with_state(|sm| (sm.topology.clone(), sm.records.clone()));
         let only = &req.get_ref().cluster;
         if !only.is_empty() {
             if !topology.clusters.contains_key(only) {
@@ -207,7 +308,7 @@ impl AdminService for AdminApi {
             }
             topology.clusters.retain(|name, _| name == only);
         }
-        Ok(Response::new(HealthResponse { clusters: self.health.clusters(&topology, Instant::now()), leader_id: self.node.status().id }))
+        Ok(Response::new(HealthResponse { clusters: self.local_clusters(&topology, &records), leader_id: self.node.status().id }))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;

@@ -119,9 +119,9 @@ impl AgentService for AgentApi {
         self.node.store().with_state(|sm| check_hello(&hello, &sm.topology))?;
         self.check_dataset(&hello.cluster, &hello.member_id, &hello.dataset_id)?;
 
-        let session = self.health.connect(&hello.member_id, &hello.cluster);
+        let (tx, rx) = mpsc::channel::<Result<CoordinatorMessage, Status>>(64);
+        let session = self.health.connect(&hello.member_id, &hello.cluster, tx.clone());
         tracing::info!(member = %hello.member_id, cluster = %hello.cluster, region = %hello.region, session, "agent connected");
-        let (tx, rx) = mpsc::channel::<Result<CoordinatorMessage, Status>>(16);
         let this = AgentApi { node: self.node.clone(), transport: Arc::clone(&self.transport), health: Arc::clone(&self.health) };
         tokio::spawn(async move {
             let reason = this.serve(&hello, session, &mut inbound, &tx).await;
@@ -169,7 +169,7 @@ impl AgentApi {
                         }
                         self.health.ingest(&hello.cluster, s, Instant::now());
                     }
-                    Some(Ok(AgentMessage { body: Some(agent_message::Body::Result(_)) })) => {}
+                    Some(Ok(AgentMessage { body: Some(agent_message::Body::Result(r)) })) => self.health.complete(r),
                     Some(Ok(AgentMessage { body: Some(agent_message::Body::Hello(_)) })) => {
                         return Err(Status::invalid_argument("a second Hello on an open stream"));
                     }

@@ -49,6 +49,7 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
             join: false,
             peers: Vec::new(),
             raft: RaftTuning::default(),
+            failover: Default::default(),
         },
     };
     if let Some(v) = args.cluster_id {

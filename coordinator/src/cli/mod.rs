@@ -13,8 +13,9 @@ use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::{
-    AddNodeRequest, ApplyTopologyRequest, ClusterHealth, GetTopologyRequest, ListNodesRequest, MemberHealth, NodeStatus, RemoveNodeRequest,
-    StatusRequest, WatchRequest,
+    AddNodeRequest, ApplyTopologyRequest, ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRequest, GetTopologyRequest,
+    HistoryRequest, ListNodesRequest, MemberHealth, NodeStatus, PauseRequest, RemoveNodeRequest, StatusRequest, SwitchoverRequest,
+    WatchRequest,
 };
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
@@ -64,6 +65,44 @@ pub enum Command {
     Members {
         #[command(subcommand)]
         command: MembersCommand,
+    },
+    /// Unplanned failover: fence the primary, promote the best (or the named) replica.
+    Failover {
+        #[arg(long)]
+        cluster: String,
+        /// The member to promote; default: the best candidate.
+        #[arg(long)]
+        to: Option<String>,
+        /// Promote even beyond the RPO budget (recorded in the history).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Planned switchover: the candidate catches up, then takes over; no acknowledged write is lost.
+    Switchover {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Stop automatic failover of a cluster (or of every cluster) for maintenance.
+    Pause {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Let automatic failover happen again.
+    Resume {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Lift a cluster's anti-flap block after a failover.
+    ClearBlock {
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Every failover decision, newest first, with its evidence and steps.
+    History {
+        #[arg(long)]
+        cluster: Option<String>,
     },
 }
 
@@ -179,6 +218,10 @@ fn cluster_json(c: &ClusterHealth) -> serde_json::Value {
         "kind": c.kind,
         "primary": c.primary,
         "epoch": c.epoch,
+        "failover_state": c.failover_state,
+        "paused": c.paused,
+        "blocked_until_ms": c.blocked_until_ms,
+        "decision_in_progress": c.decision_in_progress,
         "members": c.members.iter().map(member_json).collect::<Vec<_>>(),
     })
 }
@@ -187,7 +230,13 @@ fn clusters_text(clusters: &[ClusterHealth]) -> String {
     let mut out = String::new();
     for c in clusters {
         let primary = if c.primary.is_empty() { "none" } else { c.primary.as_str() };
-        out.push_str(&format!("\ncluster {} ({}), primary: {primary}\n", c.name, c.kind));
+        out.push_str(&format!("\ncluster {} ({}), primary: {primary}, epoch {}\n", c.name, c.kind, c.epoch));
+        if c.paused {
+            out.push_str("  automatic failover: PAUSED\n");
+        }
+        if !c.failover_state.is_empty() {
+            out.push_str(&format!("  failover: {}\n", c.failover_state));
+        }
         let rows: Vec<Vec<String>> = c
             .members
             .iter()
@@ -375,6 +424,95 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Failover { cluster, to, force } => {
+            let r = client.failover(FailoverRequest { cluster, to: to.unwrap_or_default(), force }).await.map_err(status_err)?.into_inner();
+            decision_out(&r, json_out)?;
+        }
+        Command::Switchover { cluster, to } => {
+            let r = client.switchover(SwitchoverRequest { cluster, to: to.unwrap_or_default() }).await.map_err(status_err)?.into_inner();
+            decision_out(&r, json_out)?;
+        }
+        Command::Pause { cluster } => {
+            let r =
+                client.pause(PauseRequest { cluster: cluster.unwrap_or_default(), paused: true }).await.map_err(status_err)?.into_inner();
+            message_out(&r.message, json_out)?;
+        }
+        Command::Resume { cluster } => {
+            let r =
+                client.pause(PauseRequest { cluster: cluster.unwrap_or_default(), paused: false }).await.map_err(status_err)?.into_inner();
+            message_out(&r.message, json_out)?;
+        }
+        Command::ClearBlock { cluster } => {
+            let r = client.clear_block(ClearBlockRequest { cluster }).await.map_err(status_err)?.into_inner();
+            message_out(&r.message, json_out)?;
+        }
+        Command::History { cluster } => {
+            let r = client.history(HistoryRequest { cluster: cluster.unwrap_or_default() }).await.map_err(status_err)?.into_inner();
+            let decisions: serde_json::Value = serde_json::from_str(&r.decisions_json)?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&json!({ "decisions": decisions }))?);
+            } else {
+                print!("{}", history_text(decisions.as_array().map(Vec::as_slice).unwrap_or_default()));
+            }
+        }
     }
     Ok(())
+}
+
+fn decision_out(r: &DecisionReply, json_out: bool) -> anyhow::Result<()> {
+    if json_out {
+        let v = json!({"decision_id": r.decision_id, "epoch": r.epoch, "from": r.from, "to": r.to, "reason": r.reason});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("decision {} (epoch {}): {} -> {}\n{}", r.decision_id, r.epoch, r.from, r.to, r.reason);
+        println!("follow it with: drctl history --cluster ... or drctl watch");
+    }
+    Ok(())
+}
+
+fn message_out(message: &str, json_out: bool) -> anyhow::Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&json!({ "message": message }))?);
+    } else {
+        println!("{message}");
+    }
+    Ok(())
+}
+
+fn history_text(decisions: &[serde_json::Value]) -> String {
+    let ms = |v: &serde_json::Value| {
+        v.as_u64().map(|t| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(t)).to_string())
+    };
+    let mut out = String::new();
+    if decisions.is_empty() {
+        out.push_str("no decisions yet\n");
+    }
+    for d in decisions {
+        out.push_str(&format!(
+            "decision {} {} {} epoch {}: {} -> {} ({}) at {}\n  why: {}\n",
+            d["id"],
+            d["cluster"].as_str().unwrap_or_default(),
+            d["kind"].as_str().unwrap_or_default(),
+            d["epoch"],
+            d["from"].as_str().unwrap_or_default(),
+            d["to"].as_str().unwrap_or_default(),
+            d["trigger"]["by"].as_str().unwrap_or_default(),
+            ms(&d["decided_at"]).unwrap_or_default(),
+            d["reason"].as_str().unwrap_or_default(),
+        ));
+        for s in d["steps"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let took = s["finished"].as_u64().unwrap_or(0).saturating_sub(s["started"].as_u64().unwrap_or(0));
+            let err = s["error"].as_str().filter(|e| !e.is_empty()).map(|e| format!(" ({e})")).unwrap_or_default();
+            out.push_str(&format!(
+                "  - {:<9} {:<12} {:<8} {took} ms{err}\n",
+                s["action"].as_str().unwrap_or_default(),
+                s["member"].as_str().unwrap_or_default(),
+                s["state"].as_str().unwrap_or_default()
+            ));
+        }
+        if let Some(o) = d["outcome"].as_str().filter(|o| !o.is_empty()) {
+            out.push_str(&format!("  outcome: {o}\n"));
+        }
+    }
+    out
 }

@@ -7,6 +7,7 @@
 //! (`sim`). Everything that touches the network or Raft is in the executor.
 
 pub mod core;
+pub mod executor;
 #[cfg(test)]
 mod sim;
 

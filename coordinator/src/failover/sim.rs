@@ -553,7 +553,15 @@ impl Sim {
 
     fn finish_step(&mut self, d: &Decision, i: usize, state: StepState, error: String) {
         self.say(format!("decision {} step {} {} {}: {state:?} {error}", d.id, i, d.steps[i].action, d.steps[i].member));
-        self.sm.apply(Command::Step { decision: d.id, index: i, state, started: self.now, finished: self.now, error });
+        self.sm.apply(Command::Step {
+            decision: d.id,
+            index: i,
+            state,
+            started: self.now,
+            finished: self.now,
+            error,
+            output: BTreeMap::new(),
+        });
     }
 
     fn step(&mut self) {

@@ -11,10 +11,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use drc_proto::{ClusterHealth, ClusterView, MemberHealth, Sample, WatchEvent};
-use tokio::sync::{broadcast, watch};
+use drc_proto::{coordinator_message, ClusterHealth, ClusterView, CommandResult, CoordinatorMessage, MemberHealth, Sample, WatchEvent};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::failover::core::Obs;
+use crate::failover::ClusterRecord;
 use crate::topology::Topology;
+
+/// Where the messages for one agent stream go.
+pub type AgentSender = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
 
 /// Roles an agent may report.
 pub const ROLES: [&str; 3] = ["primary", "replica", "unknown"];
@@ -25,6 +30,8 @@ struct MemberState {
     received: Option<Instant>,
     /// Session id of the connected agent stream, if any.
     session: Option<u64>,
+    /// Commands for the connected stream.
+    sender: Option<AgentSender>,
 }
 
 #[derive(Default)]
@@ -36,6 +43,9 @@ struct Board {
     /// Health and role last reported in events, to report only changes.
     last: HashMap<String, (bool, String)>,
     last_primary: HashMap<String, String>,
+    /// Commands sent and not yet answered, by command id.
+    pending: HashMap<u64, oneshot::Sender<CommandResult>>,
+    next_command: u64,
 }
 
 /// Shared health board of the leader.
@@ -74,7 +84,7 @@ impl HealthBoard {
         self.views.subscribe()
     }
 
-    fn emit(&self, kind: &str, cluster: &str, member: &str, message: String) {
+    pub fn emit(&self, kind: &str, cluster: &str, member: &str, message: String) {
         let _ =
             self.events.send(WatchEvent { at_ms: now_ms(), kind: kind.into(), cluster: cluster.into(), member: member.into(), message });
     }
@@ -85,13 +95,16 @@ impl HealthBoard {
         self.views.send_replace(BTreeMap::new());
     }
 
-    /// Registers a new agent stream for `member`, replacing any older one.
-    pub fn connect(&self, member: &str, cluster: &str) -> u64 {
+    /// Registers a new agent stream for `member`, replacing any older one;
+    /// commands for the member go to `sender`.
+    pub fn connect(&self, member: &str, cluster: &str, sender: AgentSender) -> u64 {
         let id = {
             let mut b = self.lock();
             b.next_session += 1;
             let id = b.next_session;
-            b.members.entry(member.to_string()).or_default().session = Some(id);
+            let m = b.members.entry(member.to_string()).or_default();
+            m.session = Some(id);
+            m.sender = Some(sender);
             id
         };
         self.emit("agent", cluster, member, format!("agent of {member} connected"));
@@ -105,6 +118,7 @@ impl HealthBoard {
             match b.members.get_mut(member) {
                 Some(m) if m.session == Some(session) => {
                     m.session = None;
+                    m.sender = None;
                     true
                 }
                 _ => false,
@@ -134,6 +148,77 @@ impl HealthBoard {
         m.received = Some(now);
     }
 
+    /// Sends a command to a member's agent and waits for its result, at most
+    /// `timeout`. `Err` says why there is no result (not connected, stream
+    /// gone, no answer in time).
+    pub async fn command(&self, member: &str, mut cmd: drc_proto::Command, timeout: Duration) -> Result<CommandResult, String> {
+        let (tx, rx) = oneshot::channel();
+        let sender = {
+            let mut b = self.lock();
+            b.next_command += 1;
+            cmd.command_id = b.next_command;
+            let sender =
+                b.members.get(member).and_then(|m| m.sender.clone()).ok_or_else(|| format!("the agent of {member} is not connected"))?;
+            b.pending.insert(cmd.command_id, tx);
+            sender
+        };
+        let id = cmd.command_id;
+        let msg = CoordinatorMessage { body: Some(coordinator_message::Body::Command(cmd)) };
+        if sender.try_send(Ok(msg)).is_err() {
+            self.lock().pending.remove(&id);
+            return Err(format!("the stream of {member}'s agent is full or closed"));
+        }
+        let out = tokio::time::timeout(timeout, rx).await;
+        self.lock().pending.remove(&id);
+        match out {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(format!("the agent of {member} went away")),
+            Err(_) => Err(format!("no answer from the agent of {member} within {timeout:?}")),
+        }
+    }
+
+    /// Sends a message to a member's agent without waiting; false if it is
+    /// not connected or its stream is full.
+    pub fn notify(&self, member: &str, cmd: drc_proto::Command) -> bool {
+        let sender = self.lock().members.get(member).and_then(|m| m.sender.clone());
+        sender.is_some_and(|s| s.try_send(Ok(CoordinatorMessage { body: Some(coordinator_message::Body::Command(cmd)) })).is_ok())
+    }
+
+    /// An agent's answer to a command.
+    pub fn complete(&self, result: CommandResult) {
+        if let Some(tx) = self.lock().pending.remove(&result.command_id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Every member as the decision core sees it at `now`.
+    pub fn observations(&self, topology: &Topology, now: Instant) -> BTreeMap<String, Obs> {
+        let b = self.lock();
+        let mut out = BTreeMap::new();
+        for (id, decl) in &topology.members {
+            let Some(state) = b.members.get(id) else { continue };
+            let Some(s) = &state.sample else { continue };
+            let window = topology.clusters.get(&decl.cluster).map(|c| c.policy.detection_window).unwrap_or_default();
+            let fresh = state.session.is_some() && state.received.is_some_and(|r| now.saturating_duration_since(r) <= window);
+            out.insert(
+                id.clone(),
+                Obs {
+                    fresh,
+                    reachable: s.reachable,
+                    role: s.role.clone(),
+                    dataset: s.dataset_id.clone(),
+                    position: s.position,
+                    lag_bytes: s.lag_bytes,
+                    lag_ms: s.lag_ms,
+                    primary_reachable: s.primary_reachable,
+                    primary_position: s.primary_position,
+                    epoch: s.epoch,
+                },
+            );
+        }
+        out
+    }
+
     /// The dataset (system identifier / replication id) that a member of
     /// `cluster` other than `except` reports, if any does.
     pub fn dataset_of(&self, cluster: &str, except: &str) -> Option<(String, String)> {
@@ -142,7 +227,7 @@ impl HealthBoard {
     }
 
     /// Health of every declared cluster as of `now`.
-    pub fn clusters(&self, topology: &Topology, now: Instant) -> Vec<ClusterHealth> {
+    pub fn clusters(&self, topology: &Topology, records: &BTreeMap<String, ClusterRecord>, now: Instant) -> Vec<ClusterHealth> {
         let mut by_cluster: HashMap<&str, Vec<(&String, &crate::topology::Member)>> = HashMap::new();
         for (id, m) in &topology.members {
             by_cluster.entry(m.cluster.as_str()).or_default().push((id, m));
@@ -167,19 +252,33 @@ impl HealthBoard {
                     }
                     members.push(member_health(id, &decl.region, sample, age, connected, fresh));
                 }
-                let primary = primary_of(&members);
+                // The recorded primary once there is one; before, what the
+                // agents report.
+                let rec = records.get(name);
+                let primary = rec.map(|r| r.primary.clone()).filter(|p| !p.is_empty()).unwrap_or_else(|| primary_of(&members));
+                let epoch = rec.map(|r| r.epoch).unwrap_or(0);
                 for m in &mut members {
                     m.primary_reachable_from = reach.iter().map(|(k, v)| (k.clone(), *v)).collect();
                 }
-                ClusterHealth { name: name.clone(), kind: cluster.kind.as_str().to_string(), primary, members, epoch: 0 }
+                ClusterHealth {
+                    name: name.clone(),
+                    kind: cluster.kind.as_str().to_string(),
+                    primary,
+                    members,
+                    epoch,
+                    failover_state: String::new(),
+                    paused: cluster.policy.paused || rec.is_some_and(|r| r.paused),
+                    blocked_until_ms: rec.map(|r| r.blocked_until).unwrap_or(0),
+                    decision_in_progress: rec.and_then(|r| r.in_progress).unwrap_or(0),
+                }
             })
             .collect()
     }
 
     /// Recomputes the clusters at `now`: publishes changed primaries to the
     /// agents and emits an event for every health, role or primary change.
-    pub fn refresh(&self, topology: &Topology, now: Instant) {
-        let clusters = self.clusters(topology, now);
+    pub fn refresh(&self, topology: &Topology, records: &BTreeMap<String, ClusterRecord>, now: Instant) {
+        let clusters = self.clusters(topology, records, now);
         let mut events = Vec::new();
         {
             let mut b = self.lock();
@@ -318,7 +417,8 @@ pub async fn run_monitor(
                 topology = Some((version, node.store().with_state(|sm| sm.topology.clone())));
             }
             if let Some((_, t)) = &topology {
-                board.refresh(t, Instant::now());
+                let records = node.store().with_state(|sm| sm.records.clone());
+                board.refresh(t, &records, Instant::now());
             }
         }
     }
@@ -353,16 +453,16 @@ mod tests {
         let board = HealthBoard::new();
         let t = topo();
         let t0 = Instant::now();
-        board.connect("p", "pg");
-        board.connect("r", "pg");
+        board.connect("p", "pg", mpsc::channel(1).0);
+        board.connect("r", "pg", mpsc::channel(1).0);
         board.ingest("pg", sample("p", "primary"), t0);
         board.ingest("pg", Sample { lag_bytes: 10, ..sample("r", "replica") }, t0);
-        let c = &board.clusters(&t, t0 + Duration::from_millis(500))[0];
+        let c = &board.clusters(&t, &BTreeMap::new(), t0 + Duration::from_millis(500))[0];
         assert_eq!(c.primary, "p");
         assert!(c.members.iter().all(|m| m.healthy));
         assert_eq!(c.members[1].lag_bytes, 10);
         assert_eq!(c.members[1].primary_reachable_from.get("a"), Some(&true));
-        let c = &board.clusters(&t, t0 + Duration::from_secs(2))[0];
+        let c = &board.clusters(&t, &BTreeMap::new(), t0 + Duration::from_secs(2))[0];
         assert!(c.members.iter().all(|m| !m.healthy), "stale samples beyond the detection window");
         assert_eq!(c.primary, "");
     }
@@ -374,10 +474,10 @@ mod tests {
         let views = board.views();
         let t = topo();
         let t0 = Instant::now();
-        let s = board.connect("p", "pg");
+        let s = board.connect("p", "pg", mpsc::channel(1).0);
         board.ingest("pg", sample("p", "primary"), t0);
-        board.refresh(&t, t0);
-        board.refresh(&t, t0);
+        board.refresh(&t, &BTreeMap::new(), t0);
+        board.refresh(&t, &BTreeMap::new(), t0);
         assert_eq!(views.borrow()["pg"].primary_address, "h:1");
         let mut kinds = Vec::new();
         while let Ok(e) = events.try_recv() {
@@ -385,15 +485,15 @@ mod tests {
         }
         assert_eq!(kinds.iter().filter(|k| *k == "primary").count(), 1, "{kinds:?}");
         board.disconnect("p", "pg", s);
-        board.refresh(&t, t0);
+        board.refresh(&t, &BTreeMap::new(), t0);
         assert_eq!(views.borrow()["pg"].primary_member, "");
     }
 
     #[test]
     fn a_newer_stream_replaces_an_older_one() {
         let board = HealthBoard::new();
-        let old = board.connect("p", "pg");
-        let new = board.connect("p", "pg");
+        let old = board.connect("p", "pg", mpsc::channel(1).0);
+        let new = board.connect("p", "pg", mpsc::channel(1).0);
         board.disconnect("p", "pg", old);
         assert!(board.is_current("p", new));
         assert!(!board.is_current("p", old));

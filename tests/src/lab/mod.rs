@@ -326,9 +326,27 @@ impl Lab {
         let log = self.info.dir.join(format!("agent-{}.log", m.id));
         let endpoints = self.info.coordinators.iter().map(|c| format!("{:?}", c.endpoint)).collect::<Vec<_>>().join(", ");
         let user = if m.kind == "postgres" { "user = \"postgres\"\n" } else { "" };
+        // How the agent stops, starts and rewinds its PostgreSQL (failover).
+        let control = if m.kind == "postgres" {
+            let sock = self.info.dir.join(format!("{}.sock", m.id));
+            format!(
+                "[postgres]\ndata_dir = {:?}\nrun_as = \"postgres\"\nstart_options = {:?}\nlog_file = {:?}\nreplication_user = \"postgres\"\n",
+                m.data_dir.display().to_string(),
+                format!("-p {} -k {}", m.port, sock.display()),
+                m.log.display().to_string()
+            )
+        } else {
+            String::new()
+        };
         let text = format!(
-            "member_id = {:?}\ncluster = {:?}\nregion = {:?}\nkind = {:?}\nendpoints = [{endpoints}]\nprobe_interval = \"200ms\"\nprobe_timeout = \"1s\"\n[connection]\nhost = {:?}\nport = {}\n{user}",
-            m.id, m.cluster, m.region, m.kind, m.host, m.port
+            "member_id = {:?}\ncluster = {:?}\nregion = {:?}\nkind = {:?}\nendpoints = [{endpoints}]\nprobe_interval = \"200ms\"\nprobe_timeout = \"1s\"\nstate_dir = {:?}\n[connection]\nhost = {:?}\nport = {}\n{user}{control}",
+            m.id,
+            m.cluster,
+            m.region,
+            m.kind,
+            self.info.dir.display().to_string(),
+            m.host,
+            m.port
         );
         fs::write(&config, text)?;
         let pid = spawn_detached(Command::new(bin("drc-agent")).arg("--config").arg(&config), &log)?;
@@ -347,6 +365,13 @@ impl Lab {
     }
 
     /// `drctl -o json status` against the lab.
+    /// Runs `drctl -o json ARGS` against the lab; its JSON, or its error output.
+    pub fn drctl_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        json_output(drctl(&self.info.endpoints, &all))
+    }
+
     pub fn status(&self) -> anyhow::Result<Value> {
         json_output(drctl(&self.info.endpoints, &["-o", "json", "status"]))
     }

@@ -110,7 +110,8 @@ pub fn start_cluster(dir: &Path, cluster: &str) -> anyhow::Result<Vec<MemberInfo
                 use std::os::unix::fs::PermissionsExt;
                 fs::set_permissions(&data, fs::Permissions::from_mode(0o700))?;
             }
-            let slot = format!("slot_{region}");
+            // The slot name the coordinator uses when it repoints standbys.
+            let slot = format!("drc_pg_{region}");
             let mut c = as_postgres("pg_basebackup");
             c.args(["-h", "127.0.0.1", "-p", &primary_port.to_string(), "-U", "postgres", "-D"]).arg(&data).args([
                 "-R",

@@ -1,0 +1,583 @@
+//! Commands from the coordinator, carried out on the local member, and the
+//! lease that keeps a primary writable.
+//!
+//! Every command carries its cluster's epoch; a command older than the newest
+//! epoch this agent has seen is refused (DESIGN.md rule 1). Every action is
+//! idempotent, because a new coordinator leader repeats the step its
+//! predecessor may or may not have finished.
+//!
+//! The lease (rule 2): while this member is the primary, the coordinator
+//! renews a lease every few hundred milliseconds. When it lapses, the agent
+//! asks the other members directly — a PostgreSQL primary's
+//! `pg_stat_replication`, a Redis primary's connected replicas: a replica
+//! still streaming from this primary has not been promoted and vouches that
+//! no newer epoch exists. If every other member vouches, the primary keeps
+//! serving (fail-static: losing the coordinators alone never takes a healthy
+//! primary down); otherwise it is fenced at once. A replica whose stream from
+//! the primary was up within the last lease period refuses an automatic
+//! promotion: it is vouching for that primary.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use drc_proto::{Command, CommandResult};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::config::{AgentConfig, Kind};
+use crate::probe::redis::parse_info;
+
+/// What the agent knows about its cluster's epochs; persisted, so that a
+/// restarted agent still refuses old commands and still fences a primary
+/// whose lease it held.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Known {
+    epoch: u64,
+    /// The primary of `epoch`.
+    primary: String,
+    /// This member held a lease in `epoch`.
+    held_lease: bool,
+}
+
+pub struct Actor {
+    cfg: Arc<AgentConfig>,
+    known: Mutex<Known>,
+    lease_until: Mutex<Option<Instant>>,
+    /// Other members the primary expects to stream from it.
+    replicas: Mutex<usize>,
+    /// When this replica last saw its stream from the primary up.
+    link_up_at: Mutex<Option<Instant>>,
+    /// Set once the agent fenced its member for a lapsed lease.
+    fenced: Mutex<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Actor {
+    pub fn new(cfg: Arc<AgentConfig>) -> Arc<Actor> {
+        let known =
+            cfg.state_file().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice::<Known>(&b).ok()).unwrap_or_default();
+        // A lease held before a restart is treated as lapsed at once.
+        Arc::new(Actor {
+            cfg,
+            known: Mutex::new(known),
+            lease_until: Mutex::new(None),
+            replicas: Mutex::new(0),
+            link_up_at: Mutex::new(None),
+            fenced: Mutex::new(false),
+        })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        lock(&self.known).epoch
+    }
+
+    /// Records `epoch` with its primary; false if it is older than known.
+    fn learn(&self, epoch: u64, primary: &str) -> bool {
+        let mut k = lock(&self.known);
+        if epoch < k.epoch {
+            return false;
+        }
+        if epoch > k.epoch || (!primary.is_empty() && k.primary != primary) {
+            k.epoch = epoch;
+            if !primary.is_empty() {
+                k.primary = primary.to_string();
+            }
+            k.held_lease = k.held_lease && k.primary == self.cfg.member_id;
+            if k.primary != self.cfg.member_id {
+                *lock(&self.lease_until) = None;
+            }
+            self.save(&k);
+        }
+        true
+    }
+
+    fn save(&self, k: &Known) {
+        if let Some(p) = self.cfg.state_file() {
+            let tmp = p.with_extension("tmp");
+            let ok = serde_json::to_vec(k).ok().and_then(|b| std::fs::write(&tmp, b).ok()).and_then(|_| std::fs::rename(&tmp, &p).ok());
+            if ok.is_none() {
+                tracing::warn!(path = %p.display(), "cannot persist the agent's epoch");
+            }
+        }
+    }
+
+    /// The cluster view from the coordinator: who is primary in which epoch.
+    pub fn view(&self, epoch: u64, primary: &str) {
+        self.learn(epoch, primary);
+    }
+
+    /// From every local probe: whether this replica streams from its primary.
+    pub fn observe_link(&self, replicating: bool) {
+        if replicating {
+            *lock(&self.link_up_at) = Some(Instant::now());
+        }
+    }
+
+    /// Carries out one command.
+    pub async fn handle(&self, cmd: Command) -> CommandResult {
+        let start = Instant::now();
+        let args = &cmd.args;
+        let mut result = CommandResult { command_id: cmd.command_id, ok: true, ..Default::default() };
+        if cmd.action == "lease" {
+            if self.learn(cmd.epoch, &self.cfg.member_id) {
+                let ttl = args.get("ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(2_000);
+                *lock(&self.lease_until) = Some(Instant::now() + Duration::from_millis(ttl));
+                *lock(&self.replicas) = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);
+                let mut k = lock(&self.known);
+                if !k.held_lease {
+                    k.held_lease = true;
+                    self.save(&k);
+                }
+            }
+            return result;
+        }
+        let new_primary = args.get("primary_member").cloned().unwrap_or_default();
+        let known = self.epoch();
+        if !self.learn(cmd.epoch, &new_primary) {
+            result.ok = false;
+            result.error = format!("refused: epoch {} is older than epoch {known} already seen", cmd.epoch);
+            return result;
+        }
+        let outcome = match (self.cfg.kind, cmd.action.as_str()) {
+            (_, "promote") => self.promote(args).await,
+            (Kind::Postgres, action) => self.postgres(action, args).await,
+            (Kind::Redis, action) => self.redis(action, args).await,
+        };
+        match outcome {
+            Ok(output) => result.output = output,
+            Err(e) => {
+                result.ok = false;
+                result.error = e;
+            }
+        }
+        result.duration_ms = start.elapsed().as_millis() as u64;
+        tracing::info!(action = %cmd.action, epoch = cmd.epoch, ok = result.ok, error = %result.error, ms = result.duration_ms, "command");
+        result
+    }
+
+    async fn promote(&self, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
+        let fenced = args.get("old_primary_fenced").is_some_and(|f| f == "true");
+        let lease = self.cfg.lease_vouch_period;
+        if let Some(at) = *lock(&self.link_up_at) {
+            if !fenced && at.elapsed() < lease {
+                return Err(format!(
+                    "refused: this replica streamed from the old primary {} ms ago; it vouches for it for {} ms",
+                    at.elapsed().as_millis(),
+                    lease.as_millis()
+                ));
+            }
+        }
+        // The new primary serves under a lease from the start.
+        *lock(&self.lease_until) = Some(Instant::now() + Duration::from_secs(5));
+        match self.cfg.kind {
+            Kind::Postgres => {
+                let c = self.pg_local().await?;
+                let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(pg_err)?.get(0);
+                if in_recovery {
+                    let ok: bool = c.query_one("SELECT pg_promote(wait => true, wait_seconds => 30)", &[]).await.map_err(pg_err)?.get(0);
+                    if !ok {
+                        return Err("pg_promote did not finish within 30 s".into());
+                    }
+                }
+                // pg_rewind of the old primary needs a checkpoint on the new one.
+                c.batch_execute("CHECKPOINT").await.map_err(pg_err)?;
+                let mine = slot_of(&self.cfg.member_id);
+                for slot in
+                    args.get("slots").map(|s| s.split(',').filter(|s| !s.is_empty() && *s != mine).collect::<Vec<_>>()).unwrap_or_default()
+                {
+                    c.execute(
+                        "SELECT pg_create_physical_replication_slot($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                        &[&slot],
+                    )
+                    .await
+                    .map_err(|e| format!("creating slot {slot}: {}", pg_err(e)))?;
+                }
+                Ok(HashMap::new())
+            }
+            Kind::Redis => {
+                let mut c = self.redis_local().await?;
+                redis_cmd(&mut c, redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await?;
+                let _ = redis_cmd(&mut c, redis::cmd("CLIENT").arg("UNPAUSE")).await;
+                Ok(HashMap::new())
+            }
+        }
+    }
+
+    async fn postgres(&self, action: &str, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
+        let pg = self
+            .cfg
+            .postgres
+            .as_ref()
+            .ok_or_else(|| format!("{action}: this agent has no [postgres] section (data_dir, bin_dir, run_as)"))?;
+        match action {
+            "fence" => self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await.map(|_| HashMap::new()),
+            "demote" => {
+                self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]).await?;
+                let out = run_as(&pg.run_as, &pg.bin_dir.join("pg_controldata"), &[pg.data_dir.to_string_lossy().as_ref()]).await?;
+                let lsn =
+                    out.lines().find(|l| l.starts_with("Latest checkpoint location:")).and_then(|l| l.split(':').nth(1)).map(str::trim);
+                let position = lsn.and_then(parse_lsn).ok_or("cannot read the final position from pg_controldata")?;
+                Ok([("position".to_string(), position.to_string())].into())
+            }
+            "catch_up" => {
+                let target: u64 = args.get("position").and_then(|p| p.parse().ok()).unwrap_or(0);
+                let c = self.pg_local().await?;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let row = c
+                        .query_one("SELECT COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0'), 0)::bigint", &[])
+                        .await
+                        .map_err(pg_err)?;
+                    let pos = row.get::<_, i64>(0) as u64;
+                    if pos >= target {
+                        return Ok([("position".to_string(), pos.to_string())].into());
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("received up to {pos}, the old primary ended at {target}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            "repoint" => {
+                let c = self.pg_local().await?;
+                let conninfo = self.conninfo(args);
+                // One statement each: ALTER SYSTEM cannot run in the implicit
+                // transaction of a multi-statement query.
+                for sql in [
+                    format!("ALTER SYSTEM SET primary_conninfo = {}", quote(&conninfo)),
+                    format!("ALTER SYSTEM SET primary_slot_name = {}", quote(&slot_of(&self.cfg.member_id))),
+                    "SELECT pg_reload_conf()".to_string(),
+                ] {
+                    c.batch_execute(&sql).await.map_err(|e| format!("{sql}: {}", pg_err(e)))?;
+                }
+                Ok(HashMap::new())
+            }
+            "rejoin" => self.pg_rejoin(args).await,
+            other => Err(format!("unknown action {other:?}")),
+        }
+    }
+
+    /// Brings the old primary back as a standby of the new one: stop it,
+    /// CHECKPOINT on the new primary, pg_rewind, standby settings, start.
+    async fn pg_rejoin(&self, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
+        let pg = self.cfg.postgres.as_ref().ok_or("no [postgres] section")?;
+        if let Ok(c) = self.pg_local().await {
+            let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(pg_err)?.get(0);
+            if in_recovery {
+                drop(c);
+                return Box::pin(self.postgres("repoint", args)).await;
+            }
+        }
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await;
+        let (host, port) = (args.get("primary_host").cloned().unwrap_or_default(), args.get("primary_port").cloned().unwrap_or_default());
+        let primary = self.pg_connect(&host, port.parse().unwrap_or(0)).await?;
+        primary.batch_execute("CHECKPOINT").await.map_err(|e| format!("CHECKPOINT on the new primary: {}", pg_err(e)))?;
+        let source = format!("host={host} port={port} user={} dbname=postgres", self.cfg.connection.user.as_deref().unwrap_or("postgres"));
+        let data = pg.data_dir.to_string_lossy().to_string();
+        run_as(&pg.run_as, &pg.bin_dir.join("pg_rewind"), &["--target-pgdata", &data, "--source-server", &source])
+            .await
+            .map_err(|e| format!("pg_rewind: {e}"))?;
+        // pg_rewind copied the new primary's configuration: write ours after it.
+        let auto = pg.data_dir.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        text.push_str(&format!(
+            "\n# written by drc-agent at rejoin\nprimary_conninfo = {}\nprimary_slot_name = {}\n",
+            quote(&self.conninfo(args)),
+            quote(&slot_of(&self.cfg.member_id))
+        ));
+        std::fs::write(&auto, text).map_err(|e| format!("{}: {e}", auto.display()))?;
+        std::fs::write(pg.data_dir.join("standby.signal"), "").map_err(|e| format!("standby.signal: {e}"))?;
+        self.pg_ctl(&["start", "-w", "-t", "60"]).await?;
+        *lock(&self.fenced) = false;
+        Ok(HashMap::new())
+    }
+
+    fn conninfo(&self, args: &HashMap<String, String>) -> String {
+        let user = self.cfg.postgres.as_ref().map(|p| p.replication_user.clone()).unwrap_or_else(|| "postgres".into());
+        format!(
+            "host={} port={} user={user} application_name={}",
+            args.get("primary_host").map(String::as_str).unwrap_or_default(),
+            args.get("primary_port").map(String::as_str).unwrap_or_default(),
+            self.cfg.member_id
+        )
+    }
+
+    async fn redis(&self, action: &str, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
+        let mut c = self.redis_local().await?;
+        let (host, port) = (args.get("primary_host").cloned().unwrap_or_default(), args.get("primary_port").cloned().unwrap_or_default());
+        match action {
+            // Fencing, repointing and rejoining a Redis member all make it a
+            // replica of the new primary (its diverged writes are dropped).
+            "fence" | "repoint" | "rejoin" => {
+                redis_cmd(&mut c, redis::cmd("REPLICAOF").arg(&host).arg(&port)).await?;
+                let _ = redis_cmd(&mut c, redis::cmd("CLIENT").arg("UNPAUSE")).await;
+                *lock(&self.fenced) = false;
+                Ok(HashMap::new())
+            }
+            "demote" => {
+                redis_cmd(&mut c, redis::cmd("CLIENT").arg("PAUSE").arg(60_000).arg("WRITE")).await?;
+                let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
+                let offset = parse_info(&info).get("master_repl_offset").map(|s| s.to_string()).unwrap_or_default();
+                Ok([("position".to_string(), offset)].into())
+            }
+            "catch_up" => {
+                let target: u64 = args.get("position").and_then(|p| p.parse().ok()).unwrap_or(0);
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
+                    let pos: u64 = parse_info(&info).get("slave_repl_offset").and_then(|p| p.parse().ok()).unwrap_or(0);
+                    if pos >= target {
+                        return Ok([("position".to_string(), pos.to_string())].into());
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("replicated up to {pos}, the old primary ended at {target}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            other => Err(format!("unknown action {other:?}")),
+        }
+    }
+
+    /// Every 100 ms: a primary without a valid lease is fenced unless every
+    /// other member vouches for it; a primary of an epoch whose primary is
+    /// someone else is fenced at once.
+    pub async fn watch_lease(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        let mut vouched_logged = false;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let known = lock(&self.known).clone();
+            let lease_ok = lock(&self.lease_until).is_some_and(|t| Instant::now() < t);
+            let superseded = !known.primary.is_empty() && known.primary != self.cfg.member_id;
+            if lease_ok || (!known.held_lease && !superseded) || *lock(&self.fenced) {
+                vouched_logged = false;
+                continue;
+            }
+            let Ok(writable) = self.local_is_writable_primary().await else { continue };
+            if !writable {
+                continue;
+            }
+            if !superseded {
+                let expected = *lock(&self.replicas);
+                match self.streaming_replicas().await {
+                    Ok(n) if expected > 0 && n >= expected => {
+                        if !vouched_logged {
+                            tracing::warn!(
+                                replicas = n,
+                                "lease lapsed, but every other member streams from this primary: it keeps serving"
+                            );
+                            vouched_logged = true;
+                        }
+                        continue;
+                    }
+                    Ok(n) => tracing::error!(streaming = n, expected, "lease lapsed and not every other member vouches: fencing"),
+                    Err(e) => tracing::error!(error = %e, "lease lapsed and the replicas cannot be counted: fencing"),
+                }
+            } else {
+                tracing::error!(epoch = known.epoch, primary = %known.primary, "this member is a primary, but another member is the primary of the newest epoch: fencing");
+            }
+            let fenced = match self.cfg.kind {
+                Kind::Postgres => self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await,
+                Kind::Redis => match self.redis_local().await {
+                    Ok(mut c) => redis_cmd(&mut c, redis::cmd("CLIENT").arg("PAUSE").arg(86_400_000u64).arg("WRITE")).await,
+                    Err(e) => Err(e),
+                },
+            };
+            match fenced {
+                Ok(()) => *lock(&self.fenced) = true,
+                Err(e) => tracing::error!(error = %e, "fencing failed; retrying"),
+            }
+        }
+    }
+
+    async fn local_is_writable_primary(&self) -> Result<bool, String> {
+        match self.cfg.kind {
+            Kind::Postgres => {
+                let c = self.pg_local().await?;
+                let r: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(pg_err)?.get(0);
+                Ok(!r)
+            }
+            Kind::Redis => {
+                let mut c = self.redis_local().await?;
+                let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
+                Ok(parse_info(&info).get("role") == Some(&"master"))
+            }
+        }
+    }
+
+    async fn streaming_replicas(&self) -> Result<usize, String> {
+        match self.cfg.kind {
+            Kind::Postgres => {
+                let c = self.pg_local().await?;
+                let n: i64 =
+                    c.query_one("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", &[]).await.map_err(pg_err)?.get(0);
+                Ok(n as usize)
+            }
+            Kind::Redis => {
+                let mut c = self.redis_local().await?;
+                let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
+                Ok(parse_info(&info)
+                    .iter()
+                    .filter(|(k, v)| k.starts_with("slave") && k[5..].parse::<u32>().is_ok() && v.contains("state=online"))
+                    .count())
+            }
+        }
+    }
+
+    async fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let pg = self.cfg.postgres.as_ref().ok_or("no [postgres] section")?;
+        let data = pg.data_dir.to_string_lossy().to_string();
+        let mut all: Vec<&str> = vec!["-D", &data];
+        let log = pg.log_file.as_ref().map(|p| p.to_string_lossy().to_string());
+        if args.first() == Some(&"start") {
+            all.extend(["-o", pg.start_options.as_str()]);
+            if let Some(l) = &log {
+                all.extend(["-l", l.as_str()]);
+            }
+        }
+        all.extend(args);
+        match run_as(&pg.run_as, &pg.bin_dir.join("pg_ctl"), &all).await {
+            Ok(_) => Ok(()),
+            // Stopping a server that is not running is what we wanted.
+            Err(e) if args.first() == Some(&"stop") && (e.contains("Is server running?") || e.contains("does not exist")) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn pg_connect(&self, host: &str, port: u16) -> Result<Client, String> {
+        let conn = &self.cfg.connection;
+        let mut cfg = Config::new();
+        cfg.host(host)
+            .port(port)
+            .user(conn.user.as_deref().unwrap_or("postgres"))
+            .dbname(conn.dbname.as_deref().unwrap_or("postgres"))
+            .connect_timeout(Duration::from_secs(3))
+            .application_name("drc-agent-action");
+        if let Some(p) = conn.password().map_err(|e| e.to_string())? {
+            cfg.password(p);
+        }
+        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| format!("connecting to {host}:{port}: {}", pg_err(e)))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    async fn pg_local(&self) -> Result<Client, String> {
+        self.pg_connect(&self.cfg.connection.host, self.cfg.connection.port).await
+    }
+
+    async fn redis_local(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        let conn = &self.cfg.connection;
+        let mut url = format!("redis://{}:{}/", conn.host, conn.port);
+        if let Some(p) = conn.password().map_err(|e| e.to_string())? {
+            url = format!("redis://{}:{p}@{}:{}/", conn.user.as_deref().unwrap_or(""), conn.host, conn.port);
+        }
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| "connecting to redis timed out".to_string())?
+            .map_err(|e| e.to_string())
+    }
+}
+
+async fn redis_cmd(c: &mut redis::aio::MultiplexedConnection, cmd: &mut redis::Cmd) -> Result<(), String> {
+    cmd.query_async::<redis::Value>(c).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Runs a PostgreSQL tool as its OS user (the server refuses root).
+async fn run_as(user: &str, program: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let mut c = if user.is_empty() {
+        tokio::process::Command::new(program)
+    } else {
+        let mut c = tokio::process::Command::new("runuser");
+        c.args(["-u", user, "--"]).arg(program);
+        c
+    };
+    c.args(args).kill_on_drop(true).stdin(std::process::Stdio::null());
+    let out = c.output().await.map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{} failed ({}): {}", program.display(), out.status, text.trim()))
+    }
+}
+
+/// A PostgreSQL error with the server's message (tokio-postgres's Display
+/// says only "db error").
+fn pg_err(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// A PostgreSQL string literal.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// "16/B374D848" → byte position.
+fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// The replication slot a member streams from (same rule as the coordinator).
+pub fn slot_of(member: &str) -> String {
+    let clean: String = member.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    format!("drc_{clean}")
+}
+
+/// Where PostgreSQL lives, for the actions that stop, start and rewind it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresControl {
+    pub data_dir: PathBuf,
+    #[serde(default = "default_bin_dir")]
+    pub bin_dir: PathBuf,
+    /// OS user that owns the data dir ("" to run the tools as the agent's user).
+    #[serde(default = "default_run_as")]
+    pub run_as: String,
+    /// Passed to `pg_ctl start -o` (port and socket dir belong here, not in
+    /// postgresql.conf: pg_rewind copies the config between members).
+    #[serde(default)]
+    pub start_options: String,
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    /// Role the standbys replicate as.
+    #[serde(default = "default_run_as")]
+    pub replication_user: String,
+}
+
+fn default_bin_dir() -> PathBuf {
+    PathBuf::from("/usr/lib/postgresql/15/bin")
+}
+
+fn default_run_as() -> String {
+    "postgres".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_and_slot_names() {
+        assert_eq!(parse_lsn("0/3000028"), Some(0x3000028));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
+        assert_eq!(parse_lsn("nope"), None);
+        assert_eq!(slot_of("pg-eu-west"), "drc_pg_eu_west");
+        assert_eq!(quote("it's"), "'it''s'");
+    }
+}

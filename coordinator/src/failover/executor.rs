@@ -1,0 +1,344 @@
+//! The leader's failover loop: feeds the decision core, commits what it
+//! decides to Raft *before* acting, and carries out each decision's steps
+//! through the agents, recording every outcome in Raft.
+//!
+//! A decision lives in the replicated history, so when the leader dies in the
+//! middle of one the next leader picks up the same decision at its first
+//! step not yet recorded as done; every agent action is idempotent (promoting
+//! a primary, fencing a stopped server, repointing a replica that already
+//! follows the right primary all succeed without doing anything).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::core::{Action, Core, LeaseConfig, Request, World};
+use super::{Decision, Millis, Step, StepState};
+use crate::health::HealthBoard;
+use crate::raft::{NodeHandle, Role};
+use crate::state::{Command, Outcome};
+use crate::topology::Topology;
+
+/// How often the core is consulted.
+pub const TICK: Duration = Duration::from_millis(200);
+/// How long one agent command may take (pg_rewind takes a few seconds).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long promote and catch-up are retried before the decision fails.
+const STEP_DEADLINE: Duration = Duration::from_secs(30);
+/// Pause between attempts of a step that cannot proceed yet.
+const RETRY: Duration = Duration::from_millis(500);
+
+pub fn now_ms() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Why each cluster is not failing over right now, for `drctl status`.
+pub type Waits = Arc<Mutex<BTreeMap<String, String>>>;
+
+pub struct Executor {
+    node: NodeHandle,
+    health: Arc<HealthBoard>,
+    lease: LeaseConfig,
+    write_timeout: Duration,
+    waits: Waits,
+    running: Mutex<HashSet<u64>>,
+    requests: mpsc::Sender<(Request, oneshot::Sender<Result<Decision, String>>)>,
+    inbox: Mutex<Option<mpsc::Receiver<(Request, oneshot::Sender<Result<Decision, String>>)>>>,
+}
+
+impl Executor {
+    pub fn new(node: NodeHandle, health: Arc<HealthBoard>, lease: LeaseConfig, write_timeout: Duration, waits: Waits) -> Arc<Self> {
+        let (requests, inbox) = mpsc::channel(16);
+        Arc::new(Executor {
+            node,
+            health,
+            lease,
+            write_timeout,
+            waits,
+            running: Mutex::new(HashSet::new()),
+            requests,
+            inbox: Mutex::new(Some(inbox)),
+        })
+    }
+
+    /// An operator's failover or switchover, decided by the core and
+    /// committed: the recorded decision, or exactly why not.
+    pub async fn request(&self, req: Request) -> Result<Decision, String> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send((req, tx)).await.map_err(|_| "the coordinator is shutting down".to_string())?;
+        rx.await.map_err(|_| "the coordinator is shutting down".to_string())?
+    }
+
+    /// Why nothing happens to `cluster` right now.
+    pub fn wait_reason(&self, cluster: &str) -> String {
+        self.waits.lock().unwrap_or_else(|p| p.into_inner()).get(cluster).cloned().unwrap_or_default()
+    }
+
+    pub fn lease(&self) -> LeaseConfig {
+        self.lease
+    }
+
+    fn is_leader(&self) -> bool {
+        self.node.status().role == Role::Leader
+    }
+
+    /// Runs until `cancel`: a fresh core each time this node becomes leader.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut core: Option<Core> = None;
+        let mut topology: Option<(u64, Topology)> = None;
+        let Some(mut inbox) = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        loop {
+            let request = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticker.tick() => None,
+                r = inbox.recv() => r,
+            };
+            if !self.is_leader() {
+                core = None;
+                self.waits.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                if let Some((_, reply)) = request {
+                    let _ = reply.send(Err("this coordinator is not the leader".into()));
+                }
+                continue;
+            }
+            let core = core.get_or_insert_with(|| Core::new(self.lease, now_ms()));
+            let version = self.node.store().with_state(|sm| sm.topology_version);
+            if topology.as_ref().is_none_or(|(v, _)| *v != version) {
+                topology = Some((version, self.node.store().with_state(|sm| sm.topology.clone())));
+            }
+            let Some((_, t)) = &topology else { continue };
+            let (records, global_paused, open) = self.node.store().with_state(|sm| {
+                let open: Vec<u64> = sm.history.values().filter(|d| d.finished_at.is_none()).map(|d| d.id).collect();
+                (sm.records.clone(), sm.global_paused, open)
+            });
+            let observations = self.health.observations(t, Instant::now());
+            let world = World { now: now_ms(), topology: t, records: &records, global_paused, observations: &observations };
+            if let Some((req, reply)) = request {
+                let answer = match core.request(&world, &req) {
+                    Ok(d) => self.commit(d).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(answer);
+                continue;
+            }
+            let actions = core.tick(&world);
+            self.act(t, actions).await;
+            for id in open {
+                let fresh = self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+                if fresh {
+                    let this = Arc::clone(&self);
+                    let cancel = cancel.clone();
+                    tokio::spawn(async move {
+                        this.carry_out(id, cancel).await;
+                        this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    });
+                }
+            }
+        }
+    }
+
+    /// Commits a decision to Raft; its steps start on the next tick.
+    async fn commit(&self, d: Decision) -> Result<Decision, String> {
+        let mut d = d;
+        match self.node.propose(Command::Decide { decision: Box::new(d.clone()) }, self.write_timeout).await {
+            Ok(Outcome::Decided { id }) => {
+                d.id = id;
+                tracing::warn!(cluster = %d.cluster, from = %d.from, to = %d.to, id, reason = %d.reason, "failover decided");
+                self.health.emit("failover", &d.cluster, &d.to, format!("decision {id}: {} -> {}: {}", d.from, d.to, d.reason));
+                Ok(d)
+            }
+            Ok(Outcome::Refused { reason }) => Err(reason),
+            Ok(other) => Err(format!("unexpected outcome {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn act(&self, t: &Topology, actions: Vec<Action>) {
+        let mut waits = BTreeMap::new();
+        for a in actions {
+            match a {
+                Action::Adopt { cluster, primary, dataset } => {
+                    let msg = format!("{primary} adopted as the primary of {cluster} (epoch 1)");
+                    if self.propose(Command::Adopt { cluster: cluster.clone(), primary: primary.clone(), dataset }).await.is_some() {
+                        tracing::info!(%cluster, %primary, "adopted primary");
+                        self.health.emit("failover", &cluster, &primary, msg);
+                    }
+                }
+                Action::Decide(d) => {
+                    let cluster = d.cluster.clone();
+                    if let Err(reason) = self.commit(*d).await {
+                        tracing::info!(%cluster, %reason, "decision not recorded");
+                    }
+                }
+                Action::Lease { cluster, member, epoch, ttl } => {
+                    let replicas = t.members.values().filter(|m| m.cluster == cluster).count().saturating_sub(1);
+                    let cmd = drc_proto::Command {
+                        command_id: 0,
+                        cluster,
+                        epoch,
+                        action: "lease".into(),
+                        args: [("ttl_ms".to_string(), ttl.to_string()), ("replicas".to_string(), replicas.to_string())].into(),
+                    };
+                    self.health.notify(&member, cmd);
+                }
+                Action::Wait { cluster, reason } => {
+                    waits.insert(cluster, reason);
+                }
+            }
+        }
+        let mut current = self.waits.lock().unwrap_or_else(|p| p.into_inner());
+        for (cluster, reason) in &waits {
+            if current.get(cluster) != Some(reason) && !reason.starts_with("waiting ") && !reason.contains(" down for ") {
+                self.health.emit("failover", cluster, "", reason.clone());
+            }
+        }
+        *current = waits;
+    }
+
+    async fn propose(&self, cmd: Command) -> Option<Outcome> {
+        match self.node.propose(cmd, self.write_timeout).await {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::warn!(error = %e, "failover: proposal failed");
+                None
+            }
+        }
+    }
+
+    fn decision(&self, id: u64) -> Option<(Decision, Topology)> {
+        self.node.store().with_state(|sm| sm.history.get(&id).map(|d| (d.clone(), sm.topology.clone())))
+    }
+
+    /// Carries out one decision until it is finished or this node stops leading.
+    async fn carry_out(&self, id: u64, cancel: CancellationToken) {
+        let mut first_attempt: BTreeMap<usize, Instant> = BTreeMap::new();
+        let mut background_next: BTreeMap<usize, Instant> = BTreeMap::new();
+        loop {
+            if cancel.is_cancelled() || !self.is_leader() {
+                return;
+            }
+            let Some((d, t)) = self.decision(id) else { return };
+            if d.finished_at.is_some() {
+                return;
+            }
+            // The main line in order; background steps whenever possible.
+            let main = d.steps.iter().position(|s| s.state == StepState::Pending && !s.is_background());
+            let todo: Vec<usize> = match main {
+                Some(i) => vec![i],
+                None => d
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, s)| s.state == StepState::Pending && background_next.get(i).is_none_or(|at| Instant::now() >= *at))
+                    .map(|(i, _)| i)
+                    .collect(),
+            };
+            if todo.is_empty() {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+            for i in todo {
+                let started = now_ms();
+                let since = *first_attempt.entry(i).or_insert_with(Instant::now);
+                let outcome = self.attempt(&d, i, &t, since).await;
+                match outcome {
+                    Attempt::Record(state, error, output) => {
+                        let cmd =
+                            Command::Step { decision: id, index: i, state, started, finished: now_ms(), error: error.clone(), output };
+                        if self.propose(cmd).await.is_some() {
+                            let s = &d.steps[i];
+                            let what = format!(
+                                "decision {id}: {} {} {:?}{}",
+                                s.action,
+                                s.member,
+                                state,
+                                if error.is_empty() { String::new() } else { format!(": {error}") }
+                            );
+                            tracing::info!("{what}");
+                            self.health.emit("failover", &d.cluster, &s.member, what);
+                        }
+                    }
+                    Attempt::Later(why) => {
+                        tracing::debug!(decision = id, step = i, %why, "step not possible yet");
+                        background_next.insert(i, Instant::now() + Duration::from_secs(2));
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt at step `i`.
+    async fn attempt(&self, d: &Decision, i: usize, t: &Topology, since: Instant) -> Attempt {
+        let step = &d.steps[i];
+        let lease_over = now_ms() >= d.decided_at + self.lease.lease + self.lease.drift_margin;
+        let cmd = drc_proto::Command {
+            command_id: 0,
+            cluster: d.cluster.clone(),
+            epoch: d.epoch,
+            action: step.action.clone(),
+            args: args(d, step, t).into_iter().collect(),
+        };
+        let result = self.health.command(&step.member, cmd, COMMAND_TIMEOUT).await;
+        let expired = since.elapsed() > STEP_DEADLINE;
+        match (step.action.as_str(), result) {
+            (_, Ok(r)) if r.ok => Attempt::Record(StepState::Done, String::new(), r.output.into_iter().collect()),
+            // An old primary that cannot be fenced through its agent fences
+            // itself when its lease runs out; only then may anyone be promoted.
+            ("fence", Ok(r)) if lease_over => {
+                Attempt::Record(StepState::Skipped, format!("fence failed ({}); its lease has expired", r.error), BTreeMap::new())
+            }
+            ("fence", Err(e)) if lease_over => Attempt::Record(StepState::Skipped, format!("{e}; its lease has expired"), BTreeMap::new()),
+            ("fence", Ok(r)) => Attempt::Later(r.error),
+            ("fence", Err(e)) => Attempt::Later(e),
+            ("demote", Ok(r)) => Attempt::Record(StepState::Failed, r.error, BTreeMap::new()),
+            ("demote", Err(e)) => Attempt::Record(StepState::Failed, e, BTreeMap::new()),
+            ("repoint" | "rejoin", Ok(r)) => Attempt::Later(r.error),
+            ("repoint" | "rejoin", Err(e)) => Attempt::Later(e),
+            (_, Ok(r)) if expired => Attempt::Record(StepState::Failed, r.error, BTreeMap::new()),
+            (_, Err(e)) if expired => Attempt::Record(StepState::Failed, e, BTreeMap::new()),
+            (_, Ok(r)) => Attempt::Later(r.error),
+            (_, Err(e)) => Attempt::Later(e),
+        }
+    }
+}
+
+enum Attempt {
+    Record(StepState, String, BTreeMap<String, String>),
+    Later(String),
+}
+
+/// What an agent needs to carry out a step.
+fn args(d: &Decision, step: &Step, t: &Topology) -> BTreeMap<String, String> {
+    let mut a = step.args.clone();
+    let address = |m: &str| t.members.get(m).map(|m| m.address.clone()).unwrap_or_default();
+    let (host, port) = address(&d.to).rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap_or_default();
+    a.insert("primary_member".into(), d.to.clone());
+    a.insert("primary_host".into(), host);
+    a.insert("primary_port".into(), port);
+    a.insert("old_primary".into(), d.from.clone());
+    a.insert("old_primary_address".into(), address(&d.from));
+    a.insert("slot".into(), slot_name(&step.member));
+    let others: Vec<String> =
+        t.members.iter().filter(|(id, m)| m.cluster == d.cluster && **id != d.to).map(|(id, _)| slot_name(id)).collect();
+    a.insert("slots".into(), others.join(","));
+    let fenced = d.steps.iter().any(|s| (s.action == "fence" || s.action == "demote") && s.state == StepState::Done);
+    a.insert("old_primary_fenced".into(), fenced.to_string());
+    if step.action == "catch_up" {
+        // The demoted primary's final position, as its agent reported it.
+        let target = d.steps.iter().find(|s| s.action == "demote").and_then(|s| s.args.get("position").cloned());
+        a.insert("position".into(), target.unwrap_or_default());
+    }
+    a
+}
+
+/// The replication slot a member streams from on the primary.
+pub fn slot_name(member: &str) -> String {
+    let clean: String = member.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    format!("drc_{clean}")
+}
