@@ -45,9 +45,12 @@ pub struct Executor {
     write_timeout: Duration,
     waits: Waits,
     running: Mutex<HashSet<u64>>,
-    requests: mpsc::Sender<(Request, oneshot::Sender<Result<Decision, String>>)>,
-    inbox: Mutex<Option<mpsc::Receiver<(Request, oneshot::Sender<Result<Decision, String>>)>>>,
+    requests: mpsc::Sender<Asked>,
+    inbox: Mutex<Option<mpsc::Receiver<Asked>>>,
 }
+
+/// An operator's request and where its answer goes.
+type Asked = (Request, oneshot::Sender<Result<Decision, String>>);
 
 impl Executor {
     pub fn new(node: NodeHandle, health: Arc<HealthBoard>, lease: LeaseConfig, write_timeout: Duration, waits: Waits) -> Arc<Self> {
