@@ -246,17 +246,13 @@ impl Core {
         match choose(w, rec, &policy, &members, known, None, false, preferred.as_deref()) {
             Ok((to, why)) => {
                 let reason = format!("primary {primary_id} down for {} ms, confirmed from another region; {why}", now - since);
-                out.push(Action::Decide(Box::new(decision(
-                    w,
-                    name,
-                    rec,
-                    DecisionKind::Failover,
-                    Trigger::Automatic,
-                    &to,
-                    reason,
-                    &members,
-                    since,
-                ))));
+                let mut d = decision(w, name, rec, DecisionKind::Failover, Trigger::Automatic, &to, reason, &members, since);
+                // The old primary's lease has already run out: the executor
+                // need not wait for it again before skipping an impossible fence.
+                if let Some(fence) = d.steps.iter_mut().find(|s| s.action == "fence") {
+                    fence.args.insert("lease_expired_at".into(), lease_end.to_string());
+                }
+                out.push(Action::Decide(Box::new(d)));
             }
             Err(why) => wait(out, format!("primary {primary_id} is down, but no member can be promoted: {why}")),
         }

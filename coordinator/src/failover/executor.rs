@@ -279,7 +279,14 @@ impl Executor {
     /// One attempt at step `i`.
     async fn attempt(&self, d: &Decision, i: usize, t: &Topology, since: Instant) -> Attempt {
         let step = &d.steps[i];
-        let lease_over = now_ms() >= d.decided_at + self.lease.lease + self.lease.drift_margin;
+        // Leases granted up to the decision run out lease + margin later,
+        // unless the core decided only after the old primary's lease ended.
+        let lease_end = step
+            .args
+            .get("lease_expired_at")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(d.decided_at + self.lease.lease + self.lease.drift_margin);
+        let lease_over = now_ms() >= lease_end;
         let cmd = drc_proto::Command {
             command_id: 0,
             cluster: d.cluster.clone(),
