@@ -186,7 +186,7 @@ impl Actor {
                 }
                 // pg_rewind of the old primary needs a checkpoint on the new one.
                 c.batch_execute("CHECKPOINT").await.map_err(pg_err)?;
-                let mine = slot_of(&self.cfg.member_id);
+                let mine = drc_proto::slot_name(&self.cfg.member_id);
                 for slot in
                     args.get("slots").map(|s| s.split(',').filter(|s| !s.is_empty() && *s != mine).collect::<Vec<_>>()).unwrap_or_default()
                 {
@@ -250,7 +250,7 @@ impl Actor {
                 // transaction of a multi-statement query.
                 for sql in [
                     format!("ALTER SYSTEM SET primary_conninfo = {}", quote(&conninfo)),
-                    format!("ALTER SYSTEM SET primary_slot_name = {}", quote(&slot_of(&self.cfg.member_id))),
+                    format!("ALTER SYSTEM SET primary_slot_name = {}", quote(&drc_proto::slot_name(&self.cfg.member_id))),
                     "SELECT pg_reload_conf()".to_string(),
                 ] {
                     c.batch_execute(&sql).await.map_err(|e| format!("{sql}: {}", pg_err(e)))?;
@@ -288,7 +288,7 @@ impl Actor {
         text.push_str(&format!(
             "\n# written by drc-agent at rejoin\nprimary_conninfo = {}\nprimary_slot_name = {}\n",
             quote(&self.conninfo(args)),
-            quote(&slot_of(&self.cfg.member_id))
+            quote(&drc_proto::slot_name(&self.cfg.member_id))
         ));
         std::fs::write(&auto, text).map_err(|e| format!("{}: {e}", auto.display()))?;
         std::fs::write(pg.data_dir.join("standby.signal"), "").map_err(|e| format!("standby.signal: {e}"))?;
@@ -533,12 +533,6 @@ fn parse_lsn(s: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
-/// The replication slot a member streams from (same rule as the coordinator).
-pub fn slot_of(member: &str) -> String {
-    let clean: String = member.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    format!("drc_{clean}")
-}
-
 /// Where PostgreSQL lives, for the actions that stop, start and rewind it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -577,7 +571,7 @@ mod tests {
         assert_eq!(parse_lsn("0/3000028"), Some(0x3000028));
         assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
         assert_eq!(parse_lsn("nope"), None);
-        assert_eq!(slot_of("pg-eu-west"), "drc_pg_eu_west");
+        assert_eq!(drc_proto::slot_name("pg-eu-west"), "drc_pg_eu_west");
         assert_eq!(quote("it's"), "'it''s'");
     }
 }

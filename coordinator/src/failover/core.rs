@@ -104,6 +104,21 @@ struct Track {
     epoch: u64,
 }
 
+impl Track {
+    /// Raises the known primary position with what the primary and the
+    /// replicas' cross-probes report.
+    fn see(&mut self, primary: &Obs, members: &[(&String, Obs)]) {
+        let probed = members.iter().map(|(_, o)| o.primary_position).max().unwrap_or(0);
+        let own = if is_primary(primary) { primary.position } else { 0 };
+        self.primary_position = self.primary_position.max(probed).max(own);
+    }
+}
+
+/// Members with what the leader sees of each (default: never heard from).
+fn observed<'a>(w: &World, ids: impl Iterator<Item = &'a String>) -> Vec<(&'a String, Obs)> {
+    ids.map(|id| (id, w.observations.get(id).cloned().unwrap_or_default())).collect()
+}
+
 /// The leader's decision state: soft, rebuilt from nothing by every new leader.
 pub struct Core {
     lease: LeaseConfig,
@@ -148,25 +163,25 @@ impl Core {
         t
     }
 
-    /// Re-evaluates every cluster.
+    /// Re-evaluates every cluster. Members are indexed by cluster once, so a
+    /// tick costs O(members), not O(clusters × members).
     pub fn tick(&mut self, w: &World) -> Vec<Action> {
+        let mut by_cluster: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+        for (id, m) in &w.topology.members {
+            by_cluster.entry(m.cluster.as_str()).or_default().push(id);
+        }
         let mut out = Vec::new();
         for name in w.topology.clusters.keys() {
-            self.tick_cluster(w, name, &mut out);
+            let ids = by_cluster.get(name.as_str()).map(Vec::as_slice).unwrap_or_default();
+            self.tick_cluster(w, name, ids, &mut out);
         }
         out
     }
 
-    fn tick_cluster(&mut self, w: &World, name: &str, out: &mut Vec<Action>) {
+    fn tick_cluster(&mut self, w: &World, name: &str, ids: &[&String], out: &mut Vec<Action>) {
         let wait = |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason });
         let Some(policy) = w.topology.clusters.get(name).map(|c| c.policy.clone()) else { return };
-        let members: Vec<(&String, Obs)> = w
-            .topology
-            .members
-            .iter()
-            .filter(|(_, m)| m.cluster == name)
-            .map(|(id, _)| (id, w.observations.get(id).cloned().unwrap_or_default()))
-            .collect();
+        let members = observed(w, ids.iter().copied());
         let default_rec = ClusterRecord::default();
         let rec = w.records.get(name).unwrap_or(&default_rec);
 
@@ -190,9 +205,8 @@ impl Core {
         let p = members.iter().find(|(id, _)| **id == primary_id).map(|(_, o)| o.clone()).unwrap_or_default();
         let primary_region = w.topology.members.get(&primary_id).map(|m| m.region.clone()).unwrap_or_default();
         let track = self.track(name, rec, p.position);
-        track.primary_position = track.primary_position.max(members.iter().map(|(_, o)| o.primary_position).max().unwrap_or(0));
+        track.see(&p, &members);
         if is_primary(&p) {
-            track.primary_position = track.primary_position.max(p.position);
             track.down_since = None;
             track.lease_until = now + lease.lease;
             out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
@@ -322,22 +336,13 @@ impl Core {
                 return Err(format!("{to:?} is already the primary of {name:?}"));
             }
         }
-        let members: Vec<(&String, Obs)> = w
-            .topology
-            .members
-            .iter()
-            .filter(|(_, m)| m.cluster == *name)
-            .map(|(id, _)| (id, w.observations.get(id).cloned().unwrap_or_default()))
-            .collect();
+        let members = observed(w, w.topology.members.iter().filter(|(_, m)| m.cluster == *name).map(|(id, _)| id));
         let p = members.iter().find(|(id, _)| **id == rec.primary).map(|(_, o)| o.clone()).unwrap_or_default();
         let now = w.now;
         let lease = self.lease;
         let track = self.track(name, &rec, p.position);
         let healthy = is_primary(&p);
-        if healthy {
-            track.primary_position = track.primary_position.max(p.position);
-        }
-        track.primary_position = track.primary_position.max(members.iter().map(|(_, o)| o.primary_position).max().unwrap_or(0));
+        track.see(&p, &members);
         let known = track.primary_position;
         match kind {
             DecisionKind::Switchover if !healthy => {

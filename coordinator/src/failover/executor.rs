@@ -80,10 +80,6 @@ impl Executor {
         self.waits.lock().unwrap_or_else(|p| p.into_inner()).get(cluster).cloned().unwrap_or_default()
     }
 
-    pub fn lease(&self) -> LeaseConfig {
-        self.lease
-    }
-
     fn is_leader(&self) -> bool {
         self.node.status().role == Role::Leader
     }
@@ -333,9 +329,9 @@ fn args(d: &Decision, step: &Step, t: &Topology) -> BTreeMap<String, String> {
     a.insert("primary_port".into(), port);
     a.insert("old_primary".into(), d.from.clone());
     a.insert("old_primary_address".into(), address(&d.from));
-    a.insert("slot".into(), slot_name(&step.member));
+    a.insert("slot".into(), drc_proto::slot_name(&step.member));
     let others: Vec<String> =
-        t.members.iter().filter(|(id, m)| m.cluster == d.cluster && **id != d.to).map(|(id, _)| slot_name(id)).collect();
+        t.members.iter().filter(|(id, m)| m.cluster == d.cluster && **id != d.to).map(|(id, _)| drc_proto::slot_name(id)).collect();
     a.insert("slots".into(), others.join(","));
     let fenced = d.steps.iter().any(|s| (s.action == "fence" || s.action == "demote") && s.state == StepState::Done);
     a.insert("old_primary_fenced".into(), fenced.to_string());
@@ -345,10 +341,4 @@ fn args(d: &Decision, step: &Step, t: &Topology) -> BTreeMap<String, String> {
         a.insert("position".into(), target.unwrap_or_default());
     }
     a
-}
-
-/// The replication slot a member streams from on the primary.
-pub fn slot_name(member: &str) -> String {
-    let clean: String = member.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    format!("drc_{clean}")
 }
