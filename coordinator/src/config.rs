@@ -7,9 +7,12 @@
 //! listen = "10.0.1.5:7400"
 //! data_dir = "/var/lib/drc"
 //!
+//! raft_listen = "10.0.1.5:7401"   # optional: Raft on its own listener and thread
+//!
 //! [[peers]]
 //! id = 1
 //! address = "10.0.1.5:7400"
+//! raft_address = "10.0.1.5:7401"  # peers need it only when that node sets raft_listen
 //! [[peers]]
 //! id = 2
 //! address = "10.1.1.5:7400"
@@ -33,6 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::state::NodeAddress;
 use crate::topology::parse::valid_address;
 
 /// One coordinator of the Raft group.
@@ -40,7 +44,11 @@ use crate::topology::parse::valid_address;
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     pub id: u64,
+    /// Where the node takes client requests (agents, drctl, forwarded calls).
     pub address: String,
+    /// Where the node takes Raft messages, when it serves them apart.
+    #[serde(default)]
+    pub raft_address: Option<String>,
 }
 
 /// Raft timing and log management.
@@ -99,6 +107,14 @@ pub struct CoordinatorConfig {
     /// The address other nodes and clients use to reach this node; defaults to `listen`.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// Where this node serves Raft traffic on a listener (and thread) of its
+    /// own, so that thousands of agent connections never delay heartbeats.
+    /// Unset: Raft shares `listen`.
+    #[serde(default)]
+    pub raft_listen: Option<String>,
+    /// The address peers use for Raft traffic; defaults to `raft_listen`.
+    #[serde(default)]
+    pub raft_advertise: Option<String>,
     pub data_dir: PathBuf,
     /// True for a node that will be added to a running cluster with
     /// `drctl members add`: it starts without a configuration of its own.
@@ -130,9 +146,19 @@ impl CoordinatorConfig {
         self.advertise.as_deref().unwrap_or(&self.listen)
     }
 
-    /// The founding membership (id → address), or `None` for a joining node.
-    pub fn founders(&self) -> Option<BTreeMap<u64, String>> {
-        (!self.join).then(|| self.peers.iter().map(|p| (p.id, p.address.clone())).collect())
+    /// This node's own addresses, as the membership records them.
+    pub fn own_address(&self) -> NodeAddress {
+        NodeAddress { client: self.advertise().to_string(), raft: self.raft_advertise.clone().or_else(|| self.raft_listen.clone()) }
+    }
+
+    /// Every configured peer's addresses, by id.
+    pub fn peer_addresses(&self) -> BTreeMap<u64, NodeAddress> {
+        self.peers.iter().map(|p| (p.id, NodeAddress { client: p.address.clone(), raft: p.raft_address.clone() })).collect()
+    }
+
+    /// The founding membership (id → addresses), or `None` for a joining node.
+    pub fn founders(&self) -> Option<BTreeMap<u64, NodeAddress>> {
+        (!self.join).then(|| self.peer_addresses())
     }
 
     /// Checks everything that can be checked without touching the network.
@@ -150,10 +176,18 @@ impl CoordinatorConfig {
         if !valid_address(&self.listen) {
             p.push(format!("listen: invalid address {:?}, expected host:port", self.listen));
         }
-        if let Some(a) = &self.advertise {
-            if !valid_address(a) {
-                p.push(format!("advertise: invalid address {a:?}, expected host:port"));
+        for (key, value) in [("advertise", &self.advertise), ("raft_listen", &self.raft_listen), ("raft_advertise", &self.raft_advertise)] {
+            if let Some(a) = value {
+                if !valid_address(a) {
+                    p.push(format!("{key}: invalid address {a:?}, expected host:port"));
+                }
             }
+        }
+        if self.raft_advertise.is_some() && self.raft_listen.is_none() {
+            p.push("raft_advertise: set without raft_listen".to_string());
+        }
+        if self.raft_listen.is_some() && self.raft_listen == Some(self.listen.clone()) {
+            p.push("raft_listen: must differ from listen (leave it unset to share the listener)".to_string());
         }
         if self.data_dir.as_os_str().is_empty() {
             p.push("data_dir: must not be empty".to_string());
@@ -169,6 +203,9 @@ impl CoordinatorConfig {
             if !valid_address(&peer.address) {
                 p.push(format!("peers[{i}].address: invalid address {:?}, expected host:port", peer.address));
             }
+            if let Some(a) = peer.raft_address.as_ref().filter(|a| !valid_address(a)) {
+                p.push(format!("peers[{i}].raft_address: invalid address {a:?}, expected host:port"));
+            }
         }
         if !self.join {
             match self.peers.iter().find(|peer| peer.id == self.node_id) {
@@ -176,6 +213,11 @@ impl CoordinatorConfig {
                 Some(me) if me.address != self.advertise() => {
                     p.push(format!("peers: this node's entry says {:?} but it advertises {:?}", me.address, self.advertise()))
                 }
+                Some(me) if me.raft_address != self.own_address().raft => p.push(format!(
+                    "peers: this node's entry has raft_address {:?} but it serves raft at {:?}",
+                    me.raft_address,
+                    self.own_address().raft
+                )),
                 Some(_) => {}
             }
         }
@@ -227,5 +269,33 @@ mod tests {
         .expect("parses");
         let e = c.validate().expect_err("invalid").0;
         assert!(e.len() >= 5, "{e:?}");
+    }
+
+    #[test]
+    fn a_separate_raft_listener_is_checked_against_this_nodes_peer_entry() {
+        let base = "cluster_id='x'\nnode_id=1\nlisten='127.0.0.1:1'\ndata_dir='/tmp/x'\n";
+        let ok = format!("{base}raft_listen='127.0.0.1:2'\n[[peers]]\nid=1\naddress='127.0.0.1:1'\nraft_address='127.0.0.1:2'\n");
+        let c = CoordinatorConfig::from_toml(&ok).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.own_address(), NodeAddress { client: "127.0.0.1:1".into(), raft: Some("127.0.0.1:2".into()) });
+        assert_eq!(c.founders().expect("founders")[&1], c.own_address());
+
+        let missing = format!("{base}raft_listen='127.0.0.1:2'\n[[peers]]\nid=1\naddress='127.0.0.1:1'\n");
+        let e = CoordinatorConfig::from_toml(&missing).expect("parses").validate().expect_err("mismatch").to_string();
+        assert!(e.contains("raft_address"), "{e}");
+        let same = format!("{base}raft_listen='127.0.0.1:1'\n[[peers]]\nid=1\naddress='127.0.0.1:1'\nraft_address='127.0.0.1:1'\n");
+        let e = CoordinatorConfig::from_toml(&same).expect("parses").validate().expect_err("same port").to_string();
+        assert!(e.contains("must differ from listen"), "{e}");
+    }
+
+    #[test]
+    fn node_addresses_read_the_older_bare_form_and_round_trip_through_a_conf_change() {
+        let old: BTreeMap<u64, NodeAddress> = serde_json::from_str(r#"{"1":"a:1"}"#).expect("bare");
+        assert_eq!(old[&1], NodeAddress::shared("a:1"));
+        let split = NodeAddress { client: "a:1".into(), raft: Some("a:2".into()) };
+        assert_eq!(NodeAddress::from_context(&split.to_context()), split);
+        assert_eq!(NodeAddress::from_context(b"a:1"), NodeAddress::shared("a:1"));
+        assert_eq!(split.raft(), "a:2");
+        assert_eq!(NodeAddress::shared("a:1").raft(), "a:1");
     }
 }

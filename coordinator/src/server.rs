@@ -26,9 +26,12 @@ use crate::raft::RaftStore;
 
 /// Runs the Raft node on a dedicated OS thread with its own single-threaded
 /// runtime, isolated from the API load on the main runtime. Its outbound
-/// transport workers run there too.
+/// transport workers run there too, and so does the inbound Raft server when
+/// it has a listener of its own (`raft_listen`): then no agent or admin
+/// connection shares a socket or a scheduler with heartbeats.
 fn spawn_node_thread(
     node: Node,
+    raft_server: Option<(std::net::TcpListener, Arc<Transport>)>,
     cancel: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), crate::raft::StorageError>>> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the raft runtime")?;
@@ -36,11 +39,51 @@ fn spawn_node_thread(
     std::thread::Builder::new()
         .name("raft-node".into())
         .spawn(move || {
-            let result = runtime.block_on(node.run(cancel));
+            let result = runtime.block_on(async move {
+                if let Some((listener, transport)) = raft_server {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let server_cancel = cancel.clone();
+                            let server = tonic::transport::Server::builder()
+                                .add_service(raft_service(transport))
+                                .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+                                    server_cancel.cancelled().await
+                                });
+                            tokio::spawn(async move {
+                                if let Err(e) = server.await {
+                                    tracing::error!("raft listener failed: {e}");
+                                }
+                            });
+                        }
+                        Err(e) => tracing::error!("raft listener unusable: {e}"),
+                    }
+                }
+                node.run(cancel).await
+            });
             let _ = done_tx.send(result);
         })
         .context("starting the raft thread")?;
     Ok(tokio::spawn(async move { done_rx.await.unwrap_or(Ok(())) }))
+}
+
+type RaftServer = InterceptedService<RaftTransportServer<RaftService>, fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>>;
+
+fn raft_service(transport: Arc<Transport>) -> RaftServer {
+    InterceptedService::new(
+        RaftTransportServer::new(RaftService::new(transport))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        authenticate,
+    )
+}
+
+fn bind_error(address: &str, e: std::io::Error) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            anyhow::anyhow!("cannot listen on {address}: the address is already in use (is another coordinator running?)")
+        }
+        _ => anyhow::anyhow!("cannot listen on {address}: {e}"),
+    }
 }
 
 /// How often the leader re-evaluates member health when no sample arrives.
@@ -51,18 +94,22 @@ const HEALTH_REFRESH: std::time::Duration = std::time::Duration::from_millis(200
 /// dir belongs to another node or cluster.
 pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     cfg.validate()?;
-    let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => {
-            anyhow::anyhow!("cannot listen on {}: the address is already in use (is another coordinator running?)", cfg.listen)
+    let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| bind_error(&cfg.listen, e))?;
+    let raft_listener = match &cfg.raft_listen {
+        Some(address) => {
+            let l = std::net::TcpListener::bind(address).map_err(|e| bind_error(address, e))?;
+            l.set_nonblocking(true).context("raft listener")?;
+            Some(l)
         }
-        _ => anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen),
-    })?;
+        None => None,
+    };
     let founders = cfg.founders();
     let store = RaftStore::open(&cfg.data_dir, &cfg.cluster_id, cfg.node_id, founders.as_ref())?;
 
     let (node_tx, node_rx) = mpsc::channel(INPUT_CAPACITY);
-    let transport = Transport::new(cfg.cluster_id.clone(), cfg.node_id, cfg.advertise().to_string(), node_tx.clone(), cancel.child_token());
-    transport.merge_addresses(&cfg.peers.iter().map(|p| (p.id, p.address.clone())).collect());
+    let own = cfg.own_address();
+    let transport = Transport::new(cfg.cluster_id.clone(), cfg.node_id, own.raft().to_string(), node_tx.clone(), cancel.child_token());
+    transport.merge_addresses(&cfg.peer_addresses());
     let node_cfg = NodeConfig {
         id: cfg.node_id,
         tick_interval: cfg.raft.tick_interval,
@@ -83,7 +130,7 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     );
 
     let node_cancel = cancel.child_token();
-    let node_task = spawn_node_thread(node, node_cancel.clone())?;
+    let node_task = spawn_node_thread(node, raft_listener.map(|l| (l, Arc::clone(&transport))), node_cancel.clone())?;
 
     let health = Arc::new(HealthBoard::new());
     tokio::spawn(run_monitor(Arc::clone(&health), handle.clone(), HEALTH_REFRESH, cancel.child_token()));
@@ -95,12 +142,9 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
         AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&health), cfg.raft.write_timeout, Arc::clone(&executor));
     let admin = AdminServiceServer::with_interceptor(admin_api, authenticate);
     let agent = AgentServiceServer::with_interceptor(AgentApi::new(handle.clone(), Arc::clone(&transport), health), authenticate);
-    let raft = InterceptedService::new(
-        RaftTransportServer::new(RaftService::new(Arc::clone(&transport)))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        authenticate,
-    );
+    // Raft also stays on the shared listener when it has its own, so that a
+    // peer configured with only the client address still reaches it.
+    let raft = raft_service(Arc::clone(&transport));
 
     let server_cancel = cancel.clone();
     let server = tonic::transport::Server::builder().add_service(raft).add_service(agent).add_service(admin).serve_with_incoming_shutdown(

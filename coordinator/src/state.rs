@@ -63,14 +63,71 @@ pub enum Outcome {
     Done,
 }
 
+/// Where a coordinator is reached: clients (agents, drctl, other
+/// coordinators forwarding admin requests) use `client`; Raft traffic goes to
+/// `raft` when the node serves it on a listener of its own, so that heartbeats
+/// never queue behind thousands of agent connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "NodeAddressRepr")]
+pub struct NodeAddress {
+    pub client: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<String>,
+}
+
+/// Accepts the older form, a bare client address.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NodeAddressRepr {
+    Bare(String),
+    Full {
+        client: String,
+        #[serde(default)]
+        raft: Option<String>,
+    },
+}
+
+impl From<NodeAddressRepr> for NodeAddress {
+    fn from(r: NodeAddressRepr) -> Self {
+        match r {
+            NodeAddressRepr::Bare(client) => NodeAddress { client, raft: None },
+            NodeAddressRepr::Full { client, raft } => NodeAddress { client, raft },
+        }
+    }
+}
+
+impl NodeAddress {
+    pub fn shared(client: impl Into<String>) -> Self {
+        NodeAddress { client: client.into(), raft: None }
+    }
+
+    /// Where this node takes Raft messages.
+    pub fn raft(&self) -> &str {
+        self.raft.as_deref().unwrap_or(&self.client)
+    }
+
+    /// The bytes carried in a conf change's context.
+    pub fn to_context(&self) -> Vec<u8> {
+        match &self.raft {
+            None => self.client.clone().into_bytes(),
+            Some(_) => serde_json::to_vec(self).unwrap_or_default(),
+        }
+    }
+
+    /// Reads [`NodeAddress::to_context`]: JSON, or a bare client address.
+    pub fn from_context(bytes: &[u8]) -> Self {
+        serde_json::from_slice(bytes).unwrap_or_else(|_| NodeAddress::shared(String::from_utf8_lossy(bytes).into_owned()))
+    }
+}
+
 /// The replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateMachine {
     pub topology: Topology,
     /// Bumped each time the topology actually changes.
     pub topology_version: u64,
-    /// Address of every coordinator node in the Raft configuration, by id.
-    pub nodes: BTreeMap<u64, String>,
+    /// Addresses of every coordinator node in the Raft configuration, by id.
+    pub nodes: BTreeMap<u64, NodeAddress>,
     /// Primary, epoch and failover state of every cluster.
     #[serde(default)]
     pub records: BTreeMap<String, ClusterRecord>,
@@ -85,7 +142,7 @@ pub struct StateMachine {
 impl StateMachine {
     /// The state a brand-new cluster starts from: its founding nodes and
     /// nothing else. Every founding node computes the same value.
-    pub fn bootstrap(nodes: &BTreeMap<u64, String>) -> Self {
+    pub fn bootstrap(nodes: &BTreeMap<u64, NodeAddress>) -> Self {
         StateMachine { nodes: nodes.clone(), ..Default::default() }
     }
 
@@ -223,7 +280,7 @@ impl StateMachine {
     }
 
     /// Records a node joining (with its address) or leaving the Raft group.
-    pub fn apply_membership(&mut self, id: u64, address: Option<String>) {
+    pub fn apply_membership(&mut self, id: u64, address: Option<NodeAddress>) {
         match address {
             Some(a) => {
                 self.nodes.insert(id, a);
@@ -260,15 +317,15 @@ mod tests {
         let once = sm.clone();
         assert_eq!(sm.apply(cmd), Outcome::Topology { version: 1 });
         assert_eq!(sm, once);
-        sm.apply_membership(4, Some("h:1".into()));
+        sm.apply_membership(4, Some(NodeAddress::shared("h:1")));
         let once = sm.clone();
-        sm.apply_membership(4, Some("h:1".into()));
+        sm.apply_membership(4, Some(NodeAddress::shared("h:1")));
         assert_eq!(sm, once);
     }
 
     #[test]
     fn encodes_and_decodes() {
-        let mut sm = StateMachine::bootstrap(&BTreeMap::from([(1, "a:1".to_string())]));
+        let mut sm = StateMachine::bootstrap(&BTreeMap::from([(1, NodeAddress::shared("a:1"))]));
         sm.topology_version = 3;
         assert_eq!(StateMachine::decode(&sm.encode()).expect("decodes"), sm);
     }

@@ -90,6 +90,8 @@ impl Default for ClusterOpts {
 pub struct Node {
     pub id: u64,
     pub address: String,
+    /// The node's own Raft listener, if it has one.
+    pub raft_address: Option<String>,
     pub data_dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -111,6 +113,13 @@ impl Node {
     }
 }
 
+/// A node's addresses in the configuration files.
+struct Peer {
+    id: u64,
+    address: String,
+    raft_address: Option<String>,
+}
+
 /// A coordinator cluster on loopback in a temporary directory.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -125,9 +134,13 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("drc-test-").tempdir()?;
         let cluster_id = format!("test-{}", dir.path().file_name().and_then(|n| n.to_str()).unwrap_or("x").trim_start_matches("drc-test-"));
         let mut c = Cluster { dir, cluster_id, opts, nodes: BTreeMap::new() };
-        let peers: Vec<(u64, String)> = (1..=c.opts.nodes).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
-        for (id, address) in &peers {
-            c.add_node_config(*id, address, &peers, false)?;
+        // Founders serve Raft on a listener of their own (as production
+        // deployments with many agents should); a joiner shares its listener.
+        let peers: Vec<Peer> = (1..=c.opts.nodes)
+            .map(|id| Peer { id, address: format!("127.0.0.1:{}", free_port()), raft_address: Some(format!("127.0.0.1:{}", free_port())) })
+            .collect();
+        for p in &peers {
+            c.add_node_config(p, &peers, false)?;
         }
         for id in 1..=c.opts.nodes {
             c.spawn(id)?;
@@ -136,7 +149,8 @@ impl Cluster {
         Ok(c)
     }
 
-    fn add_node_config(&mut self, id: u64, address: &str, peers: &[(u64, String)], join: bool) -> anyhow::Result<()> {
+    fn add_node_config(&mut self, me: &Peer, peers: &[Peer], join: bool) -> anyhow::Result<()> {
+        let (id, address) = (me.id, me.address.as_str());
         let data_dir = self.dir.path().join(format!("node{id}"));
         let config = self.dir.path().join(format!("node{id}.toml"));
         let log = self.dir.path().join(format!("node{id}.log"));
@@ -145,15 +159,24 @@ impl Cluster {
             self.cluster_id,
             data_dir.display().to_string()
         );
-        for (pid, paddr) in peers {
-            text.push_str(&format!("\n[[peers]]\nid = {pid}\naddress = {paddr:?}\n"));
+        if let Some(raft) = &me.raft_address {
+            text.push_str(&format!("raft_listen = {raft:?}\n"));
+        }
+        for p in peers {
+            text.push_str(&format!("\n[[peers]]\nid = {}\naddress = {:?}\n", p.id, p.address));
+            if let Some(raft) = &p.raft_address {
+                text.push_str(&format!("raft_address = {raft:?}\n"));
+            }
         }
         text.push_str(&format!(
             "\n[raft]\ntick_interval = {:?}\nsnapshot_entries = {}\nwrite_timeout = {:?}\n",
             self.opts.tick_interval, self.opts.snapshot_entries, self.opts.write_timeout
         ));
         fs::write(&config, text)?;
-        self.nodes.insert(id, Node { id, address: address.to_string(), data_dir, config, log, child: None });
+        self.nodes.insert(
+            id,
+            Node { id, address: address.to_string(), raft_address: me.raft_address.clone(), data_dir, config, log, child: None },
+        );
         Ok(())
     }
 
@@ -183,8 +206,9 @@ impl Cluster {
     /// Adds a new node started with `join = true` (not yet a member).
     pub fn spawn_joiner(&mut self, id: u64) -> anyhow::Result<String> {
         let address = format!("127.0.0.1:{}", free_port());
-        let peers: Vec<(u64, String)> = self.nodes.values().map(|n| (n.id, n.address.clone())).collect();
-        self.add_node_config(id, &address, &peers, true)?;
+        let peers: Vec<Peer> =
+            self.nodes.values().map(|n| Peer { id: n.id, address: n.address.clone(), raft_address: n.raft_address.clone() }).collect();
+        self.add_node_config(&Peer { id, address: address.clone(), raft_address: None }, &peers, true)?;
         self.spawn(id)?;
         Ok(address)
     }

@@ -30,7 +30,7 @@ use crate::health::HealthBoard;
 use super::forward::{admin_client, mark_forwarded, on_leader, route, Route};
 use crate::raft::transport::Transport;
 use crate::raft::{MembershipChange, NodeHandle, NodeStatus, ProposeError, Role};
-use crate::state::{Command, Outcome};
+use crate::state::{Command, NodeAddress, Outcome};
 use crate::topology::{diff::diff, parse::parse_topology, parse::valid_address, render::to_toml};
 
 /// How long `Status` waits for each other node.
@@ -357,13 +357,17 @@ impl AdminService for AdminApi {
         if !valid_address(&r.address) {
             return Err(Status::invalid_argument(format!("address: invalid address {:?}, expected host:port", r.address)));
         }
+        if !r.raft_address.is_empty() && !valid_address(&r.raft_address) {
+            return Err(Status::invalid_argument(format!("raft_address: invalid address {:?}, expected host:port", r.raft_address)));
+        }
         if let Some(answer) =
             on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.add_node(r).await }).await?
         {
             return Ok(answer);
         }
         let r = req.into_inner();
-        let outcome = self.node.change_membership(MembershipChange::Add { id: r.id, address: r.address }, self.write_timeout).await;
+        let address = NodeAddress { client: r.address, raft: Some(r.raft_address).filter(|a| !a.is_empty()) };
+        let outcome = self.node.change_membership(MembershipChange::Add { id: r.id, address }, self.write_timeout).await;
         membership_response(outcome.map_err(|e| self.explain(e))?, self.node.status().applied_index)
     }
 

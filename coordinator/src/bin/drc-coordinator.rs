@@ -24,10 +24,15 @@ struct Args {
     /// host:port other nodes use to reach this one (default: --listen).
     #[arg(long)]
     advertise: Option<String>,
+    /// host:port to serve Raft on, apart from clients (default: share --listen).
+    #[arg(long)]
+    raft_listen: Option<String>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// A founding peer as ID=HOST:PORT; repeat for each (replaces the file's list).
-    #[arg(long = "peer", value_name = "ID=HOST:PORT")]
+    /// A founding peer (or, with --join, a node of the running cluster);
+    /// `@RAFT_HOST:PORT` when that node serves Raft on its own listener.
+    /// Repeat for each (replaces the file's list).
+    #[arg(long = "peer", value_name = "ID=HOST:PORT[@RAFT_HOST:PORT]")]
     peers: Vec<String>,
     /// Start without a configuration, to be added with `drctl members add`.
     #[arg(long)]
@@ -45,6 +50,8 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
             node_id: 0,
             listen: String::new(),
             advertise: None,
+            raft_listen: None,
+            raft_advertise: None,
             data_dir: PathBuf::new(),
             join: false,
             peers: Vec::new(),
@@ -64,6 +71,9 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
     if let Some(v) = args.advertise {
         cfg.advertise = Some(v);
     }
+    if let Some(v) = args.raft_listen {
+        cfg.raft_listen = Some(v);
+    }
     if let Some(v) = args.data_dir {
         cfg.data_dir = v;
     }
@@ -77,7 +87,11 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
             .map(|p| {
                 let (id, address) = p.split_once('=').ok_or_else(|| anyhow::anyhow!("--peer {p:?}: expected ID=HOST:PORT"))?;
                 let id = id.parse().map_err(|_| anyhow::anyhow!("--peer {p:?}: {id:?} is not a node id"))?;
-                Ok(PeerConfig { id, address: address.to_string() })
+                let (address, raft_address) = match address.split_once('@') {
+                    Some((client, raft)) => (client, Some(raft.to_string())),
+                    None => (address, None),
+                };
+                Ok(PeerConfig { id, address: address.to_string(), raft_address })
             })
             .collect::<anyhow::Result<_>>()?;
     }

@@ -123,6 +123,9 @@ pub enum MembersCommand {
         /// host:port the new node listens on.
         #[arg(long)]
         address: String,
+        /// host:port of its separate Raft listener, if it has one (raft_listen).
+        #[arg(long)]
+        raft_address: Option<String>,
     },
     /// Remove a coordinator node from the Raft group.
     Remove {
@@ -402,8 +405,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     print!("{}", nodes_table(&r.nodes, leader));
                 }
             }
-            MembersCommand::Add { id, address } => {
-                let r = client.add_node(AddNodeRequest { id, address: address.clone() }).await.map_err(status_err)?.into_inner();
+            MembersCommand::Add { id, address, raft_address } => {
+                let request = AddNodeRequest { id, address: address.clone(), raft_address: raft_address.unwrap_or_default() };
+                let r = client.add_node(request).await.map_err(status_err)?.into_inner();
                 if json_out {
                     println!(
                         "{}",

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::logger::raft_logger;
 use super::storage::{RaftStore, StorageError};
 use super::transport::Transport;
-use crate::state::{Command, Outcome};
+use crate::state::{Command, NodeAddress, Outcome};
 
 /// Tuning of the Raft node.
 #[derive(Clone, Debug)]
@@ -66,7 +66,7 @@ pub enum ProposeError {
 /// One membership change; raft-rs allows one at a time.
 #[derive(Clone, Debug)]
 pub enum MembershipChange {
-    Add { id: u64, address: String },
+    Add { id: u64, address: NodeAddress },
     Remove { id: u64 },
 }
 
@@ -298,7 +298,7 @@ impl Node {
                         }
                         cc.set_change_type(ConfChangeType::AddNode);
                         cc.node_id = *id;
-                        address.clone().into_bytes()
+                        address.to_context()
                     }
                     MembershipChange::Remove { id } => {
                         if !voters.contains(id) {
@@ -484,7 +484,7 @@ struct DecodedChange {
     v1: Option<ConfChange>,
     v2: Option<ConfChangeV2>,
     id: u64,
-    address: Option<String>,
+    address: Option<NodeAddress>,
 }
 
 fn decode_conf_change(e: &Entry) -> Result<DecodedChange, protobuf::ProtobufError> {
@@ -492,12 +492,12 @@ fn decode_conf_change(e: &Entry) -> Result<DecodedChange, protobuf::ProtobufErro
         let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
         let (id, add) =
             cc.get_changes().first().map(|c| (c.node_id, c.get_change_type() != ConfChangeType::RemoveNode)).unwrap_or((0, false));
-        let address = add.then(|| String::from_utf8_lossy(&cc.context).into_owned());
+        let address = add.then(|| NodeAddress::from_context(&cc.context));
         return Ok(DecodedChange { v1: None, v2: Some(cc), id, address });
     }
     let cc = ConfChange::parse_from_bytes(&e.data)?;
     let id = cc.node_id;
-    let address = (cc.get_change_type() != ConfChangeType::RemoveNode).then(|| String::from_utf8_lossy(&cc.context).into_owned());
+    let address = (cc.get_change_type() != ConfChangeType::RemoveNode).then(|| NodeAddress::from_context(&cc.context));
     Ok(DecodedChange { v1: Some(cc), v2: None, id, address })
 }
 

@@ -34,7 +34,7 @@ use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::state::StateMachine;
+use crate::state::{NodeAddress, StateMachine};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -143,7 +143,7 @@ impl RaftStore {
     /// node that will be added later (`founders == None`) starts with no
     /// configuration and waits for the leader's snapshot. An existing dir
     /// must carry the same identity.
-    pub fn open(dir: &Path, cluster_id: &str, node_id: u64, founders: Option<&BTreeMap<u64, String>>) -> Result<Self, StorageError> {
+    pub fn open(dir: &Path, cluster_id: &str, node_id: u64, founders: Option<&BTreeMap<u64, NodeAddress>>) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::Db { dir: dir.to_path_buf(), source: Box::new(e) })?;
         let path = dir.join("raft.redb");
         let db = match Database::create(&path) {
@@ -195,7 +195,7 @@ impl RaftStore {
     /// [`BOOTSTRAP_INDEX`] holding the founding membership: because that state
     /// is not in the log, a node added later cannot rebuild it from entries
     /// and always receives a snapshot first (as TiKV does).
-    fn initialise(&self, identity: &Identity, founders: Option<&BTreeMap<u64, String>>) -> Result<(), StorageError> {
+    fn initialise(&self, identity: &Identity, founders: Option<&BTreeMap<u64, NodeAddress>>) -> Result<(), StorageError> {
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
@@ -503,8 +503,8 @@ mod tests {
         Entry { index, term, ..Default::default() }
     }
 
-    fn founders() -> BTreeMap<u64, String> {
-        BTreeMap::from([(1, "a:1".to_string()), (2, "b:1".to_string()), (3, "c:1".to_string())])
+    fn founders() -> BTreeMap<u64, NodeAddress> {
+        BTreeMap::from([(1, NodeAddress::shared("a:1")), (2, NodeAddress::shared("b:1")), (3, NodeAddress::shared("c:1"))])
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 use super::node::NodeInput;
+use crate::state::NodeAddress;
 
 const PEER_QUEUE: usize = 1024;
 const MAX_BATCH: usize = 256;
@@ -39,7 +40,10 @@ pub struct Transport {
     cluster_id: String,
     self_id: u64,
     self_address: String,
+    /// Where peers take Raft messages.
     addresses: RwLock<BTreeMap<u64, String>>,
+    /// Where peers take client requests (redirects, forwarded admin calls).
+    clients: RwLock<BTreeMap<u64, String>>,
     peers: Mutex<HashMap<u64, Peer>>,
     node: mpsc::Sender<NodeInput>,
     cancel: CancellationToken,
@@ -58,6 +62,7 @@ impl Transport {
             self_id,
             self_address,
             addresses: RwLock::new(BTreeMap::new()),
+            clients: RwLock::new(BTreeMap::new()),
             peers: Mutex::new(HashMap::new()),
             node,
             cancel,
@@ -66,16 +71,18 @@ impl Transport {
 
     /// Adds or updates peer addresses (from the replicated membership or from
     /// configuration hints).
-    pub fn merge_addresses(&self, nodes: &BTreeMap<u64, String>) {
+    pub fn merge_addresses(&self, nodes: &BTreeMap<u64, NodeAddress>) {
         let mut book = self.addresses.write().unwrap_or_else(|p| p.into_inner());
+        let mut clients = self.clients.write().unwrap_or_else(|p| p.into_inner());
         for (id, addr) in nodes {
-            if !addr.is_empty() {
-                book.insert(*id, addr.clone());
+            if !addr.client.is_empty() {
+                book.insert(*id, addr.raft().to_string());
+                clients.insert(*id, addr.client.clone());
             }
         }
     }
 
-    /// Learns the address of a peer from its own messages, unless the
+    /// Learns the Raft address of a peer from its own messages, unless the
     /// replicated membership already says where it is.
     pub fn learn_address(&self, id: u64, address: &str) {
         if id == 0 || address.is_empty() {
@@ -85,12 +92,13 @@ impl Transport {
         book.entry(id).or_insert_with(|| address.to_string());
     }
 
+    /// Where node `id` takes client requests.
     pub fn address_of(&self, id: u64) -> Option<String> {
-        self.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+        self.clients.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
-    pub fn addresses(&self) -> BTreeMap<u64, String> {
-        self.addresses.read().unwrap_or_else(|p| p.into_inner()).clone()
+    fn raft_address_of(&self, id: u64) -> Option<String> {
+        self.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
     /// Queues messages for their peers; never blocks.
@@ -100,7 +108,7 @@ impl Transport {
             if to == self.self_id {
                 continue;
             }
-            let Some(address) = self.address_of(to) else {
+            let Some(address) = self.raft_address_of(to) else {
                 tracing::debug!(to, "no address for raft peer; message dropped");
                 continue;
             };

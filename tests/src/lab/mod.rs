@@ -33,6 +33,9 @@ pub struct CoordinatorInfo {
     pub region: String,
     /// host:port of its gRPC (admin) endpoint.
     pub endpoint: String,
+    /// host:port where it takes Raft messages from its peers.
+    #[serde(default)]
+    pub raft_endpoint: String,
     pub pid: u32,
     pub data_dir: PathBuf,
     pub config: PathBuf,
@@ -221,15 +224,20 @@ impl Lab {
 
     fn start_coordinators(&mut self) -> anyhow::Result<()> {
         let addrs: Vec<String> = REGIONS.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let raft: Vec<String> = REGIONS.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
         for (i, region) in REGIONS.iter().enumerate() {
             let id = i as u64 + 1;
             let data_dir = self.info.dir.join(format!("coordinator-{region}"));
             let config = self.info.dir.join(format!("coordinator-{region}.toml"));
             let log = self.info.dir.join(format!("coordinator-{region}.log"));
-            let mut text =
-                format!("cluster_id = \"lab\"\nnode_id = {id}\nlisten = {:?}\ndata_dir = {:?}\n", addrs[i], data_dir.display().to_string());
-            for (j, a) in addrs.iter().enumerate() {
-                text.push_str(&format!("[[peers]]\nid = {}\naddress = {a:?}\n", j + 1));
+            let mut text = format!(
+                "cluster_id = \"lab\"\nnode_id = {id}\nlisten = {:?}\nraft_listen = {:?}\ndata_dir = {:?}\n",
+                addrs[i],
+                raft[i],
+                data_dir.display().to_string()
+            );
+            for (j, (a, r)) in addrs.iter().zip(&raft).enumerate() {
+                text.push_str(&format!("[[peers]]\nid = {}\naddress = {a:?}\nraft_address = {r:?}\n", j + 1));
             }
             fs::write(&config, text)?;
             let pid = spawn_detached(Command::new(bin("drc-coordinator")).arg("--config").arg(&config), &log)?;
@@ -237,6 +245,7 @@ impl Lab {
                 id,
                 region: region.to_string(),
                 endpoint: addrs[i].clone(),
+                raft_endpoint: raft[i].clone(),
                 pid,
                 data_dir,
                 config,
