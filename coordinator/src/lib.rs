@@ -9,12 +9,14 @@
 //! * [`api`] — the gRPC services.
 //! * [`server`] — how one coordinator process is put together.
 //! * [`cli`] — drctl.
+//! * [`proxy`] — drc-proxy, a TCP forwarder that follows the primary.
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod failover;
 pub mod health;
+pub mod proxy;
 pub mod raft;
 pub mod server;
 pub mod state;

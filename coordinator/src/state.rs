@@ -279,6 +279,23 @@ impl StateMachine {
         Outcome::Done
     }
 
+    /// The member clients may write to: the recorded primary, except while a
+    /// decision that changes it has not promoted its candidate yet (then
+    /// `None`: the old primary is being fenced and the new one is not
+    /// writable). With the cluster's epoch; `None` for an unknown cluster.
+    pub fn published_primary(&self, cluster: &str) -> Option<(u64, Option<String>)> {
+        if !self.topology.clusters.contains_key(cluster) {
+            return None;
+        }
+        let Some(rec) = self.records.get(cluster) else { return Some((0, None)) };
+        let promoting = rec
+            .in_progress
+            .and_then(|id| self.history.get(&id))
+            .is_some_and(|d| d.to == rec.primary && d.steps.iter().any(|s| s.action == "promote" && s.state != StepState::Done));
+        let member = (!promoting && !rec.primary.is_empty()).then(|| rec.primary.clone());
+        Some((rec.epoch, member))
+    }
+
     /// Records a node joining (with its address) or leaving the Raft group.
     pub fn apply_membership(&mut self, id: u64, address: Option<NodeAddress>) {
         match address {

@@ -35,14 +35,26 @@ fn dump(lab: &Lab, id: &str) {
     }
 }
 
+/// The pids of a postmaster's WAL senders.
+fn walsenders(postmaster: u32) -> Vec<u32> {
+    let out = std::process::Command::new("pgrep").args(["-P", &postmaster.to_string(), "-f", "walsender"]).output().expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// Runs SQL through the cluster's forwarder.
+fn via_forwarder(lab: &Lab, sql: &str) -> anyhow::Result<String> {
+    let port = lab.forwarder("app-pg")?.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
+    psql(port, sql)
+}
+
 #[test]
-fn a_killed_postgres_primary_is_replaced_and_redis_follows_it_to_the_same_region() {
+fn a_killed_postgres_primary_is_replaced_redis_follows_and_the_old_primary_rejoins_without_its_diverged_rows() {
     let (_dir, lab) = lab();
     let c = recorded(&lab, "app-pg", 1);
     assert_eq!(c["primary"], "pg-a", "{c}");
     recorded(&lab, "app-redis", 1);
     let pa = lab.member("pg-a").expect("pg-a").clone();
-    psql(pa.port, "CREATE TABLE acked (id int PRIMARY KEY); INSERT INTO acked SELECT generate_series(1, 100)").expect("rows");
+    via_forwarder(&lab, "CREATE TABLE acked (id int PRIMARY KEY); INSERT INTO acked SELECT generate_series(1, 100)").expect("rows");
     for standby in ["pg-b", "pg-c"] {
         let port = lab.member(standby).expect("standby").port;
         wait_for(&format!("{standby} to replay the rows"), LONG, || {
@@ -50,15 +62,29 @@ fn a_killed_postgres_primary_is_replaced_and_redis_follows_it_to_the_same_region
         })
         .expect("replicated");
     }
+    // Rows that only the old primary will ever have: its WAL senders are
+    // frozen before they are written, then the whole server dies.
+    let senders = walsenders(pa.pid);
+    assert_eq!(senders.len(), 2, "two standbys stream from pg-a");
+    for p in &senders {
+        signal(*p, libc::SIGSTOP);
+    }
+    psql(pa.port, "CREATE TABLE diverged (id int); INSERT INTO diverged VALUES (1)").expect("diverged rows");
 
     let killed = Instant::now();
     signal(pa.pid, libc::SIGKILL);
+    for p in &senders {
+        signal(*p, libc::SIGKILL);
+    }
     let c = recorded(&lab, "app-pg", 2);
     let new = c["primary"].as_str().expect("primary").to_string();
     assert_ne!(new, "pg-a");
+    wait_for("a write accepted through the forwarder", LONG, || via_forwarder(&lab, "INSERT INTO acked VALUES (101)").ok()).expect("write");
+    println!(
+        "failover: SIGKILL of pg-a's postmaster -> first write accepted through the forwarder (on {new}): {:.2} s",
+        killed.elapsed().as_secs_f64()
+    );
     let port = lab.member(&new).expect("new primary").port;
-    wait_for("the new primary to accept writes", LONG, || psql(port, "INSERT INTO acked VALUES (101)").ok()).expect("write");
-    println!("failover: SIGKILL of pg-a's postmaster -> first write accepted on {new}: {:.2} s", killed.elapsed().as_secs_f64());
     assert_eq!(psql(port, "SELECT count(*) FROM acked").expect("count"), "101", "no acknowledged row lost");
 
     // The other standby follows the new primary.
@@ -90,6 +116,21 @@ fn a_killed_postgres_primary_is_replaced_and_redis_follows_it_to_the_same_region
     let rport = lab.member(r["primary"].as_str().expect("primary")).expect("redis primary").port;
     wait_for("the new redis primary to accept writes", LONG, || cli(rport, &["SET", "after", "1"]).ok().filter(|o| o.contains("OK")))
         .expect("redis write");
+
+    // The old primary comes back as a replica of the new one through
+    // pg_rewind: its diverged table is gone and it replays new writes.
+    let rejoined =
+        wait_for("pg-a to rejoin as a replica", LONG, || (psql(pa.port, "SELECT pg_is_in_recovery()").ok()? == "t").then_some(()));
+    if rejoined.is_err() {
+        dump(&lab, "pg-a");
+        panic!("pg-a did not rejoin: {}", lab.drctl_json(&["history"]).map(|v| v.to_string()).unwrap_or_default());
+    }
+    psql(port, "INSERT INTO acked VALUES (102)").expect("write after rejoin");
+    wait_for("pg-a to replay the new primary's writes", LONG, || {
+        (psql(pa.port, "SELECT count(*) FROM acked").ok()? == "102").then_some(())
+    })
+    .expect("pg-a follows");
+    assert_eq!(psql(pa.port, "SELECT to_regclass('diverged') IS NULL").expect("diverged"), "t", "the diverged table is gone");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use drc_proto::{
     ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRequest, HealthRequest, HealthResponse, HistoryReply, HistoryRequest,
-    PauseReply, PauseRequest, SwitchoverRequest, WatchEvent, WatchRequest,
+    PauseReply, PauseRequest, PrimaryEndpoint, SwitchoverRequest, WatchEvent, WatchPrimaryRequest, WatchRequest,
 };
 
 use crate::failover::core::Request as FailoverAsk;
@@ -345,6 +345,39 @@ impl AdminService for AdminApi {
         Ok(Response::new(stream))
     }
 
+    type WatchPrimaryStream = Pin<Box<dyn Stream<Item = Result<PrimaryEndpoint, Status>> + Send>>;
+
+    async fn watch_primary(&self, req: Request<WatchPrimaryRequest>) -> Result<Response<Self::WatchPrimaryStream>, Status> {
+        let cluster = req.into_inner().cluster;
+        let node = self.node.clone();
+        let first = published(&node, &cluster).ok_or_else(|| Status::not_found(format!("unknown cluster {cluster:?}")))?;
+        let mut status = node.watch_status();
+        let stream = async_stream(move |tx: tokio::sync::mpsc::Sender<Result<PrimaryEndpoint, Status>>| async move {
+            let mut last = first;
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            // Every applied entry may change it; most do not.
+            loop {
+                tokio::select! {
+                    r = status.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+                let Some(now) = published(&node, &cluster) else {
+                    let _ = tx.send(Err(Status::not_found(format!("cluster {cluster:?} was removed from the topology")))).await;
+                    return;
+                };
+                if (now.epoch, &now.member, &now.address) != (last.epoch, &last.member, &last.address) {
+                    last = now;
+                    if tx.send(Ok(last.clone())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
     async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         Ok(Response::new(ListNodesResponse { nodes: self.all_statuses().await }))
     }
@@ -411,6 +444,24 @@ fn membership_response(outcome: Outcome, raft_index: u64) -> Result<Response<Mem
 }
 
 /// A stream fed by a task: `f` gets the sending half.
+/// A cluster's published primary on this node; `None` for an unknown cluster.
+fn published(node: &NodeHandle, cluster: &str) -> Option<PrimaryEndpoint> {
+    let status = node.status();
+    node.store().with_state(|sm| {
+        let (epoch, member) = sm.published_primary(cluster)?;
+        let decl = member.as_ref().and_then(|m| sm.topology.members.get(m));
+        Some(PrimaryEndpoint {
+            cluster: cluster.to_string(),
+            epoch,
+            member: member.clone().unwrap_or_default(),
+            address: decl.map(|m| m.address.clone()).unwrap_or_default(),
+            region: decl.map(|m| m.region.clone()).unwrap_or_default(),
+            node_id: status.id,
+            applied_index: status.applied_index,
+        })
+    })
+}
+
 fn async_stream<T, F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
 where
     T: Send + 'static,

@@ -8,6 +8,7 @@
 //! [`Lab::down`] (and dropping an owned [`Lab`]) stops every process listed in
 //! `lab.json` and leaves none behind.
 
+pub mod netcut;
 pub mod postgres;
 pub mod redis;
 
@@ -74,6 +75,17 @@ pub struct S3Info {
     pub log: PathBuf,
 }
 
+/// A TCP forwarder (`drc-proxy`) in `lab.json`: one stable address per
+/// cluster that follows the coordinators' `WatchPrimary`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwarderInfo {
+    pub cluster: String,
+    pub host: String,
+    pub port: u16,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
 /// What `drc-lab up` writes to `DIR/lab.json`. Field names are a contract
 /// for scripts: add, never rename or remove.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,6 +99,9 @@ pub struct LabInfo {
     /// S3-compatible servers (s3s-fs), one per region, each with its own
     /// credentials and bucket.
     pub s3: Vec<S3Info>,
+    /// One forwarder per cluster: clients connect here, not to a member.
+    #[serde(default)]
+    pub forwarders: Vec<ForwarderInfo>,
 }
 
 /// A running lab. Dropping it stops everything (unless [`Lab::detach`]ed).
@@ -187,6 +202,7 @@ impl Lab {
                 coordinators: Vec::new(),
                 members: Vec::new(),
                 s3: Vec::new(),
+                forwarders: Vec::new(),
             },
             owned: true,
         };
@@ -200,6 +216,8 @@ impl Lab {
         lab.start_agents()?;
         lab.write_info()?;
         lab.wait_healthy(Duration::from_secs(60))?;
+        lab.start_forwarders()?;
+        lab.write_info()?;
         Ok(lab)
     }
 
@@ -330,7 +348,22 @@ impl Lab {
 
     /// Writes an agent config for `m` and starts the agent.
     pub fn start_agent(&mut self, index: usize) -> anyhow::Result<()> {
+        self.start_agent_via(index, None)
+    }
+
+    /// Restarts member `id`'s agent so that it reaches its database through
+    /// `via` (host:port, e.g. a [`netcut::CuttableLink`]) instead of directly.
+    pub fn restart_agent_via(&mut self, id: &str, via: &str) -> anyhow::Result<()> {
+        let index = self.info.members.iter().position(|m| m.id == id).ok_or_else(|| anyhow!("no member {id}"))?;
+        stop_pid(self.info.members[index].agent_pid, Duration::from_secs(3));
+        self.start_agent_via(index, Some(via))?;
+        self.write_info()
+    }
+
+    fn start_agent_via(&mut self, index: usize, via: Option<&str>) -> anyhow::Result<()> {
         let m = &self.info.members[index];
+        let direct = format!("{}:{}", m.host, m.port);
+        let (host, port) = via.unwrap_or(&direct).rsplit_once(':').ok_or_else(|| anyhow!("bad address"))?;
         let config = self.info.dir.join(format!("agent-{}.toml", m.id));
         let log = self.info.dir.join(format!("agent-{}.log", m.id));
         let endpoints = self.info.coordinators.iter().map(|c| format!("{:?}", c.endpoint)).collect::<Vec<_>>().join(", ");
@@ -354,8 +387,8 @@ impl Lab {
             m.region,
             m.kind,
             self.info.dir.display().to_string(),
-            m.host,
-            m.port
+            host,
+            port
         );
         fs::write(&config, text)?;
         let pid = spawn_detached(Command::new(bin("drc-agent")).arg("--config").arg(&config), &log)?;
@@ -364,6 +397,27 @@ impl Lab {
         m.agent_config = config;
         m.agent_log = log;
         Ok(())
+    }
+
+    fn start_forwarders(&mut self) -> anyhow::Result<()> {
+        for cluster in [PG_CLUSTER, REDIS_CLUSTER] {
+            let port = free_port();
+            let log = self.info.dir.join(format!("forwarder-{cluster}.log"));
+            let mut cmd = Command::new(bin("drc-proxy"));
+            cmd.args(["--cluster", cluster, "--listen", &format!("127.0.0.1:{port}"), "--endpoints", &self.info.endpoints]);
+            let pid = spawn_detached(&mut cmd, &log)?;
+            self.info.forwarders.push(ForwarderInfo { cluster: cluster.into(), host: "127.0.0.1".into(), port, pid, log: log.clone() });
+            wait_for(&format!("the forwarder of {cluster} to know the primary"), Duration::from_secs(20), || {
+                fs::read_to_string(&log).ok().filter(|t| t.contains("primary is")).map(|_| ())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The forwarder of `cluster` as host:port.
+    pub fn forwarder(&self, cluster: &str) -> anyhow::Result<String> {
+        let f = self.info.forwarders.iter().find(|f| f.cluster == cluster).ok_or_else(|| anyhow!("no forwarder for {cluster}"))?;
+        Ok(format!("{}:{}", f.host, f.port))
     }
 
     fn start_agents(&mut self) -> anyhow::Result<()> {
@@ -418,6 +472,9 @@ impl Lab {
 
     /// Stops every process of the lab. Idempotent.
     pub fn down(&self) -> anyhow::Result<()> {
+        for f in &self.info.forwarders {
+            stop_pid(f.pid, Duration::from_secs(3));
+        }
         for m in &self.info.members {
             stop_pid(m.agent_pid, Duration::from_secs(3));
         }
@@ -459,6 +516,7 @@ impl Lab {
             p.push(m.pid);
         }
         p.extend(self.info.s3.iter().map(|s| s.pid));
+        p.extend(self.info.forwarders.iter().map(|f| f.pid));
         p.retain(|p| *p != 0);
         p
     }

@@ -1,0 +1,59 @@
+//! `drc-proxy`: a stable TCP address for a cluster's writable primary, which
+//! follows the coordinators' `WatchPrimary` (see `drc_coordinator::proxy`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// Forward TCP connections to the current primary of one cluster.
+#[derive(Parser, Debug)]
+#[command(name = "drc-proxy", version)]
+struct Args {
+    /// The cluster whose primary to follow.
+    #[arg(long)]
+    cluster: String,
+    /// host:port to accept client connections on.
+    #[arg(long)]
+    listen: String,
+    /// Coordinator addresses, comma-separated; the proxy follows all of them.
+    #[arg(long, env = "DRC_ENDPOINTS", value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    drc_coordinator::init_tracing("info,h2=warn,tower=warn,hyper=warn");
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("drc-proxy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        tracing::info!(cluster = %args.cluster, listen = %args.listen, "drc-proxy starting");
+        let cancel = CancellationToken::new();
+        let signals = cancel.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            signals.cancel();
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            term.recv().await;
+            stop.cancel();
+        });
+        drc_coordinator::proxy::run(listener, args.cluster, args.endpoints, cancel).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drc-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
