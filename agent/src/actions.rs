@@ -39,6 +39,11 @@ struct Known {
     primary: String,
     /// This member held a lease in `epoch`.
     held_lease: bool,
+    /// How many other members the lease said stream from this primary:
+    /// kept so that a restarted agent can still be vouched for (fail-static)
+    /// instead of fencing a healthy primary because it forgot the number.
+    #[serde(default)]
+    replicas: usize,
 }
 
 pub struct Actor {
@@ -64,9 +69,9 @@ impl Actor {
         // A lease held before a restart is treated as lapsed at once.
         Arc::new(Actor {
             cfg,
-            known: Mutex::new(known),
+            known: Mutex::new(known.clone()),
             lease_until: Mutex::new(None),
-            replicas: Mutex::new(0),
+            replicas: Mutex::new(known.replicas),
             link_up_at: Mutex::new(None),
             fenced: Mutex::new(false),
         })
@@ -127,10 +132,12 @@ impl Actor {
             if self.learn(cmd.epoch, &self.cfg.member_id) {
                 let ttl = args.get("ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(2_000);
                 *lock(&self.lease_until) = Some(Instant::now() + Duration::from_millis(ttl));
-                *lock(&self.replicas) = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);
+                let replicas = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);
+                *lock(&self.replicas) = replicas;
                 let mut k = lock(&self.known);
-                if !k.held_lease {
+                if !k.held_lease || k.replicas != replicas {
                     k.held_lease = true;
+                    k.replicas = replicas;
                     self.save(&k);
                 }
             }

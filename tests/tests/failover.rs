@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use drc_tests::lab::{postgres::psql, redis::cli, signal, Lab};
+use drc_tests::lab::{netcut::CuttableLink, postgres::psql, redis::cli, signal, Lab};
 use drc_tests::wait_for;
 use serde_json::Value;
 
@@ -156,4 +156,77 @@ fn pause_stops_automatic_failover_and_resume_lets_it_happen() {
     lab.drctl_json(&["resume", "--cluster", "app-pg"]).expect("resume");
     let c = recorded(&lab, "app-pg", 2);
     assert_ne!(c["primary"], "pg-a");
+}
+
+/// SIGKILLs a process and its children, as a machine dying would.
+fn kill_tree(pid: u32) {
+    let out = std::process::Command::new("pgrep").args(["-P", &pid.to_string()]).output().expect("pgrep");
+    signal(pid, libc::SIGKILL);
+    for child in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        signal(child, libc::SIGKILL);
+    }
+}
+
+/// Asserts for `quiet` that `cluster` stays at `epoch` with `primary`.
+fn stays(lab: &Lab, name: &str, epoch: u64, primary: &str, quiet: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < quiet {
+        if let Some(c) = cluster(lab, name) {
+            if c["epoch"] != epoch || c["primary"] != primary {
+                dump(lab, primary);
+                panic!("no failover expected: {c}\nhistory: {}", lab.drctl_json(&["history"]).map(|v| v.to_string()).unwrap_or_default());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_cut_agent_link_causes_no_failover_but_a_dead_region_moves_both_clusters_to_one_surviving_region() {
+    let (_dir, mut lab) = lab();
+    recorded(&lab, "app-pg", 1);
+    recorded(&lab, "app-redis", 1);
+    let pa = lab.member("pg-a").expect("pg-a").clone();
+    let link = CuttableLink::new(&format!("127.0.0.1:{}", pa.port)).expect("link");
+    lab.restart_agent_via("pg-a", &link.address).expect("agent through the link");
+    wait_for("pg-a's agent back through the link", LONG, || {
+        let h = lab.members_health().ok()?;
+        (h["pg-a"]["healthy"] == true && h["pg-a"]["agent_connected"] == true).then_some(())
+    })
+    .expect("healthy");
+
+    // Only the agent loses its database: every other region still reaches
+    // the primary, so nothing moves and the primary keeps taking writes.
+    link.cut();
+    wait_for("pg-a's agent to report its database unreachable", LONG, || {
+        (lab.members_health().ok()?["pg-a"]["healthy"] == false).then_some(())
+    })
+    .expect("unhealthy from its own agent");
+    stays(&lab, "app-pg", 1, "pg-a", Duration::from_secs(8));
+    psql(pa.port, "CREATE TABLE still_primary (id int)").expect("pg-a still takes writes");
+    let c = cluster(&lab, "app-pg").expect("cluster");
+    println!("with the agent link cut, app-pg says: {}", c["failover_state"]);
+
+    // Now the whole region dies: its coordinator, agents and databases.
+    let coordinator = lab.info.coordinators.iter().find(|c| c.region == "a").expect("coordinator a").pid;
+    let ra = lab.member("redis-a").expect("redis-a").clone();
+    let killed = Instant::now();
+    for pid in [coordinator, pa.agent_pid, ra.agent_pid, lab.member("pg-a").expect("pg-a").agent_pid, ra.pid] {
+        signal(pid, libc::SIGKILL);
+    }
+    kill_tree(pa.pid);
+    drop(link);
+    let pg = recorded(&lab, "app-pg", 2);
+    let region = lab.member(pg["primary"].as_str().expect("primary")).expect("member").region.clone();
+    assert_ne!(region, "a");
+    wait_for("a write accepted through the forwarder", LONG, || via_forwarder(&lab, "CREATE TABLE after_region_loss (id int)").ok())
+        .expect("write");
+    println!("region a killed -> first write accepted through the forwarder: {:.2} s", killed.elapsed().as_secs_f64());
+    let rd = wait_for("redis to move to the same region", LONG, || {
+        let c = cluster(&lab, "app-redis")?;
+        (c["epoch"].as_u64()? >= 2 && c["primary"].as_str()? == format!("redis-{region}")).then_some(c)
+    });
+    if rd.is_err() {
+        panic!("redis did not follow to region {region}: {}", lab.drctl_json(&["history"]).map(|v| v.to_string()).unwrap_or_default());
+    }
 }

@@ -220,7 +220,12 @@ impl Core {
             members.iter().filter(|(id, o)| **id != primary_id && o.fresh).map(|(id, o)| (*id, o)).collect();
         let region_of = |id: &str| w.topology.members.get(id).map(|m| m.region.clone()).unwrap_or_default();
         if let Some((who, _)) = observers.iter().find(|(_, o)| o.primary_reachable) {
+            // Nothing will replace it while others reach it: its lease is
+            // renewed, so that an agent that merely lost its own link to the
+            // database does not fence a primary that serves everyone else.
             track.down_since = None;
+            track.lease_until = now + lease.lease;
+            out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
             wait(out, format!("primary {primary_id} looks down to its own agent, but {who} (region {}) still reaches it", region_of(who)));
             return;
         }
