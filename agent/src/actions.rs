@@ -170,7 +170,11 @@ impl Actor {
     async fn promote(&self, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
         let fenced = args.get("old_primary_fenced").is_some_and(|f| f == "true");
         let lease = self.cfg.lease_vouch_period;
-        if let Some(at) = *lock(&self.link_up_at) {
+        // Already promoted in this epoch (the command is repeated by a new
+        // coordinator leader that did not see the first result): finish the
+        // remaining work without refusing on a vouch it already overrode.
+        let already = self.local_is_writable_primary().await.unwrap_or(false);
+        if let Some(at) = lock(&self.link_up_at).filter(|_| !already) {
             if !fenced && at.elapsed() < lease {
                 return Err(format!(
                     "refused: this replica streamed from the old primary {} ms ago; it vouches for it for {} ms",

@@ -222,6 +222,7 @@ impl StateMachine {
         rec.primary = d.to.clone();
         rec.in_progress = Some(id);
         rec.changed_at = d.decided_at;
+        rec.blocked_before = rec.blocked_until;
         if d.kind == DecisionKind::Failover {
             rec.blocked_until = d.decided_at + anti_flap;
         }
@@ -266,6 +267,7 @@ impl StateMachine {
                         // new epoch, so that older commands stay refused),
                         // and a failure of it is detected afresh.
                         rec.primary = d.from.clone();
+                        rec.blocked_until = rec.blocked_before;
                     }
                 }
             }
@@ -345,5 +347,73 @@ mod tests {
         let mut sm = StateMachine::bootstrap(&BTreeMap::from([(1, NodeAddress::shared("a:1"))]));
         sm.topology_version = 3;
         assert_eq!(StateMachine::decode(&sm.encode()).expect("decodes"), sm);
+    }
+
+    fn failover(sm: &StateMachine, to: &str) -> Decision {
+        use crate::failover::{Step, Trigger};
+        let rec = &sm.records["c"];
+        let step = |action: &str, member: &str| Step {
+            action: action.into(),
+            member: member.into(),
+            state: StepState::Pending,
+            started: 0,
+            finished: 0,
+            error: String::new(),
+            args: BTreeMap::new(),
+        };
+        Decision {
+            id: 0,
+            cluster: "c".into(),
+            kind: DecisionKind::Failover,
+            trigger: Trigger::Automatic,
+            epoch: rec.epoch + 1,
+            from: rec.primary.clone(),
+            to: to.into(),
+            reason: String::new(),
+            evidence: Vec::new(),
+            detected_at: 1_000,
+            decided_at: 1_000,
+            steps: vec![step("fence", &rec.primary), step("promote", to), step("repoint", "m3")],
+            finished_at: None,
+            outcome: String::new(),
+        }
+    }
+
+    fn step_result(id: u64, index: usize, state: StepState) -> Command {
+        Command::Step { decision: id, index, state, started: 1, finished: 2, error: String::new(), output: BTreeMap::new() }
+    }
+
+    #[test]
+    fn the_published_primary_is_withheld_until_promotion_and_a_failure_before_it_hands_everything_back() {
+        let t = parse_topology("[regions.a]\n[clusters.c]\nkind='redis'\n[clusters.c.policy]\nanti_flap_window='1m'\n").expect("valid");
+        let mut sm = StateMachine::default();
+        sm.apply(Command::ApplyTopology { topology: t });
+        assert_eq!(sm.published_primary("nope"), None);
+        assert_eq!(sm.published_primary("c"), Some((0, None)));
+        sm.apply(Command::Adopt { cluster: "c".into(), primary: "m1".into(), dataset: "d".into() });
+        assert_eq!(sm.published_primary("c"), Some((1, Some("m1".into()))));
+
+        // A decision that fails at the fence: nobody promoted, the old
+        // primary is back (new epoch) and so is the absence of a block.
+        let Outcome::Decided { id } = sm.apply(Command::Decide { decision: Box::new(failover(&sm, "m2")) }) else { panic!("decided") };
+        assert_eq!(sm.published_primary("c"), Some((2, None)), "nothing is writable while the change is under way");
+        assert_eq!(sm.records["c"].blocked_until, 61_000);
+        sm.apply(step_result(id, 0, StepState::Failed));
+        assert_eq!(sm.records["c"].primary, "m1");
+        assert_eq!(sm.records["c"].blocked_until, 0, "a failover that promoted nobody does not block the next one");
+        assert_eq!(sm.published_primary("c"), Some((2, Some("m1".into()))));
+
+        // One that promotes: published once the promotion is done, blocked.
+        let Outcome::Decided { id } = sm.apply(Command::Decide { decision: Box::new(failover(&sm, "m2")) }) else { panic!("decided") };
+        sm.apply(step_result(id, 0, StepState::Skipped));
+        assert_eq!(sm.published_primary("c"), Some((3, None)));
+        sm.apply(step_result(id, 1, StepState::Done));
+        assert_eq!(sm.published_primary("c"), Some((3, Some("m2".into()))));
+        sm.apply(step_result(id, 2, StepState::Failed));
+        assert_eq!(
+            (sm.records["c"].primary.as_str(), sm.records["c"].blocked_until),
+            ("m2", 61_000),
+            "a failed repoint keeps the new primary"
+        );
     }
 }

@@ -230,3 +230,134 @@ fn a_cut_agent_link_causes_no_failover_but_a_dead_region_moves_both_clusters_to_
         panic!("redis did not follow to region {region}: {}", lab.drctl_json(&["history"]).map(|v| v.to_string()).unwrap_or_default());
     }
 }
+
+#[test]
+fn a_standby_beyond_the_rpo_budget_is_never_promoted_automatically_but_force_promotes_it_and_says_so() {
+    let (_dir, lab) = lab();
+    recorded(&lab, "app-pg", 1);
+    let pa = lab.member("pg-a").expect("pg-a").clone();
+    for standby in ["pg-b", "pg-c"] {
+        psql(lab.member(standby).expect("standby").port, "SELECT pg_wal_replay_pause()").expect("pause replay");
+    }
+    // ~40 MB of WAL, beyond the lab's 16 MiB budget.
+    via_forwarder(
+        &lab,
+        "CREATE TABLE big (id int, pad text); INSERT INTO big SELECT g, repeat('x', 1000) FROM generate_series(1, 40000) g",
+    )
+    .expect("write burst");
+    wait_for("both standbys to lag beyond the budget", LONG, || {
+        let h = lab.members_health().ok()?;
+        ["pg-b", "pg-c"].iter().all(|m| h[*m]["lag_bytes"].as_u64().is_some_and(|l| l > 16 << 20)).then_some(())
+    })
+    .expect("lag");
+
+    kill_tree(pa.pid);
+    let waiting = wait_for("the cluster to say why it waits", LONG, || {
+        let c = cluster(&lab, "app-pg")?;
+        c["failover_state"].as_str()?.contains("no member can be promoted").then_some(c)
+    })
+    .expect("waiting on the RPO gate");
+    println!("app-pg says: {}", waiting["failover_state"]);
+    stays(&lab, "app-pg", 1, "pg-a", Duration::from_secs(5));
+
+    let out = lab.drctl_json(&["failover", "--cluster", "app-pg", "--to", "pg-b", "--force"]).expect("forced failover");
+    println!("drctl failover --force: {out}");
+    let c = recorded(&lab, "app-pg", 2);
+    assert_eq!(c["primary"], "pg-b", "{c}");
+    let pb = lab.member("pg-b").expect("pg-b").port;
+    wait_for("pg-b to accept writes", LONG, || psql(pb, "CREATE TABLE after_force (id int)").ok()).expect("write");
+    let history = lab.drctl_json(&["history", "--cluster", "app-pg"]).expect("history");
+    let d = &history["decisions"][0];
+    assert_eq!(d["trigger"]["by"], "operator", "{d}");
+    assert_eq!(d["trigger"]["force"], true, "{d}");
+    assert!(d["reason"].as_str().is_some_and(|r| r.contains("force")), "the reason names the override: {d}");
+}
+
+/// Inserts ids through the forwarder until `stop`; returns the acknowledged
+/// ids and the longest gap between two acknowledgements.
+fn writer(forwarder_port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<(Vec<u32>, Duration)> {
+    std::thread::spawn(move || {
+        let (mut acked, mut gap, mut last) = (Vec::new(), Duration::ZERO, Instant::now());
+        let mut id = 0u32;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            id += 1;
+            if psql(forwarder_port, &format!("INSERT INTO acked VALUES ({id})")).is_ok() {
+                acked.push(id);
+                gap = gap.max(last.elapsed());
+                last = Instant::now();
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        (acked, gap)
+    })
+}
+
+#[test]
+fn a_switchover_loses_no_acknowledged_write_and_a_leader_killed_mid_failover_promotes_exactly_once() {
+    let (_dir, lab) = lab();
+    recorded(&lab, "app-pg", 1);
+    via_forwarder(&lab, "CREATE TABLE acked (id int PRIMARY KEY)").expect("table");
+    let port: u16 = lab.forwarder("app-pg").expect("forwarder").rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = writer(port, std::sync::Arc::clone(&stop));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let out = lab.drctl_json(&["switchover", "--cluster", "app-pg", "--to", "pg-b"]).expect("switchover");
+    println!("drctl switchover: {out}");
+    let c = recorded(&lab, "app-pg", 2);
+    assert_eq!(c["primary"], "pg-b");
+    let pb = lab.member("pg-b").expect("pg-b").port;
+    wait_for("writes through the forwarder on pg-b", LONG, || {
+        (psql(pb, "SELECT count(*) > 0 FROM acked WHERE id > 0").ok()? == "t" && cluster(&lab, "app-pg")?["decision_in_progress"] == 0)
+            .then_some(())
+    })
+    .expect("writes resume");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (acked, gap) = w.join().expect("writer");
+    let present: std::collections::BTreeSet<u32> =
+        psql(pb, "SELECT id FROM acked").expect("ids").lines().filter_map(|l| l.parse().ok()).collect();
+    let lost: Vec<u32> = acked.iter().copied().filter(|id| !present.contains(id)).collect();
+    println!("switchover: {} writes acknowledged, longest gap between two {:.2} s", acked.len(), gap.as_secs_f64());
+    println!(
+        "history after the switchover: {}",
+        lab.drctl_json(&["history", "--cluster", "app-pg"]).map(|v| v.to_string()).unwrap_or_default()
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost in the switchover: {lost:?}");
+    // The old primary follows the new one.
+    let pa = lab.member("pg-a").expect("pg-a").port;
+    wait_for("pg-a to replay pg-b's writes", LONG, || {
+        (psql(pa, "SELECT count(*) FROM acked").ok()? == present.len().to_string()).then_some(())
+    })
+    .expect("pg-a follows");
+
+    // Now pg-b dies and the coordinator leader is killed as soon as the
+    // failover decision is recorded: the new leader finishes it, once.
+    let pb_pid = drc_tests::lab::postgres::postmaster_pid(&lab.member("pg-b").expect("pg-b").data_dir).expect("pid");
+    kill_tree(pb_pid);
+    let c = recorded(&lab, "app-pg", 3);
+    let leader_id = lab.status().expect("status")["leader_id"].as_u64().expect("leader");
+    let leader = lab.info.coordinators.iter().find(|c| c.id == leader_id).expect("leader").pid;
+    signal(leader, libc::SIGKILL);
+    println!("killed coordinator {leader_id} with decision {} at step state {}", c["decision_in_progress"], c["failover_state"]);
+    let done = wait_for("the decision to finish under the new leader", LONG, || {
+        let h = lab.drctl_json(&["history", "--cluster", "app-pg"]).ok()?;
+        let d = h["decisions"].as_array()?.iter().find(|d| d["epoch"] == 3)?.clone();
+        d["finished_at"].as_u64().map(|_| d)
+    })
+    .expect("finished");
+    let to = done["to"].as_str().expect("to").to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    let c = cluster(&lab, "app-pg").expect("cluster");
+    let history = lab.drctl_json(&["history", "--cluster", "app-pg"]).map(|v| v.to_string()).unwrap_or_default();
+    assert_eq!(c["epoch"], 3, "exactly one more decision: {c}\n{history}");
+    assert_eq!(c["primary"], to.as_str(), "{c}\n{history}");
+    let writable: Vec<&str> = ["pg-a", "pg-c"]
+        .into_iter()
+        .filter(|m| psql(lab.member(m).expect("member").port, "SELECT pg_is_in_recovery()").ok().as_deref() == Some("f"))
+        .collect();
+    assert_eq!(writable, vec![to.as_str()], "exactly one member was promoted");
+    let promotes = done["steps"].as_array().expect("steps").iter().filter(|s| s["action"] == "promote").count();
+    assert_eq!(promotes, 1, "{done}");
+}

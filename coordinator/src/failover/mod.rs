@@ -37,6 +37,10 @@ pub struct ClusterRecord {
     /// When the primary last changed by a decision (0: adopted, never changed).
     #[serde(default)]
     pub changed_at: Millis,
+    /// The anti-flap block before the decision in progress: restored when
+    /// that decision fails before promoting anyone, since nothing flapped.
+    #[serde(default)]
+    pub blocked_before: Millis,
 }
 
 /// Why a decision was taken.
