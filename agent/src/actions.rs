@@ -214,7 +214,11 @@ impl Actor {
                 let mut c = self.redis_local().await?;
                 redis_cmd(&mut c, redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await?;
                 let _ = redis_cmd(&mut c, redis::cmd("CLIENT").arg("UNPAUSE")).await;
-                Ok(HashMap::new())
+                // The promotion started a new replication id: the coordinator
+                // records it as the cluster's dataset from now on.
+                let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
+                let replid = parse_info(&info).get("master_replid").map(|r| r.to_string()).unwrap_or_default();
+                Ok(HashMap::from([("dataset_id".to_string(), replid)]))
             }
         }
     }

@@ -94,7 +94,7 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
     let (views_tx, views_rx) = watch::channel::<Option<drc_proto::ClusterView>>(None);
     // Probe once before connecting, so that the Hello carries the dataset id.
     let first = prober.local().await;
-    let (dataset_tx, dataset_rx) = watch::channel(first.dataset_id.clone());
+    let (dataset_tx, dataset_rx) = watch::channel((first.dataset_id.clone(), first.previous_dataset_id.clone()));
     tracing::info!(member = %cfg.member_id, kind = cfg.kind.as_str(), role = first.role, reachable = first.reachable, "agent starting");
 
     let probe_cfg = Arc::clone(&cfg);
@@ -121,9 +121,10 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
             let sample = prober.sample(&probe_cfg.member_id, &local, primary.as_ref(), epoch, now);
             if !local.dataset_id.is_empty() {
+                let now = (local.dataset_id.clone(), local.previous_dataset_id.clone());
                 dataset_tx.send_if_modified(|d| {
-                    let changed = *d != local.dataset_id;
-                    *d = local.dataset_id.clone();
+                    let changed = *d != now;
+                    *d = now;
                     changed
                 });
             }

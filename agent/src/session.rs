@@ -89,7 +89,7 @@ pub async fn run(
     actor: Arc<crate::actions::Actor>,
     buffer: Arc<SampleBuffer>,
     views: watch::Sender<Option<ClusterView>>,
-    dataset: watch::Receiver<String>,
+    dataset: watch::Receiver<(String, String)>,
     cancel: CancellationToken,
 ) -> Result<(), Refused> {
     let builder = backon::ExponentialBuilder::default()
@@ -112,7 +112,8 @@ pub async fn run(
             region: cfg.region.clone(),
             kind: cfg.kind.as_str().into(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            dataset_id: dataset.borrow().clone(),
+            dataset_id: dataset.borrow().0.clone(),
+            previous_dataset_id: dataset.borrow().1.clone(),
         };
         let end = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),

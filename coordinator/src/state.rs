@@ -247,6 +247,11 @@ impl StateMachine {
         let Some(step) = d.steps.get_mut(index) else {
             return Outcome::Refused { reason: format!("decision {id} has no step {index}") };
         };
+        if step.action == "promote" && state == StepState::Done {
+            if let (Some(id), Some(rec)) = (output.get("dataset_id"), self.records.get_mut(&d.cluster)) {
+                rec.advance_dataset(id);
+            }
+        }
         step.state = state;
         step.args.extend(output);
         step.started = started;

@@ -156,6 +156,28 @@ fn pause_stops_automatic_failover_and_resume_lets_it_happen() {
     lab.drctl_json(&["resume", "--cluster", "app-pg"]).expect("resume");
     let c = recorded(&lab, "app-pg", 2);
     assert_ne!(c["primary"], "pg-a");
+
+    // Then an operator moves every primary out of that region at once.
+    let region = lab.member(c["primary"].as_str().expect("primary")).expect("member").region.clone();
+    wait_for("redis to follow and both clusters to settle", LONG, || {
+        let (pg, rd) = (cluster(&lab, "app-pg")?, cluster(&lab, "app-redis")?);
+        (rd["primary"].as_str()? == format!("redis-{region}") && pg["decision_in_progress"] == 0 && rd["decision_in_progress"] == 0)
+            .then_some(())
+    })
+    .expect("settled");
+    let out = lab.drctl_json(&["failover-region", "--from", &region]).expect("failover-region");
+    println!("drctl failover-region --from {region}: {out}");
+    let decisions = out["decisions"].as_array().expect("decisions");
+    assert_eq!(decisions.len(), 2, "{out}");
+    let regions: std::collections::BTreeSet<String> =
+        decisions.iter().map(|d| lab.member(d["to"].as_str().expect("to")).expect("member").region.clone()).collect();
+    assert_eq!(regions.len(), 1, "the failover group lands in one region: {out}");
+    assert!(!regions.contains(&region), "{out}");
+    let pg = recorded(&lab, "app-pg", 3);
+    let port = lab.member(pg["primary"].as_str().expect("primary")).expect("member").port;
+    wait_for("the moved primary to accept writes", LONG, || psql(port, "CREATE TABLE moved (id int)").ok()).expect("write");
+    let bad = lab.drctl_json(&["failover-region", "--from", "nowhere"]).expect_err("unknown region");
+    assert!(bad.to_string().contains("unknown region"), "{bad}");
 }
 
 /// SIGKILLs a process and its children, as a machine dying would.

@@ -25,6 +25,8 @@ pub struct Reading {
     pub replay: u64,
     pub timeline: u32,
     pub dataset_id: String,
+    /// Redis: the replication id before the last promotion (master_replid2).
+    pub previous_dataset_id: String,
     pub replication_connected: bool,
     pub replication_state: String,
     /// Age of the last replayed transaction (PostgreSQL standby), if known.
@@ -178,6 +180,7 @@ impl Prober {
             lag_ms: lag.as_millis() as u64,
             timeline: local.timeline,
             dataset_id: local.dataset_id.clone(),
+            previous_dataset_id: local.previous_dataset_id.clone(),
             replication_connected: local.replication_connected,
             epoch,
             primary_reachable,

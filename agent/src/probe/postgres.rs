@@ -107,7 +107,7 @@ impl PgProber {
             replication_connected: state == "streaming",
             replication_state: state,
             replay_age: age_ms.map(|ms| Duration::from_millis(ms.max(0.0) as u64)),
-            error: String::new(),
+            ..Default::default()
         })
     }
 

@@ -84,6 +84,10 @@ impl RedisProber {
         let info = parse_info(&text);
         let num = |k: &str| info.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let dataset_id = info.get("master_replid").copied().unwrap_or_default().to_string();
+        // A promotion gives the member a new replication id and keeps the
+        // old one as master_replid2: the same dataset, one step on.
+        let previous = info.get("master_replid2").copied().filter(|r| !r.is_empty() && r.bytes().any(|b| b != b'0')).unwrap_or_default();
+        let previous_dataset_id = previous.to_string();
         match info.get("role").copied() {
             Some("master") => {
                 let pos = num("master_repl_offset");
@@ -92,6 +96,7 @@ impl RedisProber {
                     role: "primary",
                     position: pos,
                     dataset_id,
+                    previous_dataset_id,
                     replication_connected: true,
                     ..Default::default()
                 })
@@ -101,7 +106,8 @@ impl RedisProber {
                 let pos = num("slave_repl_offset");
                 // Until its first sync a replica carries a replication id of
                 // its own, which says nothing about the dataset it will hold.
-                let dataset_id = if link == "up" { dataset_id } else { String::new() };
+                let (dataset_id, previous_dataset_id) =
+                    if link == "up" { (dataset_id, previous_dataset_id) } else { (String::new(), String::new()) };
                 Ok(Reading {
                     reachable: true,
                     role: "replica",
@@ -109,6 +115,7 @@ impl RedisProber {
                     receive: pos,
                     replay: pos,
                     dataset_id,
+                    previous_dataset_id,
                     replication_connected: link == "up",
                     replication_state: link,
                     ..Default::default()

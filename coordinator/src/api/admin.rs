@@ -3,6 +3,7 @@
 //! Reads are served from the node asked (its applied state); writes are
 //! routed to the leader (see [`super::forward`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +17,9 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use drc_proto::{
-    ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRequest, HealthRequest, HealthResponse, HistoryReply, HistoryRequest,
-    PauseReply, PauseRequest, PrimaryEndpoint, SwitchoverRequest, WatchEvent, WatchPrimaryRequest, WatchRequest,
+    ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRegionReply, FailoverRegionRequest, FailoverRequest, HealthRequest,
+    HealthResponse, HistoryReply, HistoryRequest, PauseReply, PauseRequest, PrimaryEndpoint, SwitchoverRequest, WatchEvent,
+    WatchPrimaryRequest, WatchRequest,
 };
 
 use crate::failover::core::Request as FailoverAsk;
@@ -70,7 +72,7 @@ impl AdminApi {
 
     async fn decide(&self, ask: FailoverAsk) -> Result<Response<DecisionReply>, Status> {
         match self.executor.request(ask).await {
-            Ok(d) => Ok(Response::new(DecisionReply { decision_id: d.id, epoch: d.epoch, from: d.from, to: d.to, reason: d.reason })),
+            Ok(d) => Ok(Response::new(reply_of(d))),
             Err(e) => Err(Status::failed_precondition(e)),
         }
     }
@@ -194,6 +196,56 @@ impl AdminService for AdminApi {
         let r = req.into_inner();
         let to = (!r.to.is_empty()).then_some(r.to);
         self.decide(FailoverAsk::Switchover { cluster: r.cluster, to }).await
+    }
+
+    async fn failover_region(&self, req: Request<FailoverRegionRequest>) -> Result<Response<FailoverRegionReply>, Status> {
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.failover_region(r).await }).await?
+        {
+            return Ok(answer);
+        }
+        let r = req.into_inner();
+        let (topology, records) = self.node.store().with_state(|sm| (sm.topology.clone(), sm.records.clone()));
+        if !topology.regions.contains_key(&r.from) {
+            return Err(Status::not_found(format!("unknown region {:?}", r.from)));
+        }
+        if !r.to.is_empty() && !topology.regions.contains_key(&r.to) {
+            return Err(Status::not_found(format!("unknown region {:?}", r.to)));
+        }
+        if r.to == r.from {
+            return Err(Status::invalid_argument("--to must differ from --from"));
+        }
+        let region_of = |m: &str| topology.members.get(m).map(|m| m.region.clone()).unwrap_or_default();
+        let mut reply = FailoverRegionReply::default();
+        // Clusters of one failover group follow the first one's region.
+        let mut landed: BTreeMap<String, String> = BTreeMap::new();
+        for (name, rec) in &records {
+            if region_of(&rec.primary) != r.from {
+                continue;
+            }
+            let group = topology.failover_groups.iter().find(|(_, g)| g.clusters.contains(name)).map(|(g, _)| g.clone());
+            let prefer = group.as_ref().and_then(|g| landed.get(g).cloned());
+            let ask = FailoverAsk::Evacuate {
+                cluster: name.clone(),
+                from: r.from.clone(),
+                to: (!r.to.is_empty()).then(|| r.to.clone()),
+                prefer,
+                force: r.force,
+            };
+            match self.executor.request(ask).await {
+                Ok(d) => {
+                    if let Some(g) = group {
+                        landed.entry(g).or_insert_with(|| region_of(&d.to));
+                    }
+                    reply.decisions.push(reply_of(d));
+                }
+                Err(e) => reply.refused.push(format!("{name}: {e}")),
+            }
+        }
+        if reply.decisions.is_empty() && reply.refused.is_empty() {
+            return Err(Status::failed_precondition(format!("no cluster has its primary in region {:?}", r.from)));
+        }
+        Ok(Response::new(reply))
     }
 
     async fn pause(&self, req: Request<PauseRequest>) -> Result<Response<PauseReply>, Status> {
@@ -444,6 +496,10 @@ fn membership_response(outcome: Outcome, raft_index: u64) -> Result<Response<Mem
 }
 
 /// A stream fed by a task: `f` gets the sending half.
+fn reply_of(d: crate::failover::Decision) -> DecisionReply {
+    DecisionReply { decision_id: d.id, epoch: d.epoch, from: d.from, to: d.to, reason: d.reason, cluster: d.cluster }
+}
+
 /// A cluster's published primary on this node; `None` for an unknown cluster.
 fn published(node: &NodeHandle, cluster: &str) -> Option<PrimaryEndpoint> {
     let status = node.status();

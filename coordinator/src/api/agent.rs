@@ -85,14 +85,27 @@ fn check_sample(s: &Sample, hello: &AgentHello) -> Result<(), Status> {
 
 impl AgentApi {
     #[allow(clippy::result_large_err)]
-    fn check_dataset(&self, cluster: &str, member: &str, dataset: &str) -> Result<(), Status> {
+    fn check_dataset(&self, cluster: &str, member: &str, dataset: &str, previous: &str) -> Result<(), Status> {
         if dataset.is_empty() {
             return Ok(());
         }
+        let foreign = |theirs: &str, source: String| {
+            Err(Status::failed_precondition(format!(
+                "member {member:?} holds dataset {dataset} but cluster {cluster:?} holds {theirs} ({source}): this agent points at a member of another cluster"
+            )))
+        };
+        // The recorded dataset and its lineage once there is one (a Redis
+        // promotion starts a new replication id); before, the other members.
+        let recorded = self.node.store().with_state(|sm| sm.records.get(cluster).filter(|r| !r.dataset.is_empty()).cloned());
+        if let Some(rec) = recorded {
+            return if rec.holds(dataset, previous) { Ok(()) } else { foreign(&rec.dataset, "as recorded".into()) };
+        }
         match self.health.dataset_of(cluster, member) {
-            Some((other, theirs)) if theirs != dataset => Err(Status::failed_precondition(format!(
-                "member {member:?} holds dataset {dataset} but cluster {cluster:?} holds {theirs} (as member {other:?} reports): this agent points at a member of another cluster"
-            ))),
+            Some((other, (theirs, their_previous)))
+                if theirs != dataset && their_previous != dataset && (previous.is_empty() || previous != theirs) =>
+            {
+                foreign(&theirs, format!("as member {other:?} reports"))
+            }
             _ => Ok(()),
         }
     }
@@ -117,7 +130,7 @@ impl AgentService for AgentApi {
             return Ok(Response::new(Box::pin(tokio_stream::once(Ok(self.redirect())))));
         }
         self.node.store().with_state(|sm| check_hello(&hello, &sm.topology))?;
-        self.check_dataset(&hello.cluster, &hello.member_id, &hello.dataset_id)?;
+        self.check_dataset(&hello.cluster, &hello.member_id, &hello.dataset_id, &hello.previous_dataset_id)?;
 
         let (tx, rx) = mpsc::channel::<Result<CoordinatorMessage, Status>>(64);
         let session = self.health.connect(&hello.member_id, &hello.cluster, tx.clone());
@@ -163,7 +176,7 @@ impl AgentApi {
                 msg = inbound.next() => match msg {
                     Some(Ok(AgentMessage { body: Some(agent_message::Body::Sample(s)) })) => {
                         check_sample(&s, hello)?;
-                        self.check_dataset(&hello.cluster, &hello.member_id, &s.dataset_id)?;
+                        self.check_dataset(&hello.cluster, &hello.member_id, &s.dataset_id, &s.previous_dataset_id)?;
                         if !self.health.is_current(&hello.member_id, session) {
                             return Ok("replaced by a newer stream of the same member");
                         }

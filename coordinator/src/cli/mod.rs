@@ -13,9 +13,9 @@ use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::{
-    AddNodeRequest, ApplyTopologyRequest, ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRequest, GetTopologyRequest,
-    HistoryRequest, ListNodesRequest, MemberHealth, NodeStatus, PauseRequest, RemoveNodeRequest, StatusRequest, SwitchoverRequest,
-    WatchRequest,
+    AddNodeRequest, ApplyTopologyRequest, ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRegionRequest, FailoverRequest,
+    GetTopologyRequest, HistoryRequest, ListNodesRequest, MemberHealth, NodeStatus, PauseRequest, RemoveNodeRequest, StatusRequest,
+    SwitchoverRequest, WatchRequest,
 };
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
@@ -71,6 +71,17 @@ pub enum Command {
         #[arg(long)]
         cluster: String,
         /// The member to promote; default: the best candidate.
+        #[arg(long)]
+        to: Option<String>,
+        /// Promote even beyond the RPO budget (recorded in the history).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Move every primary out of a region (switchover if healthy, failover if down); failover groups land together.
+    FailoverRegion {
+        #[arg(long)]
+        from: String,
+        /// The region to move to; default: the best one for each cluster.
         #[arg(long)]
         to: Option<String>,
         /// Promote even beyond the RPO budget (recorded in the history).
@@ -432,6 +443,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = client.failover(FailoverRequest { cluster, to: to.unwrap_or_default(), force }).await.map_err(status_err)?.into_inner();
             decision_out(&r, json_out)?;
         }
+        Command::FailoverRegion { from, to, force } => {
+            let r = client
+                .failover_region(FailoverRegionRequest { from, to: to.unwrap_or_default(), force })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if json_out {
+                let v = json!({"decisions": r.decisions.iter().map(decision_json).collect::<Vec<_>>(), "refused": r.refused});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for d in &r.decisions {
+                    println!("{}: decision {} (epoch {}): {} -> {}\n  {}", d.cluster, d.decision_id, d.epoch, d.from, d.to, d.reason);
+                }
+                for why in &r.refused {
+                    println!("left in place: {why}");
+                }
+            }
+            if r.decisions.is_empty() {
+                anyhow::bail!("no primary was moved");
+            }
+        }
         Command::Switchover { cluster, to } => {
             let r = client.switchover(SwitchoverRequest { cluster, to: to.unwrap_or_default() }).await.map_err(status_err)?.into_inner();
             decision_out(&r, json_out)?;
@@ -463,10 +495,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn decision_json(r: &DecisionReply) -> serde_json::Value {
+    json!({"decision_id": r.decision_id, "epoch": r.epoch, "from": r.from, "to": r.to, "reason": r.reason, "cluster": r.cluster})
+}
+
 fn decision_out(r: &DecisionReply, json_out: bool) -> anyhow::Result<()> {
     if json_out {
-        let v = json!({"decision_id": r.decision_id, "epoch": r.epoch, "from": r.from, "to": r.to, "reason": r.reason});
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&decision_json(r))?);
     } else {
         println!("decision {} (epoch {}): {} -> {}\n{}", r.decision_id, r.epoch, r.from, r.to, r.reason);
         println!("follow it with: drctl history --cluster ... or drctl watch");

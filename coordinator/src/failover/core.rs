@@ -35,6 +35,8 @@ pub struct Obs {
     /// "primary", "replica" or "unknown".
     pub role: String,
     pub dataset: String,
+    /// The dataset id before the member's last promotion (Redis).
+    pub previous_dataset: String,
     /// Replayed LSN / replication offset (the primary: its current one).
     pub position: u64,
     pub lag_bytes: u64,
@@ -89,8 +91,25 @@ pub enum Action {
 /// An operator's request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    Failover { cluster: String, to: Option<String>, force: bool },
-    Switchover { cluster: String, to: Option<String> },
+    Failover {
+        cluster: String,
+        to: Option<String>,
+        force: bool,
+    },
+    Switchover {
+        cluster: String,
+        to: Option<String>,
+    },
+    /// Moves the cluster's primary out of region `from` (into region `to`
+    /// when given, else preferably into `prefer`): a switchover when the
+    /// primary is healthy, a failover when it is not.
+    Evacuate {
+        cluster: String,
+        from: String,
+        to: Option<String>,
+        prefer: Option<String>,
+        force: bool,
+    },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -320,9 +339,11 @@ impl Core {
     /// An operator's failover or switchover: the decision to commit, or
     /// exactly why not.
     pub fn request(&mut self, w: &World, req: &Request) -> Result<Decision, String> {
+        let none = None;
         let (name, to, force, kind) = match req {
             Request::Failover { cluster, to, force } => (cluster, to, *force, DecisionKind::Failover),
             Request::Switchover { cluster, to } => (cluster, to, false, DecisionKind::Switchover),
+            Request::Evacuate { cluster, force, .. } => (cluster, &none, *force, DecisionKind::Failover),
         };
         let policy = w.topology.clusters.get(name).map(|c| c.policy.clone()).ok_or_else(|| format!("unknown cluster {name:?}"))?;
         let rec = w.records.get(name).cloned().unwrap_or_default();
@@ -349,6 +370,22 @@ impl Core {
         let healthy = is_primary(&p);
         track.see(&p, &members);
         let known = track.primary_position;
+        let region_of = |id: &str| w.topology.members.get(id).map(|m| m.region.as_str()).unwrap_or_default();
+        let (kind, members, preferred) = match req {
+            Request::Evacuate { from, to, prefer, .. } => {
+                if region_of(&rec.primary) != from.as_str() {
+                    return Err(format!("the primary of {name:?} ({}) is not in region {from:?}", rec.primary));
+                }
+                // The primary stays in the list: candidates are compared with it.
+                let keep = |id: &str| {
+                    id == rec.primary || (region_of(id) != from.as_str() && to.as_ref().is_none_or(|t| region_of(id) == t.as_str()))
+                };
+                let members: Vec<(&String, Obs)> = members.into_iter().filter(|(id, _)| keep(id.as_str())).collect();
+                let kind = if healthy { DecisionKind::Switchover } else { DecisionKind::Failover };
+                (kind, members, prefer.clone())
+            }
+            _ => (kind, members, None),
+        };
         match kind {
             DecisionKind::Switchover if !healthy => {
                 return Err(format!("switchover needs a healthy primary, and {} is not; use failover", rec.primary));
@@ -364,12 +401,13 @@ impl Core {
             }
             _ => {}
         }
-        let (chosen, why) = choose(w, &rec, &policy, &members, known, to.as_deref(), force, None)?;
+        let (chosen, why) = choose(w, &rec, &policy, &members, known, to.as_deref(), force, preferred.as_deref())?;
         let trigger = Trigger::Operator { force };
-        let reason = match kind {
-            DecisionKind::Switchover => format!("operator switchover; {why}"),
-            DecisionKind::Failover if force => format!("operator failover with --force; {why}"),
-            DecisionKind::Failover => format!("operator failover; {why}"),
+        let reason = match (kind, req) {
+            (_, Request::Evacuate { from, .. }) => format!("operator moving every primary out of region {from}; {why}"),
+            (DecisionKind::Switchover, _) => format!("operator switchover; {why}"),
+            (DecisionKind::Failover, _) if force => format!("operator failover with --force; {why}"),
+            (DecisionKind::Failover, _) => format!("operator failover; {why}"),
         };
         Ok(decision(w, name, &rec, kind, trigger, &chosen, reason, &members, now))
     }
@@ -426,7 +464,7 @@ fn choose(
             Some("its agent cannot reach it".to_string())
         } else if o.role != "replica" {
             Some(format!("role is {}", o.role))
-        } else if !rec.dataset.is_empty() && !o.dataset.is_empty() && o.dataset != rec.dataset {
+        } else if !rec.holds(&o.dataset, &o.previous_dataset) {
             Some(format!("holds dataset {} instead of {}", o.dataset, rec.dataset))
         } else if decl.priority == 0 && only.is_none() {
             Some("priority 0 (never promoted automatically)".to_string())

@@ -41,6 +41,34 @@ pub struct ClusterRecord {
     /// that decision fails before promoting anyone, since nothing flapped.
     #[serde(default)]
     pub blocked_before: Millis,
+    /// Earlier dataset ids of this cluster, oldest first: a Redis promotion
+    /// starts a new replication id, and members still on an older one hold
+    /// the same data.
+    #[serde(default)]
+    pub lineage: Vec<String>,
+}
+
+impl ClusterRecord {
+    /// Whether a member reporting dataset `id` (and `previous` before its
+    /// last promotion) holds this cluster's data. Unknown ids say nothing.
+    pub fn holds(&self, id: &str, previous: &str) -> bool {
+        if self.dataset.is_empty() || id.is_empty() {
+            return true;
+        }
+        let ours = |d: &str| !d.is_empty() && (d == self.dataset || self.lineage.iter().any(|l| l == d));
+        ours(id) || ours(previous)
+    }
+
+    /// A promotion that started a new dataset id (Redis) makes it current.
+    pub fn advance_dataset(&mut self, id: &str) {
+        if id.is_empty() || id == self.dataset {
+            return;
+        }
+        if !self.dataset.is_empty() && !self.lineage.contains(&self.dataset) {
+            self.lineage.push(std::mem::take(&mut self.dataset));
+        }
+        self.dataset = id.to_string();
+    }
 }
 
 /// Why a decision was taken.
@@ -144,5 +172,25 @@ impl Step {
 impl Decision {
     pub fn next_pending(&self) -> Option<usize> {
         self.steps.iter().position(|s| s.state == StepState::Pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClusterRecord;
+
+    #[test]
+    fn a_redis_promotion_moves_the_dataset_on_without_disowning_members_of_the_old_id() {
+        let mut rec = ClusterRecord { dataset: "X".into(), ..Default::default() };
+        assert!(rec.holds("X", ""));
+        assert!(rec.holds("X2", "X"), "the promoted member: new replid, the old one as replid2");
+        assert!(!rec.holds("Y", ""), "another cluster's member");
+        rec.advance_dataset("X2");
+        assert_eq!((rec.dataset.as_str(), rec.lineage.as_slice()), ("X2", &["X".to_string()][..]));
+        assert!(rec.holds("X", ""), "a member still on the older id");
+        assert!(rec.holds("X3", "X2"));
+        assert!(!rec.holds("Y", "Z"));
+        rec.advance_dataset("X2");
+        assert_eq!(rec.lineage.len(), 1, "idempotent");
     }
 }

@@ -307,8 +307,15 @@ impl Sim {
                 let c = CLUSTERS[self.rng.below(2) as usize].to_string();
                 let force = self.rng.chance(30);
                 let to = self.rng.chance(50).then(|| pick.clone()).filter(|p| p.starts_with(&c));
-                let req =
-                    if self.rng.chance(50) { Request::Failover { cluster: c, to, force } } else { Request::Switchover { cluster: c, to } };
+                let req = match self.rng.below(3) {
+                    0 => Request::Failover { cluster: c, to, force },
+                    1 => Request::Switchover { cluster: c, to },
+                    _ => {
+                        let from = REGIONS[self.rng.below(3) as usize].to_string();
+                        let to = self.rng.chance(50).then(|| REGIONS[self.rng.below(3) as usize].to_string()).filter(|t| *t != from);
+                        Request::Evacuate { cluster: c, from, to, prefer: None, force }
+                    }
+                };
                 self.operator(req);
             }
             _ => {
@@ -379,6 +386,7 @@ impl Sim {
                     "replica".into()
                 },
                 dataset: format!("ds-{}", m.cluster),
+                previous_dataset: String::new(),
                 // A stopped server tells its agent nothing.
                 position: if m.up { m.position } else { 0 },
                 lag_bytes: if m.primary { 0 } else { lag_bytes },

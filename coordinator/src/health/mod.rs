@@ -38,7 +38,7 @@ struct MemberState {
 struct Board {
     members: HashMap<String, MemberState>,
     /// cluster -> member -> dataset id, from the newest samples.
-    datasets: HashMap<String, HashMap<String, String>>,
+    datasets: HashMap<String, HashMap<String, (String, String)>>,
     next_session: u64,
     /// Health and role last reported in events, to report only changes.
     last: HashMap<String, (bool, String)>,
@@ -139,8 +139,9 @@ impl HealthBoard {
         let mut b = self.lock();
         if !sample.dataset_id.is_empty() {
             let ds = b.datasets.entry(cluster.to_string()).or_default();
-            if ds.get(&sample.member_id) != Some(&sample.dataset_id) {
-                ds.insert(sample.member_id.clone(), sample.dataset_id.clone());
+            let now = (sample.dataset_id.clone(), sample.previous_dataset_id.clone());
+            if ds.get(&sample.member_id) != Some(&now) {
+                ds.insert(sample.member_id.clone(), now);
             }
         }
         let m = b.members.entry(sample.member_id.clone()).or_default();
@@ -207,6 +208,7 @@ impl HealthBoard {
                     reachable: s.reachable,
                     role: s.role.clone(),
                     dataset: s.dataset_id.clone(),
+                    previous_dataset: s.previous_dataset_id.clone(),
                     position: s.position,
                     lag_bytes: s.lag_bytes,
                     lag_ms: s.lag_ms,
@@ -221,7 +223,7 @@ impl HealthBoard {
 
     /// The dataset (system identifier / replication id) that a member of
     /// `cluster` other than `except` reports, if any does.
-    pub fn dataset_of(&self, cluster: &str, except: &str) -> Option<(String, String)> {
+    pub fn dataset_of(&self, cluster: &str, except: &str) -> Option<(String, (String, String))> {
         let b = self.lock();
         b.datasets.get(cluster)?.iter().filter(|(m, _)| m.as_str() != except).min().map(|(m, d)| (m.clone(), d.clone()))
     }
