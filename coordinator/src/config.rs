@@ -28,6 +28,8 @@
 //! [failover]
 //! lease = "2s"            # a primary's agent fences it after this without renewal
 //! drift_margin = "500ms"  # the leader waits lease + margin before replacing it
+//! hook = ["/usr/local/bin/point-dns-at"]  # optional, run after each promotion
+//! hook_timeout = "10s"
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,11 +89,25 @@ pub struct FailoverTuning {
     pub lease: Duration,
     #[serde(with = "humantime_serde")]
     pub drift_margin: Duration,
+    /// Run by the leader after every promotion, program then arguments, with
+    /// the new endpoint in its environment (DRC_CLUSTER, DRC_EPOCH,
+    /// DRC_PRIMARY, DRC_PRIMARY_ADDRESS, DRC_PRIMARY_HOST, DRC_PRIMARY_PORT,
+    /// DRC_PRIMARY_REGION, DRC_OLD_PRIMARY, DRC_DECISION, DRC_KIND). Its
+    /// result is recorded in the decision's "publish" step. A leader that
+    /// dies mid-hook means the next leader runs it again: make it idempotent.
+    pub hook: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub hook_timeout: Duration,
 }
 
 impl Default for FailoverTuning {
     fn default() -> Self {
-        FailoverTuning { lease: Duration::from_secs(2), drift_margin: Duration::from_millis(500) }
+        FailoverTuning {
+            lease: Duration::from_secs(2),
+            drift_margin: Duration::from_millis(500),
+            hook: Vec::new(),
+            hook_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -169,6 +185,12 @@ impl CoordinatorConfig {
         }
         if self.node_id == 0 {
             p.push("node_id: must be greater than 0".to_string());
+        }
+        if !self.failover.hook.is_empty() && self.failover.hook_timeout.is_zero() {
+            p.push("failover.hook_timeout: must be greater than zero".to_string());
+        }
+        if self.failover.hook.first().is_some_and(|c| c.trim().is_empty()) {
+            p.push("failover.hook: the program must not be empty".to_string());
         }
         if self.failover.lease < Duration::from_millis(200) {
             p.push("failover.lease: must be at least 200ms (the agent renews it every 200ms)".to_string());

@@ -18,7 +18,7 @@ use crate::api::agent::AgentApi;
 use crate::api::auth::authenticate;
 use crate::config::CoordinatorConfig;
 use crate::failover::core::LeaseConfig;
-use crate::failover::executor::{Executor, Waits};
+use crate::failover::executor::{Executor, Hook, Waits};
 use crate::health::{run_monitor, HealthBoard};
 use crate::raft::node::{Node, NodeConfig, INPUT_CAPACITY};
 use crate::raft::transport::{RaftService, Transport, MAX_MESSAGE_BYTES};
@@ -136,7 +136,8 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     tokio::spawn(run_monitor(Arc::clone(&health), handle.clone(), HEALTH_REFRESH, cancel.child_token()));
     let lease = LeaseConfig { lease: cfg.failover.lease.as_millis() as u64, drift_margin: cfg.failover.drift_margin.as_millis() as u64 };
     let waits: Waits = Default::default();
-    let executor = Executor::new(handle.clone(), Arc::clone(&health), lease, cfg.raft.write_timeout, Arc::clone(&waits));
+    let hook = Hook { command: cfg.failover.hook.clone(), timeout: cfg.failover.hook_timeout };
+    let executor = Executor::new(handle.clone(), Arc::clone(&health), lease, hook, cfg.raft.write_timeout, Arc::clone(&waits));
     tokio::spawn(Arc::clone(&executor).run(cancel.child_token()));
     let admin_api =
         AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&health), cfg.raft.write_timeout, Arc::clone(&executor));

@@ -105,6 +105,12 @@ fn a_killed_postgres_primary_is_replaced_redis_follows_and_the_old_primary_rejoi
     assert_eq!(d["from"], "pg-a");
     assert_eq!(d["to"], new.as_str());
     assert!(d["evidence"].as_array().is_some_and(|e| e.len() == 3), "{d}");
+    // The endpoint hook ran with the new primary in its environment.
+    let address = format!("127.0.0.1:{port}");
+    let hooks = wait_for("the hook to run", LONG, || {
+        std::fs::read_to_string(lab.info.dir.join("hooks.log")).ok().filter(|t| t.contains(&format!("app-pg 2 {new} {address} failover")))
+    });
+    assert!(hooks.is_ok(), "hooks.log: {:?}\n{d}", std::fs::read_to_string(lab.info.dir.join("hooks.log")));
 
     // Redis follows PostgreSQL to the same region (failover group).
     let region = lab.member(&new).expect("new").region.clone();

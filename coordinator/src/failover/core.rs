@@ -532,6 +532,9 @@ fn decision(
         }
     }
     steps.push(step("promote", to));
+    // Clients learn the new endpoint (WatchPrimary publishes it as soon as
+    // the promotion is recorded); this step runs the configured hook.
+    steps.push(step("publish", to));
     for (id, _) in members {
         if id.as_str() != to && **id != rec.primary {
             steps.push(step("repoint", id));

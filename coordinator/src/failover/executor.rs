@@ -42,6 +42,7 @@ pub struct Executor {
     node: NodeHandle,
     health: Arc<HealthBoard>,
     lease: LeaseConfig,
+    hook: Hook,
     write_timeout: Duration,
     waits: Waits,
     running: Mutex<HashSet<u64>>,
@@ -49,16 +50,31 @@ pub struct Executor {
     inbox: Mutex<Option<mpsc::Receiver<Asked>>>,
 }
 
+/// The command run after each promotion (empty: none), and its time limit.
+#[derive(Clone, Debug, Default)]
+pub struct Hook {
+    pub command: Vec<String>,
+    pub timeout: Duration,
+}
+
 /// An operator's request and where its answer goes.
 type Asked = (Request, oneshot::Sender<Result<Decision, String>>);
 
 impl Executor {
-    pub fn new(node: NodeHandle, health: Arc<HealthBoard>, lease: LeaseConfig, write_timeout: Duration, waits: Waits) -> Arc<Self> {
+    pub fn new(
+        node: NodeHandle,
+        health: Arc<HealthBoard>,
+        lease: LeaseConfig,
+        hook: Hook,
+        write_timeout: Duration,
+        waits: Waits,
+    ) -> Arc<Self> {
         let (requests, inbox) = mpsc::channel(16);
         Arc::new(Executor {
             node,
             health,
             lease,
+            hook,
             write_timeout,
             waits,
             running: Mutex::new(HashSet::new()),
@@ -272,9 +288,65 @@ impl Executor {
         }
     }
 
+    /// Runs the hook for a promoted decision; its outcome is the step's.
+    async fn publish(&self, d: &Decision, t: &Topology) -> Attempt {
+        if !d.steps.iter().any(|s| s.action == "promote" && s.state == StepState::Done) {
+            return Attempt::Later("not promoted yet".into());
+        }
+        let Some((program, rest)) = self.hook.command.split_first() else {
+            return Attempt::Record(StepState::Done, String::new(), BTreeMap::from([("hook".to_string(), "none configured".to_string())]));
+        };
+        let decl = t.members.get(&d.to);
+        let address = decl.map(|m| m.address.clone()).unwrap_or_default();
+        let (host, port) = address.rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap_or_default();
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(rest)
+            .env("DRC_CLUSTER", &d.cluster)
+            .env("DRC_EPOCH", d.epoch.to_string())
+            .env("DRC_PRIMARY", &d.to)
+            .env("DRC_PRIMARY_ADDRESS", &address)
+            .env("DRC_PRIMARY_HOST", host)
+            .env("DRC_PRIMARY_PORT", port)
+            .env("DRC_PRIMARY_REGION", decl.map(|m| m.region.clone()).unwrap_or_default())
+            .env("DRC_OLD_PRIMARY", &d.from)
+            .env("DRC_DECISION", d.id.to_string())
+            .env("DRC_KIND", format!("{:?}", d.kind).to_lowercase())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let start = Instant::now();
+        let outcome = tokio::time::timeout(self.hook.timeout, cmd.output()).await;
+        let ms = start.elapsed().as_millis().to_string();
+        let tail = |b: &[u8]| {
+            let text = String::from_utf8_lossy(b);
+            let t = text.trim();
+            t[t.len().saturating_sub(500)..].to_string()
+        };
+        match outcome {
+            Ok(Ok(out)) if out.status.success() => Attempt::Record(
+                StepState::Done,
+                String::new(),
+                BTreeMap::from([("hook_ms".to_string(), ms), ("hook_output".to_string(), tail(&out.stdout))]),
+            ),
+            Ok(Ok(out)) => Attempt::Record(
+                StepState::Failed,
+                format!("hook {program} failed ({}): {}", out.status, tail(&out.stderr)),
+                BTreeMap::from([("hook_ms".to_string(), ms)]),
+            ),
+            Ok(Err(e)) => Attempt::Record(StepState::Failed, format!("hook {program} could not start: {e}"), BTreeMap::new()),
+            Err(_) => Attempt::Record(
+                StepState::Failed,
+                format!("hook {program} timed out after {} and was killed", humantime::format_duration(self.hook.timeout)),
+                BTreeMap::from([("hook_ms".to_string(), ms)]),
+            ),
+        }
+    }
+
     /// One attempt at step `i`.
     async fn attempt(&self, d: &Decision, i: usize, t: &Topology, since: Instant) -> Attempt {
         let step = &d.steps[i];
+        if step.action == "publish" {
+            return self.publish(d, t).await;
+        }
         // Leases granted up to the decision run out lease + margin later,
         // unless the core decided only after the old primary's lease ended.
         let lease_end = step

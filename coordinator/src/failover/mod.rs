@@ -165,7 +165,7 @@ impl Step {
     /// Repointing a replica and rejoining the old primary wait for their
     /// member to be reachable; they do not hold the cluster's next decision.
     pub fn is_background(&self) -> bool {
-        self.action == "repoint" || self.action == "rejoin"
+        matches!(self.action.as_str(), "repoint" | "rejoin" | "publish")
     }
 }
 

@@ -537,6 +537,9 @@ impl Sim {
                         continue;
                     }
                 }
+                "publish" if d.steps.iter().any(|s| s.action == "promote" && s.state == StepState::Done) => {
+                    (StepState::Done, String::new())
+                }
                 "repoint" | "rejoin" if reach && m.up => {
                     let to = d.to.clone();
                     self.set(&m.id, |x| {

@@ -254,6 +254,10 @@ impl Lab {
                 raft[i],
                 data_dir.display().to_string()
             );
+            // Every promotion appends the new endpoint to hooks.log.
+            let hooks = self.info.dir.join("hooks.log");
+            let line = format!("echo \"$DRC_CLUSTER $DRC_EPOCH $DRC_PRIMARY $DRC_PRIMARY_ADDRESS $DRC_KIND\" >> {}", hooks.display());
+            text.push_str(&format!("[failover]\nhook = [\"sh\", \"-c\", {line:?}]\nhook_timeout = \"5s\"\n"));
             for (j, (a, r)) in addrs.iter().zip(&raft).enumerate() {
                 text.push_str(&format!("[[peers]]\nid = {}\naddress = {a:?}\nraft_address = {r:?}\n", j + 1));
             }
