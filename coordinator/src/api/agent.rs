@@ -163,6 +163,7 @@ impl AgentApi {
         let mut views = self.health.views();
         let mut status = self.node.watch_status();
         let mut sent_view = None;
+        let mut checked = (hello.dataset_id.clone(), hello.previous_dataset_id.clone());
         loop {
             let view = views.borrow_and_update().get(&hello.cluster).cloned();
             if view.is_some() && view != sent_view {
@@ -176,7 +177,11 @@ impl AgentApi {
                 msg = inbound.next() => match msg {
                     Some(Ok(AgentMessage { body: Some(agent_message::Body::Sample(s)) })) => {
                         check_sample(&s, hello)?;
-                        self.check_dataset(&hello.cluster, &hello.member_id, &s.dataset_id, &s.previous_dataset_id)?;
+                        // Checked when it changes, not on every sample.
+                        if (&s.dataset_id, &s.previous_dataset_id) != (&checked.0, &checked.1) {
+                            self.check_dataset(&hello.cluster, &hello.member_id, &s.dataset_id, &s.previous_dataset_id)?;
+                            checked = (s.dataset_id.clone(), s.previous_dataset_id.clone());
+                        }
                         if !self.health.is_current(&hello.member_id, session) {
                             return Ok("replaced by a newer stream of the same member");
                         }

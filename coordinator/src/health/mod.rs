@@ -286,6 +286,11 @@ impl HealthBoard {
             let mut b = self.lock();
             for c in &clusters {
                 for m in &c.members {
+                    // Most members change nothing between refreshes: no
+                    // allocation for them.
+                    if b.last.get(&m.id).is_some_and(|(h, r)| *h == m.healthy && *r == m.role) {
+                        continue;
+                    }
                     let cur = (m.healthy, m.role.clone());
                     match b.last.insert(m.id.clone(), cur.clone()) {
                         Some(prev) if prev == cur => {}
