@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use drc_tests::lab::{netcut::CuttableLink, postgres::psql, redis::cli, signal, Lab};
+use drc_tests::lab::{kill_tree, netcut::CuttableLink, postgres::psql, redis::cli, signal, Lab};
 use drc_tests::wait_for;
 use serde_json::Value;
 
@@ -184,15 +184,6 @@ fn pause_stops_automatic_failover_and_resume_lets_it_happen() {
     wait_for("the moved primary to accept writes", LONG, || psql(port, "CREATE TABLE moved (id int)").ok()).expect("write");
     let bad = lab.drctl_json(&["failover-region", "--from", "nowhere"]).expect_err("unknown region");
     assert!(bad.to_string().contains("unknown region"), "{bad}");
-}
-
-/// SIGKILLs a process and its children, as a machine dying would.
-fn kill_tree(pid: u32) {
-    let out = std::process::Command::new("pgrep").args(["-P", &pid.to_string()]).output().expect("pgrep");
-    signal(pid, libc::SIGKILL);
-    for child in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-        signal(child, libc::SIGKILL);
-    }
 }
 
 /// Asserts for `quiet` that `cluster` stays at `epoch` with `primary`.

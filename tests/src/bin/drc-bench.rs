@@ -5,6 +5,11 @@
 //! from SIGKILL of the leader to the first successful write on a new leader
 //! (median over `--trials`).
 //!
+//! `drc-bench failover` — in a fresh lab per trial, a continuous writer
+//! through the cluster's stable endpoint (drc-proxy); a fault; the time from
+//! the fault to the first acknowledged write, and the acknowledged writes
+//! missing from the new primary afterwards.
+//!
 //! Build in release for meaningful numbers:
 //! `cargo build --release --workspace --bins && target/release/drc-bench raft`
 
@@ -42,6 +47,15 @@ enum Bench {
         #[arg(long, default_value = "100ms")]
         tick_interval: String,
     },
+    /// Fault -> first acknowledged write through the lab's stable endpoint.
+    Failover {
+        #[arg(long, default_value_t = 10)]
+        trials: u32,
+        /// pg-crash (postmaster SIGKILL), pg-node (server and agent),
+        /// redis-node (server and agent), region (everything in region a).
+        #[arg(long, value_delimiter = ',', default_value = "pg-crash,pg-node,redis-node,region")]
+        faults: Vec<String>,
+    },
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -66,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Raft { writes, trials } => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(raft(writes, trials))
         }
+        Bench::Failover { trials, faults } => failover::run(trials, &faults),
         Bench::Agents { counts, seconds, tick_interval } => {
             let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(counts, seconds, tick))
@@ -408,6 +423,181 @@ mod agents {
                 t.abort();
             }
             drop(cluster);
+        }
+        Ok(())
+    }
+}
+
+mod failover {
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{anyhow, bail};
+    use drc_tests::lab::{kill_tree, postgres::postmaster_pid, signal, Lab, PG_CLUSTER, REDIS_CLUSTER};
+    use drc_tests::wait_for;
+
+    /// Runs `program args` with a time limit; its stdout when it succeeds.
+    fn run_limited(program: &str, args: &[&str], limit: Duration) -> Option<String> {
+        let mut child = Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
+        let start = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let mut out = String::new();
+                    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut out).ok()?;
+                    return status.success().then(|| out.trim().to_string());
+                }
+                Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(5)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// One write of `id` through the endpoint; true when acknowledged.
+    fn write(redis: bool, port: u16, id: u64) -> bool {
+        let port = port.to_string();
+        let limit = Duration::from_secs(2);
+        if redis {
+            run_limited("redis-cli", &["-h", "127.0.0.1", "-p", &port, "SADD", "acked", &id.to_string()], limit).is_some_and(|o| o == "1")
+        } else {
+            let sql = format!("INSERT INTO acked VALUES ({id})");
+            run_limited("psql", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-At", "-v", "ON_ERROR_STOP=1", "-c", &sql], limit)
+                .is_some()
+        }
+    }
+
+    /// Every acknowledged id the current primary holds, read through the endpoint.
+    fn present(redis: bool, port: u16) -> Option<std::collections::BTreeSet<u64>> {
+        let port = port.to_string();
+        let out = if redis {
+            run_limited("redis-cli", &["-h", "127.0.0.1", "-p", &port, "SMEMBERS", "acked"], Duration::from_secs(5))?
+        } else {
+            run_limited(
+                "psql",
+                &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-At", "-c", "SELECT id FROM acked"],
+                Duration::from_secs(5),
+            )?
+        };
+        Some(out.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    fn epoch(lab: &Lab, cluster: &str) -> Option<u64> {
+        lab.status().ok()?["clusters"].as_array()?.iter().find(|c| c["name"] == cluster)?["epoch"].as_u64()
+    }
+
+    struct Trial {
+        to_first_write: Duration,
+        acked: usize,
+        lost: usize,
+    }
+
+    fn trial(fault: &str) -> anyhow::Result<Trial> {
+        let dir = tempfile::Builder::new().prefix("drc-bench-failover-").tempdir()?;
+        let lab = Lab::up(dir.path())?;
+        let redis = fault == "redis-node";
+        let cluster = if redis { REDIS_CLUSTER } else { PG_CLUSTER };
+        wait_for("both clusters adopted", Duration::from_secs(60), || {
+            (epoch(&lab, PG_CLUSTER)? >= 1 && epoch(&lab, REDIS_CLUSTER)? >= 1).then_some(())
+        })?;
+        let port: u16 = lab.forwarder(cluster)?.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).ok_or_else(|| anyhow!("port"))?;
+        if !redis
+            && run_limited(
+                "psql",
+                &["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-c", "CREATE TABLE acked (id bigint PRIMARY KEY)"],
+                Duration::from_secs(10),
+            )
+            .is_none()
+        {
+            bail!("cannot create the table through the forwarder");
+        }
+        let acks: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (acks, stop) = (Arc::clone(&acks), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut id = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    id += 1;
+                    if write(redis, port, id) {
+                        acks.lock().unwrap_or_else(|p| p.into_inner()).push((id, Instant::now()));
+                    } else {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_secs(3));
+        let member = |id: &str| lab.member(id).cloned();
+        let (pa, ra) = (member("pg-a")?, member("redis-a")?);
+        let fault_at = Instant::now();
+        match fault {
+            "pg-crash" => kill_tree(postmaster_pid(&pa.data_dir)?),
+            "pg-node" => {
+                signal(pa.agent_pid, libc::SIGKILL);
+                kill_tree(postmaster_pid(&pa.data_dir)?);
+            }
+            "redis-node" => {
+                signal(ra.agent_pid, libc::SIGKILL);
+                signal(ra.pid, libc::SIGKILL);
+            }
+            "region" => {
+                for c in lab.info.coordinators.iter().filter(|c| c.region == "a") {
+                    signal(c.pid, libc::SIGKILL);
+                }
+                signal(pa.agent_pid, libc::SIGKILL);
+                signal(ra.agent_pid, libc::SIGKILL);
+                signal(ra.pid, libc::SIGKILL);
+                kill_tree(postmaster_pid(&pa.data_dir)?);
+            }
+            other => bail!("unknown fault {other:?}"),
+        }
+        let first = wait_for("the first acknowledged write after the fault", Duration::from_secs(120), || {
+            acks.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(_, at)| *at > fault_at).map(|(_, at)| *at)
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::SeqCst);
+        let _ = writer.join();
+        let first = first?;
+        let acked: Vec<u64> = acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _)| *id).collect();
+        let held = wait_for("the acknowledged ids read back", Duration::from_secs(30), || present(redis, port))?;
+        let lost = acked.iter().filter(|id| !held.contains(id)).count();
+        Ok(Trial { to_first_write: first.duration_since(fault_at), acked: acked.len(), lost })
+    }
+
+    pub fn run(trials: u32, faults: &[String]) -> anyhow::Result<()> {
+        println!("failover benchmark: a fresh lab per trial, a continuous writer through drc-proxy, shipped defaults");
+        for fault in faults {
+            let mut times = Vec::new();
+            for t in 1..=trials {
+                match trial(fault) {
+                    Ok(r) => {
+                        println!(
+                            "{fault} trial {t}: first acknowledged write {:.2} s after the fault; {} writes acknowledged, {} lost",
+                            r.to_first_write.as_secs_f64(),
+                            r.acked,
+                            r.lost
+                        );
+                        times.push(r.to_first_write);
+                    }
+                    Err(e) => println!("{fault} trial {t}: failed: {e:#}"),
+                }
+            }
+            times.sort();
+            if let (Some(min), Some(max)) = (times.first(), times.last()) {
+                println!(
+                    "{fault}: {} trials: min {:.2} s  median {:.2} s  max {:.2} s",
+                    times.len(),
+                    min.as_secs_f64(),
+                    super::percentile(&times, 0.5).as_secs_f64(),
+                    max.as_secs_f64()
+                );
+            }
         }
         Ok(())
     }

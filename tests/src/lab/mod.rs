@@ -159,6 +159,15 @@ pub fn stop_pid(pid: u32, grace: Duration) {
     }
 }
 
+/// SIGKILLs a process and its children, as a machine dying would.
+pub fn kill_tree(pid: u32) {
+    let children = Command::new("pgrep").args(["-P", &pid.to_string()]).output().map(|o| o.stdout).unwrap_or_default();
+    signal(pid, libc::SIGKILL);
+    for child in String::from_utf8_lossy(&children).lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        signal(child, libc::SIGKILL);
+    }
+}
+
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a pid we started.
     #[allow(unsafe_code)]
