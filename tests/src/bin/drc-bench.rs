@@ -472,6 +472,48 @@ mod failover {
         }
     }
 
+    /// An application's view of PostgreSQL: one persistent connection through
+    /// the endpoint, re-established when the proxy cuts it at a failover.
+    struct PgWriter {
+        runtime: tokio::runtime::Runtime,
+        port: u16,
+        client: Option<tokio_postgres::Client>,
+    }
+
+    impl PgWriter {
+        fn new(port: u16) -> PgWriter {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            PgWriter { runtime, port, client: None }
+        }
+
+        fn insert(&mut self, id: u64) -> bool {
+            let limit = Duration::from_secs(2);
+            let port = self.port;
+            let client = self.client.take();
+            let (ok, client) = self.runtime.block_on(async move {
+                let client = match client {
+                    Some(c) if !c.is_closed() => c,
+                    _ => {
+                        let conf = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2");
+                        let Ok(Ok((c, conn))) = tokio::time::timeout(limit, tokio_postgres::connect(&conf, tokio_postgres::NoTls)).await
+                        else {
+                            return (false, None);
+                        };
+                        tokio::spawn(conn);
+                        c
+                    }
+                };
+                let sql = format!("INSERT INTO acked VALUES ({id})");
+                match tokio::time::timeout(limit, client.batch_execute(&sql)).await {
+                    Ok(Ok(())) => (true, Some(client)),
+                    _ => (false, None),
+                }
+            });
+            self.client = client;
+            ok
+        }
+    }
+
     /// Every acknowledged id the current primary holds, read through the endpoint.
     fn present(redis: bool, port: u16) -> Option<std::collections::BTreeSet<u64>> {
         let port = port.to_string();
@@ -521,10 +563,12 @@ mod failover {
         let writer = {
             let (acks, stop) = (Arc::clone(&acks), Arc::clone(&stop));
             std::thread::spawn(move || {
+                let mut pg = PgWriter::new(port);
                 let mut id = 0;
                 while !stop.load(Ordering::SeqCst) {
                     id += 1;
-                    if write(redis, port, id) {
+                    let ok = if redis { write(redis, port, id) } else { pg.insert(id) };
+                    if ok {
                         acks.lock().unwrap_or_else(|p| p.into_inner()).push((id, Instant::now()));
                     } else {
                         std::thread::sleep(Duration::from_millis(10));
