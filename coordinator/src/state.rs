@@ -357,15 +357,7 @@ mod tests {
     fn failover(sm: &StateMachine, to: &str) -> Decision {
         use crate::failover::{Step, Trigger};
         let rec = &sm.records["c"];
-        let step = |action: &str, member: &str| Step {
-            action: action.into(),
-            member: member.into(),
-            state: StepState::Pending,
-            started: 0,
-            finished: 0,
-            error: String::new(),
-            args: BTreeMap::new(),
-        };
+        let step = Step::pending;
         Decision {
             id: 0,
             cluster: "c".into(),

@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ClusterRecord, Decision, DecisionKind, MemberEvidence, Millis, Step, StepState, Trigger};
+use super::{ClusterRecord, Decision, DecisionKind, MemberEvidence, Millis, Step, Trigger};
 use crate::topology::{Policy, Topology};
 
 /// One member as the leader sees it now.
@@ -514,15 +514,7 @@ fn decision(
     members: &[(&String, Obs)],
     detected_at: Millis,
 ) -> Decision {
-    let step = |action: &str, member: &str| Step {
-        action: action.into(),
-        member: member.into(),
-        state: StepState::Pending,
-        started: 0,
-        finished: 0,
-        error: String::new(),
-        args: BTreeMap::new(),
-    };
+    let step = Step::pending;
     let mut steps = Vec::new();
     match kind {
         DecisionKind::Failover => steps.push(step("fence", &rec.primary)),

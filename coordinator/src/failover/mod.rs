@@ -164,6 +164,19 @@ pub struct Decision {
 impl Step {
     /// Repointing a replica and rejoining the old primary wait for their
     /// member to be reachable; they do not hold the cluster's next decision.
+    /// A step not started yet.
+    pub fn pending(action: &str, member: &str) -> Step {
+        Step {
+            action: action.into(),
+            member: member.into(),
+            state: StepState::Pending,
+            started: 0,
+            finished: 0,
+            error: String::new(),
+            args: BTreeMap::new(),
+        }
+    }
+
     pub fn is_background(&self) -> bool {
         matches!(self.action.as_str(), "repoint" | "rejoin" | "publish")
     }
