@@ -110,6 +110,8 @@ pub struct Prober {
     /// outlives the primary (a new coordinator leader must still see it).
     known_primary: u64,
     known_epoch: u64,
+    /// When the cross-probe last reached the primary.
+    primary_seen_at: Option<Instant>,
 }
 
 impl Prober {
@@ -118,7 +120,7 @@ impl Prober {
             Kind::Postgres => Inner::Postgres(Box::new(postgres::PgProber::new(&cfg.connection, cfg.probe_timeout)?)),
             Kind::Redis => Inner::Redis(Box::new(redis::RedisProber::new(&cfg.connection, cfg.probe_timeout)?)),
         };
-        Ok(Prober { inner, clock: LagClock::default(), known_primary: 0, known_epoch: 0 })
+        Ok(Prober { inner, clock: LagClock::default(), known_primary: 0, known_epoch: 0, primary_seen_at: None })
     }
 
     pub async fn local(&mut self) -> Reading {
@@ -149,6 +151,7 @@ impl Prober {
         }
         if let Some(p) = primary.filter(|p| p.reachable) {
             self.known_primary = self.known_primary.max(p.position);
+            self.primary_seen_at = Some(now);
         }
         let acked = primary.filter(|p| p.reachable).and_then(|p| p.acked.map(|(at, ago)| (p.position.saturating_sub(at), ago)));
         let (lag_bytes, lag) = match local.role {
@@ -160,7 +163,14 @@ impl Prober {
                 // the primary's positions or the last replayed transaction.
                 None => {
                     let behind = local.receive.saturating_sub(local.replay).max(self.known_primary.saturating_sub(local.replay));
-                    let age = self.clock.lag(local.replay, self.known_primary, now).max(local.replay_age.unwrap_or_default());
+                    // Aged as of the primary's last sign of life: a dead
+                    // primary writes nothing more, so what this replica
+                    // misses does not get older (else the RPO time gate
+                    // would never let a replica that missed one commit be
+                    // promoted).
+                    let at = self.primary_seen_at.unwrap_or(now);
+                    let replay_age = local.replay_age.unwrap_or_default().saturating_sub(now.saturating_duration_since(at));
+                    let age = self.clock.lag(local.replay, self.known_primary, at).max(replay_age);
                     (behind, if behind == 0 { Duration::ZERO } else { age })
                 }
             },
