@@ -77,6 +77,11 @@ impl Actor {
         })
     }
 
+    /// Milliseconds left on the primary lease this agent holds; 0 without one.
+    pub fn lease_ms(&self) -> u64 {
+        lock(&self.lease_until).map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64).unwrap_or(0)
+    }
+
     pub fn epoch(&self) -> u64 {
         lock(&self.known).epoch
     }
@@ -173,7 +178,7 @@ impl Actor {
         // Already promoted in this epoch (the command is repeated by a new
         // coordinator leader that did not see the first result): finish the
         // remaining work without refusing on a vouch it already overrode.
-        let already = self.local_is_writable_primary().await.unwrap_or(false);
+        let already = matches!(self.vouchers().await, Ok(Some(_)));
         if let Some(at) = lock(&self.link_up_at).filter(|_| !already) {
             if !fenced && at.elapsed() < lease {
                 return Err(format!(
@@ -377,14 +382,16 @@ impl Actor {
                 vouched_logged = false;
                 continue;
             }
-            let Ok(writable) = self.local_is_writable_primary().await else { continue };
-            if !writable {
-                continue;
-            }
             if !superseded {
                 let expected = *lock(&self.replicas);
-                match self.streaming_replicas().await {
-                    Ok(n) if expected > 0 && n >= expected => {
+                // One read gives the role and the vouchers together, so a
+                // link that drops between two reads cannot be mistaken for
+                // either. A member this agent cannot read at all may still be
+                // serving others: with the lease gone, it is fenced through
+                // its data directory, which needs no connection.
+                match self.vouchers().await {
+                    Ok(None) => continue,
+                    Ok(Some(n)) if expected > 0 && n >= expected => {
                         if !vouched_logged {
                             tracing::warn!(
                                 replicas = n,
@@ -394,11 +401,16 @@ impl Actor {
                         }
                         continue;
                     }
-                    Ok(n) => tracing::error!(streaming = n, expected, "lease lapsed and not every other member vouches: fencing"),
-                    Err(e) => tracing::error!(error = %e, "lease lapsed and the replicas cannot be counted: fencing"),
+                    Ok(Some(n)) => tracing::error!(streaming = n, expected, "lease lapsed and not every other member vouches: fencing"),
+                    Err(e) => tracing::error!(error = %e, "lease lapsed and the member cannot be read: fencing"),
                 }
             } else {
-                tracing::error!(epoch = known.epoch, primary = %known.primary, "this member is a primary, but another member is the primary of the newest epoch: fencing");
+                // Every replica's agent passes here: only a member seen
+                // writable is fenced.
+                if !matches!(self.vouchers().await, Ok(Some(_))) {
+                    continue;
+                }
+                tracing::error!(epoch = known.epoch, primary = %known.primary, "this member may be a primary, but another member is the primary of the newest epoch: fencing");
             }
             let fenced = match self.cfg.kind {
                 Kind::Postgres => self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await,
@@ -414,36 +426,28 @@ impl Actor {
         }
     }
 
-    async fn local_is_writable_primary(&self) -> Result<bool, String> {
+    /// None if the local member is not a writable primary; otherwise how
+    /// many replicas stream from it (each vouches that no newer epoch exists).
+    async fn vouchers(&self) -> Result<Option<usize>, String> {
         match self.cfg.kind {
             Kind::Postgres => {
                 let c = self.pg_local().await?;
-                let r: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(pg_err)?.get(0);
-                Ok(!r)
+                let row = c
+                    .query_one("SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')", &[])
+                    .await
+                    .map_err(pg_err)?;
+                let (in_recovery, n): (bool, i64) = (row.get(0), row.get(1));
+                Ok((!in_recovery).then_some(n as usize))
             }
             Kind::Redis => {
                 let mut c = self.redis_local().await?;
                 let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
-                Ok(parse_info(&info).get("role") == Some(&"master"))
-            }
-        }
-    }
-
-    async fn streaming_replicas(&self) -> Result<usize, String> {
-        match self.cfg.kind {
-            Kind::Postgres => {
-                let c = self.pg_local().await?;
-                let n: i64 =
-                    c.query_one("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", &[]).await.map_err(pg_err)?.get(0);
-                Ok(n as usize)
-            }
-            Kind::Redis => {
-                let mut c = self.redis_local().await?;
-                let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
-                Ok(parse_info(&info)
+                let info = parse_info(&info);
+                let online = info
                     .iter()
                     .filter(|(k, v)| k.starts_with("slave") && k[5..].parse::<u32>().is_ok() && v.contains("state=online"))
-                    .count())
+                    .count();
+                Ok((info.get("role") == Some(&"master")).then_some(online))
             }
         }
     }

@@ -119,7 +119,8 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
             probe_actor.observe_link(local.reachable && local.role == "replica" && local.replication_connected);
             let epoch = probe_actor.epoch().max(view.as_ref().map(|v| v.epoch).unwrap_or(0));
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-            let sample = prober.sample(&probe_cfg.member_id, &local, primary.as_ref(), epoch, now);
+            let mut sample = prober.sample(&probe_cfg.member_id, &local, primary.as_ref(), epoch, now);
+            sample.lease_ms = probe_actor.lease_ms();
             if !local.dataset_id.is_empty() {
                 let now = (local.dataset_id.clone(), local.previous_dataset_id.clone());
                 dataset_tx.send_if_modified(|d| {

@@ -200,6 +200,8 @@ impl Prober {
             primary_position: self.known_primary,
             replication_state: local.replication_state.clone(),
             primary_probe_us: primary.map(|p| p.round_trip.as_micros() as u64).unwrap_or(0),
+            // Filled in by the caller, which holds the lease.
+            lease_ms: 0,
         }
     }
 }

@@ -371,6 +371,7 @@ fn member_health(id: &str, region: &str, sample: Option<&Sample>, age: Option<Du
         h.position = s.position;
         h.replication_connected = s.replication_connected;
         h.replication_state = s.replication_state.clone();
+        h.lease_ms = s.lease_ms;
         h.sample_age_ms = age.map(|a| a.as_millis() as u64).unwrap_or(0);
         h.healthy = connected && fresh && s.reachable && s.error.is_empty();
     }
