@@ -56,6 +56,52 @@ pub struct Actor {
     link_up_at: Mutex<Option<Instant>>,
     /// Set once the agent fenced its member for a lapsed lease.
     fenced: Mutex<bool>,
+    /// One connection to the local PostgreSQL, reused: the lease check runs
+    /// every 50 ms, and a promotion should not pay for new connections.
+    local_pg: tokio::sync::Mutex<Option<Arc<Client>>>,
+}
+
+/// How often the agent checks its lease.
+const LEASE_CHECK: Duration = Duration::from_millis(50);
+
+/// The agent gives up its lease this long before the coordinator's end of
+/// it, so that a check period plus `pg_ctl stop -m immediate` (~60-150 ms
+/// here) finish before that end: the coordinator's drift margin is then left
+/// for clock differences alone.
+const FENCE_LEAD: Duration = Duration::from_millis(200);
+
+/// When a lease received at `received` ends on this agent: `ttl` after
+/// receipt, but never after the coordinator's own end (`expires_at_ms`, its
+/// wall clock) as read on ours, so that a lease delivered late does not run
+/// past the moment the coordinator may replace this primary; minus
+/// FENCE_LEAD.
+fn lease_end(received: Instant, ttl_ms: u64, expires_at_ms: Option<u64>, now_ms: u64) -> Instant {
+    let mut left = ttl_ms;
+    if let Some(at) = expires_at_ms {
+        left = left.min(at.saturating_sub(now_ms));
+    }
+    received + Duration::from_millis(left).saturating_sub(FENCE_LEAD)
+}
+
+/// Whether the postmaster named by `data_dir/postmaster.pid` still runs.
+/// Unsure (unreadable file, no /proc) counts as running, so that the caller
+/// stops it properly.
+fn postmaster_alive(data_dir: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
+        // No pid file: not running, unless the file is merely unreadable.
+        return data_dir.join("postmaster.pid").exists();
+    };
+    match text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) {
+        Some(pid) if std::path::Path::new("/proc/self").exists() => {
+            // A reused pid would have to belong to a postgres process.
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim().starts_with("postgres"))
+        }
+        _ => true,
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,6 +120,7 @@ impl Actor {
             replicas: Mutex::new(known.replicas),
             link_up_at: Mutex::new(None),
             fenced: Mutex::new(false),
+            local_pg: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -135,8 +182,9 @@ impl Actor {
         let mut result = CommandResult { command_id: cmd.command_id, ok: true, ..Default::default() };
         if cmd.action == "lease" {
             if self.learn(cmd.epoch, &self.cfg.member_id) {
-                let ttl = args.get("ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(2_000);
-                *lock(&self.lease_until) = Some(Instant::now() + Duration::from_millis(ttl));
+                let ttl: u64 = args.get("ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(1_000);
+                *lock(&self.lease_until) =
+                    Some(lease_end(Instant::now(), ttl, args.get("expires_at_ms").and_then(|t| t.parse().ok()), now_ms()));
                 let replicas = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);
                 *lock(&self.replicas) = replicas;
                 let mut k = lock(&self.known);
@@ -188,20 +236,46 @@ impl Actor {
                 ));
             }
         }
-        // The new primary serves under a lease from the start.
-        *lock(&self.lease_until) = Some(Instant::now() + Duration::from_secs(5));
+        // The new primary serves under the lease its promotion grants.
+        let ttl: u64 = args.get("ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(3_000);
+        *lock(&self.lease_until) = Some(lease_end(Instant::now(), ttl, args.get("expires_at_ms").and_then(|t| t.parse().ok()), now_ms()));
+        let result = self.promote_member(args).await;
+        if result.is_ok() {
+            // From now on this member is the primary that holds the lease:
+            // if renewals stop and its replicas do not vouch, it fences itself.
+            let replicas = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);
+            *lock(&self.replicas) = replicas;
+            let mut k = lock(&self.known);
+            k.held_lease = true;
+            k.replicas = replicas;
+            self.save(&k);
+        }
+        result
+    }
+
+    async fn promote_member(&self, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
         match self.cfg.kind {
             Kind::Postgres => {
                 let c = self.pg_local().await?;
                 let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(pg_err)?.get(0);
                 if in_recovery {
-                    let ok: bool = c.query_one("SELECT pg_promote(wait => true, wait_seconds => 30)", &[]).await.map_err(pg_err)?.get(0);
-                    if !ok {
-                        return Err("pg_promote did not finish within 30 s".into());
+                    // pg_promote's own wait polls every 100 ms; this polls
+                    // every 10 ms, which is most of a promotion's time here.
+                    c.query_one("SELECT pg_promote(wait => false)", &[]).await.map_err(pg_err)?;
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        let r: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(pg_err)?.get(0);
+                        if !r {
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            return Err("the promotion did not finish within 30 s".into());
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
-                // pg_rewind of the old primary needs a checkpoint on the new one.
-                c.batch_execute("CHECKPOINT").await.map_err(pg_err)?;
+                // No CHECKPOINT here: it would delay publication, and the
+                // rejoin of the old primary runs one before pg_rewind.
                 let mine = drc_proto::slot_name(&self.cfg.member_id);
                 for slot in
                     args.get("slots").map(|s| s.split(',').filter(|s| !s.is_empty() && *s != mine).collect::<Vec<_>>()).unwrap_or_default()
@@ -235,6 +309,8 @@ impl Actor {
             .as_ref()
             .ok_or_else(|| format!("{action}: this agent has no [postgres] section (data_dir, bin_dir, run_as)"))?;
         match action {
+            // A postmaster that is gone is fenced already: no pg_ctl (~250 ms).
+            "fence" if !postmaster_alive(&pg.data_dir) => Ok(HashMap::from([("already".to_string(), "not running".to_string())])),
             "fence" => self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await.map(|_| HashMap::new()),
             "demote" => {
                 self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]).await?;
@@ -364,11 +440,11 @@ impl Actor {
         }
     }
 
-    /// Every 100 ms: a primary without a valid lease is fenced unless every
+    /// Every LEASE_CHECK: a primary without a valid lease is fenced unless every
     /// other member vouches for it; a primary of an epoch whose primary is
     /// someone else is fenced at once.
     pub async fn watch_lease(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
-        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        let mut ticker = tokio::time::interval(LEASE_CHECK);
         let mut vouched_logged = false;
         loop {
             tokio::select! {
@@ -432,10 +508,14 @@ impl Actor {
         match self.cfg.kind {
             Kind::Postgres => {
                 let c = self.pg_local().await?;
-                let row = c
-                    .query_one("SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')", &[])
-                    .await
-                    .map_err(pg_err)?;
+                let query =
+                    c.query_one("SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')", &[]);
+                // A connection that hangs is as good as none, and is replaced.
+                let Ok(row) = tokio::time::timeout(self.cfg.probe_timeout, query).await else {
+                    *self.local_pg.lock().await = None;
+                    return Err(format!("no answer within {} ms", self.cfg.probe_timeout.as_millis()));
+                };
+                let row = row.map_err(pg_err)?;
                 let (in_recovery, n): (bool, i64) = (row.get(0), row.get(1));
                 Ok((!in_recovery).then_some(n as usize))
             }
@@ -467,7 +547,12 @@ impl Actor {
         match run_as(&pg.run_as, &pg.bin_dir.join("pg_ctl"), &all).await {
             Ok(_) => Ok(()),
             // Stopping a server that is not running is what we wanted.
-            Err(e) if args.first() == Some(&"stop") && (e.contains("Is server running?") || e.contains("does not exist")) => Ok(()),
+            Err(e)
+                if args.first() == Some(&"stop")
+                    && (e.contains("Is server running?") || e.contains("does not exist") || e.contains("No such process")) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -491,8 +576,15 @@ impl Actor {
         Ok(client)
     }
 
-    async fn pg_local(&self) -> Result<Client, String> {
-        self.pg_connect(&self.cfg.connection.host, self.cfg.connection.port).await
+    async fn pg_local(&self) -> Result<Arc<Client>, String> {
+        let mut cached = self.local_pg.lock().await;
+        if let Some(c) = cached.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(c));
+        }
+        *cached = None;
+        let c = Arc::new(self.pg_connect(&self.cfg.connection.host, self.cfg.connection.port).await?);
+        *cached = Some(Arc::clone(&c));
+        Ok(c)
     }
 
     async fn redis_local(&self) -> Result<redis::aio::MultiplexedConnection, String> {
@@ -592,5 +684,30 @@ mod tests {
         assert_eq!(parse_lsn("nope"), None);
         assert_eq!(drc_proto::slot_name("pg-eu-west"), "drc_pg_eu_west");
         assert_eq!(quote("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn a_lease_ends_before_the_coordinators_end_even_when_delivered_late() {
+        let t = Instant::now();
+        // Delivered at once: ttl minus the fence lead.
+        assert_eq!(lease_end(t, 1_000, Some(10_000 + 1_000), 10_000), t + Duration::from_millis(800));
+        // Delivered 700 ms late: only what is left of the coordinator's lease.
+        assert_eq!(lease_end(t, 1_000, Some(10_000 + 1_000), 10_700), t + Duration::from_millis(100));
+        // Arrived after its end, or with less left than the lead: lapsed.
+        assert_eq!(lease_end(t, 1_000, Some(11_000), 12_000), t);
+        assert_eq!(lease_end(t, 1_000, Some(11_000), 10_900), t);
+        // An older coordinator without expires_at: ttl alone.
+        assert_eq!(lease_end(t, 1_000, None, 0), t + Duration::from_millis(800));
+    }
+
+    #[test]
+    fn a_postmaster_pid_file_naming_no_postgres_process_is_not_alive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!postmaster_alive(dir.path()), "no pid file");
+        // This test's own pid: alive, but not a postgres process.
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{}\n/data\n", std::process::id())).expect("write");
+        assert!(!postmaster_alive(dir.path()));
+        std::fs::write(dir.path().join("postmaster.pid"), "garbage\n").expect("write");
+        assert!(postmaster_alive(dir.path()), "unsure counts as running");
     }
 }

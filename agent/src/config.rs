@@ -122,7 +122,7 @@ pub struct AgentConfig {
 }
 
 fn default_vouch() -> Duration {
-    Duration::from_secs(2)
+    Duration::from_secs(1)
 }
 
 impl AgentConfig {

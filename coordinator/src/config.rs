@@ -26,8 +26,8 @@
 //! heartbeat_ticks = 2
 //!
 //! [failover]
-//! lease = "2s"            # a primary's agent fences it after this without renewal
-//! drift_margin = "500ms"  # the leader waits lease + margin before replacing it
+//! lease = "1s"            # a primary's agent fences it after this without renewal
+//! drift_margin = "400ms"  # the leader waits lease + margin before replacing it
 //! hook = ["/usr/local/bin/point-dns-at"]  # optional, run after each promotion
 //! hook_timeout = "10s"
 //! ```
@@ -103,8 +103,8 @@ pub struct FailoverTuning {
 impl Default for FailoverTuning {
     fn default() -> Self {
         FailoverTuning {
-            lease: Duration::from_secs(2),
-            drift_margin: Duration::from_millis(500),
+            lease: Duration::from_secs(1),
+            drift_margin: Duration::from_millis(400),
             hook: Vec::new(),
             hook_timeout: Duration::from_secs(10),
         }

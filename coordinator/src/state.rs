@@ -206,6 +206,7 @@ impl StateMachine {
         }
         let id = self.history.keys().next_back().copied().unwrap_or(0) + 1;
         d.id = id;
+        rec.known_position = rec.known_position.max(d.known_position);
         // Steps of older decisions still waiting (a member to repoint or
         // rejoin) are replaced by this decision's own.
         for old in self.history.values_mut().filter(|h| h.cluster == d.cluster && h.finished_at.is_none()) {
@@ -248,8 +249,12 @@ impl StateMachine {
             return Outcome::Refused { reason: format!("decision {id} has no step {index}") };
         };
         if step.action == "promote" && state == StepState::Done {
-            if let (Some(id), Some(rec)) = (output.get("dataset_id"), self.records.get_mut(&d.cluster)) {
-                rec.advance_dataset(id);
+            if let Some(rec) = self.records.get_mut(&d.cluster) {
+                // A new primary, a new history of positions.
+                rec.known_position = 0;
+                if let Some(id) = output.get("dataset_id") {
+                    rec.advance_dataset(id);
+                }
             }
         }
         step.state = state;
@@ -373,6 +378,7 @@ mod tests {
             steps: vec![step("fence", &rec.primary), step("promote", to), step("repoint", "m3")],
             finished_at: None,
             outcome: String::new(),
+            known_position: 500,
         }
     }
 
@@ -399,6 +405,7 @@ mod tests {
         assert_eq!(sm.records["c"].primary, "m1");
         assert_eq!(sm.records["c"].blocked_until, 0, "a failover that promoted nobody does not block the next one");
         assert_eq!(sm.published_primary("c"), Some((2, Some("m1".into()))));
+        assert_eq!(sm.records["c"].known_position, 500, "m1's known position outlives the failed decision");
 
         // One that promotes: published once the promotion is done, blocked.
         let Outcome::Decided { id } = sm.apply(Command::Decide { decision: Box::new(failover(&sm, "m2")) }) else { panic!("decided") };
@@ -406,6 +413,7 @@ mod tests {
         assert_eq!(sm.published_primary("c"), Some((3, None)));
         sm.apply(step_result(id, 1, StepState::Done));
         assert_eq!(sm.published_primary("c"), Some((3, Some("m2".into()))));
+        assert_eq!(sm.records["c"].known_position, 0, "a new primary starts a new history");
         sm.apply(step_result(id, 2, StepState::Failed));
         assert_eq!(
             (sm.records["c"].primary.as_str(), sm.records["c"].blocked_until),

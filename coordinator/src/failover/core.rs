@@ -71,7 +71,17 @@ pub struct LeaseConfig {
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        LeaseConfig { lease: 2_000, drift_margin: 500 }
+        LeaseConfig { lease: 1_000, drift_margin: 400 }
+    }
+}
+
+impl LeaseConfig {
+    /// The lease a promotion grants with it: longer than a renewal, so the
+    /// new primary serves while its agent's first samples as a primary reach
+    /// the leader. Until a decision finishes, the core assumes such a lease
+    /// may have just been granted.
+    pub fn promote_ttl(&self) -> Millis {
+        3 * self.lease
     }
 }
 
@@ -121,6 +131,8 @@ struct Track {
     /// Highest position of the primary seen in this epoch.
     primary_position: u64,
     epoch: u64,
+    /// The primary of `epoch`.
+    primary: String,
 }
 
 impl Track {
@@ -172,12 +184,22 @@ impl Core {
     /// is what is known of the recorded primary's position: after a
     /// promotion, at least the position it had as a replica.
     fn track(&mut self, cluster: &str, rec: &ClusterRecord, primary_position: u64) -> &mut Track {
-        let fresh = Track { lease_until: self.leader_since + self.lease.lease, epoch: rec.epoch, primary_position, ..Track::default() };
+        let primary_position = primary_position.max(rec.known_position);
+        let fresh = Track {
+            lease_until: self.leader_since + self.lease.lease,
+            epoch: rec.epoch,
+            primary_position,
+            primary: rec.primary.clone(),
+            ..Track::default()
+        };
         let t = self.tracks.entry(cluster.to_string()).or_insert_with(|| fresh.clone());
         if t.epoch != rec.epoch {
-            // A new primary: nothing of the old one's history applies, but a
-            // lease we granted to the old one must still run out.
-            *t = Track { lease_until: t.lease_until, ..fresh };
+            // A new epoch: a lease we granted before must still run out. A
+            // new primary starts a new history; the same primary (a decision
+            // that promoted nobody) keeps what is known of its position, or
+            // the next failover would measure lag against too little.
+            let kept = if t.primary == rec.primary { t.primary_position.max(primary_position) } else { primary_position };
+            *t = Track { lease_until: t.lease_until, primary_position: kept, ..fresh };
         }
         t
     }
@@ -194,7 +216,16 @@ impl Core {
             let ids = by_cluster.get(name.as_str()).map(Vec::as_slice).unwrap_or_default();
             self.tick_cluster(w, name, ids, &mut out);
         }
+        for a in out.iter_mut() {
+            if let Action::Decide(d) = a {
+                d.known_position = self.known_position(&d.cluster);
+            }
+        }
         out
+    }
+
+    fn known_position(&self, cluster: &str) -> u64 {
+        self.tracks.get(cluster).map(|t| t.primary_position).unwrap_or(0)
     }
 
     fn tick_cluster(&mut self, w: &World, name: &str, ids: &[&String], out: &mut Vec<Action>) {
@@ -213,10 +244,6 @@ impl Core {
             }
             return;
         }
-        if let Some(id) = rec.in_progress {
-            wait(out, format!("decision {id} is being carried out"));
-            return;
-        }
         let now = w.now;
         let lease = self.lease;
         let leader_since = self.leader_since;
@@ -224,6 +251,17 @@ impl Core {
         let p = members.iter().find(|(id, _)| **id == primary_id).map(|(_, o)| o.clone()).unwrap_or_default();
         let primary_region = w.topology.members.get(&primary_id).map(|m| m.region.clone()).unwrap_or_default();
         let track = self.track(name, rec, p.position);
+        if let Some(id) = rec.in_progress {
+            // The executor grants a lease with the promotion, at a moment
+            // this core does not see; once promoted, the new primary's
+            // lease is renewed like any other.
+            track.lease_until = track.lease_until.max(now + lease.promote_ttl());
+            if is_primary(&p) {
+                out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
+            }
+            wait(out, format!("decision {id} is being carried out"));
+            return;
+        }
         track.see(&p, &members);
         if is_primary(&p) {
             track.down_since = None;
@@ -264,7 +302,12 @@ impl Core {
             return;
         }
         let lease_end = track.lease_until + lease.drift_margin;
-        if now < lease_end {
+        // The old primary's agent still answers (its member does not): it
+        // fences the member through its data directory, which needs no
+        // connection, and the promotion waits for that fence instead of for
+        // the lease. A silent agent leaves only the lease.
+        let agent_fences = p.fresh;
+        if now < lease_end && !agent_fences {
             wait(out, format!("waiting {} ms for the old primary's lease to expire", lease_end - now));
             return;
         }
@@ -287,7 +330,7 @@ impl Core {
                 let mut d = decision(w, name, rec, DecisionKind::Failover, Trigger::Automatic, &to, reason, &members, since);
                 // The old primary's lease has already run out: the executor
                 // need not wait for it again before skipping an impossible fence.
-                if let Some(fence) = d.steps.iter_mut().find(|s| s.action == "fence") {
+                if let Some(fence) = d.steps.iter_mut().find(|s| s.action == "fence").filter(|_| now >= lease_end) {
                     fence.args.insert("lease_expired_at".into(), lease_end.to_string());
                 }
                 out.push(Action::Decide(Box::new(d)));
@@ -409,7 +452,9 @@ impl Core {
             (DecisionKind::Failover, _) if force => format!("operator failover with --force; {why}"),
             (DecisionKind::Failover, _) => format!("operator failover; {why}"),
         };
-        Ok(decision(w, name, &rec, kind, trigger, &chosen, reason, &members, now))
+        let mut d = decision(w, name, &rec, kind, trigger, &chosen, reason, &members, now);
+        d.known_position = self.known_position(name);
+        Ok(d)
     }
 }
 
@@ -564,5 +609,7 @@ fn decision(
         steps,
         finished_at: None,
         outcome: String::new(),
+        // Filled in by the core, which tracks it.
+        known_position: 0,
     }
 }

@@ -142,7 +142,14 @@ impl Executor {
                 continue;
             }
             let actions = core.tick(&world);
-            self.act(t, actions).await;
+            let decided = actions.iter().any(|a| matches!(a, Action::Decide(_)));
+            self.act(t, actions, world.now).await;
+            // A decision just committed starts now, not on the next tick.
+            let open = if decided {
+                self.node.store().with_state(|sm| sm.history.values().filter(|d| d.finished_at.is_none()).map(|d| d.id).collect())
+            } else {
+                open
+            };
             for id in open {
                 let fresh = self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
                 if fresh {
@@ -173,7 +180,9 @@ impl Executor {
         }
     }
 
-    async fn act(&self, t: &Topology, actions: Vec<Action>) {
+    /// `now` is the core's clock of this tick: the leases it granted end at
+    /// `now + ttl`, and the agents are told that instant as well as the ttl.
+    async fn act(&self, t: &Topology, actions: Vec<Action>, now: Millis) {
         let mut waits = BTreeMap::new();
         for a in actions {
             match a {
@@ -197,7 +206,12 @@ impl Executor {
                         cluster,
                         epoch,
                         action: "lease".into(),
-                        args: [("ttl_ms".to_string(), ttl.to_string()), ("replicas".to_string(), replicas.to_string())].into(),
+                        args: [
+                            ("ttl_ms".to_string(), ttl.to_string()),
+                            ("expires_at_ms".to_string(), (now + ttl).to_string()),
+                            ("replicas".to_string(), replicas.to_string()),
+                        ]
+                        .into(),
                     };
                     self.health.notify(&member, cmd);
                 }
@@ -362,6 +376,16 @@ impl Executor {
             action: step.action.clone(),
             args: args(d, step, t).into_iter().collect(),
         };
+        let mut cmd = cmd;
+        if step.action == "promote" {
+            // The new primary serves under a lease from its promotion on;
+            // the core keeps it from being replaced until that ends.
+            let ttl = self.lease.promote_ttl();
+            cmd.args.insert("ttl_ms".into(), ttl.to_string());
+            cmd.args.insert("expires_at_ms".into(), (now_ms() + ttl).to_string());
+            let replicas = t.members.values().filter(|m| m.cluster == d.cluster).count().saturating_sub(1);
+            cmd.args.insert("replicas".into(), replicas.to_string());
+        }
         let result = self.health.command(&step.member, cmd, COMMAND_TIMEOUT).await;
         let expired = since.elapsed() > STEP_DEADLINE;
         match (step.action.as_str(), result) {

@@ -46,6 +46,13 @@ pub struct ClusterRecord {
     /// the same data.
     #[serde(default)]
     pub lineage: Vec<String>,
+    /// The highest position of the current primary known when a decision
+    /// was made, kept until someone else is promoted: a decision that
+    /// promoted nobody, followed by a leader change, must not forget how far
+    /// the primary had got, or a later failover would measure lag against
+    /// too little and promote beyond the RPO budget.
+    #[serde(default)]
+    pub known_position: u64,
 }
 
 impl ClusterRecord {
@@ -159,6 +166,9 @@ pub struct Decision {
     pub finished_at: Option<Millis>,
     #[serde(default)]
     pub outcome: String,
+    /// The old primary's highest known position when this was decided.
+    #[serde(default)]
+    pub known_position: u64,
 }
 
 impl Step {
@@ -177,8 +187,13 @@ impl Step {
         }
     }
 
+    /// Steps that do not hold up the promotion. A fence decided only after
+    /// the old primary's lease ran out is one of them: by then its agent has
+    /// fenced it, or every other member vouches for it and the candidate
+    /// refuses the promotion; the fence is then a second line, not the first.
     pub fn is_background(&self) -> bool {
         matches!(self.action.as_str(), "repoint" | "rejoin" | "publish")
+            || (self.action == "fence" && self.args.contains_key("lease_expired_at"))
     }
 }
 

@@ -23,8 +23,8 @@ const REGIONS: [&str; 3] = ["a", "b", "c"];
 const CLUSTERS: [&str; 2] = ["pg", "rd"];
 const TICK: Millis = 100;
 const STEPS: u64 = 500;
-const LEASE: LeaseConfig = LeaseConfig { lease: 2_000, drift_margin: 500 };
-const WINDOW: Millis = 1_500;
+const LEASE: LeaseConfig = LeaseConfig { lease: 1_000, drift_margin: 400 };
+const WINDOW: Millis = 1_000;
 const RPO_BYTES: u64 = 1_000;
 const RPO_MS: u64 = 5_000;
 /// Time a new leader needs to be elected.
@@ -366,6 +366,9 @@ impl Sim {
                 seen_lag_ms = if p.position > m.position { p.written_at.saturating_sub(m.written_at) } else { 0 };
             }
             let primary_position = seen;
+            // What any agent saw of the primary is known, as the core knows it.
+            let k = self.known_position.entry(m.cluster.clone()).or_default();
+            *k = (*k).max(seen);
             let lag_bytes = seen.saturating_sub(m.position);
             let lag_ms = seen_lag_ms;
             let epoch = rec.epoch;
@@ -526,7 +529,7 @@ impl Sim {
                         x.learn(d.epoch, &d.to);
                     });
                     let now = self.now;
-                    self.set(&m.id, |x| x.lease_until = Some(now + LEASE.lease));
+                    self.set(&m.id, |x| x.lease_until = Some(now + LEASE.promote_ttl()));
                     (StepState::Done, String::new())
                 }
                 "promote" => {
@@ -694,8 +697,23 @@ impl Sim {
             let since = *self.unavailable_since.entry(c.to_string()).or_insert(self.now);
             let bound = 2 * WINDOW + FRESH + LEASE.lease + LEASE.drift_margin + 5_000;
             if self.now - since > bound {
-                let positions: Vec<String> =
-                    self.members.values().filter(|m| m.cluster == c).map(|m| format!("{}@{}", m.id, m.position)).collect();
+                let positions: Vec<String> = self
+                    .members
+                    .values()
+                    .filter(|m| m.cluster == c)
+                    .map(|m| {
+                        format!(
+                            "{}@{} up={} seen={} lag_ms={} agent={} refuse_until={}",
+                            m.id,
+                            m.position,
+                            m.up,
+                            m.seen_primary,
+                            m.seen_lag_ms,
+                            self.agent_connected(m),
+                            m.refuse_promotion_until
+                        )
+                    })
+                    .collect();
                 self.fail(format!(
                     "liveness: cluster {c} has had no primary for {} ms with a healthy candidate (known position {known}, members {positions:?})",
                     self.now - since

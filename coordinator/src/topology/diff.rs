@@ -96,7 +96,7 @@ mod tests {
                 "~ regions.a.priority: 100 -> 7".to_string(),
                 "- regions.b".to_string(),
                 "+ regions.z {\"priority\":100}".to_string(),
-                "~ clusters.c.policy.detection_window: \"3s\" -> \"9s\"".to_string(),
+                "~ clusters.c.policy.detection_window: \"1s\" -> \"9s\"".to_string(),
             ]
         );
         assert!(diff(&b, &b).is_empty());

@@ -65,7 +65,7 @@ impl Default for Policy {
         Policy {
             rpo_max_lag_bytes: 16 * 1024 * 1024,
             rpo_max_lag_time: Duration::from_secs(10),
-            detection_window: Duration::from_secs(3),
+            detection_window: Duration::from_secs(1),
             anti_flap_window: Duration::from_secs(600),
             paused: false,
         }

@@ -15,7 +15,7 @@
 //! [clusters.n8n-pg.policy]
 //! rpo_max_lag_bytes = 16777216
 //! rpo_max_lag_time = "10s"
-//! detection_window = "3s"
+//! detection_window = "1s"
 //! anti_flap_window = "10m"
 //! paused = false
 //!

@@ -339,7 +339,7 @@ impl Lab {
         }
         for (name, kind) in [(PG_CLUSTER, "postgres"), (REDIS_CLUSTER, "redis")] {
             t.push_str(&format!(
-                "[clusters.{name}]\nkind = \"{kind}\"\n[clusters.{name}.policy]\nrpo_max_lag_bytes = 16777216\nrpo_max_lag_time = \"10s\"\ndetection_window = \"2s\"\nanti_flap_window = \"5m\"\n"
+                "[clusters.{name}]\nkind = \"{kind}\"\n[clusters.{name}.policy]\nrpo_max_lag_bytes = 16777216\nrpo_max_lag_time = \"10s\"\nanti_flap_window = \"5m\"\n"
             ));
         }
         for m in &self.info.members {

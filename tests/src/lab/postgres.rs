@@ -95,7 +95,7 @@ pub fn start_cluster(dir: &Path, cluster: &str) -> anyhow::Result<Vec<MemberInfo
             use std::io::Write as _;
             writeln!(
                 conf,
-                "listen_addresses = '127.0.0.1'\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nhot_standby = on\nwal_log_hints = on\nfsync = off\nsynchronous_commit = off\nfull_page_writes = on\nwal_keep_size = '64MB'\nshared_buffers = '32MB'\nhot_standby_feedback = on\nwal_receiver_status_interval = '1s'"
+                "listen_addresses = '127.0.0.1'\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nhot_standby = on\nwal_log_hints = on\nfsync = off\nsynchronous_commit = on\nfull_page_writes = on\nwal_keep_size = '64MB'\nshared_buffers = '32MB'\nhot_standby_feedback = on\nwal_receiver_status_interval = '1s'"
             )?;
             fs::write(
                 data.join("pg_hba.conf"),
