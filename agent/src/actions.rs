@@ -196,6 +196,25 @@ impl Actor {
             }
             return result;
         }
+        // Backups and recovery tests are not failover actions: no epoch.
+        let backup = match cmd.action.as_str() {
+            "backup" => Some(crate::backup::backup(&self.cfg, args).await),
+            "recovery_test" => Some(crate::backup::recovery_test(&self.cfg, args).await),
+            "delete_backup" => Some(crate::backup::delete(&self.cfg, args).await),
+            _ => None,
+        };
+        if let Some(outcome) = backup {
+            match outcome {
+                Ok(output) => result.output = output,
+                Err(e) => {
+                    result.ok = false;
+                    result.error = e;
+                }
+            }
+            result.duration_ms = start.elapsed().as_millis() as u64;
+            tracing::info!(action = %cmd.action, ok = result.ok, error = %result.error, ms = result.duration_ms, "command");
+            return result;
+        }
         let new_primary = args.get("primary_member").cloned().unwrap_or_default();
         let known = self.epoch();
         if !self.learn(cmd.epoch, &new_primary) {
@@ -606,7 +625,7 @@ async fn redis_cmd(c: &mut redis::aio::MultiplexedConnection, cmd: &mut redis::C
 }
 
 /// Runs a PostgreSQL tool as its OS user (the server refuses root).
-async fn run_as(user: &str, program: &std::path::Path, args: &[&str]) -> Result<String, String> {
+pub(crate) async fn run_as(user: &str, program: &std::path::Path, args: &[&str]) -> Result<String, String> {
     let mut c = if user.is_empty() {
         tokio::process::Command::new(program)
     } else {

@@ -119,6 +119,12 @@ pub struct AgentConfig {
     /// automatic promotion (it vouches for that primary); the lease period.
     #[serde(default = "default_vouch", with = "humantime_serde")]
     pub lease_vouch_period: Duration,
+    /// S3 buckets this agent backs up to or restores from, by the names the
+    /// topology's `[destinations]` use.
+    #[serde(default)]
+    pub destinations: Vec<crate::backup::DestinationConfig>,
+    #[serde(default)]
+    pub backup: crate::backup::BackupConfig,
 }
 
 fn default_vouch() -> Duration {

@@ -8,6 +8,7 @@
 //! coordinator refuses the agent (unknown member, another cluster's dataset).
 
 mod actions;
+mod backup;
 mod config;
 mod probe;
 mod session;
@@ -87,6 +88,7 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
         signals.cancel();
     });
 
+    backup::clean_leftovers(&cfg).await;
     let buffer = Arc::new(SampleBuffer::new(cfg.max_buffered_samples));
     let actor = actions::Actor::new(Arc::clone(&cfg));
     tokio::spawn(Arc::clone(&actor).watch_lease(cancel.clone()));

@@ -9,9 +9,11 @@
 //! * [`api`] — the gRPC services.
 //! * [`server`] — how one coordinator process is put together.
 //! * [`cli`] — drctl.
+//! * [`backup`] — the backup catalog and the backup / recovery-test jobs.
 //! * [`proxy`] — drc-proxy, a TCP forwarder that follows the primary.
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod failover;

@@ -139,8 +139,10 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     let hook = Hook { command: cfg.failover.hook.clone(), timeout: cfg.failover.hook_timeout };
     let executor = Executor::new(handle.clone(), Arc::clone(&health), lease, hook, cfg.raft.write_timeout, Arc::clone(&waits));
     tokio::spawn(Arc::clone(&executor).run(cancel.child_token()));
+    let jobs = crate::backup::Jobs::new(handle.clone(), Arc::clone(&health), cfg.raft.write_timeout);
+    tokio::spawn(Arc::clone(&jobs).run(cancel.child_token()));
     let admin_api =
-        AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&health), cfg.raft.write_timeout, Arc::clone(&executor));
+        AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&health), cfg.raft.write_timeout, Arc::clone(&executor), jobs);
     let admin = AdminServiceServer::with_interceptor(admin_api, authenticate);
     let agent = AgentServiceServer::with_interceptor(AgentApi::new(handle.clone(), Arc::clone(&transport), health), authenticate);
     // Raft also stays on the shared listener when it has its own, so that a

@@ -44,6 +44,10 @@ pub enum Command {
     Pause { cluster: Option<String>, paused: bool },
     /// Lift a cluster's anti-flap block.
     ClearBlock { cluster: String },
+    /// Add a backup to the catalog (id 0: it gets the next id) or update it.
+    Backup { record: Box<crate::backup::BackupRecord> },
+    /// Add (id 0) or update a recovery test.
+    RecoveryTest { record: Box<crate::backup::RecoveryTest> },
 }
 
 /// What applying a command did, returned to the proposer.
@@ -61,6 +65,8 @@ pub enum Outcome {
     Refused { reason: String },
     /// Applied.
     Done,
+    /// A backup or recovery test was recorded under this id.
+    Recorded { id: u64 },
 }
 
 /// Where a coordinator is reached: clients (agents, drctl, other
@@ -137,6 +143,12 @@ pub struct StateMachine {
     /// `drctl pause` for every cluster.
     #[serde(default)]
     pub global_paused: bool,
+    /// The backup catalog, by id.
+    #[serde(default)]
+    pub backups: BTreeMap<u64, crate::backup::BackupRecord>,
+    /// Recovery tests, by id.
+    #[serde(default)]
+    pub recovery_tests: BTreeMap<u64, crate::backup::RecoveryTest>,
 }
 
 impl StateMachine {
@@ -163,6 +175,28 @@ impl StateMachine {
                 Outcome::Done
             }
             Command::Decide { decision } => self.decide(*decision),
+            Command::Backup { record } => {
+                let mut r = *record;
+                if r.id == 0 {
+                    r.id = self.backups.keys().next_back().copied().unwrap_or(0) + 1;
+                } else if !self.backups.contains_key(&r.id) {
+                    return Outcome::Refused { reason: format!("no backup {}", r.id) };
+                }
+                let id = r.id;
+                self.backups.insert(id, r);
+                Outcome::Recorded { id }
+            }
+            Command::RecoveryTest { record } => {
+                let mut r = *record;
+                if r.id == 0 {
+                    r.id = self.recovery_tests.keys().next_back().copied().unwrap_or(0) + 1;
+                } else if !self.recovery_tests.contains_key(&r.id) {
+                    return Outcome::Refused { reason: format!("no recovery test {}", r.id) };
+                }
+                let id = r.id;
+                self.recovery_tests.insert(id, r);
+                Outcome::Recorded { id }
+            }
             Command::Step { decision, index, state, started, finished, error, output } => {
                 self.step(decision, index, state, started, finished, error, output)
             }

@@ -26,6 +26,12 @@ need_cmd psql || apt_need="$apt_need postgresql-client-15"
 need_cmd redis-server || apt_need="$apt_need redis-server"
 need_cmd redis-cli || apt_need="$apt_need redis-tools"
 need_cmd runuser || apt_need="$apt_need util-linux"
+# Backups: the pipeline's standard tools, and an S3 client for the
+# restore-by-hand runbook and its test.
+need_cmd zstd || apt_need="$apt_need zstd"
+need_cmd age || apt_need="$apt_need age"
+need_cmd tar || apt_need="$apt_need tar"
+need_cmd aws || apt_need="$apt_need awscli"
 if [ -n "$apt_need" ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

@@ -21,6 +21,7 @@ use drc_proto::{
     HealthResponse, HistoryReply, HistoryRequest, PauseReply, PauseRequest, PrimaryEndpoint, SwitchoverRequest, WatchEvent,
     WatchPrimaryRequest, WatchRequest,
 };
+use drc_proto::{JobReply, JobsReply, ListJobsRequest, StartBackupRequest, StartRecoveryTestRequest};
 
 use crate::failover::core::Request as FailoverAsk;
 use crate::failover::executor::Executor;
@@ -44,6 +45,7 @@ pub struct AdminApi {
     health: Arc<HealthBoard>,
     write_timeout: Duration,
     executor: Arc<Executor>,
+    jobs: Arc<crate::backup::Jobs>,
 }
 
 impl AdminApi {
@@ -53,8 +55,25 @@ impl AdminApi {
         health: Arc<HealthBoard>,
         write_timeout: Duration,
         executor: Arc<Executor>,
+        jobs: Arc<crate::backup::Jobs>,
     ) -> Self {
-        AdminApi { node, transport, health, write_timeout, executor }
+        AdminApi { node, transport, health, write_timeout, executor, jobs }
+    }
+
+    /// Records of one kind, newest first, of one cluster or all, as JSON.
+    fn list<T: serde::Serialize>(
+        &self,
+        cluster: &str,
+        pick: impl Fn(&crate::state::StateMachine) -> Vec<(String, T)>,
+    ) -> Result<Response<JobsReply>, Status> {
+        let items = self.node.store().with_state(|sm| {
+            if !cluster.is_empty() && !sm.topology.clusters.contains_key(cluster) {
+                return Err(Status::not_found(format!("unknown cluster {cluster:?}")));
+            }
+            Ok(pick(sm).into_iter().rev().filter(|(c, _)| cluster.is_empty() || c == cluster).map(|(_, r)| r).collect::<Vec<_>>())
+        })?;
+        let jobs_json = serde_json::to_string(&items).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(JobsReply { jobs_json }))
     }
 
     /// Health of the clusters, with why each is (not) failing over.
@@ -273,6 +292,39 @@ impl AdminService for AdminApi {
         let cluster = req.into_inner().cluster;
         let done = format!("anti-flap block of {cluster} cleared");
         self.simple(Command::ClearBlock { cluster }, done).await
+    }
+
+    async fn start_backup(&self, req: Request<StartBackupRequest>) -> Result<Response<JobReply>, Status> {
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.start_backup(r).await }).await?
+        {
+            return Ok(answer);
+        }
+        let r = req.into_inner();
+        let destination = (!r.destination.is_empty()).then_some(r.destination.as_str());
+        let rec = self.jobs.start_backup(&r.cluster, destination, "operator").await.map_err(job_refused)?;
+        Ok(Response::new(JobReply { job_json: serde_json::to_string(&rec).map_err(|e| Status::internal(e.to_string()))? }))
+    }
+
+    async fn list_backups(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
+        self.list(&req.into_inner().cluster, |sm| sm.backups.values().map(|b| (b.cluster.clone(), b.clone())).collect())
+    }
+
+    async fn start_recovery_test(&self, req: Request<StartRecoveryTestRequest>) -> Result<Response<JobReply>, Status> {
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.start_recovery_test(r).await })
+                .await?
+        {
+            return Ok(answer);
+        }
+        let r = req.into_inner();
+        let backup = (r.backup_id != 0).then_some(r.backup_id);
+        let rec = self.jobs.start_recovery_test(&r.cluster, backup, "operator").await.map_err(job_refused)?;
+        Ok(Response::new(JobReply { job_json: serde_json::to_string(&rec).map_err(|e| Status::internal(e.to_string()))? }))
+    }
+
+    async fn list_recovery_tests(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
+        self.list(&req.into_inner().cluster, |sm| sm.recovery_tests.values().map(|t| (t.cluster.clone(), t.clone())).collect())
     }
 
     async fn history(&self, req: Request<HistoryRequest>) -> Result<Response<HistoryReply>, Status> {
@@ -527,4 +579,14 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(f(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// A job refused: an unknown cluster or backup is "not found", anything else
+/// a failed precondition (no healthy source, no destination, ...).
+fn job_refused(e: String) -> Status {
+    if e.starts_with("unknown cluster") || e.starts_with("no backup") || e.starts_with("unknown destination") {
+        Status::not_found(e)
+    } else {
+        Status::failed_precondition(e)
+    }
 }

@@ -14,8 +14,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::{
     AddNodeRequest, ApplyTopologyRequest, ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRegionRequest, FailoverRequest,
-    GetTopologyRequest, HistoryRequest, ListNodesRequest, MemberHealth, NodeStatus, PauseRequest, RemoveNodeRequest, StatusRequest,
-    SwitchoverRequest, WatchRequest,
+    GetTopologyRequest, HistoryRequest, ListJobsRequest, ListNodesRequest, MemberHealth, NodeStatus, PauseRequest, RemoveNodeRequest,
+    StartBackupRequest, StartRecoveryTestRequest, StatusRequest, SwitchoverRequest, WatchRequest,
 };
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
@@ -115,6 +115,58 @@ pub enum Command {
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// Cross-region backups: take one, list the catalog, show one.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// Restore a backup into a scratch instance, check it, measure RTO / RPO.
+    RecoveryTest {
+        #[command(subcommand)]
+        command: RecoveryTestCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Take a backup now (from a healthy replica, into a bucket in another region) and wait for it.
+    Run {
+        #[arg(long)]
+        cluster: String,
+        /// A destination by name; default: the cluster's first outside the source's region.
+        #[arg(long)]
+        destination: Option<String>,
+        /// Answer once started instead of waiting for the end.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The backup catalog, newest first.
+    List {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// One backup with its manifest.
+    Show { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecoveryTestCommand {
+    /// Restore the newest (or the named) backup on an agent outside the primary's region, and wait for the result.
+    Run {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        backup: Option<u64>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Recovery tests, newest first.
+    List {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// One recovery test with its checks.
+    Show { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -483,6 +535,67 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = client.clear_block(ClearBlockRequest { cluster }).await.map_err(status_err)?.into_inner();
             message_out(&r.message, json_out)?;
         }
+        Command::Backup { command } => match command {
+            BackupCommand::Run { cluster, destination, no_wait } => {
+                let r = client
+                    .start_backup(StartBackupRequest { cluster, destination: destination.unwrap_or_default() })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                let job: serde_json::Value = serde_json::from_str(&r.job_json)?;
+                let id = job["id"].as_u64().unwrap_or(0);
+                if !json_out {
+                    println!("backup {id} started: {} -> {} ({})", job["member"], job["destination"], job["prefix"]);
+                }
+                let job = if no_wait { job } else { wait_job(&mut client, Job::Backup, id).await? };
+                job_out(&job, json_out, backup_text)?;
+            }
+            BackupCommand::List { cluster } => {
+                let jobs = list_jobs(&mut client, Job::Backup, cluster.unwrap_or_default()).await?;
+                if json_out {
+                    println!("{}", serde_json::to_string_pretty(&json!({ "backups": jobs }))?);
+                } else {
+                    print!("{}", backups_table(&jobs));
+                }
+            }
+            BackupCommand::Show { id } => {
+                let job = find_job(&mut client, Job::Backup, id).await?;
+                job_out(&job, json_out, backup_text)?;
+            }
+        },
+        Command::RecoveryTest { command } => match command {
+            RecoveryTestCommand::Run { cluster, backup, no_wait } => {
+                let r = client
+                    .start_recovery_test(StartRecoveryTestRequest { cluster, backup_id: backup.unwrap_or(0) })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                let job: serde_json::Value = serde_json::from_str(&r.job_json)?;
+                let id = job["id"].as_u64().unwrap_or(0);
+                if !json_out {
+                    println!(
+                        "recovery test {id} started: backup {} on {} (region {})",
+                        job["backup_id"], job["member"], job["member_region"]
+                    );
+                }
+                let job = if no_wait { job } else { wait_job(&mut client, Job::RecoveryTest, id).await? };
+                job_out(&job, json_out, test_text)?;
+            }
+            RecoveryTestCommand::List { cluster } => {
+                let jobs = list_jobs(&mut client, Job::RecoveryTest, cluster.unwrap_or_default()).await?;
+                if json_out {
+                    println!("{}", serde_json::to_string_pretty(&json!({ "recovery_tests": jobs }))?);
+                } else {
+                    for t in &jobs {
+                        println!("{}", test_text(t));
+                    }
+                }
+            }
+            RecoveryTestCommand::Show { id } => {
+                let job = find_job(&mut client, Job::RecoveryTest, id).await?;
+                job_out(&job, json_out, test_text)?;
+            }
+        },
         Command::History { cluster } => {
             let r = client.history(HistoryRequest { cluster: cluster.unwrap_or_default() }).await.map_err(status_err)?.into_inner();
             let decisions: serde_json::Value = serde_json::from_str(&r.decisions_json)?;
@@ -494,6 +607,133 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Job {
+    Backup,
+    RecoveryTest,
+}
+
+async fn list_jobs(client: &mut AdminServiceClient<Channel>, job: Job, cluster: String) -> anyhow::Result<Vec<serde_json::Value>> {
+    let request = ListJobsRequest { cluster };
+    let r = match job {
+        Job::Backup => client.list_backups(request).await,
+        Job::RecoveryTest => client.list_recovery_tests(request).await,
+    }
+    .map_err(status_err)?
+    .into_inner();
+    Ok(serde_json::from_str(&r.jobs_json)?)
+}
+
+async fn find_job(client: &mut AdminServiceClient<Channel>, job: Job, id: u64) -> anyhow::Result<serde_json::Value> {
+    let what = match job {
+        Job::Backup => "backup",
+        Job::RecoveryTest => "recovery test",
+    };
+    list_jobs(client, job, String::new()).await?.into_iter().find(|j| j["id"] == id).ok_or_else(|| anyhow!("no {what} {id}"))
+}
+
+/// Polls until the job is no longer running; fails if it failed.
+async fn wait_job(client: &mut AdminServiceClient<Channel>, job: Job, id: u64) -> anyhow::Result<serde_json::Value> {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // A leader change in between is not the job's failure: ask again.
+        let Ok(j) = find_job(client, job, id).await else { continue };
+        if j["state"] != "running" {
+            return Ok(j);
+        }
+    }
+}
+
+fn job_out(job: &serde_json::Value, json_out: bool, text: fn(&serde_json::Value) -> String) -> anyhow::Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(job)?);
+    } else {
+        println!("{}", text(job));
+    }
+    if job["state"] == "failed" {
+        anyhow::bail!("{}", job["error"].as_str().unwrap_or("failed"));
+    }
+    Ok(())
+}
+
+fn mib(v: &serde_json::Value) -> String {
+    format!("{:.1} MiB", v.as_u64().unwrap_or(0) as f64 / 1048576.0)
+}
+
+fn backup_text(b: &serde_json::Value) -> String {
+    let took = b["finished_at"].as_u64().unwrap_or(0).saturating_sub(b["started_at"].as_u64().unwrap_or(0));
+    let mut s = format!(
+        "backup {} of {} ({}): {}\n  from {} (region {}) to {} (region {})\n  objects under {}",
+        b["id"],
+        b["cluster"].as_str().unwrap_or(""),
+        b["kind"].as_str().unwrap_or(""),
+        b["state"].as_str().unwrap_or(""),
+        b["member"].as_str().unwrap_or(""),
+        b["member_region"].as_str().unwrap_or(""),
+        b["destination"].as_str().unwrap_or(""),
+        b["destination_region"].as_str().unwrap_or(""),
+        b["prefix"].as_str().unwrap_or(""),
+    );
+    if b["state"] == "done" {
+        s += &format!(
+            "\n  {} raw, {} stored, {:.1} s; sha256 {}",
+            mib(&b["raw_bytes"]),
+            mib(&b["stored_bytes"]),
+            took as f64 / 1000.0,
+            b["sha256"].as_str().unwrap_or("")
+        );
+        let m = &b["manifest"];
+        if m["lsn_start"].as_str().is_some_and(|l| !l.is_empty()) {
+            s += &format!("\n  WAL {} .. {}", m["lsn_start"].as_str().unwrap_or(""), m["lsn_end"].as_str().unwrap_or(""));
+        }
+    }
+    if !b["error"].as_str().unwrap_or("").is_empty() {
+        s += &format!("\n  error: {}", b["error"].as_str().unwrap_or(""));
+    }
+    s
+}
+
+fn backups_table(jobs: &[serde_json::Value]) -> String {
+    let mut rows = Vec::new();
+    for b in jobs {
+        rows.push(vec![
+            b["id"].to_string(),
+            b["cluster"].as_str().unwrap_or("").to_string(),
+            b["state"].as_str().unwrap_or("").to_string(),
+            b["member"].as_str().unwrap_or("").to_string(),
+            b["destination"].as_str().unwrap_or("").to_string(),
+            mib(&b["raw_bytes"]),
+            mib(&b["stored_bytes"]),
+            b["started_at"].to_string(),
+        ]);
+    }
+    table::render(&["ID", "CLUSTER", "STATE", "FROM", "TO", "RAW", "STORED", "STARTED"], &rows)
+}
+
+fn test_text(t: &serde_json::Value) -> String {
+    let mut s = format!(
+        "recovery test {} of {}: {} (backup {}, restored on {} in region {})",
+        t["id"],
+        t["cluster"].as_str().unwrap_or(""),
+        t["state"].as_str().unwrap_or(""),
+        t["backup_id"],
+        t["member"].as_str().unwrap_or(""),
+        t["member_region"].as_str().unwrap_or("")
+    );
+    if t["state"] == "done" {
+        s += &format!("\n  RTO {} ms, RPO {} ms", t["rto_ms"], t["rpo_ms"]);
+        if let Some(checks) = t["checks"].as_object() {
+            for (k, v) in checks {
+                s += &format!("\n  {k}: {}", v.as_str().unwrap_or(""));
+            }
+        }
+    }
+    if !t["error"].as_str().unwrap_or("").is_empty() {
+        s += &format!("\n  error: {}", t["error"].as_str().unwrap_or(""));
+    }
+    s
 }
 
 fn decision_json(r: &DecisionReply) -> serde_json::Value {

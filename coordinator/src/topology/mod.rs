@@ -77,6 +77,32 @@ impl Default for Policy {
 pub struct Cluster {
     pub kind: ClusterKind,
     pub policy: Policy,
+    #[serde(default)]
+    pub backup: BackupPolicy,
+}
+
+/// Where and how a cluster is backed up. Nothing secret lives here (the
+/// topology is replicated and shown): the S3 endpoints and credentials of
+/// each destination are in the agents' own configuration, under the same
+/// destination names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupPolicy {
+    /// Destination names, in order of preference; a backup goes to the first
+    /// one in a region other than its source member's.
+    pub destinations: Vec<String>,
+    /// age public keys ("age1..."); any one of their identities decrypts.
+    pub recipients: Vec<String>,
+    /// Take the backup from the primary when no healthy replica exists.
+    pub allow_primary: bool,
+    /// Recovery tests count the rows of these tables (PostgreSQL,
+    /// `schema.table`) and report them.
+    pub check_tables: Vec<String>,
+}
+
+/// An S3 bucket, by name; `region` is the drc region it lives in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    pub region: String,
 }
 
 /// One database server of a cluster. Higher `priority` is preferred among
@@ -104,6 +130,8 @@ pub struct Topology {
     pub clusters: BTreeMap<String, Cluster>,
     pub members: BTreeMap<String, Member>,
     pub failover_groups: BTreeMap<String, FailoverGroup>,
+    #[serde(default)]
+    pub destinations: BTreeMap<String, Destination>,
 }
 
 impl Topology {

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use super::{Cluster, ClusterKind, FailoverGroup, Member, Policy, Region, Topology};
+use super::{BackupPolicy, Cluster, ClusterKind, Destination, FailoverGroup, Member, Policy, Region, Topology};
 
 /// Default priority of a region or member that does not declare one.
 pub const DEFAULT_PRIORITY: u32 = 100;
@@ -216,7 +216,7 @@ impl Walker {
     }
 
     fn topology(&mut self, doc: &Table) -> Topology {
-        self.unknown_keys(doc, "", &["regions", "clusters", "members", "failover_groups"]);
+        self.unknown_keys(doc, "", &["regions", "clusters", "members", "failover_groups", "destinations"]);
         let mut topo = Topology::default();
         if let Some(v) = doc.get("regions") {
             if let Some(regions) = self.table(v, "regions") {
@@ -231,12 +231,30 @@ impl Walker {
                 }
             }
         }
+        if let Some(v) = doc.get("destinations") {
+            if let Some(dests) = self.table(v, "destinations") {
+                for (name, v) in dests {
+                    let path = join("destinations", name);
+                    self.name(name, &path);
+                    if let Some(t) = self.table(v, &path) {
+                        self.unknown_keys(t, &path, &["region"]);
+                        if let Some(region) = self.string(t, &path, "region", true) {
+                            if topo.regions.contains_key(&region) {
+                                topo.destinations.insert(name.clone(), Destination { region });
+                            } else {
+                                self.problem(join(&path, "region"), format!("unknown region {region:?}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
         if let Some(v) = doc.get("clusters") {
             if let Some(clusters) = self.table(v, "clusters") {
                 for (name, v) in clusters {
                     let path = join("clusters", name);
                     self.name(name, &path);
-                    if let Some(c) = self.table(v, &path).and_then(|t| self.cluster(t, &path)) {
+                    if let Some(c) = self.table(v, &path).and_then(|t| self.cluster(t, &path, &topo.destinations)) {
                         topo.clusters.insert(name.clone(), c);
                     }
                 }
@@ -251,8 +269,8 @@ impl Walker {
         topo
     }
 
-    fn cluster(&mut self, t: &Table, path: &str) -> Option<Cluster> {
-        self.unknown_keys(t, path, &["kind", "policy"]);
+    fn cluster(&mut self, t: &Table, path: &str, destinations: &BTreeMap<String, Destination>) -> Option<Cluster> {
+        self.unknown_keys(t, path, &["kind", "policy", "backup"]);
         let kind = match self.string(t, path, "kind", true).as_deref() {
             Some("postgres") => Some(ClusterKind::Postgres),
             Some("redis") => Some(ClusterKind::Redis),
@@ -284,7 +302,57 @@ impl Walker {
                 }
             }
         }
-        Some(Cluster { kind: kind?, policy })
+        let mut backup = BackupPolicy::default();
+        if let Some(v) = t.get("backup") {
+            let bpath = join(path, "backup");
+            if let Some(b) = self.table(v, &bpath) {
+                self.unknown_keys(b, &bpath, &["destinations", "recipients", "allow_primary", "check_tables"]);
+                backup.destinations = self.strings(b, &bpath, "destinations");
+                for (i, d) in backup.destinations.iter().enumerate() {
+                    if !destinations.contains_key(d) {
+                        self.problem(
+                            format!("{bpath}.destinations[{i}]"),
+                            format!("unknown destination {d:?} (declare it under [destinations])"),
+                        );
+                    }
+                }
+                backup.recipients = self.strings(b, &bpath, "recipients");
+                for (i, r) in backup.recipients.iter().enumerate() {
+                    if !r.starts_with("age1") {
+                        self.problem(format!("{bpath}.recipients[{i}]"), "expected an age public key (\"age1...\")");
+                    }
+                }
+                if !backup.destinations.is_empty() && backup.recipients.is_empty() {
+                    self.problem(join(&bpath, "recipients"), "backups are encrypted: name at least one age recipient");
+                }
+                backup.allow_primary = self.boolean(b, &bpath, "allow_primary").unwrap_or(false);
+                backup.check_tables = self.strings(b, &bpath, "check_tables");
+            }
+        }
+        Some(Cluster { kind: kind?, policy, backup })
+    }
+
+    /// An optional array of strings.
+    fn strings(&mut self, t: &Table, path: &str, key: &str) -> Vec<String> {
+        match t.get(key) {
+            None => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) => out.push(s.clone()),
+                        other => {
+                            self.problem(format!("{}[{i}]", join(path, key)), format!("expected a string, found {}", type_name(other)))
+                        }
+                    }
+                }
+                out
+            }
+            Some(other) => {
+                self.problem(join(path, key), format!("expected an array of strings, found {}", type_name(other)));
+                Vec::new()
+            }
+        }
     }
 
     fn members(&mut self, v: &Value, topo: &mut Topology) {

@@ -10,8 +10,12 @@ use super::Topology;
 pub fn to_toml(t: &Topology) -> String {
     let mut s = String::new();
     let q = |v: &str| toml::Value::String(v.to_string()).to_string();
+    let list = |v: &[String]| v.iter().map(|x| q(x)).collect::<Vec<_>>().join(", ");
     for (name, r) in &t.regions {
         let _ = writeln!(s, "[regions.{}]\npriority = {}\n", q(name), r.priority);
+    }
+    for (name, d) in &t.destinations {
+        let _ = writeln!(s, "[destinations.{}]\nregion = {}\n", q(name), q(&d.region));
     }
     for (name, c) in &t.clusters {
         let p = &c.policy;
@@ -22,6 +26,12 @@ pub fn to_toml(t: &Topology) -> String {
         let _ = writeln!(s, "detection_window = {}", q(&humantime::format_duration(p.detection_window).to_string()));
         let _ = writeln!(s, "anti_flap_window = {}", q(&humantime::format_duration(p.anti_flap_window).to_string()));
         let _ = writeln!(s, "paused = {}\n", p.paused);
+        let b = &c.backup;
+        if *b != Default::default() {
+            let _ = writeln!(s, "[clusters.{}.backup]", q(name));
+            let _ = writeln!(s, "destinations = [{}]\nrecipients = [{}]", list(&b.destinations), list(&b.recipients));
+            let _ = writeln!(s, "allow_primary = {}\ncheck_tables = [{}]\n", b.allow_primary, list(&b.check_tables));
+        }
     }
     for (id, m) in &t.members {
         let _ = writeln!(
@@ -48,7 +58,8 @@ mod tests {
 
     #[test]
     fn round_trips_through_the_parser() {
-        let doc = "[regions.a]\n[regions.b]\npriority=2\n[clusters.pg]\nkind='postgres'\n[clusters.pg.policy]\nrpo_max_lag_time='1m 30s'\npaused=true\n[[members]]\nid='m'\ncluster='pg'\nregion='b'\naddress='h:1'\n[failover_groups.g]\nclusters=['pg']\n";
+        let doc = "[regions.a]\n[regions.b]\npriority=2\n[clusters.pg]\nkind='postgres'\n[clusters.pg.policy]\nrpo_max_lag_time='1m 30s'\npaused=true\n[[members]]\nid='m'\ncluster='pg'\nregion='b'\naddress='h:1'\n[failover_groups.g]\nclusters=['pg']\n\
+                   [destinations.s3b]\nregion='b'\n[clusters.pg.backup]\ndestinations=['s3b']\nrecipients=['age1xyz']\ncheck_tables=['public.t']\n";
         let t = parse_topology(doc).expect("valid");
         let again = parse_topology(&to_toml(&t)).expect("rendered form is valid");
         assert_eq!(t, again);

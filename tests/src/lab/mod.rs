@@ -102,7 +102,21 @@ pub struct LabInfo {
     /// One forwarder per cluster: clients connect here, not to a member.
     #[serde(default)]
     pub forwarders: Vec<ForwarderInfo>,
+    /// The age key pair backups are encrypted to (identity: the private key
+    /// file, given to every agent so that any may run recovery tests).
+    #[serde(default)]
+    pub backup: BackupKeys,
 }
+
+/// The lab's backup encryption keys in `lab.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BackupKeys {
+    pub identity_file: PathBuf,
+    pub recipient: String,
+}
+
+/// The table every recovery test of the lab's PostgreSQL counts.
+pub const CHECK_TABLE: &str = "public.lab_orders";
 
 /// A running lab. Dropping it stops everything (unless [`Lab::detach`]ed).
 pub struct Lab {
@@ -212,9 +226,11 @@ impl Lab {
                 members: Vec::new(),
                 s3: Vec::new(),
                 forwarders: Vec::new(),
+                backup: BackupKeys::default(),
             },
             owned: true,
         };
+        lab.make_backup_keys()?;
         lab.start_coordinators()?;
         lab.write_info()?;
         lab.start_s3()?;
@@ -323,11 +339,30 @@ impl Lab {
         Ok(())
     }
 
+    /// An age key pair with `age-keygen` (Debian's age package).
+    fn make_backup_keys(&mut self) -> anyhow::Result<()> {
+        let identity = self.info.dir.join("backup.key");
+        let out = Command::new("age-keygen").arg("-o").arg(&identity).output().context("running age-keygen (Debian package age)")?;
+        anyhow::ensure!(out.status.success(), "age-keygen: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        let recipient = text
+            .split_whitespace()
+            .find(|w| w.starts_with("age1"))
+            .ok_or_else(|| anyhow!("age-keygen printed no public key: {text}"))?
+            .to_string();
+        self.info.backup = BackupKeys { identity_file: identity, recipient };
+        Ok(())
+    }
+
     fn start_databases(&mut self) -> anyhow::Result<()> {
         let pg = postgres::start_cluster(&self.info.dir, PG_CLUSTER)?;
         self.info.members.extend(pg);
         let rd = redis::start_cluster(&self.info.dir, REDIS_CLUSTER)?;
         self.info.members.extend(rd);
+        // The table recovery tests count (check_tables in the topology).
+        if let Some(primary) = self.info.members.iter().find(|m| m.kind == "postgres" && m.region == REGIONS[0]) {
+            postgres::psql(primary.port, &format!("CREATE TABLE IF NOT EXISTS {CHECK_TABLE} (id bigserial PRIMARY KEY, item text)"))?;
+        }
         Ok(())
     }
 
@@ -337,9 +372,18 @@ impl Lab {
         for (i, r) in REGIONS.iter().enumerate() {
             t.push_str(&format!("[regions.{r}]\npriority = {}\n", i + 1));
         }
+        for r in REGIONS {
+            t.push_str(&format!("[destinations.s3-{r}]\nregion = \"{r}\"\n"));
+        }
+        let destinations = REGIONS.iter().map(|r| format!("\"s3-{r}\"")).collect::<Vec<_>>().join(", ");
         for (name, kind) in [(PG_CLUSTER, "postgres"), (REDIS_CLUSTER, "redis")] {
             t.push_str(&format!(
                 "[clusters.{name}]\nkind = \"{kind}\"\n[clusters.{name}.policy]\nrpo_max_lag_bytes = 16777216\nrpo_max_lag_time = \"10s\"\nanti_flap_window = \"5m\"\n"
+            ));
+            let checks = if kind == "postgres" { format!("\"{CHECK_TABLE}\"") } else { String::new() };
+            t.push_str(&format!(
+                "[clusters.{name}.backup]\ndestinations = [{destinations}]\nrecipients = [{:?}]\ncheck_tables = [{checks}]\n",
+                self.info.backup.recipient
             ));
         }
         for m in &self.info.members {
@@ -393,8 +437,27 @@ impl Lab {
         } else {
             String::new()
         };
+        // Every region's bucket, each with its own credentials (from files).
+        let mut storage = String::new();
+        for s in &self.info.s3 {
+            let secret = self.info.dir.join(format!("s3-{}.secret", s.region));
+            fs::write(&secret, &s.secret_key)?;
+            storage.push_str(&format!(
+                "[[destinations]]\nname = \"s3-{}\"\nendpoint = {:?}\nbucket = {:?}\naccess_key = {:?}\nsecret_key_file = {:?}\n",
+                s.region,
+                s.endpoint,
+                s.bucket,
+                s.access_key,
+                secret.display().to_string()
+            ));
+        }
+        storage.push_str(&format!(
+            "[backup]\nidentity_file = {:?}\nscratch_dir = {:?}\n",
+            self.info.backup.identity_file.display().to_string(),
+            self.info.dir.join("scratch").display().to_string()
+        ));
         let text = format!(
-            "member_id = {:?}\ncluster = {:?}\nregion = {:?}\nkind = {:?}\nendpoints = [{endpoints}]\nprobe_interval = \"200ms\"\nprobe_timeout = \"1s\"\nstate_dir = {:?}\n[connection]\nhost = {:?}\nport = {}\n{user}{control}",
+            "member_id = {:?}\ncluster = {:?}\nregion = {:?}\nkind = {:?}\nendpoints = [{endpoints}]\nprobe_interval = \"200ms\"\nprobe_timeout = \"1s\"\nstate_dir = {:?}\n[connection]\nhost = {:?}\nport = {}\n{user}{control}{storage}",
             m.id,
             m.cluster,
             m.region,

@@ -1,0 +1,230 @@
+//! Backups to another region's bucket and recovery tests, through the lab:
+//! real PostgreSQL, Redis, s3s-fs servers, age, zstd and the drc binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use drc_tests::lab::{postgres::psql, redis::cli, Lab, CHECK_TABLE};
+use drc_tests::wait_for;
+use serde_json::Value;
+
+fn lab() -> (tempfile::TempDir, Lab) {
+    let dir = tempfile::Builder::new().prefix("drc-backup-test-").tempdir().expect("tempdir");
+    let lab = Lab::up(dir.path()).expect("lab up");
+    (dir, lab)
+}
+
+/// Waits until every replica of `cluster` reports no lag.
+fn caught_up(lab: &Lab, cluster: &str) {
+    wait_for("replicas caught up", Duration::from_secs(60), || {
+        let h = lab.members_health().ok()?;
+        lab.info
+            .members
+            .iter()
+            .filter(|m| m.cluster == cluster)
+            .all(|m| h[&m.id]["healthy"] == true && h[&m.id]["lag_bytes"] == 0)
+            .then_some(())
+    })
+    .expect("caught up");
+}
+
+/// Where s3s-fs keeps an object of a region's bucket.
+fn object_path(lab: &Lab, region: &str, key: &str) -> PathBuf {
+    let s3 = lab.info.s3.iter().find(|s| s.region == region).expect("s3 of region");
+    s3.root.join(&s3.bucket).join(key)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string()
+}
+
+fn scratch_is_empty(lab: &Lab) -> bool {
+    std::fs::read_dir(lab.info.dir.join("scratch")).map(|d| d.count() == 0).unwrap_or(true)
+}
+
+fn region_of(lab: &Lab, member: &str) -> String {
+    lab.member(member).expect("member").region.clone()
+}
+
+#[test]
+fn a_backup_lands_in_another_region_and_a_recovery_test_restores_it_with_the_right_counts() {
+    let (_dir, lab) = lab();
+    let pa = lab.member("pg-a").expect("pg-a").clone();
+    psql(pa.port, &format!("INSERT INTO {CHECK_TABLE} (item) SELECT 'order ' || g FROM generate_series(1, 500) g")).expect("rows");
+    caught_up(&lab, "app-pg");
+
+    // PostgreSQL: from a standby, into a bucket of another region.
+    let b = lab.drctl_json(&["backup", "run", "--cluster", "app-pg"]).expect("backup");
+    println!("backup: {b}");
+    assert_eq!(b["state"], "done", "{b}");
+    let member = b["member"].as_str().expect("member");
+    assert_ne!(member, "pg-a", "taken from a standby, not the primary: {b}");
+    assert_ne!(b["destination_region"], b["member_region"], "stored outside the source's region: {b}");
+    let dest_region = b["destination_region"].as_str().expect("region");
+    let data = object_path(&lab, dest_region, b["data_key"].as_str().expect("key"));
+    assert!(data.exists(), "{} in region {dest_region}'s bucket", data.display());
+    assert_eq!(sha256(&data), b["sha256"], "the recorded SHA-256 is the object's");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(object_path(&lab, dest_region, b["manifest_key"].as_str().expect("key"))).expect("manifest"))
+            .expect("manifest json");
+    for field in [
+        "cluster",
+        "member",
+        "region",
+        "kind",
+        "started_at_ms",
+        "finished_at_ms",
+        "lsn_start",
+        "lsn_end",
+        "raw_bytes",
+        "stored_bytes",
+        "tools",
+        "recipients",
+    ] {
+        assert!(!manifest[field].is_null(), "manifest has {field}: {manifest}");
+    }
+    assert_eq!(manifest["objects"][0]["sha256"], b["sha256"]);
+    assert_eq!(manifest["recipients"][0], lab.info.backup.recipient.as_str());
+    assert!(manifest["raw_bytes"].as_u64().expect("raw") > manifest["stored_bytes"].as_u64().expect("stored"), "compressed: {manifest}");
+    // Only ciphertext in the bucket.
+    let head = std::fs::read(&data).expect("object");
+    assert!(head.starts_with(b"age-encryption.org/v1"), "the object is age-encrypted");
+
+    // The recovery test restores it elsewhere and counts the rows.
+    let t = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg"]).expect("recovery test");
+    println!("recovery test: {t}");
+    assert_eq!(t["state"], "done", "{t}");
+    assert_eq!(t["backup_id"], b["id"]);
+    assert_ne!(region_of(&lab, t["member"].as_str().expect("member")), "a", "restored outside the primary's region: {t}");
+    let counts: Value = serde_json::from_str(t["checks"]["row_counts"].as_str().expect("row counts")).expect("json");
+    assert_eq!(counts[CHECK_TABLE], 500, "{t}");
+    assert!(t["rto_ms"].as_u64().expect("rto") > 0);
+    assert!(t["rpo_ms"].as_u64().is_some());
+    assert!(scratch_is_empty(&lab), "the scratch instance is removed");
+    let listed = lab.drctl_json(&["backup", "list", "--cluster", "app-pg"]).expect("list");
+    assert_eq!(listed["backups"].as_array().expect("backups").len(), 1);
+
+    // Redis: the same pipeline, an RDB from a replica.
+    let ra = lab.member("redis-a").expect("redis-a").clone();
+    for i in 0..200 {
+        cli(ra.port, &["SET", &format!("job:{i}"), "queued"]).expect("set");
+    }
+    caught_up(&lab, "app-redis");
+    let keys: u64 = cli(ra.port, &["DBSIZE"]).expect("dbsize").parse().expect("number");
+    let rb = lab.drctl_json(&["backup", "run", "--cluster", "app-redis"]).expect("redis backup");
+    assert_eq!(rb["state"], "done", "{rb}");
+    assert_ne!(rb["member"], "redis-a", "{rb}");
+    let rt = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-redis"]).expect("redis recovery test");
+    assert_eq!(rt["state"], "done", "{rt}");
+    assert_eq!(rt["checks"]["key_count"], keys.to_string(), "{rt}");
+
+    // A corrupted object: the recovery test names it, and cleans up.
+    let mut bytes = std::fs::read(&data).expect("object");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, &bytes).expect("corrupt");
+    let bad = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg"]).expect_err("corrupt backup");
+    println!("corrupted object: {bad}");
+    assert!(bad.to_string().contains("checksum mismatch for object"), "{bad}");
+    assert!(bad.to_string().contains(b["data_key"].as_str().expect("key")), "names the object: {bad}");
+    assert!(scratch_is_empty(&lab), "cleaned up after a failure");
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, &bytes).expect("repair");
+
+    // A wrong age identity: a clear error.
+    let identity = std::fs::read(&lab.info.backup.identity_file).expect("identity");
+    let other = lab.info.dir.join("other.key");
+    let made = Command::new("age-keygen").arg("-o").arg(&other).output().expect("age-keygen");
+    assert!(made.status.success());
+    std::fs::copy(&other, &lab.info.backup.identity_file).expect("swap identity");
+    let wrong = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg"]).expect_err("wrong identity");
+    println!("wrong identity: {wrong}");
+    assert!(wrong.to_string().contains("no identity matched"), "{wrong}");
+    std::fs::write(&lab.info.backup.identity_file, identity).expect("restore identity");
+
+    // The destination's S3 server down: a clear failure after bounded
+    // retries; the earlier backup is intact and listed.
+    let s3 = lab.info.s3.iter().find(|s| s.region == dest_region).expect("s3").clone();
+    drc_tests::lab::signal(s3.pid, libc::SIGKILL);
+    let down = lab.drctl_json(&["backup", "run", "--cluster", "app-pg", "--destination", &format!("s3-{dest_region}")]);
+    println!("destination down: {down:?}");
+    let down = down.expect_err("destination down");
+    assert!(down.to_string().contains(&format!("destination s3-{dest_region}")), "{down}");
+    assert_eq!(sha256(&data), b["sha256"], "the earlier backup is intact");
+    let listed = lab.drctl_json(&["backup", "list", "--cluster", "app-pg"]).expect("list");
+    let states: Vec<&str> = listed["backups"].as_array().expect("backups").iter().map(|b| b["state"].as_str().unwrap_or("")).collect();
+    assert_eq!(states, ["failed", "done"], "{listed}");
+
+    // Bad requests.
+    let e = lab.drctl_json(&["backup", "run", "--cluster", "nope"]).expect_err("unknown cluster");
+    assert!(e.to_string().contains("unknown cluster"), "{e}");
+    let e = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg", "--backup", "99"]).expect_err("unknown backup");
+    assert!(e.to_string().contains("no backup 99"), "{e}");
+}
+
+/// The `sh` blocks of the restore-by-hand runbook, in order.
+fn runbook_steps() -> String {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../runbooks/restore-by-hand.md")).expect("runbook");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if inside && line.starts_with("```") {
+            inside = false;
+        } else if inside {
+            out.push_str(line);
+            out.push('\n');
+        } else if line == "```sh" {
+            inside = true;
+        }
+    }
+    out
+}
+
+#[test]
+fn a_backup_is_restored_by_hand_with_standard_tools_following_the_runbook() {
+    let (_dir, lab) = lab();
+    let pa = lab.member("pg-a").expect("pg-a").clone();
+    psql(pa.port, &format!("INSERT INTO {CHECK_TABLE} (item) SELECT 'order ' || g FROM generate_series(1, 321) g")).expect("rows");
+    caught_up(&lab, "app-pg");
+    let b = lab.drctl_json(&["backup", "run", "--cluster", "app-pg"]).expect("backup");
+    assert_eq!(b["state"], "done", "{b}");
+    let s3 = lab.info.s3.iter().find(|s| s.region == b["destination_region"]).expect("s3").clone();
+
+    // drc is down: only the bucket, the identity file and standard tools.
+    let restore = lab.info.dir.join("by-hand");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let script = format!("set -euo pipefail\n{}", runbook_steps());
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("ENDPOINT", &s3.endpoint)
+        .env("BUCKET", &s3.bucket)
+        .env("CLUSTER", "app-pg")
+        .env("IDENTITY", &lab.info.backup.identity_file)
+        .env("RESTORE", &restore)
+        .env("PORT", port.to_string())
+        .output()
+        .expect("bash");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("runbook stdout:\n{stdout}\nrunbook stderr:\n{stderr}");
+    let stop = || {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D"])
+            .arg(restore.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    };
+    if !out.status.success() {
+        stop();
+        panic!("the runbook's steps failed");
+    }
+    assert!(stdout.contains("restored and accepting connections"), "{stdout}");
+    let count = psql(port, &format!("SELECT count(*) FROM {CHECK_TABLE}"));
+    stop();
+    assert_eq!(count.expect("count").trim(), "321");
+}
