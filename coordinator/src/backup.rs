@@ -62,6 +62,72 @@ pub struct BackupRecord {
     pub stored_bytes: u64,
     /// The manifest object's content.
     pub manifest: serde_json::Value,
+    /// The schedule occurrence that started it (0: an operator did).
+    #[serde(default)]
+    pub scheduled_at: Millis,
+}
+
+/// A cron schedule of backups or recovery tests of one cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub cluster: String,
+    /// "backup" or "recovery-test".
+    pub job: String,
+    /// Standard 5-field cron, or 6 fields with seconds first; UTC.
+    pub cron: String,
+    /// Set at; occurrences before it never fire.
+    pub since: Millis,
+    /// The newest occurrence that fired.
+    pub last_fired: Millis,
+}
+
+/// Parses a cron expression (5 fields, or 6 with seconds first).
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(expr)
+        .map_err(|e| format!("cron expression {expr:?}: {e}"))
+}
+
+fn at(ms: Millis) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default()
+}
+
+/// The newest occurrence of `cron` in (after, now], if any: occurrences
+/// missed while no leader ran collapse into this one.
+pub fn due(cron: &croner::Cron, after: Millis, now: Millis) -> Option<Millis> {
+    // Occurrences are whole seconds; croner keeps the input's milliseconds.
+    let prev = cron.find_previous_occurrence(&at(now), true).ok()?.timestamp_millis() as u64 / 1000 * 1000;
+    (prev > after).then_some(prev)
+}
+
+/// The next occurrence after `now`, for display.
+pub fn next(cron: &croner::Cron, now: Millis) -> Option<Millis> {
+    cron.find_next_occurrence(&at(now), false).ok().map(|t| t.timestamp_millis() as u64 / 1000 * 1000)
+}
+
+/// Which completed backups retention deletes: per destination, beyond the
+/// newest `keep_last` or older than `max_age`, but never the newest verified
+/// one (a recovery test restored it) and never the newest one.
+pub fn expired(backups: &[&BackupRecord], verified: &HashSet<u64>, keep_last: u32, max_age: Option<Millis>, now: Millis) -> Vec<u64> {
+    let mut by_dest: BTreeMap<&str, Vec<&BackupRecord>> = BTreeMap::new();
+    for b in backups.iter().filter(|b| b.state == JobState::Done) {
+        by_dest.entry(b.destination.as_str()).or_default().push(b);
+    }
+    let mut out = Vec::new();
+    for list in by_dest.values_mut() {
+        list.sort_by_key(|b| std::cmp::Reverse((b.started_at, b.id)));
+        let keep_verified = list.iter().find(|b| verified.contains(&b.id)).map(|b| b.id);
+        for (i, b) in list.iter().enumerate() {
+            let too_many = keep_last > 0 && i >= keep_last as usize;
+            let too_old = max_age.is_some_and(|age| now.saturating_sub(b.finished_at) > age);
+            if i > 0 && Some(b.id) != keep_verified && (too_many || too_old) {
+                out.push(b.id);
+            }
+        }
+    }
+    out
 }
 
 /// One recovery test.
@@ -114,7 +180,14 @@ impl Jobs {
     }
 
     /// Starts a backup of `cluster`; returns its record (state running).
-    pub async fn start_backup(self: &Arc<Self>, cluster: &str, destination: Option<&str>, trigger: &str) -> Result<BackupRecord, String> {
+    /// `scheduled_at`: the schedule occurrence behind it, 0 for an operator.
+    pub async fn start_backup(
+        self: &Arc<Self>,
+        cluster: &str,
+        destination: Option<&str>,
+        scheduled_at: Millis,
+    ) -> Result<BackupRecord, String> {
+        let trigger = if scheduled_at == 0 { "operator" } else { "schedule" };
         let (topology, primary) = self
             .node
             .store()
@@ -142,6 +215,7 @@ impl Jobs {
             state: JobState::Running,
             trigger: trigger.to_string(),
             started_at,
+            scheduled_at,
             ..Default::default()
         };
         rec.id = self.record(Command::Backup { record: Box::new(rec.clone()) }).await?;
@@ -184,6 +258,9 @@ impl Jobs {
             }
             this.health.emit("backup", &done.cluster, &done.member, what);
             this.running().remove(&('b', done.id));
+            if done.state == JobState::Done {
+                this.retain(&done.cluster).await;
+            }
         });
         Ok(rec)
     }
@@ -344,7 +421,7 @@ impl Jobs {
     /// On the leader, every few seconds: jobs recorded as running that no
     /// live job of this node owns were interrupted by a leader change.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let mut ticker = tokio::time::interval(Duration::from_secs(2));
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
         let mut leading_since: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -367,6 +444,11 @@ impl Jobs {
                     sm.recovery_tests.values().filter(|t| t.state == JobState::Running).cloned().collect::<Vec<_>>(),
                 )
             });
+            self.fire_schedules().await;
+            let clusters: Vec<String> = self.node.store().with_state(|sm| sm.topology.clusters.keys().cloned().collect());
+            for c in clusters {
+                self.retain(&c).await;
+            }
             let why = "interrupted: the coordinator leader running it lost leadership".to_string();
             for mut b in backups {
                 if !self.running().contains(&('b', b.id)) && now_ms().saturating_sub(b.started_at) > 5_000 {
@@ -381,5 +463,159 @@ impl Jobs {
                 }
             }
         }
+    }
+}
+
+impl Jobs {
+    /// Starts every scheduled job that is due, once per occurrence: the
+    /// occurrence is committed (compare-and-set on the last one fired) before
+    /// the job starts, so a new leader never starts it again.
+    async fn fire_schedules(self: &Arc<Self>) {
+        let (schedules, busy) = self.node.store().with_state(|sm| {
+            let busy: HashSet<(String, &str)> = sm
+                .backups
+                .values()
+                .filter(|b| b.state == JobState::Running)
+                .map(|b| (b.cluster.clone(), "backup"))
+                .chain(sm.recovery_tests.values().filter(|t| t.state == JobState::Running).map(|t| (t.cluster.clone(), "recovery-test")))
+                .collect();
+            (sm.schedules.values().cloned().collect::<Vec<_>>(), busy)
+        });
+        let now = now_ms();
+        for s in schedules {
+            let Ok(cron) = parse_cron(&s.cron) else { continue };
+            let Some(occurrence) = due(&cron, s.last_fired.max(s.since), now) else { continue };
+            let fire = Command::Fire { cluster: s.cluster.clone(), job: s.job.clone(), at: occurrence };
+            match self.node.propose(fire, self.write_timeout).await {
+                Ok(Outcome::Done) => {}
+                Ok(other) => {
+                    tracing::debug!(?other, "schedule not fired");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "schedule: cannot record the firing");
+                    continue;
+                }
+            }
+            if busy.contains(&(s.cluster.clone(), s.job.as_str())) {
+                // One at a time: an occurrence that finds the previous job
+                // still running is skipped, and says so.
+                self.health.emit(
+                    &s.job,
+                    &s.cluster,
+                    "",
+                    format!("scheduled {} at {occurrence} skipped: the previous one is still running", s.job),
+                );
+                continue;
+            }
+            let started = match s.job.as_str() {
+                "backup" => self.start_backup(&s.cluster, None, occurrence).await.map(|b| b.id),
+                _ => self.start_recovery_test(&s.cluster, None, "schedule").await.map(|t| t.id),
+            };
+            match started {
+                Ok(id) => tracing::info!(cluster = %s.cluster, job = %s.job, id, occurrence, "scheduled job started"),
+                Err(e) => {
+                    // Recorded, so that a schedule that cannot run is seen.
+                    tracing::warn!(cluster = %s.cluster, job = %s.job, error = %e, "scheduled job could not start");
+                    self.health.emit(&s.job, &s.cluster, "", format!("scheduled {} could not start: {e}", s.job));
+                    if s.job == "backup" {
+                        let failed = BackupRecord {
+                            cluster: s.cluster.clone(),
+                            state: JobState::Failed,
+                            trigger: "schedule".into(),
+                            started_at: now,
+                            finished_at: now,
+                            scheduled_at: occurrence,
+                            error: e,
+                            ..Default::default()
+                        };
+                        let _ = self.record(Command::Backup { record: Box::new(failed) }).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the cluster's retention: deletes expired backups' objects
+    /// through one of its agents, then drops them from the catalog.
+    async fn retain(self: &Arc<Self>, cluster: &str) {
+        let (policy, backups, verified, topology) = self.node.store().with_state(|sm| {
+            let verified: HashSet<u64> = sm.recovery_tests.values().filter(|t| t.state == JobState::Done).map(|t| t.backup_id).collect();
+            (
+                sm.topology.clusters.get(cluster).map(|c| c.backup.clone()),
+                sm.backups.values().filter(|b| b.cluster == cluster).cloned().collect::<Vec<_>>(),
+                verified,
+                sm.topology.clone(),
+            )
+        });
+        let Some(policy) = policy else { return };
+        if policy.keep_last == 0 && policy.max_age.is_none() {
+            return;
+        }
+        let refs: Vec<&BackupRecord> = backups.iter().collect();
+        let max_age = policy.max_age.map(|d| d.as_millis() as Millis);
+        let doomed = expired(&refs, &verified, policy.keep_last, max_age, now_ms());
+        if doomed.is_empty() {
+            return;
+        }
+        let obs = self.health.observations(&topology, Instant::now());
+        let agents: Vec<String> =
+            topology.members_of(cluster).filter(|(id, _)| obs.get(*id).is_some_and(|o| o.fresh)).map(|(id, _)| id.clone()).collect();
+        for id in doomed {
+            let Some(b) = backups.iter().find(|b| b.id == id) else { continue };
+            let keys =
+                [b.data_key.as_str(), b.manifest_key.as_str()].iter().filter(|k| !k.is_empty()).copied().collect::<Vec<_>>().join(",");
+            let args = [("destination", b.destination.clone()), ("keys", keys)];
+            let mut deleted = false;
+            for agent in &agents {
+                match self.command(agent, cluster, "delete_backup", &args).await {
+                    Ok(_) => {
+                        deleted = true;
+                        break;
+                    }
+                    Err(e) => tracing::warn!(backup = id, %agent, error = %e, "retention: delete failed; trying another agent"),
+                }
+            }
+            if deleted && self.node.propose(Command::ForgetBackup { id }, self.write_timeout).await.is_ok() {
+                self.health.emit("backup", cluster, "", format!("retention deleted backup {id} ({})", b.prefix));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(id: u64, dest: &str, at: Millis) -> BackupRecord {
+        BackupRecord { id, destination: dest.into(), state: JobState::Done, started_at: at, finished_at: at + 10, ..Default::default() }
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_n_per_destination_and_the_newest_verified_one() {
+        let b: Vec<BackupRecord> = vec![done(1, "x", 100), done(2, "x", 200), done(3, "x", 300), done(4, "x", 400), done(5, "y", 150)];
+        let refs: Vec<&BackupRecord> = b.iter().collect();
+        let none = HashSet::new();
+        assert_eq!(expired(&refs, &none, 2, None, 1_000), vec![2, 1], "keep the newest two of x; y has one");
+        let verified = HashSet::from([1]);
+        assert_eq!(expired(&refs, &verified, 2, None, 1_000), vec![2], "backup 1 is the newest verified one");
+        // Age: everything older than 250 ms except the newest of each.
+        assert_eq!(expired(&refs, &none, 0, Some(250), 560), vec![2, 1]);
+        let failed = BackupRecord { state: JobState::Failed, ..done(6, "x", 500) };
+        let mut with_failed = refs.clone();
+        with_failed.push(&failed);
+        assert_eq!(expired(&with_failed, &none, 2, None, 1_000), vec![2, 1], "failed backups are not counted");
+    }
+
+    #[test]
+    fn a_missed_occurrence_fires_once_and_not_before_the_schedule_existed() {
+        let every_10s = parse_cron("*/10 * * * * *").expect("cron");
+        // Last fired at 20 s; now 47 s: 30 s and 40 s were missed, 40 s fires.
+        assert_eq!(due(&every_10s, 20_000, 47_000), Some(40_000));
+        assert_eq!(due(&every_10s, 40_000, 47_000), None, "fired already");
+        assert_eq!(next(&every_10s, 47_000), Some(50_000));
+        assert!(parse_cron("0 3 * * *").is_ok(), "five fields");
+        assert!(parse_cron("61 * * * *").is_err());
+        assert!(parse_cron("nonsense").is_err());
     }
 }

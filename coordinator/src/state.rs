@@ -48,6 +48,15 @@ pub enum Command {
     Backup { record: Box<crate::backup::BackupRecord> },
     /// Add (id 0) or update a recovery test.
     RecoveryTest { record: Box<crate::backup::RecoveryTest> },
+    /// Set (or, with an empty cron expression, remove) a cluster's schedule
+    /// of `job` ("backup" or "recovery-test"), from `at` on.
+    SetSchedule { cluster: String, job: String, cron: String, at: Millis },
+    /// A schedule fired for its occurrence `at`: applied only if `at` is
+    /// newer than the last firing, so an occurrence fires once even when a
+    /// new leader retries it.
+    Fire { cluster: String, job: String, at: Millis },
+    /// Retention deleted a backup's objects: drop it from the catalog.
+    ForgetBackup { id: u64 },
 }
 
 /// What applying a command did, returned to the proposer.
@@ -149,6 +158,9 @@ pub struct StateMachine {
     /// Recovery tests, by id.
     #[serde(default)]
     pub recovery_tests: BTreeMap<u64, crate::backup::RecoveryTest>,
+    /// Backup and recovery-test schedules, by "cluster/job".
+    #[serde(default)]
+    pub schedules: BTreeMap<String, crate::backup::Schedule>,
 }
 
 impl StateMachine {
@@ -185,6 +197,34 @@ impl StateMachine {
                 let id = r.id;
                 self.backups.insert(id, r);
                 Outcome::Recorded { id }
+            }
+            Command::SetSchedule { cluster, job, cron, at } => {
+                if !self.topology.clusters.contains_key(&cluster) {
+                    return Outcome::Refused { reason: format!("unknown cluster {cluster:?}") };
+                }
+                if job != "backup" && job != "recovery-test" {
+                    return Outcome::Refused { reason: format!("unknown job {job:?} (backup or recovery-test)") };
+                }
+                let key = format!("{cluster}/{job}");
+                if cron.is_empty() {
+                    self.schedules.remove(&key);
+                } else {
+                    let last_fired = self.schedules.get(&key).map(|s| s.last_fired).unwrap_or(0);
+                    self.schedules.insert(key, crate::backup::Schedule { cluster, job, cron, since: at, last_fired });
+                }
+                Outcome::Done
+            }
+            Command::Fire { cluster, job, at } => match self.schedules.get_mut(&format!("{cluster}/{job}")) {
+                Some(s) if at > s.last_fired && at >= s.since => {
+                    s.last_fired = at;
+                    Outcome::Done
+                }
+                Some(_) => Outcome::Refused { reason: format!("the {job} of {cluster} at {at} has fired already") },
+                None => Outcome::Refused { reason: format!("no {job} schedule for {cluster}") },
+            },
+            Command::ForgetBackup { id } => {
+                self.backups.remove(&id);
+                Outcome::Done
             }
             Command::RecoveryTest { record } => {
                 let mut r = *record;

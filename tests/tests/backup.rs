@@ -228,3 +228,88 @@ fn a_backup_is_restored_by_hand_with_standard_tools_following_the_runbook() {
     stop();
     assert_eq!(count.expect("count").trim(), "321");
 }
+
+type Seen = std::collections::BTreeMap<u64, (u64, String, String)>;
+
+/// Adds every listed backup of app-redis to `seen`; returns how many are done.
+fn observe(lab: &Lab, seen: &mut Seen) -> usize {
+    if let Ok(l) = lab.drctl_json(&["backup", "list", "--cluster", "app-redis"]) {
+        for b in l["backups"].as_array().into_iter().flatten() {
+            let id = b["id"].as_u64().unwrap_or(0);
+            let error = b["error"].as_str().unwrap_or("").to_string();
+            seen.insert(id, (b["scheduled_at"].as_u64().unwrap_or(0), b["state"].as_str().unwrap_or("").to_string(), error));
+        }
+    }
+    seen.values().filter(|(_, s, _)| s == "done").count()
+}
+
+#[test]
+fn scheduled_backups_fire_once_per_occurrence_across_a_leader_kill_and_retention_keeps_the_newest() {
+    let (_dir, lab) = lab();
+    let set = lab.drctl_json(&["schedule", "set", "--cluster", "app-redis", "--backup", "*/3 * * * * *"]).expect("schedule");
+    println!("{set}");
+    let bad = lab.drctl_json(&["schedule", "set", "--cluster", "app-redis", "--backup", "61 * * * *"]).expect_err("bad cron");
+    assert!(bad.to_string().contains("cron expression"), "{bad}");
+
+    // Every backup ever listed, by id: (scheduled_at, state).
+    let mut seen: Seen = Default::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while observe(&lab, &mut seen) < 2 {
+        assert!(std::time::Instant::now() < deadline, "two scheduled backups: {seen:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // SIGKILL the leader: the next one fires the following occurrences,
+    // none twice.
+    let leader = lab.status().expect("status")["leader_id"].as_u64().expect("leader");
+    let pid = lab.info.coordinators.iter().find(|c| c.id == leader).expect("leader").pid;
+    drc_tests::lab::signal(pid, libc::SIGKILL);
+    let before = seen.len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !(observe(&lab, &mut seen) >= 3 && seen.len() >= before + 3) {
+        assert!(std::time::Instant::now() < deadline, "three more scheduled backups under the new leader: {seen:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for _ in 0..10 {
+        observe(&lab, &mut seen);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    println!("backups seen (id -> scheduled_at, state, error): {seen:?}");
+    let mut occurrences: Vec<u64> = seen.values().map(|(at, _, _)| *at).filter(|at| *at != 0).collect();
+    let n = occurrences.len();
+    occurrences.sort();
+    occurrences.dedup();
+    assert_eq!(occurrences.len(), n, "no occurrence fired twice: {seen:?}");
+    assert!(occurrences.iter().all(|at| at % 3_000 == 0), "every firing is an occurrence of the schedule: {occurrences:?}");
+
+    // Retention (keep_last = 3 in the lab): the catalog keeps the newest
+    // three completed backups, and the bucket holds exactly their objects.
+    lab.drctl_json(&["schedule", "set", "--cluster", "app-redis", "--backup", "off"]).expect("off");
+    std::thread::sleep(Duration::from_secs(4));
+    let l = lab.drctl_json(&["backup", "list", "--cluster", "app-redis"]).expect("list");
+    let done: Vec<&Value> = l["backups"].as_array().expect("backups").iter().filter(|b| b["state"] == "done").collect();
+    assert!(done.len() <= 3 && !done.is_empty(), "retention keeps the newest three: {l}");
+    observe(&lab, &mut seen);
+    let newest_ids: Vec<u64> = seen.iter().filter(|(_, (_, s, _))| s == "done").map(|(id, _)| *id).rev().take(done.len()).collect();
+    let mut kept: Vec<u64> = done.iter().map(|b| b["id"].as_u64().unwrap_or(0)).collect();
+    kept.sort_by(|a, b| b.cmp(a));
+    assert_eq!(kept, newest_ids, "the newest are kept: {l}");
+    for b in &done {
+        let region = b["destination_region"].as_str().expect("region");
+        assert!(object_path(&lab, region, b["data_key"].as_str().expect("key")).exists(), "kept backup's object exists: {b}");
+    }
+    let region = done[0]["destination_region"].as_str().expect("region");
+    let s3 = lab.info.s3.iter().find(|s| s.region == region).expect("s3");
+    // s3s-fs keeps the emptied folders of deleted objects: count the ones
+    // that still hold objects.
+    let holding = std::fs::read_dir(s3.root.join(&s3.bucket).join("drc/app-redis"))
+        .expect("bucket dir")
+        .filter_map(Result::ok)
+        .filter(|d| std::fs::read_dir(d.path()).map(|mut f| f.next().is_some()).unwrap_or(false))
+        .count();
+    assert_eq!(holding, done.len(), "expired backups' objects are deleted from the bucket");
+    let after = seen.len();
+    std::thread::sleep(Duration::from_secs(4));
+    observe(&lab, &mut seen);
+    assert_eq!(seen.len(), after, "a removed schedule fires no more");
+}

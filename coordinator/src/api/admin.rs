@@ -21,7 +21,7 @@ use drc_proto::{
     HealthResponse, HistoryReply, HistoryRequest, PauseReply, PauseRequest, PrimaryEndpoint, SwitchoverRequest, WatchEvent,
     WatchPrimaryRequest, WatchRequest,
 };
-use drc_proto::{JobReply, JobsReply, ListJobsRequest, StartBackupRequest, StartRecoveryTestRequest};
+use drc_proto::{JobReply, JobsReply, ListJobsRequest, SetScheduleRequest, StartBackupRequest, StartRecoveryTestRequest};
 
 use crate::failover::core::Request as FailoverAsk;
 use crate::failover::executor::Executor;
@@ -302,7 +302,7 @@ impl AdminService for AdminApi {
         }
         let r = req.into_inner();
         let destination = (!r.destination.is_empty()).then_some(r.destination.as_str());
-        let rec = self.jobs.start_backup(&r.cluster, destination, "operator").await.map_err(job_refused)?;
+        let rec = self.jobs.start_backup(&r.cluster, destination, 0).await.map_err(job_refused)?;
         Ok(Response::new(JobReply { job_json: serde_json::to_string(&rec).map_err(|e| Status::internal(e.to_string()))? }))
     }
 
@@ -325,6 +325,41 @@ impl AdminService for AdminApi {
 
     async fn list_recovery_tests(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
         self.list(&req.into_inner().cluster, |sm| sm.recovery_tests.values().map(|t| (t.cluster.clone(), t.clone())).collect())
+    }
+
+    async fn set_schedule(&self, req: Request<SetScheduleRequest>) -> Result<Response<PauseReply>, Status> {
+        let r = req.get_ref();
+        if !r.cron.is_empty() {
+            crate::backup::parse_cron(&r.cron).map_err(Status::invalid_argument)?;
+        }
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.set_schedule(r).await }).await?
+        {
+            return Ok(answer);
+        }
+        let r = req.into_inner();
+        let done = if r.cron.is_empty() {
+            format!("{} schedule of {} removed", r.job, r.cluster)
+        } else {
+            format!("{} of {} scheduled: {:?} (UTC)", r.job, r.cluster, r.cron)
+        };
+        let at = crate::failover::executor::now_ms();
+        self.simple(Command::SetSchedule { cluster: r.cluster, job: r.job, cron: r.cron, at }, done).await
+    }
+
+    async fn list_schedules(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
+        let now = crate::failover::executor::now_ms();
+        self.list(&req.into_inner().cluster, |sm| {
+            sm.schedules
+                .values()
+                .map(|s| {
+                    let next = crate::backup::parse_cron(&s.cron).ok().and_then(|c| crate::backup::next(&c, now));
+                    let mut v = serde_json::to_value(s).unwrap_or_default();
+                    v["next_at"] = serde_json::json!(next);
+                    (s.cluster.clone(), v)
+                })
+                .collect()
+        })
     }
 
     async fn history(&self, req: Request<HistoryRequest>) -> Result<Response<HistoryReply>, Status> {

@@ -15,7 +15,7 @@ use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::{
     AddNodeRequest, ApplyTopologyRequest, ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRegionRequest, FailoverRequest,
     GetTopologyRequest, HistoryRequest, ListJobsRequest, ListNodesRequest, MemberHealth, NodeStatus, PauseRequest, RemoveNodeRequest,
-    StartBackupRequest, StartRecoveryTestRequest, StatusRequest, SwitchoverRequest, WatchRequest,
+    SetScheduleRequest, StartBackupRequest, StartRecoveryTestRequest, StatusRequest, SwitchoverRequest, WatchRequest,
 };
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
@@ -124,6 +124,31 @@ pub enum Command {
     RecoveryTest {
         #[command(subcommand)]
         command: RecoveryTestCommand,
+    },
+    /// Cron schedules of backups and recovery tests (UTC; 5 fields, or 6 with seconds first).
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// Every schedule with its last and next occurrence.
+    List {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Set a cluster's schedules; "off" removes one.
+    Set {
+        #[arg(long)]
+        cluster: String,
+        /// e.g. "0 3 * * *" (daily at 03:00 UTC)
+        #[arg(long)]
+        backup: Option<String>,
+        /// e.g. "0 5 * * 0" (Sundays at 05:00 UTC)
+        #[arg(long)]
+        recovery_test: Option<String>,
     },
 }
 
@@ -594,6 +619,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             RecoveryTestCommand::Show { id } => {
                 let job = find_job(&mut client, Job::RecoveryTest, id).await?;
                 job_out(&job, json_out, test_text)?;
+            }
+        },
+        Command::Schedule { command } => match command {
+            ScheduleCommand::List { cluster } => {
+                let r =
+                    client.list_schedules(ListJobsRequest { cluster: cluster.unwrap_or_default() }).await.map_err(status_err)?.into_inner();
+                let items: Vec<serde_json::Value> = serde_json::from_str(&r.jobs_json)?;
+                if json_out {
+                    println!("{}", serde_json::to_string_pretty(&json!({ "schedules": items }))?);
+                } else {
+                    let rows: Vec<Vec<String>> = items
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s["cluster"].as_str().unwrap_or("").to_string(),
+                                s["job"].as_str().unwrap_or("").to_string(),
+                                s["cron"].as_str().unwrap_or("").to_string(),
+                                s["last_fired"].to_string(),
+                                s["next_at"].to_string(),
+                            ]
+                        })
+                        .collect();
+                    print!("{}", table::render(&["CLUSTER", "JOB", "CRON (UTC)", "LAST FIRED (ms)", "NEXT (ms)"], &rows));
+                }
+            }
+            ScheduleCommand::Set { cluster, backup, recovery_test } => {
+                if backup.is_none() && recovery_test.is_none() {
+                    anyhow::bail!("nothing to set: give --backup and/or --recovery-test (\"off\" removes one)");
+                }
+                for (job, cron) in [("backup", backup), ("recovery-test", recovery_test)] {
+                    let Some(cron) = cron else { continue };
+                    let cron = if cron == "off" { String::new() } else { cron };
+                    let r = client
+                        .set_schedule(SetScheduleRequest { cluster: cluster.clone(), job: job.into(), cron })
+                        .await
+                        .map_err(status_err)?
+                        .into_inner();
+                    message_out(&r.message, json_out)?;
+                }
             }
         },
         Command::History { cluster } => {

@@ -97,6 +97,14 @@ pub struct BackupPolicy {
     /// Recovery tests count the rows of these tables (PostgreSQL,
     /// `schema.table`) and report them.
     pub check_tables: Vec<String>,
+    /// Retention, per destination: keep at most this many completed
+    /// backups (0: no limit)...
+    #[serde(default)]
+    pub keep_last: u32,
+    /// ...and none older than this. The newest verified backup (one a
+    /// recovery test restored) is never deleted, nor the newest one at all.
+    #[serde(default, with = "humantime_serde::option")]
+    pub max_age: Option<Duration>,
 }
 
 /// An S3 bucket, by name; `region` is the drc region it lives in.

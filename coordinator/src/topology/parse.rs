@@ -306,7 +306,7 @@ impl Walker {
         if let Some(v) = t.get("backup") {
             let bpath = join(path, "backup");
             if let Some(b) = self.table(v, &bpath) {
-                self.unknown_keys(b, &bpath, &["destinations", "recipients", "allow_primary", "check_tables"]);
+                self.unknown_keys(b, &bpath, &["destinations", "recipients", "allow_primary", "check_tables", "keep_last", "max_age"]);
                 backup.destinations = self.strings(b, &bpath, "destinations");
                 for (i, d) in backup.destinations.iter().enumerate() {
                     if !destinations.contains_key(d) {
@@ -327,6 +327,8 @@ impl Walker {
                 }
                 backup.allow_primary = self.boolean(b, &bpath, "allow_primary").unwrap_or(false);
                 backup.check_tables = self.strings(b, &bpath, "check_tables");
+                backup.keep_last = self.unsigned(b, &bpath, "keep_last", u32::MAX as u64).unwrap_or(0) as u32;
+                backup.max_age = self.duration(b, &bpath, "max_age");
             }
         }
         Some(Cluster { kind: kind?, policy, backup })

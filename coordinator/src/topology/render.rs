@@ -30,7 +30,12 @@ pub fn to_toml(t: &Topology) -> String {
         if *b != Default::default() {
             let _ = writeln!(s, "[clusters.{}.backup]", q(name));
             let _ = writeln!(s, "destinations = [{}]\nrecipients = [{}]", list(&b.destinations), list(&b.recipients));
-            let _ = writeln!(s, "allow_primary = {}\ncheck_tables = [{}]\n", b.allow_primary, list(&b.check_tables));
+            let _ =
+                writeln!(s, "allow_primary = {}\ncheck_tables = [{}]\nkeep_last = {}", b.allow_primary, list(&b.check_tables), b.keep_last);
+            if let Some(age) = b.max_age {
+                let _ = writeln!(s, "max_age = {}", q(&humantime::format_duration(age).to_string()));
+            }
+            let _ = writeln!(s);
         }
     }
     for (id, m) in &t.members {
@@ -59,7 +64,7 @@ mod tests {
     #[test]
     fn round_trips_through_the_parser() {
         let doc = "[regions.a]\n[regions.b]\npriority=2\n[clusters.pg]\nkind='postgres'\n[clusters.pg.policy]\nrpo_max_lag_time='1m 30s'\npaused=true\n[[members]]\nid='m'\ncluster='pg'\nregion='b'\naddress='h:1'\n[failover_groups.g]\nclusters=['pg']\n\
-                   [destinations.s3b]\nregion='b'\n[clusters.pg.backup]\ndestinations=['s3b']\nrecipients=['age1xyz']\ncheck_tables=['public.t']\n";
+                   [destinations.s3b]\nregion='b'\n[clusters.pg.backup]\ndestinations=['s3b']\nrecipients=['age1xyz']\ncheck_tables=['public.t']\nkeep_last=3\nmax_age='7days'\n";
         let t = parse_topology(doc).expect("valid");
         let again = parse_topology(&to_toml(&t)).expect("rendered form is valid");
         assert_eq!(t, again);

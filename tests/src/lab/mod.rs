@@ -382,7 +382,7 @@ impl Lab {
             ));
             let checks = if kind == "postgres" { format!("\"{CHECK_TABLE}\"") } else { String::new() };
             t.push_str(&format!(
-                "[clusters.{name}.backup]\ndestinations = [{destinations}]\nrecipients = [{:?}]\ncheck_tables = [{checks}]\n",
+                "[clusters.{name}.backup]\ndestinations = [{destinations}]\nrecipients = [{:?}]\ncheck_tables = [{checks}]\nkeep_last = 3\n",
                 self.info.backup.recipient
             ));
         }
