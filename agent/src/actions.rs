@@ -196,36 +196,25 @@ impl Actor {
             }
             return result;
         }
-        // Backups and recovery tests are not failover actions: no epoch.
-        let backup = match cmd.action.as_str() {
-            "backup" => Some(crate::backup::backup(&self.cfg, args).await),
-            "recovery_test" => Some(crate::backup::recovery_test(&self.cfg, args).await),
-            "delete_backup" => Some(crate::backup::delete(&self.cfg, args).await),
-            _ => None,
-        };
-        if let Some(outcome) = backup {
-            match outcome {
-                Ok(output) => result.output = output,
-                Err(e) => {
+        let outcome = match cmd.action.as_str() {
+            // Backups and recovery tests are not failover actions: no epoch.
+            "backup" => crate::backup::backup(&self.cfg, args).await,
+            "recovery_test" => crate::backup::recovery_test(&self.cfg, args).await,
+            "delete_backup" => crate::backup::delete(&self.cfg, args).await,
+            action => {
+                let new_primary = args.get("primary_member").cloned().unwrap_or_default();
+                let known = self.epoch();
+                if !self.learn(cmd.epoch, &new_primary) {
                     result.ok = false;
-                    result.error = e;
+                    result.error = format!("refused: epoch {} is older than epoch {known} already seen", cmd.epoch);
+                    return result;
+                }
+                match (self.cfg.kind, action) {
+                    (_, "promote") => self.promote(args).await,
+                    (Kind::Postgres, action) => self.postgres(action, args).await,
+                    (Kind::Redis, action) => self.redis(action, args).await,
                 }
             }
-            result.duration_ms = start.elapsed().as_millis() as u64;
-            tracing::info!(action = %cmd.action, ok = result.ok, error = %result.error, ms = result.duration_ms, "command");
-            return result;
-        }
-        let new_primary = args.get("primary_member").cloned().unwrap_or_default();
-        let known = self.epoch();
-        if !self.learn(cmd.epoch, &new_primary) {
-            result.ok = false;
-            result.error = format!("refused: epoch {} is older than epoch {known} already seen", cmd.epoch);
-            return result;
-        }
-        let outcome = match (self.cfg.kind, cmd.action.as_str()) {
-            (_, "promote") => self.promote(args).await,
-            (Kind::Postgres, action) => self.postgres(action, args).await,
-            (Kind::Redis, action) => self.redis(action, args).await,
         };
         match outcome {
             Ok(output) => result.output = output,
@@ -260,6 +249,10 @@ impl Actor {
         *lock(&self.lease_until) = Some(lease_end(Instant::now(), ttl, args.get("expires_at_ms").and_then(|t| t.parse().ok()), now_ms()));
         let result = self.promote_member(args).await;
         if result.is_ok() {
+            // The lease runs from the end of the promotion, which may take
+            // long (WAL to replay): the coordinator keeps extending its end
+            // while the decision is in progress.
+            *lock(&self.lease_until) = Some(lease_end(Instant::now(), ttl, None, 0));
             // From now on this member is the primary that holds the lease:
             // if renewals stop and its replicas do not vouch, it fences itself.
             let replicas = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);

@@ -94,7 +94,7 @@ pub async fn run(
 ) -> Result<(), Refused> {
     let builder = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
+        .with_max_delay(Duration::from_secs(2))
         .with_jitter()
         .without_max_times();
     let mut delays = builder.build();

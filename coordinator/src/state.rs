@@ -324,8 +324,10 @@ impl StateMachine {
         };
         if step.action == "promote" && state == StepState::Done {
             if let Some(rec) = self.records.get_mut(&d.cluster) {
-                // A new primary, a new history of positions.
+                // A new primary, a new history of positions, and the lease
+                // its promotion granted.
                 rec.known_position = 0;
+                rec.promoted_at = finished;
                 if let Some(id) = output.get("dataset_id") {
                     rec.advance_dataset(id);
                 }

@@ -76,12 +76,14 @@ impl Default for LeaseConfig {
 }
 
 impl LeaseConfig {
-    /// The lease a promotion grants with it: longer than a renewal, so the
-    /// new primary serves while its agent's first samples as a primary reach
-    /// the leader. Until a decision finishes, the core assumes such a lease
-    /// may have just been granted.
+    /// The lease a promotion grants with it, from the moment the promotion
+    /// completes: long enough to cover a leader change and the agents'
+    /// reconnection right after it (the new primary cannot be vouched for
+    /// before its replicas are repointed). Until a decision finishes, the
+    /// core assumes such a lease may have just been granted; anti-flap blocks
+    /// automatic failover for far longer anyway.
     pub fn promote_ttl(&self) -> Millis {
-        3 * self.lease
+        10 * self.lease
     }
 }
 
@@ -186,7 +188,7 @@ impl Core {
     fn track(&mut self, cluster: &str, rec: &ClusterRecord, primary_position: u64) -> &mut Track {
         let primary_position = primary_position.max(rec.known_position);
         let fresh = Track {
-            lease_until: self.leader_since + self.lease.lease,
+            lease_until: (self.leader_since + self.lease.lease).max(rec.promoted_at + self.lease.promote_ttl()),
             epoch: rec.epoch,
             primary_position,
             primary: rec.primary.clone(),

@@ -53,6 +53,10 @@ pub struct ClusterRecord {
     /// too little and promote beyond the RPO budget.
     #[serde(default)]
     pub known_position: u64,
+    /// When the current primary's promotion was recorded: it holds a lease
+    /// of `promote_ttl` from about then, which a new leader must honour too.
+    #[serde(default)]
+    pub promoted_at: Millis,
 }
 
 impl ClusterRecord {

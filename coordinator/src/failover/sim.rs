@@ -695,7 +695,7 @@ impl Sim {
                 continue;
             }
             let since = *self.unavailable_since.entry(c.to_string()).or_insert(self.now);
-            let bound = 2 * WINDOW + FRESH + LEASE.lease + LEASE.drift_margin + 5_000;
+            let bound = 2 * WINDOW + FRESH + LEASE.promote_ttl() + LEASE.drift_margin + 5_000;
             if self.now - since > bound {
                 let positions: Vec<String> = self
                     .members
