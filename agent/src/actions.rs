@@ -129,6 +129,10 @@ impl Actor {
         lock(&self.lease_until).map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64).unwrap_or(0)
     }
 
+    pub fn progress_interval(&self) -> Duration {
+        self.cfg.backup.progress_interval
+    }
+
     pub fn epoch(&self) -> u64 {
         lock(&self.known).epoch
     }
@@ -176,7 +180,8 @@ impl Actor {
     }
 
     /// Carries out one command.
-    pub async fn handle(&self, cmd: Command) -> CommandResult {
+    /// `meter` follows the progress of backups and recovery tests.
+    pub async fn handle(&self, cmd: Command, meter: &crate::backup::Meter) -> CommandResult {
         let start = Instant::now();
         let args = &cmd.args;
         let mut result = CommandResult { command_id: cmd.command_id, ok: true, ..Default::default() };
@@ -198,8 +203,8 @@ impl Actor {
         }
         let outcome = match cmd.action.as_str() {
             // Backups and recovery tests are not failover actions: no epoch.
-            "backup" => crate::backup::backup(&self.cfg, args).await,
-            "recovery_test" => crate::backup::recovery_test(&self.cfg, args).await,
+            "backup" => crate::backup::backup(&self.cfg, args, meter, self.data_size().await).await,
+            "recovery_test" => crate::backup::recovery_test(&self.cfg, args, meter).await,
             "delete_backup" => crate::backup::delete(&self.cfg, args).await,
             action => {
                 let new_primary = args.get("primary_member").cloned().unwrap_or_default();
@@ -566,6 +571,30 @@ impl Actor {
                 Ok(())
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// The size of the member's data, to estimate a backup's progress; 0
+    /// when unknown.
+    async fn data_size(&self) -> u64 {
+        match self.cfg.kind {
+            Kind::Postgres => match self.pg_local().await {
+                Ok(c) => c
+                    .query_one("SELECT sum(pg_database_size(oid))::bigint FROM pg_database", &[])
+                    .await
+                    .ok()
+                    .and_then(|r| r.try_get::<_, i64>(0).ok())
+                    .unwrap_or(0)
+                    .max(0) as u64,
+                Err(_) => 0,
+            },
+            Kind::Redis => match self.redis_local().await {
+                Ok(mut c) => {
+                    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await.unwrap_or_default();
+                    parse_info(&info).get("used_memory_dataset").and_then(|v| v.parse().ok()).unwrap_or(0)
+                }
+                Err(_) => 0,
+            },
         }
     }
 

@@ -17,6 +17,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -104,11 +106,24 @@ pub struct BackupConfig {
     /// Multipart upload part size (S3 needs at least 5 MiB).
     #[serde(default = "default_part_mib")]
     pub part_size_mib: usize,
+    /// Parts uploaded at once.
+    #[serde(default = "default_concurrency")]
+    pub upload_concurrency: usize,
+    /// How often a running backup or recovery test reports its progress.
+    #[serde(default = "default_progress", with = "humantime_serde")]
+    pub progress_interval: Duration,
 }
 
 impl Default for BackupConfig {
     fn default() -> Self {
-        BackupConfig { identity_file: None, scratch_dir: default_scratch(), zstd_level: default_level(), part_size_mib: default_part_mib() }
+        BackupConfig {
+            identity_file: None,
+            scratch_dir: default_scratch(),
+            zstd_level: default_level(),
+            part_size_mib: default_part_mib(),
+            upload_concurrency: default_concurrency(),
+            progress_interval: default_progress(),
+        }
     }
 }
 
@@ -124,7 +139,62 @@ fn default_part_mib() -> usize {
     8
 }
 
+fn default_concurrency() -> usize {
+    4
+}
+
+fn default_progress() -> Duration {
+    Duration::from_secs(1)
+}
+
 type Output = HashMap<String, String>;
+
+/// How far a running backup or recovery test has got, read by the session
+/// about once a second and sent up as `Progress`.
+#[derive(Clone)]
+pub struct Meter(Arc<MeterInner>);
+
+struct MeterInner {
+    started: Instant,
+    done: AtomicU64,
+    total: AtomicU64,
+    phase: std::sync::Mutex<&'static str>,
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        Meter(Arc::new(MeterInner {
+            started: Instant::now(),
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            phase: std::sync::Mutex::new(""),
+        }))
+    }
+}
+
+impl Meter {
+    fn phase(&self, phase: &'static str, total: u64) {
+        *self.0.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase;
+        self.0.total.store(total, Ordering::Relaxed);
+        self.0.done.store(0, Ordering::Relaxed);
+    }
+
+    fn add(&self, n: u64) {
+        self.0.done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// None until a phase has started.
+    pub fn report(&self, command_id: u64) -> Option<drc_proto::Progress> {
+        let phase = *self.0.phase.lock().unwrap_or_else(|p| p.into_inner());
+        (!phase.is_empty()).then(|| drc_proto::Progress {
+            command_id,
+            phase: phase.to_string(),
+            bytes_done: self.0.done.load(Ordering::Relaxed),
+            bytes_total: self.0.total.load(Ordering::Relaxed),
+            elapsed_ms: self.0.started.elapsed().as_millis() as u64,
+        })
+    }
+}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -180,20 +250,67 @@ async fn fill(r: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> std::io::Resu
     Ok(n)
 }
 
-async fn stderr_of(child: &mut Child) -> String {
-    let mut s = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut s).await;
+/// A pipeline stage: the process and its stderr, drained as it is written
+/// (a stage that writes more than a pipe holds, such as tar reporting every
+/// file it cannot write to a full disk, would otherwise block forever).
+struct Proc {
+    child: Child,
+    stderr: Option<tokio::task::JoinHandle<String>>,
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
     }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+/// The first 256 KiB of what a stage wrote to stderr, read to its end.
+async fn drain(mut e: tokio::process::ChildStderr) -> String {
+    const KEEP: usize = 256 * 1024;
+    let (mut kept, mut buf) = (Vec::new(), vec![0u8; 16 * 1024]);
+    while let Ok(n) = e.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = KEEP.saturating_sub(kept.len()).min(n);
+        kept.extend_from_slice(&buf[..room]);
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// A stage's stderr (the end of it, for an error message: last 5 lines).
+async fn stderr_of(p: &mut Proc) -> String {
+    let s = match p.stderr.take() {
+        Some(h) => h.await.unwrap_or_default(),
+        None => String::new(),
+    };
     s.trim().lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ")
 }
 
-fn spawn(cmd: &mut Command, what: &str) -> Result<Child, String> {
-    cmd.kill_on_drop(true).spawn().map_err(|e| format!("cannot start {what}: {e}"))
+/// The whole captured stderr of a stage.
+async fn stderr_text(p: &mut Proc) -> String {
+    match p.stderr.take() {
+        Some(h) => h.await.unwrap_or_default(),
+        None => String::new(),
+    }
+}
+
+fn spawn(cmd: &mut Command, what: &str) -> Result<Proc, String> {
+    let mut child = cmd.kill_on_drop(true).spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
+    let stderr = child.stderr.take().map(|e| tokio::spawn(drain(e)));
+    Ok(Proc { child, stderr })
 }
 
 /// Takes a backup of the local member and uploads it; see the module doc.
-pub async fn backup(cfg: &AgentConfig, args: &HashMap<String, String>) -> Result<Output, String> {
+/// `estimate`: the member's data size, for progress (0 when unknown).
+pub async fn backup(cfg: &AgentConfig, args: &HashMap<String, String>, meter: &Meter, estimate: u64) -> Result<Output, String> {
     let dest = destination(cfg, arg(args, "destination")?)?;
     let prefix = arg(args, "key")?.trim_end_matches('/').to_string();
     let recipients: Vec<&str> = arg(args, "recipients")?.split(',').filter(|r| !r.is_empty()).collect();
@@ -245,6 +362,8 @@ pub async fn backup(cfg: &AgentConfig, args: &HashMap<String, String>) -> Result
 
     // Source → zstd, counting the raw bytes.
     let (mut src_out, mut zin) = (source.stdout.take().ok_or("no stdout")?, zstd.stdin.take().ok_or("no stdin")?);
+    meter.phase("upload", estimate);
+    let counted = meter.clone();
     let raw = tokio::spawn(async move {
         let mut buf = vec![0u8; 256 * 1024];
         let mut n: u64 = 0;
@@ -255,6 +374,7 @@ pub async fn backup(cfg: &AgentConfig, args: &HashMap<String, String>) -> Result
             }
             zin.write_all(&buf[..k]).await?;
             n += k as u64;
+            counted.add(k as u64);
         }
         zin.shutdown().await?;
         Ok::<u64, std::io::Error>(n)
@@ -273,34 +393,44 @@ pub async fn backup(cfg: &AgentConfig, args: &HashMap<String, String>) -> Result
     let mut hash = Sha256::new();
     let mut parts = Vec::new();
     let mut stored: u64 = 0;
+    // Up to `upload_concurrency` parts in flight (as the aws CLI does): S3
+    // latency per request, not bandwidth, bounds a sequential upload.
+    // Memory stays bounded at (concurrency + 1) parts.
+    let mut in_flight = tokio::task::JoinSet::new();
+    let concurrency = cfg.backup.upload_concurrency.max(1);
     let uploaded: Result<(), String> = async {
+        let mut number = 0;
         loop {
             let mut buf = vec![0u8; part_size];
             let n = fill(&mut out, &mut buf).await.map_err(|e| format!("reading the encrypted stream: {e}"))?;
-            if n == 0 && !parts.is_empty() {
-                return Ok(());
+            if n == 0 && number > 0 {
+                break;
             }
             buf.truncate(n);
             hash.update(&buf);
             stored += n as u64;
-            let number = parts.len() as i32 + 1;
-            let part = client
-                .upload_part()
-                .bucket(&dest.bucket)
-                .key(&data_key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .body(ByteStream::from(buf))
-                .send()
-                .await
-                .map_err(|e| s3_error(&format!("uploading part {number}"), dest, e))?;
-            parts.push(CompletedPart::builder().e_tag(part.e_tag().unwrap_or_default()).part_number(number).build());
+            number += 1;
+            let (client, bucket, key, id) = (client.clone(), dest.bucket.clone(), data_key.clone(), upload_id.clone());
+            in_flight.spawn(async move {
+                let r =
+                    client.upload_part().bucket(bucket).key(key).upload_id(id).part_number(number).body(ByteStream::from(buf)).send().await;
+                (number, r)
+            });
+            while in_flight.len() >= concurrency {
+                parts.push(joined(in_flight.join_next().await, dest)?);
+            }
             if n < part_size {
-                return Ok(());
+                break;
             }
         }
+        while let Some(done) = in_flight.join_next().await {
+            parts.push(joined(Some(done), dest)?);
+        }
+        parts.sort_by_key(|p: &CompletedPart| p.part_number());
+        Ok(())
     }
     .await;
+    in_flight.abort_all();
     let outcome = match uploaded {
         Ok(()) => wait_all(&mut [("the backup source", &mut source), ("zstd", &mut zstd), ("age", &mut age)]).await,
         Err(e) => {
@@ -325,7 +455,7 @@ pub async fn backup(cfg: &AgentConfig, args: &HashMap<String, String>) -> Result
         .map_err(|e| s3_error("completing the upload", dest, e))?;
     let finished = now_ms();
     let sha256 = hex(&hash.finalize());
-    let log = stderr_of(&mut source).await;
+    let log = stderr_text(&mut source).await;
     let (lsn_start, lsn_end) = (wal_point(&log, "start point"), wal_point(&log, "end point"));
     let manifest = serde_json::json!({
         "format": 1,
@@ -371,8 +501,26 @@ pub async fn backup(cfg: &AgentConfig, args: &HashMap<String, String>) -> Result
     ]))
 }
 
+type PartUpload = (
+    i32,
+    Result<
+        aws_sdk_s3::operation::upload_part::UploadPartOutput,
+        aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::upload_part::UploadPartError, aws_sdk_s3::config::http::HttpResponse>,
+    >,
+);
+
+/// The completed part of a finished part upload.
+fn joined(done: Option<Result<PartUpload, tokio::task::JoinError>>, dest: &DestinationConfig) -> Result<CompletedPart, String> {
+    match done {
+        Some(Ok((number, Ok(part)))) => Ok(CompletedPart::builder().e_tag(part.e_tag().unwrap_or_default()).part_number(number).build()),
+        Some(Ok((number, Err(e)))) => Err(s3_error(&format!("uploading part {number}"), dest, e)),
+        Some(Err(e)) => Err(format!("a part upload task failed: {e}")),
+        None => Err("no part upload in flight".into()),
+    }
+}
+
 /// Every process must have succeeded, or the output is not a backup.
-async fn wait_all(children: &mut [(&str, &mut Child)]) -> Result<(), String> {
+async fn wait_all(children: &mut [(&str, &mut Proc)]) -> Result<(), String> {
     for (what, c) in children.iter_mut() {
         let s = c.wait().await.map_err(|e| e.to_string())?;
         if !s.success() {
@@ -424,10 +572,10 @@ pub async fn delete(cfg: &AgentConfig, args: &HashMap<String, String>) -> Result
 
 /// Restores a backup into a scratch instance, checks it, measures RTO and
 /// RPO, and removes the instance whatever happened.
-pub async fn recovery_test(cfg: &AgentConfig, args: &HashMap<String, String>) -> Result<Output, String> {
+pub async fn recovery_test(cfg: &AgentConfig, args: &HashMap<String, String>, meter: &Meter) -> Result<Output, String> {
     let id = arg(args, "test_id")?;
     let scratch = cfg.backup.scratch_dir.join(format!("drc-restore-{id}"));
-    let result = restore_and_check(cfg, args, &scratch).await;
+    let result = restore_and_check(cfg, args, &scratch, meter).await;
     remove_scratch(cfg, &scratch).await;
     if let Err(e) = &result {
         tracing::warn!(error = %e, "recovery test failed; scratch instance removed");
@@ -473,7 +621,35 @@ fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
 }
 
-async fn restore_and_check(cfg: &AgentConfig, args: &HashMap<String, String>, scratch: &Path) -> Result<Output, String> {
+/// Free bytes for an unprivileged writer in `dir`'s file system.
+fn free_space(dir: &Path) -> Result<u64, String> {
+    let s = rustix::fs::statvfs(dir).map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+const NO_SPACE: &str = "No space left on device";
+
+/// Says which disk filled up: a restore that fails for lack of space must
+/// say so, not only "tar failed" or "the scratch PostgreSQL did not start".
+fn disk_full(e: String, scratch: &Path) -> String {
+    let full = free_space(scratch).is_ok_and(|free| free < 1 << 20);
+    if e.contains(NO_SPACE) || full {
+        format!("disk full in the scratch directory {}: {e}", scratch.display())
+    } else {
+        e
+    }
+}
+
+async fn restore_and_check(cfg: &AgentConfig, args: &HashMap<String, String>, scratch: &Path, meter: &Meter) -> Result<Output, String> {
+    restore_and_check_inner(cfg, args, scratch, meter).await.map_err(|e| disk_full(e, scratch))
+}
+
+async fn restore_and_check_inner(
+    cfg: &AgentConfig,
+    args: &HashMap<String, String>,
+    scratch: &Path,
+    meter: &Meter,
+) -> Result<Output, String> {
     let started = Instant::now();
     let started_ms = now_ms();
     let dest = destination(cfg, arg(args, "destination")?)?;
@@ -491,6 +667,19 @@ async fn restore_and_check(cfg: &AgentConfig, args: &HashMap<String, String>, sc
     let _ = tokio::fs::remove_dir_all(scratch).await;
     let data = scratch.join("data");
     tokio::fs::create_dir_all(&data).await.map_err(|e| format!("creating {}: {e}", data.display()))?;
+    // The restored data is about the backup's raw size: refuse at once when
+    // it cannot fit, rather than after downloading most of it.
+    let raw: u64 = args.get("raw_bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let free = free_space(scratch)?;
+    if raw > free {
+        return Err(format!(
+            "disk full: the scratch directory {} has {} MiB free, the backup needs {} MiB",
+            cfg.backup.scratch_dir.display(),
+            free >> 20,
+            raw.div_ceil(1 << 20)
+        ));
+    }
+    meter.phase("download", args.get("stored_bytes").and_then(|v| v.parse().ok()).unwrap_or(0));
     let client = dest.client()?;
     let object =
         client.get_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("reading {key}"), dest, e))?;
@@ -523,6 +712,7 @@ async fn restore_and_check(cfg: &AgentConfig, args: &HashMap<String, String>, sc
                 Ok(Some(chunk)) => {
                     hash.update(&chunk);
                     n += chunk.len() as u64;
+                    meter.add(chunk.len() as u64);
                     if let Err(e) = ain.write_all(&chunk).await {
                         // age stopped reading (bad data or identity): go on
                         // hashing, the checksum says more than a broken pipe.
@@ -552,18 +742,27 @@ async fn restore_and_check(cfg: &AgentConfig, args: &HashMap<String, String>, sc
         }
         return Err(format!("checksum mismatch for object s3://{}/{key}: expected sha256 {expected}, got {got}", dest.bucket));
     }
+    // Every stage's failure, in pipeline order; a full disk downstream
+    // breaks the pipes upstream, so it is the one to report.
+    let mut errors = Vec::new();
     let a = age.wait().await.map_err(|e| e.to_string())?;
     if !a.success() {
-        return Err(format!("age -d failed ({a}): {}", stderr_of(&mut age).await));
+        errors.push(format!("age -d failed ({a}): {}", stderr_of(&mut age).await));
     }
-    fed?;
+    if let Err(e) = fed {
+        errors.push(e);
+    }
     for (what, c) in sink.iter_mut() {
         let s = c.wait().await.map_err(|e| e.to_string())?;
         if !s.success() {
-            return Err(format!("{what} failed ({s}): {}", stderr_of(c).await));
+            errors.push(format!("{what} failed ({s}): {}", stderr_of(c).await));
         }
     }
+    if let Some(e) = errors.iter().find(|e| e.contains(NO_SPACE)).or(errors.first()) {
+        return Err(e.clone());
+    }
     let restored_at = started.elapsed();
+    meter.phase("checks", 0);
 
     let port = free_port()?;
     let mut out = HashMap::from([
@@ -571,10 +770,19 @@ async fn restore_and_check(cfg: &AgentConfig, args: &HashMap<String, String>, sc
         ("scratch_port".to_string(), port.to_string()),
         ("sha256".to_string(), got),
     ]);
-    let checks = if kind == "postgres" { check_postgres(cfg, args, scratch, port).await? } else { check_redis(scratch, port).await? };
-    let rto = started.elapsed();
+    let user = user_checks(args)?;
+    let checks = if kind == "postgres" {
+        check_postgres(cfg, args, scratch, port, &user, started).await?
+    } else {
+        check_redis(scratch, port, &user).await?
+    };
+    // RTO ends when the instance accepts connections and passed the checks
+    // an application depends on; PostgreSQL's full scan (pg_amcheck) runs
+    // after it and is timed on its own.
+    let rto = checks.get("rto_ms").and_then(|v| v.parse().ok()).map(Duration::from_millis).unwrap_or_else(|| started.elapsed());
     out.extend(checks);
     out.insert("rto_ms".into(), rto.as_millis().to_string());
+    out.insert("total_ms".into(), started.elapsed().as_millis().to_string());
     if let Some(at) = args.get("data_time_ms").and_then(|t| t.parse::<u64>().ok()) {
         out.insert("rpo_ms".into(), started_ms.saturating_sub(at).to_string());
     }
@@ -592,7 +800,40 @@ fn table_ident(t: &str) -> Option<String> {
     (parts.len() <= 2 && parts.iter().all(|p| ok(p))).then(|| parts.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join("."))
 }
 
-async fn check_postgres(cfg: &AgentConfig, args: &HashMap<String, String>, scratch: &Path, port: u16) -> Result<Output, String> {
+/// An operator's check from the topology: `query` must answer `expect`.
+#[derive(Debug, Deserialize)]
+struct UserCheck {
+    name: String,
+    query: String,
+    expect: String,
+}
+
+fn user_checks(args: &HashMap<String, String>) -> Result<Vec<UserCheck>, String> {
+    match args.get("checks").filter(|c| !c.is_empty()) {
+        Some(json) => serde_json::from_str(json).map_err(|e| format!("bad checks argument: {e}")),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn judge(out: &mut Output, c: &UserCheck, got: Result<String, String>) -> Result<(), String> {
+    match got {
+        Ok(got) if got == c.expect => {
+            out.insert(format!("check:{}", c.name), "ok".into());
+            Ok(())
+        }
+        Ok(got) => Err(format!("check {:?} failed: {:?} answered {got:?}, expected {:?}", c.name, c.query, c.expect)),
+        Err(e) => Err(format!("check {:?} failed: {:?}: {e}", c.name, c.query)),
+    }
+}
+
+async fn check_postgres(
+    cfg: &AgentConfig,
+    args: &HashMap<String, String>,
+    scratch: &Path,
+    port: u16,
+    user_checks: &[UserCheck],
+    started: Instant,
+) -> Result<Output, String> {
     let pg = cfg.postgres.as_ref().ok_or("recovery test: this agent has no [postgres] section")?;
     let data = scratch.join("data");
     let sock = scratch.join("sock");
@@ -635,19 +876,33 @@ async fn check_postgres(cfg: &AgentConfig, args: &HashMap<String, String>, scrat
         counts.insert(t.to_string(), serde_json::json!(row.get::<_, i64>(0)));
     }
     out.insert("row_counts".into(), serde_json::Value::Object(counts).to_string());
+    for c in user_checks {
+        let got = client.simple_query(&c.query).await.map_err(|e| e.to_string()).map(|msgs| {
+            msgs.iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| "(no rows)".into())
+        });
+        judge(&mut out, c, got)?;
+    }
+    out.insert("rto_ms".into(), started.elapsed().as_millis().to_string());
     // Index and heap consistency, where the amcheck extension is available.
     let amcheck = pg.bin_dir.join("pg_amcheck");
     if amcheck.exists() {
         let p = port.to_string();
+        let t = Instant::now();
         match crate::actions::run_as(
             &pg.run_as,
             &amcheck,
-            &["-h", "127.0.0.1", "-p", &p, "-U", &user, "--install-missing", "--all", "--no-password"],
+            &["-h", "127.0.0.1", "-p", &p, "-U", &user, "--install-missing", "--all", "--no-password", "--jobs", "2"],
         )
         .await
         {
             Ok(_) => {
                 out.insert("amcheck".into(), "ok".into());
+                out.insert("amcheck_ms".into(), t.elapsed().as_millis().to_string());
             }
             Err(e) => return Err(format!("pg_amcheck found problems: {e}")),
         }
@@ -663,7 +918,20 @@ fn tail_file(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-async fn check_redis(scratch: &Path, port: u16) -> Result<Output, String> {
+/// A Redis reply as redis-cli would print it, roughly.
+fn reply_text(v: redis::Value) -> String {
+    match v {
+        redis::Value::Nil => "(nil)".into(),
+        redis::Value::Int(i) => i.to_string(),
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::SimpleString(s) => s,
+        redis::Value::Okay => "OK".into(),
+        redis::Value::Array(items) => items.into_iter().map(reply_text).collect::<Vec<_>>().join("\n"),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn check_redis(scratch: &Path, port: u16, user_checks: &[UserCheck]) -> Result<Output, String> {
     let data = scratch.join("data");
     let pidfile = scratch.join("redis.pid");
     let mut server = spawn(
@@ -694,13 +962,41 @@ async fn check_redis(scratch: &Path, port: u16) -> Result<Output, String> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let mut out = HashMap::from([("key_count".to_string(), keys.to_string())]);
+    let checked = async {
+        let mut conn = client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
+        for c in user_checks {
+            let mut words = c.query.split_whitespace();
+            let mut cmd = redis::cmd(words.next().unwrap_or("PING"));
+            for w in words {
+                cmd.arg(w);
+            }
+            let got = cmd.query_async::<redis::Value>(&mut conn).await.map(reply_text).map_err(|e| e.to_string());
+            judge(&mut out, c, got)?;
+        }
+        Ok::<(), String>(())
+    }
+    .await;
     let _ = server.kill().await;
-    Ok(HashMap::from([("key_count".to_string(), keys.to_string())]))
+    checked.map(|()| out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_passes_only_on_the_expected_answer() {
+        let c = UserCheck { name: "orders".into(), query: "SELECT count(*) FROM t".into(), expect: "3".into() };
+        let mut out = Output::new();
+        judge(&mut out, &c, Ok("3".into())).expect("pass");
+        assert_eq!(out["check:orders"], "ok");
+        let e = judge(&mut out, &c, Ok("2".into())).expect_err("wrong answer");
+        assert_eq!(e, r#"check "orders" failed: "SELECT count(*) FROM t" answered "2", expected "3""#);
+        let e = judge(&mut out, &c, Err("relation \"t\" does not exist".into())).expect_err("error");
+        assert!(e.contains("does not exist"), "{e}");
+        assert!(user_checks(&HashMap::from([("checks".into(), "[{\"name\":1}]".into())])).is_err());
+    }
 
     #[test]
     fn wal_points_and_table_names() {

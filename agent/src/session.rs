@@ -190,7 +190,11 @@ async fn session(
                         let (actor, tx) = (Arc::clone(actor), tx.clone());
                         tokio::spawn(async move {
                             let lease = c.action == "lease";
-                            let result = actor.handle(c).await;
+                            let meter = crate::backup::Meter::default();
+                            let every = actor.progress_interval();
+                            let progress = tokio::spawn(report_progress(meter.clone(), c.command_id, every, tx.clone()));
+                            let result = actor.handle(c, &meter).await;
+                            progress.abort();
                             if !lease {
                                 let _ = tx.send(AgentMessage { body: Some(agent_message::Body::Result(result)) }).await;
                             }
@@ -200,6 +204,20 @@ async fn session(
                 },
                 Ok(None) => return Ok(End::Closed("the coordinator ended the stream")),
                 Err(s) => return classify(s),
+            }
+        }
+    }
+}
+
+/// Sends how far a long command has got, every `period`, until aborted.
+async fn report_progress(meter: crate::backup::Meter, command_id: u64, period: Duration, tx: mpsc::Sender<AgentMessage>) {
+    let mut every = tokio::time::interval(period);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        if let Some(p) = meter.report(command_id) {
+            if tx.send(AgentMessage { body: Some(agent_message::Body::Progress(p)) }).await.is_err() {
+                return;
             }
         }
     }

@@ -10,7 +10,7 @@
 //! A job whose leader lost leadership is recorded as interrupted by the next
 //! leader: nothing is left "running" forever.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -157,17 +157,35 @@ pub struct Jobs {
     node: NodeHandle,
     health: Arc<HealthBoard>,
     write_timeout: Duration,
-    /// Jobs this node runs: ('b' | 't', id).
-    running: Mutex<HashSet<(char, u64)>>,
+    /// Jobs this node runs: ('b' | 't', id) -> the id of the agent command
+    /// carrying it out (0 before it is sent), to follow its progress.
+    running: Mutex<HashMap<(char, u64), u64>>,
 }
 
 impl Jobs {
     pub fn new(node: NodeHandle, health: Arc<HealthBoard>, write_timeout: Duration) -> Arc<Jobs> {
-        Arc::new(Jobs { node, health, write_timeout, running: Mutex::new(HashSet::new()) })
+        Arc::new(Jobs { node, health, write_timeout, running: Mutex::new(HashMap::new()) })
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<(char, u64)>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<(char, u64), u64>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How far a running job of this node has got: phase, bytes done and
+    /// expected, rate, ETA. `job`: 'b' (backup) or 't' (recovery test).
+    pub fn progress(&self, job: char, id: u64) -> Option<serde_json::Value> {
+        let command = *self.running().get(&(job, id))?;
+        let p = self.health.progress_of(command)?;
+        let (rate, eta) = crate::health::rate_and_eta(&p);
+        Some(serde_json::json!({
+            "phase": p.phase,
+            "bytes_done": p.bytes_done,
+            "bytes_total": p.bytes_total,
+            "rate_bytes_per_s": rate,
+            "eta_s": eta,
+            "elapsed_ms": p.elapsed_ms,
+            "text": crate::health::describe_progress(&p),
+        }))
     }
 
     async fn record(&self, cmd: Command) -> Result<u64, String> {
@@ -219,7 +237,7 @@ impl Jobs {
             ..Default::default()
         };
         rec.id = self.record(Command::Backup { record: Box::new(rec.clone()) }).await?;
-        self.running().insert(('b', rec.id));
+        self.running().insert(('b', rec.id), 0);
         self.health.emit("backup", cluster, &member, format!("backup {} started: {member} -> {dest} ({})", rec.id, rec.prefix));
         let this = Arc::clone(self);
         let recipients = policy.recipients.join(",");
@@ -231,7 +249,7 @@ impl Jobs {
                 ("key", job.prefix.clone()),
                 ("recipients", recipients),
             ];
-            let result = this.command(&job.member, &job.cluster, "backup", &args).await;
+            let result = this.command(Some(('b', job.id)), &job.member, &job.cluster, "backup", &args).await;
             let mut done = job.clone();
             done.finished_at = now_ms();
             match result {
@@ -354,7 +372,7 @@ impl Jobs {
             ..Default::default()
         };
         rec.id = self.record(Command::RecoveryTest { record: Box::new(rec.clone()) }).await?;
-        self.running().insert(('t', rec.id));
+        self.running().insert(('t', rec.id), 0);
         self.health.emit("recovery_test", cluster, member, format!("recovery test {} started: backup {} on {member}", rec.id, backup.id));
         let data_time = backup.manifest.get("finished_at_ms").and_then(|v| v.as_u64()).unwrap_or(backup.finished_at);
         let args = [
@@ -364,12 +382,15 @@ impl Jobs {
             ("sha256", backup.sha256.clone()),
             ("kind", c.kind.as_str().to_string()),
             ("check_tables", c.backup.check_tables.join(",")),
+            ("checks", serde_json::to_string(&c.backup.checks).unwrap_or_default()),
+            ("raw_bytes", backup.raw_bytes.to_string()),
+            ("stored_bytes", backup.stored_bytes.to_string()),
             ("data_time_ms", data_time.to_string()),
         ];
         let this = Arc::clone(self);
         let job = rec.clone();
         tokio::spawn(async move {
-            let result = this.command(&job.member, &job.cluster, "recovery_test", &args).await;
+            let result = this.command(Some(('t', job.id)), &job.member, &job.cluster, "recovery_test", &args).await;
             let mut done = job.clone();
             done.finished_at = now_ms();
             match result {
@@ -399,13 +420,18 @@ impl Jobs {
 
     async fn command(
         &self,
+        job: Option<(char, u64)>,
         member: &str,
         cluster: &str,
         action: &str,
         args: &[(&str, String)],
     ) -> Result<BTreeMap<String, String>, String> {
+        let command_id = self.health.command_id();
+        if let Some(job) = job {
+            self.running().insert(job, command_id);
+        }
         let cmd = drc_proto::Command {
-            command_id: 0,
+            command_id,
             cluster: cluster.to_string(),
             epoch: 0,
             action: action.to_string(),
@@ -451,13 +477,13 @@ impl Jobs {
             }
             let why = "interrupted: the coordinator leader running it lost leadership".to_string();
             for mut b in backups {
-                if !self.running().contains(&('b', b.id)) && now_ms().saturating_sub(b.started_at) > 5_000 {
+                if !self.running().contains_key(&('b', b.id)) && now_ms().saturating_sub(b.started_at) > 5_000 {
                     (b.state, b.error, b.finished_at) = (JobState::Failed, why.clone(), now_ms());
                     let _ = self.record(Command::Backup { record: Box::new(b) }).await;
                 }
             }
             for mut t in tests {
-                if !self.running().contains(&('t', t.id)) && now_ms().saturating_sub(t.started_at) > 5_000 {
+                if !self.running().contains_key(&('t', t.id)) && now_ms().saturating_sub(t.started_at) > 5_000 {
                     (t.state, t.error, t.finished_at) = (JobState::Failed, why.clone(), now_ms());
                     let _ = self.record(Command::RecoveryTest { record: Box::new(t) }).await;
                 }
@@ -568,7 +594,7 @@ impl Jobs {
             let args = [("destination", b.destination.clone()), ("keys", keys)];
             let mut deleted = false;
             for agent in &agents {
-                match self.command(agent, cluster, "delete_backup", &args).await {
+                match self.command(None, agent, cluster, "delete_backup", &args).await {
                     Ok(_) => {
                         deleted = true;
                         break;

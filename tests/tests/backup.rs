@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use drc_tests::lab::{postgres::psql, redis::cli, Lab, CHECK_TABLE};
+use drc_tests::lab::{postgres::psql, redis::cli, signal, Lab, CHECK_TABLE};
 use drc_tests::wait_for;
 use serde_json::Value;
 
@@ -100,6 +100,7 @@ fn a_backup_lands_in_another_region_and_a_recovery_test_restores_it_with_the_rig
     assert_ne!(region_of(&lab, t["member"].as_str().expect("member")), "a", "restored outside the primary's region: {t}");
     let counts: Value = serde_json::from_str(t["checks"]["row_counts"].as_str().expect("row counts")).expect("json");
     assert_eq!(counts[CHECK_TABLE], 500, "{t}");
+    assert_eq!(t["checks"]["check:lab schema"], "ok", "the topology's own check ran: {t}");
     assert!(t["rto_ms"].as_u64().expect("rto") > 0);
     assert!(t["rpo_ms"].as_u64().is_some());
     assert!(scratch_is_empty(&lab), "the scratch instance is removed");
@@ -119,6 +120,7 @@ fn a_backup_lands_in_another_region_and_a_recovery_test_restores_it_with_the_rig
     let rt = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-redis"]).expect("redis recovery test");
     assert_eq!(rt["state"], "done", "{rt}");
     assert_eq!(rt["checks"]["key_count"], keys.to_string(), "{rt}");
+    assert_eq!(rt["checks"]["check:lab schema"], "ok", "the topology's Redis check ran: {rt}");
 
     // A corrupted object: the recovery test names it, and cleans up.
     let mut bytes = std::fs::read(&data).expect("object");
@@ -312,4 +314,131 @@ fn scheduled_backups_fire_once_per_occurrence_across_a_leader_kill_and_retention
     std::thread::sleep(Duration::from_secs(4));
     observe(&lab, &mut seen);
     assert_eq!(seen.len(), after, "a removed schedule fires no more");
+}
+
+/// A tmpfs mounted over the lab's scratch directory, unmounted on drop
+/// (also when the test fails).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, bytes: u64) -> SmallDisk {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={}k,mode=1777", bytes.div_ceil(1024)), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount tmpfs on {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Runs `drctl ARGS --no-wait` for a job, then polls `show` until it ends;
+/// returns the final record and every progress report seen on the way.
+fn follow(lab: &Lab, run: &[&str], show: &str) -> (Value, Vec<Value>) {
+    let job = lab.drctl_json(&[run, &["--no-wait"]].concat()).expect("job started");
+    let id = job["id"].as_u64().expect("id").to_string();
+    let mut seen = Vec::new();
+    let end = wait_for("the job to end", Duration::from_secs(300), || {
+        let j = lab.drctl_json(&[show, "show", &id]).ok()?;
+        if !j["progress"].is_null() {
+            seen.push(j["progress"].clone());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        (j["state"] != "running").then_some(j)
+    })
+    .expect("job ended");
+    (end, seen)
+}
+
+#[test]
+fn long_jobs_report_progress_and_a_full_disk_fails_a_recovery_test_cleanly() {
+    let (_dir, lab) = lab();
+    let pa = lab.member("pg-a").expect("pg-a").clone();
+    // About 45 MB that compresses poorly: long enough to report progress.
+    psql(
+        pa.port,
+        "CREATE TABLE bulk AS SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) AS v FROM generate_series(1, 300000) g",
+    )
+    .expect("bulk rows");
+    caught_up(&lab, "app-pg");
+    let watch = Command::new(drc_tests::bin("drctl"))
+        .args(["--endpoints", &lab.info.endpoints, "-o", "json", "watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("drctl watch");
+
+    let (b, seen) = follow(&lab, &["backup", "run", "--cluster", "app-pg"], "backup");
+    println!("backup: {b}\nprogress: {seen:?}");
+    assert_eq!(b["state"], "done", "{b}");
+    let up = seen.iter().find(|p| p["phase"] == "upload" && p["bytes_done"].as_u64() > Some(0)).expect("upload progress in show");
+    assert!(up["bytes_total"].as_u64() > Some(40 << 20), "the estimate is the database's size: {up}");
+    assert!(up["rate_bytes_per_s"].as_u64() > Some(0), "{up}");
+    assert!(up["eta_s"].is_u64(), "an ETA: {up}");
+    assert!(up["bytes_done"].as_u64() <= b["raw_bytes"].as_u64(), "{up}");
+
+    let (t, seen) = follow(&lab, &["recovery-test", "run", "--cluster", "app-pg"], "recovery-test");
+    println!("recovery test: {t}\nprogress: {seen:?}");
+    assert_eq!(t["state"], "done", "{t}");
+    assert_eq!(t["checks"]["check:lab schema"], "ok", "the topology's own check ran: {t}");
+    let down = seen.iter().find(|p| p["phase"] == "download").expect("download progress");
+    assert_eq!(down["bytes_total"], b["stored_bytes"], "{down}");
+
+    signal(watch.id(), libc::SIGTERM);
+    let events = watch.wait_with_output().expect("watch output");
+    let events: Vec<Value> = String::from_utf8_lossy(&events.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(
+        events.iter().any(|e| e["kind"] == "progress" && e["message"].as_str().unwrap_or("").contains("MiB/s")),
+        "drctl watch shows progress: {events:?}"
+    );
+
+    // A disk too small for the backup: refused before the download.
+    let scratch = lab.info.dir.join("scratch");
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let raw = b["raw_bytes"].as_u64().expect("raw");
+    {
+        let _disk = SmallDisk::mount(&scratch, 1 << 20);
+        let e = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg"]).expect_err("no room");
+        println!("tiny disk: {e}");
+        assert!(e.to_string().contains("disk full") && e.to_string().contains("MiB free"), "{e}");
+        assert!(scratch_is_empty(&lab), "nothing left behind");
+    }
+    // Room enough at the start; the disk fills up during the restore (the
+    // test fills it once the download is under way): a clear failure, and
+    // the partial restore is removed.
+    {
+        let _disk = SmallDisk::mount(&scratch, raw + (64 << 20));
+        let job = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg", "--no-wait"]).expect("started");
+        let id = job["id"].as_u64().expect("id").to_string();
+        wait_for("the download to start", Duration::from_secs(120), || {
+            let j = lab.drctl_json(&["recovery-test", "show", &id]).ok()?;
+            assert_eq!(j["state"], "running", "ended before the disk filled up: {j}");
+            (j["progress"]["phase"] == "download").then_some(())
+        })
+        .expect("download");
+        let filler = scratch.join("filler");
+        let fill = Command::new("dd").args(["if=/dev/zero", "bs=1M"]).arg(format!("of={}", filler.display())).output().expect("dd");
+        assert!(String::from_utf8_lossy(&fill.stderr).contains("No space left"), "the disk is full");
+        let end = wait_for("the test to end", Duration::from_secs(300), || {
+            let j = lab.drctl_json(&["recovery-test", "show", &id]).ok()?;
+            (j["state"] != "running").then_some(j)
+        })
+        .expect("ended");
+        println!("disk filled up: {end}");
+        assert_eq!(end["state"], "failed", "{end}");
+        assert!(end["error"].as_str().unwrap_or("").contains("disk full in the scratch directory"), "{end}");
+        std::fs::remove_file(&filler).expect("remove filler");
+        assert!(scratch_is_empty(&lab), "the partial restore is removed");
+    }
+    // The cluster is unharmed and the next test passes.
+    let again = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg"]).expect("recovery test with room");
+    assert_eq!(again["state"], "done", "{again}");
+    let listed = lab.drctl_json(&["recovery-test", "list", "--cluster", "app-pg"]).expect("list");
+    let states: Vec<&str> = listed["recovery_tests"].as_array().expect("tests").iter().map(|t| t["state"].as_str().unwrap_or("")).collect();
+    assert_eq!(states, ["done", "failed", "failed", "done"], "{listed}");
 }

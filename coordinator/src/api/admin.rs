@@ -60,10 +60,13 @@ impl AdminApi {
         AdminApi { node, transport, health, write_timeout, executor, jobs }
     }
 
-    /// Records of one kind, newest first, of one cluster or all, as JSON.
+    /// Records of one kind, newest first, of one cluster or all, as JSON;
+    /// running jobs of this node (the leader) carry their `progress`.
+    /// `job`: 'b' (backups) or 't' (recovery tests).
     fn list<T: serde::Serialize>(
         &self,
         cluster: &str,
+        job: Option<char>,
         pick: impl Fn(&crate::state::StateMachine) -> Vec<(String, T)>,
     ) -> Result<Response<JobsReply>, Status> {
         let items = self.node.store().with_state(|sm| {
@@ -72,6 +75,14 @@ impl AdminApi {
             }
             Ok(pick(sm).into_iter().rev().filter(|(c, _)| cluster.is_empty() || c == cluster).map(|(_, r)| r).collect::<Vec<_>>())
         })?;
+        let mut items = serde_json::to_value(&items).map_err(|e| Status::internal(e.to_string()))?;
+        if let (Some(job), Some(items)) = (job, items.as_array_mut()) {
+            for item in items.iter_mut().filter(|i| i["state"] == "running") {
+                if let Some(p) = item["id"].as_u64().and_then(|id| self.jobs.progress(job, id)) {
+                    item["progress"] = p;
+                }
+            }
+        }
         let jobs_json = serde_json::to_string(&items).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(JobsReply { jobs_json }))
     }
@@ -307,7 +318,14 @@ impl AdminService for AdminApi {
     }
 
     async fn list_backups(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
-        self.list(&req.into_inner().cluster, |sm| sm.backups.values().map(|b| (b.cluster.clone(), b.clone())).collect())
+        // The leader knows the progress of running jobs; without one, the
+        // local catalog still answers.
+        if let Ok(Some(answer)) =
+            on_leader(&self.node, &self.transport, &req, LIST_ON_LEADER, |mut c, r| async move { c.list_backups(r).await }).await
+        {
+            return Ok(answer);
+        }
+        self.list(&req.into_inner().cluster, Some('b'), |sm| sm.backups.values().map(|b| (b.cluster.clone(), b.clone())).collect())
     }
 
     async fn start_recovery_test(&self, req: Request<StartRecoveryTestRequest>) -> Result<Response<JobReply>, Status> {
@@ -324,7 +342,12 @@ impl AdminService for AdminApi {
     }
 
     async fn list_recovery_tests(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
-        self.list(&req.into_inner().cluster, |sm| sm.recovery_tests.values().map(|t| (t.cluster.clone(), t.clone())).collect())
+        if let Ok(Some(answer)) =
+            on_leader(&self.node, &self.transport, &req, LIST_ON_LEADER, |mut c, r| async move { c.list_recovery_tests(r).await }).await
+        {
+            return Ok(answer);
+        }
+        self.list(&req.into_inner().cluster, Some('t'), |sm| sm.recovery_tests.values().map(|t| (t.cluster.clone(), t.clone())).collect())
     }
 
     async fn set_schedule(&self, req: Request<SetScheduleRequest>) -> Result<Response<PauseReply>, Status> {
@@ -349,7 +372,7 @@ impl AdminService for AdminApi {
 
     async fn list_schedules(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
         let now = crate::failover::executor::now_ms();
-        self.list(&req.into_inner().cluster, |sm| {
+        self.list(&req.into_inner().cluster, None, |sm| {
             sm.schedules
                 .values()
                 .map(|s| {
@@ -618,6 +641,9 @@ where
 
 /// A job refused: an unknown cluster or backup is "not found", anything else
 /// a failed precondition (no healthy source, no destination, ...).
+/// How long a catalog listing tries the leader before answering locally.
+const LIST_ON_LEADER: Duration = Duration::from_secs(1);
+
 fn job_refused(e: String) -> Status {
     if e.starts_with("unknown cluster") || e.starts_with("no backup") || e.starts_with("unknown destination") {
         Status::not_found(e)

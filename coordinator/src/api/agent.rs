@@ -188,6 +188,9 @@ impl AgentApi {
                         self.health.ingest(&hello.cluster, s, Instant::now());
                     }
                     Some(Ok(AgentMessage { body: Some(agent_message::Body::Result(r)) })) => self.health.complete(r),
+                    Some(Ok(AgentMessage { body: Some(agent_message::Body::Progress(p)) })) => {
+                        self.health.progress(&hello.cluster, &hello.member_id, p);
+                    }
                     Some(Ok(AgentMessage { body: Some(agent_message::Body::Hello(_)) })) => {
                         return Err(Status::invalid_argument("a second Hello on an open stream"));
                     }

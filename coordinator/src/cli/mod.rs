@@ -572,8 +572,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 if !json_out {
                     println!("backup {id} started: {} -> {} ({})", job["member"], job["destination"], job["prefix"]);
                 }
-                let job = if no_wait { job } else { wait_job(&mut client, Job::Backup, id).await? };
-                job_out(&job, json_out, backup_text)?;
+                let job = if no_wait { job } else { wait_job(&mut client, Job::Backup, id, !json_out).await? };
+                job_out(&job, json_out, backup_text, true)?;
             }
             BackupCommand::List { cluster } => {
                 let jobs = list_jobs(&mut client, Job::Backup, cluster.unwrap_or_default()).await?;
@@ -585,7 +585,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             BackupCommand::Show { id } => {
                 let job = find_job(&mut client, Job::Backup, id).await?;
-                job_out(&job, json_out, backup_text)?;
+                job_out(&job, json_out, backup_text, false)?;
             }
         },
         Command::RecoveryTest { command } => match command {
@@ -603,8 +603,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         job["backup_id"], job["member"], job["member_region"]
                     );
                 }
-                let job = if no_wait { job } else { wait_job(&mut client, Job::RecoveryTest, id).await? };
-                job_out(&job, json_out, test_text)?;
+                let job = if no_wait { job } else { wait_job(&mut client, Job::RecoveryTest, id, !json_out).await? };
+                job_out(&job, json_out, test_text, true)?;
             }
             RecoveryTestCommand::List { cluster } => {
                 let jobs = list_jobs(&mut client, Job::RecoveryTest, cluster.unwrap_or_default()).await?;
@@ -618,7 +618,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             RecoveryTestCommand::Show { id } => {
                 let job = find_job(&mut client, Job::RecoveryTest, id).await?;
-                job_out(&job, json_out, test_text)?;
+                job_out(&job, json_out, test_text, false)?;
             }
         },
         Command::Schedule { command } => match command {
@@ -698,8 +698,10 @@ async fn find_job(client: &mut AdminServiceClient<Channel>, job: Job, id: u64) -
     list_jobs(client, job, String::new()).await?.into_iter().find(|j| j["id"] == id).ok_or_else(|| anyhow!("no {what} {id}"))
 }
 
-/// Polls until the job is no longer running; fails if it failed.
-async fn wait_job(client: &mut AdminServiceClient<Channel>, job: Job, id: u64) -> anyhow::Result<serde_json::Value> {
+/// Polls until the job is no longer running; with `show`, prints its
+/// progress (to stderr) every few seconds.
+async fn wait_job(client: &mut AdminServiceClient<Channel>, job: Job, id: u64, show: bool) -> anyhow::Result<serde_json::Value> {
+    let mut shown = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         // A leader change in between is not the job's failure: ask again.
@@ -707,16 +709,21 @@ async fn wait_job(client: &mut AdminServiceClient<Channel>, job: Job, id: u64) -
         if j["state"] != "running" {
             return Ok(j);
         }
+        if let Some(p) = j["progress"]["text"].as_str().filter(|_| show && shown.elapsed() >= Duration::from_secs(2)) {
+            eprintln!("  {p}");
+            shown = tokio::time::Instant::now();
+        }
     }
 }
 
-fn job_out(job: &serde_json::Value, json_out: bool, text: fn(&serde_json::Value) -> String) -> anyhow::Result<()> {
+/// Prints a job; `run` (not `show`) fails when the job failed.
+fn job_out(job: &serde_json::Value, json_out: bool, text: fn(&serde_json::Value) -> String, run: bool) -> anyhow::Result<()> {
     if json_out {
         println!("{}", serde_json::to_string_pretty(job)?);
     } else {
         println!("{}", text(job));
     }
-    if job["state"] == "failed" {
+    if run && job["state"] == "failed" {
         anyhow::bail!("{}", job["error"].as_str().unwrap_or("failed"));
     }
     Ok(())
@@ -752,6 +759,9 @@ fn backup_text(b: &serde_json::Value) -> String {
         if m["lsn_start"].as_str().is_some_and(|l| !l.is_empty()) {
             s += &format!("\n  WAL {} .. {}", m["lsn_start"].as_str().unwrap_or(""), m["lsn_end"].as_str().unwrap_or(""));
         }
+    }
+    if let Some(p) = b["progress"]["text"].as_str() {
+        s += &format!("\n  progress: {p}");
     }
     if !b["error"].as_str().unwrap_or("").is_empty() {
         s += &format!("\n  error: {}", b["error"].as_str().unwrap_or(""));
@@ -793,6 +803,9 @@ fn test_text(t: &serde_json::Value) -> String {
                 s += &format!("\n  {k}: {}", v.as_str().unwrap_or(""));
             }
         }
+    }
+    if let Some(p) = t["progress"]["text"].as_str() {
+        s += &format!("\n  progress: {p}");
     }
     if !t["error"].as_str().unwrap_or("").is_empty() {
         s += &format!("\n  error: {}", t["error"].as_str().unwrap_or(""));

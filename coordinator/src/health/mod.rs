@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use drc_proto::{coordinator_message, ClusterHealth, ClusterView, CommandResult, CoordinatorMessage, MemberHealth, Sample, WatchEvent};
+use drc_proto::{
+    coordinator_message, ClusterHealth, ClusterView, CommandResult, CoordinatorMessage, MemberHealth, Progress, Sample, WatchEvent,
+};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::failover::core::Obs;
@@ -45,6 +47,8 @@ struct Board {
     last_primary: HashMap<String, String>,
     /// Commands sent and not yet answered, by command id.
     pending: HashMap<u64, oneshot::Sender<CommandResult>>,
+    /// The newest progress report of each pending long command.
+    progress: HashMap<u64, Progress>,
     next_command: u64,
 }
 
@@ -152,12 +156,23 @@ impl HealthBoard {
     /// Sends a command to a member's agent and waits for its result, at most
     /// `timeout`. `Err` says why there is no result (not connected, stream
     /// gone, no answer in time).
+    /// A command id for [`Self::command`], to follow the command's progress
+    /// while it runs.
+    pub fn command_id(&self) -> u64 {
+        let mut b = self.lock();
+        b.next_command += 1;
+        b.next_command
+    }
+
+    /// `cmd.command_id` 0 takes a fresh id.
     pub async fn command(&self, member: &str, mut cmd: drc_proto::Command, timeout: Duration) -> Result<CommandResult, String> {
         let (tx, rx) = oneshot::channel();
         let sender = {
             let mut b = self.lock();
-            b.next_command += 1;
-            cmd.command_id = b.next_command;
+            if cmd.command_id == 0 {
+                b.next_command += 1;
+                cmd.command_id = b.next_command;
+            }
             let sender =
                 b.members.get(member).and_then(|m| m.sender.clone()).ok_or_else(|| format!("the agent of {member} is not connected"))?;
             b.pending.insert(cmd.command_id, tx);
@@ -170,7 +185,10 @@ impl HealthBoard {
             return Err(format!("the stream of {member}'s agent is full or closed"));
         }
         let out = tokio::time::timeout(timeout, rx).await;
-        self.lock().pending.remove(&id);
+        let mut b = self.lock();
+        b.pending.remove(&id);
+        b.progress.remove(&id);
+        drop(b);
         match out {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(format!("the agent of {member} went away")),
@@ -190,6 +208,22 @@ impl HealthBoard {
         if let Some(tx) = self.lock().pending.remove(&result.command_id) {
             let _ = tx.send(result);
         }
+    }
+
+    /// How far a pending command has got, from its agent; reported in
+    /// `drctl watch` too. Reports of unknown commands are dropped.
+    pub fn progress(&self, cluster: &str, member: &str, p: Progress) {
+        let mut b = self.lock();
+        if !b.pending.contains_key(&p.command_id) {
+            return;
+        }
+        b.progress.insert(p.command_id, p.clone());
+        drop(b);
+        self.emit("progress", cluster, member, describe_progress(&p));
+    }
+
+    pub fn progress_of(&self, command_id: u64) -> Option<Progress> {
+        self.lock().progress.get(&command_id).cloned()
     }
 
     /// Every member as the decision core sees it at `now`.
@@ -338,6 +372,30 @@ impl HealthBoard {
             }
         });
     }
+}
+
+/// Bytes per second and seconds left of a progress report (rate 0 and no
+/// ETA until something moved; no ETA without a total).
+pub fn rate_and_eta(p: &Progress) -> (u64, Option<u64>) {
+    let rate = if p.elapsed_ms > 0 { p.bytes_done.saturating_mul(1000) / p.elapsed_ms } else { 0 };
+    let eta = (rate > 0 && p.bytes_total > 0).then(|| p.bytes_total.saturating_sub(p.bytes_done).div_ceil(rate));
+    (rate, eta)
+}
+
+/// "upload: 120 MiB of ~1024 MiB (11%), 40.0 MiB/s, ETA 23 s".
+pub fn describe_progress(p: &Progress) -> String {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let (rate, eta) = rate_and_eta(p);
+    let mut s = format!("{}: {:.1} MiB", p.phase, mib(p.bytes_done));
+    if p.bytes_total > 0 {
+        let pct = (p.bytes_done.saturating_mul(100) / p.bytes_total).min(100);
+        s += &format!(" of ~{:.1} MiB ({pct}%)", mib(p.bytes_total));
+    }
+    s += &format!(", {:.1} MiB/s", mib(rate));
+    if let Some(eta) = eta {
+        s += &format!(", ETA {eta} s");
+    }
+    s
 }
 
 fn reason(m: &MemberHealth) -> String {

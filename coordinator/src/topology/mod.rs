@@ -97,6 +97,9 @@ pub struct BackupPolicy {
     /// Recovery tests count the rows of these tables (PostgreSQL,
     /// `schema.table`) and report them.
     pub check_tables: Vec<String>,
+    /// The operator's own checks, run on the restored instance.
+    #[serde(default)]
+    pub checks: Vec<Check>,
     /// Retention, per destination: keep at most this many completed
     /// backups (0: no limit)...
     #[serde(default)]
@@ -105,6 +108,16 @@ pub struct BackupPolicy {
     /// recovery test restored) is never deleted, nor the newest one at all.
     #[serde(default, with = "humantime_serde::option")]
     pub max_age: Option<Duration>,
+}
+
+/// A check of a recovery test: `query` (SQL for PostgreSQL, a command such as
+/// `GET app:version` for Redis) must answer `expect` (the first column of the
+/// first row, as text) on the restored instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub query: String,
+    pub expect: String,
 }
 
 /// An S3 bucket, by name; `region` is the drc region it lives in.

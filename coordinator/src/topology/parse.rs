@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use super::{BackupPolicy, Cluster, ClusterKind, Destination, FailoverGroup, Member, Policy, Region, Topology};
+use super::{BackupPolicy, Check, Cluster, ClusterKind, Destination, FailoverGroup, Member, Policy, Region, Topology};
 
 /// Default priority of a region or member that does not declare one.
 pub const DEFAULT_PRIORITY: u32 = 100;
@@ -306,7 +306,11 @@ impl Walker {
         if let Some(v) = t.get("backup") {
             let bpath = join(path, "backup");
             if let Some(b) = self.table(v, &bpath) {
-                self.unknown_keys(b, &bpath, &["destinations", "recipients", "allow_primary", "check_tables", "keep_last", "max_age"]);
+                self.unknown_keys(
+                    b,
+                    &bpath,
+                    &["destinations", "recipients", "allow_primary", "check_tables", "checks", "keep_last", "max_age"],
+                );
                 backup.destinations = self.strings(b, &bpath, "destinations");
                 for (i, d) in backup.destinations.iter().enumerate() {
                     if !destinations.contains_key(d) {
@@ -327,11 +331,40 @@ impl Walker {
                 }
                 backup.allow_primary = self.boolean(b, &bpath, "allow_primary").unwrap_or(false);
                 backup.check_tables = self.strings(b, &bpath, "check_tables");
+                backup.checks = self.checks(b, &bpath);
                 backup.keep_last = self.unsigned(b, &bpath, "keep_last", u32::MAX as u64).unwrap_or(0) as u32;
                 backup.max_age = self.duration(b, &bpath, "max_age");
             }
         }
         Some(Cluster { kind: kind?, policy, backup })
+    }
+
+    /// `[[clusters.X.backup.checks]]`: name, query, expect.
+    fn checks(&mut self, t: &Table, path: &str) -> Vec<Check> {
+        let path = join(path, "checks");
+        let items = match t.get("checks") {
+            None => return Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.problem(&path, format!("expected an array of tables ([[...checks]]), found {}", type_name(other)));
+                return Vec::new();
+            }
+        };
+        let (mut out, mut names) = (Vec::new(), BTreeSet::new());
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}[{i}]");
+            let Some(c) = self.table(item, &ipath) else { continue };
+            self.unknown_keys(c, &ipath, &["name", "query", "expect"]);
+            let (name, query, expect) =
+                (self.string(c, &ipath, "name", true), self.string(c, &ipath, "query", true), self.string(c, &ipath, "expect", true));
+            if let Some(n) = name.as_ref().filter(|n| !names.insert(n.to_string())) {
+                self.problem(join(&ipath, "name"), format!("duplicate check name {n:?}"));
+            }
+            if let (Some(name), Some(query), Some(expect)) = (name, query, expect) {
+                out.push(Check { name, query, expect });
+            }
+        }
+        out
     }
 
     /// An optional array of strings.
@@ -506,6 +539,17 @@ clusters = ["pg", "cache"]
 
     fn keys(text: &str) -> Vec<String> {
         parse_topology(text).expect_err("must be invalid").problems.into_iter().map(|p| p.key).collect()
+    }
+
+    #[test]
+    fn recovery_test_checks_need_a_name_a_query_and_an_answer() {
+        let doc = "[regions.a]\n[destinations.s3a]\nregion='a'\n[clusters.pg]\nkind='postgres'\n[clusters.pg.backup]\n\
+                   destinations=['s3a']\nrecipients=['age1x']\n[[clusters.pg.backup.checks]]\nname='a'\nquery='SELECT 1'\n\
+                   [[clusters.pg.backup.checks]]\nname='a'\nquery='SELECT 2'\nexpect='2'\ncolour='red'\n";
+        assert_eq!(
+            keys(doc),
+            ["clusters.pg.backup.checks[0].expect", "clusters.pg.backup.checks[1].colour", "clusters.pg.backup.checks[1].name"]
+        );
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub fn to_toml(t: &Topology) -> String {
             if let Some(age) = b.max_age {
                 let _ = writeln!(s, "max_age = {}", q(&humantime::format_duration(age).to_string()));
             }
+            for c in &b.checks {
+                let _ = writeln!(s, "[[clusters.{}.backup.checks]]", q(name));
+                let _ = writeln!(s, "name = {}\nquery = {}\nexpect = {}", q(&c.name), q(&c.query), q(&c.expect));
+            }
             let _ = writeln!(s);
         }
     }
@@ -64,7 +68,8 @@ mod tests {
     #[test]
     fn round_trips_through_the_parser() {
         let doc = "[regions.a]\n[regions.b]\npriority=2\n[clusters.pg]\nkind='postgres'\n[clusters.pg.policy]\nrpo_max_lag_time='1m 30s'\npaused=true\n[[members]]\nid='m'\ncluster='pg'\nregion='b'\naddress='h:1'\n[failover_groups.g]\nclusters=['pg']\n\
-                   [destinations.s3b]\nregion='b'\n[clusters.pg.backup]\ndestinations=['s3b']\nrecipients=['age1xyz']\ncheck_tables=['public.t']\nkeep_last=3\nmax_age='7days'\n";
+                   [destinations.s3b]\nregion='b'\n[clusters.pg.backup]\ndestinations=['s3b']\nrecipients=['age1xyz']\ncheck_tables=['public.t']\nkeep_last=3\nmax_age='7days'\n\
+                   [[clusters.pg.backup.checks]]\nname='one'\nquery='SELECT 1'\nexpect='1'\n";
         let t = parse_topology(doc).expect("valid");
         let again = parse_topology(&to_toml(&t)).expect("rendered form is valid");
         assert_eq!(t, again);

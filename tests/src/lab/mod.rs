@@ -117,6 +117,9 @@ pub struct BackupKeys {
 
 /// The table every recovery test of the lab's PostgreSQL counts.
 pub const CHECK_TABLE: &str = "public.lab_orders";
+/// A Redis key the lab sets, which the Redis recovery test's check reads.
+pub const MARKER_KEY: &str = "lab:marker";
+pub const MARKER_VALUE: &str = "drc-lab";
 
 /// A running lab. Dropping it stops everything (unless [`Lab::detach`]ed).
 pub struct Lab {
@@ -359,9 +362,13 @@ impl Lab {
         self.info.members.extend(pg);
         let rd = redis::start_cluster(&self.info.dir, REDIS_CLUSTER)?;
         self.info.members.extend(rd);
-        // The table recovery tests count (check_tables in the topology).
+        // The table recovery tests count (check_tables in the topology),
+        // and the key their Redis check reads.
         if let Some(primary) = self.info.members.iter().find(|m| m.kind == "postgres" && m.region == REGIONS[0]) {
             postgres::psql(primary.port, &format!("CREATE TABLE IF NOT EXISTS {CHECK_TABLE} (id bigserial PRIMARY KEY, item text)"))?;
+        }
+        if let Some(primary) = self.info.members.iter().find(|m| m.kind == "redis" && m.region == REGIONS[0]) {
+            redis::cli(primary.port, &["SET", MARKER_KEY, MARKER_VALUE])?;
         }
         Ok(())
     }
@@ -385,6 +392,12 @@ impl Lab {
                 "[clusters.{name}.backup]\ndestinations = [{destinations}]\nrecipients = [{:?}]\ncheck_tables = [{checks}]\nkeep_last = 3\n",
                 self.info.backup.recipient
             ));
+            // An operator's own check on the restored instance.
+            let (query, expect) = match kind {
+                "postgres" => (format!("SELECT to_regclass('{CHECK_TABLE}') IS NOT NULL"), "t".to_string()),
+                _ => (format!("GET {MARKER_KEY}"), MARKER_VALUE.to_string()),
+            };
+            t.push_str(&format!("[[clusters.{name}.backup.checks]]\nname = \"lab schema\"\nquery = {query:?}\nexpect = {expect:?}\n"));
         }
         for m in &self.info.members {
             t.push_str(&format!(
@@ -452,7 +465,7 @@ impl Lab {
             ));
         }
         storage.push_str(&format!(
-            "[backup]\nidentity_file = {:?}\nscratch_dir = {:?}\n",
+            "[backup]\nidentity_file = {:?}\nscratch_dir = {:?}\nprogress_interval = \"250ms\"\n",
             self.info.backup.identity_file.display().to_string(),
             self.info.dir.join("scratch").display().to_string()
         ));
