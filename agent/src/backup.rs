@@ -234,6 +234,9 @@ where
         why = format!("{why}: {s}");
         src = s.source();
     }
+    if ["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied"].iter().any(|c| why.contains(c)) {
+        why = format!("the destination refused the credentials ({why}); check access_key and the secret");
+    }
     format!("{what} at destination {} ({}/{}): {why}", d.name, d.endpoint, d.bucket)
 }
 
@@ -365,7 +368,7 @@ pub async fn backup(cfg: &AgentConfig, args: &HashMap<String, String>, meter: &M
     meter.phase("upload", estimate);
     let counted = meter.clone();
     let raw = tokio::spawn(async move {
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = vec![0u8; 1024 * 1024];
         let mut n: u64 = 0;
         loop {
             let k = src_out.read(&mut buf).await?;
@@ -681,9 +684,10 @@ async fn restore_and_check_inner(
     }
     meter.phase("download", args.get("stored_bytes").and_then(|v| v.parse().ok()).unwrap_or(0));
     let client = dest.client()?;
-    let object =
-        client.get_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("reading {key}"), dest, e))?;
-    let mut body = object.body;
+    let head =
+        client.head_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("reading {key}"), dest, e))?;
+    let size = head.content_length().unwrap_or(0).max(0) as u64;
+    let mut body = Ranged::new(client, dest, key, size, cfg.backup.part_size_mib.max(1) << 20, cfg.backup.upload_concurrency.max(1));
 
     let mut age = spawn(
         Command::new("age").arg("-d").arg("-i").arg(identity).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()),
@@ -708,7 +712,7 @@ async fn restore_and_check_inner(
     if let Some(mut ain) = age.stdin.take() {
         let mut n = 0u64;
         loop {
-            match body.try_next().await {
+            match body.next().await {
                 Ok(Some(chunk)) => {
                     hash.update(&chunk);
                     n += chunk.len() as u64;
@@ -717,7 +721,7 @@ async fn restore_and_check_inner(
                         // age stopped reading (bad data or identity): go on
                         // hashing, the checksum says more than a broken pipe.
                         fed = Err(format!("age stopped reading: {e}"));
-                        while let Ok(Some(rest)) = body.try_next().await {
+                        while let Ok(Some(rest)) = body.next().await {
                             hash.update(&rest);
                         }
                         break;
@@ -725,7 +729,7 @@ async fn restore_and_check_inner(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    fed = Err(s3_error_plain(&format!("reading {key}"), dest, e));
+                    fed = Err(e);
                     break;
                 }
             }
@@ -787,6 +791,62 @@ async fn restore_and_check_inner(
         out.insert("rpo_ms".into(), started_ms.saturating_sub(at).to_string());
     }
     Ok(out)
+}
+
+/// An object read in order as `part`-sized ranges, with up to `concurrency`
+/// range requests in flight: one S3 stream is bound by request latency, so
+/// S3 clients fetch large objects this way (the aws CLI does). Memory stays
+/// bounded at `concurrency` parts.
+struct Ranged {
+    client: aws_sdk_s3::Client,
+    dest: DestinationConfig,
+    key: String,
+    size: u64,
+    part: u64,
+    concurrency: usize,
+    next_start: u64,
+    pending: std::collections::VecDeque<tokio::task::JoinHandle<Result<bytes::Bytes, String>>>,
+}
+
+impl Ranged {
+    fn new(client: aws_sdk_s3::Client, dest: &DestinationConfig, key: &str, size: u64, part: usize, concurrency: usize) -> Self {
+        let (dest, key) = (dest.clone(), key.to_string());
+        Ranged { client, dest, key, size, part: part as u64, concurrency, next_start: 0, pending: Default::default() }
+    }
+
+    /// The next part in order; `Ok(None)` at the end.
+    async fn next(&mut self) -> Result<Option<bytes::Bytes>, String> {
+        while self.pending.len() < self.concurrency && self.next_start < self.size {
+            let (start, end) = (self.next_start, (self.next_start + self.part).min(self.size) - 1);
+            self.next_start = end + 1;
+            let (client, dest, key) = (self.client.clone(), self.dest.clone(), self.key.clone());
+            self.pending.push_back(tokio::spawn(async move {
+                let what = format!("reading {key} (bytes {start}-{end})");
+                let got = client
+                    .get_object()
+                    .bucket(&dest.bucket)
+                    .key(&key)
+                    .range(format!("bytes={start}-{end}"))
+                    .send()
+                    .await
+                    .map_err(|e| s3_error(&what, &dest, e))?;
+                let body = got.body.collect().await.map_err(|e| s3_error_plain(&what, &dest, e))?;
+                Ok(body.into_bytes())
+            }));
+        }
+        match self.pending.pop_front() {
+            Some(h) => h.await.map_err(|e| format!("reading {}: {e}", self.key))?.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for Ranged {
+    fn drop(&mut self) {
+        for h in &self.pending {
+            h.abort();
+        }
+    }
 }
 
 fn s3_error_plain(what: &str, d: &DestinationConfig, e: impl std::fmt::Display) -> String {

@@ -146,6 +146,18 @@ fn a_backup_lands_in_another_region_and_a_recovery_test_restores_it_with_the_rig
     assert!(wrong.to_string().contains("no identity matched"), "{wrong}");
     std::fs::write(&lab.info.backup.identity_file, identity).expect("restore identity");
 
+    // The destination refuses the credentials (the agent reads its secret
+    // file at each job): a clear failure; the earlier backup is intact.
+    let secret = lab.info.dir.join(format!("s3-{dest_region}.secret"));
+    let good = std::fs::read(&secret).expect("secret");
+    std::fs::write(&secret, "not-the-secret").expect("wrong secret");
+    let refused = lab.drctl_json(&["backup", "run", "--cluster", "app-pg", "--destination", &format!("s3-{dest_region}")]);
+    println!("wrong credentials: {refused:?}");
+    let refused = refused.expect_err("wrong credentials");
+    assert!(refused.to_string().contains("refused the credentials"), "{refused}");
+    std::fs::write(&secret, good).expect("restore secret");
+    assert_eq!(sha256(&data), b["sha256"], "the earlier backup is intact");
+
     // The destination's S3 server down: a clear failure after bounded
     // retries; the earlier backup is intact and listed.
     let s3 = lab.info.s3.iter().find(|s| s.region == dest_region).expect("s3").clone();
@@ -157,7 +169,7 @@ fn a_backup_lands_in_another_region_and_a_recovery_test_restores_it_with_the_rig
     assert_eq!(sha256(&data), b["sha256"], "the earlier backup is intact");
     let listed = lab.drctl_json(&["backup", "list", "--cluster", "app-pg"]).expect("list");
     let states: Vec<&str> = listed["backups"].as_array().expect("backups").iter().map(|b| b["state"].as_str().unwrap_or("")).collect();
-    assert_eq!(states, ["failed", "done"], "{listed}");
+    assert_eq!(states, ["failed", "failed", "done"], "{listed}");
 
     // Bad requests.
     let e = lab.drctl_json(&["backup", "run", "--cluster", "nope"]).expect_err("unknown cluster");

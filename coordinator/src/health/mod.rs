@@ -55,6 +55,7 @@ struct Board {
 /// Shared health board of the leader.
 pub struct HealthBoard {
     board: Mutex<Board>,
+    changed: tokio::sync::Notify,
     events: broadcast::Sender<WatchEvent>,
     views: watch::Sender<BTreeMap<String, ClusterView>>,
 }
@@ -73,7 +74,7 @@ impl HealthBoard {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(1024);
         let (views, _) = watch::channel(BTreeMap::new());
-        HealthBoard { board: Mutex::new(Board::default()), events, views }
+        HealthBoard { board: Mutex::new(Board::default()), changed: tokio::sync::Notify::new(), events, views }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
@@ -149,13 +150,23 @@ impl HealthBoard {
             }
         }
         let m = b.members.entry(sample.member_id.clone()).or_default();
+        let verdict = |s: &Sample| (s.reachable, s.role.clone(), s.primary_reachable);
+        let changed = m.sample.as_ref().map(verdict) != Some(verdict(&sample));
         m.sample = Some(sample);
         m.received = Some(now);
+        drop(b);
+        if changed {
+            // The failover core looks at once rather than on its next tick.
+            self.changed.notify_one();
+        }
     }
 
-    /// Sends a command to a member's agent and waits for its result, at most
-    /// `timeout`. `Err` says why there is no result (not connected, stream
-    /// gone, no answer in time).
+    /// Resolves when a sample changed a member's reachability, role or view
+    /// of its primary since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
     /// A command id for [`Self::command`], to follow the command's progress
     /// while it runs.
     pub fn command_id(&self) -> u64 {
@@ -164,7 +175,9 @@ impl HealthBoard {
         b.next_command
     }
 
-    /// `cmd.command_id` 0 takes a fresh id.
+    /// Sends a command to a member's agent and waits for its result, at most
+    /// `timeout`. `Err` says why there is no result (not connected, stream
+    /// gone, no answer in time). `cmd.command_id` 0 takes a fresh id.
     pub async fn command(&self, member: &str, mut cmd: drc_proto::Command, timeout: Duration) -> Result<CommandResult, String> {
         let (tx, rx) = oneshot::channel();
         let sender = {
