@@ -684,8 +684,7 @@ async fn restore_and_check_inner(
     }
     meter.phase("download", args.get("stored_bytes").and_then(|v| v.parse().ok()).unwrap_or(0));
     let client = dest.client()?;
-    let head =
-        client.head_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("reading {key}"), dest, e))?;
+    let head = client.head_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("reading {key}"), dest, e))?;
     let size = head.content_length().unwrap_or(0).max(0) as u64;
     let mut body = Ranged::new(client, dest, key, size, cfg.backup.part_size_mib.max(1) << 20, cfg.backup.upload_concurrency.max(1));
 
