@@ -31,6 +31,13 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Start coordinator ID of the lab in DIR again (after it was killed).
+    RestartCoordinator {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: u64,
+    },
     /// Start the lab, run until Ctrl-C, then stop it.
     Run {
         #[arg(long)]
@@ -87,6 +94,9 @@ fn main() -> ExitCode {
             }
         }),
         Cmd::Down { dir } => Lab::attach(&dir).and_then(|lab| lab.down()).map(|()| println!("lab in {} stopped", dir.display())),
+        Cmd::RestartCoordinator { dir, id } => {
+            Lab::attach(&dir).and_then(|mut lab| lab.restart_coordinator(id)).map(|()| println!("coordinator {id} restarted"))
+        }
         Cmd::Run { dir } => up_or_interrupt(dir).and_then(|lab| {
             let Some(lab) = lab else { return Ok(()) };
             print_summary(&lab);

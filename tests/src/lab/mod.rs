@@ -423,6 +423,16 @@ impl Lab {
 
     /// Restarts member `id`'s agent so that it reaches its database through
     /// `via` (host:port, e.g. a [`netcut::CuttableLink`]) instead of directly.
+    /// Starts coordinator `id` again (after a SIGKILL) with its own config,
+    /// log and data dir, and records its new pid in `lab.json`.
+    pub fn restart_coordinator(&mut self, id: u64) -> anyhow::Result<()> {
+        let c = self.info.coordinators.iter_mut().find(|c| c.id == id).ok_or_else(|| anyhow!("no coordinator {id}"))?;
+        stop_pid(c.pid, Duration::from_secs(3));
+        let log = self.info.dir.join(format!("coordinator-{}.log", c.region));
+        c.pid = spawn_detached(Command::new(bin("drc-coordinator")).arg("--config").arg(&c.config), &log)?;
+        self.write_info()
+    }
+
     pub fn restart_agent_via(&mut self, id: &str, via: &str) -> anyhow::Result<()> {
         let index = self.info.members.iter().position(|m| m.id == id).ok_or_else(|| anyhow!("no member {id}"))?;
         stop_pid(self.info.members[index].agent_pid, Duration::from_secs(3));
