@@ -23,7 +23,7 @@ use crate::state::{Command, Outcome};
 use crate::topology::Topology;
 
 /// How often the core is consulted.
-pub const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(200);
 /// How long one agent command may take (pg_rewind takes a few seconds).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long promote and catch-up are retried before the decision fails.
@@ -111,7 +111,6 @@ impl Executor {
             let request = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = ticker.tick() => None,
-                _ = self.health.changed() => None,
                 r = inbox.recv() => r,
             };
             if !self.is_leader() {

@@ -55,7 +55,6 @@ struct Board {
 /// Shared health board of the leader.
 pub struct HealthBoard {
     board: Mutex<Board>,
-    changed: tokio::sync::Notify,
     events: broadcast::Sender<WatchEvent>,
     views: watch::Sender<BTreeMap<String, ClusterView>>,
 }
@@ -74,7 +73,7 @@ impl HealthBoard {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(1024);
         let (views, _) = watch::channel(BTreeMap::new());
-        HealthBoard { board: Mutex::new(Board::default()), changed: tokio::sync::Notify::new(), events, views }
+        HealthBoard { board: Mutex::new(Board::default()), events, views }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
@@ -150,21 +149,8 @@ impl HealthBoard {
             }
         }
         let m = b.members.entry(sample.member_id.clone()).or_default();
-        let verdict = |s: &Sample| (s.reachable, s.role.clone(), s.primary_reachable);
-        let changed = m.sample.as_ref().map(verdict) != Some(verdict(&sample));
         m.sample = Some(sample);
         m.received = Some(now);
-        drop(b);
-        if changed {
-            // The failover core looks at once rather than on its next tick.
-            self.changed.notify_one();
-        }
-    }
-
-    /// Resolves when a sample changed a member's reachability, role or view
-    /// of its primary since the last call.
-    pub async fn changed(&self) {
-        self.changed.notified().await
     }
 
     /// A command id for [`Self::command`], to follow the command's progress
