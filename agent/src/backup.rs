@@ -290,10 +290,7 @@ async fn drain(mut e: tokio::process::ChildStderr) -> String {
 
 /// A stage's stderr (the end of it, for an error message: last 5 lines).
 async fn stderr_of(p: &mut Proc) -> String {
-    let s = match p.stderr.take() {
-        Some(h) => h.await.unwrap_or_default(),
-        None => String::new(),
-    };
+    let s = stderr_text(p).await;
     s.trim().lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ")
 }
 
