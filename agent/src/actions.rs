@@ -44,6 +44,11 @@ struct Known {
     /// instead of fencing a healthy primary because it forgot the number.
     #[serde(default)]
     replicas: usize,
+    /// The agent fenced this primary because its lease lapsed (not because
+    /// another member became primary): a new lease in the current epoch
+    /// brings it back. Persisted, so that a restarted agent still can.
+    #[serde(default)]
+    lease_fenced: bool,
 }
 
 pub struct Actor {
@@ -56,6 +61,8 @@ pub struct Actor {
     link_up_at: Mutex<Option<Instant>>,
     /// Set once the agent fenced its member for a lapsed lease.
     fenced: Mutex<bool>,
+    /// A restart of a lease-fenced primary is running.
+    restarting: tokio::sync::Mutex<()>,
     /// One connection to the local PostgreSQL, reused: the lease check runs
     /// every 50 ms, and a promotion should not pay for new connections.
     local_pg: tokio::sync::Mutex<Option<Arc<Client>>>,
@@ -119,9 +126,17 @@ impl Actor {
             lease_until: Mutex::new(None),
             replicas: Mutex::new(known.replicas),
             link_up_at: Mutex::new(None),
-            fenced: Mutex::new(false),
+            fenced: Mutex::new(known.lease_fenced),
+            restarting: tokio::sync::Mutex::new(()),
             local_pg: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether this agent fenced its primary for a lapsed lease and still
+    /// takes itself for the primary of the newest epoch it knows.
+    pub fn lease_fenced(&self) -> bool {
+        let k = lock(&self.known);
+        k.lease_fenced && k.primary == self.cfg.member_id
     }
 
     /// Milliseconds left on the primary lease this agent holds; 0 without one.
@@ -149,6 +164,7 @@ impl Actor {
                 k.primary = primary.to_string();
             }
             k.held_lease = k.held_lease && k.primary == self.cfg.member_id;
+            k.lease_fenced = k.lease_fenced && k.primary == self.cfg.member_id;
             if k.primary != self.cfg.member_id {
                 *lock(&self.lease_until) = None;
             }
@@ -192,11 +208,20 @@ impl Actor {
                     Some(lease_end(Instant::now(), ttl, args.get("expires_at_ms").and_then(|t| t.parse().ok()), now_ms()));
                 let replicas = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);
                 *lock(&self.replicas) = replicas;
-                let mut k = lock(&self.known);
-                if !k.held_lease || k.replicas != replicas {
-                    k.held_lease = true;
-                    k.replicas = replicas;
-                    self.save(&k);
+                let restart = {
+                    let mut k = lock(&self.known);
+                    if !k.held_lease || k.replicas != replicas {
+                        k.held_lease = true;
+                        k.replicas = replicas;
+                        self.save(&k);
+                    }
+                    k.lease_fenced
+                };
+                if restart {
+                    if let Err(e) = self.restart_fenced().await {
+                        result.ok = false;
+                        result.error = e;
+                    }
                 }
             }
             return result;
@@ -231,6 +256,58 @@ impl Actor {
         result.duration_ms = start.elapsed().as_millis() as u64;
         tracing::info!(action = %cmd.action, epoch = cmd.epoch, ok = result.ok, error = %result.error, ms = result.duration_ms, "command");
         result
+    }
+
+    /// Brings back the primary this agent fenced for a lapsed lease, now
+    /// that the leader granted a new lease in the current epoch (it does so
+    /// only for the recorded primary, and only while no decision replaced
+    /// it): PostgreSQL starts again (crash recovery, then the primary it
+    /// was), Redis takes writes again. Without this, a coordinator outage
+    /// while a replica is down would leave the cluster with no primary until
+    /// a failover, which anti-flap may block for minutes.
+    async fn restart_fenced(&self) -> Result<(), String> {
+        // Leases arrive every few hundred milliseconds: one restart at a time.
+        let Ok(_one) = self.restarting.try_lock() else { return Ok(()) };
+        if !self.lease_fenced() {
+            return Ok(());
+        }
+        tracing::warn!("a new lease in the current epoch: bringing the fenced primary back");
+        match self.cfg.kind {
+            Kind::Postgres => {
+                let pg = self.cfg.postgres.as_ref().ok_or("no [postgres] section")?;
+                if !postmaster_alive(&pg.data_dir) {
+                    self.pg_ctl(&["start", "-w", "-t", "60"]).await.map_err(|e| format!("restarting the fenced primary: {e}"))?;
+                }
+            }
+            Kind::Redis => {
+                let mut c = self.redis_local().await?;
+                redis_cmd(&mut c, redis::cmd("CLIENT").arg("UNPAUSE")).await?;
+            }
+        }
+        // Crash recovery can outlast the lease that allowed it: a server that
+        // came up after its lease ended is stopped again at once, before the
+        // coordinator's drift margin runs out.
+        if !lock(&self.lease_until).is_some_and(|t| Instant::now() < t) {
+            let _ = self.fence_local().await;
+            return Err("the fenced primary came back after its new lease had ended; fenced again".into());
+        }
+        let mut k = lock(&self.known);
+        k.lease_fenced = false;
+        self.save(&k);
+        *lock(&self.fenced) = false;
+        tracing::info!("the fenced primary serves again under its new lease");
+        Ok(())
+    }
+
+    /// Stops PostgreSQL at once, or pauses Redis writes.
+    async fn fence_local(&self) -> Result<(), String> {
+        match self.cfg.kind {
+            Kind::Postgres => self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await,
+            Kind::Redis => match self.redis_local().await {
+                Ok(mut c) => redis_cmd(&mut c, redis::cmd("CLIENT").arg("PAUSE").arg(86_400_000u64).arg("WRITE")).await,
+                Err(e) => Err(e),
+            },
+        }
     }
 
     async fn promote(&self, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
@@ -494,7 +571,19 @@ impl Actor {
                         }
                         continue;
                     }
-                    Ok(Some(n)) => tracing::error!(streaming = n, expected, "lease lapsed and not every other member vouches: fencing"),
+                    Ok(Some(n)) => {
+                        tracing::error!(streaming = n, expected, "lease lapsed and not every other member vouches: fencing");
+                        // A serving primary stopped by its agent alone may
+                        // come back under a new lease. Recorded before the
+                        // fence, so that a crash between the two does not
+                        // forget it.
+                        let mut k = lock(&self.known);
+                        if !k.lease_fenced {
+                            k.lease_fenced = true;
+                            self.save(&k);
+                        }
+                    }
+                    // Not one that crashed: that is a failover's business.
                     Err(e) => tracing::error!(error = %e, "lease lapsed and the member cannot be read: fencing"),
                 }
             } else {
@@ -505,14 +594,7 @@ impl Actor {
                 }
                 tracing::error!(epoch = known.epoch, primary = %known.primary, "this member may be a primary, but another member is the primary of the newest epoch: fencing");
             }
-            let fenced = match self.cfg.kind {
-                Kind::Postgres => self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await,
-                Kind::Redis => match self.redis_local().await {
-                    Ok(mut c) => redis_cmd(&mut c, redis::cmd("CLIENT").arg("PAUSE").arg(86_400_000u64).arg("WRITE")).await,
-                    Err(e) => Err(e),
-                },
-            };
-            match fenced {
+            match self.fence_local().await {
                 Ok(()) => *lock(&self.fenced) = true,
                 Err(e) => tracing::error!(error = %e, "fencing failed; retrying"),
             }

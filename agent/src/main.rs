@@ -123,6 +123,7 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
             let mut sample = prober.sample(&probe_cfg.member_id, &local, primary.as_ref(), epoch, now);
             sample.lease_ms = probe_actor.lease_ms();
+            sample.lease_fenced = probe_actor.lease_fenced();
             if !local.dataset_id.is_empty() {
                 let now = (local.dataset_id.clone(), local.previous_dataset_id.clone());
                 dataset_tx.send_if_modified(|d| {

@@ -35,6 +35,26 @@ fn dump(lab: &Lab, id: &str) {
     }
 }
 
+/// "action member state +start..+end s" for each step of a decision,
+/// relative to the moment it was decided.
+fn steps_timeline(d: &Value) -> String {
+    let at = d["decided_at"].as_u64().unwrap_or(0);
+    let secs = |v: &Value| v.as_u64().filter(|t| *t > 0).map(|t| format!("{:.1}", t.saturating_sub(at) as f64 / 1000.0));
+    d["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|s| {
+                    let (a, b) = (secs(&s["started"]).unwrap_or_default(), secs(&s["finished"]).unwrap_or_default());
+                    format!("{} {} {} +{a}..+{b}s {}", s["action"], s["member"], s["state"], s["error"]).replace('"', "")
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+}
+
 /// The pids of a postmaster's WAL senders.
 fn walsenders(postmaster: u32) -> Vec<u32> {
     let out = std::process::Command::new("pgrep").args(["-P", &postmaster.to_string(), "-f", "walsender"]).output().expect("pgrep");
@@ -184,6 +204,39 @@ fn pause_stops_automatic_failover_and_resume_lets_it_happen() {
     wait_for("the moved primary to accept writes", LONG, || psql(port, "CREATE TABLE moved (id int)").ok()).expect("write");
     let bad = lab.drctl_json(&["failover-region", "--from", "nowhere"]).expect_err("unknown region");
     assert!(bad.to_string().contains("unknown region"), "{bad}");
+
+    // A standby down, then every coordinator frozen for longer than a lease:
+    // not every other member can vouch for the primary, so its agent fences
+    // it. Once the coordinators are back, a new lease in the same epoch
+    // brings it back: no failover, and no minutes without a primary.
+    let primary = pg["primary"].as_str().expect("primary").to_string();
+    wait_for("the region failover to settle", LONG, || (cluster(&lab, "app-pg")?["decision_in_progress"] == 0).then_some(()))
+        .expect("settled");
+    let standby = wait_for("a running standby", LONG, || {
+        ["pg-a", "pg-b", "pg-c"].into_iter().filter(|m| *m != primary).find_map(|m| {
+            let m = lab.member(m).expect("member");
+            (psql(m.port, "SELECT pg_is_in_recovery()").ok()? == "t")
+                .then(|| drc_tests::lab::postgres::postmaster_pid(&m.data_dir).ok())
+                .flatten()
+        })
+    })
+    .expect("a running standby");
+    kill_tree(standby);
+    for c in &lab.info.coordinators {
+        signal(c.pid, libc::SIGSTOP);
+    }
+    let fenced = wait_for("the primary's agent to fence it", Duration::from_secs(30), || psql(port, "SELECT 1").is_err().then_some(()));
+    for c in &lab.info.coordinators {
+        signal(c.pid, libc::SIGCONT);
+    }
+    fenced.expect("fenced when its lease lapsed");
+    let back = Instant::now();
+    wait_for("the fenced primary to take writes again", LONG, || psql(port, "INSERT INTO moved VALUES (1)").ok()).expect("back");
+    println!("the fenced primary took writes again {:.2} s after the coordinators resumed", back.elapsed().as_secs_f64());
+    let c = cluster(&lab, "app-pg").expect("cluster");
+    assert_eq!((c["epoch"].as_u64(), c["primary"].as_str()), (Some(3), Some(primary.as_str())), "no failover: {c}");
+    let log = std::fs::read_to_string(&lab.member(&primary).expect("primary").agent_log).unwrap_or_default();
+    assert!(log.contains("serves again under its new lease"), "the agent brought it back");
 }
 
 /// Asserts for `quiet` that `cluster` stays at `epoch` with `primary`.
@@ -367,8 +420,16 @@ fn a_switchover_loses_no_acknowledged_write_and_a_leader_killed_mid_failover_pro
         let d = h["decisions"].as_array()?.iter().find(|d| d["epoch"] == 3)?.clone();
         d["finished_at"].as_u64().map(|_| d)
     })
-    .expect("finished");
+    .unwrap_or_else(|e| {
+        eprintln!("history: {}", lab.drctl_json(&["history", "--cluster", "app-pg"]).map(|v| v.to_string()).unwrap_or_default());
+        eprintln!("status: {}", cluster(&lab, "app-pg").map(|v| v.to_string()).unwrap_or_default());
+        for m in ["pg-a", "pg-b", "pg-c"] {
+            dump(&lab, m);
+        }
+        panic!("{e:#}")
+    });
     let to = done["to"].as_str().expect("to").to_string();
+    println!("decision {} under the new leader: {}", done["id"], steps_timeline(&done));
     std::thread::sleep(Duration::from_secs(3));
     let c = cluster(&lab, "app-pg").expect("cluster");
     let history = lab.drctl_json(&["history", "--cluster", "app-pg"]).map(|v| v.to_string()).unwrap_or_default();

@@ -202,6 +202,7 @@ impl Prober {
             primary_probe_us: primary.map(|p| p.round_trip.as_micros() as u64).unwrap_or(0),
             // Filled in by the caller, which holds the lease.
             lease_ms: 0,
+            lease_fenced: false,
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Obs {
     pub primary_position: u64,
     /// The highest epoch the agent has seen.
     pub epoch: u64,
+    /// The agent fenced this member, a primary, when its lease lapsed.
+    pub lease_fenced: bool,
 }
 
 /// Everything the core reads at one instant.
@@ -83,6 +85,13 @@ impl LeaseConfig {
     /// core assumes such a lease may have just been granted; anti-flap blocks
     /// automatic failover for far longer anyway.
     pub fn promote_ttl(&self) -> Millis {
+        10 * self.lease
+    }
+
+    /// How long a primary its agent fenced for a lapsed lease is offered new
+    /// leases to come back (a PostgreSQL restart is a crash recovery) before
+    /// it counts as down like any other.
+    pub fn restart_grace(&self) -> Millis {
         10 * self.lease
     }
 }
@@ -135,6 +144,9 @@ struct Track {
     epoch: u64,
     /// The primary of `epoch`.
     primary: String,
+    /// Since when the primary's agent has reported it fenced for a lapsed
+    /// lease; leases are offered to bring it back until `restart_grace`.
+    fenced_since: Option<Millis>,
 }
 
 impl Track {
@@ -253,18 +265,36 @@ impl Core {
         let p = members.iter().find(|(id, _)| **id == primary_id).map(|(_, o)| o.clone()).unwrap_or_default();
         let primary_region = w.topology.members.get(&primary_id).map(|m| m.region.clone()).unwrap_or_default();
         let track = self.track(name, rec, p.position);
+        // A primary whose agent fenced it when its lease lapsed (the
+        // coordinators were out of reach, and not every other member could
+        // vouch for it) comes back with a new lease in the current epoch: it
+        // is still the recorded primary, and no decision replaced it.
+        let restartable = !is_primary(&p) && p.fresh && p.lease_fenced && p.epoch == rec.epoch && {
+            let since = *track.fenced_since.get_or_insert(now);
+            now < since + lease.restart_grace()
+        };
+        if is_primary(&p) {
+            track.fenced_since = None;
+        }
         if let Some(id) = rec.in_progress {
             // The executor grants a lease with the promotion, at a moment
             // this core does not see; once promoted, the new primary's
             // lease is renewed like any other.
             track.lease_until = track.lease_until.max(now + lease.promote_ttl());
-            if is_primary(&p) {
+            if is_primary(&p) || restartable {
                 out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
             }
             wait(out, format!("decision {id} is being carried out"));
             return;
         }
         track.see(&p, &members);
+        if restartable {
+            track.down_since = None;
+            track.lease_until = track.lease_until.max(now + lease.lease);
+            out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
+            wait(out, format!("primary {primary_id} was fenced by its agent when its lease lapsed; a new lease brings it back"));
+            return;
+        }
         if is_primary(&p) {
             track.down_since = None;
             track.lease_until = now + lease.lease;

@@ -74,6 +74,9 @@ struct Member {
     /// The primary of `epoch`, as this agent knows it.
     epoch_primary: String,
     lease_until: Option<Millis>,
+    /// The agent fenced this primary when its lease lapsed; a new lease in
+    /// the current epoch brings it back.
+    lease_fenced: bool,
     refuse_promotion_until: Millis,
     last_sample: Option<Millis>,
     seen_epoch: u64,
@@ -90,6 +93,7 @@ impl Member {
             if primary != self.id {
                 // Not the primary of the newest epoch: any lease is void.
                 self.lease_until = None;
+                self.lease_fenced = false;
             }
         }
     }
@@ -164,6 +168,7 @@ impl Sim {
                         epoch: 0,
                         epoch_primary: format!("{c}-a"),
                         lease_until: if primary { Some(LEASE.lease) } else { None },
+                        lease_fenced: false,
                         refuse_promotion_until: 0,
                         last_sample: None,
                         seen_epoch: 0,
@@ -234,6 +239,7 @@ impl Sim {
                 let m = self.members.get_mut(&pick).expect("picked");
                 if !m.up && self.region_up[m.region] {
                     m.up = true;
+                    m.lease_fenced = false;
                     // A restarted server comes back in the role it had; a
                     // restarted old primary is writable until its agent acts.
                     m.writable = m.primary;
@@ -255,6 +261,7 @@ impl Sim {
                         m.up = true;
                         m.writable = m.primary;
                         m.lease_until = None;
+                        m.lease_fenced = false;
                     }
                     self.say(format!("region {} back", REGIONS[region]));
                 }
@@ -397,6 +404,7 @@ impl Sim {
                 primary_reachable,
                 primary_position,
                 epoch: m.epoch,
+                lease_fenced: m.lease_fenced,
             };
             if m.primary && m.up {
                 let k = self.known_position.entry(m.cluster.clone()).or_default();
@@ -452,10 +460,16 @@ impl Sim {
             // Only the primary of the newest epoch this agent knows may stay
             // up, and only if no other member knows of a newer one (or of
             // another primary in this one).
+            // As the real agent counts them: replicas that run and stream
+            // from it.
             let vouched = m.epoch_primary == m.id
-                && others
-                    .iter()
-                    .all(|o| self.talk(m.region, o.region) && (o.epoch < m.epoch || (o.epoch == m.epoch && o.epoch_primary == m.id)));
+                && others.iter().all(|o| {
+                    self.talk(m.region, o.region)
+                        && o.up
+                        && !o.primary
+                        && o.upstream == m.id
+                        && (o.epoch < m.epoch || (o.epoch == m.epoch && o.epoch_primary == m.id))
+                });
             if vouched {
                 let (until, names) = (self.now + LEASE.lease, others.iter().map(|o| o.id.clone()).collect::<Vec<_>>());
                 for o in names {
@@ -465,6 +479,7 @@ impl Sim {
                 let m = self.members.get_mut(id).expect("member");
                 m.writable = false;
                 m.up = false;
+                m.lease_fenced = m.epoch_primary == m.id;
                 self.say(format!("agent of {id} fences it: lease expired"));
             }
         }
@@ -525,6 +540,7 @@ impl Sim {
                     self.set(&m.id, |x| {
                         x.primary = true;
                         x.writable = true;
+                        x.lease_fenced = false;
                         x.upstream.clear();
                         x.learn(d.epoch, &d.to);
                     });
@@ -621,12 +637,25 @@ impl Sim {
                         let connected = self.members.get(&member).is_some_and(|m| self.agent_connected(m));
                         if connected {
                             let id = member.clone();
+                            let region_up = self.members.get(&member).is_some_and(|m| self.region_up[m.region]);
+                            let mut restarted = false;
                             self.set(&member, |m| {
                                 if epoch >= m.epoch {
                                     m.learn(epoch, &id);
                                     m.lease_until = Some(now + ttl);
+                                    // The agent brings back the primary it
+                                    // fenced for a lapsed lease.
+                                    if m.lease_fenced && m.primary && region_up {
+                                        m.lease_fenced = false;
+                                        m.up = true;
+                                        m.writable = true;
+                                        restarted = true;
+                                    }
                                 }
                             });
+                            if restarted {
+                                self.say(format!("agent of {member} restarts it under a new lease in epoch {epoch}"));
+                            }
                         }
                     }
                     Action::Wait { cluster, reason } => {
@@ -839,4 +868,35 @@ fn a_lagging_replica_is_not_promoted_but_force_does() {
     let d = sim.sm.history.values().find(|d| d.cluster == "pg").expect("a decision");
     assert_eq!(d.trigger, Trigger::Operator { force: true });
     assert!(sim.members["pg-c"].writable);
+}
+
+#[test]
+fn a_primary_fenced_while_the_coordinators_were_away_comes_back_without_a_failover() {
+    let mut sim = Sim::new(4, false);
+    for _ in 0..30 {
+        sim.step();
+    }
+    // One replica down: the primary can no longer be vouched for by every
+    // other member, so losing the coordinators for longer than a lease
+    // makes its agent fence it.
+    sim.set("pg-c", |m| {
+        m.up = false;
+        m.writable = false;
+    });
+    for _ in 0..10 {
+        sim.step();
+    }
+    sim.leader = None;
+    sim.core = None;
+    sim.election_until = sim.now + 3 * LEASE.lease;
+    for _ in 0..25 {
+        sim.step();
+    }
+    assert!(sim.members["pg-a"].lease_fenced && !sim.members["pg-a"].writable, "{:#?}", sim.log);
+    for _ in 0..20 {
+        sim.step();
+    }
+    assert!(sim.leader.is_some());
+    assert!(sim.members["pg-a"].writable, "a new lease brought it back: {:#?}", sim.log);
+    assert_eq!(sim.sm.records["pg"].epoch, 1, "and nobody was promoted: {:#?}", sim.log);
 }

@@ -248,6 +248,7 @@ impl HealthBoard {
                     primary_reachable: s.primary_reachable,
                     primary_position: s.primary_position,
                     epoch: s.epoch,
+                    lease_fenced: s.lease_fenced,
                 },
             );
         }
@@ -429,6 +430,7 @@ fn member_health(id: &str, region: &str, sample: Option<&Sample>, age: Option<Du
         h.replication_connected = s.replication_connected;
         h.replication_state = s.replication_state.clone();
         h.lease_ms = s.lease_ms;
+        h.lease_fenced = s.lease_fenced;
         h.sample_age_ms = age.map(|a| a.as_millis() as u64).unwrap_or(0);
         h.healthy = connected && fresh && s.reachable && s.error.is_empty();
     }
