@@ -93,15 +93,21 @@ fn lease_end(received: Instant, ttl_ms: u64, expires_at_ms: Option<u64>, now_ms:
 /// Whether the postmaster named by `data_dir/postmaster.pid` still runs.
 /// Unsure (unreadable file, no /proc) counts as running, so that the caller
 /// stops it properly.
-fn postmaster_alive(data_dir: &std::path::Path) -> bool {
+pub fn postmaster_alive(data_dir: &std::path::Path) -> bool {
     let Ok(text) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
         // No pid file: not running, unless the file is merely unreadable.
         return data_dir.join("postmaster.pid").exists();
     };
     match text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) {
         Some(pid) if std::path::Path::new("/proc/self").exists() => {
-            // A reused pid would have to belong to a postgres process.
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim().starts_with("postgres"))
+            // A reused pid would have to belong to a postgres process, and a
+            // killed postmaster that its parent has not reaped yet (a zombie)
+            // is gone: it serves nothing, and `pg_ctl stop` only times out.
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Field 3, after the parenthesised command name.
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("");
+            comm.trim().starts_with("postgres") && !matches!(state, "Z" | "X")
         }
         _ => true,
     }
@@ -807,6 +813,28 @@ mod tests {
         assert_eq!(parse_lsn("nope"), None);
         assert_eq!(drc_proto::slot_name("pg-eu-west"), "drc_pg_eu_west");
         assert_eq!(quote("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn a_killed_postmaster_not_yet_reaped_counts_as_gone() {
+        // A process whose name starts with "postgres", as a postmaster's does.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("postgres");
+        std::fs::copy("/bin/sleep", &exe).expect("copy sleep");
+        let mut child = std::process::Command::new(&exe).arg("30").spawn().expect("spawn");
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{}\n{}\n", child.id(), dir.path().display())).expect("pid file");
+        assert!(postmaster_alive(dir.path()), "running");
+        child.kill().expect("kill");
+        // Not reaped: a zombie until wait().
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while postmaster_alive(dir.path()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!postmaster_alive(dir.path()), "a zombie is gone");
+        child.wait().expect("reap");
+        assert!(!postmaster_alive(dir.path()), "reaped");
+        std::fs::remove_file(dir.path().join("postmaster.pid")).expect("rm");
+        assert!(!postmaster_alive(dir.path()), "no pid file: not running");
     }
 
     #[test]

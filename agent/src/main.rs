@@ -124,6 +124,7 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
             let mut sample = prober.sample(&probe_cfg.member_id, &local, primary.as_ref(), epoch, now);
             sample.lease_ms = probe_actor.lease_ms();
             sample.lease_fenced = probe_actor.lease_fenced();
+            sample.server_gone = !local.reachable && probe_cfg.postgres.as_ref().is_some_and(|pg| !actions::postmaster_alive(&pg.data_dir));
             if !local.dataset_id.is_empty() {
                 let now = (local.dataset_id.clone(), local.previous_dataset_id.clone());
                 dataset_tx.send_if_modified(|d| {

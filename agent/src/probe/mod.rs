@@ -203,6 +203,7 @@ impl Prober {
             // Filled in by the caller, which holds the lease.
             lease_ms: 0,
             lease_fenced: false,
+            server_gone: false,
         }
     }
 }

@@ -300,6 +300,7 @@ fn member_json(m: &MemberHealth) -> serde_json::Value {
         "replication_state": m.replication_state,
         "lease_ms": m.lease_ms,
         "lease_fenced": m.lease_fenced,
+        "server_gone": m.server_gone,
         "primary_reachable_from": m.primary_reachable_from.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "error": m.error,
     })

@@ -49,6 +49,8 @@ pub struct Obs {
     pub epoch: u64,
     /// The agent fenced this member, a primary, when its lease lapsed.
     pub lease_fenced: bool,
+    /// The member is unreachable and its agent found its process gone.
+    pub server_gone: bool,
 }
 
 /// Everything the core reads at one instant.
@@ -325,8 +327,12 @@ impl Core {
         }
         let since = *track.down_since.get_or_insert(now);
         let window = policy.detection_window.as_millis() as u64;
-        if now < since + window {
-            wait(out, format!("primary {primary_id} down for {} ms, confirming for {window} ms", now - since));
+        // A process its own agent sees gone is no network blip: a shorter
+        // confirmation, still from another region as well.
+        let confirm = if p.fresh && p.server_gone { window.min(policy.crash_detection_window.as_millis() as u64) } else { window };
+        if now < since + confirm {
+            let what = if confirm < window { "its agent sees its server process gone; " } else { "" };
+            wait(out, format!("primary {primary_id} down for {} ms, {what}confirming for {confirm} ms", now - since));
             return;
         }
         if now < leader_since + window {
@@ -358,7 +364,8 @@ impl Core {
         let preferred = preferred_region(w, name, &primary_region);
         match choose(w, rec, &policy, &members, known, None, false, preferred.as_deref()) {
             Ok((to, why)) => {
-                let reason = format!("primary {primary_id} down for {} ms, confirmed from another region; {why}", now - since);
+                let gone = if confirm < window { " (its agent saw its server process gone)" } else { "" };
+                let reason = format!("primary {primary_id} down for {} ms{gone}, confirmed from another region; {why}", now - since);
                 let mut d = decision(w, name, rec, DecisionKind::Failover, Trigger::Automatic, &to, reason, &members, since);
                 // The old primary's lease has already run out: the executor
                 // need not wait for it again before skipping an impossible fence.

@@ -405,6 +405,7 @@ impl Sim {
                 primary_position,
                 epoch: m.epoch,
                 lease_fenced: m.lease_fenced,
+                server_gone: !m.up,
             };
             if m.primary && m.up {
                 let k = self.known_position.entry(m.cluster.clone()).or_default();

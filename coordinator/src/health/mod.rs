@@ -249,6 +249,7 @@ impl HealthBoard {
                     primary_position: s.primary_position,
                     epoch: s.epoch,
                     lease_fenced: s.lease_fenced,
+                    server_gone: s.server_gone,
                 },
             );
         }
@@ -431,6 +432,7 @@ fn member_health(id: &str, region: &str, sample: Option<&Sample>, age: Option<Du
         h.replication_state = s.replication_state.clone();
         h.lease_ms = s.lease_ms;
         h.lease_fenced = s.lease_fenced;
+        h.server_gone = s.server_gone;
         h.sample_age_ms = age.map(|a| a.as_millis() as u64).unwrap_or(0);
         h.healthy = connected && fresh && s.reachable && s.error.is_empty();
     }

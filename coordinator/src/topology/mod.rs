@@ -53,11 +53,22 @@ pub struct Policy {
     /// a failure is declared.
     #[serde(with = "humantime_serde")]
     pub detection_window: Duration,
+    /// The shorter confirmation used when the primary's own agent sees its
+    /// server process gone (PostgreSQL: `postmaster.pid` names no running
+    /// server), not merely unreachable: a dead process is no network blip.
+    /// Other regions must still confirm; never longer than
+    /// `detection_window`.
+    #[serde(default = "default_crash_window", with = "humantime_serde")]
+    pub crash_detection_window: Duration,
     /// After a failover, automatic failover of the cluster is blocked this long.
     #[serde(with = "humantime_serde")]
     pub anti_flap_window: Duration,
     /// Maintenance: no automatic failover while set.
     pub paused: bool,
+}
+
+fn default_crash_window() -> Duration {
+    Duration::from_millis(300)
 }
 
 impl Default for Policy {
@@ -66,6 +77,7 @@ impl Default for Policy {
             rpo_max_lag_bytes: 16 * 1024 * 1024,
             rpo_max_lag_time: Duration::from_secs(10),
             detection_window: Duration::from_secs(1),
+            crash_detection_window: default_crash_window(),
             anti_flap_window: Duration::from_secs(600),
             paused: false,
         }

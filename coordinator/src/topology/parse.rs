@@ -16,6 +16,7 @@
 //! rpo_max_lag_bytes = 16777216
 //! rpo_max_lag_time = "10s"
 //! detection_window = "1s"
+//! crash_detection_window = "300ms"   # the primary's agent sees its process gone
 //! anti_flap_window = "10m"
 //! paused = false
 //!
@@ -284,7 +285,11 @@ impl Walker {
         if let Some(v) = t.get("policy") {
             let ppath = join(path, "policy");
             if let Some(p) = self.table(v, &ppath) {
-                self.unknown_keys(p, &ppath, &["rpo_max_lag_bytes", "rpo_max_lag_time", "detection_window", "anti_flap_window", "paused"]);
+                self.unknown_keys(
+                    p,
+                    &ppath,
+                    &["rpo_max_lag_bytes", "rpo_max_lag_time", "detection_window", "crash_detection_window", "anti_flap_window", "paused"],
+                );
                 if let Some(b) = self.unsigned(p, &ppath, "rpo_max_lag_bytes", i64::MAX as u64) {
                     policy.rpo_max_lag_bytes = b;
                 }
@@ -293,6 +298,9 @@ impl Walker {
                 }
                 if let Some(d) = self.duration(p, &ppath, "detection_window") {
                     policy.detection_window = d;
+                }
+                if let Some(d) = self.duration(p, &ppath, "crash_detection_window") {
+                    policy.crash_detection_window = d;
                 }
                 if let Some(d) = self.duration(p, &ppath, "anti_flap_window") {
                     policy.anti_flap_window = d;
@@ -505,6 +513,7 @@ kind = "postgres"
 [clusters.pg.policy]
 rpo_max_lag_time = "5s"
 detection_window = "2s"
+crash_detection_window = "500ms"
 
 [clusters.cache]
 kind = "redis"
@@ -531,6 +540,8 @@ clusters = ["pg", "cache"]
         let t = parse_topology(EXAMPLE).expect("valid");
         assert_eq!(t.regions.len(), 2);
         assert_eq!(t.clusters["pg"].policy.detection_window, Duration::from_secs(2));
+        assert_eq!(t.clusters["pg"].policy.crash_detection_window, Duration::from_millis(500));
+        assert_eq!(t.clusters["cache"].policy.crash_detection_window, Duration::from_millis(300), "the default");
         assert_eq!(t.clusters["cache"].policy, Policy::default());
         assert_eq!(t.members["pg-a"].priority, DEFAULT_PRIORITY);
         assert_eq!(t.members["pg-b"].priority, 50);

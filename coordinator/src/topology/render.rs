@@ -24,6 +24,7 @@ pub fn to_toml(t: &Topology) -> String {
         let _ = writeln!(s, "rpo_max_lag_bytes = {}", p.rpo_max_lag_bytes);
         let _ = writeln!(s, "rpo_max_lag_time = {}", q(&humantime::format_duration(p.rpo_max_lag_time).to_string()));
         let _ = writeln!(s, "detection_window = {}", q(&humantime::format_duration(p.detection_window).to_string()));
+        let _ = writeln!(s, "crash_detection_window = {}", q(&humantime::format_duration(p.crash_detection_window).to_string()));
         let _ = writeln!(s, "anti_flap_window = {}", q(&humantime::format_duration(p.anti_flap_window).to_string()));
         let _ = writeln!(s, "paused = {}\n", p.paused);
         let b = &c.backup;

@@ -553,6 +553,25 @@ mod failover {
         to_first_write: Duration,
         acked: usize,
         lost: usize,
+        /// Where the time went, from the decision's history.
+        timeline: String,
+    }
+
+    /// "detected +0.52 decided +0.83 promote +0.90..+1.31 ..." in seconds
+    /// after the fault (wall clock, ms since the Unix epoch).
+    fn timeline(lab: &Lab, cluster: &str, fault_ms: u64) -> String {
+        let Ok(h) = lab.drctl_json(&["history", "--cluster", cluster]) else { return "no history".into() };
+        let Some(d) = h["decisions"].as_array().and_then(|a| a.iter().find(|d| d["epoch"] == 2)) else {
+            return "no decision".into();
+        };
+        let at = |v: &serde_json::Value| {
+            v.as_u64().filter(|t| *t > 0).map(|t| format!("{:+.2}", (t as f64 - fault_ms as f64) / 1000.0)).unwrap_or("-".into())
+        };
+        let mut out = format!("detected {} decided {}", at(&d["detected_at"]), at(&d["decided_at"]));
+        for s in d["steps"].as_array().into_iter().flatten() {
+            out.push_str(&format!(" {} {}..{}", s["action"].as_str().unwrap_or("?"), at(&s["started"]), at(&s["finished"])));
+        }
+        out
     }
 
     fn trial(fault: &str) -> anyhow::Result<Trial> {
@@ -623,6 +642,7 @@ mod failover {
         // postmaster's children takes a few milliseconds, during which the
         // old primary still acknowledges writes).
         let fault_at = Instant::now();
+        let fault_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let first = wait_for("the first acknowledged write after the fault", Duration::from_secs(120), || {
             acks.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(_, at)| *at > fault_at).map(|(_, at)| *at)
         });
@@ -633,7 +653,7 @@ mod failover {
         let acked: Vec<u64> = acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _)| *id).collect();
         let held = wait_for("the acknowledged ids read back", Duration::from_secs(30), || present(redis, port))?;
         let lost = acked.iter().filter(|id| !held.contains(id)).count();
-        Ok(Trial { to_first_write: first.duration_since(fault_at), acked: acked.len(), lost })
+        Ok(Trial { to_first_write: first.duration_since(fault_at), acked: acked.len(), lost, timeline: timeline(&lab, cluster, fault_ms) })
     }
 
     pub fn run(trials: u32, faults: &[String]) -> anyhow::Result<()> {
@@ -644,10 +664,11 @@ mod failover {
                 match trial(fault) {
                     Ok(r) => {
                         println!(
-                            "{fault} trial {t}: first acknowledged write {:.2} s after the fault; {} writes acknowledged, {} lost",
+                            "{fault} trial {t}: first acknowledged write {:.2} s after the fault; {} writes acknowledged, {} lost\n  {}",
                             r.to_first_write.as_secs_f64(),
                             r.acked,
-                            r.lost
+                            r.lost,
+                            r.timeline
                         );
                         times.push(r.to_first_write);
                     }
