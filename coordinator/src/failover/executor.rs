@@ -277,19 +277,35 @@ impl Executor {
                 let outcome = self.attempt(&d, i, &t, since).await;
                 match outcome {
                     Attempt::Record(state, error, output) => {
-                        let cmd =
-                            Command::Step { decision: id, index: i, state, started, finished: now_ms(), error: error.clone(), output };
-                        if self.propose(cmd).await.is_some() {
-                            let s = &d.steps[i];
-                            let what = format!(
-                                "decision {id}: {} {} {:?}{}",
-                                s.action,
-                                s.member,
-                                state,
-                                if error.is_empty() { String::new() } else { format!(": {error}") }
-                            );
-                            tracing::info!("{what}");
-                            self.health.emit("failover", &d.cluster, &s.member, what);
+                        // The next main-line step starts while this outcome
+                        // is being committed: every step is idempotent and a
+                        // new leader redoes any step not recorded, so only
+                        // the order of the records matters, and it is kept.
+                        // This saves one Raft commit (~30-300 ms) between
+                        // fence and promote.
+                        let mut ahead = d.clone();
+                        ahead.steps[i].state = state;
+                        ahead.steps[i].args.extend(output.clone());
+                        let next = (main.is_some() && state != StepState::Failed)
+                            .then(|| ahead.steps.iter().position(|s| s.state == StepState::Pending && !s.is_background()))
+                            .flatten();
+                        let Some(j) = next else {
+                            self.record(&d, i, state, error, output, started).await;
+                            continue;
+                        };
+                        let since_j = *first_attempt.entry(j).or_insert_with(Instant::now);
+                        let started_j = now_ms();
+                        let (recorded, outcome) =
+                            tokio::join!(self.record(&d, i, state, error, output, started), self.attempt(&ahead, j, &t, since_j));
+                        match outcome {
+                            Attempt::Record(state, error, output) if recorded => {
+                                self.record(&ahead, j, state, error, output, started_j).await;
+                            }
+                            Attempt::Record(..) => {}
+                            Attempt::Later(why) => {
+                                tracing::debug!(decision = id, step = j, %why, "step not possible yet");
+                                tokio::time::sleep(RETRY).await;
+                            }
                         }
                     }
                     Attempt::Later(why) => {
@@ -300,6 +316,34 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// Commits the outcome of step `i` of `d`; false if it was not committed.
+    async fn record(
+        &self,
+        d: &Decision,
+        i: usize,
+        state: StepState,
+        error: String,
+        output: BTreeMap<String, String>,
+        started: Millis,
+    ) -> bool {
+        let cmd = Command::Step { decision: d.id, index: i, state, started, finished: now_ms(), error: error.clone(), output };
+        if self.propose(cmd).await.is_none() {
+            return false;
+        }
+        let s = &d.steps[i];
+        let what = format!(
+            "decision {}: {} {} {:?}{}",
+            d.id,
+            s.action,
+            s.member,
+            state,
+            if error.is_empty() { String::new() } else { format!(": {error}") }
+        );
+        tracing::info!("{what}");
+        self.health.emit("failover", &d.cluster, &s.member, what);
+        true
     }
 
     /// Runs the hook for a promoted decision; its outcome is the step's.

@@ -68,7 +68,7 @@ pub struct Policy {
 }
 
 fn default_crash_window() -> Duration {
-    Duration::from_millis(300)
+    Duration::from_millis(200)
 }
 
 impl Default for Policy {

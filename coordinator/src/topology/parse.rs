@@ -16,7 +16,7 @@
 //! rpo_max_lag_bytes = 16777216
 //! rpo_max_lag_time = "10s"
 //! detection_window = "1s"
-//! crash_detection_window = "300ms"   # the primary's agent sees its process gone
+//! crash_detection_window = "200ms"   # the primary's agent sees its process gone
 //! anti_flap_window = "10m"
 //! paused = false
 //!
@@ -541,7 +541,7 @@ clusters = ["pg", "cache"]
         assert_eq!(t.regions.len(), 2);
         assert_eq!(t.clusters["pg"].policy.detection_window, Duration::from_secs(2));
         assert_eq!(t.clusters["pg"].policy.crash_detection_window, Duration::from_millis(500));
-        assert_eq!(t.clusters["cache"].policy.crash_detection_window, Duration::from_millis(300), "the default");
+        assert_eq!(t.clusters["cache"].policy.crash_detection_window, Duration::from_millis(200), "the default");
         assert_eq!(t.clusters["cache"].policy, Policy::default());
         assert_eq!(t.members["pg-a"].priority, DEFAULT_PRIORITY);
         assert_eq!(t.members["pg-b"].priority, 50);
