@@ -132,7 +132,9 @@ impl Actor {
             lease_until: Mutex::new(None),
             replicas: Mutex::new(known.replicas),
             link_up_at: Mutex::new(None),
-            fenced: Mutex::new(known.lease_fenced),
+            // Not `known.lease_fenced`: a server restarted behind a
+            // restarted agent's back must be found and fenced again.
+            fenced: Mutex::new(false),
             restarting: tokio::sync::Mutex::new(()),
             local_pg: tokio::sync::Mutex::new(None),
         })
