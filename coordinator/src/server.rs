@@ -134,7 +134,11 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
 
     let health = Arc::new(HealthBoard::new());
     tokio::spawn(run_monitor(Arc::clone(&health), handle.clone(), HEALTH_REFRESH, cancel.child_token()));
-    let lease = LeaseConfig { lease: cfg.failover.lease.as_millis() as u64, drift_margin: cfg.failover.drift_margin.as_millis() as u64 };
+    let lease = LeaseConfig {
+        lease: cfg.failover.lease.as_millis() as u64,
+        drift_margin: cfg.failover.drift_margin.as_millis() as u64,
+        handover: (cfg.raft.tick_interval * cfg.raft.election_ticks as u32).as_millis() as u64,
+    };
     let waits: Waits = Default::default();
     let hook = Hook { command: cfg.failover.hook.clone(), timeout: cfg.failover.hook_timeout };
     let executor = Executor::new(handle.clone(), Arc::clone(&health), lease, hook, cfg.raft.write_timeout, Arc::clone(&waits));

@@ -71,11 +71,18 @@ pub struct World<'a> {
 pub struct LeaseConfig {
     pub lease: Millis,
     pub drift_margin: Millis,
+    /// How long a deposed leader may go on renewing leases after its
+    /// successor was elected: Raft (check-quorum) steps a leader down at most
+    /// two election timeouts after it lost its quorum, and a successor is
+    /// elected no sooner than one election timeout after that loss, so the
+    /// overlap is at most one (unrandomised) election timeout. A new leader
+    /// assumes every lease was renewed that long after it took over.
+    pub handover: Millis,
 }
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        LeaseConfig { lease: 1_000, drift_margin: 400 }
+        LeaseConfig { lease: 1_000, drift_margin: 400, handover: 1_000 }
     }
 }
 
@@ -191,7 +198,8 @@ fn rpo_problem(policy: &Policy, lag_bytes: u64, lag_ms: u64) -> Option<String> {
 
 impl Core {
     /// A core for a node that became leader at `now`. It assumes that the
-    /// previous leader renewed every lease just before it lost leadership.
+    /// previous leader renewed every lease as late as `handover` after that
+    /// (a deposed leader cut off with the primary may not know it yet).
     pub fn new(lease: LeaseConfig, now: Millis) -> Core {
         Core { lease, leader_since: now, tracks: BTreeMap::new() }
     }
@@ -202,7 +210,7 @@ impl Core {
     fn track(&mut self, cluster: &str, rec: &ClusterRecord, primary_position: u64) -> &mut Track {
         let primary_position = primary_position.max(rec.known_position);
         let fresh = Track {
-            lease_until: (self.leader_since + self.lease.lease).max(rec.promoted_at + self.lease.promote_ttl()),
+            lease_until: (self.leader_since + self.lease.handover + self.lease.lease).max(rec.promoted_at + self.lease.promote_ttl()),
             epoch: rec.epoch,
             primary_position,
             primary: rec.primary.clone(),
