@@ -369,7 +369,7 @@ impl Core {
             return;
         }
         let known = track.primary_position;
-        let preferred = preferred_region(w, name, &primary_region);
+        let preferred = preferred_region(w, name, &primary_region, out);
         match choose(w, rec, &policy, &members, known, None, false, preferred.as_deref()) {
             Ok((to, why)) => {
                 let gone = if confirm < window { " (its agent saw its server process gone)" } else { "" };
@@ -520,13 +520,16 @@ fn partners(t: &Topology, cluster: &str) -> Vec<String> {
 
 /// Where a failing cluster should go to stay with its group: the region of
 /// a partner's primary that is not in the failing region.
-fn preferred_region(w: &World, cluster: &str, failing_region: &str) -> Option<String> {
-    partners(w.topology, cluster)
-        .iter()
-        .filter_map(|p| w.records.get(p))
-        .filter_map(|r| w.topology.members.get(&r.primary))
-        .map(|m| m.region.clone())
-        .find(|r| r != failing_region)
+fn preferred_region(w: &World, cluster: &str, failing_region: &str, decided: &[Action]) -> Option<String> {
+    let partners = partners(w.topology, cluster);
+    // A partner decided in this same tick (a region loss fails the whole
+    // group at once) is not in the records yet: its choice comes first.
+    let now = decided.iter().filter_map(|a| match a {
+        Action::Decide(d) if partners.contains(&d.cluster) => Some(d.to.clone()),
+        _ => None,
+    });
+    let recorded = partners.iter().filter_map(|p| w.records.get(p)).map(|r| r.primary.clone());
+    now.chain(recorded).filter_map(|m| w.topology.members.get(&m)).map(|m| m.region.clone()).find(|r| r != failing_region)
 }
 
 /// The best member to promote: eligible members ranked by position, then

@@ -902,3 +902,25 @@ fn a_primary_fenced_while_the_coordinators_were_away_comes_back_without_a_failov
     assert!(sim.members["pg-a"].writable, "a new lease brought it back: {:#?}", sim.log);
     assert_eq!(sim.sm.records["pg"].epoch, 1, "and nobody was promoted: {:#?}", sim.log);
 }
+
+#[test]
+fn a_region_loss_moves_the_group_to_one_region_even_when_one_candidate_is_silent() {
+    let mut sim = Sim::new(5, false);
+    for _ in 0..30 {
+        sim.step();
+    }
+    // pg-b cannot be promoted (its agent is cut off), so PostgreSQL can only
+    // go to region c; Redis, deciding in the same tick, must follow it there
+    // rather than to region b, which it would prefer by priority.
+    sim.set("pg-b", |m| m.link = false);
+    sim.region_up[0] = false;
+    for m in sim.members.values_mut().filter(|m| m.region == 0) {
+        m.up = false;
+        m.writable = false;
+    }
+    for _ in 0..80 {
+        sim.step();
+    }
+    assert_eq!(sim.sm.records["pg"].primary, "pg-c", "{:#?}", sim.log);
+    assert_eq!(sim.sm.records["rd"].primary, "rd-c", "{:#?}", sim.log);
+}
