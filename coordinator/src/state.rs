@@ -8,6 +8,7 @@
 //! re-delivered entry is harmless even without that guard.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -135,17 +136,37 @@ impl NodeAddress {
     }
 }
 
+/// Serialises an `Arc<T>` as the `T` it holds (serde's own support needs
+/// its `rc` feature, which would rebuild every serde user of the workspace).
+mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &Arc<T>, s: S) -> Result<S::Ok, S::Error> {
+        v.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Arc<T>, D::Error> {
+        T::deserialize(d).map(Arc::new)
+    }
+}
+
 /// The replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateMachine {
-    pub topology: Topology,
+    /// Shared: readers (every health request, every tick) take a reference,
+    /// not a copy of thousands of members.
+    #[serde(with = "shared")]
+    pub topology: Arc<Topology>,
     /// Bumped each time the topology actually changes.
     pub topology_version: u64,
     /// Addresses of every coordinator node in the Raft configuration, by id.
     pub nodes: BTreeMap<u64, NodeAddress>,
     /// Primary, epoch and failover state of every cluster.
-    #[serde(default)]
-    pub records: BTreeMap<String, ClusterRecord>,
+    /// Shared like the topology: read on every tick, changed by decisions.
+    #[serde(default, with = "shared")]
+    pub records: Arc<BTreeMap<String, ClusterRecord>>,
     /// Every decision ever taken, by id (1, 2, ...).
     #[serde(default)]
     pub history: BTreeMap<u64, Decision>,
@@ -173,14 +194,14 @@ impl StateMachine {
     pub fn apply(&mut self, cmd: Command) -> Outcome {
         match cmd {
             Command::ApplyTopology { topology } => {
-                if topology != self.topology {
-                    self.topology = topology;
+                if topology != *self.topology {
+                    self.topology = Arc::new(topology);
                     self.topology_version += 1;
                 }
                 Outcome::Topology { version: self.topology_version }
             }
             Command::Adopt { cluster, primary, dataset } => {
-                let rec = self.records.entry(cluster).or_default();
+                let rec = Arc::make_mut(&mut self.records).entry(cluster).or_default();
                 if rec.primary.is_empty() {
                     *rec = ClusterRecord { epoch: rec.epoch.max(1), primary, dataset, ..rec.clone() };
                 }
@@ -248,10 +269,10 @@ impl StateMachine {
                 if !self.topology.clusters.contains_key(&c) {
                     return Outcome::Refused { reason: format!("unknown cluster {c:?}") };
                 }
-                self.records.entry(c).or_default().paused = paused;
+                Arc::make_mut(&mut self.records).entry(c).or_default().paused = paused;
                 Outcome::Done
             }
-            Command::ClearBlock { cluster } => match self.records.get_mut(&cluster) {
+            Command::ClearBlock { cluster } => match Arc::make_mut(&mut self.records).get_mut(&cluster) {
                 Some(r) => {
                     r.blocked_until = 0;
                     Outcome::Done
@@ -269,7 +290,7 @@ impl StateMachine {
             return Outcome::Refused { reason: format!("unknown cluster {:?}", d.cluster) };
         };
         let anti_flap = cluster.policy.anti_flap_window.as_millis() as u64;
-        let rec = self.records.entry(d.cluster.clone()).or_default();
+        let rec = Arc::make_mut(&mut self.records).entry(d.cluster.clone()).or_default();
         if rec.epoch + 1 != d.epoch || rec.primary != d.from {
             return Outcome::Refused {
                 reason: format!("stale decision: {} is at epoch {} with primary {:?}", d.cluster, rec.epoch, rec.primary),
@@ -323,7 +344,7 @@ impl StateMachine {
             return Outcome::Refused { reason: format!("decision {id} has no step {index}") };
         };
         if step.action == "promote" && state == StepState::Done {
-            if let Some(rec) = self.records.get_mut(&d.cluster) {
+            if let Some(rec) = Arc::make_mut(&mut self.records).get_mut(&d.cluster) {
                 // A new primary, a new history of positions, and the lease
                 // its promotion granted.
                 rec.known_position = 0;
@@ -345,7 +366,7 @@ impl StateMachine {
         let failed = d.steps.iter().any(|s| s.state == StepState::Failed && !s.is_background());
         let promoted = d.steps.iter().any(|s| s.action == "promote" && s.state == StepState::Done);
         if settled || failed {
-            if let Some(rec) = self.records.get_mut(&d.cluster) {
+            if let Some(rec) = Arc::make_mut(&mut self.records).get_mut(&d.cluster) {
                 if rec.in_progress == Some(id) {
                     rec.in_progress = None;
                     if failed && !promoted {

@@ -92,8 +92,9 @@ impl AdminApi {
         &self,
         topology: &crate::topology::Topology,
         records: &std::collections::BTreeMap<String, crate::failover::ClusterRecord>,
+        only: Option<&str>,
     ) -> Vec<ClusterHealth> {
-        let mut clusters = self.health.clusters(topology, records, Instant::now());
+        let mut clusters = self.health.clusters(topology, records, only, Instant::now());
         for c in &mut clusters {
             c.failover_state = self.executor.wait_reason(&c.name);
         }
@@ -120,7 +121,7 @@ impl AdminApi {
         let s = self.node.status();
         if s.role == Role::Leader {
             let (topology, records) = self.node.store().with_state(|sm| (sm.topology.clone(), sm.records.clone()));
-            return self.local_clusters(&topology, &records);
+            return self.local_clusters(&topology, &records, None);
         }
         let Some(address) = self.transport.address_of(s.leader_id).filter(|_| s.leader_id != 0) else { return Vec::new() };
         let Ok(mut client) = admin_client(&address, PEER_STATUS_TIMEOUT) else { return Vec::new() };
@@ -249,7 +250,7 @@ impl AdminService for AdminApi {
         let mut reply = FailoverRegionReply::default();
         // Clusters of one failover group follow the first one's region.
         let mut landed: BTreeMap<String, String> = BTreeMap::new();
-        for (name, rec) in &records {
+        for (name, rec) in records.iter() {
             if region_of(&rec.primary) != r.from {
                 continue;
             }
@@ -447,7 +448,7 @@ impl AdminService for AdminApi {
 
     async fn get_topology(&self, _req: Request<GetTopologyRequest>) -> Result<Response<GetTopologyResponse>, Status> {
         let (topology, version) = self.node.store().with_state(|sm| (sm.topology.clone(), sm.topology_version));
-        let topology_json = serde_json::to_string(&topology).map_err(|e| Status::internal(e.to_string()))?;
+        let topology_json = serde_json::to_string(topology.as_ref()).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(GetTopologyResponse {
             version,
             topology_json,
@@ -462,15 +463,14 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
-        let (mut topology, records) = self.node.store().with_state(|sm| (sm.topology.clone(), sm.records.clone()));
-        let only = &req.get_ref().cluster;
-        if !only.is_empty() {
-            if !topology.clusters.contains_key(only) {
-                return Err(Status::not_found(format!("unknown cluster {only:?}")));
-            }
-            topology.clusters.retain(|name, _| name == only);
+        // Both shared, not copied: this may be asked many times a second.
+        let only = req.get_ref().cluster.as_str();
+        let (topology, records) = self.node.store().with_state(|sm| (Arc::clone(&sm.topology), Arc::clone(&sm.records)));
+        if !only.is_empty() && !topology.clusters.contains_key(only) {
+            return Err(Status::not_found(format!("unknown cluster {only:?}")));
         }
-        Ok(Response::new(HealthResponse { clusters: self.local_clusters(&topology, &records), leader_id: self.node.status().id }))
+        let only = (!only.is_empty()).then_some(only);
+        Ok(Response::new(HealthResponse { clusters: self.local_clusters(&topology, &records, only), leader_id: self.node.status().id }))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;

@@ -160,12 +160,12 @@ impl AgentApi {
         inbound: &mut Streaming<AgentMessage>,
         tx: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
     ) -> Result<&'static str, Status> {
-        let mut views = self.health.views();
+        let mut views = self.health.view_of(&hello.cluster);
         let mut status = self.node.watch_status();
         let mut sent_view = None;
         let mut checked = (hello.dataset_id.clone(), hello.previous_dataset_id.clone());
         loop {
-            let view = views.borrow_and_update().get(&hello.cluster).cloned();
+            let view = views.borrow_and_update().clone();
             if view.is_some() && view != sent_view {
                 let msg = CoordinatorMessage { body: Some(coordinator_message::Body::View(view.clone().unwrap_or_default())) };
                 if tx.send(Ok(msg)).await.is_err() {

@@ -231,13 +231,10 @@ impl Core {
     /// Re-evaluates every cluster. Members are indexed by cluster once, so a
     /// tick costs O(members), not O(clusters × members).
     pub fn tick(&mut self, w: &World) -> Vec<Action> {
-        let mut by_cluster: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
-        for (id, m) in &w.topology.members {
-            by_cluster.entry(m.cluster.as_str()).or_default().push(id);
-        }
+        let by_cluster = w.topology.by_cluster();
         let mut out = Vec::new();
         for name in w.topology.clusters.keys() {
-            let ids = by_cluster.get(name.as_str()).map(Vec::as_slice).unwrap_or_default();
+            let ids = by_cluster.get(name).map(Vec::as_slice).unwrap_or_default();
             self.tick_cluster(w, name, ids, &mut out);
         }
         for a in out.iter_mut() {
@@ -252,10 +249,10 @@ impl Core {
         self.tracks.get(cluster).map(|t| t.primary_position).unwrap_or(0)
     }
 
-    fn tick_cluster(&mut self, w: &World, name: &str, ids: &[&String], out: &mut Vec<Action>) {
+    fn tick_cluster(&mut self, w: &World, name: &str, ids: &[String], out: &mut Vec<Action>) {
         let wait = |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason });
         let Some(policy) = w.topology.clusters.get(name).map(|c| c.policy.clone()) else { return };
-        let members = observed(w, ids.iter().copied());
+        let members = observed(w, ids.iter());
         let default_rec = ClusterRecord::default();
         let rec = w.records.get(name).unwrap_or(&default_rec);
 

@@ -8,7 +8,7 @@
 //! a primary, fencing a stopped server, repointing a replica that already
 //! follows the right primary all succeed without doing anything).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -105,7 +105,7 @@ impl Executor {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut core: Option<Core> = None;
-        let mut topology: Option<(u64, Topology)> = None;
+        let mut topology: Option<(u64, std::sync::Arc<Topology>)> = None;
         let Some(mut inbox) = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         loop {
             let request = tokio::select! {
@@ -184,15 +184,30 @@ impl Executor {
     /// `now + ttl`, and the agents are told that instant as well as the ttl.
     async fn act(&self, t: &Topology, actions: Vec<Action>, now: Millis) {
         let mut waits = BTreeMap::new();
+        // Members per cluster, counted once per tick: a lease names how many
+        // replicas may vouch for its primary, and there is a lease for every
+        // cluster on every tick.
+        let mut sizes: HashMap<&str, usize> = HashMap::new();
+        for m in t.members.values() {
+            *sizes.entry(m.cluster.as_str()).or_default() += 1;
+        }
+        // Adoptions are independent: proposed together, they share Raft
+        // round trips (thousands of clusters are adopted when a topology
+        // first meets its agents).
+        let adopts = actions.iter().filter_map(|a| match a {
+            Action::Adopt { cluster, primary, dataset } => Some(async move {
+                let cmd = Command::Adopt { cluster: cluster.clone(), primary: primary.clone(), dataset: dataset.clone() };
+                if self.propose(cmd).await.is_some() {
+                    tracing::info!(%cluster, %primary, "adopted primary");
+                    self.health.emit("failover", cluster, primary, format!("{primary} adopted as the primary of {cluster} (epoch 1)"));
+                }
+            }),
+            _ => None,
+        });
+        futures::future::join_all(adopts).await;
         for a in actions {
             match a {
-                Action::Adopt { cluster, primary, dataset } => {
-                    let msg = format!("{primary} adopted as the primary of {cluster} (epoch 1)");
-                    if self.propose(Command::Adopt { cluster: cluster.clone(), primary: primary.clone(), dataset }).await.is_some() {
-                        tracing::info!(%cluster, %primary, "adopted primary");
-                        self.health.emit("failover", &cluster, &primary, msg);
-                    }
-                }
+                Action::Adopt { .. } => {}
                 Action::Decide(d) => {
                     let cluster = d.cluster.clone();
                     if let Err(reason) = self.commit(*d).await {
@@ -200,7 +215,7 @@ impl Executor {
                     }
                 }
                 Action::Lease { cluster, member, epoch, ttl } => {
-                    let replicas = t.members.values().filter(|m| m.cluster == cluster).count().saturating_sub(1);
+                    let replicas = sizes.get(cluster.as_str()).copied().unwrap_or(0).saturating_sub(1);
                     let cmd = drc_proto::Command {
                         command_id: 0,
                         cluster,
@@ -239,7 +254,7 @@ impl Executor {
         }
     }
 
-    fn decision(&self, id: u64) -> Option<(Decision, Topology)> {
+    fn decision(&self, id: u64) -> Option<(Decision, std::sync::Arc<Topology>)> {
         self.node.store().with_state(|sm| sm.history.get(&id).map(|d| (d.clone(), sm.topology.clone())))
     }
 

@@ -56,7 +56,8 @@ struct Board {
 pub struct HealthBoard {
     board: Mutex<Board>,
     events: broadcast::Sender<WatchEvent>,
-    views: watch::Sender<BTreeMap<String, ClusterView>>,
+    /// cluster -> its published view (see [`Self::view_of`]).
+    views: Mutex<HashMap<String, watch::Sender<Option<ClusterView>>>>,
 }
 
 impl Default for HealthBoard {
@@ -72,8 +73,7 @@ fn now_ms() -> u64 {
 impl HealthBoard {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(1024);
-        let (views, _) = watch::channel(BTreeMap::new());
-        HealthBoard { board: Mutex::new(Board::default()), events, views }
+        HealthBoard { board: Mutex::new(Board::default()), events, views: Mutex::new(HashMap::new()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
@@ -84,10 +84,6 @@ impl HealthBoard {
         self.events.subscribe()
     }
 
-    pub fn views(&self) -> watch::Receiver<BTreeMap<String, ClusterView>> {
-        self.views.subscribe()
-    }
-
     pub fn emit(&self, kind: &str, cluster: &str, member: &str, message: String) {
         let _ =
             self.events.send(WatchEvent { at_ms: now_ms(), kind: kind.into(), cluster: cluster.into(), member: member.into(), message });
@@ -96,7 +92,9 @@ impl HealthBoard {
     /// Forgets everything: called when this node becomes leader.
     pub fn reset(&self) {
         *self.lock() = Board::default();
-        self.views.send_replace(BTreeMap::new());
+        for view in self.views.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            view.send_replace(None);
+        }
     }
 
     /// Registers a new agent stream for `member`, replacing any older one;
@@ -140,17 +138,27 @@ impl HealthBoard {
 
     /// Records a sample of a member of `cluster`, received at `now`.
     pub fn ingest(&self, cluster: &str, sample: Sample, now: Instant) {
-        let mut b = self.lock();
+        let mut guard = self.lock();
+        let b = &mut *guard;
+        // Thousands of samples a second: no allocation unless something new.
         if !sample.dataset_id.is_empty() {
-            let ds = b.datasets.entry(cluster.to_string()).or_default();
-            let now = (sample.dataset_id.clone(), sample.previous_dataset_id.clone());
-            if ds.get(&sample.member_id) != Some(&now) {
-                ds.insert(sample.member_id.clone(), now);
+            if !b.datasets.contains_key(cluster) {
+                b.datasets.insert(cluster.to_string(), HashMap::new());
+            }
+            if let Some(ds) = b.datasets.get_mut(cluster) {
+                let same = ds.get(&sample.member_id).is_some_and(|(d, p)| *d == sample.dataset_id && *p == sample.previous_dataset_id);
+                if !same {
+                    ds.insert(sample.member_id.clone(), (sample.dataset_id.clone(), sample.previous_dataset_id.clone()));
+                }
             }
         }
-        let m = b.members.entry(sample.member_id.clone()).or_default();
-        m.sample = Some(sample);
-        m.received = Some(now);
+        if !b.members.contains_key(&sample.member_id) {
+            b.members.insert(sample.member_id.clone(), MemberState::default());
+        }
+        if let Some(m) = b.members.get_mut(&sample.member_id) {
+            m.sample = Some(sample);
+            m.received = Some(now);
+        }
     }
 
     /// A command id for [`Self::command`], to follow the command's progress
@@ -228,13 +236,17 @@ impl HealthBoard {
     /// Every member as the decision core sees it at `now`.
     pub fn observations(&self, topology: &Topology, now: Instant) -> BTreeMap<String, Obs> {
         let b = self.lock();
-        let mut out = BTreeMap::new();
+        let mut out = Vec::with_capacity(topology.members.len());
+        let mut windows: HashMap<&str, Duration> = HashMap::new();
+        // In id order, so that collecting into the map needs no sorting.
         for (id, decl) in &topology.members {
             let Some(state) = b.members.get(id) else { continue };
             let Some(s) = &state.sample else { continue };
-            let window = topology.clusters.get(&decl.cluster).map(|c| c.policy.detection_window).unwrap_or_default();
+            let window = *windows.entry(decl.cluster.as_str()).or_insert_with(|| {
+                topology.clusters.get(&decl.cluster).map(|c| c.policy.detection_window).unwrap_or_default()
+            });
             let fresh = state.session.is_some() && state.received.is_some_and(|r| now.saturating_duration_since(r) <= window);
-            out.insert(
+            out.push((
                 id.clone(),
                 Obs {
                     fresh,
@@ -251,9 +263,9 @@ impl HealthBoard {
                     lease_fenced: s.lease_fenced,
                     server_gone: s.server_gone,
                 },
-            );
+            ));
         }
-        out
+        out.into_iter().collect()
     }
 
     /// The dataset (system identifier / replication id) that a member of
@@ -263,16 +275,25 @@ impl HealthBoard {
         b.datasets.get(cluster)?.iter().filter(|(m, _)| m.as_str() != except).min().map(|(m, d)| (m.clone(), d.clone()))
     }
 
-    /// Health of every declared cluster as of `now`.
-    pub fn clusters(&self, topology: &Topology, records: &BTreeMap<String, ClusterRecord>, now: Instant) -> Vec<ClusterHealth> {
+    /// Health of every declared cluster (or of `only`) as of `now`.
+    pub fn clusters(
+        &self,
+        topology: &Topology,
+        records: &BTreeMap<String, ClusterRecord>,
+        only: Option<&str>,
+        now: Instant,
+    ) -> Vec<ClusterHealth> {
         let mut by_cluster: HashMap<&str, Vec<(&String, &crate::topology::Member)>> = HashMap::new();
         for (id, m) in &topology.members {
-            by_cluster.entry(m.cluster.as_str()).or_default().push((id, m));
+            if only.is_none_or(|c| c == m.cluster) {
+                by_cluster.entry(m.cluster.as_str()).or_default().push((id, m));
+            }
         }
         let b = self.lock();
         topology
             .clusters
             .iter()
+            .filter(|(name, _)| only.is_none_or(|c| c == name.as_str()))
             .map(|(name, cluster)| {
                 let window = cluster.policy.detection_window;
                 let mut reach: BTreeMap<String, bool> = BTreeMap::new();
@@ -312,66 +333,110 @@ impl HealthBoard {
             .collect()
     }
 
+    /// The primary of `cluster` as published to its agents and to
+    /// `WatchPrimary`: changes only when the cluster's primary, its address
+    /// or the epoch change, so one cluster's change wakes only its own
+    /// agents' streams.
+    pub fn view_of(&self, cluster: &str) -> watch::Receiver<Option<ClusterView>> {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        views.entry(cluster.to_string()).or_insert_with(|| watch::channel(None).0).subscribe()
+    }
+
     /// Recomputes the clusters at `now`: publishes changed primaries to the
     /// agents and emits an event for every health, role or primary change.
+    ///
+    /// It runs several times a second over every member of the topology, so
+    /// it allocates only for what changed: a member whose health and role
+    /// are as last reported costs a map lookup and a few comparisons.
     pub fn refresh(&self, topology: &Topology, records: &BTreeMap<String, ClusterRecord>, now: Instant) {
-        let clusters = self.clusters(topology, records, now);
         let mut events = Vec::new();
+        // cluster -> the most advanced healthy member claiming the primary
+        // role, (timeline, position, id): the primary before one is recorded.
+        let mut claimed: HashMap<&str, (u32, u64, &str)> = HashMap::new();
         {
-            let mut b = self.lock();
-            for c in &clusters {
-                for m in &c.members {
-                    // Most members change nothing between refreshes: no
-                    // allocation for them.
-                    if b.last.get(&m.id).is_some_and(|(h, r)| *h == m.healthy && *r == m.role) {
-                        continue;
-                    }
-                    let cur = (m.healthy, m.role.clone());
-                    match b.last.insert(m.id.clone(), cur.clone()) {
-                        Some(prev) if prev == cur => {}
-                        prev => {
-                            if prev.as_ref().map(|p| p.0) != Some(cur.0) {
-                                let what = if cur.0 { "healthy".to_string() } else { format!("unhealthy{}", reason(m)) };
-                                events.push(("member_health", c.name.clone(), m.id.clone(), format!("{} is {what}", m.id)));
-                            }
-                            if prev.as_ref().map(|p| &p.1) != Some(&cur.1) {
-                                events.push(("member_role", c.name.clone(), m.id.clone(), format!("{} is {}", m.id, cur.1)));
-                            }
+            let mut guard = self.lock();
+            let b = &mut *guard;
+            for (name, ids) in topology.by_cluster() {
+                let Some(cluster) = topology.clusters.get(name) else { continue };
+                let window = cluster.policy.detection_window;
+                for id in ids {
+                    let state = b.members.get(id.as_str());
+                    let sample = state.and_then(|m| m.sample.as_ref());
+                    let age = state.and_then(|m| m.received).map(|r| now.saturating_duration_since(r));
+                    let connected = state.is_some_and(|m| m.session.is_some());
+                    let fresh = age.is_some_and(|a| a <= window);
+                    let (healthy, role) = match sample {
+                        Some(s) => (
+                            connected && fresh && s.reachable && s.error.is_empty(),
+                            if fresh && s.reachable { s.role.as_str() } else { "unknown" },
+                        ),
+                        None => (false, "unknown"),
+                    };
+                    if let (true, "primary", Some(s)) = (healthy, role, sample) {
+                        let e = claimed.entry(name.as_str()).or_insert((s.timeline, s.position, id.as_str()));
+                        // Ties go to the later id, as in `primary_of`.
+                        if (s.timeline, s.position) >= (e.0, e.1) {
+                            *e = (s.timeline, s.position, id.as_str());
                         }
                     }
+                    let prev = b.last.get(id.as_str());
+                    if prev.is_some_and(|(h, r)| *h == healthy && r == role) {
+                        continue;
+                    }
+                    let prev = prev.cloned();
+                    b.last.insert(id.clone(), (healthy, role.to_string()));
+                    if prev.as_ref().map(|p| p.0) != Some(healthy) {
+                        let what = if healthy {
+                            "healthy".to_string()
+                        } else {
+                            let region = topology.members.get(id).map(|m| m.region.as_str()).unwrap_or("");
+                            format!("unhealthy{}", reason(&member_health(id, region, sample, age, connected, fresh)))
+                        };
+                        events.push(("member_health", name.clone(), id.clone(), format!("{id} is {what}")));
+                    }
+                    if prev.as_ref().map(|p| p.1.as_str()) != Some(role) {
+                        events.push(("member_role", name.clone(), id.clone(), format!("{id} is {role}")));
+                    }
                 }
-                if b.last_primary.get(&c.name) != Some(&c.primary) {
-                    b.last_primary.insert(c.name.clone(), c.primary.clone());
-                    let msg = if c.primary.is_empty() {
-                        format!("{} has no primary", c.name)
-                    } else {
-                        format!("{} primary is {}", c.name, c.primary)
-                    };
-                    events.push(("primary", c.name.clone(), c.primary.clone(), msg));
+            }
+            for name in topology.clusters.keys() {
+                let recorded = records.get(name).map(|r| r.primary.as_str()).filter(|p| !p.is_empty());
+                let primary = recorded.or_else(|| claimed.get(name.as_str()).map(|c| c.2)).unwrap_or("");
+                if b.last_primary.get(name).is_some_and(|p| p == primary) {
+                    continue;
                 }
+                b.last_primary.insert(name.clone(), primary.to_string());
+                let msg = if primary.is_empty() { format!("{name} has no primary") } else { format!("{name} primary is {primary}") };
+                events.push(("primary", name.clone(), primary.to_string(), msg));
             }
         }
         for (kind, cluster, member, msg) in events {
             self.emit(kind, &cluster, &member, msg);
         }
-        let views: BTreeMap<String, ClusterView> = clusters
-            .iter()
-            .map(|c| {
-                let address = topology.members.get(&c.primary).map(|m| m.address.clone()).unwrap_or_default();
-                (
-                    c.name.clone(),
-                    ClusterView { cluster: c.name.clone(), primary_member: c.primary.clone(), primary_address: address, epoch: c.epoch },
-                )
-            })
-            .collect();
-        self.views.send_if_modified(|v| {
-            if *v != views {
-                *v = views;
-                true
-            } else {
-                false
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        for name in topology.clusters.keys() {
+            let rec = records.get(name);
+            let recorded = rec.map(|r| r.primary.as_str()).filter(|p| !p.is_empty());
+            let primary = recorded.or_else(|| claimed.get(name.as_str()).map(|c| c.2)).unwrap_or("");
+            let address = topology.members.get(primary).map(|m| m.address.as_str()).unwrap_or("");
+            let epoch = rec.map(|r| r.epoch).unwrap_or(0);
+            if !views.contains_key(name) {
+                views.insert(name.clone(), watch::channel(None).0);
             }
-        });
+            let Some(sender) = views.get(name) else { continue };
+            sender.send_if_modified(|v| {
+                if v.as_ref().is_some_and(|v| v.primary_member == primary && v.primary_address == address && v.epoch == epoch) {
+                    return false;
+                }
+                *v = Some(ClusterView {
+                    cluster: name.clone(),
+                    primary_member: primary.to_string(),
+                    primary_address: address.to_string(),
+                    epoch,
+                });
+                true
+            });
+        }
     }
 }
 
@@ -463,7 +528,7 @@ pub async fn run_monitor(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_leader = false;
-    let mut topology: Option<(u64, Topology)> = None;
+    let mut topology: Option<(u64, std::sync::Arc<Topology>)> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -526,12 +591,12 @@ mod tests {
         board.connect("r", "pg", mpsc::channel(1).0);
         board.ingest("pg", sample("p", "primary"), t0);
         board.ingest("pg", Sample { lag_bytes: 10, ..sample("r", "replica") }, t0);
-        let c = &board.clusters(&t, &BTreeMap::new(), t0 + Duration::from_millis(500))[0];
+        let c = &board.clusters(&t, &BTreeMap::new(), None, t0 + Duration::from_millis(500))[0];
         assert_eq!(c.primary, "p");
         assert!(c.members.iter().all(|m| m.healthy));
         assert_eq!(c.members[1].lag_bytes, 10);
         assert_eq!(c.members[1].primary_reachable_from.get("a"), Some(&true));
-        let c = &board.clusters(&t, &BTreeMap::new(), t0 + Duration::from_secs(2))[0];
+        let c = &board.clusters(&t, &BTreeMap::new(), None, t0 + Duration::from_secs(2))[0];
         assert!(c.members.iter().all(|m| !m.healthy), "stale samples beyond the detection window");
         assert_eq!(c.primary, "");
     }
@@ -540,14 +605,14 @@ mod tests {
     fn refresh_reports_changes_once_and_publishes_the_primary() {
         let board = HealthBoard::new();
         let mut events = board.subscribe();
-        let views = board.views();
+        let views = board.view_of("pg");
         let t = topo();
         let t0 = Instant::now();
         let s = board.connect("p", "pg", mpsc::channel(1).0);
         board.ingest("pg", sample("p", "primary"), t0);
         board.refresh(&t, &BTreeMap::new(), t0);
         board.refresh(&t, &BTreeMap::new(), t0);
-        assert_eq!(views.borrow()["pg"].primary_address, "h:1");
+        assert_eq!(views.borrow().as_ref().map(|v| v.primary_address.clone()).as_deref(), Some("h:1"));
         let mut kinds = Vec::new();
         while let Ok(e) = events.try_recv() {
             kinds.push(e.kind);
@@ -555,7 +620,7 @@ mod tests {
         assert_eq!(kinds.iter().filter(|k| *k == "primary").count(), 1, "{kinds:?}");
         board.disconnect("p", "pg", s);
         board.refresh(&t, &BTreeMap::new(), t0);
-        assert_eq!(views.borrow()["pg"].primary_member, "");
+        assert_eq!(views.borrow().as_ref().map(|v| v.primary_member.clone()).as_deref(), Some(""));
     }
 
     #[test]

@@ -165,11 +165,46 @@ pub struct Topology {
     pub failover_groups: BTreeMap<String, FailoverGroup>,
     #[serde(default)]
     pub destinations: BTreeMap<String, Destination>,
+    #[serde(skip)]
+    index: ClusterIndex,
+}
+
+/// The member ids of every cluster, computed on first use. A topology is
+/// built by [`parse`] (or decoded) and never changed afterwards, and the
+/// replicated one is shared behind an `Arc`, so this runs once per topology
+/// version instead of on every tick over thousands of members.
+#[derive(Clone, Default)]
+struct ClusterIndex(std::sync::OnceLock<BTreeMap<String, Vec<String>>>);
+
+impl PartialEq for ClusterIndex {
+    /// Derived data: two topologies are equal by their declarations.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ClusterIndex {}
+
+impl std::fmt::Debug for ClusterIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterIndex")
+    }
 }
 
 impl Topology {
+    /// Every declared cluster with its member ids, in id order.
+    pub fn by_cluster(&self) -> &BTreeMap<String, Vec<String>> {
+        self.index.0.get_or_init(|| {
+            let mut index: BTreeMap<String, Vec<String>> = self.clusters.keys().map(|c| (c.clone(), Vec::new())).collect();
+            for (id, m) in &self.members {
+                index.entry(m.cluster.clone()).or_default().push(id.clone());
+            }
+            index
+        })
+    }
+
     /// Members of one cluster, in id order.
     pub fn members_of<'a>(&'a self, cluster: &'a str) -> impl Iterator<Item = (&'a String, &'a Member)> {
-        self.members.iter().filter(move |(_, m)| m.cluster == cluster)
+        self.by_cluster().get(cluster).into_iter().flatten().filter_map(|id| self.members.get_key_value(id))
     }
 }

@@ -52,6 +52,11 @@ enum Bench {
         /// The coordinators' Raft tick (election timeout = 10 ticks).
         #[arg(long, default_value = "100ms")]
         tick_interval: String,
+        /// Agent streams per HTTP/2 connection. 1 (the default) is what
+        /// real agents do; more lets one 2-core machine generate 10,000
+        /// streams without starving the coordinator it measures.
+        #[arg(long, default_value_t = 1)]
+        streams_per_connection: usize,
     },
     /// Fault -> first acknowledged write (sent after the fault) through the
     /// lab's stable endpoint, and acknowledged writes lost.
@@ -97,9 +102,12 @@ fn main() -> anyhow::Result<()> {
         }
         Bench::Failover { trials, faults } => failover::run(trials, &faults),
         Bench::Backup { scale, trials } => backup::run(scale, trials),
-        Bench::Agents { counts, seconds, tick_interval } => {
+        Bench::Agents { counts, seconds, tick_interval, streams_per_connection } => {
             let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(counts, seconds, tick))
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(agents::run(counts, seconds, tick, streams_per_connection.max(1)))
         }
     }
 }
@@ -180,6 +188,7 @@ mod agents {
     //! The agent-stream load generator.
 
     use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
@@ -187,8 +196,32 @@ mod agents {
     use drc_proto::agent_service_client::AgentServiceClient;
     use drc_proto::{agent_message::Body, coordinator_message, AgentHello, AgentMessage, ApplyTopologyRequest, HealthRequest, Sample};
     use drc_tests::{Cluster, ClusterOpts};
+    use tonic::transport::{Channel, Endpoint};
 
     const PROBES: usize = 20;
+
+    /// Set when the agents must stop.
+    type Stop = Arc<AtomicBool>;
+
+    /// HTTP/2 connections shared by `per` agents each, by (endpoint, slot);
+    /// `per` = 1: every agent connects on its own, as real agents do.
+    #[derive(Clone)]
+    struct Pool {
+        per: usize,
+        channels: Arc<Mutex<HashMap<(String, usize), Channel>>>,
+    }
+
+    impl Pool {
+        async fn client(&self, endpoint: &str, agent: usize) -> Result<AgentServiceClient<Channel>, String> {
+            let target = Endpoint::from_shared(endpoint.to_string()).map_err(|e| format!("bad endpoint: {e}"))?;
+            if self.per == 1 {
+                return Ok(AgentServiceClient::new(target.connect().await.map_err(|e| format!("cannot connect: {e}"))?));
+            }
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            let channel = channels.entry((endpoint.to_string(), agent / self.per)).or_insert_with(|| target.connect_lazy());
+            Ok(AgentServiceClient::new(channel.clone()))
+        }
+    }
 
     /// When each (probe member, position) was sent.
     type SentAt = Arc<Mutex<HashMap<(String, u64), Instant>>>;
@@ -236,14 +269,20 @@ mod agents {
 
     /// One agent: its own connection, a Hello, then a sample a second; like
     /// a real agent it reconnects (after a short pause) when the stream breaks.
-    async fn agent(endpoint: String, member: String, cluster: String, region: String, sent: Option<SentAt>, stop: Instant) {
+    /// The first member of every cluster reports itself primary, so the
+    /// leader adopts it and renews its lease every tick, as in production.
+    async fn agent(pool: Pool, endpoint: String, member: String, cluster: String, region: String, sent: Option<SentAt>, stop: Stop) {
+        let index: usize = member.trim_start_matches(['m', 'p']).parse().unwrap_or(1);
+        // Probes get connections of their own, after the agents'.
+        let slot = if member.starts_with('p') { usize::MAX / 2 + index * pool.per } else { index };
+        let role = if (member.starts_with('m') && index % 5 == 0) || member == "p0" { "primary" } else { "replica" };
         // Spread the agents over the second.
         let jitter = member.bytes().map(u64::from).sum::<u64>() * 7919 % 1000;
         let mut seq = 0u64;
         let mut failures = 0u32;
         let mut endpoint = endpoint;
-        while Instant::now() < stop {
-            match stream(&endpoint, &member, &cluster, &region, sent.as_ref(), stop, jitter, &mut seq).await {
+        while !stop.load(Ordering::Relaxed) {
+            match stream(&pool, slot, &endpoint, &member, &cluster, &region, role, sent.as_ref(), &stop, jitter, &mut seq).await {
                 Ok(None) => return,
                 Ok(Some(leader)) => endpoint = format!("http://{leader}"),
                 Err(e) => {
@@ -259,16 +298,19 @@ mod agents {
 
     #[allow(clippy::too_many_arguments)]
     async fn stream(
+        pool: &Pool,
+        slot: usize,
         endpoint: &str,
         member: &str,
         cluster: &str,
         region: &str,
+        role: &str,
         sent: Option<&SentAt>,
-        stop: Instant,
+        stop: &Stop,
         jitter: u64,
         seq: &mut u64,
     ) -> Result<Option<String>, String> {
-        let mut client = AgentServiceClient::connect(endpoint.to_string()).await.map_err(|e| format!("cannot connect: {e}"))?;
+        let mut client = pool.client(endpoint, slot).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let hello = AgentHello {
             member_id: member.into(),
@@ -299,7 +341,7 @@ mod agents {
         tokio::time::sleep(Duration::from_millis(jitter)).await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let result = loop {
-            if Instant::now() >= stop {
+            if stop.load(Ordering::Relaxed) {
                 break Ok(None);
             }
             tick.tick().await;
@@ -316,7 +358,7 @@ mod agents {
                 member_id: member.into(),
                 taken_at_ms: now_ms(),
                 reachable: true,
-                role: "replica".into(),
+                role: role.into(),
                 position: *seq,
                 dataset_id: "bench".into(),
                 replication_connected: true,
@@ -343,10 +385,11 @@ mod agents {
         v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
     }
 
-    pub async fn run(counts: Vec<usize>, seconds: u64, tick_interval: &'static str) -> anyhow::Result<()> {
+    pub async fn run(counts: Vec<usize>, seconds: u64, tick_interval: &'static str, per: usize) -> anyhow::Result<()> {
         println!(
-            "agents benchmark: 3 coordinators on loopback (raft tick {tick_interval}), each agent its own gRPC connection and stream, 1 sample/s each"
+            "agents benchmark: 3 coordinators on loopback (raft tick {tick_interval}), one gRPC stream per agent, {per} stream(s) per HTTP/2 connection, 1 sample/s each"
         );
+        let pool = Pool { per, channels: Arc::default() };
         for n in counts {
             let cluster = Cluster::start(ClusterOpts { write_timeout: "30s", tick_interval, ..Default::default() })?;
             let leader_id = cluster.wait_leader(Duration::from_secs(30))?;
@@ -360,16 +403,19 @@ mod agents {
             let idle_rss = rss_mib(pid);
             let sent = Arc::new(Mutex::new(HashMap::new()));
             let connect_start = Instant::now();
-            let stop = Instant::now() + Duration::from_secs(seconds + 15 + (n as u64 / 1000) * 3);
+            // The agents run until the measurement is over, however long
+            // connecting takes.
+            let stop: Stop = Arc::new(AtomicBool::new(false));
             let mut tasks = Vec::new();
             for i in 0..n {
                 tasks.push(tokio::spawn(agent(
+                    pool.clone(),
                     format!("http://{leader}"),
                     format!("m{i}"),
                     format!("c{}", i / 5),
                     ["a", "b", "c"][i % 3].into(),
                     None,
-                    stop,
+                    Arc::clone(&stop),
                 )));
                 if i % 100 == 99 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -377,31 +423,40 @@ mod agents {
             }
             for p in 0..PROBES {
                 tasks.push(tokio::spawn(agent(
+                    pool.clone(),
                     format!("http://{leader}"),
                     format!("p{p}"),
                     "probe".into(),
                     "a".into(),
                     Some(Arc::clone(&sent)),
-                    stop,
+                    Arc::clone(&stop),
                 )));
             }
-            // Wait until the leader sees every agent connected.
+            // Wait until the leader sees every agent connected. The health
+            // answer names the leader: if leadership moved, so do the
+            // agents (they follow redirects) and so does the measurement.
             let mut admin = admin;
             let mut pid = pid;
+            let mut last_report = Instant::now();
             loop {
-                // Agents follow the leader if it moves; so does the measurement.
-                let now_leader = cluster.wait_leader(Duration::from_secs(30))?;
-                if cluster.nodes[&now_leader].pid().unwrap_or(0) != pid {
-                    pid = cluster.nodes[&now_leader].pid().unwrap_or(0);
-                    admin = AdminServiceClient::connect(format!("http://{}", cluster.nodes[&now_leader].address))
-                        .await?
-                        .max_decoding_message_size(256 << 20);
-                }
                 let h = admin.health(HealthRequest { cluster: String::new() }).await?.into_inner();
                 let connected = h.clusters.iter().flat_map(|c| &c.members).filter(|m| m.agent_connected).count();
+                if h.leader_id != 0 && cluster.nodes.get(&h.leader_id).is_some_and(|node| node.pid().unwrap_or(0) != pid) {
+                    let node = &cluster.nodes[&h.leader_id];
+                    pid = node.pid().unwrap_or(0);
+                    admin = AdminServiceClient::connect(format!("http://{}", node.address))
+                        .await?
+                        .max_decoding_message_size(256 << 20)
+                        .max_encoding_message_size(256 << 20);
+                    continue;
+                }
                 if connected >= n + PROBES || connect_start.elapsed() > Duration::from_secs(120) {
                     println!("N = {n}: {connected} streams connected in {:.1} s", connect_start.elapsed().as_secs_f64());
                     break;
+                }
+                if last_report.elapsed() > Duration::from_secs(10) {
+                    println!("N = {n}: {connected} streams connected after {:.0} s", connect_start.elapsed().as_secs_f64());
+                    last_report = Instant::now();
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -435,9 +490,11 @@ mod agents {
             );
             let elections: usize = cluster.nodes.values().map(|node| node.log_text().matches("became leader").count()).sum();
             println!("N = {n}: leader elections during the run: {}", elections.saturating_sub(1));
+            stop.store(true, Ordering::Relaxed);
             for t in tasks {
                 t.abort();
             }
+            pool.channels.lock().unwrap_or_else(|p| p.into_inner()).clear();
             drop(cluster);
         }
         Ok(())
