@@ -161,7 +161,10 @@ impl AgentApi {
         tx: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
     ) -> Result<&'static str, Status> {
         let mut views = self.health.view_of(&hello.cluster);
-        let mut status = self.node.watch_status();
+        let mut role = self.node.watch_role();
+        // Looked at once at the start: leadership may have moved since the
+        // Hello was accepted.
+        role.mark_changed();
         let mut sent_view = None;
         let mut checked = (hello.dataset_id.clone(), hello.previous_dataset_id.clone());
         loop {
@@ -199,11 +202,11 @@ impl AgentApi {
                     None => return Ok("agent closed the stream"),
                 },
                 _ = views.changed() => {}
-                changed = status.changed() => {
+                changed = role.changed() => {
                     if changed.is_err() {
                         return Ok("coordinator shutting down");
                     }
-                    if status.borrow_and_update().role != Role::Leader {
+                    if *role.borrow_and_update() != Role::Leader {
                         let _ = tx.send(Ok(self.redirect())).await;
                         return Ok("this coordinator is no longer the leader");
                     }

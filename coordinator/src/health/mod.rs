@@ -34,6 +34,8 @@ struct MemberState {
     session: Option<u64>,
     /// Commands for the connected stream.
     sender: Option<AgentSender>,
+    /// Health and role last reported in events, to report only changes.
+    reported: Option<(bool, &'static str)>,
 }
 
 #[derive(Default)]
@@ -42,8 +44,6 @@ struct Board {
     /// cluster -> member -> dataset id, from the newest samples.
     datasets: HashMap<String, HashMap<String, (String, String)>>,
     next_session: u64,
-    /// Health and role last reported in events, to report only changes.
-    last: HashMap<String, (bool, String)>,
     last_primary: HashMap<String, String>,
     /// Commands sent and not yet answered, by command id.
     pending: HashMap<u64, oneshot::Sender<CommandResult>>,
@@ -242,9 +242,9 @@ impl HealthBoard {
         for (id, decl) in &topology.members {
             let Some(state) = b.members.get(id) else { continue };
             let Some(s) = &state.sample else { continue };
-            let window = *windows.entry(decl.cluster.as_str()).or_insert_with(|| {
-                topology.clusters.get(&decl.cluster).map(|c| c.policy.detection_window).unwrap_or_default()
-            });
+            let window = *windows
+                .entry(decl.cluster.as_str())
+                .or_insert_with(|| topology.clusters.get(&decl.cluster).map(|c| c.policy.detection_window).unwrap_or_default());
             let fresh = state.session.is_some() && state.received.is_some_and(|r| now.saturating_duration_since(r) <= window);
             out.push((
                 id.clone(),
@@ -283,12 +283,7 @@ impl HealthBoard {
         only: Option<&str>,
         now: Instant,
     ) -> Vec<ClusterHealth> {
-        let mut by_cluster: HashMap<&str, Vec<(&String, &crate::topology::Member)>> = HashMap::new();
-        for (id, m) in &topology.members {
-            if only.is_none_or(|c| c == m.cluster) {
-                by_cluster.entry(m.cluster.as_str()).or_default().push((id, m));
-            }
-        }
+        let by_cluster = topology.by_cluster();
         let b = self.lock();
         topology
             .clusters
@@ -298,7 +293,7 @@ impl HealthBoard {
                 let window = cluster.policy.detection_window;
                 let mut reach: BTreeMap<String, bool> = BTreeMap::new();
                 let mut members = Vec::new();
-                for &(id, decl) in by_cluster.get(name.as_str()).map(Vec::as_slice).unwrap_or_default() {
+                for (id, decl) in by_cluster.get(name).into_iter().flatten().filter_map(|id| topology.members.get_key_value(id)) {
                     let state = b.members.get(id);
                     let sample = state.and_then(|m| m.sample.as_ref());
                     let age = state.and_then(|m| m.received).map(|r| now.saturating_duration_since(r));
@@ -360,15 +355,20 @@ impl HealthBoard {
                 let Some(cluster) = topology.clusters.get(name) else { continue };
                 let window = cluster.policy.detection_window;
                 for id in ids {
-                    let state = b.members.get(id.as_str());
-                    let sample = state.and_then(|m| m.sample.as_ref());
-                    let age = state.and_then(|m| m.received).map(|r| now.saturating_duration_since(r));
-                    let connected = state.is_some_and(|m| m.session.is_some());
+                    // One map lookup per member and refresh: the member's
+                    // state holds what was last reported of it too.
+                    if !b.members.contains_key(id.as_str()) {
+                        b.members.insert(id.clone(), MemberState::default());
+                    }
+                    let Some(state) = b.members.get_mut(id.as_str()) else { continue };
+                    let sample = state.sample.as_ref();
+                    let age = state.received.map(|r| now.saturating_duration_since(r));
+                    let connected = state.session.is_some();
                     let fresh = age.is_some_and(|a| a <= window);
                     let (healthy, role) = match sample {
                         Some(s) => (
                             connected && fresh && s.reachable && s.error.is_empty(),
-                            if fresh && s.reachable { s.role.as_str() } else { "unknown" },
+                            if fresh && s.reachable { role_name(&s.role) } else { "unknown" },
                         ),
                         None => (false, "unknown"),
                     };
@@ -379,13 +379,12 @@ impl HealthBoard {
                             *e = (s.timeline, s.position, id.as_str());
                         }
                     }
-                    let prev = b.last.get(id.as_str());
-                    if prev.is_some_and(|(h, r)| *h == healthy && r == role) {
+                    let prev = state.reported;
+                    if prev == Some((healthy, role)) {
                         continue;
                     }
-                    let prev = prev.cloned();
-                    b.last.insert(id.clone(), (healthy, role.to_string()));
-                    if prev.as_ref().map(|p| p.0) != Some(healthy) {
+                    state.reported = Some((healthy, role));
+                    if prev.map(|p| p.0) != Some(healthy) {
                         let what = if healthy {
                             "healthy".to_string()
                         } else {
@@ -394,7 +393,7 @@ impl HealthBoard {
                         };
                         events.push(("member_health", name.clone(), id.clone(), format!("{id} is {what}")));
                     }
-                    if prev.as_ref().map(|p| p.1.as_str()) != Some(role) {
+                    if prev.map(|p| p.1) != Some(role) {
                         events.push(("member_role", name.clone(), id.clone(), format!("{id} is {role}")));
                     }
                 }
@@ -438,6 +437,12 @@ impl HealthBoard {
             });
         }
     }
+}
+
+/// The role as one of [`ROLES`] ("unknown" for anything else; the agent
+/// API refuses other roles anyway).
+fn role_name(role: &str) -> &'static str {
+    ROLES.iter().copied().find(|r| *r == role).unwrap_or("unknown")
 }
 
 /// Bytes per second and seconds left of a progress report (rate 0 and no
@@ -631,6 +636,30 @@ mod tests {
         let unknown = Progress { elapsed_ms: 0, bytes_total: 0, ..p };
         assert_eq!(rate_and_eta(&unknown), (0, None));
         assert_eq!(describe_progress(&unknown), "upload: 100.0 MiB, 0.0 MiB/s");
+    }
+
+    #[test]
+    fn a_primary_change_wakes_only_its_own_clusters_streams() {
+        let t = parse_topology(
+            "[regions.a]\n[clusters.x]\nkind='redis'\n[clusters.y]\nkind='redis'\n\
+             [[members]]\nid='x1'\ncluster='x'\nregion='a'\naddress='h:1'\n[[members]]\nid='y1'\ncluster='y'\nregion='a'\naddress='h:2'\n",
+        )
+        .expect("valid");
+        let board = HealthBoard::new();
+        let t0 = Instant::now();
+        board.refresh(&t, &BTreeMap::new(), t0);
+        let mut x = board.view_of("x");
+        let mut y = board.view_of("y");
+        x.borrow_and_update();
+        y.borrow_and_update();
+        board.connect("x1", "x", mpsc::channel(1).0);
+        board.ingest("x", sample("x1", "primary"), t0);
+        board.refresh(&t, &BTreeMap::new(), t0);
+        assert!(x.has_changed().expect("open"), "x has a primary now");
+        assert_eq!(x.borrow_and_update().as_ref().map(|v| v.primary_address.clone()).as_deref(), Some("h:1"));
+        assert!(!y.has_changed().expect("open"), "y's streams stay asleep");
+        board.refresh(&t, &BTreeMap::new(), t0);
+        assert!(!x.has_changed().expect("open"), "an unchanged view is not sent again");
     }
 
     #[test]

@@ -123,6 +123,9 @@ pub enum NodeInput {
 pub struct NodeHandle {
     tx: mpsc::Sender<NodeInput>,
     status: watch::Receiver<NodeStatus>,
+    /// The role alone: thousands of agent streams wait on it, and the
+    /// status changes with every commit.
+    role: watch::Receiver<Role>,
     store: RaftStore,
 }
 
@@ -133,6 +136,11 @@ impl NodeHandle {
 
     pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
+    }
+
+    /// Changes only when this node's role does.
+    pub fn watch_role(&self) -> watch::Receiver<Role> {
+        self.role.clone()
     }
 
     pub fn store(&self) -> &RaftStore {
@@ -182,6 +190,7 @@ pub struct Node {
     transport: Arc<Transport>,
     rx: mpsc::Receiver<NodeInput>,
     status_tx: watch::Sender<NodeStatus>,
+    role_tx: watch::Sender<Role>,
     pending: BTreeMap<u64, Pending>,
     last_role: (StateRole, u64),
 }
@@ -214,11 +223,12 @@ impl Node {
         rcfg.validate()?;
         let raw = RawNode::new(&rcfg, store.clone(), &raft_logger(cfg.id))?;
         let status = status_of(&raw);
+        let (role_tx, role_rx) = watch::channel(status.role);
         let (status_tx, status_rx) = watch::channel(status);
-        let handle = NodeHandle { tx, status: status_rx, store: store.clone() };
+        let handle = NodeHandle { tx, status: status_rx, role: role_rx, store: store.clone() };
         let last_role = (raw.raft.state, raw.raft.term);
         transport.merge_addresses(&store.with_state(|sm| sm.nodes.clone()));
-        Ok((Node { cfg, raw, store, transport, rx, status_tx, pending: BTreeMap::new(), last_role }, handle))
+        Ok((Node { cfg, raw, store, transport, rx, status_tx, role_tx, pending: BTreeMap::new(), last_role }, handle))
     }
 
     /// Runs until `cancel` fires or storage fails. A storage failure is fatal:
@@ -450,6 +460,7 @@ impl Node {
     /// already sees the new role (and can say "no quorum" when no leader is left).
     fn after_step(&mut self) {
         let status = status_of(&self.raw);
+        self.role_tx.send_if_modified(|r| std::mem::replace(r, status.role) != status.role);
         self.status_tx.send_if_modified(|s| {
             if *s != status {
                 *s = status;

@@ -500,6 +500,22 @@ pub fn valid_address(a: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_cluster_index_lists_every_cluster_with_its_members_in_id_order() {
+        let t = parse_topology(
+            "[regions.a]\n[clusters.x]\nkind='redis'\n[clusters.empty]\nkind='redis'\n\
+             [[members]]\nid='x2'\ncluster='x'\nregion='a'\naddress='h:2'\n[[members]]\nid='x1'\ncluster='x'\nregion='a'\naddress='h:1'\n",
+        )
+        .expect("valid");
+        let index = t.by_cluster();
+        assert_eq!(index.len(), 2);
+        assert_eq!(index["x"], ["x1", "x2"]);
+        assert!(index["empty"].is_empty());
+        assert_eq!(t.members_of("x").map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["x1", "x2"]);
+        assert_eq!(t.members_of("nope").count(), 0);
+        assert_eq!(t.clone(), t, "the index does not take part in equality");
+    }
+
     use super::*;
 
     pub(crate) const EXAMPLE: &str = r#"

@@ -104,10 +104,12 @@ fn main() -> anyhow::Result<()> {
         Bench::Backup { scale, trials } => backup::run(scale, trials),
         Bench::Agents { counts, seconds, tick_interval, streams_per_connection } => {
             let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(agents::run(counts, seconds, tick, streams_per_connection.max(1)))
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(
+                counts,
+                seconds,
+                tick,
+                streams_per_connection.max(1),
+            ))
         }
     }
 }
@@ -275,7 +277,7 @@ mod agents {
         let index: usize = member.trim_start_matches(['m', 'p']).parse().unwrap_or(1);
         // Probes get connections of their own, after the agents'.
         let slot = if member.starts_with('p') { usize::MAX / 2 + index * pool.per } else { index };
-        let role = if (member.starts_with('m') && index % 5 == 0) || member == "p0" { "primary" } else { "replica" };
+        let role = if (member.starts_with('m') && index.is_multiple_of(5)) || member == "p0" { "primary" } else { "replica" };
         // Spread the agents over the second.
         let jitter = member.bytes().map(u64::from).sum::<u64>() * 7919 % 1000;
         let mut seq = 0u64;
