@@ -914,11 +914,7 @@ mod backup {
             rtos.push(rto as f64 / 1000.0);
             plains.push(plain_took.as_secs_f64());
         }
-        println!(
-            "recovery test / plain restore per trial: wall {}; RTO {}",
-            percents(&tests, &plains),
-            percents(&rtos, &plains)
-        );
+        println!("recovery test / plain restore per trial: wall {}; RTO {}", percents(&tests, &plains), percents(&rtos, &plains));
         let (t, r, p) = (median(tests), median(rtos), median(plains));
         println!("recovery test (median): {t:.1} s wall, RTO {r:.1} s; plain restore {p:.1} s: {:.2} x (RTO {:.2} x)", t / p, r / p);
         let raw = raws.last().copied().unwrap_or(0);
