@@ -365,13 +365,7 @@ impl HealthBoard {
                     let age = state.received.map(|r| now.saturating_duration_since(r));
                     let connected = state.session.is_some();
                     let fresh = age.is_some_and(|a| a <= window);
-                    let (healthy, role) = match sample {
-                        Some(s) => (
-                            connected && fresh && s.reachable && s.error.is_empty(),
-                            if fresh && s.reachable { role_name(&s.role) } else { "unknown" },
-                        ),
-                        None => (false, "unknown"),
-                    };
+                    let (healthy, role) = health_and_role(sample, connected, fresh);
                     if let (true, "primary", Some(s)) = (healthy, role, sample) {
                         let e = claimed.entry(name.as_str()).or_insert((s.timeline, s.position, id.as_str()));
                         // Ties go to the later id, as in `primary_of`.
@@ -482,16 +476,17 @@ fn reason(m: &MemberHealth) -> String {
 }
 
 fn member_health(id: &str, region: &str, sample: Option<&Sample>, age: Option<Duration>, connected: bool, fresh: bool) -> MemberHealth {
+    let (healthy, role) = health_and_role(sample, connected, fresh);
     let mut h = MemberHealth {
         id: id.to_string(),
         region: region.to_string(),
-        role: "unknown".into(),
+        role: role.to_string(),
+        healthy,
         agent_connected: connected,
         ..Default::default()
     };
     if let Some(s) = sample {
         h.has_sample = true;
-        h.role = if fresh && s.reachable { s.role.clone() } else { "unknown".into() };
         h.lag_bytes = s.lag_bytes;
         h.lag_ms = s.lag_ms;
         h.timeline = s.timeline;
@@ -504,9 +499,19 @@ fn member_health(id: &str, region: &str, sample: Option<&Sample>, age: Option<Du
         h.lease_fenced = s.lease_fenced;
         h.server_gone = s.server_gone;
         h.sample_age_ms = age.map(|a| a.as_millis() as u64).unwrap_or(0);
-        h.healthy = connected && fresh && s.reachable && s.error.is_empty();
     }
     h
+}
+
+/// Whether a member is healthy, and the role it is shown with: the one
+/// definition behind `drctl status` and the refresh's events.
+fn health_and_role(sample: Option<&Sample>, connected: bool, fresh: bool) -> (bool, &'static str) {
+    match sample {
+        Some(s) => {
+            (connected && fresh && s.reachable && s.error.is_empty(), if fresh && s.reachable { role_name(&s.role) } else { "unknown" })
+        }
+        None => (false, "unknown"),
+    }
 }
 
 /// The primary: the one healthy member reporting the primary role; with
