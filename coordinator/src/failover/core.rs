@@ -228,8 +228,8 @@ impl Core {
         t
     }
 
-    /// Re-evaluates every cluster. Members are indexed by cluster once, so a
-    /// tick costs O(members), not O(clusters × members).
+    /// Re-evaluates every cluster. Members come indexed by cluster (built
+    /// once per topology), so a tick costs O(members), not O(clusters × members).
     pub fn tick(&mut self, w: &World) -> Vec<Action> {
         let by_cluster = w.topology.by_cluster();
         let mut out = Vec::new();

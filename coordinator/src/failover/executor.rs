@@ -8,7 +8,7 @@
 //! a primary, fencing a stopped server, repointing a replica that already
 //! follows the right primary all succeed without doing anything).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -184,13 +184,6 @@ impl Executor {
     /// `now + ttl`, and the agents are told that instant as well as the ttl.
     async fn act(&self, t: &Topology, actions: Vec<Action>, now: Millis) {
         let mut waits = BTreeMap::new();
-        // Members per cluster, counted once per tick: a lease names how many
-        // replicas may vouch for its primary, and there is a lease for every
-        // cluster on every tick.
-        let mut sizes: HashMap<&str, usize> = HashMap::new();
-        for m in t.members.values() {
-            *sizes.entry(m.cluster.as_str()).or_default() += 1;
-        }
         // Adoptions are independent: proposed together, they share Raft
         // round trips (thousands of clusters are adopted when a topology
         // first meets its agents).
@@ -215,7 +208,8 @@ impl Executor {
                     }
                 }
                 Action::Lease { cluster, member, epoch, ttl } => {
-                    let replicas = sizes.get(cluster.as_str()).copied().unwrap_or(0).saturating_sub(1);
+                    // The topology's cluster index: no walk over every member per lease.
+                    let replicas = t.by_cluster().get(cluster.as_str()).map_or(0, Vec::len).saturating_sub(1);
                     let cmd = drc_proto::Command {
                         command_id: 0,
                         cluster,
