@@ -77,6 +77,9 @@ const LEASE_CHECK: Duration = Duration::from_millis(50);
 /// for clock differences alone.
 const FENCE_LEAD: Duration = Duration::from_millis(200);
 
+/// How a read that timed out starts its error.
+const NO_ANSWER: &str = "no answer";
+
 /// When a lease received at `received` ends on this agent: `ttl` after
 /// receipt, but never after the coordinator's own end (`expires_at_ms`, its
 /// wall clock) as read on ours, so that a lease delivered late does not run
@@ -613,19 +616,17 @@ impl Actor {
     /// many replicas stream from it (each vouches that no newer epoch exists).
     async fn vouchers(&self) -> Result<Option<usize>, String> {
         match self.cfg.kind {
-            Kind::Postgres => {
-                let c = self.pg_local().await?;
-                let query =
-                    c.query_one("SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')", &[]);
-                // A connection that hangs is as good as none, and is replaced.
-                let Ok(row) = tokio::time::timeout(self.cfg.probe_timeout, query).await else {
+            // The reused connection may have been closed under it (a
+            // restarted server, a dropped socket): one more try on a new
+            // connection before the member counts as unreadable. A member
+            // that did not answer in time gets no second wait.
+            Kind::Postgres => match self.pg_vouchers().await {
+                Err(first) if !first.starts_with(NO_ANSWER) => {
                     *self.local_pg.lock().await = None;
-                    return Err(format!("no answer within {} ms", self.cfg.probe_timeout.as_millis()));
-                };
-                let row = row.map_err(pg_err)?;
-                let (in_recovery, n): (bool, i64) = (row.get(0), row.get(1));
-                Ok((!in_recovery).then_some(n as usize))
-            }
+                    self.pg_vouchers().await.map_err(|again| format!("{first}; on a new connection: {again}"))
+                }
+                read => read,
+            },
             Kind::Redis => {
                 let mut c = self.redis_local().await?;
                 let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
@@ -637,6 +638,20 @@ impl Actor {
                 Ok((info.get("role") == Some(&"master")).then_some(online))
             }
         }
+    }
+
+    /// `vouchers` of a PostgreSQL member, on the reused local connection.
+    async fn pg_vouchers(&self) -> Result<Option<usize>, String> {
+        let c = self.pg_local().await?;
+        let query = c.query_one("SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')", &[]);
+        // A connection that hangs is as good as none, and is replaced.
+        let Ok(row) = tokio::time::timeout(self.cfg.probe_timeout, query).await else {
+            *self.local_pg.lock().await = None;
+            return Err(format!("{NO_ANSWER} within {} ms", self.cfg.probe_timeout.as_millis()));
+        };
+        let row = row.map_err(pg_err)?;
+        let (in_recovery, n): (bool, i64) = (row.get(0), row.get(1));
+        Ok((!in_recovery).then_some(n as usize))
     }
 
     async fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {

@@ -22,7 +22,11 @@ fn cluster(lab: &Lab, name: &str) -> Option<Value> {
 /// Waits until the cluster's recorded primary is `primary` at `epoch`.
 fn recorded(lab: &Lab, name: &str, epoch: u64) -> Value {
     wait_for(&format!("{name} at epoch {epoch}"), LONG, || cluster(lab, name).filter(|c| c["epoch"].as_u64() == Some(epoch)))
-        .expect("epoch")
+        .unwrap_or_else(|e| {
+            let c = cluster(lab, name).map(|v| v.to_string()).unwrap_or_default();
+            let h = lab.drctl_json(&["history"]).map(|v| v.to_string()).unwrap_or_default();
+            panic!("{e:#}\nstatus: {c}\nhistory: {h}")
+        })
 }
 
 /// Prints the end of a member's server and agent logs.

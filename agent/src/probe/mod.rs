@@ -95,6 +95,14 @@ impl LagClock {
         };
         now.saturating_duration_since(since)
     }
+
+    /// Whether `lag` is exact for a replica at `replica`: this clock saw the
+    /// primary at or before that position, so it knows when the primary first
+    /// moved past it. Otherwise (history that starts after the divergence,
+    /// e.g. since an agent restart) it is only a lower bound.
+    pub fn covers(&self, replica: u64) -> bool {
+        self.caught_up_at.is_some() || self.history.front().is_some_and(|(p, _)| *p <= replica)
+    }
 }
 
 enum Inner {
@@ -170,7 +178,12 @@ impl Prober {
                     // promoted).
                     let at = self.primary_seen_at.unwrap_or(now);
                     let replay_age = local.replay_age.unwrap_or_default().saturating_sub(now.saturating_duration_since(at));
-                    let age = self.clock.lag(local.replay, self.known_primary, at).max(replay_age);
+                    // The age of the last replayed transaction bounds it
+                    // from above, and counts only when the clock cannot say:
+                    // after an idle spell it would overstate the lag by the
+                    // whole spell.
+                    let clock = self.clock.lag(local.replay, self.known_primary, at);
+                    let age = if self.clock.covers(local.replay) { clock } else { clock.max(replay_age) };
                     (behind, if behind == 0 { Duration::ZERO } else { age })
                 }
             },
@@ -236,5 +249,23 @@ mod tests {
         assert_eq!(c.lag(150, 300, t0 + Duration::from_secs(3)), Duration::from_secs(2));
         assert_eq!(c.lag(250, 300, t0 + Duration::from_secs(3)), Duration::from_secs(1));
         assert_eq!(c.lag(300, 300, t0 + Duration::from_secs(3)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_clock_that_saw_the_replica_caught_up_is_exact_and_one_that_did_not_is_a_lower_bound() {
+        let t0 = Instant::now();
+        // Caught up, then the primary idles for a minute, writes once and
+        // dies: the replica misses 2 s of writes, not a minute.
+        let mut c = LagClock::default();
+        c.observe_primary(100, t0);
+        assert_eq!(c.lag(100, 100, t0), Duration::ZERO);
+        c.observe_primary(200, t0 + Duration::from_secs(60));
+        assert!(c.covers(100));
+        assert_eq!(c.lag(100, 200, t0 + Duration::from_secs(62)), Duration::from_secs(2));
+        // First look at the primary after the replica fell behind.
+        let mut late = LagClock::default();
+        late.observe_primary(200, t0);
+        assert!(!late.covers(100));
+        assert!(late.covers(200));
     }
 }

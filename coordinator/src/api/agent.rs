@@ -43,6 +43,9 @@ impl AgentApi {
     }
 }
 
+/// How long a Hello to a follower waits for an election to name a leader.
+const ELECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
 
 #[allow(clippy::result_large_err)]
@@ -127,7 +130,15 @@ impl AgentService for AgentApi {
             return Err(Status::invalid_argument("hello.member_id: must not be empty"));
         }
         if self.node.status().role != Role::Leader {
-            return Ok(Response::new(Box::pin(tokio_stream::once(Ok(self.redirect())))));
+            // During an election nobody knows the leader yet. An agent told
+            // so would back off and retry, and arrive at the new leader up to
+            // seconds after it was elected; instead the answer waits for the
+            // election (bounded), and this node may turn out to be the leader.
+            let mut status = self.node.watch_status();
+            let _ = tokio::time::timeout(ELECTION_WAIT, status.wait_for(|s| s.leader_id != 0)).await;
+            if self.node.status().role != Role::Leader {
+                return Ok(Response::new(Box::pin(tokio_stream::once(Ok(self.redirect())))));
+            }
         }
         self.node.store().with_state(|sm| check_hello(&hello, &sm.topology))?;
         self.check_dataset(&hello.cluster, &hello.member_id, &hello.dataset_id, &hello.previous_dataset_id)?;

@@ -74,9 +74,11 @@ pub struct LeaseConfig {
     /// How long a deposed leader may go on renewing leases after its
     /// successor was elected: Raft (check-quorum) steps a leader down at most
     /// two election timeouts after it lost its quorum, and a successor is
-    /// elected no sooner than one election timeout after that loss, so the
-    /// overlap is at most one (unrandomised) election timeout. A new leader
-    /// assumes every lease was renewed that long after it took over.
+    /// elected no sooner than one election timeout after that loss (a
+    /// restarted coordinator, which forgot when it last heard from a leader,
+    /// votes for nobody for one election timeout), so the overlap is at most
+    /// one (unrandomised) election timeout. A new leader assumes every lease
+    /// was renewed that long after it took over.
     pub handover: Millis,
 }
 
@@ -488,7 +490,26 @@ impl Core {
             }
             _ => {}
         }
-        let (chosen, why) = choose(w, &rec, &policy, &members, known, to.as_deref(), force, preferred.as_deref())?;
+        let (chosen, why) = match preferred.as_deref() {
+            // An evacuation keeps a failover group together: the region its
+            // partner has just moved to wins over a more advanced member
+            // elsewhere (a switchover waits for its candidate to catch up,
+            // and a failover stays within the RPO budget either way). Only
+            // when nobody there can take over does the cluster go elsewhere,
+            // and the reason says so.
+            Some(region) => {
+                let there: Vec<(&String, Obs)> =
+                    members.iter().filter(|(id, _)| **id == rec.primary || region_of(id) == region).cloned().collect();
+                choose(w, &rec, &policy, &there, known, to.as_deref(), force, Some(region)).or_else(|none_there| {
+                    let (chosen, why) = choose(w, &rec, &policy, &members, known, to.as_deref(), force, None)?;
+                    Ok::<_, String>((
+                        chosen,
+                        format!("{why}; its failover group is in region {region}, but no member there can take over: {none_there}"),
+                    ))
+                })?
+            }
+            None => choose(w, &rec, &policy, &members, known, to.as_deref(), force, None)?,
+        };
         let trigger = Trigger::Operator { force };
         let reason = match (kind, req) {
             (_, Request::Evacuate { from, .. }) => format!("operator moving every primary out of region {from}; {why}"),

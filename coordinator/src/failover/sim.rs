@@ -924,3 +924,23 @@ fn a_region_loss_moves_the_group_to_one_region_even_when_one_candidate_is_silent
     assert_eq!(sim.sm.records["pg"].primary, "pg-c", "{:#?}", sim.log);
     assert_eq!(sim.sm.records["rd"].primary, "rd-c", "{:#?}", sim.log);
 }
+
+#[test]
+fn an_evacuation_keeps_the_group_together_over_a_more_advanced_member_elsewhere() {
+    let mut sim = Sim::new(6, false);
+    for _ in 0..30 {
+        sim.step();
+    }
+    // rd-b falls a little behind (well within the RPO budget), so rd-c is
+    // the most advanced replica; PostgreSQL has already gone to region b.
+    sim.set("rd-b", |m| m.lagging = true);
+    while sim.members["rd-b"].position == sim.members["rd-c"].position {
+        sim.step();
+    }
+    sim.set("rd-b", |m| m.lagging = false);
+    let (b, c) = (sim.members["rd-b"].position, sim.members["rd-c"].position);
+    assert!(b < c && c - b < RPO_BYTES, "rd-b {b}, rd-c {c}");
+    sim.operator(Request::Evacuate { cluster: "rd".into(), from: "a".into(), to: None, prefer: Some("b".into()), force: false });
+    let d = sim.sm.history.values().find(|d| d.cluster == "rd").expect("a decision");
+    assert_eq!(d.to, "rd-b", "{:#?}", sim.log);
+}

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message};
+use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -192,6 +192,8 @@ pub struct Node {
     status_tx: watch::Sender<NodeStatus>,
     role_tx: watch::Sender<Role>,
     pending: BTreeMap<u64, Pending>,
+    /// Vote requests are dropped for one election timeout from here.
+    started: std::time::Instant,
     last_role: (StateRole, u64),
 }
 
@@ -228,7 +230,21 @@ impl Node {
         let handle = NodeHandle { tx, status: status_rx, role: role_rx, store: store.clone() };
         let last_role = (raw.raft.state, raw.raft.term);
         transport.merge_addresses(&store.with_state(|sm| sm.nodes.clone()));
-        Ok((Node { cfg, raw, store, transport, rx, status_tx, role_tx, pending: BTreeMap::new(), last_role }, handle))
+        Ok((
+            Node {
+                cfg,
+                raw,
+                store,
+                transport,
+                rx,
+                status_tx,
+                role_tx,
+                pending: BTreeMap::new(),
+                started: std::time::Instant::now(),
+                last_role,
+            },
+            handle,
+        ))
     }
 
     /// Runs until `cancel` fires or storage fails. A storage failure is fatal:
@@ -264,6 +280,16 @@ impl Node {
     fn handle(&mut self, input: NodeInput) {
         match input {
             NodeInput::Raft(m) => {
+                let vote = matches!(m.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
+                if vote && self.started.elapsed() < self.cfg.tick_interval * self.cfg.election_ticks as u32 {
+                    // A restarted node has forgotten when it last heard from
+                    // the leader, so raft-rs would vote at once; it waits one
+                    // election timeout, like a node that heard from the
+                    // leader just before it went down. This bounds how long a
+                    // deposed leader overlaps its successor (see
+                    // `LeaseConfig::handover`).
+                    return;
+                }
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(error = %e, "dropped raft message");
                 }

@@ -614,6 +614,8 @@ mod failover {
         lost: usize,
         /// Where the time went, from the decision's history.
         timeline: String,
+        /// The fault took the coordinator leader with it.
+        leader_lost: bool,
     }
 
     /// "detected +0.52 decided +0.83 promote +0.90..+1.31 ..." in seconds
@@ -676,6 +678,8 @@ mod failover {
         std::thread::sleep(Duration::from_secs(3));
         let member = |id: &str| lab.member(id).cloned();
         let (pa, ra) = (member("pg-a")?, member("redis-a")?);
+        let leader = lab.status().ok().and_then(|s| s["leader_id"].as_u64()).unwrap_or(0);
+        let leader_lost = fault == "region" && lab.info.coordinators.iter().any(|c| c.region == "a" && c.id == leader);
         match fault {
             "pg-crash" => kill_tree(postmaster_pid(&pa.data_dir)?),
             "pg-node" => {
@@ -711,8 +715,19 @@ mod failover {
         let first = first?;
         let acked: Vec<u64> = acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _)| *id).collect();
         let held = wait_for("the acknowledged ids read back", Duration::from_secs(30), || present(redis, port))?;
-        let lost = acked.iter().filter(|id| !held.contains(id)).count();
-        Ok(Trial { to_first_write: first.duration_since(fault_at), acked: acked.len(), lost, timeline: timeline(&lab, cluster, fault_ms) })
+        let missing: Vec<u64> = acked.iter().copied().filter(|id| !held.contains(id)).collect();
+        let lost = missing.len();
+        let mut timeline = timeline(&lab, cluster, fault_ms);
+        if let (Some(lo), Some(hi)) = (missing.first(), missing.last()) {
+            // Which writes: the last ones before the fault (not yet streamed)
+            // or ones after it (a wrong primary)?
+            let after = acks.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(_, at)| *at > fault_at).map(|(id, _)| *id);
+            timeline.push_str(&format!("\n  lost ids {lo}..{hi}; first id acknowledged after the fault: {after:?}"));
+            if let Ok(h) = lab.drctl_json(&["history", "--cluster", cluster]) {
+                timeline.push_str(&format!("\n  decisions: {h}"));
+            }
+        }
+        Ok(Trial { to_first_write: first.duration_since(fault_at), acked: acked.len(), lost, timeline, leader_lost })
     }
 
     pub fn run(trials: u32, faults: &[String]) -> anyhow::Result<()> {
@@ -723,10 +738,11 @@ mod failover {
                 match trial(fault) {
                     Ok(r) => {
                         println!(
-                            "{fault} trial {t}: first acknowledged write {:.2} s after the fault; {} writes acknowledged, {} lost\n  {}",
+                            "{fault} trial {t}: first acknowledged write {:.2} s after the fault; {} writes acknowledged, {} lost{}\n  {}",
                             r.to_first_write.as_secs_f64(),
                             r.acked,
                             r.lost,
+                            if r.leader_lost { " (the coordinator leader went with the region)" } else { "" },
                             r.timeline
                         );
                         times.push(r.to_first_write);
