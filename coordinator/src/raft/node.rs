@@ -560,3 +560,46 @@ fn status_of(raw: &RawNode<RaftStore>) -> NodeStatus {
         learners: conf.learners().iter().copied().collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_node_votes_for_nobody_for_one_election_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let founders = BTreeMap::from([
+            (1, NodeAddress::shared("127.0.0.1:1")),
+            (2, NodeAddress::shared("127.0.0.1:2")),
+            (3, NodeAddress::shared("127.0.0.1:3")),
+        ]);
+        let store = RaftStore::open(dir.path(), "test", 1, Some(&founders)).expect("open");
+        let cancel = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
+        let transport = Transport::new("test".into(), 1, "127.0.0.1:1".into(), tx.clone(), cancel.child_token());
+        transport.merge_addresses(&founders);
+        let election = Duration::from_millis(1000);
+        let cfg =
+            NodeConfig { id: 1, tick_interval: Duration::from_millis(100), election_ticks: 10, heartbeat_ticks: 2, snapshot_entries: 1000 };
+        let (node, handle) = Node::new(cfg, store, transport, rx, tx.clone()).expect("node");
+        let started = std::time::Instant::now();
+        tokio::spawn(node.run(cancel.clone()));
+        // A vote request in a higher term: once heeded, the node moves to
+        // that term (pre-votes, which its own campaign starts with, do not).
+        let ask = |term: u64| {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgRequestVote);
+            (m.from, m.to, m.term, m.log_term, m.index) = (2, 1, term, 100, 100);
+            NodeInput::Raft(Box::new(m))
+        };
+        tx.send(ask(5)).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(started.elapsed() < election, "the machine was too slow for this check");
+        assert!(handle.status().term < 5, "voted right after a restart: {:?}", handle.status());
+        tokio::time::sleep(election.saturating_sub(started.elapsed()) + Duration::from_millis(50)).await;
+        tx.send(ask(6)).await.expect("send");
+        let mut status = handle.watch_status();
+        tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.term == 6)).await.expect("heeded").expect("status");
+        cancel.cancel();
+    }
+}
