@@ -581,8 +581,9 @@ mod tests {
         let election = Duration::from_millis(1000);
         let cfg =
             NodeConfig { id: 1, tick_interval: Duration::from_millis(100), election_ticks: 10, heartbeat_ticks: 2, snapshot_entries: 1000 };
-        let (node, handle) = Node::new(cfg, store, transport, rx, tx.clone()).expect("node");
+        // Taken before the node's own start: its elapsed time is never more.
         let started = std::time::Instant::now();
+        let (node, handle) = Node::new(cfg, store, transport, rx, tx.clone()).expect("node");
         tokio::spawn(node.run(cancel.clone()));
         // A vote request in a higher term: once heeded, the node moves to
         // that term (pre-votes, which its own campaign starts with, do not).
@@ -594,8 +595,14 @@ mod tests {
         };
         tx.send(ask(5)).await.expect("send");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(started.elapsed() < election, "the machine was too slow for this check");
-        assert!(handle.status().term < 5, "voted right after a restart: {:?}", handle.status());
+        // Whatever the node did with the request, it did within its first
+        // election timeout if this check still comes before its end.
+        let term = handle.status().term;
+        if started.elapsed() < election {
+            assert!(term < 5, "voted right after a restart: {:?}", handle.status());
+        } else {
+            eprintln!("this machine was too slow to check the first election timeout; checking the rest");
+        }
         tokio::time::sleep(election.saturating_sub(started.elapsed()) + Duration::from_millis(50)).await;
         tx.send(ask(6)).await.expect("send");
         let mut status = handle.watch_status();
