@@ -96,14 +96,12 @@ impl LagClock {
         now.saturating_duration_since(since)
     }
 
-    /// Whether `lag` is exact for a replica at `replica`: this clock's
-    /// history starts at or before that position, so it knows when the
-    /// primary first moved past it. Otherwise (history that starts after the
-    /// divergence, e.g. since an agent restart, or was cut at LAG_HISTORY)
-    /// it is only a bound. A catch-up keeps one entry at or before the
-    /// replica, so a replica seen caught up stays covered.
+    /// Whether `lag` is exact for a replica at `replica`: this clock saw the
+    /// primary at or before that position, so it knows when the primary first
+    /// moved past it. Otherwise (history that starts after the divergence,
+    /// e.g. since an agent restart) it is only a lower bound.
     pub fn covers(&self, replica: u64) -> bool {
-        self.history.front().is_some_and(|(p, _)| *p <= replica)
+        self.caught_up_at.is_some() || self.history.front().is_some_and(|(p, _)| *p <= replica)
     }
 }
 
