@@ -265,11 +265,18 @@ fn a_cut_agent_link_causes_no_failover_but_a_dead_region_moves_both_clusters_to_
     let pa = lab.member("pg-a").expect("pg-a").clone();
     let link = CuttableLink::new(&format!("127.0.0.1:{}", pa.port)).expect("link");
     lab.restart_agent_via("pg-a", &link.address).expect("agent through the link");
+    let restarted = Instant::now();
     // A restarted agent treats its lease as lapsed until the coordinator
     // renews it; cutting the link before then would rightly fence pg-a.
-    wait_for("pg-a's agent back through the link, holding a lease", LONG, || {
+    // Only a sample the coordinator received after the old agent died
+    // speaks for the new one: the last sample of the old agent still says
+    // "healthy, holding a lease" for a while.
+    wait_for("pg-a's new agent back through the link, holding a lease", LONG, || {
+        let asked = Instant::now();
         let h = lab.members_health().ok()?;
-        (h["pg-a"]["healthy"] == true && h["pg-a"]["agent_connected"] == true && h["pg-a"]["lease_ms"].as_u64()? > 0).then_some(())
+        let m = &h["pg-a"];
+        let received = asked.checked_sub(Duration::from_millis(m["sample_age_ms"].as_u64()?))?;
+        (received > restarted && m["healthy"] == true && m["agent_connected"] == true && m["lease_ms"].as_u64()? > 0).then_some(())
     })
     .expect("healthy");
 

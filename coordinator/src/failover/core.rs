@@ -92,9 +92,13 @@ impl LeaseConfig {
     /// The lease a promotion grants with it, from the moment the promotion
     /// completes: long enough to cover a leader change and the agents'
     /// reconnection right after it (the new primary cannot be vouched for
-    /// before its replicas are repointed). Until a decision finishes, the
-    /// core assumes such a lease may have just been granted; anti-flap blocks
-    /// automatic failover for far longer anyway.
+    /// before its replicas are repointed, nor ever by an old primary that
+    /// died). Renewals never shorten it, so a coordinator that stalls under
+    /// load right after a failover does not make the new primary fence
+    /// itself. Until a decision finishes, the core assumes such a lease may
+    /// have just been granted; anti-flap blocks automatic failover for far
+    /// longer anyway, and an operator's failover of a new primary that died
+    /// at once waits for this lease to end.
     pub fn promote_ttl(&self) -> Millis {
         10 * self.lease
     }
@@ -142,6 +146,14 @@ pub enum Request {
         prefer: Option<String>,
         force: bool,
     },
+}
+
+impl Request {
+    pub fn cluster(&self) -> &str {
+        match self {
+            Request::Failover { cluster, .. } | Request::Switchover { cluster, .. } | Request::Evacuate { cluster, .. } => cluster,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -306,7 +318,10 @@ impl Core {
         }
         if is_primary(&p) {
             track.down_since = None;
-            track.lease_until = now + lease.lease;
+            // Renewals never shorten a lease: the agent keeps the longer of
+            // what it holds and what it is granted (a promotion's lease
+            // covers the time the new primary cannot be vouched for).
+            track.lease_until = track.lease_until.max(now + lease.lease);
             out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
             self.follow_group(w, name, rec, &policy, &members, out);
             return;
@@ -322,7 +337,7 @@ impl Core {
             // renewed, so that an agent that merely lost its own link to the
             // database does not fence a primary that serves everyone else.
             track.down_since = None;
-            track.lease_until = now + lease.lease;
+            track.lease_until = track.lease_until.max(now + lease.lease);
             out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
             wait(out, format!("primary {primary_id} looks down to its own agent, but {who} (region {}) still reaches it", region_of(who)));
             return;
@@ -374,6 +389,7 @@ impl Core {
                 let gone = if confirm < window { " (its agent saw its server process gone)" } else { "" };
                 let reason = format!("primary {primary_id} down for {} ms{gone}, confirmed from another region; {why}", now - since);
                 let mut d = decision(w, name, rec, DecisionKind::Failover, Trigger::Automatic, &to, reason, &members, since);
+                bound_lease(&mut d, lease_end.max(now + lease.lease + lease.drift_margin));
                 // The old primary's lease has already run out: the executor
                 // need not wait for it again before skipping an impossible fence.
                 if let Some(fence) = d.steps.iter_mut().find(|s| s.action == "fence").filter(|_| now >= lease_end) {
@@ -425,6 +441,19 @@ impl Core {
         }
     }
 
+    /// Why an operator's request on `cluster` should wait a moment: its
+    /// primary was promoted so recently that its agent, which answers, has
+    /// not reported it as a primary yet. Taken at its word, that sample
+    /// would make a healthy primary look down, and a planned move an
+    /// unplanned one.
+    pub fn settling(&self, w: &World, cluster: &str) -> Option<String> {
+        let rec = w.records.get(cluster)?;
+        let p = w.observations.get(&rec.primary)?;
+        let since = w.now.saturating_sub(rec.promoted_at);
+        (rec.promoted_at > 0 && since < self.lease.promote_ttl() && p.fresh && p.reachable && p.role != "primary")
+            .then(|| format!("{} was promoted {since} ms ago and has not reported as the primary yet; retry in a moment", rec.primary))
+    }
+
     /// An operator's failover or switchover: the decision to commit, or
     /// exactly why not.
     pub fn request(&mut self, w: &World, req: &Request) -> Result<Decision, String> {
@@ -455,10 +484,14 @@ impl Core {
         let p = members.iter().find(|(id, _)| **id == rec.primary).map(|(_, o)| o.clone()).unwrap_or_default();
         let now = w.now;
         let lease = self.lease;
+        if let Some(why) = self.settling(w, name) {
+            return Err(why);
+        }
         let track = self.track(name, &rec, p.position);
         let healthy = is_primary(&p);
         track.see(&p, &members);
         let known = track.primary_position;
+        let lease_until = track.lease_until;
         let region_of = |id: &str| w.topology.members.get(id).map(|m| m.region.as_str()).unwrap_or_default();
         let (kind, members, preferred) = match req {
             Request::Evacuate { from, to, prefer, .. } => {
@@ -519,7 +552,18 @@ impl Core {
         };
         let mut d = decision(w, name, &rec, kind, trigger, &chosen, reason, &members, now);
         d.known_position = self.known_position(name);
+        bound_lease(&mut d, lease_until.max(now + lease.lease) + lease.drift_margin);
         Ok(d)
+    }
+}
+
+/// Records on the decision's fence step until when the old primary may
+/// still hold a lease (with the drift margin): a fence that cannot reach it
+/// is skipped only after that. A lease is never shortened by a renewal, so
+/// a promotion's long lease may outlast the last renewal by far.
+fn bound_lease(d: &mut Decision, ends_at: Millis) {
+    if let Some(fence) = d.steps.iter_mut().find(|s| s.action == "fence") {
+        fence.args.insert("lease_ends_at".into(), ends_at.to_string());
     }
 }
 

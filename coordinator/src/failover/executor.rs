@@ -30,6 +30,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
 /// Pause between attempts of a step that cannot proceed yet.
 const RETRY: Duration = Duration::from_millis(500);
+/// How long an operator's request waits for a just-promoted primary to
+/// report as one before it is refused (`Core::settling`).
+const SETTLE_WAIT: Duration = Duration::from_secs(3);
 
 pub fn now_ms() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -107,16 +110,18 @@ impl Executor {
         let mut core: Option<Core> = None;
         let mut topology: Option<(u64, std::sync::Arc<Topology>)> = None;
         let Some(mut inbox) = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        // Requests waiting for their cluster to settle, with when they came.
+        let mut settling: Vec<(Asked, Instant)> = Vec::new();
         loop {
             let request = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = ticker.tick() => None,
-                r = inbox.recv() => r,
+                r = inbox.recv() => r.map(|r| (r, Instant::now())),
             };
             if !self.is_leader() {
                 core = None;
                 self.waits.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                if let Some((_, reply)) = request {
+                for ((_, reply), _) in request.into_iter().chain(settling.drain(..)) {
                     let _ = reply.send(Err("this coordinator is not the leader".into()));
                 }
                 continue;
@@ -133,12 +138,29 @@ impl Executor {
             });
             let observations = self.health.observations(t, Instant::now());
             let world = World { now: now_ms(), topology: t, records: &records, global_paused, observations: &observations };
-            if let Some((req, reply)) = request {
+            // Requests first, in the order they came; one that waits for its
+            // cluster to settle is asked again on each tick, for a while. At
+            // most one is answered per pass, and then the core's tick waits
+            // for the next one: the world was read before that decision
+            // committed.
+            let mut asked = request.is_some();
+            let mut ready = Vec::new();
+            let mut answered = false;
+            for ((req, reply), at) in settling.drain(..).chain(request) {
+                if answered || (core.settling(&world, req.cluster()).is_some() && at.elapsed() < SETTLE_WAIT) {
+                    ready.push(((req, reply), at));
+                    continue;
+                }
+                answered = true;
                 let answer = match core.request(&world, &req) {
                     Ok(d) => self.commit(d).await,
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(answer);
+                asked = true;
+            }
+            settling = ready;
+            if asked {
                 continue;
             }
             let actions = core.tick(&world);
@@ -416,10 +438,9 @@ impl Executor {
         }
         // Leases granted up to the decision run out lease + margin later,
         // unless the core decided only after the old primary's lease ended.
-        let lease_end = step
-            .args
-            .get("lease_expired_at")
-            .and_then(|t| t.parse().ok())
+        let lease_end = ["lease_expired_at", "lease_ends_at"]
+            .iter()
+            .find_map(|k| step.args.get(*k).and_then(|t| t.parse().ok()))
             .unwrap_or(d.decided_at + self.lease.lease + self.lease.drift_margin);
         let lease_over = now_ms() >= lease_end;
         let cmd = drc_proto::Command {

@@ -522,7 +522,13 @@ impl Sim {
                     });
                     (StepState::Done, String::new())
                 }
-                "fence" if self.now >= d.decided_at + LEASE.lease + LEASE.drift_margin => {
+                "fence"
+                    if self.now
+                        >= ["lease_expired_at", "lease_ends_at"]
+                            .iter()
+                            .find_map(|k| step.args.get(*k).and_then(|t| t.parse().ok()))
+                            .unwrap_or(d.decided_at + LEASE.lease + LEASE.drift_margin) =>
+                {
                     (StepState::Skipped, "unreachable; its lease has expired".into())
                 }
                 "demote" => (StepState::Failed, "old primary unreachable".into()),
@@ -644,7 +650,8 @@ impl Sim {
                             self.set(&member, |m| {
                                 if epoch >= m.epoch {
                                     m.learn(epoch, &id);
-                                    m.lease_until = Some(now + ttl);
+                                    // As the agent: a renewal never shortens a lease.
+                                    m.lease_until = Some(m.lease_until.map_or(now + ttl, |held| held.max(now + ttl)));
                                     // The agent brings back the primary it
                                     // fenced for a lapsed lease.
                                     if m.lease_fenced && m.primary && region_up {
@@ -943,4 +950,37 @@ fn an_evacuation_keeps_the_group_together_over_a_more_advanced_member_elsewhere(
     sim.operator(Request::Evacuate { cluster: "rd".into(), from: "a".into(), to: None, prefer: Some("b".into()), force: false });
     let d = sim.sm.history.values().find(|d| d.cluster == "rd").expect("a decision");
     assert_eq!(d.to, "rd-b", "{:#?}", sim.log);
+}
+
+#[test]
+fn a_request_right_after_a_promotion_waits_until_the_new_primary_reports_as_one() {
+    let mut sim = Sim::new(8, false);
+    for _ in 0..30 {
+        sim.step();
+    }
+    sim.operator(Request::Switchover { cluster: "rd".into(), to: Some("rd-b".into()) });
+    for _ in 0..50 {
+        if sim.sm.records["rd"].in_progress.is_none() {
+            break;
+        }
+        sim.step();
+    }
+    let rec = sim.sm.records["rd"].clone();
+    assert_eq!((rec.primary.as_str(), rec.in_progress), ("rd-b", None), "{:#?}", sim.log);
+    assert!(sim.now - rec.promoted_at < LEASE.promote_ttl());
+    // The agent's newest sample was taken just before the promotion.
+    let mut obs = sim.observations();
+    obs.get_mut("rd-b").expect("rd-b").role = "replica".into();
+    let evacuate = Request::Evacuate { cluster: "rd".into(), from: "b".into(), to: None, prefer: None, force: false };
+    let core = sim.core.as_mut().expect("a leader");
+    let world = World { now: sim.now, topology: &sim.topology, records: &sim.sm.records, global_paused: false, observations: &obs };
+    let refused = core.request(&world, &evacuate).expect_err("the new primary has not reported yet");
+    assert!(refused.contains("rd-b was promoted") && refused.contains("not reported as the primary yet"), "{refused}");
+    assert!(core.settling(&world, "rd").is_some());
+    // Once it reports, the same request is a planned move, not a failover.
+    obs.get_mut("rd-b").expect("rd-b").role = "primary".into();
+    let world = World { now: sim.now, topology: &sim.topology, records: &sim.sm.records, global_paused: false, observations: &obs };
+    assert!(core.settling(&world, "rd").is_none());
+    let d = core.request(&world, &evacuate).expect("accepted");
+    assert_eq!(d.kind, DecisionKind::Switchover, "{d:?}");
 }
