@@ -343,6 +343,15 @@ impl StateMachine {
         let Some(step) = d.steps.get_mut(index) else {
             return Outcome::Refused { reason: format!("decision {id} has no step {index}") };
         };
+        if step.action == "demote" && state == StepState::Done {
+            // The demoted primary's final position: if nobody is promoted
+            // after all, a later failover of it must measure lag against it.
+            if let (Some(rec), Some(pos)) =
+                (Arc::make_mut(&mut self.records).get_mut(&d.cluster), output.get("position").and_then(|p| p.parse::<u64>().ok()))
+            {
+                rec.known_position = rec.known_position.max(pos);
+            }
+        }
         if step.action == "promote" && state == StepState::Done {
             if let Some(rec) = Arc::make_mut(&mut self.records).get_mut(&d.cluster) {
                 // A new primary, a new history of positions, and the lease

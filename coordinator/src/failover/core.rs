@@ -231,7 +231,9 @@ impl Core {
             ..Track::default()
         };
         let t = self.tracks.entry(cluster.to_string()).or_insert_with(|| fresh.clone());
-        if t.epoch != rec.epoch {
+        // A new epoch, or the same epoch back with its old primary (a
+        // decision that promoted nobody).
+        if t.epoch != rec.epoch || t.primary != rec.primary {
             // A new epoch: a lease we granted before must still run out. A
             // new primary starts a new history; the same primary (a decision
             // that promoted nobody) keeps what is known of its position, or

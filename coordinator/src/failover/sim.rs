@@ -513,8 +513,15 @@ impl Sim {
                 self.finish_step(&d, i, StepState::Failed, format!("agent refused: epoch {} < {}", d.epoch, m.epoch));
                 continue;
             }
+            let mut output = BTreeMap::new();
             let (state, error) = match step.action.as_str() {
                 "fence" | "demote" if reach => {
+                    if step.action == "demote" {
+                        // As the agent: the demoted primary's final position.
+                        output.insert("position".to_string(), m.position.to_string());
+                        let k = self.known_position.entry(d.cluster.clone()).or_default();
+                        *k = (*k).max(m.position);
+                    }
                     self.set(&m.id, |x| {
                         x.writable = false;
                         x.up = false;
@@ -579,7 +586,7 @@ impl Sim {
                 }
                 _ => continue,
             };
-            self.finish_step(&d, i, state, error);
+            self.finish_step_with(&d, i, state, error, output);
         }
     }
 
@@ -590,16 +597,12 @@ impl Sim {
     }
 
     fn finish_step(&mut self, d: &Decision, i: usize, state: StepState, error: String) {
+        self.finish_step_with(d, i, state, error, BTreeMap::new());
+    }
+
+    fn finish_step_with(&mut self, d: &Decision, i: usize, state: StepState, error: String, output: BTreeMap<String, String>) {
         self.say(format!("decision {} step {} {} {}: {state:?} {error}", d.id, i, d.steps[i].action, d.steps[i].member));
-        self.sm.apply(Command::Step {
-            decision: d.id,
-            index: i,
-            state,
-            started: self.now,
-            finished: self.now,
-            error,
-            output: BTreeMap::new(),
-        });
+        self.sm.apply(Command::Step { decision: d.id, index: i, state, started: self.now, finished: self.now, error, output });
     }
 
     fn step(&mut self) {
