@@ -513,12 +513,23 @@ mod tests {
         assert_eq!(sm.published_primary("c"), Some((2, Some("m1".into()))));
         assert_eq!(sm.records["c"].known_position, 500, "m1's known position outlives the failed decision");
 
+        // A switchover that demoted m1 and then failed to promote: m1's final
+        // position, as its agent reported it, is known from then on.
+        let mut switchover = failover(&sm, "m2");
+        switchover.kind = DecisionKind::Switchover;
+        switchover.steps[0] = crate::failover::Step::pending("demote", "m1");
+        let Outcome::Decided { id } = sm.apply(Command::Decide { decision: Box::new(switchover) }) else { panic!("decided") };
+        let output = BTreeMap::from([("position".to_string(), "730".to_string())]);
+        sm.apply(Command::Step { decision: id, index: 0, state: StepState::Done, started: 1, finished: 2, error: String::new(), output });
+        sm.apply(step_result(id, 1, StepState::Failed));
+        assert_eq!((sm.records["c"].primary.as_str(), sm.records["c"].known_position), ("m1", 730));
+
         // One that promotes: published once the promotion is done, blocked.
         let Outcome::Decided { id } = sm.apply(Command::Decide { decision: Box::new(failover(&sm, "m2")) }) else { panic!("decided") };
         sm.apply(step_result(id, 0, StepState::Skipped));
-        assert_eq!(sm.published_primary("c"), Some((3, None)));
+        assert_eq!(sm.published_primary("c"), Some((4, None)));
         sm.apply(step_result(id, 1, StepState::Done));
-        assert_eq!(sm.published_primary("c"), Some((3, Some("m2".into()))));
+        assert_eq!(sm.published_primary("c"), Some((4, Some("m2".into()))));
         assert_eq!(sm.records["c"].known_position, 0, "a new primary starts a new history");
         sm.apply(step_result(id, 2, StepState::Failed));
         assert_eq!(
