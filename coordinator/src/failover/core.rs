@@ -167,6 +167,8 @@ struct Track {
     epoch: u64,
     /// The primary of `epoch`.
     primary: String,
+    /// When that primary's promotion was recorded (the record's).
+    promoted_at: Millis,
     /// Since when the primary's agent has reported it fenced for a lapsed
     /// lease; leases are offered to bring it back until `restart_grace`.
     fenced_since: Option<Millis>,
@@ -228,17 +230,22 @@ impl Core {
             epoch: rec.epoch,
             primary_position,
             primary: rec.primary.clone(),
+            promoted_at: rec.promoted_at,
             ..Track::default()
         };
         let t = self.tracks.entry(cluster.to_string()).or_insert_with(|| fresh.clone());
-        // A new epoch, or the same epoch back with its old primary (a
-        // decision that promoted nobody).
-        if t.epoch != rec.epoch || t.primary != rec.primary {
-            // A new epoch: a lease we granted before must still run out. A
-            // new primary starts a new history; the same primary (a decision
-            // that promoted nobody) keeps what is known of its position, or
-            // the next failover would measure lag against too little.
-            let kept = if t.primary == rec.primary { t.primary_position.max(primary_position) } else { primary_position };
+        // A new primary starts a new history of positions: a candidate when
+        // it is decided, again once its promotion is recorded (what the old
+        // primary wrote beyond it was given up within the RPO budget), and
+        // the old primary when a decision that promoted nobody brings it
+        // back, with what the record knows of it.
+        let new_history = t.primary != rec.primary || t.promoted_at != rec.promoted_at;
+        if t.epoch != rec.epoch || new_history {
+            // A lease we granted before must still run out. The same primary
+            // in a new epoch (a decision that promoted nobody, between two
+            // ticks) keeps what is known of its position, or the next
+            // failover would measure lag against too little.
+            let kept = if new_history { primary_position } else { t.primary_position.max(primary_position) };
             *t = Track { lease_until: t.lease_until, primary_position: kept, ..fresh };
         }
         t
