@@ -101,6 +101,7 @@ fn a_backup_lands_in_another_region_and_a_recovery_test_restores_it_with_the_rig
     let counts: Value = serde_json::from_str(t["checks"]["row_counts"].as_str().expect("row counts")).expect("json");
     assert_eq!(counts[CHECK_TABLE], 500, "{t}");
     assert_eq!(t["checks"]["check:lab schema"], "ok", "the topology's own check ran: {t}");
+    assert_eq!(t["checks"]["checksums"], "ok", "the lab's data carries checksums: every page was read back: {t}");
     assert!(t["rto_ms"].as_u64().expect("rto") > 0);
     assert!(t["rpo_ms"].as_u64().is_some());
     assert!(scratch_is_empty(&lab), "the scratch instance is removed");

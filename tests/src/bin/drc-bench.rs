@@ -13,7 +13,8 @@
 //! `drc-bench backup` — in one lab, a pgbench database of `--scale` (70 is
 //! about 1 GiB): drc's backup (pg_basebackup | zstd | age | S3 multipart,
 //! hashed) against a plain `pg_basebackup | zstd | aws s3 cp -` to the same
-//! bucket, and drc's recovery test against a plain streaming restore
+//! bucket (after one warm-up round that is printed but not counted), and
+//! drc's recovery test against a plain streaming restore
 //! (`aws s3 cp - | age -d | zstd -d | tar -x`, start, first query).
 //!
 //! Build in release for meaningful numbers:
@@ -823,7 +824,10 @@ mod backup {
 
         let (mut ours, mut plain, mut raws) = (Vec::new(), Vec::new(), Vec::new());
         let mut last = serde_json::Value::Null;
-        for trial in 1..=trials {
+        // Round 0 is a warm-up, printed but not counted: right after
+        // `pgbench -i` the standbys are still writing restartpoints and the
+        // first backup's stream carries hundreds of MB more WAL.
+        for trial in 0..=trials {
             // drc: the standby with the least lag, to another region's bucket.
             // Plain: the same source, the same bucket, no encryption, no
             // hash. The order alternates, so neither always gets a warm cache.
@@ -862,17 +866,21 @@ mod backup {
                 base = sh(&script, &env)?;
             }
             println!(
-                "trial {trial}: drc {raw} B raw in {:.1} s = {:.1} MB/s (stored {} B); plain pipeline {:.1} s = {:.1} MB/s",
+                "{}: drc {raw} B raw in {:.1} s = {:.1} MB/s (stored {} B); plain pipeline {:.1} s = {:.1} MB/s",
+                if trial == 0 { "warm-up (not counted)".to_string() } else { format!("trial {trial}") },
                 took.as_secs_f64(),
                 mbps(raw, took),
                 b["stored_bytes"],
                 base.as_secs_f64(),
                 mbps(raw, base)
             );
+            last = b;
+            if trial == 0 {
+                continue;
+            }
             ours.push(mbps(raw, took));
             plain.push(mbps(raw, base));
             raws.push(raw);
-            last = b;
         }
         // Whichever pipeline goes first reads a colder cache, so the order
         // alternates and each trial's ratio is printed as well.
@@ -919,11 +927,13 @@ mod backup {
             let plain_took = plain_took?;
             let rto = t["rto_ms"].as_u64().unwrap_or(0);
             println!(
-                "trial {trial}: recovery test {:.1} s (RTO {:.1} s, restore {} ms, checks {:?}); plain restore {:.1} s",
+                "trial {trial}: recovery test {:.1} s (RTO {:.1} s, restore {} ms, checksums {} in {} ms, amcheck {}); plain restore {:.1} s",
                 took.as_secs_f64(),
                 rto as f64 / 1000.0,
                 t["checks"]["restore_ms"].as_str().unwrap_or("?"),
-                t["checks"]["amcheck"],
+                t["checks"]["checksums"].as_str().unwrap_or("-"),
+                t["checks"]["checksums_ms"].as_str().unwrap_or("-"),
+                t["checks"]["amcheck"].as_str().unwrap_or("-"),
                 plain_took.as_secs_f64()
             );
             tests.push(took.as_secs_f64());
