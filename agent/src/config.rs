@@ -128,7 +128,7 @@ pub struct AgentConfig {
 }
 
 fn default_vouch() -> Duration {
-    Duration::from_secs(1)
+    Duration::from_millis(1500)
 }
 
 impl AgentConfig {

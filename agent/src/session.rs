@@ -92,9 +92,15 @@ pub async fn run(
     dataset: watch::Receiver<(String, String)>,
     cancel: CancellationToken,
 ) -> Result<(), Refused> {
+    // Short pauses: while the coordinators elect a new leader, this agent's
+    // primary serves on a lease that only the new leader can renew, and the
+    // agent must find that leader within about a second (a primary that
+    // loses its lease while not every replica vouches for it fences
+    // itself). One stream per agent and jitter keep thousands of agents
+    // from hammering the coordinators in step.
     let builder = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(2))
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_millis(500))
         .with_jitter()
         .without_max_times();
     let mut delays = builder.build();
@@ -115,10 +121,14 @@ pub async fn run(
             dataset_id: dataset.borrow().0.clone(),
             previous_dataset_id: dataset.borrow().1.clone(),
         };
-        let end = tokio::select! {
+        let (end, established) = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             end = session(&address, hello, &buffer, &views, &actor) => end?,
         };
+        if established {
+            // A stream that worked starts the pauses afresh.
+            delays = builder.build();
+        }
         let pause = match end {
             End::Redirect(leader) if !leader.is_empty() && leader != address => {
                 tracing::info!(from = %address, to = %leader, "following the coordinator leader");
@@ -150,6 +160,20 @@ async fn session(
     buffer: &SampleBuffer,
     views: &watch::Sender<Option<ClusterView>>,
     actor: &Arc<crate::actions::Actor>,
+) -> Result<(End, bool), Refused> {
+    let mut established = false;
+    let end = stream(address, hello, buffer, views, actor, &mut established).await?;
+    Ok((end, established))
+}
+
+/// One stream; `established` is set once the coordinator answered with a view.
+async fn stream(
+    address: &str,
+    hello: AgentHello,
+    buffer: &SampleBuffer,
+    views: &watch::Sender<Option<ClusterView>>,
+    actor: &Arc<crate::actions::Actor>,
+    established: &mut bool,
 ) -> Result<End, Refused> {
     let endpoint = match Endpoint::from_shared(url(address)) {
         Ok(e) => e
@@ -181,6 +205,7 @@ async fn session(
                 Ok(Some(msg)) => match msg.body {
                     Some(coordinator_message::Body::Redirect(r)) => return Ok(End::Redirect(r.leader_address)),
                     Some(coordinator_message::Body::View(v)) => {
+                        *established = true;
                         tracing::info!(primary = %v.primary_member, address = %v.primary_address, epoch = v.epoch, "cluster view");
                         actor.view(v.epoch, &v.primary_member);
                         views.send_replace(Some(v));

@@ -21,12 +21,12 @@
 //! address = "10.2.1.5:7400"
 //!
 //! [raft]
-//! tick_interval = "100ms"
-//! election_ticks = 10
+//! tick_interval = "50ms"
+//! election_ticks = 8      # election timeout 400-800 ms
 //! heartbeat_ticks = 2
 //!
 //! [failover]
-//! lease = "1s"            # a primary's agent fences it after this without renewal
+//! lease = "1500ms"        # a primary's agent fences it after this without renewal
 //! drift_margin = "400ms"  # the leader waits lease + margin before replacing it
 //! hook = ["/usr/local/bin/point-dns-at"]  # optional, run after each promotion
 //! hook_timeout = "10s"
@@ -72,8 +72,8 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            tick_interval: Duration::from_millis(100),
-            election_ticks: 10,
+            tick_interval: Duration::from_millis(50),
+            election_ticks: 8,
             heartbeat_ticks: 2,
             snapshot_entries: 1000,
             write_timeout: Duration::from_secs(5),
@@ -103,7 +103,7 @@ pub struct FailoverTuning {
 impl Default for FailoverTuning {
     fn default() -> Self {
         FailoverTuning {
-            lease: Duration::from_secs(1),
+            lease: Duration::from_millis(1500),
             drift_margin: Duration::from_millis(400),
             hook: Vec::new(),
             hook_timeout: Duration::from_secs(10),

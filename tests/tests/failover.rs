@@ -454,3 +454,66 @@ fn a_switchover_loses_no_acknowledged_write_and_a_leader_killed_mid_failover_pro
     let promotes = done["steps"].as_array().expect("steps").iter().filter(|s| s["action"] == "promote").count();
     assert_eq!(promotes, 1, "{done}");
 }
+
+#[test]
+fn losing_a_region_with_only_replicas_and_the_coordinator_leader_takes_no_primary_down() {
+    let (_dir, mut lab) = lab();
+    recorded(&lab, "app-pg", 1);
+    recorded(&lab, "app-redis", 1);
+    let leader_of = |lab: &Lab| lab.status().ok()?["leader_id"].as_u64().filter(|id| *id != 0);
+    let region_of_node = |lab: &Lab, id: u64| lab.info.coordinators.iter().find(|c| c.id == id).map(|c| c.region.clone());
+    // The coordinator leader must not be in region a, the primaries'.
+    let mut leader = wait_for("a coordinator leader", LONG, || leader_of(&lab)).expect("leader");
+    if region_of_node(&lab, leader).as_deref() == Some("a") {
+        let pid = lab.info.coordinators.iter().find(|c| c.id == leader).expect("node").pid;
+        signal(pid, libc::SIGKILL);
+        let old = leader;
+        leader = wait_for("a leader outside region a", LONG, || leader_of(&lab).filter(|l| *l != old)).expect("new leader");
+        lab.restart_coordinator(old).expect("restart");
+        lab.wait_healthy(LONG).expect("healthy again");
+    }
+    let region = region_of_node(&lab, leader).expect("region");
+    let (pa, ra) = (lab.member("pg-a").expect("pg-a").port, lab.member("redis-a").expect("redis-a").port);
+    psql(pa, "CREATE TABLE w (id int)").expect("table");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The leader's region dies with its replicas: every primary has lost a
+    // replica that could vouch for it, and its lease must now come from a
+    // new leader, in time.
+    for pid in lab.info.coordinators.iter().filter(|c| c.region == region).map(|c| c.pid) {
+        signal(pid, libc::SIGKILL);
+    }
+    for m in lab.info.members.iter().filter(|m| m.region == region) {
+        signal(m.agent_pid, libc::SIGKILL);
+        kill_tree(m.pid);
+    }
+    let start = Instant::now();
+    let (mut writes, mut failed, mut gap, mut last) = (0u32, Vec::new(), Duration::ZERO, Instant::now());
+    while start.elapsed() < Duration::from_secs(8) {
+        writes += 1;
+        let pg = psql(pa, &format!("INSERT INTO w VALUES ({writes})"));
+        let rd = cli(ra, &["SET", "w", &writes.to_string()]);
+        match (pg, rd) {
+            (Ok(_), Ok(_)) => {
+                gap = gap.max(last.elapsed());
+                last = Instant::now();
+            }
+            (pg, rd) => failed.push(format!("{:.2} s: {:?} {:?}", start.elapsed().as_secs_f64(), pg.err(), rd.err())),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "region {region} (coordinator leader {leader}) killed: {writes} writes to pg-a and redis-a, {} failed, longest gap {:.2} s",
+        failed.len(),
+        gap.as_secs_f64()
+    );
+    assert!(failed.is_empty(), "the primaries kept taking writes: {failed:?}");
+    for name in ["app-pg", "app-redis"] {
+        let c = recorded(&lab, name, 1);
+        assert_eq!(c["primary"].as_str().map(|p| p.ends_with("-a")), Some(true), "no failover: {c}");
+    }
+    for id in ["pg-a", "redis-a"] {
+        let log = std::fs::read_to_string(&lab.member(id).expect("member").agent_log).unwrap_or_default();
+        assert!(!log.contains("fencing"), "{id}'s agent never fenced it");
+    }
+}

@@ -84,7 +84,7 @@ pub struct LeaseConfig {
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        LeaseConfig { lease: 1_000, drift_margin: 400, handover: 1_000 }
+        LeaseConfig { lease: 1_500, drift_margin: 400, handover: 400 }
     }
 }
 
@@ -226,7 +226,12 @@ impl Core {
     fn track(&mut self, cluster: &str, rec: &ClusterRecord, primary_position: u64) -> &mut Track {
         let primary_position = primary_position.max(rec.known_position);
         let fresh = Track {
-            lease_until: (self.leader_since + self.lease.handover + self.lease.lease).max(rec.promoted_at + self.lease.promote_ttl()),
+            // An adopted primary (never promoted: promoted_at 0) holds no promotion lease.
+            lease_until: (self.leader_since + self.lease.handover + self.lease.lease).max(if rec.promoted_at > 0 {
+                rec.promoted_at + self.lease.promote_ttl()
+            } else {
+                0
+            }),
             epoch: rec.epoch,
             primary_position,
             primary: rec.primary.clone(),
