@@ -45,6 +45,14 @@ impl SampleBuffer {
         self.notify.notify_one();
     }
 
+    /// Puts back a sample that could not be sent, unless newer ones fill the buffer.
+    pub fn unpop(&self, s: Sample) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() < self.capacity {
+            q.push_front(s);
+        }
+    }
+
     pub async fn pop(&self) -> Sample {
         loop {
             let notified = self.notify.notified();
@@ -106,6 +114,11 @@ pub async fn run(
     let mut delays = builder.build();
     let mut next = 0usize;
     let mut redirect: Option<String> = None;
+    // The coordinator that just failed us, and when: a follower that has not
+    // yet noticed its leader died keeps redirecting there until its election
+    // timeout (400-800 ms); it is asked again instead, and then holds the
+    // Hello until the election names a new leader.
+    let mut failed: Option<(String, std::time::Instant)> = None;
     loop {
         let address = redirect.take().unwrap_or_else(|| {
             let a = cfg.endpoints[next % cfg.endpoints.len()].clone();
@@ -129,7 +142,13 @@ pub async fn run(
             // A stream that worked starts the pauses afresh.
             delays = builder.build();
         }
+        let gone = |leader: &str| failed.as_ref().is_some_and(|(a, at)| a == leader && at.elapsed() < Duration::from_secs(2));
         let pause = match end {
+            End::Redirect(leader) if gone(&leader) => {
+                tracing::debug!(from = %address, to = %leader, "the coordinator leader named just failed; asking again");
+                redirect = Some(address.clone());
+                Duration::from_millis(100)
+            }
             End::Redirect(leader) if !leader.is_empty() && leader != address => {
                 tracing::info!(from = %address, to = %leader, "following the coordinator leader");
                 redirect = Some(leader);
@@ -142,6 +161,7 @@ pub async fn run(
                 Duration::from_millis(50)
             }
             End::Retry(e) => {
+                failed = Some((address.clone(), std::time::Instant::now()));
                 let d = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(coordinator = %address, error = %e, retry_in = ?d, buffered = buffer.len(), dropped = buffer.dropped(), "coordinator unreachable");
                 d
@@ -197,8 +217,17 @@ async fn stream(
     loop {
         tokio::select! {
             s = buffer.pop() => {
-                if tx.send(AgentMessage { body: Some(agent_message::Body::Sample(s)) }).await.is_err() {
-                    return Ok(End::Retry("stream closed".into()));
+                if let Err(mpsc::error::SendError(unsent)) = tx.send(AgentMessage { body: Some(agent_message::Body::Sample(s)) }).await {
+                    // The coordinator ended the stream; the sample goes to the
+                    // next one, and the coordinator's last word (a redirect to
+                    // the leader) may still be waiting to be read.
+                    if let Some(agent_message::Body::Sample(s)) = unsent.body {
+                        buffer.unpop(s);
+                    }
+                    return match tokio::time::timeout(Duration::from_millis(200), inbound.message()).await {
+                        Ok(Ok(Some(drc_proto::CoordinatorMessage { body: Some(coordinator_message::Body::Redirect(r)) }))) => Ok(End::Redirect(r.leader_address)),
+                        _ => Ok(End::Retry("stream closed".into())),
+                    };
                 }
             }
             m = inbound.message() => match m {
