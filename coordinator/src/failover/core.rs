@@ -93,12 +93,9 @@ impl LeaseConfig {
     /// completes: long enough to cover a leader change and the agents'
     /// reconnection right after it (the new primary cannot be vouched for
     /// before its replicas are repointed, nor ever by an old primary that
-    /// died). Renewals never shorten it, so a coordinator that stalls under
-    /// load right after a failover does not make the new primary fence
-    /// itself. Until a decision finishes, the core assumes such a lease may
-    /// have just been granted; anti-flap blocks automatic failover for far
-    /// longer anyway, and an operator's failover of a new primary that died
-    /// at once waits for this lease to end.
+    /// died). The first renewal replaces it. Until a decision finishes, the
+    /// core assumes such a lease may have just been granted; anti-flap
+    /// blocks automatic failover for far longer anyway.
     pub fn promote_ttl(&self) -> Millis {
         10 * self.lease
     }
@@ -332,10 +329,8 @@ impl Core {
         }
         if is_primary(&p) {
             track.down_since = None;
-            // Renewals never shorten a lease: the agent keeps the longer of
-            // what it holds and what it is granted (a promotion's lease
-            // covers the time the new primary cannot be vouched for).
-            track.lease_until = track.lease_until.max(now + lease.lease);
+            // A renewal replaces the lease the agent holds.
+            track.lease_until = now + lease.lease;
             out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
             self.follow_group(w, name, rec, &policy, &members, out);
             return;
@@ -351,7 +346,7 @@ impl Core {
             // renewed, so that an agent that merely lost its own link to the
             // database does not fence a primary that serves everyone else.
             track.down_since = None;
-            track.lease_until = track.lease_until.max(now + lease.lease);
+            track.lease_until = now + lease.lease;
             out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
             wait(out, format!("primary {primary_id} looks down to its own agent, but {who} (region {}) still reaches it", region_of(who)));
             return;
@@ -573,8 +568,8 @@ impl Core {
 
 /// Records on the decision's fence step until when the old primary may
 /// still hold a lease (with the drift margin): a fence that cannot reach it
-/// is skipped only after that. A lease is never shortened by a renewal, so
-/// a promotion's long lease may outlast the last renewal by far.
+/// is skipped only after that. A promotion's long lease that was never
+/// renewed may outlast `decided_at + lease` by far.
 fn bound_lease(d: &mut Decision, ends_at: Millis) {
     if let Some(fence) = d.steps.iter_mut().find(|s| s.action == "fence") {
         fence.args.insert("lease_ends_at".into(), ends_at.to_string());

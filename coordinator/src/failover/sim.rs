@@ -653,8 +653,7 @@ impl Sim {
                             self.set(&member, |m| {
                                 if epoch >= m.epoch {
                                     m.learn(epoch, &id);
-                                    // As the agent: a renewal never shortens a lease.
-                                    m.lease_until = Some(m.lease_until.map_or(now + ttl, |held| held.max(now + ttl)));
+                                    m.lease_until = Some(now + ttl);
                                     // The agent brings back the primary it
                                     // fenced for a lapsed lease.
                                     if m.lease_fenced && m.primary && region_up {
