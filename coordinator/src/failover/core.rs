@@ -93,9 +93,12 @@ impl LeaseConfig {
     /// completes: long enough to cover a leader change and the agents'
     /// reconnection right after it (the new primary cannot be vouched for
     /// before its replicas are repointed, nor ever by an old primary that
-    /// died). The first renewal replaces it. Until a decision finishes, the
-    /// core assumes such a lease may have just been granted; anti-flap
-    /// blocks automatic failover for far longer anyway.
+    /// died). The agent replaces it with the first renewal that reaches it;
+    /// the core, which cannot know when that is, counts on it to its end.
+    /// Until a decision finishes, the core assumes such a lease may have
+    /// just been granted; anti-flap blocks automatic failover for far longer
+    /// anyway, and an operator's failover of a new primary that vanished
+    /// right after its promotion waits for it.
     pub fn promote_ttl(&self) -> Millis {
         10 * self.lease
     }
@@ -329,8 +332,10 @@ impl Core {
         }
         if is_primary(&p) {
             track.down_since = None;
-            // A renewal replaces the lease the agent holds.
-            track.lease_until = now + lease.lease;
+            // A renewal replaces the lease the agent holds, but only once it
+            // arrives: until then the agent may still hold a longer one (a
+            // promotion's), so what is assumed never shrinks.
+            track.lease_until = track.lease_until.max(now + lease.lease);
             out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
             self.follow_group(w, name, rec, &policy, &members, out);
             return;
@@ -346,7 +351,7 @@ impl Core {
             // renewed, so that an agent that merely lost its own link to the
             // database does not fence a primary that serves everyone else.
             track.down_since = None;
-            track.lease_until = now + lease.lease;
+            track.lease_until = track.lease_until.max(now + lease.lease);
             out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
             wait(out, format!("primary {primary_id} looks down to its own agent, but {who} (region {}) still reaches it", region_of(who)));
             return;
