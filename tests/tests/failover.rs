@@ -239,8 +239,13 @@ fn pause_stops_automatic_failover_and_resume_lets_it_happen() {
     println!("the fenced primary took writes again {:.2} s after the coordinators resumed", back.elapsed().as_secs_f64());
     let c = cluster(&lab, "app-pg").expect("cluster");
     assert_eq!((c["epoch"].as_u64(), c["primary"].as_str()), (Some(3), Some(primary.as_str())), "no failover: {c}");
-    let log = std::fs::read_to_string(&lab.member(&primary).expect("primary").agent_log).unwrap_or_default();
-    assert!(log.contains("serves again under its new lease"), "the agent brought it back");
+    // The agent logs it once the restarted server is up, which is also when
+    // the write above can succeed: give the line a moment.
+    let agent_log = lab.member(&primary).expect("primary").agent_log.clone();
+    wait_for("the agent to say it brought the primary back", Duration::from_secs(10), || {
+        std::fs::read_to_string(&agent_log).ok()?.contains("serves again under its new lease").then_some(())
+    })
+    .expect("the agent brought it back");
 }
 
 /// Asserts for `quiet` that `cluster` stays at `epoch` with `primary`.
