@@ -134,9 +134,10 @@ pub async fn run(
             dataset_id: dataset.borrow().0.clone(),
             previous_dataset_id: dataset.borrow().1.clone(),
         };
-        let (end, established) = tokio::select! {
+        let mut established = false;
+        let end = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            end = session(&address, hello, &buffer, &views, &actor) => end?,
+            end = session(&address, hello, &buffer, &views, &actor, &mut established) => end?,
         };
         if established {
             // A stream that worked starts the pauses afresh.
@@ -174,20 +175,8 @@ pub async fn run(
     }
 }
 
-async fn session(
-    address: &str,
-    hello: AgentHello,
-    buffer: &SampleBuffer,
-    views: &watch::Sender<Option<ClusterView>>,
-    actor: &Arc<crate::actions::Actor>,
-) -> Result<(End, bool), Refused> {
-    let mut established = false;
-    let end = stream(address, hello, buffer, views, actor, &mut established).await?;
-    Ok((end, established))
-}
-
 /// One stream; `established` is set once the coordinator answered with a view.
-async fn stream(
+async fn session(
     address: &str,
     hello: AgentHello,
     buffer: &SampleBuffer,

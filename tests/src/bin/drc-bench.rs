@@ -517,12 +517,18 @@ mod failover {
     /// Runs `program args` with a time limit; its stdout when it succeeds.
     fn run_limited(program: &str, args: &[&str], limit: Duration) -> Option<String> {
         let mut child = Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
+        // Read while it runs: a child whose output outgrows the pipe (64 KiB;
+        // the ids of ~11,000 acknowledged writes) blocks until it is read.
+        let mut stdout = child.stdout.take()?;
+        let reader = std::thread::spawn(move || {
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut out).ok().map(|_| out)
+        });
         let start = Instant::now();
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => {
-                    let mut out = String::new();
-                    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut out).ok()?;
+                    let out = reader.join().ok()??;
                     return status.success().then(|| out.trim().to_string());
                 }
                 Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(5)),
