@@ -438,10 +438,7 @@ impl Executor {
         }
         // Leases granted up to the decision run out lease + margin later,
         // unless the core decided only after the old primary's lease ended.
-        let lease_end = ["lease_expired_at", "lease_ends_at"]
-            .iter()
-            .find_map(|k| step.args.get(*k).and_then(|t| t.parse().ok()))
-            .unwrap_or(d.decided_at + self.lease.lease + self.lease.drift_margin);
+        let lease_end = step.lease_end(d.decided_at, self.lease.lease, self.lease.drift_margin);
         let lease_over = now_ms() >= lease_end;
         let cmd = drc_proto::Command {
             command_id: 0,

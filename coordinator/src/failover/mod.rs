@@ -199,6 +199,17 @@ impl Step {
         matches!(self.action.as_str(), "repoint" | "rejoin" | "publish")
             || (self.action == "fence" && self.args.contains_key("lease_expired_at"))
     }
+
+    /// Until when the old primary of a decision made at `decided_at` may
+    /// still hold a lease (drift margin included), as its fence step
+    /// records it; decisions recorded before that was written fall back on
+    /// `decided_at + lease + margin`.
+    pub fn lease_end(&self, decided_at: Millis, lease: Millis, drift_margin: Millis) -> Millis {
+        ["lease_expired_at", "lease_ends_at"]
+            .iter()
+            .find_map(|k| self.args.get(*k).and_then(|t| t.parse().ok()))
+            .unwrap_or(decided_at + lease + drift_margin)
+    }
 }
 
 impl Decision {

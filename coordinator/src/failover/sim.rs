@@ -529,13 +529,7 @@ impl Sim {
                     });
                     (StepState::Done, String::new())
                 }
-                "fence"
-                    if self.now
-                        >= ["lease_expired_at", "lease_ends_at"]
-                            .iter()
-                            .find_map(|k| step.args.get(*k).and_then(|t| t.parse().ok()))
-                            .unwrap_or(d.decided_at + LEASE.lease + LEASE.drift_margin) =>
-                {
+                "fence" if self.now >= step.lease_end(d.decided_at, LEASE.lease, LEASE.drift_margin) => {
                     (StepState::Skipped, "unreachable; its lease has expired".into())
                 }
                 "demote" => (StepState::Failed, "old primary unreachable".into()),
