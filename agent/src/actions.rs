@@ -55,6 +55,11 @@ pub struct Actor {
     cfg: Arc<AgentConfig>,
     known: Mutex<Known>,
     lease_until: Mutex<Option<Instant>>,
+    /// The next sample's sequence number.
+    next_seq: std::sync::atomic::AtomicU64,
+    /// When the newest samples were taken, by sequence number: a renewal
+    /// counts from the sample it answers.
+    taken: Mutex<std::collections::VecDeque<(u64, Instant)>>,
     /// Other members the primary expects to stream from it.
     replicas: Mutex<usize>,
     /// When this replica last saw its stream from the primary up.
@@ -80,17 +85,28 @@ const FENCE_LEAD: Duration = Duration::from_millis(200);
 /// How a read that timed out starts its error.
 const NO_ANSWER: &str = "no answer";
 
-/// When a lease received at `received` ends on this agent: `ttl` after
-/// receipt, but never after the coordinator's own end (`expires_at_ms`, its
-/// wall clock) as read on ours, so that a lease delivered late does not run
-/// past the moment the coordinator may replace this primary; minus
-/// FENCE_LEAD.
-fn lease_end(received: Instant, ttl_ms: u64, expires_at_ms: Option<u64>, now_ms: u64) -> Instant {
+/// How many samples' times are kept for renewals to name: 25 s of samples
+/// at the default probe interval, far more than a lease.
+const TAKEN_KEPT: usize = 256;
+
+/// When a lease received at `received` ends on this agent, minus
+/// FENCE_LEAD: the earliest of `ttl` after receipt, the coordinator's own end
+/// (`expires_at_ms`, its wall clock) as read on ours, and `basis_ttl` after
+/// the sample the renewal answers was taken (`basis`). The coordinator
+/// received that sample after it was taken and counts its lease from no
+/// earlier than that, so the last bound holds however late the renewal is
+/// delivered and however far apart the wall clocks are.
+fn lease_end(received: Instant, ttl_ms: u64, expires_at_ms: Option<u64>, now_ms: u64, basis: Option<(Instant, u64)>) -> Instant {
     let mut left = ttl_ms;
     if let Some(at) = expires_at_ms {
         left = left.min(at.saturating_sub(now_ms));
     }
-    received + Duration::from_millis(left).saturating_sub(FENCE_LEAD)
+    let mut end = received + Duration::from_millis(left);
+    if let Some((taken, basis_ttl)) = basis {
+        end = end.min(taken + Duration::from_millis(basis_ttl));
+    }
+    // Never before receipt: a lease that ends there has already lapsed.
+    end.checked_sub(FENCE_LEAD).map_or(received, |e| e.max(received))
 }
 
 /// Whether the postmaster named by `data_dir/postmaster.pid` still runs.
@@ -133,6 +149,11 @@ impl Actor {
             cfg,
             known: Mutex::new(known.clone()),
             lease_until: Mutex::new(None),
+            // Above every number an earlier process of this agent used.
+            next_seq: std::sync::atomic::AtomicU64::new(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1),
+            ),
+            taken: Mutex::new(std::collections::VecDeque::with_capacity(TAKEN_KEPT)),
             replicas: Mutex::new(known.replicas),
             link_up_at: Mutex::new(None),
             // Not `known.lease_fenced`: a server restarted behind a
@@ -141,6 +162,22 @@ impl Actor {
             restarting: tokio::sync::Mutex::new(()),
             local_pg: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Numbers a sample taken now; renewals that answer it count from now.
+    pub fn stamp(&self, sample: &mut drc_proto::Sample) {
+        sample.seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut taken = lock(&self.taken);
+        if taken.len() == TAKEN_KEPT {
+            taken.pop_front();
+        }
+        taken.push_back((sample.seq, Instant::now()));
+    }
+
+    /// When sample `seq` was taken, if it is among the newest.
+    fn taken_at(&self, seq: u64) -> Option<Instant> {
+        let taken = lock(&self.taken);
+        taken.iter().rev().find(|(s, _)| *s == seq).map(|(_, at)| *at)
     }
 
     /// Whether this agent fenced its primary for a lapsed lease and still
@@ -213,6 +250,19 @@ impl Actor {
         let args = &cmd.args;
         let mut result = CommandResult { command_id: cmd.command_id, ok: true, ..Default::default() };
         if cmd.action == "lease" {
+            // The sample the renewal answers (a coordinator of before
+            // session 15 names none).
+            let basis = match args.get("basis_seq").and_then(|s| s.parse::<u64>().ok()) {
+                Some(seq) => match self.taken_at(seq) {
+                    Some(at) => Some((at, args.get("basis_ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(0))),
+                    None => {
+                        // Too old to be worth anything; nothing proves when it began.
+                        tracing::debug!(seq, "a renewal answers a sample this agent no longer knows: ignored");
+                        return result;
+                    }
+                },
+                None => None,
+            };
             if self.learn(cmd.epoch, &self.cfg.member_id) {
                 let ttl: u64 = args.get("ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(1_000);
                 // Each renewal replaces the lease, the longer one a promotion
@@ -220,7 +270,7 @@ impl Actor {
                 // must stop writing soon after a failover is decided, or the
                 // RPO measured when it was decided no longer holds.
                 *lock(&self.lease_until) =
-                    Some(lease_end(Instant::now(), ttl, args.get("expires_at_ms").and_then(|t| t.parse().ok()), now_ms()));
+                    Some(lease_end(Instant::now(), ttl, args.get("expires_at_ms").and_then(|t| t.parse().ok()), now_ms(), basis));
                 let replicas = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);
                 *lock(&self.replicas) = replicas;
                 let restart = {
@@ -343,13 +393,14 @@ impl Actor {
         }
         // The new primary serves under the lease its promotion grants.
         let ttl: u64 = args.get("ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(3_000);
-        *lock(&self.lease_until) = Some(lease_end(Instant::now(), ttl, args.get("expires_at_ms").and_then(|t| t.parse().ok()), now_ms()));
+        *lock(&self.lease_until) =
+            Some(lease_end(Instant::now(), ttl, args.get("expires_at_ms").and_then(|t| t.parse().ok()), now_ms(), None));
         let result = self.promote_member(args).await;
         if result.is_ok() {
             // The lease runs from the end of the promotion, which may take
             // long (WAL to replay): the coordinator keeps extending its end
             // while the decision is in progress.
-            *lock(&self.lease_until) = Some(lease_end(Instant::now(), ttl, None, 0));
+            *lock(&self.lease_until) = Some(lease_end(Instant::now(), ttl, None, 0, None));
             // From now on this member is the primary that holds the lease:
             // if renewals stop and its replicas do not vouch, it fences itself.
             let replicas = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);
@@ -862,14 +913,58 @@ mod tests {
     fn a_lease_ends_before_the_coordinators_end_even_when_delivered_late() {
         let t = Instant::now();
         // Delivered at once: ttl minus the fence lead.
-        assert_eq!(lease_end(t, 1_000, Some(10_000 + 1_000), 10_000), t + Duration::from_millis(800));
+        assert_eq!(lease_end(t, 1_000, Some(10_000 + 1_000), 10_000, None), t + Duration::from_millis(800));
         // Delivered 700 ms late: only what is left of the coordinator's lease.
-        assert_eq!(lease_end(t, 1_000, Some(10_000 + 1_000), 10_700), t + Duration::from_millis(100));
+        assert_eq!(lease_end(t, 1_000, Some(10_000 + 1_000), 10_700, None), t + Duration::from_millis(100));
         // Arrived after its end, or with less left than the lead: lapsed.
-        assert_eq!(lease_end(t, 1_000, Some(11_000), 12_000), t);
-        assert_eq!(lease_end(t, 1_000, Some(11_000), 10_900), t);
+        assert_eq!(lease_end(t, 1_000, Some(11_000), 12_000, None), t);
+        assert_eq!(lease_end(t, 1_000, Some(11_000), 10_900, None), t);
         // An older coordinator without expires_at: ttl alone.
-        assert_eq!(lease_end(t, 1_000, None, 0), t + Duration::from_millis(800));
+        assert_eq!(lease_end(t, 1_000, None, 0, None), t + Duration::from_millis(800));
+    }
+
+    #[test]
+    fn a_lease_counts_from_the_sample_it_answers() {
+        let taken = Instant::now();
+        let t = taken + Duration::from_millis(300);
+        // The leader granted 1 s from 50 ms after it received the sample,
+        // which took 100 ms to reach it: 1,150 ms from the sample's taking.
+        // Delivered 300 ms after the sample was taken, wall clocks agreeing:
+        // the sample bound is the earlier one.
+        assert_eq!(lease_end(t, 1_000, Some(11_000), 10_000, Some((taken, 1_150))), taken + Duration::from_millis(950));
+        // Wall clocks 5 s apart (the agent's behind) and delivered late: the
+        // sample bound still holds.
+        assert_eq!(lease_end(t, 1_000, Some(11_000), 5_000, Some((taken, 1_150))), taken + Duration::from_millis(950));
+        // A renewal that answers a sample older than its own lease: lapsed.
+        assert_eq!(lease_end(t, 1_000, None, 0, Some((taken, 250))), t);
+    }
+
+    #[test]
+    fn renewals_find_the_samples_they_answer_and_only_the_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = crate::config::AgentConfig::from_toml(&format!(
+            "member_id = \"pg-a\"\ncluster = \"pg\"\nregion = \"a\"\nkind = \"postgres\"\nendpoints = [\"127.0.0.1:1\"]\nstate_dir = {:?}\n[connection]\nport = 1\n",
+            dir.path()
+        ))
+        .expect("config");
+        let cfg = Arc::new(cfg);
+        let actor = Actor::new(Arc::clone(&cfg));
+        let mut first = drc_proto::Sample::default();
+        actor.stamp(&mut first);
+        assert!(actor.taken_at(first.seq).is_some());
+        let mut last = drc_proto::Sample::default();
+        for _ in 0..TAKEN_KEPT {
+            actor.stamp(&mut last);
+        }
+        assert!(last.seq > first.seq);
+        assert!(actor.taken_at(last.seq).is_some());
+        assert_eq!(actor.taken_at(first.seq), None, "forgotten once {TAKEN_KEPT} newer ones were taken");
+        // A restarted agent numbers above its predecessor.
+        std::thread::sleep(Duration::from_millis(2));
+        let again = Actor::new(cfg);
+        let mut next = drc_proto::Sample::default();
+        again.stamp(&mut next);
+        assert!(next.seq > last.seq);
     }
 
     #[test]

@@ -122,6 +122,7 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
             let epoch = probe_actor.epoch().max(view.as_ref().map(|v| v.epoch).unwrap_or(0));
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
             let mut sample = prober.sample(&probe_cfg.member_id, &local, primary.as_ref(), epoch, now);
+            probe_actor.stamp(&mut sample);
             sample.lease_ms = probe_actor.lease_ms();
             sample.lease_fenced = probe_actor.lease_fenced();
             sample.server_gone = !local.reachable && probe_cfg.postgres.as_ref().is_some_and(|pg| !actions::postmaster_alive(&pg.data_dir));

@@ -27,7 +27,7 @@
 //!
 //! [failover]
 //! lease = "1500ms"        # a primary's agent fences it after this without renewal
-//! drift_margin = "400ms"  # the leader waits lease + margin before replacing it
+//! drift_margin = "150ms"  # the leader waits lease + margin before replacing it
 //! hook = ["/usr/local/bin/point-dns-at"]  # optional, run after each promotion
 //! hook_timeout = "10s"
 //! ```
@@ -104,7 +104,7 @@ impl Default for FailoverTuning {
     fn default() -> Self {
         FailoverTuning {
             lease: Duration::from_millis(1500),
-            drift_margin: Duration::from_millis(400),
+            drift_margin: Duration::from_millis(150),
             hook: Vec::new(),
             hook_timeout: Duration::from_secs(10),
         }

@@ -137,7 +137,9 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     let lease = LeaseConfig {
         lease: cfg.failover.lease.as_millis() as u64,
         drift_margin: cfg.failover.drift_margin.as_millis() as u64,
-        handover: (cfg.raft.tick_interval * cfg.raft.election_ticks as u32).as_millis() as u64,
+        // Leases are renewed only within the window a quorum confirmed
+        // (`NodeHandle::may_renew`): a successor never overlaps them.
+        handover: 0,
     };
     let waits: Waits = Default::default();
     let hook = Hook { command: cfg.failover.hook.clone(), timeout: cfg.failover.hook_timeout };

@@ -217,6 +217,7 @@ impl Prober {
             lease_ms: 0,
             lease_fenced: false,
             server_gone: false,
+            seq: 0,
         }
     }
 }

@@ -72,19 +72,20 @@ pub struct LeaseConfig {
     pub lease: Millis,
     pub drift_margin: Millis,
     /// How long a deposed leader may go on renewing leases after its
-    /// successor was elected: Raft (check-quorum) steps a leader down at most
-    /// two election timeouts after it lost its quorum, and a successor is
-    /// elected no sooner than one election timeout after that loss (a
-    /// restarted coordinator, which forgot when it last heard from a leader,
-    /// votes for nobody for one election timeout), so the overlap is at most
-    /// one (unrandomised) election timeout. A new leader assumes every lease
-    /// was renewed that long after it took over.
+    /// successor was elected; a new leader assumes every lease was renewed
+    /// that long after it took over. The coordinator renews only while a
+    /// quorum has confirmed its leadership recently enough that no successor
+    /// can have been elected yet (`NodeHandle::may_renew`), so it runs with
+    /// none. Without that rule it would be one election timeout: Raft
+    /// (check-quorum) steps a leader down at most two election timeouts after
+    /// it lost its quorum, and a successor is elected no sooner than one
+    /// after that loss.
     pub handover: Millis,
 }
 
 impl Default for LeaseConfig {
     fn default() -> Self {
-        LeaseConfig { lease: 1_500, drift_margin: 400, handover: 400 }
+        LeaseConfig { lease: 1_500, drift_margin: 150, handover: 0 }
     }
 }
 
@@ -215,7 +216,8 @@ fn rpo_problem(policy: &Policy, lag_bytes: u64, lag_ms: u64) -> Option<String> {
 impl Core {
     /// A core for a node that became leader at `now`. It assumes that the
     /// previous leader renewed every lease as late as `handover` after that
-    /// (a deposed leader cut off with the primary may not know it yet).
+    /// (zero when a deposed leader stops renewing before a successor can be
+    /// elected; see [`LeaseConfig::handover`]).
     pub fn new(lease: LeaseConfig, now: Millis) -> Core {
         Core { lease, leader_since: now, tracks: BTreeMap::new() }
     }

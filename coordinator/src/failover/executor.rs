@@ -51,6 +51,8 @@ pub struct Executor {
     running: Mutex<HashSet<u64>>,
     requests: mpsc::Sender<Asked>,
     inbox: Mutex<Option<mpsc::Receiver<Asked>>>,
+    /// Ticks in a row whose leases were held back (see `act`).
+    held_ticks: std::sync::atomic::AtomicU32,
 }
 
 /// The command run after each promotion (empty: none), and its time limit.
@@ -83,6 +85,7 @@ impl Executor {
             running: Mutex::new(HashSet::new()),
             requests,
             inbox: Mutex::new(Some(inbox)),
+            held_ticks: Default::default(),
         })
     }
 
@@ -136,8 +139,10 @@ impl Executor {
                 let open: Vec<u64> = sm.history.values().filter(|d| d.finished_at.is_none()).map(|d| d.id).collect();
                 (sm.records.clone(), sm.global_paused, open)
             });
-            let observations = self.health.observations(t, Instant::now());
-            let world = World { now: now_ms(), topology: t, records: &records, global_paused, observations: &observations };
+            // The core's clock, and the same instant on the monotonic one.
+            let (now, at) = (now_ms(), Instant::now());
+            let observations = self.health.observations(t, at);
+            let world = World { now, topology: t, records: &records, global_paused, observations: &observations };
             // Requests first, in the order they came; one that waits for its
             // cluster to settle is asked again on each tick, for a while. At
             // most one is answered per pass, and then the core's tick waits
@@ -165,7 +170,7 @@ impl Executor {
             }
             let actions = core.tick(&world);
             let decided = actions.iter().any(|a| matches!(a, Action::Decide(_)));
-            self.act(t, actions, world.now).await;
+            self.act(t, actions, world.now, at).await;
             // A decision just committed starts now, not on the next tick.
             let open = if decided {
                 self.node.store().with_state(|sm| sm.history.values().filter(|d| d.finished_at.is_none()).map(|d| d.id).collect())
@@ -202,9 +207,11 @@ impl Executor {
         }
     }
 
-    /// `now` is the core's clock of this tick: the leases it granted end at
-    /// `now + ttl`, and the agents are told that instant as well as the ttl.
-    async fn act(&self, t: &Topology, actions: Vec<Action>, now: Millis) {
+    /// `now` is the core's clock of this tick and `at` the same instant on
+    /// the monotonic clock: the leases it granted end at `now + ttl`, and the
+    /// agents are told that instant, the ttl, and how long after the newest
+    /// sample received from them it is.
+    async fn act(&self, t: &Topology, actions: Vec<Action>, now: Millis, at: Instant) {
         let mut waits = BTreeMap::new();
         // Adoptions are independent: proposed together, they share Raft
         // round trips (thousands of clusters are adopted when a topology
@@ -220,6 +227,10 @@ impl Executor {
             _ => None,
         });
         futures::future::join_all(adopts).await;
+        // Checked after `at`, the instant the leases count from: a leader
+        // that cannot show no successor exists renews nothing.
+        let may_renew = self.node.may_renew();
+        let mut held = 0usize;
         for a in actions {
             match a {
                 Action::Adopt { .. } => {}
@@ -229,6 +240,7 @@ impl Executor {
                         tracing::info!(%cluster, %reason, "decision not recorded");
                     }
                 }
+                Action::Lease { .. } if !may_renew => held += 1,
                 Action::Lease { cluster, member, epoch, ttl } => {
                     // The topology's cluster index: no walk over every member per lease.
                     let replicas = t.by_cluster().get(cluster.as_str()).map_or(0, Vec::len).saturating_sub(1);
@@ -244,12 +256,21 @@ impl Executor {
                         ]
                         .into(),
                     };
-                    self.health.notify(&member, cmd);
+                    self.health.renew(&member, cmd, at + Duration::from_millis(ttl));
                 }
                 Action::Wait { cluster, reason } => {
                     waits.insert(cluster, reason);
                 }
             }
+        }
+        if held > 0 {
+            // A new leader's first tick may come before its first round.
+            let ticks = self.held_ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if ticks > 1 {
+                tracing::warn!(leases = held, ticks, "leases not renewed: no quorum confirmed this leadership within an election timeout");
+            }
+        } else {
+            self.held_ticks.store(0, std::sync::atomic::Ordering::Relaxed);
         }
         let mut current = self.waits.lock().unwrap_or_else(|p| p.into_inner());
         for (cluster, reason) in &waits {

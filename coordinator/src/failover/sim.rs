@@ -24,7 +24,7 @@ const CLUSTERS: [&str; 2] = ["pg", "rd"];
 const TICK: Millis = 100;
 const STEPS: u64 = 500;
 /// The simulated leader stops at once when it loses its quorum: no handover.
-const LEASE: LeaseConfig = LeaseConfig { lease: 1_000, drift_margin: 400, handover: 0 };
+const LEASE: LeaseConfig = LeaseConfig { lease: 1_000, drift_margin: 150, handover: 0 };
 const WINDOW: Millis = 1_000;
 const RPO_BYTES: u64 = 1_000;
 const RPO_MS: u64 = 5_000;

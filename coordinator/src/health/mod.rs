@@ -210,6 +210,27 @@ impl HealthBoard {
         sender.is_some_and(|s| s.try_send(Ok(CoordinatorMessage { body: Some(coordinator_message::Body::Command(cmd)) })).is_ok())
     }
 
+    /// Sends a lease renewal that ends at `until` on this clock. It names the
+    /// newest sample received from the member and how long after *its
+    /// receipt* `until` is: the agent counts from when it took that sample,
+    /// which was earlier, so its lease never outlasts `until`, however late
+    /// the renewal arrives. False if the agent is not connected or its
+    /// stream is full.
+    pub fn renew(&self, member: &str, mut cmd: drc_proto::Command, until: Instant) -> bool {
+        let sender = {
+            let b = self.lock();
+            let Some(m) = b.members.get(member) else { return false };
+            if let (Some(sample), Some(received)) = (&m.sample, m.received) {
+                if sample.seq > 0 {
+                    cmd.args.insert("basis_seq".into(), sample.seq.to_string());
+                    cmd.args.insert("basis_ttl_ms".into(), until.saturating_duration_since(received).as_millis().to_string());
+                }
+            }
+            m.sender.clone()
+        };
+        sender.is_some_and(|s| s.try_send(Ok(CoordinatorMessage { body: Some(coordinator_message::Body::Command(cmd)) })).is_ok())
+    }
+
     /// An agent's answer to a command.
     pub fn complete(&self, result: CommandResult) {
         if let Some(tx) = self.lock().pending.remove(&result.command_id) {

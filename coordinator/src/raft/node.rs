@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
@@ -127,6 +127,8 @@ pub struct NodeHandle {
     /// status changes with every commit.
     role: watch::Receiver<Role>,
     store: RaftStore,
+    /// Until when this node may renew primaries' leases (see [`Self::may_renew`]).
+    renew_until: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl NodeHandle {
@@ -136,6 +138,22 @@ impl NodeHandle {
 
     pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
+    }
+
+    /// Whether this node may renew a primary's lease now, counted from any
+    /// instant before this call: it is the leader, and a quorum confirmed
+    /// that recently enough that no other coordinator can have been elected
+    /// yet. Every Raft tick the leader asks its followers (a ReadIndex
+    /// round, sent after the instant it records). A follower that answered
+    /// refuses to vote for anyone else for one election timeout after it
+    /// heard the leader (raft-rs with check-quorum), and a successor needs
+    /// the vote of at least one of them; so leases granted until then all
+    /// end before a successor's own `leader_since + lease`. The window is
+    /// closed before this node can vote once it steps down, and when it
+    /// hands its leadership over. A leader that cannot confirm stops
+    /// renewing; its primaries' agents then count down the leases they hold.
+    pub fn may_renew(&self) -> bool {
+        self.renew_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| Instant::now() < t)
     }
 
     /// Changes only when this node's role does.
@@ -195,7 +213,22 @@ pub struct Node {
     /// Vote requests are dropped for one election timeout from here.
     started: std::time::Instant,
     last_role: (StateRole, u64),
+    /// Shared with the handles: until when leases may be renewed.
+    renew_until: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// ReadIndex rounds in flight: context number and when it was asked.
+    confirming: std::collections::VecDeque<(u64, Instant)>,
+    next_confirm: u64,
+    /// Rounds asked before this instant do not count (a leadership transfer:
+    /// its target is elected without waiting for the followers' timeouts).
+    confirm_after: Option<Instant>,
 }
+
+/// How many ReadIndex rounds may be in flight; older ones are forgotten.
+const CONFIRMING_KEPT: usize = 64;
+
+/// Kept off the end of the window a quorum's answer opens: timer and
+/// scheduling slack between this node's clock and its followers' ticks.
+const RENEW_GUARD: Duration = Duration::from_millis(50);
 
 /// Channel capacity of the node's input queue. Raft messages beyond it are
 /// dropped (raft retransmits); API requests wait.
@@ -227,7 +260,8 @@ impl Node {
         let status = status_of(&raw);
         let (role_tx, role_rx) = watch::channel(status.role);
         let (status_tx, status_rx) = watch::channel(status);
-        let handle = NodeHandle { tx, status: status_rx, role: role_rx, store: store.clone() };
+        let renew_until = Arc::new(std::sync::Mutex::new(None));
+        let handle = NodeHandle { tx, status: status_rx, role: role_rx, store: store.clone(), renew_until: Arc::clone(&renew_until) };
         let last_role = (raw.raft.state, raw.raft.term);
         transport.merge_addresses(&store.with_state(|sm| sm.nodes.clone()));
         Ok((
@@ -242,6 +276,10 @@ impl Node {
                 pending: BTreeMap::new(),
                 started: std::time::Instant::now(),
                 last_role,
+                renew_until,
+                confirming: std::collections::VecDeque::new(),
+                next_confirm: 0,
+                confirm_after: None,
             },
             handle,
         ))
@@ -255,7 +293,10 @@ impl Node {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = ticker.tick() => { self.raw.tick(); }
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    self.confirm_leadership();
+                }
                 input = self.rx.recv() => match input {
                     Some(input) => {
                         self.handle(input);
@@ -270,6 +311,9 @@ impl Node {
                     None => break,
                 },
             }
+            // Before anything this pass did is sent: a node that stepped
+            // down may vote in this very pass.
+            self.close_window_unless_leader();
             self.on_ready()?;
             self.after_step();
         }
@@ -355,7 +399,56 @@ impl Node {
                 let result = self.raw.propose_conf_change(vec![], cc);
                 self.track(before, result, reply);
             }
-            NodeInput::TransferLeader { to } => self.raw.transfer_leader(to),
+            NodeInput::TransferLeader { to } => {
+                // The target campaigns as soon as it has caught up (within
+                // an election timeout, when raft-rs gives up the transfer),
+                // and the followers vote for it without waiting for their
+                // timeouts: no lease may be renewed from now on, nor on the
+                // strength of a round asked before two election timeouts.
+                let election = self.cfg.tick_interval * self.cfg.election_ticks as u32;
+                self.confirm_after = Some(Instant::now() + 2 * election);
+                *self.renew_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.raw.transfer_leader(to);
+            }
+        }
+    }
+
+    /// As leader, asks the followers to confirm the leadership (ReadIndex).
+    fn confirm_leadership(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        // Asked before the round's heartbeats leave, so it is a lower bound
+        // of when each follower heard from this leader.
+        let at = Instant::now();
+        if self.confirming.len() == CONFIRMING_KEPT {
+            self.confirming.pop_front();
+        }
+        self.next_confirm += 1;
+        self.confirming.push_back((self.next_confirm, at));
+        self.raw.read_index(self.next_confirm.to_be_bytes().to_vec());
+    }
+
+    /// A quorum answered the rounds up to `ctx`: leases may be renewed until
+    /// one election timeout (less a tick and a guard) after it was asked.
+    fn confirmed(&mut self, ctx: &[u8]) {
+        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else { return };
+        let n = u64::from_be_bytes(bytes);
+        let Some(&(_, asked)) = self.confirming.iter().find(|(c, _)| *c == n) else { return };
+        self.confirming.retain(|(c, _)| *c > n);
+        if self.confirm_after.is_some_and(|after| asked < after) || self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        let span = (self.cfg.tick_interval * (self.cfg.election_ticks as u32).saturating_sub(1)).saturating_sub(RENEW_GUARD);
+        let mut until = self.renew_until.lock().unwrap_or_else(|p| p.into_inner());
+        *until = Some(until.map_or(asked + span, |u| u.max(asked + span)));
+    }
+
+    fn close_window_unless_leader(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.confirming.clear();
+            self.confirm_after = None;
+            *self.renew_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 
@@ -407,6 +500,9 @@ impl Node {
         }
         if !rd.persisted_messages().is_empty() {
             self.transport.send(rd.take_persisted_messages());
+        }
+        for rs in rd.take_read_states() {
+            self.confirmed(&rs.request_ctx);
         }
         let committed = rd.take_committed_entries();
         self.apply(committed, None)?;
@@ -608,5 +704,111 @@ mod tests {
         let mut status = handle.watch_status();
         tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.term == 6)).await.expect("heeded").expect("status");
         cancel.cancel();
+    }
+
+    /// One in-process node of a test cluster, with its Raft server on a
+    /// loopback port. `link` cuts both directions of its Raft traffic.
+    struct TestNode {
+        handle: NodeHandle,
+        link: CancellationToken,
+        all: CancellationToken,
+    }
+
+    async fn cluster(dir: &std::path::Path, n: u64) -> Vec<TestNode> {
+        let listeners: Vec<std::net::TcpListener> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+        let founders: BTreeMap<u64, NodeAddress> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i as u64 + 1, NodeAddress::shared(l.local_addr().expect("addr").to_string())))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let store = RaftStore::open(&dir.join(id.to_string()), "test", id, Some(&founders)).expect("open");
+            let (all, link) = (CancellationToken::new(), CancellationToken::new());
+            let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
+            let address = founders[&id].client.clone();
+            let transport = Transport::new("test".into(), id, address, tx.clone(), link.clone());
+            transport.merge_addresses(&founders);
+            let cfg =
+                NodeConfig { id, tick_interval: Duration::from_millis(50), election_ticks: 8, heartbeat_ticks: 2, snapshot_entries: 1000 };
+            let (node, handle) = Node::new(cfg, store, Arc::clone(&transport), rx, tx).expect("node");
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let stop = link.clone();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(drc_proto::raft_transport_server::RaftTransportServer::new(super::super::transport::RaftService::new(
+                        transport,
+                    )))
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener),
+                        async move { stop.cancelled().await },
+                    ),
+            );
+            tokio::spawn(node.run(all.clone()));
+            nodes.push(TestNode { handle, link, all });
+        }
+        nodes
+    }
+
+    async fn leader_of(nodes: &[TestNode], except: Option<usize>) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(i) = (0..nodes.len()).find(|i| Some(*i) != except && nodes[*i].handle.status().role == Role::Leader) {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_off_leader_stops_renewing_before_a_successor_is_elected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes = cluster(dir.path(), 3).await;
+        let old = leader_of(&nodes, None).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !nodes[old].handle.may_renew() {
+            assert!(Instant::now() < deadline, "the leader never had its leadership confirmed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            assert_eq!(n.handle.may_renew(), i == old, "only the leader may renew");
+        }
+        // Cut the leader off both ways. It stays leader in its own eyes for
+        // a while (check-quorum), but its window must close before anyone
+        // else leads: each poll reads the old leader first, so a successor
+        // seen in a poll was elected after the old leader's reading.
+        nodes[old].link.cancel();
+        let mut last_renewing = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let new = loop {
+            if nodes[old].handle.may_renew() {
+                last_renewing = Some(Instant::now());
+            }
+            if let Some(i) = (0..3).find(|i| *i != old && nodes[*i].handle.status().role == Role::Leader) {
+                assert!(!nodes[old].handle.may_renew(), "the old leader may still renew while node {} leads", i + 1);
+                break i;
+            }
+            assert!(Instant::now() < deadline, "no successor elected");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        eprintln!("old leader renewed until {:?} before its successor was seen", last_renewing.map(|t| t.elapsed()).unwrap_or_default());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !nodes[new].handle.may_renew() {
+            assert!(Instant::now() < deadline, "the new leader never had its leadership confirmed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!nodes[old].handle.may_renew());
+        // Handing leadership over closes the window at once.
+        let to = (0..3).find(|i| *i != old && *i != new).expect("third node") as u64 + 1;
+        nodes[new].handle.transfer_leader(to).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!nodes[new].handle.may_renew(), "renewing after a leadership transfer began");
+        for n in &nodes {
+            n.all.cancel();
+            n.link.cancel();
+        }
     }
 }
