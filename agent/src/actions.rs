@@ -82,6 +82,9 @@ const LEASE_CHECK: Duration = Duration::from_millis(50);
 /// for clock differences alone.
 const FENCE_LEAD: Duration = Duration::from_millis(200);
 
+/// A renewal that arrives with less than this left on the lease is logged.
+const NEAR_LAPSE: Duration = Duration::from_millis(500);
+
 /// How a read that timed out starts its error.
 const NO_ANSWER: &str = "no answer";
 
@@ -269,8 +272,19 @@ impl Actor {
                 // granted included: an old primary cut off from the leader
                 // must stop writing soon after a failover is decided, or the
                 // RPO measured when it was decided no longer holds.
-                *lock(&self.lease_until) =
-                    Some(lease_end(Instant::now(), ttl, args.get("expires_at_ms").and_then(|t| t.parse().ok()), now_ms(), basis));
+                let now = Instant::now();
+                let before = lock(&self.lease_until).replace(lease_end(
+                    now,
+                    ttl,
+                    args.get("expires_at_ms").and_then(|t| t.parse().ok()),
+                    now_ms(),
+                    basis,
+                ));
+                // A renewal that came close to the end of the lease it
+                // replaced: how much slack a leader change or a slow link left.
+                if let Some(left) = before.map(|b| b.saturating_duration_since(now)).filter(|l| *l < NEAR_LAPSE) {
+                    tracing::info!(left_ms = left.as_millis() as u64, "lease renewed close to its end");
+                }
                 let replicas = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);
                 *lock(&self.replicas) = replicas;
                 let restart = {

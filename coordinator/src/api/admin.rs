@@ -22,6 +22,7 @@ use drc_proto::{
     WatchPrimaryRequest, WatchRequest,
 };
 use drc_proto::{JobReply, JobsReply, ListJobsRequest, SetScheduleRequest, StartBackupRequest, StartRecoveryTestRequest};
+use drc_proto::{TransferLeadershipReply, TransferLeadershipRequest};
 
 use crate::failover::core::Request as FailoverAsk;
 use crate::failover::executor::Executor;
@@ -564,6 +565,39 @@ impl AdminService for AdminApi {
         let address = NodeAddress { client: r.address, raft: Some(r.raft_address).filter(|a| !a.is_empty()) };
         let outcome = self.node.change_membership(MembershipChange::Add { id: r.id, address }, self.write_timeout).await;
         membership_response(outcome.map_err(|e| self.explain(e))?, self.node.status().applied_index)
+    }
+
+    async fn transfer_leadership(&self, req: Request<TransferLeadershipRequest>) -> Result<Response<TransferLeadershipReply>, Status> {
+        let to = req.get_ref().id;
+        let voters = self.node.status().voters;
+        if !voters.contains(&to) {
+            return Err(Status::invalid_argument(format!("id: node {to} is not a voter (voters: {voters:?})")));
+        }
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.transfer_leadership(r).await })
+                .await?
+        {
+            return Ok(answer);
+        }
+        let me = self.node.status();
+        if to != me.id {
+            self.node.transfer_leader(to).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let mut watch = self.node.watch_status();
+        loop {
+            let s = watch.borrow_and_update().clone();
+            if s.leader_id == to {
+                return Ok(Response::new(TransferLeadershipReply { leader_id: to, term: s.term }));
+            }
+            if tokio::time::timeout_at(deadline, watch.changed()).await.is_err() {
+                return Err(Status::unavailable(format!(
+                    "leadership did not move to node {to} within {}; node {} leads (a node that is behind or unreachable cannot take over)",
+                    humantime::format_duration(self.write_timeout),
+                    s.leader_id
+                )));
+            }
+        }
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipResponse>, Status> {

@@ -15,7 +15,8 @@ use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::{
     AddNodeRequest, ApplyTopologyRequest, ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRegionRequest, FailoverRequest,
     GetTopologyRequest, HistoryRequest, ListJobsRequest, ListNodesRequest, MemberHealth, NodeStatus, PauseRequest, RemoveNodeRequest,
-    SetScheduleRequest, StartBackupRequest, StartRecoveryTestRequest, StatusRequest, SwitchoverRequest, WatchRequest,
+    SetScheduleRequest, StartBackupRequest, StartRecoveryTestRequest, StatusRequest, SwitchoverRequest, TransferLeadershipRequest,
+    WatchRequest,
 };
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
@@ -217,6 +218,12 @@ pub enum MembersCommand {
     },
     /// Remove a coordinator node from the Raft group.
     Remove {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Hand Raft leadership to node ID (e.g. before maintenance of the
+    /// leader's region); returns once it leads.
+    Lead {
         #[arg(long)]
         id: u64,
     },
@@ -508,6 +515,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 } else {
                     println!("added node {id} ({address}); voters now {:?}", r.voters);
+                }
+            }
+            MembersCommand::Lead { id } => {
+                let r = client.transfer_leadership(TransferLeadershipRequest { id }).await.map_err(status_err)?.into_inner();
+                if json_out {
+                    println!("{}", serde_json::to_string_pretty(&json!({"leader_id": r.leader_id, "term": r.term}))?);
+                } else {
+                    println!("node {} leads (term {})", r.leader_id, r.term);
                 }
             }
             MembersCommand::Remove { id } => {

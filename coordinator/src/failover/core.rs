@@ -195,6 +195,9 @@ pub struct Core {
     lease: LeaseConfig,
     leader_since: Millis,
     tracks: BTreeMap<String, Track>,
+    /// The earliest instant at which a waiting failover may go ahead (a
+    /// confirmation window or a lease running out), from the last tick.
+    wake: Option<Millis>,
 }
 
 fn is_primary(o: &Obs) -> bool {
@@ -219,7 +222,7 @@ impl Core {
     /// (zero when a deposed leader stops renewing before a successor can be
     /// elected; see [`LeaseConfig::handover`]).
     pub fn new(lease: LeaseConfig, now: Millis) -> Core {
-        Core { lease, leader_since: now, tracks: BTreeMap::new() }
+        Core { lease, leader_since: now, tracks: BTreeMap::new(), wake: None }
     }
 
     /// The cluster's track, reset when the epoch changed. `primary_position`
@@ -263,10 +266,12 @@ impl Core {
     pub fn tick(&mut self, w: &World) -> Vec<Action> {
         let by_cluster = w.topology.by_cluster();
         let mut out = Vec::new();
+        let mut wake = None;
         for name in w.topology.clusters.keys() {
             let ids = by_cluster.get(name).map(Vec::as_slice).unwrap_or_default();
-            self.tick_cluster(w, name, ids, &mut out);
+            self.tick_cluster(w, name, ids, &mut out, &mut wake);
         }
+        self.wake = wake;
         for a in out.iter_mut() {
             if let Action::Decide(d) = a {
                 d.known_position = self.known_position(&d.cluster);
@@ -275,12 +280,19 @@ impl Core {
         out
     }
 
+    /// When the last tick's earliest waiting failover may go ahead: the
+    /// leader ticks again then instead of on its next regular tick.
+    pub fn wake(&self) -> Option<Millis> {
+        self.wake
+    }
+
     fn known_position(&self, cluster: &str) -> u64 {
         self.tracks.get(cluster).map(|t| t.primary_position).unwrap_or(0)
     }
 
-    fn tick_cluster(&mut self, w: &World, name: &str, ids: &[String], out: &mut Vec<Action>) {
+    fn tick_cluster(&mut self, w: &World, name: &str, ids: &[String], out: &mut Vec<Action>, wake: &mut Option<Millis>) {
         let wait = |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason });
+        let mut wake_at = |at: Millis| *wake = Some(wake.map_or(at, |w: Millis| w.min(at)));
         let Some(policy) = w.topology.clusters.get(name).map(|c| c.policy.clone()) else { return };
         let members = observed(w, ids.iter());
         let default_rec = ClusterRecord::default();
@@ -369,11 +381,13 @@ impl Core {
         // confirmation, still from another region as well.
         let confirm = if p.fresh && p.server_gone { window.min(policy.crash_detection_window.as_millis() as u64) } else { window };
         if now < since + confirm {
+            wake_at(since + confirm);
             let what = if confirm < window { "its agent sees its server process gone; " } else { "" };
             wait(out, format!("primary {primary_id} down for {} ms, {what}confirming for {confirm} ms", now - since));
             return;
         }
         if now < leader_since + window {
+            wake_at(leader_since + window);
             wait(out, format!("new leader: collecting {window} ms of fresh samples before deciding"));
             return;
         }
@@ -384,6 +398,7 @@ impl Core {
         // the lease. A silent agent leaves only the lease.
         let agent_fences = p.fresh;
         if now < lease_end && !agent_fences {
+            wake_at(lease_end);
             wait(out, format!("waiting {} ms for the old primary's lease to expire", lease_end - now));
             return;
         }

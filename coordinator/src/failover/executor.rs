@@ -115,12 +115,17 @@ impl Executor {
         let Some(mut inbox) = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         // Requests waiting for their cluster to settle, with when they came.
         let mut settling: Vec<(Asked, Instant)> = Vec::new();
+        // A failover waiting for a window or a lease to run out goes ahead
+        // at that instant, not on the next regular tick.
+        let mut wake: Option<Instant> = None;
         loop {
             let request = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = ticker.tick() => None,
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => None,
                 r = inbox.recv() => r.map(|r| (r, Instant::now())),
             };
+            wake = None;
             if !self.is_leader() {
                 core = None;
                 self.waits.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -171,6 +176,7 @@ impl Executor {
             let actions = core.tick(&world);
             let decided = actions.iter().any(|a| matches!(a, Action::Decide(_)));
             self.act(t, actions, world.now, at).await;
+            wake = core.wake().map(|w| at + Duration::from_millis(w.saturating_sub(now)));
             // A decision just committed starts now, not on the next tick.
             let open = if decided {
                 self.node.store().with_state(|sm| sm.history.values().filter(|d| d.finished_at.is_none()).map(|d| d.id).collect())

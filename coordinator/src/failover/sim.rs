@@ -837,6 +837,40 @@ fn a_crashed_primary_is_replaced_within_the_bound() {
 }
 
 #[test]
+fn a_waiting_failover_names_the_instant_it_may_go_ahead() {
+    let mut sim = Sim::new(1, false);
+    for _ in 0..30 {
+        sim.step();
+    }
+    sim.set("pg-a", |m| {
+        m.up = false;
+        m.writable = false;
+    });
+    let mut gates = 0;
+    for _ in 0..80 {
+        sim.step();
+        if sim.sm.records["pg"].epoch > 1 {
+            break;
+        }
+        let obs = sim.observations();
+        let Some(core) = sim.core.as_mut() else { continue };
+        let Some(wake) = core.wake() else { continue };
+        assert!(wake > sim.now, "a wake-up in the past");
+        let world = |now| World { now, topology: &sim.topology, records: &sim.sm.records, global_paused: false, observations: &obs };
+        let decides = |actions: &[Action]| actions.iter().any(|a| matches!(a, Action::Decide(d) if d.cluster == "pg"));
+        // Just before it nothing may happen, and the core still names it;
+        // at it, the gate is open: a decision, or a later gate.
+        assert!(!decides(&core.tick(&world(wake - 1))), "decided before its wake-up");
+        assert_eq!(core.wake(), Some(wake));
+        let at = core.tick(&world(wake));
+        assert!(decides(&at) || core.wake().is_some_and(|w| w > wake), "nothing opened at {wake}: {at:?}");
+        gates += 1;
+    }
+    assert!(gates > 0, "the failover never waited on a timed gate");
+    assert_eq!(sim.sm.records["pg"].epoch, 2, "{:#?}", sim.log);
+}
+
+#[test]
 fn an_agent_link_loss_alone_causes_no_failover() {
     let mut sim = Sim::new(2, false);
     for _ in 0..30 {

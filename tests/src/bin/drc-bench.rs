@@ -65,8 +65,10 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         trials: u32,
         /// pg-crash (postmaster SIGKILL), pg-node (server and agent),
-        /// redis-node (server and agent), region (everything in region a).
-        #[arg(long, value_delimiter = ',', default_value = "pg-crash,pg-node,redis-node,region")]
+        /// redis-node (server and agent), region (everything in region a),
+        /// region-leader (the same, with the coordinator leader moved into
+        /// region a first: the worst case).
+        #[arg(long, value_delimiter = ',', default_value = "pg-crash,pg-node,redis-node,region,region-leader")]
         faults: Vec<String>,
     },
     /// Backup throughput and recovery-test time against plain pipelines.
@@ -650,6 +652,11 @@ mod failover {
         wait_for("both clusters adopted", Duration::from_secs(60), || {
             (epoch(&lab, PG_CLUSTER)? >= 1 && epoch(&lab, REDIS_CLUSTER)? >= 1).then_some(())
         })?;
+        if fault == "region-leader" {
+            // The worst region loss: the coordinator leader goes with it.
+            let a = lab.info.coordinators.iter().find(|c| c.region == "a").ok_or_else(|| anyhow!("no coordinator in region a"))?;
+            lab.drctl_json(&["members", "lead", "--id", &a.id.to_string()])?;
+        }
         let port: u16 = lab.forwarder(cluster)?.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).ok_or_else(|| anyhow!("port"))?;
         if !redis
             && run_limited(
@@ -686,7 +693,11 @@ mod failover {
         let member = |id: &str| lab.member(id).cloned();
         let (pa, ra) = (member("pg-a")?, member("redis-a")?);
         let leader = lab.status().ok().and_then(|s| s["leader_id"].as_u64()).unwrap_or(0);
-        let leader_lost = fault == "region" && lab.info.coordinators.iter().any(|c| c.region == "a" && c.id == leader);
+        let region = fault == "region" || fault == "region-leader";
+        let leader_lost = region && lab.info.coordinators.iter().any(|c| c.region == "a" && c.id == leader);
+        if fault == "region-leader" && !leader_lost {
+            bail!("the coordinator leader is node {leader}, not region a's");
+        }
         match fault {
             "pg-crash" => kill_tree(postmaster_pid(&pa.data_dir)?),
             "pg-node" => {
@@ -697,7 +708,7 @@ mod failover {
                 signal(ra.agent_pid, libc::SIGKILL);
                 signal(ra.pid, libc::SIGKILL);
             }
-            "region" => {
+            "region" | "region-leader" => {
                 for c in lab.info.coordinators.iter().filter(|c| c.region == "a") {
                     signal(c.pid, libc::SIGKILL);
                 }
