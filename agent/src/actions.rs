@@ -253,8 +253,7 @@ impl Actor {
         let args = &cmd.args;
         let mut result = CommandResult { command_id: cmd.command_id, ok: true, ..Default::default() };
         if cmd.action == "lease" {
-            // The sample the renewal answers (a coordinator of before
-            // session 15 names none).
+            // The sample the renewal answers (older coordinators name none).
             let basis = match args.get("basis_seq").and_then(|s| s.parse::<u64>().ok()) {
                 Some(seq) => match self.taken_at(seq) {
                     Some(at) => Some((at, args.get("basis_ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(0))),

@@ -118,10 +118,18 @@ impl Executor {
         // A failover waiting for a window or a lease to run out goes ahead
         // at that instant, not on the next regular tick.
         let mut wake: Option<Instant> = None;
+        // A new leader starts at once: the leases it must honour count from
+        // its first tick, not from its election.
+        let mut role = self.node.watch_role();
+        let mut role_alive = true;
         loop {
             let request = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = ticker.tick() => None,
+                changed = role.changed(), if role_alive => {
+                    role_alive = changed.is_ok();
+                    None
+                }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => None,
                 r = inbox.recv() => r.map(|r| (r, Instant::now())),
             };
@@ -270,9 +278,10 @@ impl Executor {
             }
         }
         if held > 0 {
-            // A new leader's first tick may come before its first round.
+            // A new leader's first ticks may come before its first round
+            // (its first entry must commit before a round can start).
             let ticks = self.held_ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if ticks > 1 {
+            if ticks > 2 {
                 tracing::warn!(leases = held, ticks, "leases not renewed: no quorum confirmed this leadership within an election timeout");
             }
         } else {

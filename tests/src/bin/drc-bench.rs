@@ -621,6 +621,10 @@ mod failover {
         to_first_write: Duration,
         acked: usize,
         lost: usize,
+        /// How long before the fault the earliest lost write was
+        /// acknowledged: with asynchronous replication, only writes still
+        /// in flight to the replicas may be lost.
+        oldest_lost: Option<Duration>,
         /// Where the time went, from the decision's history.
         timeline: String,
         /// The fault took the coordinator leader with it.
@@ -668,7 +672,8 @@ mod failover {
         {
             bail!("cannot create the table through the forwarder");
         }
-        let acks: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+        // (id, sent, acknowledged)
+        let acks: Arc<Mutex<Vec<(u64, Instant, Instant)>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
             let (acks, stop) = (Arc::clone(&acks), Arc::clone(&stop));
@@ -682,7 +687,7 @@ mod failover {
                     let sent = Instant::now();
                     let ok = if redis { write(redis, port, id) } else { pg.insert(id) };
                     if ok {
-                        acks.lock().unwrap_or_else(|p| p.into_inner()).push((id, sent));
+                        acks.lock().unwrap_or_else(|p| p.into_inner()).push((id, sent, Instant::now()));
                     } else {
                         std::thread::sleep(Duration::from_millis(10));
                     }
@@ -725,45 +730,55 @@ mod failover {
         let fault_at = Instant::now();
         let fault_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let first = wait_for("the first acknowledged write after the fault", Duration::from_secs(120), || {
-            acks.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(_, at)| *at > fault_at).map(|(_, at)| *at)
+            acks.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(_, at, _)| *at > fault_at).map(|(_, at, _)| *at)
         });
         std::thread::sleep(Duration::from_secs(1));
         stop.store(true, Ordering::SeqCst);
         let _ = writer.join();
         let first = first?;
-        let acked: Vec<u64> = acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _)| *id).collect();
+        let acked: Vec<u64> = acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _, _)| *id).collect();
         let held = wait_for("the acknowledged ids read back", Duration::from_secs(30), || present(redis, port))?;
         let missing: Vec<u64> = acked.iter().copied().filter(|id| !held.contains(id)).collect();
         let lost = missing.len();
+        let oldest_lost = missing.first().and_then(|first| {
+            let acks = acks.lock().unwrap_or_else(|p| p.into_inner());
+            acks.iter().find(|(id, _, _)| id == first).map(|(_, _, acked)| fault_at.saturating_duration_since(*acked))
+        });
         let mut timeline = timeline(&lab, cluster, fault_ms);
         if let (Some(lo), Some(hi)) = (missing.first(), missing.last()) {
             // Which writes: the last ones before the fault (not yet streamed)
             // or ones after it (a wrong primary)?
-            let after = acks.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(_, at)| *at > fault_at).map(|(id, _)| *id);
+            let after = acks.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(_, at, _)| *at > fault_at).map(|(id, _, _)| *id);
             timeline.push_str(&format!("\n  lost ids {lo}..{hi}; first id acknowledged after the fault: {after:?}"));
             if let Ok(h) = lab.drctl_json(&["history", "--cluster", cluster]) {
                 timeline.push_str(&format!("\n  decisions: {h}"));
             }
         }
-        Ok(Trial { to_first_write: first.duration_since(fault_at), acked: acked.len(), lost, timeline, leader_lost })
+        Ok(Trial { to_first_write: first.duration_since(fault_at), acked: acked.len(), lost, oldest_lost, timeline, leader_lost })
     }
 
     pub fn run(trials: u32, faults: &[String]) -> anyhow::Result<()> {
         println!("failover benchmark: a fresh lab per trial, a continuous writer through drc-proxy, shipped defaults");
         for fault in faults {
             let mut times = Vec::new();
+            let (mut lost, mut oldest_lost) = (0, Duration::ZERO);
             for t in 1..=trials {
                 match trial(fault) {
                     Ok(r) => {
+                        let when =
+                            r.oldest_lost.map(|d| format!(" (the first acknowledged {:.1} ms before the fault)", d.as_secs_f64() * 1e3));
                         println!(
-                            "{fault} trial {t}: first acknowledged write {:.2} s after the fault; {} writes acknowledged, {} lost{}\n  {}",
+                            "{fault} trial {t}: first acknowledged write {:.2} s after the fault; {} writes acknowledged, {} lost{}{}\n  {}",
                             r.to_first_write.as_secs_f64(),
                             r.acked,
                             r.lost,
+                            when.unwrap_or_default(),
                             if r.leader_lost { " (the coordinator leader went with the region)" } else { "" },
                             r.timeline
                         );
                         times.push(r.to_first_write);
+                        lost += r.lost;
+                        oldest_lost = oldest_lost.max(r.oldest_lost.unwrap_or_default());
                     }
                     Err(e) => println!("{fault} trial {t}: failed: {e:#}"),
                 }
@@ -771,11 +786,12 @@ mod failover {
             times.sort();
             if let (Some(min), Some(max)) = (times.first(), times.last()) {
                 println!(
-                    "{fault}: {} trials: min {:.2} s  median {:.2} s  max {:.2} s",
+                    "{fault}: {} trials: min {:.2} s  median {:.2} s  max {:.2} s; {lost} acknowledged writes lost in all, none acknowledged more than {:.1} ms before the fault",
                     times.len(),
                     min.as_secs_f64(),
                     super::percentile(&times, 0.5).as_secs_f64(),
-                    max.as_secs_f64()
+                    max.as_secs_f64(),
+                    oldest_lost.as_secs_f64() * 1e3
                 );
             }
         }
