@@ -288,7 +288,15 @@ impl Node {
     /// Runs until `cancel` fires or storage fails. A storage failure is fatal:
     /// the error is returned and the process must exit.
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), StorageError> {
-        let mut ticker = tokio::time::interval(self.cfg.tick_interval);
+        // Each node ticks a little slower than configured, by 2 ms per id
+        // (mod 8). A stall that several nodes share (a loaded machine)
+        // realigns their ticks, and two followers whose randomised timeouts
+        // then agree campaign at the same instant and split the vote, again
+        // and again (seen: twice in a row, 700 ms each). Slightly different
+        // periods pull them apart within a few ticks. Longer ticks only
+        // lengthen every timeout, which every bound here tolerates.
+        let period = self.cfg.tick_interval + Duration::from_millis(2 * (self.cfg.id % 8));
+        let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
