@@ -53,6 +53,17 @@ fn three_nodes_elect_a_leader_and_replicate_the_topology() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("leader") && text.contains("topology v1"), "{text}");
+    // Leadership moves on request, and answers once it has moved.
+    let (leader, followers) = leader_and_followers(&c);
+    let to = followers[0];
+    let moved = c.json(&["members", "lead", "--id", &to.to_string()]).expect("members lead");
+    assert_eq!(moved["leader_id"].as_u64(), Some(to), "{moved}");
+    assert_ne!(to, leader);
+    assert_eq!(c.json_at(to, &["status"]).expect("status")["leader_id"].as_u64(), Some(to));
+    c.apply(&example_topology(2)).expect("a write through the new leader");
+    let out = c.drctl(&["members", "lead", "--id", "9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node 9 is not a voter"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
