@@ -33,6 +33,11 @@ const RETRY: Duration = Duration::from_millis(500);
 /// How long an operator's request waits for a just-promoted primary to
 /// report as one before it is refused (`Core::settling`).
 const SETTLE_WAIT: Duration = Duration::from_secs(3);
+/// Leases held back this long (no quorum confirmed the leadership) are
+/// logged as a warning.
+const HELD_WARN: Duration = Duration::from_millis(500);
+/// The least time between two passes that agents' first samples trigger.
+const FIRST_SAMPLE_SPACING: Duration = Duration::from_millis(50);
 
 pub fn now_ms() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -51,8 +56,8 @@ pub struct Executor {
     running: Mutex<HashSet<u64>>,
     requests: mpsc::Sender<Asked>,
     inbox: Mutex<Option<mpsc::Receiver<Asked>>>,
-    /// Ticks in a row whose leases were held back (see `act`).
-    held_ticks: std::sync::atomic::AtomicU32,
+    /// Since when leases have been held back (see `act`).
+    held_since: Mutex<Option<Instant>>,
 }
 
 /// The command run after each promotion (empty: none), and its time limit.
@@ -85,7 +90,7 @@ impl Executor {
             running: Mutex::new(HashSet::new()),
             requests,
             inbox: Mutex::new(Some(inbox)),
-            held_ticks: Default::default(),
+            held_since: Mutex::new(None),
         })
     }
 
@@ -122,6 +127,7 @@ impl Executor {
         // its first tick, not from its election.
         let mut role = self.node.watch_role();
         let mut role_alive = true;
+        let mut last_pass = Instant::now();
         loop {
             let request = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -130,10 +136,19 @@ impl Executor {
                     role_alive = changed.is_ok();
                     None
                 }
+                // At most every FIRST_SAMPLE_SPACING: thousands of agents
+                // connect at once when a leader starts. (A notification taken
+                // here and then cut short by another branch is not lost:
+                // that branch makes a pass too.)
+                _ = async {
+                    self.health.first_sample.notified().await;
+                    tokio::time::sleep_until((last_pass + FIRST_SAMPLE_SPACING).into()).await;
+                } => None,
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => None,
                 r = inbox.recv() => r.map(|r| (r, Instant::now())),
             };
             wake = None;
+            last_pass = Instant::now();
             if !self.is_leader() {
                 core = None;
                 self.waits.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -277,16 +292,22 @@ impl Executor {
                 }
             }
         }
+        let mut held_since = self.held_since.lock().unwrap_or_else(|p| p.into_inner());
         if held > 0 {
-            // A new leader's first ticks may come before its first round
+            // A new leader's first passes may come before its first round
             // (its first entry must commit before a round can start).
-            let ticks = self.held_ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if ticks > 2 {
-                tracing::warn!(leases = held, ticks, "leases not renewed: no quorum confirmed this leadership within an election timeout");
+            let since = *held_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= HELD_WARN {
+                tracing::warn!(
+                    leases = held,
+                    for_ms = since.elapsed().as_millis() as u64,
+                    "leases not renewed: no quorum confirmed this leadership within an election timeout"
+                );
             }
         } else {
-            self.held_ticks.store(0, std::sync::atomic::Ordering::Relaxed);
+            *held_since = None;
         }
+        drop(held_since);
         let mut current = self.waits.lock().unwrap_or_else(|p| p.into_inner());
         for (cluster, reason) in &waits {
             if current.get(cluster) != Some(reason) && !reason.starts_with("waiting ") && !reason.contains(" down for ") {

@@ -36,6 +36,8 @@ struct MemberState {
     sender: Option<AgentSender>,
     /// Health and role last reported in events, to report only changes.
     reported: Option<(bool, &'static str)>,
+    /// The connected stream has not sent a sample yet.
+    awaiting_first: bool,
 }
 
 #[derive(Default)]
@@ -58,6 +60,10 @@ pub struct HealthBoard {
     events: broadcast::Sender<WatchEvent>,
     /// cluster -> its published view (see [`Self::view_of`]).
     views: Mutex<HashMap<String, watch::Sender<Option<ClusterView>>>>,
+    /// Signalled by the first sample of a new agent stream: a new leader
+    /// renews the lease of a primary whose agent just found it at once,
+    /// rather than on its next tick.
+    pub first_sample: tokio::sync::Notify,
 }
 
 impl Default for HealthBoard {
@@ -73,7 +79,7 @@ fn now_ms() -> u64 {
 impl HealthBoard {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(1024);
-        HealthBoard { board: Mutex::new(Board::default()), events, views: Mutex::new(HashMap::new()) }
+        HealthBoard { board: Mutex::new(Board::default()), events, views: Mutex::new(HashMap::new()), first_sample: Default::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
@@ -89,9 +95,22 @@ impl HealthBoard {
             self.events.send(WatchEvent { at_ms: now_ms(), kind: kind.into(), cluster: cluster.into(), member: member.into(), message });
     }
 
-    /// Forgets everything: called when this node becomes leader.
+    /// Forgets what an earlier leadership learned: called when this node's
+    /// role changes. Members whose stream is still connected stay: a
+    /// follower accepts no stream, so theirs were accepted by this
+    /// leadership, possibly in the moment before this call (an agent waiting
+    /// for the election is accepted as soon as it ends). Streams of an
+    /// earlier leadership end when it does. Session and command numbers go
+    /// on, so an old stream can never pass for a new one.
     pub fn reset(&self) {
-        *self.lock() = Board::default();
+        let mut b = self.lock();
+        b.members.retain(|_, m| m.session.is_some());
+        let Board { members, datasets, .. } = &mut *b;
+        for ds in datasets.values_mut() {
+            ds.retain(|member, _| members.contains_key(member));
+        }
+        b.last_primary.clear();
+        drop(b);
         for view in self.views.lock().unwrap_or_else(|p| p.into_inner()).values() {
             view.send_replace(None);
         }
@@ -107,6 +126,7 @@ impl HealthBoard {
             let m = b.members.entry(member.to_string()).or_default();
             m.session = Some(id);
             m.sender = Some(sender);
+            m.awaiting_first = true;
             id
         };
         self.emit("agent", cluster, member, format!("agent of {member} connected"));
@@ -158,6 +178,9 @@ impl HealthBoard {
         if let Some(m) = b.members.get_mut(&sample.member_id) {
             m.sample = Some(sample);
             m.received = Some(now);
+            if std::mem::take(&mut m.awaiting_first) {
+                self.first_sample.notify_one();
+            }
         }
     }
 
@@ -686,6 +709,29 @@ mod tests {
         assert!(!y.has_changed().expect("open"), "y's streams stay asleep");
         board.refresh(&t, &BTreeMap::new(), t0);
         assert!(!x.has_changed().expect("open"), "an unchanged view is not sent again");
+    }
+
+    #[test]
+    fn a_leadership_change_forgets_ended_streams_but_keeps_live_ones() {
+        let board = HealthBoard::new();
+        let t = topo();
+        let t0 = Instant::now();
+        // "r" streamed to an earlier leadership; "p" was accepted by this
+        // one just before the monitor saw the role change.
+        let old = board.connect("r", "pg", mpsc::channel(1).0);
+        board.ingest("pg", sample("r", "replica"), t0);
+        board.disconnect("r", "pg", old);
+        let live = board.connect("p", "pg", mpsc::channel(1).0);
+        board.ingest("pg", sample("p", "primary"), t0);
+        board.reset();
+        assert!(board.is_current("p", live), "a live stream survives");
+        let obs = board.observations(&t, t0);
+        assert!(obs.get("p").is_some_and(|o| o.fresh), "{obs:?}");
+        assert!(obs.get("r").is_none_or(|o| !o.fresh), "{obs:?}");
+        assert_eq!(board.dataset_of("pg", "").map(|(m, _)| m), Some("p".to_string()));
+        // Session numbers go on: the old stream cannot pass for a new one.
+        let next = board.connect("r", "pg", mpsc::channel(1).0);
+        assert!(next > live && next != old);
     }
 
     #[test]
