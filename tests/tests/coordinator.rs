@@ -53,8 +53,16 @@ fn three_nodes_elect_a_leader_and_replicate_the_topology() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("leader") && text.contains("topology v1"), "{text}");
-    // Leadership moves on request, and answers once it has moved.
+    // Only the leader renews primaries' leases, once a quorum confirmed it.
     let (leader, followers) = leader_and_followers(&c);
+    wait_for("the leader to renew leases", LONG, || {
+        let s = c.json(&["status"]).ok()?;
+        let nodes = s["nodes"].as_array()?.clone();
+        let renews = |id: u64| nodes.iter().find(|n| n["id"].as_u64() == Some(id)).map(|n| n["renews_leases"] == true);
+        (renews(leader)? && followers.iter().all(|f| renews(*f) == Some(false))).then_some(())
+    })
+    .expect("renewing");
+    // Leadership moves on request, and answers once it has moved.
     let to = followers[0];
     let moved = c.json(&["members", "lead", "--id", &to.to_string()]).expect("members lead");
     assert_eq!(moved["leader_id"].as_u64(), Some(to), "{moved}");

@@ -135,7 +135,7 @@ impl AdminApi {
     fn local_status(&self) -> NodeStatusProto {
         let s = self.node.status();
         let address = self.transport.address_of(s.id).unwrap_or_default();
-        to_proto(&s, address)
+        NodeStatusProto { renews_leases: self.node.may_renew(), ..to_proto(&s, address) }
     }
 
     /// Every node of the membership, each asked directly and concurrently.
@@ -203,6 +203,7 @@ fn to_proto(s: &NodeStatus, address: String) -> NodeStatusProto {
         first_index: s.first_index,
         last_index: s.last_index,
         membership: if s.learners.contains(&s.id) { "learner" } else { "voter" }.to_string(),
+        renews_leases: false,
     }
 }
 

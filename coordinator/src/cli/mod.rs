@@ -286,6 +286,7 @@ fn node_json(n: &NodeStatus) -> serde_json::Value {
         "first_index": n.first_index,
         "last_index": n.last_index,
         "membership": n.membership,
+        "renews_leases": n.renews_leases,
     })
 }
 
@@ -389,15 +390,13 @@ fn nodes_table(nodes: &[NodeStatus], leader: u64) -> String {
         .map(|n| {
             let id = if n.id == leader { format!("{}*", n.id) } else { n.id.to_string() };
             if n.reachable {
-                vec![
-                    id,
-                    n.address.clone(),
-                    n.role.clone(),
-                    n.term.to_string(),
-                    n.commit_index.to_string(),
-                    n.applied_index.to_string(),
-                    "yes".into(),
-                ]
+                // Only the abnormal case is spelled out.
+                let role = if n.role == "leader" && !n.renews_leases {
+                    "leader (not renewing leases: no quorum confirmed it)".to_string()
+                } else {
+                    n.role.clone()
+                };
+                vec![id, n.address.clone(), role, n.term.to_string(), n.commit_index.to_string(), n.applied_index.to_string(), "yes".into()]
             } else {
                 vec![id, n.address.clone(), "-".into(), "-".into(), "-".into(), "-".into(), format!("no ({})", n.error)]
             }
