@@ -72,6 +72,12 @@ impl Default for HealthBoard {
     }
 }
 
+/// Queues a command on an agent's stream without waiting; false if there
+/// is no stream or it is full.
+fn send_now(sender: Option<AgentSender>, cmd: drc_proto::Command) -> bool {
+    sender.is_some_and(|s| s.try_send(Ok(CoordinatorMessage { body: Some(coordinator_message::Body::Command(cmd)) })).is_ok())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -230,7 +236,7 @@ impl HealthBoard {
     /// not connected or its stream is full.
     pub fn notify(&self, member: &str, cmd: drc_proto::Command) -> bool {
         let sender = self.lock().members.get(member).and_then(|m| m.sender.clone());
-        sender.is_some_and(|s| s.try_send(Ok(CoordinatorMessage { body: Some(coordinator_message::Body::Command(cmd)) })).is_ok())
+        send_now(sender, cmd)
     }
 
     /// Sends a lease renewal that ends at `until` on this clock. It names the
@@ -251,7 +257,7 @@ impl HealthBoard {
             }
             m.sender.clone()
         };
-        sender.is_some_and(|s| s.try_send(Ok(CoordinatorMessage { body: Some(coordinator_message::Body::Command(cmd)) })).is_ok())
+        send_now(sender, cmd)
     }
 
     /// An agent's answer to a command.

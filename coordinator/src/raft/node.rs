@@ -415,7 +415,7 @@ impl Node {
                 // strength of a round asked before two election timeouts.
                 let election = self.cfg.tick_interval * self.cfg.election_ticks as u32;
                 self.confirm_after = Some(Instant::now() + 2 * election);
-                *self.renew_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.close_window();
                 self.raw.transfer_leader(to);
             }
         }
@@ -456,8 +456,12 @@ impl Node {
         if self.raw.raft.state != StateRole::Leader {
             self.confirming.clear();
             self.confirm_after = None;
-            *self.renew_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.close_window();
         }
+    }
+
+    fn close_window(&self) {
+        *self.renew_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn check_leader(&self) -> Result<(), ProposeError> {
