@@ -51,6 +51,10 @@ pub struct PeerConfig {
     /// Where the node takes Raft messages, when it serves them apart.
     #[serde(default)]
     pub raft_address: Option<String>,
+    /// The region the node runs in: with it, the leader keeps out of the
+    /// region of the primaries (`failover.leader_placement`).
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 /// Raft timing and log management.
@@ -98,6 +102,11 @@ pub struct FailoverTuning {
     pub hook: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub hook_timeout: Duration,
+    /// A leader whose region holds a primary hands its leadership to a
+    /// caught-up coordinator in a region that holds none (peers' `region`),
+    /// so that losing the primaries' region never costs an election on top
+    /// of the failover. Never during a decision or soon after one.
+    pub leader_placement: bool,
 }
 
 impl Default for FailoverTuning {
@@ -107,6 +116,7 @@ impl Default for FailoverTuning {
             drift_margin: Duration::from_millis(150),
             hook: Vec::new(),
             hook_timeout: Duration::from_secs(10),
+            leader_placement: true,
         }
     }
 }

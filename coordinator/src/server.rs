@@ -143,7 +143,12 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     };
     let waits: Waits = Default::default();
     let hook = Hook { command: cfg.failover.hook.clone(), timeout: cfg.failover.hook_timeout };
-    let executor = Executor::new(handle.clone(), Arc::clone(&health), lease, hook, cfg.raft.write_timeout, Arc::clone(&waits));
+    let placement = if cfg.failover.leader_placement {
+        cfg.peers.iter().filter_map(|p| p.region.clone().map(|r| (p.id, r))).collect()
+    } else {
+        Default::default()
+    };
+    let executor = Executor::new(handle.clone(), Arc::clone(&health), lease, hook, cfg.raft.write_timeout, Arc::clone(&waits), placement);
     tokio::spawn(Arc::clone(&executor).run(cancel.child_token()));
     let jobs = crate::backup::Jobs::new(handle.clone(), Arc::clone(&health), cfg.raft.write_timeout);
     tokio::spawn(Arc::clone(&jobs).run(cancel.child_token()));

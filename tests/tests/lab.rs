@@ -122,6 +122,16 @@ fn members_report_roles_health_and_lag_that_returns_to_zero() {
 #[test]
 fn agents_follow_a_new_leader_and_bad_agents_or_messages_are_refused() {
     let (dir, lab) = lab();
+    // Leader placement: moved into region a, which holds both primaries, the
+    // leadership leaves it again by itself, and nothing fails over.
+    assert_ne!(lab.leader_region().as_deref(), Some("a"), "the lab starts with the leader outside region a");
+    let a = lab.info.coordinators.iter().find(|c| c.region == "a").expect("coordinator a");
+    lab.drctl_json(&["members", "lead", "--id", &a.id.to_string()]).expect("members lead");
+    lab.wait_leader_outside("a", LONG).expect("the leadership left region a");
+    let history = lab.drctl_json(&["history"]).expect("history");
+    assert_eq!(history["decisions"].as_array().map(Vec::len), Some(0), "{history}");
+    lab.wait_healthy(LONG).expect("every member healthy after the moves");
+
     // SIGKILL the coordinator leader: the agents reconnect to the new one.
     let s = lab.status().expect("status");
     let leader = s["leader_id"].as_u64().expect("leader");

@@ -91,7 +91,7 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
                     Some((client, raft)) => (client, Some(raft.to_string())),
                     None => (address, None),
                 };
-                Ok(PeerConfig { id, address: address.to_string(), raft_address })
+                Ok(PeerConfig { id, address: address.to_string(), raft_address, region: None })
             })
             .collect::<anyhow::Result<_>>()?;
     }

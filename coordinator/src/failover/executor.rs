@@ -36,6 +36,9 @@ const SETTLE_WAIT: Duration = Duration::from_secs(3);
 /// Leases held back this long (no quorum confirmed the leadership) are
 /// logged as a warning.
 const HELD_WARN: Duration = Duration::from_millis(500);
+/// Leader placement waits this long after this node became leader, and
+/// after any decision finished, and between two attempts.
+const PLACEMENT_CALM: Duration = Duration::from_secs(3);
 /// The least time between two passes that agents' first samples trigger.
 const FIRST_SAMPLE_SPACING: Duration = Duration::from_millis(50);
 
@@ -58,6 +61,8 @@ pub struct Executor {
     inbox: Mutex<Option<mpsc::Receiver<Asked>>>,
     /// Since when leases have been held back (see `act`).
     held_since: Mutex<Option<Instant>>,
+    /// Each coordinator's region, when leader placement is on.
+    placement: BTreeMap<u64, String>,
 }
 
 /// The command run after each promotion (empty: none), and its time limit.
@@ -78,6 +83,7 @@ impl Executor {
         hook: Hook,
         write_timeout: Duration,
         waits: Waits,
+        placement: BTreeMap<u64, String>,
     ) -> Arc<Self> {
         let (requests, inbox) = mpsc::channel(16);
         Arc::new(Executor {
@@ -91,6 +97,7 @@ impl Executor {
             requests,
             inbox: Mutex::new(Some(inbox)),
             held_since: Mutex::new(None),
+            placement,
         })
     }
 
@@ -128,6 +135,9 @@ impl Executor {
         let mut role = self.node.watch_role();
         let mut role_alive = true;
         let mut last_pass = Instant::now();
+        // When this node's current leadership began, and its last placement attempt.
+        let mut leading_since: Option<Instant> = None;
+        let mut placed_at: Option<Instant> = None;
         loop {
             let request = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -150,6 +160,7 @@ impl Executor {
             wake = None;
             last_pass = Instant::now();
             if !self.is_leader() {
+                leading_since = None;
                 core = None;
                 self.waits.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 for ((_, reply), _) in request.into_iter().chain(settling.drain(..)) {
@@ -163,9 +174,11 @@ impl Executor {
                 topology = Some((version, self.node.store().with_state(|sm| sm.topology.clone())));
             }
             let Some((_, t)) = &topology else { continue };
-            let (records, global_paused, open) = self.node.store().with_state(|sm| {
+            let leading_since = *leading_since.get_or_insert_with(Instant::now);
+            let (records, global_paused, open, last_finished) = self.node.store().with_state(|sm| {
                 let open: Vec<u64> = sm.history.values().filter(|d| d.finished_at.is_none()).map(|d| d.id).collect();
-                (sm.records.clone(), sm.global_paused, open)
+                let last_finished = sm.history.values().filter_map(|d| d.finished_at).max().unwrap_or(0);
+                (sm.records.clone(), sm.global_paused, open, last_finished)
             });
             // The core's clock, and the same instant on the monotonic one.
             let (now, at) = (now_ms(), Instant::now());
@@ -206,6 +219,15 @@ impl Executor {
             } else {
                 open
             };
+            let calm = open.is_empty()
+                && settling.is_empty()
+                && leading_since.elapsed() >= PLACEMENT_CALM
+                && placed_at.is_none_or(|at| at.elapsed() >= PLACEMENT_CALM)
+                && now_ms().saturating_sub(last_finished) >= PLACEMENT_CALM.as_millis() as u64;
+            if calm && !self.placement.is_empty() {
+                placed_at = Some(Instant::now());
+                self.place(t, &records).await;
+            }
             for id in open {
                 let fresh = self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
                 if fresh {
@@ -217,6 +239,38 @@ impl Executor {
                     });
                 }
             }
+        }
+    }
+
+    /// Leader placement: when this node's region holds a primary, hands the
+    /// leadership to a caught-up coordinator in a region that holds none, so
+    /// that losing the primaries' region costs a failover but no election.
+    async fn place(&self, t: &Topology, records: &BTreeMap<String, super::ClusterRecord>) {
+        let me = self.node.status();
+        let Some(mine) = self.placement.get(&me.id) else { return };
+        let busy: std::collections::BTreeSet<&str> =
+            records.values().filter_map(|r| t.members.get(&r.primary)).map(|m| m.region.as_str()).collect();
+        if !busy.contains(mine.as_str()) {
+            return;
+        }
+        let candidates: Vec<u64> = me
+            .voters
+            .iter()
+            .copied()
+            .filter(|id| *id != me.id && self.placement.get(id).is_some_and(|r| !busy.contains(r.as_str())))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        if let Some(to) = self.node.place_leader(candidates).await {
+            let region = self.placement.get(&to).cloned().unwrap_or_default();
+            tracing::info!(to, %region, "handing the coordinator leadership out of region {mine}, which holds a primary");
+            self.health.emit(
+                "leader",
+                "",
+                "",
+                format!("node {} hands leadership to node {to} (region {region}): region {mine} holds a primary", me.id),
+            );
         }
     }
 

@@ -112,10 +112,28 @@ type Reply = oneshot::Sender<Result<Outcome, ProposeError>>;
 pub enum NodeInput {
     Raft(Box<Message>),
     Unreachable(u64),
-    SnapshotReport { to: u64, ok: bool },
-    Propose { cmd: Command, reply: Reply },
-    ChangeMembership { change: MembershipChange, reply: Reply },
-    TransferLeader { to: u64 },
+    SnapshotReport {
+        to: u64,
+        ok: bool,
+    },
+    Propose {
+        cmd: Command,
+        reply: Reply,
+    },
+    ChangeMembership {
+        change: MembershipChange,
+        reply: Reply,
+    },
+    TransferLeader {
+        to: u64,
+    },
+    /// Hands leadership to the first of `candidates` that is active and
+    /// fully caught up, if this node leads and no transfer is under way;
+    /// answers with the node it chose.
+    Place {
+        candidates: Vec<u64>,
+        reply: oneshot::Sender<Option<u64>>,
+    },
 }
 
 /// Handle used by the API layer. Cheap to clone.
@@ -177,6 +195,13 @@ impl NodeHandle {
 
     pub async fn transfer_leader(&self, to: u64) {
         let _ = self.tx.send(NodeInput::TransferLeader { to }).await;
+    }
+
+    /// See [`NodeInput::Place`].
+    pub async fn place_leader(&self, candidates: Vec<u64>) -> Option<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(NodeInput::Place { candidates, reply }).await.ok()?;
+        rx.await.ok().flatten()
     }
 
     async fn request(&self, make: impl FnOnce(Reply) -> NodeInput, timeout: Duration) -> Result<Outcome, ProposeError> {
@@ -406,6 +431,21 @@ impl Node {
                 let before = self.raw.raft.raft_log.last_index();
                 let result = self.raw.propose_conf_change(vec![], cc);
                 self.track(before, result, reply);
+            }
+            NodeInput::Place { candidates, reply } => {
+                let raft = &self.raw.raft;
+                let chosen = (raft.state == StateRole::Leader && raft.lead_transferee.is_none())
+                    .then(|| {
+                        let last = raft.raft_log.last_index();
+                        candidates
+                            .into_iter()
+                            .find(|id| *id != raft.id && raft.prs().get(*id).is_some_and(|p| p.recent_active && p.matched >= last))
+                    })
+                    .flatten();
+                if let Some(to) = chosen {
+                    self.handle(NodeInput::TransferLeader { to });
+                }
+                let _ = reply.send(chosen);
             }
             NodeInput::TransferLeader { to } => {
                 // The target campaigns as soon as it has caught up (within

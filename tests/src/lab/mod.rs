@@ -127,6 +127,20 @@ pub struct Lab {
     owned: bool,
 }
 
+/// How a lab is set up.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// The coordinators keep their leader out of the primaries' region
+    /// (`failover.leader_placement`, on by default).
+    pub leader_placement: bool,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions { leader_placement: true }
+    }
+}
+
 /// Starts `program` in its own session (so it outlives `drc-lab up`), with
 /// stdout and stderr appended to `log`.
 pub fn spawn_detached(cmd: &mut Command, log: &Path) -> anyhow::Result<u32> {
@@ -214,6 +228,10 @@ impl Lab {
     /// Brings the whole lab up in `dir` and returns once every member is
     /// healthy with the right role.
     pub fn up(dir: &Path) -> anyhow::Result<Lab> {
+        Lab::up_with(dir, LabOptions::default())
+    }
+
+    pub fn up_with(dir: &Path, opts: LabOptions) -> anyhow::Result<Lab> {
         postgres::check_installed()?;
         redis::check_installed()?;
         fs::create_dir_all(dir)?;
@@ -234,7 +252,7 @@ impl Lab {
             owned: true,
         };
         lab.make_backup_keys()?;
-        lab.start_coordinators()?;
+        lab.start_coordinators(&opts)?;
         lab.write_info()?;
         lab.start_s3()?;
         lab.write_info()?;
@@ -244,6 +262,10 @@ impl Lab {
         lab.start_agents()?;
         lab.write_info()?;
         lab.wait_healthy(Duration::from_secs(60))?;
+        if opts.leader_placement {
+            // Tests start with the leader where it stays: out of region a.
+            lab.wait_leader_outside("a", Duration::from_secs(60))?;
+        }
         lab.start_forwarders()?;
         lab.write_info()?;
         Ok(lab)
@@ -268,7 +290,7 @@ impl Lab {
         Ok(())
     }
 
-    fn start_coordinators(&mut self) -> anyhow::Result<()> {
+    fn start_coordinators(&mut self, opts: &LabOptions) -> anyhow::Result<()> {
         let addrs: Vec<String> = REGIONS.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let raft: Vec<String> = REGIONS.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
         for (i, region) in REGIONS.iter().enumerate() {
@@ -285,9 +307,12 @@ impl Lab {
             // Every promotion appends the new endpoint to hooks.log.
             let hooks = self.info.dir.join("hooks.log");
             let line = format!("echo \"$DRC_CLUSTER $DRC_EPOCH $DRC_PRIMARY $DRC_PRIMARY_ADDRESS $DRC_KIND\" >> {}", hooks.display());
-            text.push_str(&format!("[failover]\nhook = [\"sh\", \"-c\", {line:?}]\nhook_timeout = \"5s\"\n"));
-            for (j, (a, r)) in addrs.iter().zip(&raft).enumerate() {
-                text.push_str(&format!("[[peers]]\nid = {}\naddress = {a:?}\nraft_address = {r:?}\n", j + 1));
+            text.push_str(&format!(
+                "[failover]\nhook = [\"sh\", \"-c\", {line:?}]\nhook_timeout = \"5s\"\nleader_placement = {}\n",
+                opts.leader_placement
+            ));
+            for (j, ((a, r), region)) in addrs.iter().zip(&raft).zip(REGIONS).enumerate() {
+                text.push_str(&format!("[[peers]]\nid = {}\naddress = {a:?}\nraft_address = {r:?}\nregion = {region:?}\n", j + 1));
             }
             fs::write(&config, text)?;
             let pid = spawn_detached(Command::new(bin("drc-coordinator")).arg("--config").arg(&config), &log)?;
@@ -536,6 +561,19 @@ impl Lab {
 
     pub fn status(&self) -> anyhow::Result<Value> {
         json_output(drctl(&self.info.endpoints, &["-o", "json", "status"]))
+    }
+
+    /// The region of the coordinator leader, if there is one.
+    pub fn leader_region(&self) -> Option<String> {
+        let leader = self.status().ok()?["leader_id"].as_u64()?;
+        self.info.coordinators.iter().find(|c| c.id == leader).map(|c| c.region.clone())
+    }
+
+    /// Waits until the coordinator leader runs outside `region`.
+    pub fn wait_leader_outside(&self, region: &str, timeout: Duration) -> anyhow::Result<()> {
+        wait_for(&format!("the coordinator leader outside region {region}"), timeout, || {
+            self.leader_region().filter(|r| r != region).map(|_| ())
+        })
     }
 
     /// Member health rows by member id, from the leader.
