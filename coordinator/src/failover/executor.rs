@@ -36,8 +36,9 @@ const SETTLE_WAIT: Duration = Duration::from_secs(3);
 /// Leases held back this long (no quorum confirmed the leadership) are
 /// logged as a warning.
 const HELD_WARN: Duration = Duration::from_millis(500);
-/// Leader placement waits this long after this node became leader, and
-/// after any decision finished, and between two attempts.
+/// Leader placement waits this long after this node became leader, after
+/// any decision finished, and between two attempts; and never while a
+/// decision, a backup or a recovery test runs.
 const PLACEMENT_CALM: Duration = Duration::from_secs(3);
 /// The least time between two passes that agents' first samples trigger.
 const FIRST_SAMPLE_SPACING: Duration = Duration::from_millis(50);
@@ -175,10 +176,14 @@ impl Executor {
             }
             let Some((_, t)) = &topology else { continue };
             let leading_since = *leading_since.get_or_insert_with(Instant::now);
-            let (records, global_paused, open, last_finished) = self.node.store().with_state(|sm| {
+            let (records, global_paused, open, last_finished, jobs_running) = self.node.store().with_state(|sm| {
                 let open: Vec<u64> = sm.history.values().filter(|d| d.finished_at.is_none()).map(|d| d.id).collect();
                 let last_finished = sm.history.values().filter_map(|d| d.finished_at).max().unwrap_or(0);
-                (sm.records.clone(), sm.global_paused, open, last_finished)
+                // A leadership change interrupts the backups and recovery tests it runs.
+                let running = crate::backup::JobState::Running;
+                let jobs_running =
+                    sm.backups.values().any(|b| b.state == running) || sm.recovery_tests.values().any(|t| t.state == running);
+                (sm.records.clone(), sm.global_paused, open, last_finished, jobs_running)
             });
             // The core's clock, and the same instant on the monotonic one.
             let (now, at) = (now_ms(), Instant::now());
@@ -220,6 +225,7 @@ impl Executor {
                 open
             };
             let calm = open.is_empty()
+                && !jobs_running
                 && settling.is_empty()
                 && leading_since.elapsed() >= PLACEMENT_CALM
                 && placed_at.is_none_or(|at| at.elapsed() >= PLACEMENT_CALM)
