@@ -537,6 +537,12 @@ impl Core {
                 let kind = if healthy { DecisionKind::Switchover } else { DecisionKind::Failover };
                 (kind, members, prefer.clone())
             }
+            // A primary that still serves keeps writing until it is fenced,
+            // past anything the last samples showed: fenced at once, the
+            // candidate's lag could end beyond the RPO budget (simulation
+            // seed 84417). Without --force it is demoted, and the candidate
+            // catches up with its final position first, as in a switchover.
+            Request::Failover { force: false, .. } if healthy => (DecisionKind::Switchover, members, None),
             _ => (kind, members, None),
         };
         match kind {
@@ -577,6 +583,9 @@ impl Core {
         let trigger = Trigger::Operator { force };
         let reason = match (kind, req) {
             (_, Request::Evacuate { from, .. }) => format!("operator moving every primary out of region {from}; {why}"),
+            (DecisionKind::Switchover, Request::Failover { .. }) => {
+                format!("operator failover of a primary that still serves, carried out as a switchover (--force fences it at once); {why}")
+            }
             (DecisionKind::Switchover, _) => format!("operator switchover; {why}"),
             (DecisionKind::Failover, _) if force => format!("operator failover with --force; {why}"),
             (DecisionKind::Failover, _) => format!("operator failover; {why}"),

@@ -871,6 +871,30 @@ fn a_waiting_failover_names_the_instant_it_may_go_ahead() {
 }
 
 #[test]
+fn an_operator_failover_of_a_serving_primary_waits_for_its_final_writes_unless_forced() {
+    let mut sim = Sim::new(9, false);
+    for _ in 0..30 {
+        sim.step();
+    }
+    assert_eq!(sim.sm.records["pg"].primary, "pg-a");
+    sim.operator(Request::Failover { cluster: "pg".into(), to: Some("pg-b".into()), force: false });
+    let d = sim.sm.history.values().last().expect("a decision").clone();
+    let actions: Vec<&str> = d.steps.iter().map(|s| s.action.as_str()).collect();
+    assert_eq!(d.kind, DecisionKind::Switchover, "{:#?}", sim.log);
+    assert!(actions.starts_with(&["demote", "catch_up"]), "{actions:?}");
+    assert!(d.reason.contains("carried out as a switchover"), "{}", d.reason);
+    for _ in 0..80 {
+        sim.step();
+    }
+    assert_eq!(sim.sm.records["pg"].primary, "pg-b", "{:#?}", sim.log);
+    // Forced, the serving primary is fenced at once.
+    sim.operator(Request::Failover { cluster: "pg".into(), to: Some("pg-c".into()), force: true });
+    let d = sim.sm.history.values().last().expect("a decision").clone();
+    assert_eq!(d.kind, DecisionKind::Failover, "{:#?}", sim.log);
+    assert_eq!(d.steps.first().map(|s| s.action.as_str()), Some("fence"));
+}
+
+#[test]
 fn an_agent_link_loss_alone_causes_no_failover() {
     let mut sim = Sim::new(2, false);
     for _ in 0..30 {
