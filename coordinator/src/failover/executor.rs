@@ -176,14 +176,9 @@ impl Executor {
             }
             let Some((_, t)) = &topology else { continue };
             let leading_since = *leading_since.get_or_insert_with(Instant::now);
-            let (records, global_paused, open, last_finished, jobs_running) = self.node.store().with_state(|sm| {
+            let (records, global_paused, open) = self.node.store().with_state(|sm| {
                 let open: Vec<u64> = sm.history.values().filter(|d| d.finished_at.is_none()).map(|d| d.id).collect();
-                let last_finished = sm.history.values().filter_map(|d| d.finished_at).max().unwrap_or(0);
-                // A leadership change interrupts the backups and recovery tests it runs.
-                let running = crate::backup::JobState::Running;
-                let jobs_running =
-                    sm.backups.values().any(|b| b.state == running) || sm.recovery_tests.values().any(|t| t.state == running);
-                (sm.records.clone(), sm.global_paused, open, last_finished, jobs_running)
+                (sm.records.clone(), sm.global_paused, open)
             });
             // The core's clock, and the same instant on the monotonic one.
             let (now, at) = (now_ms(), Instant::now());
@@ -224,15 +219,27 @@ impl Executor {
             } else {
                 open
             };
-            let calm = open.is_empty()
-                && !jobs_running
+            // Leader placement: the cheap conditions first; the history and
+            // the job catalogue are read only when those hold (at most every
+            // PLACEMENT_CALM), not on every pass.
+            if !self.placement.is_empty()
+                && open.is_empty()
                 && settling.is_empty()
                 && leading_since.elapsed() >= PLACEMENT_CALM
                 && placed_at.is_none_or(|at| at.elapsed() >= PLACEMENT_CALM)
-                && now_ms().saturating_sub(last_finished) >= PLACEMENT_CALM.as_millis() as u64;
-            if calm && !self.placement.is_empty() {
+            {
                 placed_at = Some(Instant::now());
-                self.place(t, &records).await;
+                let (last_finished, jobs_running) = self.node.store().with_state(|sm| {
+                    let last_finished = sm.history.values().filter_map(|d| d.finished_at).max().unwrap_or(0);
+                    // A leadership change interrupts the backups and recovery tests it runs.
+                    let running = crate::backup::JobState::Running;
+                    let jobs_running =
+                        sm.backups.values().any(|b| b.state == running) || sm.recovery_tests.values().any(|t| t.state == running);
+                    (last_finished, jobs_running)
+                });
+                if !jobs_running && now_ms().saturating_sub(last_finished) >= PLACEMENT_CALM.as_millis() as u64 {
+                    self.place(t, &records).await;
+                }
             }
             for id in open {
                 let fresh = self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
