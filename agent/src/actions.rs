@@ -68,6 +68,10 @@ pub struct Actor {
     fenced: Mutex<bool>,
     /// A restart of a lease-fenced primary is running.
     restarting: tokio::sync::Mutex<()>,
+    /// A PostgreSQL primary's synchronous_standby_names as this agent last
+    /// set or read it (None: not known yet), and one change at a time.
+    sync_standbys: Mutex<Option<String>>,
+    syncing: tokio::sync::Mutex<()>,
     /// One connection to the local PostgreSQL, reused: the lease check runs
     /// every 50 ms, and a promotion should not pay for new connections.
     local_pg: tokio::sync::Mutex<Option<Arc<Client>>>,
@@ -163,6 +167,8 @@ impl Actor {
             // restarted agent's back must be found and fenced again.
             fenced: Mutex::new(false),
             restarting: tokio::sync::Mutex::new(()),
+            sync_standbys: Mutex::new(None),
+            syncing: tokio::sync::Mutex::new(()),
             local_pg: tokio::sync::Mutex::new(None),
         })
     }
@@ -301,6 +307,15 @@ impl Actor {
                         result.error = e;
                     }
                 }
+                // What the primary's commits wait for rides on its lease.
+                if let (Kind::Postgres, Some(want)) = (self.cfg.kind, args.get("sync_standbys")) {
+                    let known = lock(&self.sync_standbys).clone();
+                    if known.as_deref() != Some(want.as_str()) && !*lock(&self.fenced) {
+                        if let Err(e) = self.set_sync_standbys(want).await {
+                            tracing::warn!(error = %e, synchronous_standby_names = %want, "cannot set the synchronous standbys");
+                        }
+                    }
+                }
             }
             return result;
         }
@@ -426,11 +441,37 @@ impl Actor {
         result
     }
 
+    /// Sets the primary's synchronous_standby_names (ALTER SYSTEM, then a
+    /// reload), unless it already is `want`. Commits waiting for standbys
+    /// that no longer count are released by the reload.
+    async fn set_sync_standbys(&self, want: &str) -> Result<(), String> {
+        // Leases come every few hundred milliseconds: one change at a time.
+        let Ok(_one) = self.syncing.try_lock() else { return Ok(()) };
+        let c = self.pg_local().await?;
+        let current: String = c.query_one("SELECT current_setting('synchronous_standby_names')", &[]).await.map_err(pg_err)?.get(0);
+        if current != want {
+            // ALTER SYSTEM takes no parameters: the value is quoted here.
+            for sql in [format!("ALTER SYSTEM SET synchronous_standby_names = {}", quote(want)), "SELECT pg_reload_conf()".to_string()] {
+                c.batch_execute(&sql).await.map_err(|e| format!("{sql}: {}", pg_err(e)))?;
+            }
+            tracing::info!(synchronous_standby_names = %want, was = %current, "synchronous standbys set");
+        }
+        *lock(&self.sync_standbys) = Some(want.to_string());
+        Ok(())
+    }
+
     async fn promote_member(&self, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
         match self.cfg.kind {
             Kind::Postgres => {
                 let c = self.pg_local().await?;
                 let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(pg_err)?.get(0);
+                // A standby may carry synchronous standbys from the primary
+                // it was rewound from; as a new primary it would hold every
+                // commit until they connect. The leader sets them again once
+                // this member's replicas stream.
+                if let Err(e) = self.set_sync_standbys("").await {
+                    tracing::warn!(error = %e, "cannot clear the synchronous standbys before the promotion");
+                }
                 if in_recovery {
                     // pg_promote's own wait polls every 100 ms; this polls
                     // every 10 ms, which is most of a promotion's time here.
@@ -904,8 +945,11 @@ mod tests {
     fn a_killed_postmaster_not_yet_reaped_counts_as_gone() {
         // A process whose name starts with "postgres", as a postmaster's does.
         let dir = tempfile::tempdir().expect("tempdir");
+        // A link, not a copy: a copy may still be open for writing in a
+        // child another test forks meanwhile, and then exec fails with
+        // "Text file busy". The process is named after the link.
         let exe = dir.path().join("postgres");
-        std::fs::copy("/bin/sleep", &exe).expect("copy sleep");
+        std::os::unix::fs::symlink("/bin/sleep", &exe).expect("link sleep");
         let mut child = std::process::Command::new(&exe).arg("30").spawn().expect("spawn");
         std::fs::write(dir.path().join("postmaster.pid"), format!("{}\n{}\n", child.id(), dir.path().display())).expect("pid file");
         assert!(postmaster_alive(dir.path()), "running");
