@@ -31,6 +31,8 @@ pub struct Reading {
     pub replication_state: String,
     /// Age of the last replayed transaction (PostgreSQL standby), if known.
     pub replay_age: Option<Duration>,
+    /// A PostgreSQL primary's synchronous_standby_names.
+    pub sync_standbys: String,
     pub error: String,
 }
 
@@ -218,6 +220,7 @@ impl Prober {
             lease_fenced: false,
             server_gone: false,
             seq: 0,
+            sync_standbys: local.sync_standbys.clone(),
         }
     }
 }

@@ -23,7 +23,8 @@ pub struct PgProber {
 
 const LOCAL_IDENTITY: &str = "SELECT pg_is_in_recovery(), (SELECT system_identifier::text FROM pg_control_system())";
 const PRIMARY_STATE: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, \
-     ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int";
+     ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int, \
+     current_setting('synchronous_standby_names')";
 const STANDBY_STATE: &str = "SELECT COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0'), 0)::bigint, \
      COALESCE(pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0'), 0)::bigint, \
      (EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())) * 1000)::float8, \
@@ -87,6 +88,7 @@ impl PgProber {
                 position,
                 timeline: row.get::<_, i32>(1) as u32,
                 dataset_id,
+                sync_standbys: row.get(2),
                 replication_connected: true,
                 ..Default::default()
             });

@@ -309,6 +309,7 @@ fn member_json(m: &MemberHealth) -> serde_json::Value {
         "lease_ms": m.lease_ms,
         "lease_fenced": m.lease_fenced,
         "server_gone": m.server_gone,
+        "sync_standbys": m.sync_standbys,
         "primary_reachable_from": m.primary_reachable_from.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "error": m.error,
     })
@@ -338,6 +339,9 @@ fn clusters_text(clusters: &[ClusterHealth]) -> String {
         }
         if !c.failover_state.is_empty() {
             out.push_str(&format!("  failover: {}\n", c.failover_state));
+        }
+        if let Some(p) = c.members.iter().find(|m| m.id == c.primary && m.has_sample && !m.sync_standbys.is_empty()) {
+            out.push_str(&format!("  commits wait for: {}\n", p.sync_standbys));
         }
         let rows: Vec<Vec<String>> = c
             .members

@@ -51,6 +51,13 @@ pub struct Obs {
     pub lease_fenced: bool,
     /// The member is unreachable and its agent found its process gone.
     pub server_gone: bool,
+    /// A replica: what it holds durably, which a promotion keeps (PostgreSQL:
+    /// WAL received and flushed, replayed first when promoted; 0 when not
+    /// reported, and then `position` counts).
+    pub received: u64,
+    /// A replica streams from its primary now (PostgreSQL: its WAL receiver
+    /// streams; Redis: its link is up).
+    pub streaming: bool,
 }
 
 /// Everything the core reads at one instant.
@@ -119,8 +126,9 @@ pub enum Action {
     Adopt { cluster: String, primary: String, dataset: String },
     /// Commit this decision to Raft, then carry out its steps.
     Decide(Box<Decision>),
-    /// Grant (renew) the primary's lease for `ttl` from now.
-    Lease { cluster: String, member: String, epoch: u64, ttl: Millis },
+    /// Grant (renew) the primary's lease for `ttl` from now. `sync`: the
+    /// PostgreSQL primary's `synchronous_standby_names` (see [`sync_standbys`]).
+    Lease { cluster: String, member: String, epoch: u64, ttl: Millis, sync: Option<String> },
     /// Nothing happens to this cluster, and why (shown in status).
     Wait { cluster: String, reason: String },
 }
@@ -183,6 +191,50 @@ impl Track {
         let own = if is_primary(primary) { primary.position } else { 0 };
         self.primary_position = self.primary_position.max(probed).max(own);
     }
+}
+
+/// A renewal of `primary`'s lease, with the synchronous standbys it should
+/// wait for.
+fn lease_action(w: &World, cluster: &str, primary: &str, epoch: u64, ttl: Millis, members: &[(&String, Obs)]) -> Action {
+    Action::Lease {
+        cluster: cluster.to_string(),
+        member: primary.to_string(),
+        epoch,
+        ttl,
+        sync: sync_standbys(w, cluster, primary, members),
+    }
+}
+
+/// The `synchronous_standby_names` a PostgreSQL cluster's primary should
+/// have (None: a Redis cluster, which has no such setting).
+///
+/// With `synchronous_replicas = n`, every replica that may be promoted
+/// automatically is listed, and a commit waits for `n` of them: a replica
+/// that stops streaming is not waited for while enough others stream, so
+/// the setting changes only when fewer than `n` stream. Then commits wait
+/// for as many as stream, and when none does, for none: writes go on
+/// asynchronously, with the RPO budget bounding what a failover may lose,
+/// rather than stopping until a replica comes back (PostgreSQL would wait
+/// for ever). Every replica is a candidate, and the most advanced one is
+/// promoted, so while the replicas that acknowledged commits are reachable,
+/// no acknowledged commit is lost.
+pub fn sync_standbys(w: &World, cluster: &str, primary: &str, members: &[(&String, Obs)]) -> Option<String> {
+    let c = w.topology.clusters.get(cluster)?;
+    if c.kind != crate::topology::ClusterKind::Postgres {
+        return None;
+    }
+    let wanted = c.policy.synchronous_replicas as usize;
+    let listed: Vec<&(&String, Obs)> = members
+        .iter()
+        .filter(|(id, _)| id.as_str() != primary && w.topology.members.get(id.as_str()).is_some_and(|m| m.priority > 0))
+        .collect();
+    let streaming = listed.iter().filter(|(_, o)| o.fresh && o.role == "replica" && o.streaming).count();
+    let n = wanted.min(streaming);
+    if n == 0 {
+        return Some(String::new());
+    }
+    let names: Vec<String> = listed.iter().map(|(id, _)| format!("\"{}\"", id.replace('"', "\"\""))).collect();
+    Some(format!("ANY {n} ({})", names.join(", ")))
 }
 
 /// Members with what the leader sees of each (default: never heard from).
@@ -331,7 +383,7 @@ impl Core {
             // lease is renewed like any other.
             track.lease_until = track.lease_until.max(now + lease.promote_ttl());
             if is_primary(&p) || restartable {
-                out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
+                out.push(lease_action(w, name, &primary_id, rec.epoch, lease.lease, &members));
             }
             wait(out, format!("decision {id} is being carried out"));
             return;
@@ -340,7 +392,7 @@ impl Core {
         if restartable {
             track.down_since = None;
             track.lease_until = track.lease_until.max(now + lease.lease);
-            out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
+            out.push(lease_action(w, name, &primary_id, rec.epoch, lease.lease, &members));
             wait(out, format!("primary {primary_id} was fenced by its agent when its lease lapsed; a new lease brings it back"));
             return;
         }
@@ -350,7 +402,7 @@ impl Core {
             // arrives: until then the agent may still hold a longer one (a
             // promotion's), so what is assumed never shrinks.
             track.lease_until = track.lease_until.max(now + lease.lease);
-            out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
+            out.push(lease_action(w, name, &primary_id, rec.epoch, lease.lease, &members));
             self.follow_group(w, name, rec, &policy, &members, out);
             return;
         }
@@ -366,7 +418,7 @@ impl Core {
             // database does not fence a primary that serves everyone else.
             track.down_since = None;
             track.lease_until = track.lease_until.max(now + lease.lease);
-            out.push(Action::Lease { cluster: name.to_string(), member: primary_id.clone(), epoch: rec.epoch, ttl: lease.lease });
+            out.push(lease_action(w, name, &primary_id, rec.epoch, lease.lease, &members));
             wait(out, format!("primary {primary_id} looks down to its own agent, but {who} (region {}) still reaches it", region_of(who)));
             return;
         }
@@ -676,7 +728,8 @@ fn choose(
                 let region_priority = w.topology.regions.get(&decl.region).map(|r| r.priority).unwrap_or(u32::MAX);
                 let preferred = preferred_region.is_some_and(|r| r == decl.region);
                 eligible.push((
-                    o.position,
+                    // What it will hold once promoted.
+                    o.position.max(o.received),
                     preferred,
                     std::cmp::Reverse(region_priority),
                     decl.priority,
@@ -763,5 +816,84 @@ fn decision(
         outcome: String::new(),
         // Filled in by the core, which tracks it.
         known_position: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::parse::parse_topology;
+
+    fn topology(synchronous: u32) -> Topology {
+        let mut t = format!(
+            "[regions.a]\n[regions.b]\n[regions.c]\n[clusters.pg]\nkind = 'postgres'\n[clusters.pg.policy]\nsynchronous_replicas = {synchronous}\n\
+             [clusters.rd]\nkind = 'redis'\n"
+        );
+        for (id, region, priority) in [("pg-a", "a", 100), ("pg-b", "b", 100), ("pg-c", "c", 100), ("pg-d", "c", 0)] {
+            t.push_str(&format!("[[members]]\nid = '{id}'\ncluster = 'pg'\nregion = '{region}'\naddress = 'h:1'\npriority = {priority}\n"));
+        }
+        t.push_str("[[members]]\nid = 'rd-a'\ncluster = 'rd'\nregion = 'a'\naddress = 'h:2'\n[[members]]\nid = 'rd-b'\ncluster = 'rd'\nregion = 'b'\naddress = 'h:3'\n");
+        parse_topology(&t).expect("valid")
+    }
+
+    fn replica(streaming: bool, position: u64, received: u64) -> Obs {
+        Obs {
+            fresh: true,
+            reachable: true,
+            role: "replica".into(),
+            dataset: "ds".into(),
+            position,
+            received,
+            streaming,
+            ..Default::default()
+        }
+    }
+
+    fn sync_of(t: &Topology, cluster: &str, obs: &BTreeMap<String, Obs>) -> Option<String> {
+        let records = BTreeMap::new();
+        let w = World { now: 0, topology: t, records: &records, global_paused: false, observations: obs };
+        let ids: Vec<String> = t.members_of(cluster).map(|(id, _)| id.clone()).collect();
+        let members = observed(&w, ids.iter());
+        let primary = format!("{cluster}-a");
+        sync_standbys(&w, cluster, &primary, &members)
+    }
+
+    #[test]
+    fn commits_wait_for_streaming_replicas_that_may_be_promoted_and_for_none_when_none_streams() {
+        let t = topology(2);
+        let mut obs: BTreeMap<String, Obs> =
+            ["pg-b", "pg-c", "pg-d", "rd-b"].iter().map(|id| (id.to_string(), replica(true, 0, 0))).collect();
+        // pg-d has priority 0: never promoted automatically, so never waited for.
+        assert_eq!(sync_of(&t, "pg", &obs).as_deref(), Some(r#"ANY 2 ("pg-b", "pg-c")"#));
+        assert_eq!(sync_of(&t, "rd", &obs), None, "Redis has no synchronous replication");
+        // One of the two stops streaming: commits wait for the other alone.
+        obs.get_mut("pg-c").expect("c").streaming = false;
+        assert_eq!(sync_of(&t, "pg", &obs).as_deref(), Some(r#"ANY 1 ("pg-b", "pg-c")"#));
+        // A silent agent counts as not streaming; with none left, commits wait for none.
+        obs.get_mut("pg-b").expect("b").fresh = false;
+        assert_eq!(sync_of(&t, "pg", &obs).as_deref(), Some(""));
+        // Asynchronous clusters say so explicitly, so that turning the setting off takes effect.
+        assert_eq!(sync_of(&topology(0), "pg", &obs).as_deref(), Some(""));
+        obs.get_mut("pg-b").expect("b").fresh = true;
+        assert_eq!(sync_of(&topology(0), "pg", &obs).as_deref(), Some(""));
+    }
+
+    #[test]
+    fn the_replica_that_received_the_most_is_promoted_even_if_it_replayed_less() {
+        let t = topology(1);
+        // pg-b replayed more, but pg-c received (and flushed) more: a
+        // synchronous commit may have been acknowledged by pg-c alone.
+        let obs: BTreeMap<String, Obs> = [("pg-b", replica(true, 1_000, 1_000)), ("pg-c", replica(true, 900, 1_100))]
+            .into_iter()
+            .map(|(id, o)| (id.to_string(), o))
+            .collect();
+        let records = BTreeMap::new();
+        let w = World { now: 0, topology: &t, records: &records, global_paused: false, observations: &obs };
+        let ids: Vec<String> = t.members_of("pg").map(|(id, _)| id.clone()).collect();
+        let members = observed(&w, ids.iter());
+        let rec = ClusterRecord { epoch: 1, primary: "pg-a".into(), dataset: "ds".into(), ..Default::default() };
+        let policy = t.clusters["pg"].policy.clone();
+        let (to, why) = choose(&w, &rec, &policy, &members, 1_100, None, false, None).expect("a candidate");
+        assert_eq!(to, "pg-c", "{why}");
     }
 }

@@ -64,6 +64,8 @@ pub struct Executor {
     held_since: Mutex<Option<Instant>>,
     /// Each coordinator's region, when leader placement is on.
     placement: BTreeMap<u64, String>,
+    /// The synchronous standbys last asked of each PostgreSQL cluster's primary.
+    sync: Mutex<BTreeMap<String, String>>,
 }
 
 /// The command run after each promotion (empty: none), and its time limit.
@@ -99,7 +101,26 @@ impl Executor {
             inbox: Mutex::new(Some(inbox)),
             held_since: Mutex::new(None),
             placement,
+            sync: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Says when what a cluster's commits wait for changes: replication
+    /// became synchronous, or degraded because fewer replicas stream.
+    fn note_sync(&self, cluster: &str, primary: &str, sync: &str) {
+        let mut told = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        let before = told.insert(cluster.to_string(), sync.to_string());
+        if before.as_deref() == Some(sync) || (before.is_none() && sync.is_empty()) {
+            return;
+        }
+        drop(told);
+        let text = if sync.is_empty() {
+            format!("{primary}'s commits wait for no replica: asynchronous replication")
+        } else {
+            format!("{primary}'s commits wait for {sync}")
+        };
+        tracing::info!(%cluster, %primary, synchronous_standby_names = %sync, "synchronous standbys");
+        self.health.emit("replication", cluster, primary, text);
     }
 
     /// An operator's failover or switchover, decided by the core and
@@ -162,6 +183,7 @@ impl Executor {
             last_pass = Instant::now();
             if !self.is_leader() {
                 leading_since = None;
+                self.sync.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 core = None;
                 self.waits.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 for ((_, reply), _) in request.into_iter().chain(settling.drain(..)) {
@@ -337,21 +359,20 @@ impl Executor {
                     }
                 }
                 Action::Lease { .. } if !may_renew => held += 1,
-                Action::Lease { cluster, member, epoch, ttl } => {
+                Action::Lease { cluster, member, epoch, ttl, sync } => {
                     // The topology's cluster index: no walk over every member per lease.
                     let replicas = t.by_cluster().get(cluster.as_str()).map_or(0, Vec::len).saturating_sub(1);
-                    let cmd = drc_proto::Command {
-                        command_id: 0,
-                        cluster,
-                        epoch,
-                        action: "lease".into(),
-                        args: [
-                            ("ttl_ms".to_string(), ttl.to_string()),
-                            ("expires_at_ms".to_string(), (now + ttl).to_string()),
-                            ("replicas".to_string(), replicas.to_string()),
-                        ]
-                        .into(),
-                    };
+                    let mut args: std::collections::HashMap<String, String> = [
+                        ("ttl_ms".to_string(), ttl.to_string()),
+                        ("expires_at_ms".to_string(), (now + ttl).to_string()),
+                        ("replicas".to_string(), replicas.to_string()),
+                    ]
+                    .into();
+                    if let Some(sync) = sync {
+                        self.note_sync(&cluster, &member, &sync);
+                        args.insert("sync_standbys".into(), sync);
+                    }
+                    let cmd = drc_proto::Command { command_id: 0, cluster, epoch, action: "lease".into(), args };
                     self.health.renew(&member, cmd, at + Duration::from_millis(ttl));
                 }
                 Action::Wait { cluster, reason } => {

@@ -407,6 +407,9 @@ impl Sim {
                 epoch: m.epoch,
                 lease_fenced: m.lease_fenced,
                 server_gone: !m.up,
+                // The simulation models one position per member.
+                received: 0,
+                streaming: m.up && !m.primary,
             };
             if m.primary && m.up {
                 let k = self.known_position.entry(m.cluster.clone()).or_default();

@@ -312,6 +312,8 @@ impl HealthBoard {
                     epoch: s.epoch,
                     lease_fenced: s.lease_fenced,
                     server_gone: s.server_gone,
+                    received: s.receive_position,
+                    streaming: s.replication_connected,
                 },
             ));
         }
@@ -548,6 +550,7 @@ fn member_health(id: &str, region: &str, sample: Option<&Sample>, age: Option<Du
         h.lease_ms = s.lease_ms;
         h.lease_fenced = s.lease_fenced;
         h.server_gone = s.server_gone;
+        h.sync_standbys = s.sync_standbys.clone();
         h.sample_age_ms = age.map(|a| a.as_millis() as u64).unwrap_or(0);
     }
     h

@@ -65,6 +65,13 @@ pub struct Policy {
     pub anti_flap_window: Duration,
     /// Maintenance: no automatic failover while set.
     pub paused: bool,
+    /// PostgreSQL: how many replicas must have flushed a commit before the
+    /// primary acknowledges it (`synchronous_standby_names = 'ANY n (...)'`,
+    /// which drc keeps on the primary). 0: asynchronous replication. When
+    /// fewer replicas stream, commits wait for those that do; when none
+    /// does, they stop waiting (the RPO budget bounds the loss, as without).
+    #[serde(default)]
+    pub synchronous_replicas: u32,
 }
 
 fn default_crash_window() -> Duration {
@@ -80,6 +87,7 @@ impl Default for Policy {
             crash_detection_window: default_crash_window(),
             anti_flap_window: Duration::from_secs(600),
             paused: false,
+            synchronous_replicas: 0,
         }
     }
 }

@@ -264,6 +264,16 @@ impl Walker {
         if let Some(v) = doc.get("members") {
             self.members(v, &mut topo);
         }
+        for (name, c) in &topo.clusters {
+            let wanted = c.policy.synchronous_replicas as usize;
+            let replicas = topo.members.values().filter(|m| m.cluster == *name).count().saturating_sub(1);
+            if wanted > replicas {
+                self.problem(
+                    format!("clusters.{name}.policy.synchronous_replicas"),
+                    format!("{wanted} synchronous replicas wanted, but the cluster has {replicas} replica(s) besides its primary"),
+                );
+            }
+        }
         if let Some(v) = doc.get("failover_groups") {
             self.failover_groups(v, &mut topo);
         }
@@ -288,7 +298,15 @@ impl Walker {
                 self.unknown_keys(
                     p,
                     &ppath,
-                    &["rpo_max_lag_bytes", "rpo_max_lag_time", "detection_window", "crash_detection_window", "anti_flap_window", "paused"],
+                    &[
+                        "rpo_max_lag_bytes",
+                        "rpo_max_lag_time",
+                        "detection_window",
+                        "crash_detection_window",
+                        "anti_flap_window",
+                        "paused",
+                        "synchronous_replicas",
+                    ],
                 );
                 if let Some(b) = self.unsigned(p, &ppath, "rpo_max_lag_bytes", i64::MAX as u64) {
                     policy.rpo_max_lag_bytes = b;
@@ -307,6 +325,15 @@ impl Walker {
                 }
                 if let Some(b) = self.boolean(p, &ppath, "paused") {
                     policy.paused = b;
+                }
+                if let Some(n) = self.unsigned(p, &ppath, "synchronous_replicas", 16) {
+                    if n > 0 && kind != Some(ClusterKind::Postgres) {
+                        self.problem(
+                            join(&ppath, "synchronous_replicas"),
+                            "only PostgreSQL clusters replicate synchronously (Redis has no such mode)",
+                        );
+                    }
+                    policy.synchronous_replicas = n as u32;
                 }
             }
         }
@@ -566,6 +593,26 @@ clusters = ["pg", "cache"]
 
     fn keys(text: &str) -> Vec<String> {
         parse_topology(text).expect_err("must be invalid").problems.into_iter().map(|p| p.key).collect()
+    }
+
+    #[test]
+    fn synchronous_replication_is_for_postgres_and_needs_that_many_replicas() {
+        let t = parse_topology(&EXAMPLE.replace("detection_window = \"2s\"", "detection_window = \"2s\"\nsynchronous_replicas = 1"))
+            .expect("valid");
+        assert_eq!(t.clusters["pg"].policy.synchronous_replicas, 1);
+        assert_eq!(t.clusters["cache"].policy.synchronous_replicas, 0, "asynchronous by default");
+        let rendered = parse_topology(&crate::topology::render::to_toml(&t)).expect("the rendered document parses");
+        assert_eq!(rendered, t, "the setting survives a round trip through `topology get`");
+
+        let too_many = EXAMPLE.replace("detection_window = \"2s\"", "synchronous_replicas = 2");
+        let e = parse_topology(&too_many).expect_err("two of one replica");
+        assert_eq!(e.problems[0].key, "clusters.pg.policy.synchronous_replicas");
+        assert!(e.problems[0].message.contains("has 1 replica"), "{}", e.problems[0].message);
+        let redis = EXAMPLE.replace(
+            "[clusters.cache]\nkind = \"redis\"",
+            "[clusters.cache]\nkind = \"redis\"\n[clusters.cache.policy]\nsynchronous_replicas = 1",
+        );
+        assert!(keys(&redis).contains(&"clusters.cache.policy.synchronous_replicas".to_string()));
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub fn to_toml(t: &Topology) -> String {
         let _ = writeln!(s, "detection_window = {}", q(&humantime::format_duration(p.detection_window).to_string()));
         let _ = writeln!(s, "crash_detection_window = {}", q(&humantime::format_duration(p.crash_detection_window).to_string()));
         let _ = writeln!(s, "anti_flap_window = {}", q(&humantime::format_duration(p.anti_flap_window).to_string()));
+        if p.synchronous_replicas > 0 {
+            let _ = writeln!(s, "synchronous_replicas = {}", p.synchronous_replicas);
+        }
         let _ = writeln!(s, "paused = {}\n", p.paused);
         let b = &c.backup;
         if *b != Default::default() {
