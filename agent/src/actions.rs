@@ -308,11 +308,14 @@ impl Actor {
                     }
                 }
                 // What the primary's commits wait for rides on its lease.
-                if let (Kind::Postgres, Some(want)) = (self.cfg.kind, args.get("sync_standbys")) {
-                    let known = lock(&self.sync_standbys).clone();
-                    if known.as_deref() != Some(want.as_str()) && !*lock(&self.fenced) {
-                        if let Err(e) = self.set_sync_standbys(want).await {
-                            tracing::warn!(error = %e, synchronous_standby_names = %want, "cannot set the synchronous standbys");
+                if let (Kind::Postgres, Some(count)) = (self.cfg.kind, args.get("sync_count").and_then(|c| c.parse::<usize>().ok())) {
+                    let names: Vec<String> = args
+                        .get("sync_names")
+                        .map(|n| n.split(',').filter(|n| !n.is_empty()).map(String::from).collect())
+                        .unwrap_or_default();
+                    if !*lock(&self.fenced) {
+                        if let Err(e) = self.wait_for_standbys(count, &names).await {
+                            tracing::warn!(error = %e, count, ?names, "cannot set the synchronous standbys");
                         }
                     }
                 }
@@ -441,12 +444,35 @@ impl Actor {
         result
     }
 
+    /// Makes the primary's commits wait for `count` of the standbys `names`,
+    /// but for no more of them than stream from it now under those names
+    /// (`pg_stat_replication`): a standby that crashed, or connects under
+    /// another application_name, must not hold every commit.
+    async fn wait_for_standbys(&self, count: usize, names: &[String]) -> Result<(), String> {
+        // Leases come every few hundred milliseconds: one change at a time.
+        let Ok(_one) = self.syncing.try_lock() else { return Ok(()) };
+        let streaming = if count == 0 {
+            0
+        } else {
+            let c = self.pg_local().await?;
+            let rows = c
+                .query("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'", &[])
+                .await
+                .map_err(|e| format!("reading pg_stat_replication: {}", pg_err(e)))?;
+            let connected: std::collections::HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+            names.iter().filter(|n| connected.contains(*n)).count()
+        };
+        let want = drc_proto::sync_setting(count.min(streaming), names);
+        if lock(&self.sync_standbys).as_deref() == Some(want.as_str()) {
+            return Ok(());
+        }
+        self.set_sync_standbys(&want).await
+    }
+
     /// Sets the primary's synchronous_standby_names (ALTER SYSTEM, then a
     /// reload), unless it already is `want`. Commits waiting for standbys
     /// that no longer count are released by the reload.
     async fn set_sync_standbys(&self, want: &str) -> Result<(), String> {
-        // Leases come every few hundred milliseconds: one change at a time.
-        let Ok(_one) = self.syncing.try_lock() else { return Ok(()) };
         let c = self.pg_local().await?;
         let current: String = c.query_one("SELECT current_setting('synchronous_standby_names')", &[]).await.map_err(pg_err)?.get(0);
         if current != want {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use drc_tests::lab::{kill_tree, netcut::CuttableLink, postgres::psql, redis::cli, signal, Lab};
+use drc_tests::lab::{kill_tree, netcut::CuttableLink, postgres::psql, redis::cli, signal, Lab, LabOptions};
 use drc_tests::wait_for;
 use serde_json::Value;
 
@@ -531,4 +531,92 @@ fn losing_a_region_with_only_replicas_and_the_coordinator_leader_takes_no_primar
         println!("WARNING: fenced for a moment by their agents: {fenced:?}; failed writes: {failed:?}");
     }
     assert!(psql(pa, "INSERT INTO w VALUES (0)").is_ok() && cli(ra, &["SET", "w", "0"]).is_ok(), "the primaries take writes");
+}
+
+#[test]
+fn with_synchronous_replication_a_commit_waits_for_a_standby_none_is_lost_in_a_failover_and_writes_go_on_without_standbys() {
+    let dir = tempfile::Builder::new().prefix("drc-failover-test-").tempdir().expect("tempdir");
+    let lab = Lab::up_with(dir.path(), LabOptions { synchronous_replicas: 1, ..Default::default() }).expect("lab up");
+    recorded(&lab, "app-pg", 1);
+    let pa = lab.member("pg-a").expect("pg-a").clone();
+    let sync_of = |member: &str| lab.members_health().ok()?.get(member)?["sync_standbys"].as_str().map(String::from);
+    let both = r#"ANY 1 ("pg-b", "pg-c")"#;
+    wait_for("pg-a's commits to wait for a standby", LONG, || (sync_of("pg-a")? == both).then_some(())).unwrap_or_else(|e| {
+        dump(&lab, "pg-a");
+        panic!("{e:#}")
+    });
+    assert_eq!(psql(pa.port, "SHOW synchronous_standby_names").expect("show"), both);
+    via_forwarder(&lab, "CREATE TABLE acked (id int PRIMARY KEY)").expect("table");
+
+    // A commit that no standby has flushed is not acknowledged: with both
+    // WAL senders frozen it waits, and it returns once they go on.
+    let senders = walsenders(pa.pid);
+    assert_eq!(senders.len(), 2, "two standbys stream from pg-a");
+    for p in &senders {
+        signal(*p, libc::SIGSTOP);
+    }
+    let port = pa.port;
+    let waiting = std::thread::spawn(move || psql(port, "INSERT INTO acked VALUES (0)"));
+    std::thread::sleep(Duration::from_secs(2));
+    let held = !waiting.is_finished();
+    for p in &senders {
+        signal(*p, libc::SIGCONT);
+    }
+    assert!(held, "a commit was acknowledged while no standby could receive it: {:?}", waiting.join());
+    waiting.join().expect("thread").expect("the commit is acknowledged once a standby has it");
+
+    // A continuous writer, then the primary's server dies: every
+    // acknowledged write is on the new primary.
+    let fport: u16 = lab.forwarder("app-pg").expect("forwarder").rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = writer(fport, std::sync::Arc::clone(&stop));
+    std::thread::sleep(Duration::from_secs(2));
+    let killed = Instant::now();
+    signal(pa.pid, libc::SIGKILL);
+    for p in &senders {
+        signal(*p, libc::SIGKILL);
+    }
+    let c = recorded(&lab, "app-pg", 2);
+    let new = c["primary"].as_str().expect("primary").to_string();
+    let nport = lab.member(&new).expect("new primary").port;
+    wait_for("writes on the new primary", LONG, || (psql(nport, "SELECT count(*) > 1 FROM acked").ok()? == "t").then_some(()))
+        .expect("writes resume");
+    println!("synchronous failover: SIGKILL of pg-a -> writes on {new} within {:.2} s", killed.elapsed().as_secs_f64());
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (acked, gap) = w.join().expect("writer");
+    let present: std::collections::BTreeSet<u32> =
+        psql(nport, "SELECT id FROM acked").expect("ids").lines().filter_map(|l| l.parse().ok()).collect();
+    let lost: Vec<u32> = acked.iter().copied().filter(|id| !present.contains(id)).collect();
+    println!("synchronous failover: {} writes acknowledged, longest gap {:.2} s, {} lost", acked.len(), gap.as_secs_f64(), lost.len());
+    let history = lab.drctl_json(&["history", "--cluster", "app-pg"]).map(|v| v.to_string()).unwrap_or_default();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}\n{history}");
+
+    // The new primary waits for its own standbys once they stream again.
+    let others: Vec<String> = ["pg-a", "pg-b", "pg-c"].iter().filter(|m| **m != new).map(|m| m.to_string()).collect();
+    let theirs = format!("ANY 1 (\"{}\", \"{}\")", others[0], others[1]);
+    wait_for(&format!("{new}'s commits to wait for {theirs}"), LONG, || (sync_of(&new)? == theirs).then_some(())).unwrap_or_else(|e| {
+        dump(&lab, &new);
+        panic!("{e:#}: {:?}", sync_of(&new))
+    });
+
+    // With no standby left, commits stop waiting instead of hanging.
+    for m in &others {
+        let data = &lab.member(m).expect("standby").data_dir;
+        if let Ok(pid) = drc_tests::lab::postgres::postmaster_pid(data) {
+            kill_tree(pid);
+        }
+    }
+    let degraded = Instant::now();
+    wait_for(&format!("{new}'s commits to wait for no standby"), LONG, || (sync_of(&new)?.is_empty()).then_some(())).unwrap_or_else(|e| {
+        dump(&lab, &new);
+        panic!("{e:#}: {:?}", sync_of(&new))
+    });
+    let port = nport;
+    let write = std::thread::spawn(move || psql(port, "INSERT INTO acked VALUES (-1)"));
+    wait_for("a write without standbys", LONG, || write.is_finished().then_some(())).expect("the write is acknowledged");
+    println!("without standbys: writes acknowledged again {:.2} s after they died", degraded.elapsed().as_secs_f64());
+    assert_eq!(psql(nport, "SELECT count(*) FROM acked WHERE id = -1").expect("count"), "1");
+    let c = cluster(&lab, "app-pg").expect("cluster");
+    assert_eq!(c["epoch"], 2, "losing the standbys moved nothing: {c}");
 }

@@ -51,6 +51,8 @@ pub struct Obs {
     pub lease_fenced: bool,
     /// The member is unreachable and its agent found its process gone.
     pub server_gone: bool,
+    /// How long ago the leader received the newest sample.
+    pub age: Millis,
     /// A replica: what it holds durably, which a promotion keeps (PostgreSQL:
     /// WAL received and flushed, replayed first when promoted; 0 when not
     /// reported, and then `position` counts).
@@ -126,9 +128,9 @@ pub enum Action {
     Adopt { cluster: String, primary: String, dataset: String },
     /// Commit this decision to Raft, then carry out its steps.
     Decide(Box<Decision>),
-    /// Grant (renew) the primary's lease for `ttl` from now. `sync`: the
-    /// PostgreSQL primary's `synchronous_standby_names` (see [`sync_standbys`]).
-    Lease { cluster: String, member: String, epoch: u64, ttl: Millis, sync: Option<String> },
+    /// Grant (renew) the primary's lease for `ttl` from now. `sync`: what
+    /// a PostgreSQL primary's commits wait for (see [`sync_standbys`]).
+    Lease { cluster: String, member: String, epoch: u64, ttl: Millis, sync: Option<SyncStandbys> },
     /// Nothing happens to this cluster, and why (shown in status).
     Wait { cluster: String, reason: String },
 }
@@ -205,8 +207,24 @@ fn lease_action(w: &World, cluster: &str, primary: &str, epoch: u64, ttl: Millis
     }
 }
 
-/// The `synchronous_standby_names` a PostgreSQL cluster's primary should
-/// have (None: a Redis cluster, which has no such setting).
+/// What a PostgreSQL primary's commits wait for: `count` of `names` to
+/// have flushed them (`synchronous_standby_names = 'ANY count (names)'`;
+/// none when `count` is 0).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncStandbys {
+    pub count: usize,
+    pub names: Vec<String>,
+}
+
+impl std::fmt::Display for SyncStandbys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&drc_proto::sync_setting(self.count, &self.names))
+    }
+}
+
+/// What a PostgreSQL cluster's primary should wait for (None: a Redis
+/// cluster, which has no such setting). The primary's agent waits for no
+/// more of them than it sees streaming under those names itself.
 ///
 /// With `synchronous_replicas = n`, every replica that may be promoted
 /// automatically is listed, and a commit waits for `n` of them: a replica
@@ -218,7 +236,7 @@ fn lease_action(w: &World, cluster: &str, primary: &str, epoch: u64, ttl: Millis
 /// for ever). Every replica is a candidate, and the most advanced one is
 /// promoted, so while the replicas that acknowledged commits are reachable,
 /// no acknowledged commit is lost.
-pub fn sync_standbys(w: &World, cluster: &str, primary: &str, members: &[(&String, Obs)]) -> Option<String> {
+pub fn sync_standbys(w: &World, cluster: &str, primary: &str, members: &[(&String, Obs)]) -> Option<SyncStandbys> {
     let c = w.topology.clusters.get(cluster)?;
     if c.kind != crate::topology::ClusterKind::Postgres {
         return None;
@@ -229,13 +247,15 @@ pub fn sync_standbys(w: &World, cluster: &str, primary: &str, members: &[(&Strin
         .filter(|(id, _)| id.as_str() != primary && w.topology.members.get(id.as_str()).is_some_and(|m| m.priority > 0))
         .collect();
     let streaming = listed.iter().filter(|(_, o)| o.fresh && o.role == "replica" && o.streaming).count();
-    let n = wanted.min(streaming);
-    if n == 0 {
-        return Some(String::new());
+    let count = wanted.min(streaming);
+    if count == 0 {
+        return Some(SyncStandbys::default());
     }
-    let names: Vec<String> = listed.iter().map(|(id, _)| format!("\"{}\"", id.replace('"', "\"\""))).collect();
-    Some(format!("ANY {n} ({})", names.join(", ")))
+    Some(SyncStandbys { count, names: listed.iter().map(|(id, _)| id.to_string()).collect() })
 }
+
+/// How often a failover waiting for newer samples looks again.
+const SAMPLE_POLL: Millis = 50;
 
 /// Members with what the leader sees of each (default: never heard from).
 fn observed<'a>(w: &World, ids: impl Iterator<Item = &'a String>) -> Vec<(&'a String, Obs)> {
@@ -463,6 +483,20 @@ impl Core {
                 out,
                 format!("primary {primary_id} is down, but automatic failover is blocked for {} ms (anti-flap)", rec.blocked_until - now),
             );
+            return;
+        }
+        // Candidates are ranked by their newest samples. One received before
+        // the failure was seen may not show WAL that reached the replica
+        // just before the primary died, which a synchronous commit may have
+        // counted on: wait for newer ones, at most for the detection window.
+        let behind: Vec<&str> = members
+            .iter()
+            .filter(|(id, o)| **id != primary_id && o.fresh && o.role == "replica" && now.saturating_sub(o.age) < since)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if !behind.is_empty() && now < since + window {
+            wake_at((now + SAMPLE_POLL).min(since + window));
+            wait(out, format!("primary {primary_id} is down; waiting for samples of {} taken since", behind.join(", ")));
             return;
         }
         let known = track.primary_position;
@@ -855,7 +889,7 @@ mod tests {
         let ids: Vec<String> = t.members_of(cluster).map(|(id, _)| id.clone()).collect();
         let members = observed(&w, ids.iter());
         let primary = format!("{cluster}-a");
-        sync_standbys(&w, cluster, &primary, &members)
+        sync_standbys(&w, cluster, &primary, &members).map(|s| s.to_string())
     }
 
     #[test]
@@ -876,6 +910,44 @@ mod tests {
         assert_eq!(sync_of(&topology(0), "pg", &obs).as_deref(), Some(""));
         obs.get_mut("pg-b").expect("b").fresh = true;
         assert_eq!(sync_of(&topology(0), "pg", &obs).as_deref(), Some(""));
+    }
+
+    #[test]
+    fn a_crashed_primary_is_replaced_only_on_samples_received_since_the_crash_was_seen() {
+        let t = topology(1);
+        let mut records = BTreeMap::new();
+        records.insert("pg".to_string(), ClusterRecord { epoch: 1, primary: "pg-a".into(), dataset: "ds".into(), ..Default::default() });
+        let gone = Obs { fresh: true, role: "unknown".into(), server_gone: true, epoch: 1, ..Default::default() };
+        let replica =
+            |position: u64, received: u64, age: Millis| Obs { dataset: "ds".into(), epoch: 1, age, ..replica(true, position, received) };
+        let mut core = Core::new(LeaseConfig::default(), 0);
+        let mut tick = |now: Millis, b_age: Millis| {
+            let obs: BTreeMap<String, Obs> = [("pg-a", gone.clone()), ("pg-b", replica(500, 500, b_age)), ("pg-c", replica(400, 400, 0))]
+                .into_iter()
+                .map(|(id, o)| (id.to_string(), o))
+                .collect();
+            let w = World { now, topology: &t, records: &records, global_paused: false, observations: &obs };
+            core.tick(&w)
+                .into_iter()
+                .filter(|a| match a {
+                    Action::Decide(_) => true,
+                    Action::Wait { cluster, .. } => cluster == "pg",
+                    _ => false,
+                })
+                .collect::<Vec<_>>()
+        };
+        // First seen down at 5,000; confirmed once the crash window (200 ms) has passed.
+        assert!(matches!(&tick(5_000, 0)[..], [Action::Wait { .. }]));
+        // pg-b's newest sample was received before the crash was seen: wait for another.
+        match &tick(5_200, 300)[..] {
+            [Action::Wait { reason, .. }] => assert!(reason.contains("waiting for samples of pg-b"), "{reason}"),
+            other => panic!("expected a wait, got {other:?}"),
+        }
+        // A newer one came: pg-b is promoted (it holds the most).
+        match &tick(5_250, 10)[..] {
+            [Action::Decide(d)] => assert_eq!(d.to, "pg-b"),
+            other => panic!("expected a decision, got {other:?}"),
+        }
     }
 
     #[test]

@@ -369,8 +369,9 @@ impl Executor {
                     ]
                     .into();
                     if let Some(sync) = sync {
-                        self.note_sync(&cluster, &member, &sync);
-                        args.insert("sync_standbys".into(), sync);
+                        self.note_sync(&cluster, &member, &sync.to_string());
+                        args.insert("sync_count".into(), sync.count.to_string());
+                        args.insert("sync_names".into(), sync.names.join(","));
                     }
                     let cmd = drc_proto::Command { command_id: 0, cluster, epoch, action: "lease".into(), args };
                     self.health.renew(&member, cmd, at + Duration::from_millis(ttl));

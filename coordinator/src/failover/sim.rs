@@ -409,6 +409,7 @@ impl Sim {
                 server_gone: !m.up,
                 // The simulation models one position per member.
                 received: 0,
+                age: 0,
                 streaming: m.up && !m.primary,
             };
             if m.primary && m.up {

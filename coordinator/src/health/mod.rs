@@ -312,6 +312,7 @@ impl HealthBoard {
                     epoch: s.epoch,
                     lease_fenced: s.lease_fenced,
                     server_gone: s.server_gone,
+                    age: state.received.map_or(0, |r| now.saturating_duration_since(r).as_millis() as u64),
                     received: s.receive_position,
                     streaming: s.replication_connected,
                 },

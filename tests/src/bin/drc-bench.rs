@@ -70,6 +70,10 @@ enum Bench {
         /// region a first: the worst case).
         #[arg(long, value_delimiter = ',', default_value = "pg-crash,pg-node,redis-node,region,region-leader")]
         faults: Vec<String>,
+        /// The PostgreSQL policy's `synchronous_replicas` (0: asynchronous,
+        /// the default).
+        #[arg(long, default_value_t = 0)]
+        synchronous_replicas: u32,
     },
     /// Backup throughput and recovery-test time against plain pipelines.
     Backup {
@@ -103,7 +107,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Raft { writes, trials } => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(raft(writes, trials))
         }
-        Bench::Failover { trials, faults } => failover::run(trials, &faults),
+        Bench::Failover { trials, faults, synchronous_replicas } => failover::run(trials, &faults, synchronous_replicas),
         Bench::Backup { scale, trials } => backup::run(scale, trials),
         Bench::Agents { counts, seconds, tick_interval, streams_per_connection } => {
             let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
@@ -648,11 +652,11 @@ mod failover {
         out
     }
 
-    fn trial(fault: &str) -> anyhow::Result<Trial> {
+    fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
         let dir = tempfile::Builder::new().prefix("drc-bench-failover-").tempdir()?;
         // The worst case is measured with leader placement off: it would
         // move the leader back out of region a.
-        let lab = Lab::up_with(dir.path(), LabOptions { leader_placement: fault != "region-leader" })?;
+        let lab = Lab::up_with(dir.path(), LabOptions { leader_placement: fault != "region-leader", synchronous_replicas })?;
         let redis = fault == "redis-node";
         let cluster = if redis { REDIS_CLUSTER } else { PG_CLUSTER };
         wait_for("both clusters adopted", Duration::from_secs(60), || {
@@ -759,13 +763,17 @@ mod failover {
         Ok(Trial { to_first_write: first.duration_since(fault_at), acked: acked.len(), lost, oldest_lost, timeline, leader_lost })
     }
 
-    pub fn run(trials: u32, faults: &[String]) -> anyhow::Result<()> {
-        println!("failover benchmark: a fresh lab per trial, a continuous writer through drc-proxy, shipped defaults");
+    pub fn run(trials: u32, faults: &[String], synchronous_replicas: u32) -> anyhow::Result<()> {
+        let replication = match synchronous_replicas {
+            0 => "asynchronous replication".to_string(),
+            n => format!("synchronous replication (every PostgreSQL commit waits for {n} replica(s))"),
+        };
+        println!("failover benchmark: a fresh lab per trial, a continuous writer through drc-proxy, shipped defaults, {replication}");
         for fault in faults {
             let mut times = Vec::new();
             let (mut lost, mut oldest_lost) = (0, Duration::ZERO);
             for t in 1..=trials {
-                match trial(fault) {
+                match trial(fault, synchronous_replicas) {
                     Ok(r) => {
                         let when =
                             r.oldest_lost.map(|d| format!(" (the first acknowledged {:.1} ms before the fault)", d.as_secs_f64() * 1e3));

@@ -106,6 +106,9 @@ pub struct LabInfo {
     /// file, given to every agent so that any may run recovery tests).
     #[serde(default)]
     pub backup: BackupKeys,
+    /// The PostgreSQL cluster's `policy.synchronous_replicas` (0: asynchronous).
+    #[serde(default)]
+    pub synchronous_replicas: u32,
 }
 
 /// The lab's backup encryption keys in `lab.json`.
@@ -133,11 +136,14 @@ pub struct LabOptions {
     /// The coordinators keep their leader out of the primaries' region
     /// (`failover.leader_placement`, on by default).
     pub leader_placement: bool,
+    /// How many replicas each PostgreSQL commit waits for (0, the default:
+    /// asynchronous replication).
+    pub synchronous_replicas: u32,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { leader_placement: true }
+        LabOptions { leader_placement: true, synchronous_replicas: 0 }
     }
 }
 
@@ -248,6 +254,7 @@ impl Lab {
                 s3: Vec::new(),
                 forwarders: Vec::new(),
                 backup: BackupKeys::default(),
+                synchronous_replicas: opts.synchronous_replicas,
             },
             owned: true,
         };
@@ -412,6 +419,9 @@ impl Lab {
             t.push_str(&format!(
                 "[clusters.{name}]\nkind = \"{kind}\"\n[clusters.{name}.policy]\nrpo_max_lag_bytes = 16777216\nrpo_max_lag_time = \"10s\"\nanti_flap_window = \"5m\"\n"
             ));
+            if kind == "postgres" && self.info.synchronous_replicas > 0 {
+                t.push_str(&format!("synchronous_replicas = {}\n", self.info.synchronous_replicas));
+            }
             let checks = if kind == "postgres" { format!("\"{CHECK_TABLE}\"") } else { String::new() };
             t.push_str(&format!(
                 "[clusters.{name}.backup]\ndestinations = [{destinations}]\nrecipients = [{:?}]\ncheck_tables = [{checks}]\nkeep_last = 3\n",

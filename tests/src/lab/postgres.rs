@@ -123,6 +123,11 @@ pub fn start_cluster(dir: &Path, cluster: &str) -> anyhow::Result<Vec<MemberInfo
                 "--no-sync",
             ]);
             run(c, "pg_basebackup")?;
+            // Streams under its member id, as drc's repoint does: the name
+            // a synchronous primary waits for (the later line wins).
+            let mut auto = fs::OpenOptions::new().append(true).open(data.join("postgresql.auto.conf"))?;
+            use std::io::Write as _;
+            writeln!(auto, "primary_conninfo = 'host=127.0.0.1 port={primary_port} user=postgres application_name={id}'")?;
         }
         let pid = start(&data, port, &sock, &log)?;
         members.push(MemberInfo {
