@@ -421,7 +421,9 @@ impl Sim {
         }
         let mut out = self.samples.clone();
         for (id, o) in out.iter_mut() {
-            o.fresh = self.members[id].last_sample.is_some_and(|at| self.now - at <= FRESH);
+            let received = self.members[id].last_sample;
+            o.fresh = received.is_some_and(|at| self.now - at <= FRESH);
+            o.age = received.map_or(0, |at| self.now - at);
         }
         out
     }
