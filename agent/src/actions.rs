@@ -245,6 +245,16 @@ impl Actor {
         self.learn(epoch, primary);
     }
 
+    /// From every local probe of a primary: its synchronous_standby_names.
+    /// A value other than the one this agent last set or read (an operator
+    /// changed it) is looked at again on the next lease renewal.
+    pub fn observe_sync(&self, current: &str) {
+        let mut known = lock(&self.sync_standbys);
+        if known.as_deref().is_some_and(|k| k != current) {
+            *known = None;
+        }
+    }
+
     /// From every local probe: whether this replica streams from its primary.
     pub fn observe_link(&self, replicating: bool) {
         if replicating {
@@ -463,21 +473,27 @@ impl Actor {
             names.iter().filter(|n| connected.contains(*n)).count()
         };
         let want = drc_proto::sync_setting(count.min(streaming), names);
-        if lock(&self.sync_standbys).as_deref() == Some(want.as_str()) {
+        // Asynchronous, or no standby streams: a setting drc did not write
+        // is an operator's, left alone (and said once).
+        let operators = |v: &str| want.is_empty() && !v.is_empty() && !drc_proto::is_drc_sync_setting(v);
+        if lock(&self.sync_standbys).as_deref().is_some_and(|known| known == want || operators(known)) {
             return Ok(());
         }
-        self.set_sync_standbys(&want).await
-    }
-
-    /// Sets the primary's synchronous_standby_names (ALTER SYSTEM, then a
-    /// reload), unless it already is `want`. Commits waiting for standbys
-    /// that no longer count are released by the reload.
-    async fn set_sync_standbys(&self, want: &str) -> Result<(), String> {
         let c = self.pg_local().await?;
         let current: String = c.query_one("SELECT current_setting('synchronous_standby_names')", &[]).await.map_err(pg_err)?.get(0);
+        if operators(&current) {
+            tracing::warn!(
+                synchronous_standby_names = %current,
+                "synchronous_standby_names was not set by drc: left alone (policy.synchronous_replicas lets drc manage it)"
+            );
+            *lock(&self.sync_standbys) = Some(current);
+            return Ok(());
+        }
+        // Set with ALTER SYSTEM, then a reload, which also releases commits
+        // waiting for standbys that no longer count.
         if current != want {
             // ALTER SYSTEM takes no parameters: the value is quoted here.
-            for sql in [format!("ALTER SYSTEM SET synchronous_standby_names = {}", quote(want)), "SELECT pg_reload_conf()".to_string()] {
+            for sql in [format!("ALTER SYSTEM SET synchronous_standby_names = {}", quote(&want)), "SELECT pg_reload_conf()".to_string()] {
                 c.batch_execute(&sql).await.map_err(|e| format!("{sql}: {}", pg_err(e)))?;
             }
             tracing::info!(synchronous_standby_names = %want, was = %current, "synchronous standbys set");
@@ -495,7 +511,7 @@ impl Actor {
                 // it was rewound from; as a new primary it would hold every
                 // commit until they connect. The leader sets them again once
                 // this member's replicas stream.
-                if let Err(e) = self.set_sync_standbys("").await {
+                if let Err(e) = self.wait_for_standbys(0, &[]).await {
                     tracing::warn!(error = %e, "cannot clear the synchronous standbys before the promotion");
                 }
                 if in_recovery {

@@ -119,6 +119,9 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
                 _ => None,
             };
             probe_actor.observe_link(local.reachable && local.role == "replica" && local.replication_connected);
+            if local.reachable && local.role == "primary" {
+                probe_actor.observe_sync(&local.sync_standbys);
+            }
             let epoch = probe_actor.epoch().max(view.as_ref().map(|v| v.epoch).unwrap_or(0));
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
             let mut sample = prober.sample(&probe_cfg.member_id, &local, primary.as_ref(), epoch, now);

@@ -30,3 +30,35 @@ pub fn sync_setting(count: usize, names: &[String]) -> String {
     let quoted: Vec<String> = names.iter().map(|n| format!("\"{}\"", n.replace('"', "\"\""))).collect();
     format!("ANY {} ({})", count.min(names.len()), quoted.join(", "))
 }
+
+/// Whether a `synchronous_standby_names` value has the shape drc writes
+/// (`ANY n ("a", "b")`): an agent clears such a value when commits should
+/// wait for no standby, and leaves any other (an operator's own) alone.
+pub fn is_drc_sync_setting(value: &str) -> bool {
+    let Some(rest) = value.strip_prefix("ANY ") else { return false };
+    let Some((count, list)) = rest.split_once(" (") else { return false };
+    let Some(list) = list.strip_suffix(')') else { return false };
+    count.parse::<usize>().is_ok_and(|n| n > 0)
+        && list
+            .split(", ")
+            .all(|name| name.len() > 2 && name.starts_with('"') && name.ends_with('"') && !name[1..name.len() - 1].contains('"'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drc_recognises_the_synchronous_standby_settings_it_writes_and_no_other() {
+        let names = vec!["pg-b".to_string(), "pg-c".to_string()];
+        assert_eq!(sync_setting(1, &names), r#"ANY 1 ("pg-b", "pg-c")"#);
+        assert_eq!(sync_setting(0, &names), "");
+        assert_eq!(sync_setting(5, &names), r#"ANY 2 ("pg-b", "pg-c")"#, "never more than are listed");
+        for n in 1..=2 {
+            assert!(is_drc_sync_setting(&sync_setting(n, &names)));
+        }
+        for other in ["", "*", "pg-b", "FIRST 1 (pg-b)", "ANY 1 (pg-b, pg-c)", "ANY 0 (\"pg-b\")", "ANY 1 (\"\")", "2 (\"a\", \"b\")"] {
+            assert!(!is_drc_sync_setting(other), "{other:?}");
+        }
+    }
+}

@@ -19,6 +19,7 @@
 //! crash_detection_window = "200ms"   # the primary's agent sees its process gone
 //! anti_flap_window = "10m"
 //! paused = false
+//! synchronous_replicas = 1            # PostgreSQL: commits wait for one replica (default 0)
 //!
 //! [[members]]
 //! id = "pg-eu-west"
@@ -593,6 +594,12 @@ clusters = ["pg", "cache"]
 
     fn keys(text: &str) -> Vec<String> {
         parse_topology(text).expect_err("must be invalid").problems.into_iter().map(|p| p.key).collect()
+    }
+
+    #[test]
+    fn the_example_in_the_repository_is_valid() {
+        let t = parse_topology(include_str!("../../../examples/topology.toml")).expect("examples/topology.toml");
+        assert_eq!(t.clusters["n8n-pg"].policy.synchronous_replicas, 1);
     }
 
     #[test]

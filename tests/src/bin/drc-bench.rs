@@ -662,6 +662,12 @@ mod failover {
         wait_for("both clusters adopted", Duration::from_secs(60), || {
             (epoch(&lab, PG_CLUSTER)? >= 1 && epoch(&lab, REDIS_CLUSTER)? >= 1).then_some(())
         })?;
+        if synchronous_replicas > 0 {
+            wait_for("pg-a's commits to wait for its standbys", Duration::from_secs(60), || {
+                let h = lab.members_health().ok()?;
+                h.get("pg-a")?["sync_standbys"].as_str().filter(|s| !s.is_empty()).map(|_| ())
+            })?;
+        }
         if fault == "region-leader" {
             // The worst region loss: the coordinator leader goes with it.
             let a = lab.info.coordinators.iter().find(|c| c.region == "a").ok_or_else(|| anyhow!("no coordinator in region a"))?;
