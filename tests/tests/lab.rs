@@ -70,6 +70,27 @@ fn members_report_roles_health_and_lag_that_returns_to_zero() {
     let m = member(&lab, "pg-b").expect("pg-b");
     assert_eq!((u(&m, "lag_bytes"), u(&m, "lag_ms")), (0, 0), "idle primary shows lag: {m}");
 
+    // Asynchronous replication (the lab's default): a synchronous standby
+    // setting of drc's shape is cleared, an operator's own is left alone.
+    let set = |value: &str| {
+        psql(pa, &format!("ALTER SYSTEM SET synchronous_standby_names = '{}'", value.replace('\'', "''"))).expect("alter");
+        psql(pa, "SELECT pg_reload_conf()").expect("reload");
+    };
+    set(r#"ANY 1 ("pg-b", "pg-c")"#);
+    wait_for("drc's own setting to be cleared", LONG, || psql(pa, "SHOW synchronous_standby_names").ok()?.is_empty().then_some(()))
+        .expect("cleared");
+    set("*");
+    wait_for("pg-a's agent to sample the operator's setting", LONG, || {
+        (member(&lab, "pg-a")?["sync_standbys"].as_str()? == "*").then_some(())
+    })
+    .expect("sampled");
+    // The agent looks at a changed setting on the next renewal (within a
+    // few hundred milliseconds); a second later it is still there.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(psql(pa, "SHOW synchronous_standby_names").expect("show"), "*", "an operator's setting stays");
+    psql(pa, "ALTER SYSTEM RESET synchronous_standby_names").expect("reset");
+    psql(pa, "SELECT pg_reload_conf()").expect("reload");
+
     // Redis: a SIGSTOPped replica shows a growing lag.
     let ra = lab.member("redis-a").expect("redis-a").port;
     let rb = lab.member("redis-b").expect("redis-b");

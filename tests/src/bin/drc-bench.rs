@@ -631,6 +631,9 @@ mod failover {
         oldest_lost: Option<Duration>,
         /// Where the time went, from the decision's history.
         timeline: String,
+        /// Median time from sending a write to its acknowledgement, over
+        /// the writes acknowledged before the fault (what a commit costs).
+        write_latency: Duration,
         /// The fault took the coordinator leader with it.
         leader_lost: bool,
     }
@@ -766,7 +769,24 @@ mod failover {
                 timeline.push_str(&format!("\n  decisions: {h}"));
             }
         }
-        Ok(Trial { to_first_write: first.duration_since(fault_at), acked: acked.len(), lost, oldest_lost, timeline, leader_lost })
+        let mut latencies: Vec<Duration> = acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, _, acked)| *acked < fault_at)
+            .map(|(_, sent, acked)| acked.duration_since(*sent))
+            .collect();
+        latencies.sort();
+        let write_latency = super::percentile(&latencies, 0.5);
+        Ok(Trial {
+            to_first_write: first.duration_since(fault_at),
+            acked: acked.len(),
+            lost,
+            oldest_lost,
+            timeline,
+            leader_lost,
+            write_latency,
+        })
     }
 
     pub fn run(trials: u32, faults: &[String], synchronous_replicas: u32) -> anyhow::Result<()> {
@@ -776,7 +796,7 @@ mod failover {
         };
         println!("failover benchmark: a fresh lab per trial, a continuous writer through drc-proxy, shipped defaults, {replication}");
         for fault in faults {
-            let mut times = Vec::new();
+            let (mut times, mut latencies) = (Vec::new(), Vec::new());
             let (mut lost, mut oldest_lost) = (0, Duration::ZERO);
             for t in 1..=trials {
                 match trial(fault, synchronous_replicas) {
@@ -784,15 +804,17 @@ mod failover {
                         let when =
                             r.oldest_lost.map(|d| format!(" (the first acknowledged {:.1} ms before the fault)", d.as_secs_f64() * 1e3));
                         println!(
-                            "{fault} trial {t}: first acknowledged write {:.2} s after the fault; {} writes acknowledged, {} lost{}{}\n  {}",
+                            "{fault} trial {t}: first acknowledged write {:.2} s after the fault; {} writes acknowledged (median {:.2} ms each before the fault), {} lost{}{}\n  {}",
                             r.to_first_write.as_secs_f64(),
                             r.acked,
+                            r.write_latency.as_secs_f64() * 1e3,
                             r.lost,
                             when.unwrap_or_default(),
                             if r.leader_lost { " (the coordinator leader went with the region)" } else { "" },
                             r.timeline
                         );
                         times.push(r.to_first_write);
+                        latencies.push(r.write_latency);
                         lost += r.lost;
                         oldest_lost = oldest_lost.max(r.oldest_lost.unwrap_or_default());
                     }
@@ -800,6 +822,13 @@ mod failover {
                 }
             }
             times.sort();
+            latencies.sort();
+            if !latencies.is_empty() {
+                println!(
+                    "{fault}: median write latency before the fault, median over trials: {:.2} ms",
+                    super::percentile(&latencies, 0.5).as_secs_f64() * 1e3
+                );
+            }
             if let (Some(min), Some(max)) = (times.first(), times.last()) {
                 println!(
                     "{fault}: {} trials: min {:.2} s  median {:.2} s  max {:.2} s; {lost} acknowledged writes lost in all, none acknowledged more than {:.1} ms before the fault",
