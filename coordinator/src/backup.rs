@@ -236,7 +236,10 @@ impl Jobs {
             scheduled_at,
             ..Default::default()
         };
-        rec.id = self.record(Command::Backup { record: Box::new(rec.clone()) }).await?;
+        rec.id = {
+            let _no_move = self.node.hold_leadership().await;
+            self.record(Command::Backup { record: Box::new(rec.clone()) }).await?
+        };
         self.running().insert(('b', rec.id), 0);
         self.health.emit("backup", cluster, &member, format!("backup {} started: {member} -> {dest} ({})", rec.id, rec.prefix));
         let this = Arc::clone(self);
@@ -371,7 +374,10 @@ impl Jobs {
             started_at,
             ..Default::default()
         };
-        rec.id = self.record(Command::RecoveryTest { record: Box::new(rec.clone()) }).await?;
+        rec.id = {
+            let _no_move = self.node.hold_leadership().await;
+            self.record(Command::RecoveryTest { record: Box::new(rec.clone()) }).await?
+        };
         self.running().insert(('t', rec.id), 0);
         self.health.emit("recovery_test", cluster, member, format!("recovery test {} started: backup {} on {member}", rec.id, backup.id));
         let data_time = backup.manifest.get("finished_at_ms").and_then(|v| v.as_u64()).unwrap_or(backup.finished_at);

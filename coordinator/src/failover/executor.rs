@@ -251,6 +251,9 @@ impl Executor {
                 && placed_at.is_none_or(|at| at.elapsed() >= PLACEMENT_CALM)
             {
                 placed_at = Some(Instant::now());
+                // No job may start between this look and the move; one
+                // being recorded now makes this attempt wait for the next.
+                let no_job_starts = self.node.try_hold_leadership();
                 let (last_finished, jobs_running) = self.node.store().with_state(|sm| {
                     let last_finished = sm.history.values().filter_map(|d| d.finished_at).max().unwrap_or(0);
                     // A leadership change interrupts the backups and recovery tests it runs.
@@ -259,9 +262,10 @@ impl Executor {
                         sm.backups.values().any(|b| b.state == running) || sm.recovery_tests.values().any(|t| t.state == running);
                     (last_finished, jobs_running)
                 });
-                if !jobs_running && now_ms().saturating_sub(last_finished) >= PLACEMENT_CALM.as_millis() as u64 {
+                if no_job_starts.is_some() && !jobs_running && now_ms().saturating_sub(last_finished) >= PLACEMENT_CALM.as_millis() as u64 {
                     self.place(t, &records).await;
                 }
+                drop(no_job_starts);
             }
             for id in open {
                 let fresh = self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id);

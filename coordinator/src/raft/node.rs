@@ -147,6 +147,9 @@ pub struct NodeHandle {
     store: RaftStore,
     /// Until when this node may renew primaries' leases (see [`Self::may_renew`]).
     renew_until: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Held while a job (backup, recovery test) is recorded as started, and
+    /// while leader placement decides to move: see [`Self::hold_leadership`].
+    moves: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl NodeHandle {
@@ -195,6 +198,22 @@ impl NodeHandle {
 
     pub async fn transfer_leader(&self, to: u64) {
         let _ = self.tx.send(NodeInput::TransferLeader { to }).await;
+    }
+
+    /// Serialises starting a job with a leader placement move. A job
+    /// recorded as started while the guard is held is seen by a placement
+    /// that takes the guard next (and does not move); a placement that moved
+    /// first makes the job's proposal fail (raft-rs drops proposals while
+    /// it transfers), so the job starts under the next leader or not at all,
+    /// instead of being interrupted a moment after it started.
+    pub async fn hold_leadership(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        Arc::clone(&self.moves).lock_owned().await
+    }
+
+    /// [`Self::hold_leadership`] without waiting: None while a job is being
+    /// recorded as started.
+    pub fn try_hold_leadership(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        Arc::clone(&self.moves).try_lock_owned().ok()
     }
 
     /// See [`NodeInput::Place`].
@@ -286,7 +305,14 @@ impl Node {
         let (role_tx, role_rx) = watch::channel(status.role);
         let (status_tx, status_rx) = watch::channel(status);
         let renew_until = Arc::new(std::sync::Mutex::new(None));
-        let handle = NodeHandle { tx, status: status_rx, role: role_rx, store: store.clone(), renew_until: Arc::clone(&renew_until) };
+        let handle = NodeHandle {
+            tx,
+            status: status_rx,
+            role: role_rx,
+            store: store.clone(),
+            renew_until: Arc::clone(&renew_until),
+            moves: Arc::default(),
+        };
         let last_role = (raw.raft.state, raw.raft.term);
         transport.merge_addresses(&store.with_state(|sm| sm.nodes.clone()));
         Ok((
