@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use drc_tests::lab::Lab;
+use drc_tests::lab::{Lab, LabOptions};
 
 #[derive(Parser)]
 #[command(name = "drc-lab", about = "A local three-region drc lab on loopback")]
@@ -25,6 +25,10 @@ enum Cmd {
     Up {
         #[arg(long)]
         dir: PathBuf,
+        /// How many replicas each PostgreSQL commit waits for (the cluster
+        /// policy's `synchronous_replicas`; 0: asynchronous).
+        #[arg(long, default_value_t = 0)]
+        synchronous_replicas: u32,
     },
     /// Stop every process of the lab in DIR.
     Down {
@@ -42,6 +46,9 @@ enum Cmd {
     Run {
         #[arg(long)]
         dir: PathBuf,
+        /// As for `up`.
+        #[arg(long, default_value_t = 0)]
+        synchronous_replicas: u32,
     },
 }
 
@@ -50,11 +57,11 @@ fn interrupted() -> tokio::runtime::Runtime {
 }
 
 /// Runs `up`, stopping whatever was started if Ctrl-C comes first.
-fn up_or_interrupt(dir: PathBuf) -> anyhow::Result<Option<Lab>> {
+fn up_or_interrupt(dir: PathBuf, opts: LabOptions) -> anyhow::Result<Option<Lab>> {
     let rt = interrupted();
     rt.block_on(async move {
         let d = dir.clone();
-        let up = tokio::task::spawn_blocking(move || Lab::up(&d));
+        let up = tokio::task::spawn_blocking(move || Lab::up_with(&d, opts));
         tokio::select! {
             r = up => Ok(Some(r??)),
             _ = tokio::signal::ctrl_c() => {
@@ -87,25 +94,29 @@ fn print_summary(lab: &Lab) {
 
 fn main() -> ExitCode {
     let result = match Args::parse().command {
-        Cmd::Up { dir } => up_or_interrupt(dir).map(|lab| {
-            if let Some(lab) = lab {
-                print_summary(&lab);
-                lab.detach();
-            }
-        }),
+        Cmd::Up { dir, synchronous_replicas } => {
+            up_or_interrupt(dir, LabOptions { synchronous_replicas, ..Default::default() }).map(|lab| {
+                if let Some(lab) = lab {
+                    print_summary(&lab);
+                    lab.detach();
+                }
+            })
+        }
         Cmd::Down { dir } => Lab::attach(&dir).and_then(|lab| lab.down()).map(|()| println!("lab in {} stopped", dir.display())),
         Cmd::RestartCoordinator { dir, id } => {
             Lab::attach(&dir).and_then(|mut lab| lab.restart_coordinator(id)).map(|()| println!("coordinator {id} restarted"))
         }
-        Cmd::Run { dir } => up_or_interrupt(dir).and_then(|lab| {
-            let Some(lab) = lab else { return Ok(()) };
-            print_summary(&lab);
-            println!("\nrunning; Ctrl-C stops the lab");
-            interrupted().block_on(async {
-                let _ = tokio::signal::ctrl_c().await;
-            });
-            lab.down()
-        }),
+        Cmd::Run { dir, synchronous_replicas } => {
+            up_or_interrupt(dir, LabOptions { synchronous_replicas, ..Default::default() }).and_then(|lab| {
+                let Some(lab) = lab else { return Ok(()) };
+                print_summary(&lab);
+                println!("\nrunning; Ctrl-C stops the lab");
+                interrupted().block_on(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                });
+                lab.down()
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
