@@ -596,7 +596,18 @@ impl Actor {
                 }
             }
             "repoint" => {
-                let c = self.pg_local().await?;
+                let c = match self.pg_local().await {
+                    Ok(c) => c,
+                    // A standby whose server is down (crashed, or stopped
+                    // before the failover) is brought up following the new
+                    // primary, rewound first if it had gone past it: else it
+                    // would stay down until someone started it by hand.
+                    Err(e) if self.cfg.postgres.as_ref().is_some_and(|pg| !postmaster_alive(&pg.data_dir)) => {
+                        tracing::warn!(error = %e, "the standby's server is down: starting it to follow the new primary");
+                        return self.pg_rejoin(args).await;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let conninfo = self.conninfo(args);
                 // One statement each: ALTER SYSTEM cannot run in the implicit
                 // transaction of a multi-statement query.
@@ -631,9 +642,19 @@ impl Actor {
         primary.batch_execute("CHECKPOINT").await.map_err(|e| format!("CHECKPOINT on the new primary: {}", pg_err(e)))?;
         let source = format!("host={host} port={port} user={} dbname=postgres", self.cfg.connection.user.as_deref().unwrap_or("postgres"));
         let data = pg.data_dir.to_string_lossy().to_string();
-        run_as(&pg.run_as, &pg.bin_dir.join("pg_rewind"), &["--target-pgdata", &data, "--source-server", &source])
-            .await
-            .map_err(|e| format!("pg_rewind: {e}"))?;
+        // pg_rewind finishes the crash recovery of a server that did not shut
+        // down cleanly in single-user mode, which refuses standby mode: a
+        // crashed standby recovers like a primary (its own WAL only, no new
+        // timeline) and is a standby again below.
+        let signal = pg.data_dir.join("standby.signal");
+        if signal.exists() {
+            std::fs::remove_file(&signal).map_err(|e| format!("{}: {e}", signal.display()))?;
+        }
+        if let Err(e) = run_as(&pg.run_as, &pg.bin_dir.join("pg_rewind"), &["--target-pgdata", &data, "--source-server", &source]).await {
+            // Never leave a data directory that would start as a primary.
+            let _ = std::fs::write(&signal, "");
+            return Err(format!("pg_rewind: {e}"));
+        }
         // pg_rewind copied the new primary's configuration: write ours after it.
         let auto = pg.data_dir.join("postgresql.auto.conf");
         let mut text = std::fs::read_to_string(&auto).unwrap_or_default();

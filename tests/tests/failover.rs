@@ -620,3 +620,35 @@ fn with_synchronous_replication_a_commit_waits_for_a_standby_none_is_lost_in_a_f
     let c = cluster(&lab, "app-pg").expect("cluster");
     assert_eq!(c["epoch"], 2, "losing the standbys moved nothing: {c}");
 }
+
+#[test]
+fn a_standby_that_crashed_before_its_primary_is_started_by_its_agent_to_follow_the_new_primary() {
+    let (_dir, lab) = lab();
+    recorded(&lab, "app-pg", 1);
+    via_forwarder(&lab, "CREATE TABLE acked (id int PRIMARY KEY); INSERT INTO acked VALUES (1)").expect("rows");
+    let pc = lab.member("pg-c").expect("pg-c").clone();
+    wait_for("pg-c to replay the row", LONG, || (psql(pc.port, "SELECT count(*) FROM acked").ok()? == "1").then_some(()))
+        .expect("replicated");
+    // pg-c's server crashes (its agent stays); then pg-a's.
+    kill_tree(drc_tests::lab::postgres::postmaster_pid(&pc.data_dir).expect("pid"));
+    wait_for("pg-c to look unhealthy", LONG, || (lab.members_health().ok()?.get("pg-c")?["healthy"] == false).then_some(()))
+        .expect("pg-c down");
+    let pa = lab.member("pg-a").expect("pg-a").clone();
+    kill_tree(drc_tests::lab::postgres::postmaster_pid(&pa.data_dir).expect("pid"));
+    let c = recorded(&lab, "app-pg", 2);
+    assert_eq!(c["primary"], "pg-b", "the only healthy standby: {c}");
+    wait_for("a write through the forwarder", LONG, || via_forwarder(&lab, "INSERT INTO acked VALUES (2)").ok()).expect("write");
+    // The decision's repoint of pg-c brings it up as a standby of pg-b.
+    let follows = wait_for("pg-c to be started and follow pg-b", LONG, || {
+        (psql(pc.port, "SELECT pg_is_in_recovery() AND (SELECT count(*) FROM acked) = 2").ok()? == "t").then_some(())
+    });
+    if follows.is_err() {
+        dump(&lab, "pg-c");
+        panic!("pg-c was not brought back: {}", lab.drctl_json(&["history"]).map(|v| v.to_string()).unwrap_or_default());
+    }
+    let history = lab.drctl_json(&["history", "--cluster", "app-pg"]).expect("history");
+    let d = &history["decisions"][0];
+    println!("decision: {}", steps_timeline(d));
+    let repoint = d["steps"].as_array().expect("steps").iter().find(|s| s["action"] == "repoint" && s["member"] == "pg-c").cloned();
+    assert!(repoint.is_some(), "{d}");
+}
