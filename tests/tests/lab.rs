@@ -142,12 +142,21 @@ fn members_report_roles_health_and_lag_that_returns_to_zero() {
 
 #[test]
 fn agents_follow_a_new_leader_and_bad_agents_or_messages_are_refused() {
-    let (dir, lab) = lab();
+    let (dir, mut lab) = lab();
     // Leader placement: moved into region a, which holds both primaries, the
-    // leadership leaves it again by itself, and nothing fails over.
+    // leadership leaves it again by itself once every member is healthy, and
+    // nothing fails over.
     assert_ne!(lab.leader_region().as_deref(), Some("a"), "the lab starts with the leader outside region a");
+    let rc = lab.info.members.iter().position(|m| m.id == "redis-c").expect("redis-c");
+    signal(lab.info.members[rc].agent_pid, libc::SIGKILL);
+    wait_for("redis-c unhealthy", LONG, || member(&lab, "redis-c").filter(|m| m["healthy"] == false)).expect("unhealthy");
     let a = lab.info.coordinators.iter().find(|c| c.region == "a").expect("coordinator a");
     lab.drctl_json(&["members", "lead", "--id", &a.id.to_string()]).expect("members lead");
+    // Placement waits 3 s after a leader takes over; with a member down it
+    // does not move at all.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(lab.leader_region().as_deref(), Some("a"), "the leadership moved while redis-c's agent was down");
+    lab.start_agent(rc).expect("restart redis-c's agent");
     lab.wait_leader_outside("a", LONG).expect("the leadership left region a");
     let history = lab.drctl_json(&["history"]).expect("history");
     assert_eq!(history["decisions"].as_array().map(Vec::len), Some(0), "{history}");

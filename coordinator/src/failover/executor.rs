@@ -262,7 +262,17 @@ impl Executor {
                         sm.backups.values().any(|b| b.state == running) || sm.recovery_tests.values().any(|t| t.state == running);
                     (last_finished, jobs_running)
                 });
-                if no_job_starts.is_some() && !jobs_running && now_ms().saturating_sub(last_finished) >= PLACEMENT_CALM.as_millis() as u64 {
+                // Only a whole system moves its leader: with a member down,
+                // the move would add a leadership change (and the agents'
+                // reconnection) to a degraded system, for a gain it may not
+                // have (with three coordinators, losing a second region
+                // loses the quorum anyway).
+                let whole = t.members.keys().all(|id| observations.get(id).is_some_and(|o| o.fresh && o.reachable));
+                if whole
+                    && no_job_starts.is_some()
+                    && !jobs_running
+                    && now_ms().saturating_sub(last_finished) >= PLACEMENT_CALM.as_millis() as u64
+                {
                     self.place(t, &records).await;
                 }
                 drop(no_job_starts);
