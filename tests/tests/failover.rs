@@ -65,10 +65,25 @@ fn walsenders(postmaster: u32) -> Vec<u32> {
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
+/// The port of the PostgreSQL cluster's forwarder.
+fn forwarder_port(lab: &Lab) -> u16 {
+    lab.forwarder("app-pg").ok().and_then(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok())).expect("the forwarder's port")
+}
+
 /// Runs SQL through the cluster's forwarder.
 fn via_forwarder(lab: &Lab, sql: &str) -> anyhow::Result<String> {
-    let port = lab.forwarder("app-pg")?.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
-    psql(port, sql)
+    psql(forwarder_port(lab), sql)
+}
+
+/// SIGKILLs a postmaster and the WAL senders given (first, so that nothing
+/// more leaves it), then waits for the failover: the new primary.
+fn crash_primary(lab: &Lab, postmaster: u32, senders: &[u32]) -> String {
+    signal(postmaster, libc::SIGKILL);
+    for p in senders {
+        signal(*p, libc::SIGKILL);
+    }
+    let c = recorded(lab, "app-pg", 2);
+    c["primary"].as_str().expect("primary").to_string()
 }
 
 #[test]
@@ -96,12 +111,7 @@ fn a_killed_postgres_primary_is_replaced_redis_follows_and_the_old_primary_rejoi
     psql(pa.port, "CREATE TABLE diverged (id int); INSERT INTO diverged VALUES (1)").expect("diverged rows");
 
     let killed = Instant::now();
-    signal(pa.pid, libc::SIGKILL);
-    for p in &senders {
-        signal(*p, libc::SIGKILL);
-    }
-    let c = recorded(&lab, "app-pg", 2);
-    let new = c["primary"].as_str().expect("primary").to_string();
+    let new = crash_primary(&lab, pa.pid, &senders);
     assert_ne!(new, "pg-a");
     wait_for("a write accepted through the forwarder", LONG, || via_forwarder(&lab, "INSERT INTO acked VALUES (101)").ok()).expect("write");
     println!(
@@ -388,7 +398,7 @@ fn a_switchover_loses_no_acknowledged_write_and_a_leader_killed_mid_failover_pro
     let (_dir, lab) = lab();
     recorded(&lab, "app-pg", 1);
     via_forwarder(&lab, "CREATE TABLE acked (id int PRIMARY KEY)").expect("table");
-    let port: u16 = lab.forwarder("app-pg").expect("forwarder").rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
+    let port = forwarder_port(&lab);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let w = writer(port, std::sync::Arc::clone(&stop));
     std::thread::sleep(Duration::from_secs(1));
@@ -567,17 +577,11 @@ fn with_synchronous_replication_a_commit_waits_for_a_standby_none_is_lost_in_a_f
 
     // A continuous writer, then the primary's server dies: every
     // acknowledged write is on the new primary.
-    let fport: u16 = lab.forwarder("app-pg").expect("forwarder").rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let w = writer(fport, std::sync::Arc::clone(&stop));
+    let w = writer(forwarder_port(&lab), std::sync::Arc::clone(&stop));
     std::thread::sleep(Duration::from_secs(2));
     let killed = Instant::now();
-    signal(pa.pid, libc::SIGKILL);
-    for p in &senders {
-        signal(*p, libc::SIGKILL);
-    }
-    let c = recorded(&lab, "app-pg", 2);
-    let new = c["primary"].as_str().expect("primary").to_string();
+    let new = crash_primary(&lab, pa.pid, &senders);
     let nport = lab.member(&new).expect("new primary").port;
     wait_for("writes on the new primary", LONG, || (psql(nport, "SELECT count(*) > 1 FROM acked").ok()? == "t").then_some(()))
         .expect("writes resume");
