@@ -247,9 +247,13 @@ pub fn sync_standbys(w: &World, cluster: &str, primary: &str, members: &[(&Strin
         .filter(|(id, _)| id.as_str() != primary && w.topology.members.get(id.as_str()).is_some_and(|m| m.priority > 0))
         .collect();
     let streaming = listed.iter().filter(|(_, o)| o.fresh && o.role == "replica" && o.streaming).count();
-    // The names go along even when commits wait for none: the agent clears
-    // a setting of drc's making, and leaves an operator's own alone.
-    Some(SyncStandbys { count: wanted.min(streaming), names: listed.iter().map(|(id, _)| id.to_string()).collect() })
+    let count = wanted.min(streaming);
+    if count == 0 {
+        // The agent clears a setting of drc's making (it knows it by its
+        // shape) and leaves an operator's own alone.
+        return Some(SyncStandbys::default());
+    }
+    Some(SyncStandbys { count, names: listed.iter().map(|(id, _)| id.to_string()).collect() })
 }
 
 /// How often a failover waiting for newer samples looks again.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::core::{Action, Core, LeaseConfig, Request, World};
+use super::core::{Action, Core, LeaseConfig, Request, SyncStandbys, World};
 use super::{Decision, Millis, Step, StepState};
 use crate::health::HealthBoard;
 use crate::raft::{NodeHandle, Role};
@@ -64,7 +64,8 @@ pub struct Executor {
     held_since: Mutex<Option<Instant>>,
     /// Each coordinator's region, when leader placement is on.
     placement: BTreeMap<u64, String>,
-    /// The synchronous standbys last asked of each PostgreSQL cluster's primary.
+    /// What each PostgreSQL cluster's primary was last asked to wait for
+    /// (absent: nothing).
     sync: Mutex<BTreeMap<String, String>>,
 }
 
@@ -107,11 +108,18 @@ impl Executor {
 
     /// Says when what a cluster's commits wait for changes: replication
     /// became synchronous, or degraded because fewer replicas stream.
-    fn note_sync(&self, cluster: &str, primary: &str, sync: &str) {
+    /// Called with every renewal: no allocation unless something changed
+    /// (an asynchronous cluster, the default, has nothing to format).
+    fn note_sync(&self, cluster: &str, primary: &str, sync: &SyncStandbys) {
+        let sync = sync.to_string();
         let mut told = self.sync.lock().unwrap_or_else(|p| p.into_inner());
-        let before = told.insert(cluster.to_string(), sync.to_string());
-        if before.as_deref() == Some(sync) || (before.is_none() && sync.is_empty()) {
+        if told.get(cluster).map_or("", String::as_str) == sync {
             return;
+        }
+        if sync.is_empty() {
+            told.remove(cluster);
+        } else {
+            told.insert(cluster.to_string(), sync.clone());
         }
         drop(told);
         let text = if sync.is_empty() {
@@ -383,7 +391,7 @@ impl Executor {
                     ]
                     .into();
                     if let Some(sync) = sync {
-                        self.note_sync(&cluster, &member, &sync.to_string());
+                        self.note_sync(&cluster, &member, &sync);
                         args.insert("sync_count".into(), sync.count.to_string());
                         args.insert("sync_names".into(), sync.names.join(","));
                     }
