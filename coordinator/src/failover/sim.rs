@@ -83,6 +83,9 @@ struct Member {
     seen_epoch: u64,
     seen_primary: u64,
     seen_lag_ms: u64,
+    /// A primary: how many replicas its commits wait for, as its agent last
+    /// set it from a renewal (0: none).
+    sync_count: usize,
 }
 
 impl Member {
@@ -118,6 +121,9 @@ struct Sim {
     promoted: BTreeMap<(String, u64), String>,
     /// Highest primary position the coordinator has seen, per cluster.
     known_position: BTreeMap<String, u64>,
+    /// Highest position acknowledged to a client while the recorded primary's
+    /// commits waited for a replica, per cluster, since its last promotion.
+    sync_acked: BTreeMap<String, u64>,
     /// Since when each cluster has had no writable member while it could have.
     unavailable_since: BTreeMap<String, Millis>,
     log: Vec<String>,
@@ -134,6 +140,10 @@ fn topology() -> Topology {
             "[clusters.{c}]\nkind = \"{}\"\n[clusters.{c}.policy]\nrpo_max_lag_bytes = {RPO_BYTES}\nrpo_max_lag_time = \"{RPO_MS}ms\"\ndetection_window = \"{WINDOW}ms\"\nanti_flap_window = \"4s\"\n",
             if c == "pg" { "postgres" } else { "redis" }
         ));
+        // PostgreSQL commits wait for a replica: checked by `check_synchronous`.
+        if c == "pg" {
+            t.push_str("synchronous_replicas = 1\n");
+        }
         for r in REGIONS {
             t.push_str(&format!("[[members]]\nid = \"{c}-{r}\"\ncluster = \"{c}\"\nregion = \"{r}\"\naddress = \"h:1\"\npriority = 100\n"));
         }
@@ -175,6 +185,7 @@ impl Sim {
                         seen_epoch: 0,
                         seen_primary: 0,
                         seen_lag_ms: 0,
+                        sync_count: 0,
                     },
                 );
             }
@@ -193,6 +204,7 @@ impl Sim {
             promote_since: BTreeMap::new(),
             promoted: BTreeMap::new(),
             known_position: BTreeMap::new(),
+            sync_acked: BTreeMap::new(),
             unavailable_since: BTreeMap::new(),
             log: Vec::new(),
             last_wait: BTreeMap::new(),
@@ -210,6 +222,16 @@ impl Sim {
 
     fn talk(&self, a: usize, b: usize) -> bool {
         self.region_up[a] && self.region_up[b] && !self.cut[a][b]
+    }
+
+    /// The positions of the replicas that stream from `m` now (a replica
+    /// whose replay is held back receives nothing in this model).
+    fn streaming_from(&self, m: &Member) -> Vec<u64> {
+        self.members
+            .values()
+            .filter(|r| r.cluster == m.cluster && r.up && !r.primary && !r.lagging && r.upstream == m.id && self.talk(r.region, m.region))
+            .map(|r| r.position)
+            .collect()
     }
 
     /// The agent of `m` and the coordinator leader can exchange messages.
@@ -410,7 +432,10 @@ impl Sim {
                 // The simulation models one position per member.
                 received: 0,
                 age: 0,
-                streaming: m.up && !m.primary,
+                streaming: m.up
+                    && !m.primary
+                    && !m.lagging
+                    && self.members.get(&m.upstream).is_some_and(|u| u.up && self.talk(m.region, u.region)),
             };
             if m.primary && m.up {
                 let k = self.known_position.entry(m.cluster.clone()).or_default();
@@ -457,6 +482,21 @@ impl Sim {
                 m.written_at = at;
             }
         }
+        // A synchronous primary acknowledges a commit once `sync_count` of
+        // the replicas streaming from it hold it.
+        for id in &ids {
+            let m = &self.members[id];
+            let recorded = self.sm.records.get(&m.cluster).is_some_and(|r| r.primary == *id);
+            if !m.writable || m.sync_count == 0 || !recorded {
+                continue;
+            }
+            let mut held = self.streaming_from(m);
+            held.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(&p) = held.get(m.sync_count - 1) {
+                let acked = self.sync_acked.entry(m.cluster.clone()).or_default();
+                *acked = (*acked).max(p.min(m.position));
+            }
+        }
         // An agent whose primary runs without a valid lease fences it,
         // unless every other member vouches that no newer epoch exists.
         for id in &ids {
@@ -497,6 +537,7 @@ impl Sim {
         let summary = format!("decide {} epoch {}: {} -> {} ({:?}, {})", d.cluster, d.epoch, d.from, d.to, d.trigger, d.reason);
         if d.trigger == Trigger::Automatic {
             self.check_no_failover_of_reachable_primary(&d);
+            self.check_synchronous(&d);
         }
         match self.sm.apply(Command::Decide { decision: Box::new(d) }) {
             Outcome::Decided { id } => self.say(format!("{summary} => decision {id}")),
@@ -558,7 +599,10 @@ impl Sim {
                         x.lease_fenced = false;
                         x.upstream.clear();
                         x.learn(d.epoch, &d.to);
+                        // A promoted standby starts asynchronous.
+                        x.sync_count = 0;
                     });
+                    self.sync_acked.remove(&d.cluster);
                     let now = self.now;
                     self.set(&m.id, |x| x.lease_until = Some(now + LEASE.promote_ttl()));
                     (StepState::Done, String::new())
@@ -643,9 +687,12 @@ impl Sim {
                         self.sm.apply(Command::Adopt { cluster, primary, dataset });
                     }
                     Action::Decide(d) => self.commit(*d),
-                    Action::Lease { member, epoch, ttl, .. } => {
+                    Action::Lease { member, epoch, ttl, sync, .. } => {
                         let now = self.now;
                         let connected = self.members.get(&member).is_some_and(|m| self.agent_connected(m));
+                        // As the agent: no more replicas than stream from it.
+                        let streaming = self.members.get(&member).map_or(0, |m| self.streaming_from(m).len());
+                        let sync_count = sync.map_or(0, |s| s.count.min(streaming));
                         if connected {
                             let id = member.clone();
                             let region_up = self.members.get(&member).is_some_and(|m| self.region_up[m.region]);
@@ -654,6 +701,7 @@ impl Sim {
                                 if epoch >= m.epoch {
                                     m.learn(epoch, &id);
                                     m.lease_until = Some(now + ttl);
+                                    m.sync_count = sync_count;
                                     // The agent brings back the primary it
                                     // fenced for a lapsed lease.
                                     if m.lease_fenced && m.primary && region_up {
@@ -776,6 +824,27 @@ impl Sim {
             self.fail(format!(
                 "promotion of {} beyond the RPO budget: at {} while the primary was seen at {known} ({:?})",
                 m.id, m.position, d.trigger
+            ));
+        }
+    }
+
+    /// Synchronous replication: an automatic failover promotes a member
+    /// holding every commit acknowledged while commits waited for a
+    /// replica, whenever a member holding them is up and heard from.
+    fn check_synchronous(&self, d: &Decision) {
+        let Some(&acked) = self.sync_acked.get(&d.cluster) else { return };
+        let Some(to) = self.members.get(&d.to) else { return };
+        if to.position >= acked {
+            return;
+        }
+        let holder = self
+            .members
+            .values()
+            .find(|o| o.cluster == d.cluster && o.id != d.from && o.up && !o.primary && o.position >= acked && self.agent_connected(o));
+        if let Some(h) = holder {
+            self.fail(format!(
+                "synchronous commits up to {acked} acknowledged, but {} (at {}) is promoted while {} holds {}",
+                d.to, to.position, h.id, h.position
             ));
         }
     }
