@@ -131,6 +131,9 @@ struct Sim {
     /// The newest sample of each member the leader received.
     samples: BTreeMap<String, Obs>,
     verbose: bool,
+    /// The seeded schedules: replicas now and then receive only part of
+    /// what is new (the scenario tests keep whole steps).
+    partial_replication: bool,
 }
 
 fn topology() -> Topology {
@@ -210,6 +213,7 @@ impl Sim {
             last_wait: BTreeMap::new(),
             samples: BTreeMap::new(),
             verbose,
+            partial_replication: false,
         }
     }
 
@@ -474,12 +478,19 @@ impl Sim {
                 continue;
             }
             let (pos, at) = (up.position, up.written_at);
+            // Now and then a replica receives only part of what is new, so
+            // that replicas hold different amounts when the primary dies.
+            let partial = self.partial_replication && self.rng.chance(30);
             let m = self.members.get_mut(id).expect("member");
             // A lagging replica's replay is paused: it falls behind in bytes
             // and in time.
             if !m.lagging && pos >= m.position {
-                m.position = pos;
-                m.written_at = at;
+                if partial {
+                    m.position += (pos - m.position) / 2;
+                } else {
+                    m.position = pos;
+                    m.written_at = at;
+                }
             }
         }
         // A synchronous primary acknowledges a commit once `sync_count` of
@@ -862,6 +873,7 @@ impl Sim {
 
 fn run(seed: u64, verbose: bool) {
     let mut sim = Sim::new(seed, verbose);
+    sim.partial_replication = true;
     for _ in 0..STEPS {
         if sim.rng.chance(4) {
             sim.fault();
