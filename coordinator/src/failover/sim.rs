@@ -404,7 +404,9 @@ impl Sim {
             let k = self.known_position.entry(m.cluster.clone()).or_default();
             *k = (*k).max(seen);
             let lag_bytes = seen.saturating_sub(m.position);
-            let lag_ms = seen_lag_ms;
+            // As the agent: no lag in time once it holds everything of the
+            // primary it has seen.
+            let lag_ms = if lag_bytes == 0 { 0 } else { seen_lag_ms };
             let epoch = rec.epoch;
             self.set(&id, |x| {
                 x.seen_epoch = epoch;
@@ -485,12 +487,12 @@ impl Sim {
             // A lagging replica's replay is paused: it falls behind in bytes
             // and in time.
             if !m.lagging && pos >= m.position {
-                if partial {
-                    m.position += (pos - m.position) / 2;
-                } else {
-                    m.position = pos;
-                    m.written_at = at;
-                }
+                // The model keeps one write time per member: a partial copy
+                // counts as recent, as the agent's lag in time (measured
+                // from when the primary passed the replica's position)
+                // would say of a replica a step behind.
+                m.position = if partial { m.position + (pos - m.position) / 2 } else { pos };
+                m.written_at = at;
             }
         }
         // A synchronous primary acknowledges a commit once `sync_count` of
@@ -854,8 +856,13 @@ impl Sim {
             .find(|o| o.cluster == d.cluster && o.id != d.from && o.up && !o.primary && o.position >= acked && self.agent_connected(o));
         if let Some(h) = holder {
             self.fail(format!(
-                "synchronous commits up to {acked} acknowledged, but {} (at {}) is promoted while {} holds {}",
-                d.to, to.position, h.id, h.position
+                "synchronous commits up to {acked} acknowledged, but {} (at {}) is promoted while {} holds {}: {}\nsamples: {:?}",
+                d.to,
+                to.position,
+                h.id,
+                h.position,
+                d.reason,
+                self.samples.iter().filter(|(id, _)| id.starts_with(&d.cluster)).collect::<Vec<_>>()
             ));
         }
     }
