@@ -850,10 +850,18 @@ impl Sim {
         if to.position >= acked {
             return;
         }
-        let holder = self
-            .members
-            .values()
-            .find(|o| o.cluster == d.cluster && o.id != d.from && o.up && !o.primary && o.position >= acked && self.agent_connected(o));
+        // A holder the RPO budget rules out (its replay held back beyond the
+        // time budget) is not promoted automatically, synchronous or not.
+        let within_budget = |id: &str| self.samples.get(id).is_some_and(|o| o.lag_ms <= RPO_MS);
+        let holder = self.members.values().find(|o| {
+            o.cluster == d.cluster
+                && o.id != d.from
+                && o.up
+                && !o.primary
+                && o.position >= acked
+                && self.agent_connected(o)
+                && within_budget(&o.id)
+        });
         if let Some(h) = holder {
             self.fail(format!(
                 "synchronous commits up to {acked} acknowledged, but {} (at {}) is promoted while {} holds {}: {}\nsamples: {:?}",
