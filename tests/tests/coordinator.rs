@@ -209,7 +209,11 @@ fn a_fourth_node_is_added_then_a_node_removed_and_writes_keep_working() {
 fn bad_topologies_are_refused_with_every_problem_named_and_nothing_applied() {
     let c = Cluster::start(ClusterOpts::default()).expect("cluster");
     c.apply(&example_topology(1)).expect("apply");
-    let before = c.json(&["topology", "get"]).expect("get");
+    // Read on the leader, which applied the document before answering: a
+    // follower may not have yet (`topology get` answers from the node asked).
+    let leader = c.wait_leader(LONG).expect("leader");
+    let before = c.json_at(leader, &["topology", "get"]).expect("get");
+    assert_eq!(before["version"], 1, "{before}");
     let cases: &[(&str, &[&str])] = &[
         ("[regions.a\npriority = 1", &["malformed TOML"]),
         ("[regions.a]\ncolour = 'red'\n", &["regions.a.colour: unknown key"]),
@@ -233,7 +237,7 @@ fn bad_topologies_are_refused_with_every_problem_named_and_nothing_applied() {
             assert!(err.contains(want), "error for {doc:?} lacks {want:?}: {err}");
         }
     }
-    assert_eq!(c.json(&["topology", "get"]).expect("get"), before, "a bad document changed the topology");
+    assert_eq!(c.json_at(leader, &["topology", "get"]).expect("get"), before, "a bad document changed the topology");
 }
 
 #[test]
