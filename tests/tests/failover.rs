@@ -393,6 +393,25 @@ fn writer(forwarder_port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBoo
     })
 }
 
+/// What a writer got acknowledged, and which of it `port` still holds.
+struct Written {
+    acked: Vec<u32>,
+    /// The longest gap between two acknowledgements.
+    gap: Duration,
+    present: std::collections::BTreeSet<u32>,
+    lost: Vec<u32>,
+}
+
+/// Stops the writer and reads back what it wrote from `port`.
+fn stop_writer(stop: &std::sync::atomic::AtomicBool, w: std::thread::JoinHandle<(Vec<u32>, Duration)>, port: u16) -> Written {
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (acked, gap) = w.join().expect("writer");
+    let present: std::collections::BTreeSet<u32> =
+        psql(port, "SELECT id FROM acked").expect("ids").lines().filter_map(|l| l.parse().ok()).collect();
+    let lost = acked.iter().copied().filter(|id| !present.contains(id)).collect();
+    Written { acked, gap, present, lost }
+}
+
 #[test]
 fn a_switchover_loses_no_acknowledged_write_and_a_leader_killed_mid_failover_promotes_exactly_once() {
     let (_dir, lab) = lab();
@@ -414,11 +433,7 @@ fn a_switchover_loses_no_acknowledged_write_and_a_leader_killed_mid_failover_pro
     })
     .expect("writes resume");
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (acked, gap) = w.join().expect("writer");
-    let present: std::collections::BTreeSet<u32> =
-        psql(pb, "SELECT id FROM acked").expect("ids").lines().filter_map(|l| l.parse().ok()).collect();
-    let lost: Vec<u32> = acked.iter().copied().filter(|id| !present.contains(id)).collect();
+    let Written { acked, gap, present, lost } = stop_writer(&stop, w, pb);
     println!("switchover: {} writes acknowledged, longest gap between two {:.2} s", acked.len(), gap.as_secs_f64());
     println!(
         "history after the switchover: {}",
@@ -587,11 +602,7 @@ fn with_synchronous_replication_a_commit_waits_for_a_standby_none_is_lost_in_a_f
         .expect("writes resume");
     println!("synchronous failover: SIGKILL of pg-a -> writes on {new} within {:.2} s", killed.elapsed().as_secs_f64());
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (acked, gap) = w.join().expect("writer");
-    let present: std::collections::BTreeSet<u32> =
-        psql(nport, "SELECT id FROM acked").expect("ids").lines().filter_map(|l| l.parse().ok()).collect();
-    let lost: Vec<u32> = acked.iter().copied().filter(|id| !present.contains(id)).collect();
+    let Written { acked, gap, lost, .. } = stop_writer(&stop, w, nport);
     println!("synchronous failover: {} writes acknowledged, longest gap {:.2} s, {} lost", acked.len(), gap.as_secs_f64(), lost.len());
     let history = lab.drctl_json(&["history", "--cluster", "app-pg"]).map(|v| v.to_string()).unwrap_or_default();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}\n{history}");

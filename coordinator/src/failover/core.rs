@@ -234,14 +234,18 @@ impl std::fmt::Display for SyncStandbys {
 /// asynchronously, with the RPO budget bounding what a failover may lose,
 /// rather than stopping until a replica comes back (PostgreSQL would wait
 /// for ever). Every replica is a candidate, and the most advanced one is
-/// promoted, so while the replicas that acknowledged commits are reachable,
-/// no acknowledged commit is lost.
+/// promoted, so while a replica holding each acknowledged commit is
+/// reachable and within the RPO budget, no acknowledged commit is lost.
 pub fn sync_standbys(w: &World, cluster: &str, primary: &str, members: &[(&String, Obs)]) -> Option<SyncStandbys> {
     let c = w.topology.clusters.get(cluster)?;
     if c.kind != crate::topology::ClusterKind::Postgres {
         return None;
     }
     let wanted = c.policy.synchronous_replicas as usize;
+    if wanted == 0 {
+        // Asynchronous (the default): nothing to look at on every renewal.
+        return Some(SyncStandbys::default());
+    }
     let listed: Vec<&(&String, Obs)> = members
         .iter()
         .filter(|(id, _)| id.as_str() != primary && w.topology.members.get(id.as_str()).is_some_and(|m| m.priority > 0))

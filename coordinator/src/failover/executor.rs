@@ -37,8 +37,9 @@ const SETTLE_WAIT: Duration = Duration::from_secs(3);
 /// logged as a warning.
 const HELD_WARN: Duration = Duration::from_millis(500);
 /// Leader placement waits this long after this node became leader, after
-/// any decision finished, and between two attempts; and never while a
-/// decision, a backup or a recovery test runs.
+/// any decision finished, and between two attempts; it moves only while
+/// every member is healthy, and never while a decision, a backup or a
+/// recovery test runs or starts.
 const PLACEMENT_CALM: Duration = Duration::from_secs(3);
 /// The least time between two passes that agents' first samples trigger.
 const FIRST_SAMPLE_SPACING: Duration = Duration::from_millis(50);

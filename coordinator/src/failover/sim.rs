@@ -156,6 +156,16 @@ fn topology() -> Topology {
 }
 
 impl Sim {
+    /// A simulation of `seed` after 3 quiet seconds: primaries adopted and
+    /// replicas streaming, before a test breaks something.
+    fn settled(seed: u64) -> Sim {
+        let mut sim = Sim::new(seed, false);
+        for _ in 0..30 {
+            sim.step();
+        }
+        sim
+    }
+
     fn new(seed: u64, verbose: bool) -> Sim {
         let topology = topology();
         let mut sm = StateMachine::default();
@@ -919,10 +929,7 @@ fn seeded_fault_schedules_keep_every_safety_rule() {
 
 #[test]
 fn a_crashed_primary_is_replaced_within_the_bound() {
-    let mut sim = Sim::new(1, false);
-    for _ in 0..30 {
-        sim.step();
-    }
+    let mut sim = Sim::settled(1);
     assert_eq!(sim.sm.records["pg"].primary, "pg-a");
     sim.set("pg-a", |m| {
         m.up = false;
@@ -940,10 +947,7 @@ fn a_crashed_primary_is_replaced_within_the_bound() {
 
 #[test]
 fn a_waiting_failover_names_the_instant_it_may_go_ahead() {
-    let mut sim = Sim::new(1, false);
-    for _ in 0..30 {
-        sim.step();
-    }
+    let mut sim = Sim::settled(1);
     sim.set("pg-a", |m| {
         m.up = false;
         m.writable = false;
@@ -974,10 +978,7 @@ fn a_waiting_failover_names_the_instant_it_may_go_ahead() {
 
 #[test]
 fn an_operator_failover_of_a_serving_primary_waits_for_its_final_writes_unless_forced() {
-    let mut sim = Sim::new(9, false);
-    for _ in 0..30 {
-        sim.step();
-    }
+    let mut sim = Sim::settled(9);
     assert_eq!(sim.sm.records["pg"].primary, "pg-a");
     sim.operator(Request::Failover { cluster: "pg".into(), to: Some("pg-b".into()), force: false });
     let d = sim.sm.history.values().last().expect("a decision").clone();
@@ -998,10 +999,7 @@ fn an_operator_failover_of_a_serving_primary_waits_for_its_final_writes_unless_f
 
 #[test]
 fn an_agent_link_loss_alone_causes_no_failover() {
-    let mut sim = Sim::new(2, false);
-    for _ in 0..30 {
-        sim.step();
-    }
+    let mut sim = Sim::settled(2);
     sim.set("pg-a", |m| m.link = false);
     for _ in 0..100 {
         sim.step();
@@ -1037,10 +1035,7 @@ fn a_lagging_replica_is_not_promoted_but_force_does() {
 
 #[test]
 fn a_primary_fenced_while_the_coordinators_were_away_comes_back_without_a_failover() {
-    let mut sim = Sim::new(4, false);
-    for _ in 0..30 {
-        sim.step();
-    }
+    let mut sim = Sim::settled(4);
     // One replica down: the primary can no longer be vouched for by every
     // other member, so losing the coordinators for longer than a lease
     // makes its agent fence it.
@@ -1068,10 +1063,7 @@ fn a_primary_fenced_while_the_coordinators_were_away_comes_back_without_a_failov
 
 #[test]
 fn a_region_loss_moves_the_group_to_one_region_even_when_one_candidate_is_silent() {
-    let mut sim = Sim::new(5, false);
-    for _ in 0..30 {
-        sim.step();
-    }
+    let mut sim = Sim::settled(5);
     // pg-b cannot be promoted (its agent is cut off), so PostgreSQL can only
     // go to region c; Redis, deciding in the same tick, must follow it there
     // rather than to region b, which it would prefer by priority.
@@ -1090,10 +1082,7 @@ fn a_region_loss_moves_the_group_to_one_region_even_when_one_candidate_is_silent
 
 #[test]
 fn an_evacuation_keeps_the_group_together_over_a_more_advanced_member_elsewhere() {
-    let mut sim = Sim::new(6, false);
-    for _ in 0..30 {
-        sim.step();
-    }
+    let mut sim = Sim::settled(6);
     // rd-b falls a little behind (well within the RPO budget), so rd-c is
     // the most advanced replica; PostgreSQL has already gone to region b.
     sim.set("rd-b", |m| m.lagging = true);
@@ -1110,10 +1099,7 @@ fn an_evacuation_keeps_the_group_together_over_a_more_advanced_member_elsewhere(
 
 #[test]
 fn a_request_right_after_a_promotion_waits_until_the_new_primary_reports_as_one() {
-    let mut sim = Sim::new(8, false);
-    for _ in 0..30 {
-        sim.step();
-    }
+    let mut sim = Sim::settled(8);
     sim.operator(Request::Switchover { cluster: "rd".into(), to: Some("rd-b".into()) });
     for _ in 0..50 {
         if sim.sm.records["rd"].in_progress.is_none() {
