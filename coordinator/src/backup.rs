@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use drc_model::job::{BackupRecord, JobState, RecoveryTest};
 use tokio_util::sync::CancellationToken;
 
 use crate::failover::executor::now_ms;
@@ -22,64 +22,10 @@ use crate::failover::Millis;
 use crate::health::HealthBoard;
 use crate::raft::{NodeHandle, Role};
 use crate::state::{Command, Outcome};
-use crate::topology::Topology;
+use drc_model::topology::Topology;
 
 /// A backup may run this long.
 const JOB_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    #[default]
-    Running,
-    Done,
-    Failed,
-}
-
-/// One backup in the catalog.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackupRecord {
-    pub id: u64,
-    pub cluster: String,
-    pub kind: String,
-    /// The member it was taken from, and its region.
-    pub member: String,
-    pub member_region: String,
-    pub destination: String,
-    pub destination_region: String,
-    /// Every object of the backup lives under this key prefix.
-    pub prefix: String,
-    pub state: JobState,
-    /// "operator" or "schedule".
-    pub trigger: String,
-    pub started_at: Millis,
-    pub finished_at: Millis,
-    pub error: String,
-    pub data_key: String,
-    pub manifest_key: String,
-    pub sha256: String,
-    pub raw_bytes: u64,
-    pub stored_bytes: u64,
-    /// The manifest object's content.
-    pub manifest: serde_json::Value,
-    /// The schedule occurrence that started it (0: an operator did).
-    #[serde(default)]
-    pub scheduled_at: Millis,
-}
-
-/// A cron schedule of backups or recovery tests of one cluster.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Schedule {
-    pub cluster: String,
-    /// "backup" or "recovery-test".
-    pub job: String,
-    /// Standard 5-field cron, or 6 fields with seconds first; UTC.
-    pub cron: String,
-    /// Set at; occurrences before it never fire.
-    pub since: Millis,
-    /// The newest occurrence that fired.
-    pub last_fired: Millis,
-}
 
 /// Parses a cron expression (5 fields, or 6 with seconds first).
 pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
@@ -128,28 +74,6 @@ pub fn expired(backups: &[&BackupRecord], verified: &HashSet<u64>, keep_last: u3
         }
     }
     out
-}
-
-/// One recovery test.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecoveryTest {
-    pub id: u64,
-    pub cluster: String,
-    pub backup_id: u64,
-    /// The agent that restored it, and its region.
-    pub member: String,
-    pub member_region: String,
-    pub state: JobState,
-    pub trigger: String,
-    pub started_at: Millis,
-    pub finished_at: Millis,
-    pub error: String,
-    /// Start of the test to a verified instance accepting connections.
-    pub rto_ms: u64,
-    /// Start of the test minus the time of the newest data in the backup.
-    pub rpo_ms: u64,
-    /// What the checks found (row counts, key counts, amcheck, timings).
-    pub checks: BTreeMap<String, String>,
 }
 
 /// Runs backups and recovery tests on the leader.

@@ -39,7 +39,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::state::NodeAddress;
-use crate::topology::parse::valid_address;
+use drc_model::topology::parse::valid_address;
 
 /// One coordinator of the Raft group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

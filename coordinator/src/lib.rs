@@ -2,27 +2,22 @@
 //! region, that holds the topology and — from its leader — detects failures
 //! and drives failover, backups and recovery tests.
 //!
-//! * [`topology`] — the declared regions, clusters, members and policy.
+//! * the topology and every replicated record: the `drc-model` crate.
 //! * [`state`] — the replicated state machine.
 //! * [`health`] — the leader's soft state of member health (never in Raft).
 //! * [`raft`] — storage, the node task and the transport.
 //! * [`api`] — the gRPC services.
 //! * [`server`] — how one coordinator process is put together.
-//! * [`cli`] — drctl.
 //! * [`backup`] — the backup catalog and the backup / recovery-test jobs.
-//! * [`proxy`] — drc-proxy, a TCP forwarder that follows the primary.
 
 pub mod api;
 pub mod backup;
-pub mod cli;
 pub mod config;
 pub mod failover;
 pub mod health;
-pub mod proxy;
 pub mod raft;
 pub mod server;
 pub mod state;
-pub mod topology;
 
 /// Sets up `tracing` output on stderr, filtered by `RUST_LOG` (default
 /// `info`). raft-rs's own logs arrive under the `raft` target.

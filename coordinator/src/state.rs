@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::failover::{ClusterRecord, Decision, DecisionKind, Millis, StepState};
-use crate::topology::Topology;
+use drc_model::topology::Topology;
 
 /// A change proposed through Raft. Serialised as JSON into the entry data;
 /// variants are only ever added, so old logs stay readable.
@@ -46,9 +46,9 @@ pub enum Command {
     /// Lift a cluster's anti-flap block.
     ClearBlock { cluster: String },
     /// Add a backup to the catalog (id 0: it gets the next id) or update it.
-    Backup { record: Box<crate::backup::BackupRecord> },
+    Backup { record: Box<drc_model::job::BackupRecord> },
     /// Add (id 0) or update a recovery test.
-    RecoveryTest { record: Box<crate::backup::RecoveryTest> },
+    RecoveryTest { record: Box<drc_model::job::RecoveryTest> },
     /// Set (or, with an empty cron expression, remove) a cluster's schedule
     /// of `job` ("backup" or "recovery-test"), from `at` on.
     SetSchedule { cluster: String, job: String, cron: String, at: Millis },
@@ -175,13 +175,13 @@ pub struct StateMachine {
     pub global_paused: bool,
     /// The backup catalog, by id.
     #[serde(default)]
-    pub backups: BTreeMap<u64, crate::backup::BackupRecord>,
+    pub backups: BTreeMap<u64, drc_model::job::BackupRecord>,
     /// Recovery tests, by id.
     #[serde(default)]
-    pub recovery_tests: BTreeMap<u64, crate::backup::RecoveryTest>,
+    pub recovery_tests: BTreeMap<u64, drc_model::job::RecoveryTest>,
     /// Backup and recovery-test schedules, by "cluster/job".
     #[serde(default)]
-    pub schedules: BTreeMap<String, crate::backup::Schedule>,
+    pub schedules: BTreeMap<String, drc_model::job::Schedule>,
 }
 
 impl StateMachine {
@@ -231,7 +231,7 @@ impl StateMachine {
                     self.schedules.remove(&key);
                 } else {
                     let last_fired = self.schedules.get(&key).map(|s| s.last_fired).unwrap_or(0);
-                    self.schedules.insert(key, crate::backup::Schedule { cluster, job, cron, since: at, last_fired });
+                    self.schedules.insert(key, drc_model::job::Schedule { cluster, job, cron, since: at, last_fired });
                 }
                 Outcome::Done
             }
@@ -441,7 +441,7 @@ impl StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::parse::parse_topology;
+    use drc_model::topology::parse::parse_topology;
 
     #[test]
     fn idempotent_apply_reapplying_a_command_changes_nothing() {

@@ -35,7 +35,7 @@ use super::forward::{admin_client, mark_forwarded, on_leader, route, Route};
 use crate::raft::transport::Transport;
 use crate::raft::{MembershipChange, NodeHandle, NodeStatus, ProposeError, Role};
 use crate::state::{Command, NodeAddress, Outcome};
-use crate::topology::{diff::diff, parse::parse_topology, parse::valid_address, render::to_toml};
+use drc_model::topology::{diff::diff, parse::parse_topology, parse::valid_address, render::to_toml};
 
 /// How long `Status` waits for each other node.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(800);
@@ -91,7 +91,7 @@ impl AdminApi {
     /// Health of the clusters, with why each is (not) failing over.
     fn local_clusters(
         &self,
-        topology: &crate::topology::Topology,
+        topology: &drc_model::topology::Topology,
         records: &std::collections::BTreeMap<String, crate::failover::ClusterRecord>,
         only: Option<&str>,
     ) -> Vec<ClusterHealth> {
@@ -426,7 +426,7 @@ impl AdminService for AdminApi {
 
     async fn apply_topology(&self, req: Request<ApplyTopologyRequest>) -> Result<Response<ApplyTopologyResponse>, Status> {
         // Validate before anything else: a bad document is refused by any node.
-        let topology = parse_topology(&req.get_ref().topology_toml)?;
+        let topology = parse_topology(&req.get_ref().topology_toml).map_err(super::error::ApiError::from)?;
         if let Some(answer) =
             on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.apply_topology(r).await }).await?
         {

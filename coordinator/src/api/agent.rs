@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::health::{HealthBoard, ROLES};
 use crate::raft::transport::Transport;
 use crate::raft::{NodeHandle, Role};
-use crate::topology::Topology;
+use drc_model::topology::Topology;
 
 pub struct AgentApi {
     node: NodeHandle,

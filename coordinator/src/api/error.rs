@@ -7,7 +7,7 @@
 use tonic::Status;
 
 use crate::raft::ProposeError;
-use crate::topology::parse::InvalidTopology;
+use drc_model::topology::parse::InvalidTopology;
 
 impl From<ProposeError> for Status {
     fn from(e: ProposeError) -> Status {
@@ -23,8 +23,20 @@ impl From<ProposeError> for Status {
     }
 }
 
-impl From<InvalidTopology> for Status {
-    fn from(e: InvalidTopology) -> Status {
-        Status::invalid_argument(e.to_string())
+/// What an AdminService request can fail with, before it becomes a status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    #[error(transparent)]
+    InvalidTopology(#[from] InvalidTopology),
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        match e {
+            ApiError::Propose(e) => e.into(),
+            ApiError::InvalidTopology(e) => Status::invalid_argument(e.to_string()),
+        }
     }
 }

@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 
 use super::{ClusterRecord, Decision, DecisionKind, MemberEvidence, Millis, Step, Trigger};
-use crate::topology::{Policy, Topology};
+use drc_model::topology::{Policy, Topology};
 
 /// One member as the leader sees it now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -238,7 +238,7 @@ impl std::fmt::Display for SyncStandbys {
 /// reachable and within the RPO budget, no acknowledged commit is lost.
 pub fn sync_standbys(w: &World, cluster: &str, primary: &str, members: &[(&String, Obs)]) -> Option<SyncStandbys> {
     let c = w.topology.clusters.get(cluster)?;
-    if c.kind != crate::topology::ClusterKind::Postgres {
+    if c.kind != drc_model::topology::ClusterKind::Postgres {
         return None;
     }
     let wanted = c.policy.synchronous_replicas as usize;
@@ -862,7 +862,7 @@ fn decision(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::parse::parse_topology;
+    use drc_model::topology::parse::parse_topology;
 
     fn topology(synchronous: u32) -> Topology {
         let mut t = format!(

@@ -20,7 +20,7 @@ use super::{Decision, Millis, Step, StepState};
 use crate::health::HealthBoard;
 use crate::raft::{NodeHandle, Role};
 use crate::state::{Command, Outcome};
-use crate::topology::Topology;
+use drc_model::topology::Topology;
 
 /// How often the core is consulted.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -266,7 +266,7 @@ impl Executor {
                 let (last_finished, jobs_running) = self.node.store().with_state(|sm| {
                     let last_finished = sm.history.values().filter_map(|d| d.finished_at).max().unwrap_or(0);
                     // A leadership change interrupts the backups and recovery tests it runs.
-                    let running = crate::backup::JobState::Running;
+                    let running = drc_model::job::JobState::Running;
                     let jobs_running =
                         sm.backups.values().any(|b| b.state == running) || sm.recovery_tests.values().any(|t| t.state == running);
                     (last_finished, jobs_running)

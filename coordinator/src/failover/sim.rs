@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use super::core::{Action, Core, LeaseConfig, Obs, Request, World};
 use super::{Decision, DecisionKind, Millis, StepState, Trigger};
 use crate::state::{Command, Outcome, StateMachine};
-use crate::topology::parse::parse_topology;
-use crate::topology::Topology;
+use drc_model::topology::parse::parse_topology;
+use drc_model::topology::Topology;
 
 const REGIONS: [&str; 3] = ["a", "b", "c"];
 const CLUSTERS: [&str; 2] = ["pg", "rd"];

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::failover::core::Obs;
 use crate::failover::ClusterRecord;
-use crate::topology::Topology;
+use drc_model::topology::Topology;
 
 /// Where the messages for one agent stream go.
 pub type AgentSender = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
@@ -625,7 +625,7 @@ pub async fn run_monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::parse::parse_topology;
+    use drc_model::topology::parse::parse_topology;
 
     fn topo() -> Topology {
         parse_topology(

@@ -1,5 +1,5 @@
 //! `drc-proxy`: a stable TCP address for a cluster's writable primary, which
-//! follows the coordinators' `WatchPrimary` (see `drc_coordinator::proxy`).
+//! follows the coordinators' `WatchPrimary` (see the `drc_proxy` library).
 
 use std::process::ExitCode;
 
@@ -22,7 +22,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    drc_coordinator::init_tracing("info,h2=warn,tower=warn,hyper=warn");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
@@ -47,7 +49,7 @@ fn main() -> ExitCode {
             term.recv().await;
             stop.cancel();
         });
-        drc_coordinator::proxy::run(listener, args.cluster, args.endpoints, cancel).await
+        drc_proxy::run(listener, args.cluster, args.endpoints, cancel).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use drc_coordinator::cli::{run, Cli};
+use drctl::{run, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
