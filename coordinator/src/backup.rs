@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use drc_model::job::{BackupRecord, JobState, RecoveryTest};
 use tokio_util::sync::CancellationToken;
 
-use crate::failover::executor::now_ms;
-use crate::failover::Millis;
 use crate::health::HealthBoard;
 use crate::raft::{NodeHandle, Role};
 use crate::state::{Command, Outcome};
+use drc_model::time::wall_now_ms;
 use drc_model::topology::Topology;
+use drc_model::Millis;
 
 /// A backup may run this long.
 const JOB_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
@@ -145,7 +145,7 @@ impl Jobs {
             }
         }
         let (member, region, dest) = self.source(&topology, cluster, &primary, destination)?;
-        let started_at = now_ms();
+        let started_at = wall_now_ms();
         let mut rec = BackupRecord {
             cluster: cluster.to_string(),
             kind: c.kind.as_str().to_string(),
@@ -178,7 +178,7 @@ impl Jobs {
             ];
             let result = this.command(Some(('b', job.id)), &job.member, &job.cluster, "backup", &args).await;
             let mut done = job.clone();
-            done.finished_at = now_ms();
+            done.finished_at = wall_now_ms();
             match result {
                 Ok(out) => {
                     done.state = JobState::Done;
@@ -287,7 +287,7 @@ impl Jobs {
         let Some((_, member, region)) = candidates.first() else {
             return Err(format!("no agent of {cluster} outside the primary's region ({primary_region}) is connected"));
         };
-        let started_at = now_ms();
+        let started_at = wall_now_ms();
         let mut rec = RecoveryTest {
             cluster: cluster.to_string(),
             backup_id: backup.id,
@@ -322,7 +322,7 @@ impl Jobs {
         tokio::spawn(async move {
             let result = this.command(Some(('t', job.id)), &job.member, &job.cluster, "recovery_test", &args).await;
             let mut done = job.clone();
-            done.finished_at = now_ms();
+            done.finished_at = wall_now_ms();
             match result {
                 Ok(out) => {
                     done.state = JobState::Done;
@@ -407,14 +407,14 @@ impl Jobs {
             }
             let why = "interrupted: the coordinator leader running it lost leadership".to_string();
             for mut b in backups {
-                if !self.running().contains_key(&('b', b.id)) && now_ms().saturating_sub(b.started_at) > 5_000 {
-                    (b.state, b.error, b.finished_at) = (JobState::Failed, why.clone(), now_ms());
+                if !self.running().contains_key(&('b', b.id)) && wall_now_ms().saturating_sub(b.started_at) > 5_000 {
+                    (b.state, b.error, b.finished_at) = (JobState::Failed, why.clone(), wall_now_ms());
                     let _ = self.record(Command::Backup { record: Box::new(b) }).await;
                 }
             }
             for mut t in tests {
-                if !self.running().contains_key(&('t', t.id)) && now_ms().saturating_sub(t.started_at) > 5_000 {
-                    (t.state, t.error, t.finished_at) = (JobState::Failed, why.clone(), now_ms());
+                if !self.running().contains_key(&('t', t.id)) && wall_now_ms().saturating_sub(t.started_at) > 5_000 {
+                    (t.state, t.error, t.finished_at) = (JobState::Failed, why.clone(), wall_now_ms());
                     let _ = self.record(Command::RecoveryTest { record: Box::new(t) }).await;
                 }
             }
@@ -437,7 +437,7 @@ impl Jobs {
                 .collect();
             (sm.schedules.values().cloned().collect::<Vec<_>>(), busy)
         });
-        let now = now_ms();
+        let now = wall_now_ms();
         for s in schedules {
             let Ok(cron) = parse_cron(&s.cron) else { continue };
             let Some(occurrence) = due(&cron, s.last_fired.max(s.since), now) else { continue };
@@ -510,7 +510,7 @@ impl Jobs {
         }
         let refs: Vec<&BackupRecord> = backups.iter().collect();
         let max_age = policy.max_age.map(|d| d.as_millis() as Millis);
-        let doomed = expired(&refs, &verified, policy.keep_last, max_age, now_ms());
+        let doomed = expired(&refs, &verified, policy.keep_last, max_age, wall_now_ms());
         if doomed.is_empty() {
             return;
         }

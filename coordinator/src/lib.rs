@@ -13,10 +13,13 @@
 pub mod api;
 pub mod backup;
 pub mod config;
-pub mod failover;
+pub mod core;
+pub mod executor;
 pub mod health;
 pub mod raft;
 pub mod server;
+#[cfg(test)]
+mod sim;
 pub mod state;
 
 /// Sets up `tracing` output on stderr, filtered by `RUST_LOG` (default

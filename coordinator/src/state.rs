@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::failover::{ClusterRecord, Decision, DecisionKind, Millis, StepState};
+use drc_model::{ClusterRecord, Decision, DecisionKind, Millis, StepArgs, StepState};
+
+use crate::core::steps;
 use drc_model::topology::Topology;
 
 /// A change proposed through Raft. Serialised as JSON into the entry data;
@@ -39,7 +41,7 @@ pub enum Command {
         error: String,
         /// What the agent reported (e.g. a demoted primary's final position).
         #[serde(default)]
-        output: BTreeMap<String, String>,
+        output: StepArgs,
     },
     /// Maintenance: pause or resume automatic failover of one cluster, or of all.
     Pause { cluster: Option<String>, paused: bool },
@@ -335,65 +337,16 @@ impl StateMachine {
         started: Millis,
         finished: Millis,
         error: String,
-        output: BTreeMap<String, String>,
+        output: StepArgs,
     ) -> Outcome {
         let Some(d) = self.history.get_mut(&id) else {
             return Outcome::Refused { reason: format!("no decision {id}") };
         };
-        let Some(step) = d.steps.get_mut(index) else {
+        if index >= d.steps.len() {
             return Outcome::Refused { reason: format!("decision {id} has no step {index}") };
-        };
-        if step.action == "demote" && state == StepState::Done {
-            // The demoted primary's final position: if nobody is promoted
-            // after all, a later failover of it must measure lag against it.
-            if let (Some(rec), Some(pos)) =
-                (Arc::make_mut(&mut self.records).get_mut(&d.cluster), output.get("position").and_then(|p| p.parse::<u64>().ok()))
-            {
-                rec.known_position = rec.known_position.max(pos);
-            }
         }
-        if step.action == "promote" && state == StepState::Done {
-            if let Some(rec) = Arc::make_mut(&mut self.records).get_mut(&d.cluster) {
-                // A new primary, a new history of positions, and the lease
-                // its promotion granted.
-                rec.known_position = 0;
-                rec.promoted_at = finished;
-                if let Some(id) = output.get("dataset_id") {
-                    rec.advance_dataset(id);
-                }
-            }
-        }
-        step.state = state;
-        step.args.extend(output);
-        step.started = started;
-        step.finished = finished;
-        step.error = error;
-        // The cluster is free for new decisions once the new primary serves
-        // and the replicas follow it; rejoining the old primary may wait
-        // until it comes back.
-        let settled = d.steps.iter().all(|s| s.state != StepState::Pending || s.is_background());
-        let failed = d.steps.iter().any(|s| s.state == StepState::Failed && !s.is_background());
-        let promoted = d.steps.iter().any(|s| s.action == "promote" && s.state == StepState::Done);
-        if settled || failed {
-            if let Some(rec) = Arc::make_mut(&mut self.records).get_mut(&d.cluster) {
-                if rec.in_progress == Some(id) {
-                    rec.in_progress = None;
-                    if failed && !promoted {
-                        // Nobody was promoted: the old primary stays (in the
-                        // new epoch, so that older commands stay refused),
-                        // and a failure of it is detected afresh.
-                        rec.primary = d.from.clone();
-                        rec.blocked_until = rec.blocked_before;
-                    }
-                }
-            }
-        }
-        if failed || d.steps.iter().all(|s| s.state != StepState::Pending) {
-            d.finished_at.get_or_insert(finished);
-            if d.outcome.is_empty() {
-                d.outcome = if failed { format!("failed at {}", d.steps[index].action) } else { "done".into() };
-            }
-        }
+        let rec = Arc::make_mut(&mut self.records).get_mut(&d.cluster);
+        steps::record_outcome(d, rec, index, state, started, finished, error, output);
         Outcome::Done
     }
 
@@ -406,10 +359,7 @@ impl StateMachine {
             return None;
         }
         let Some(rec) = self.records.get(cluster) else { return Some((0, None)) };
-        let promoting = rec
-            .in_progress
-            .and_then(|id| self.history.get(&id))
-            .is_some_and(|d| d.to == rec.primary && d.steps.iter().any(|s| s.action == "promote" && s.state != StepState::Done));
+        let promoting = rec.in_progress.and_then(|id| self.history.get(&id)).is_some_and(|d| d.to == rec.primary && !steps::promoted(d));
         let member = (!promoting && !rec.primary.is_empty()).then(|| rec.primary.clone());
         Some((rec.epoch, member))
     }
@@ -466,7 +416,7 @@ mod tests {
     }
 
     fn failover(sm: &StateMachine, to: &str) -> Decision {
-        use crate::failover::{Step, Trigger};
+        use drc_model::{Step, StepAction, Trigger};
         let rec = &sm.records["c"];
         let step = Step::pending;
         Decision {
@@ -481,7 +431,7 @@ mod tests {
             evidence: Vec::new(),
             detected_at: 1_000,
             decided_at: 1_000,
-            steps: vec![step("fence", &rec.primary), step("promote", to), step("repoint", "m3")],
+            steps: vec![step(StepAction::Fence, &rec.primary), step(StepAction::Promote, to), step(StepAction::Repoint, "m3")],
             finished_at: None,
             outcome: String::new(),
             known_position: 500,
@@ -489,7 +439,7 @@ mod tests {
     }
 
     fn step_result(id: u64, index: usize, state: StepState) -> Command {
-        Command::Step { decision: id, index, state, started: 1, finished: 2, error: String::new(), output: BTreeMap::new() }
+        Command::Step { decision: id, index, state, started: 1, finished: 2, error: String::new(), output: StepArgs::default() }
     }
 
     #[test]
@@ -517,9 +467,9 @@ mod tests {
         // position, as its agent reported it, is known from then on.
         let mut switchover = failover(&sm, "m2");
         switchover.kind = DecisionKind::Switchover;
-        switchover.steps[0] = crate::failover::Step::pending("demote", "m1");
+        switchover.steps[0] = drc_model::Step::pending(drc_model::StepAction::Demote, "m1");
         let Outcome::Decided { id } = sm.apply(Command::Decide { decision: Box::new(switchover) }) else { panic!("decided") };
-        let output = BTreeMap::from([("position".to_string(), "730".to_string())]);
+        let output = StepArgs { position: Some(730), ..Default::default() };
         sm.apply(Command::Step { decision: id, index: 0, state: StepState::Done, started: 1, finished: 2, error: String::new(), output });
         sm.apply(step_result(id, 1, StepState::Failed));
         assert_eq!((sm.records["c"].primary.as_str(), sm.records["c"].known_position), ("m1", 730));

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::step::{Step, StepState};
+use crate::step::Step;
 use crate::time::Millis;
 
 /// Why a decision was taken.
@@ -68,10 +68,4 @@ pub struct Decision {
     /// The old primary's highest known position when this was decided.
     #[serde(default)]
     pub known_position: u64,
-}
-
-impl Decision {
-    pub fn next_pending(&self) -> Option<usize> {
-        self.steps.iter().position(|s| s.state == StepState::Pending)
-    }
 }

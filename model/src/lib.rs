@@ -21,5 +21,5 @@ pub mod topology;
 
 pub use cluster::ClusterRecord;
 pub use decision::{Decision, DecisionKind, MemberEvidence, Trigger};
-pub use step::{Step, StepState};
+pub use step::{Step, StepAction, StepArgs, StepState};
 pub use time::Millis;

@@ -24,8 +24,8 @@ use drc_proto::{
 use drc_proto::{JobReply, JobsReply, ListJobsRequest, SetScheduleRequest, StartBackupRequest, StartRecoveryTestRequest};
 use drc_proto::{TransferLeadershipReply, TransferLeadershipRequest};
 
-use crate::failover::core::Request as FailoverAsk;
-use crate::failover::executor::Executor;
+use crate::core::Request as FailoverAsk;
+use crate::executor::Executor;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
@@ -92,7 +92,7 @@ impl AdminApi {
     fn local_clusters(
         &self,
         topology: &drc_model::topology::Topology,
-        records: &std::collections::BTreeMap<String, crate::failover::ClusterRecord>,
+        records: &std::collections::BTreeMap<String, drc_model::ClusterRecord>,
         only: Option<&str>,
     ) -> Vec<ClusterHealth> {
         let mut clusters = self.health.clusters(topology, records, only, Instant::now());
@@ -369,12 +369,12 @@ impl AdminService for AdminApi {
         } else {
             format!("{} of {} scheduled: {:?} (UTC)", r.job, r.cluster, r.cron)
         };
-        let at = crate::failover::executor::now_ms();
+        let at = drc_model::time::wall_now_ms();
         self.simple(Command::SetSchedule { cluster: r.cluster, job: r.job, cron: r.cron, at }, done).await
     }
 
     async fn list_schedules(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
-        let now = crate::failover::executor::now_ms();
+        let now = drc_model::time::wall_now_ms();
         self.list(&req.into_inner().cluster, None, |sm| {
             sm.schedules
                 .values()
@@ -641,7 +641,7 @@ fn membership_response(outcome: Outcome, raft_index: u64) -> Result<Response<Mem
 }
 
 /// A stream fed by a task: `f` gets the sending half.
-fn reply_of(d: crate::failover::Decision) -> DecisionReply {
+fn reply_of(d: drc_model::Decision) -> DecisionReply {
     DecisionReply { decision_id: d.id, epoch: d.epoch, from: d.from, to: d.to, reason: d.reason, cluster: d.cluster }
 }
 

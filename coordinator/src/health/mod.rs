@@ -9,16 +9,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use drc_proto::{
     coordinator_message, ClusterHealth, ClusterView, CommandResult, CoordinatorMessage, MemberHealth, Progress, Sample, WatchEvent,
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::failover::core::Obs;
-use crate::failover::ClusterRecord;
+use crate::core::Obs;
+use drc_model::time::wall_now_ms;
 use drc_model::topology::Topology;
+use drc_model::ClusterRecord;
 
 /// Where the messages for one agent stream go.
 pub type AgentSender = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
@@ -78,10 +79,6 @@ fn send_now(sender: Option<AgentSender>, cmd: drc_proto::Command) -> bool {
     sender.is_some_and(|s| s.try_send(Ok(CoordinatorMessage { body: Some(coordinator_message::Body::Command(cmd)) })).is_ok())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 impl HealthBoard {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(1024);
@@ -97,8 +94,13 @@ impl HealthBoard {
     }
 
     pub fn emit(&self, kind: &str, cluster: &str, member: &str, message: String) {
-        let _ =
-            self.events.send(WatchEvent { at_ms: now_ms(), kind: kind.into(), cluster: cluster.into(), member: member.into(), message });
+        let _ = self.events.send(WatchEvent {
+            at_ms: wall_now_ms(),
+            kind: kind.into(),
+            cluster: cluster.into(),
+            member: member.into(),
+            message,
+        });
     }
 
     /// Forgets what an earlier leadership learned: called when this node's

@@ -3,8 +3,9 @@
 //! region), agents with leases, a coordinator leader that comes and goes,
 //! and random faults — member crashes, region loss, agent link loss,
 //! partitions between regions, lagging replicas, flapping links, operator
-//! requests. The core's decisions go through the real [`StateMachine`];
-//! a small executor carries out their steps against the model.
+//! requests. The core's decisions go through the real [`StateMachine`],
+//! and their steps run by the production rules (`core::steps`) against the
+//! model of the agents.
 //!
 //! After every step of 100 ms the safety rules are checked (see
 //! [`Sim::check`]). `cargo test -p drc-coordinator sim` runs 1,000 seeds;
@@ -13,16 +14,18 @@
 
 use std::collections::BTreeMap;
 
-use super::core::{Action, Core, LeaseConfig, Obs, Request, World};
-use super::{Decision, DecisionKind, Millis, StepState, Trigger};
-use crate::state::{Command, Outcome, StateMachine};
 use drc_model::topology::parse::parse_topology;
 use drc_model::topology::Topology;
+use drc_model::{Decision, DecisionKind, Millis, StepAction, StepArgs, StepState, Trigger};
+
+use crate::core::steps::{self, Verdict};
+use crate::core::{Action, Core, LeaseConfig, Obs, Request, World};
+use crate::state::{Command, Outcome, StateMachine};
 
 const REGIONS: [&str; 3] = ["a", "b", "c"];
 const CLUSTERS: [&str; 2] = ["pg", "rd"];
 const TICK: Millis = 100;
-const STEPS: u64 = 500;
+const STEPS: u64 = 800;
 /// The simulated leader stops at once when it loses its quorum: no handover.
 const LEASE: LeaseConfig = LeaseConfig { lease: 1_000, drift_margin: 150, handover: 0 };
 const WINDOW: Millis = 1_000;
@@ -115,8 +118,10 @@ struct Sim {
     leader: Option<usize>,
     election_until: Millis,
     core: Option<Core>,
-    /// Per decision: when the promote was first attempted.
-    promote_since: BTreeMap<u64, Millis>,
+    /// Per (decision, step): when it was first attempted, and when it may
+    /// be attempted again.
+    first_attempt: BTreeMap<(u64, usize), Millis>,
+    next_try: BTreeMap<(u64, usize), Millis>,
     /// (cluster, epoch) -> member promoted in it.
     promoted: BTreeMap<(String, u64), String>,
     /// Highest primary position the coordinator has seen, per cluster.
@@ -214,7 +219,8 @@ impl Sim {
             leader: Some(0),
             election_until: 0,
             core: Some(Core::new(LEASE, 0)),
-            promote_since: BTreeMap::new(),
+            first_attempt: BTreeMap::new(),
+            next_try: BTreeMap::new(),
             promoted: BTreeMap::new(),
             known_position: BTreeMap::new(),
             sync_acked: BTreeMap::new(),
@@ -568,92 +574,125 @@ impl Sim {
         }
     }
 
-    /// Carries out the next pending step of every decision in progress.
+    /// Carries out the steps of every decision in progress as the executor
+    /// does: the steps `core::steps` says may run, each answered by the
+    /// model of its agent, and the answer judged by `core::steps` too.
     fn execute(&mut self) {
         if self.leader.is_none() {
             return;
         }
         let running: Vec<Decision> = self.sm.history.values().filter(|d| d.finished_at.is_none()).cloned().collect();
         for d in running {
-            let Some(i) = d.next_pending() else { continue };
-            let step = d.steps[i].clone();
-            let Some(m) = self.members.get(&step.member).cloned() else { continue };
-            let reach = self.agent_connected(&m) && self.region_up[m.region];
-            if reach && d.epoch < m.epoch {
-                self.finish_step(&d, i, StepState::Failed, format!("agent refused: epoch {} < {}", d.epoch, m.epoch));
-                continue;
+            for i in steps::runnable(&d) {
+                let key = (d.id, i);
+                if self.next_try.get(&key).is_some_and(|at| self.now < *at) {
+                    continue;
+                }
+                if let Some(why) = steps::not_ready(&d, i) {
+                    self.next_try.insert(key, self.now + steps::retry_after(&d, i));
+                    self.say(format!("decision {} step {i} {}: {why}", d.id, d.steps[i].action));
+                    continue;
+                }
+                let since = *self.first_attempt.entry(key).or_insert(self.now);
+                let answer = self.answer(&d, i);
+                match steps::judge(&d, i, answer, self.now, self.now - since, &LEASE) {
+                    Verdict::Record { state, error, output } => self.finish_step(&d, i, state, error, output),
+                    Verdict::Retry { why, after } => {
+                        self.next_try.insert(key, self.now + after);
+                        if since == self.now {
+                            self.say(format!("decision {} step {i} {} {}: retry ({why})", d.id, d.steps[i].action, d.steps[i].member));
+                        }
+                    }
+                }
             }
-            let mut output = BTreeMap::new();
-            let (state, error) = match step.action.as_str() {
-                "fence" | "demote" if reach => {
-                    if step.action == "demote" {
-                        // As the agent: the demoted primary's final position.
-                        output.insert("position".to_string(), m.position.to_string());
-                        let k = self.known_position.entry(d.cluster.clone()).or_default();
-                        *k = (*k).max(m.position);
-                    }
-                    self.set(&m.id, |x| {
-                        x.writable = false;
-                        x.up = false;
-                        x.learn(d.epoch, &d.to);
-                    });
-                    (StepState::Done, String::new())
-                }
-                "fence" if self.now >= step.lease_end(d.decided_at, LEASE.lease, LEASE.drift_margin) => {
-                    (StepState::Skipped, "unreachable; its lease has expired".into())
-                }
-                "demote" => (StepState::Failed, "old primary unreachable".into()),
-                "catch_up" => {
-                    let old = &self.members[&d.from];
-                    if m.position >= old.position {
-                        (StepState::Done, String::new())
-                    } else if self.now > d.decided_at + 5_000 {
-                        (StepState::Failed, "did not catch up".into())
-                    } else {
-                        continue;
-                    }
-                }
-                "promote" if reach && m.up && self.now >= m.refuse_promotion_until => {
-                    self.check_promotion(&d, &m);
-                    self.known_position.insert(d.cluster.clone(), m.position);
-                    self.set(&m.id, |x| {
-                        x.primary = true;
-                        x.writable = true;
-                        x.lease_fenced = false;
-                        x.upstream.clear();
-                        x.learn(d.epoch, &d.to);
-                        // A promoted standby starts asynchronous.
-                        x.sync_count = 0;
-                    });
-                    self.sync_acked.remove(&d.cluster);
-                    let now = self.now;
-                    self.set(&m.id, |x| x.lease_until = Some(now + LEASE.promote_ttl()));
-                    (StepState::Done, String::new())
-                }
-                "promote" => {
-                    let since = *self.promote_since.entry(d.id).or_insert(self.now);
-                    if self.now - since > 3_000 {
-                        (StepState::Failed, "candidate unreachable".into())
-                    } else {
-                        continue;
+        }
+    }
+
+    /// What the agent of step `i`'s member answers (and does), as the real
+    /// agent would: `Err` when it cannot be reached or cannot do it.
+    fn answer(&mut self, d: &Decision, i: usize) -> Result<StepArgs, String> {
+        let step = d.steps[i].clone();
+        if step.action == StepAction::Publish {
+            return Ok(StepArgs::default());
+        }
+        let Some(m) = self.members.get(&step.member).cloned() else { return Err(format!("no member {}", step.member)) };
+        let reach = self.agent_connected(&m) && self.region_up[m.region];
+        if !reach {
+            return Err(format!("the agent of {} is not connected", m.id));
+        }
+        if d.epoch < m.epoch {
+            return Err(format!("agent refused: epoch {} < {}", d.epoch, m.epoch));
+        }
+        match step.action {
+            StepAction::Fence | StepAction::Demote => {
+                let mut output = StepArgs::default();
+                if step.action == StepAction::Demote {
+                    // As the agent: the demoted primary's final position.
+                    output.position = Some(m.position);
+                    let k = self.known_position.entry(d.cluster.clone()).or_default();
+                    *k = (*k).max(m.position);
+                    // A clean stop (PostgreSQL) or a write pause (Redis)
+                    // sends what is left to the replicas streaming from it.
+                    let streaming: Vec<String> = self
+                        .members
+                        .values()
+                        .filter(|r| r.cluster == m.cluster && r.up && !r.primary && !r.lagging && r.upstream == m.id)
+                        .filter(|r| self.talk(r.region, m.region))
+                        .map(|r| r.id.clone())
+                        .collect();
+                    for r in streaming {
+                        self.set(&r, |x| {
+                            x.position = m.position;
+                            x.written_at = m.written_at;
+                        });
                     }
                 }
-                "publish" if d.steps.iter().any(|s| s.action == "promote" && s.state == StepState::Done) => {
-                    (StepState::Done, String::new())
+                self.set(&m.id, |x| {
+                    x.writable = false;
+                    x.up = false;
+                    x.learn(d.epoch, &d.to);
+                });
+                Ok(output)
+            }
+            StepAction::CatchUp => {
+                let target = d.steps.iter().find(|s| s.action == StepAction::Demote).and_then(|s| s.args.position).unwrap_or(0);
+                if m.position >= target {
+                    Ok(StepArgs { position: Some(m.position), ..Default::default() })
+                } else {
+                    Err(format!("replayed {} of {target}", m.position))
                 }
-                "repoint" | "rejoin" if reach && m.up => {
-                    let to = d.to.clone();
-                    self.set(&m.id, |x| {
-                        x.primary = false;
-                        x.writable = false;
-                        x.upstream = to.clone();
-                        x.learn(d.epoch, &to);
-                    });
-                    (StepState::Done, String::new())
-                }
-                _ => continue,
-            };
-            self.finish_step_with(&d, i, state, error, output);
+            }
+            StepAction::Promote if !m.up => Err(format!("{} is not running", m.id)),
+            StepAction::Promote if self.now < m.refuse_promotion_until => Err("every other member vouches for the primary".into()),
+            StepAction::Promote => {
+                self.check_promotion(d, &m);
+                self.known_position.insert(d.cluster.clone(), m.position);
+                let now = self.now;
+                self.set(&m.id, |x| {
+                    x.primary = true;
+                    x.writable = true;
+                    x.lease_fenced = false;
+                    x.upstream.clear();
+                    x.learn(d.epoch, &d.to);
+                    // A promoted standby starts asynchronous.
+                    x.sync_count = 0;
+                    x.lease_until = Some(now + LEASE.promote_ttl());
+                });
+                self.sync_acked.remove(&d.cluster);
+                Ok(StepArgs::default())
+            }
+            StepAction::Repoint | StepAction::Rejoin if !m.up => Err(format!("{} is not running", m.id)),
+            StepAction::Repoint | StepAction::Rejoin => {
+                let to = d.to.clone();
+                self.set(&m.id, |x| {
+                    x.primary = false;
+                    x.writable = false;
+                    x.upstream = to.clone();
+                    x.learn(d.epoch, &to);
+                });
+                Ok(StepArgs::default())
+            }
+            StepAction::Publish => Ok(StepArgs::default()),
         }
     }
 
@@ -663,11 +702,7 @@ impl Sim {
         }
     }
 
-    fn finish_step(&mut self, d: &Decision, i: usize, state: StepState, error: String) {
-        self.finish_step_with(d, i, state, error, BTreeMap::new());
-    }
-
-    fn finish_step_with(&mut self, d: &Decision, i: usize, state: StepState, error: String, output: BTreeMap<String, String>) {
+    fn finish_step(&mut self, d: &Decision, i: usize, state: StepState, error: String, output: StepArgs) {
         self.say(format!("decision {} step {} {} {}: {state:?} {error}", d.id, i, d.steps[i].action, d.steps[i].member));
         self.sm.apply(Command::Step { decision: d.id, index: i, state, started: self.now, finished: self.now, error, output });
     }
@@ -806,7 +841,9 @@ impl Sim {
                 continue;
             }
             let since = *self.unavailable_since.entry(c.to_string()).or_insert(self.now);
-            let bound = 2 * WINDOW + FRESH + LEASE.promote_ttl() + LEASE.drift_margin + 5_000;
+            // A step that cannot go ahead (a candidate that went away) holds
+            // the cluster until its deadline.
+            let bound = 2 * WINDOW + FRESH + LEASE.promote_ttl() + LEASE.drift_margin + steps::STEP_DEADLINE + 5_000;
             if self.now - since > bound {
                 let positions: Vec<String> = self
                     .members
@@ -908,7 +945,7 @@ fn run(seed: u64, verbose: bool) {
 }
 
 fn replay_line(seed: u64) -> String {
-    format!("DRC_SIM_SEED={seed} cargo test -p drc-coordinator failover::sim -- --nocapture")
+    format!("DRC_SIM_SEED={seed} cargo test -p drc-coordinator sim:: -- --nocapture")
 }
 
 #[test]

@@ -10,26 +10,26 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::core::{Action, Core, LeaseConfig, Request, SyncStandbys, World};
-use super::{Decision, Millis, Step, StepState};
+use drc_model::time::wall_now_ms;
+use drc_model::topology::Topology;
+use drc_model::{Decision, Millis, StepAction, StepArgs, StepState};
+
+use crate::core::steps::{self, Verdict};
+use crate::core::{Action, Core, LeaseConfig, Request, SyncStandbys, World};
 use crate::health::HealthBoard;
 use crate::raft::{NodeHandle, Role};
 use crate::state::{Command, Outcome};
-use drc_model::topology::Topology;
+
+mod hook;
+pub use hook::Hook;
 
 /// How often the core is consulted.
 pub const TICK: Duration = Duration::from_millis(200);
-/// How long one agent command may take (pg_rewind takes a few seconds).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long promote and catch-up are retried before the decision fails.
-const STEP_DEADLINE: Duration = Duration::from_secs(30);
-/// Pause between attempts of a step that cannot proceed yet.
-const RETRY: Duration = Duration::from_millis(500);
 /// How long an operator's request waits for a just-promoted primary to
 /// report as one before it is refused (`Core::settling`).
 const SETTLE_WAIT: Duration = Duration::from_secs(3);
@@ -43,10 +43,6 @@ const HELD_WARN: Duration = Duration::from_millis(500);
 const PLACEMENT_CALM: Duration = Duration::from_secs(3);
 /// The least time between two passes that agents' first samples trigger.
 const FIRST_SAMPLE_SPACING: Duration = Duration::from_millis(50);
-
-pub fn now_ms() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// Why each cluster is not failing over right now, for `drctl status`.
 pub type Waits = Arc<Mutex<BTreeMap<String, String>>>;
@@ -68,13 +64,6 @@ pub struct Executor {
     /// What each PostgreSQL cluster's primary was last asked to wait for
     /// (absent: nothing).
     sync: Mutex<BTreeMap<String, String>>,
-}
-
-/// The command run after each promotion (empty: none), and its time limit.
-#[derive(Clone, Debug, Default)]
-pub struct Hook {
-    pub command: Vec<String>,
-    pub timeout: Duration,
 }
 
 /// An operator's request and where its answer goes.
@@ -200,7 +189,7 @@ impl Executor {
                 }
                 continue;
             }
-            let core = core.get_or_insert_with(|| Core::new(self.lease, now_ms()));
+            let core = core.get_or_insert_with(|| Core::new(self.lease, wall_now_ms()));
             let version = self.node.store().with_state(|sm| sm.topology_version);
             if topology.as_ref().is_none_or(|(v, _)| *v != version) {
                 topology = Some((version, self.node.store().with_state(|sm| sm.topology.clone())));
@@ -212,7 +201,7 @@ impl Executor {
                 (sm.records.clone(), sm.global_paused, open)
             });
             // The core's clock, and the same instant on the monotonic one.
-            let (now, at) = (now_ms(), Instant::now());
+            let (now, at) = (wall_now_ms(), Instant::now());
             let observations = self.health.observations(t, at);
             let world = World { now, topology: t, records: &records, global_paused, observations: &observations };
             // Requests first, in the order they came; one that waits for its
@@ -280,7 +269,7 @@ impl Executor {
                 if whole
                     && no_job_starts.is_some()
                     && !jobs_running
-                    && now_ms().saturating_sub(last_finished) >= PLACEMENT_CALM.as_millis() as u64
+                    && wall_now_ms().saturating_sub(last_finished) >= PLACEMENT_CALM.as_millis() as u64
                 {
                     self.place(t, &records).await;
                 }
@@ -303,7 +292,7 @@ impl Executor {
     /// Leader placement: when this node's region holds a primary, hands the
     /// leadership to a caught-up coordinator in a region that holds none, so
     /// that losing the primaries' region costs a failover but no election.
-    async fn place(&self, t: &Topology, records: &BTreeMap<String, super::ClusterRecord>) {
+    async fn place(&self, t: &Topology, records: &BTreeMap<String, drc_model::ClusterRecord>) {
         let me = self.node.status();
         let Some(mine) = self.placement.get(&me.id) else { return };
         let busy: std::collections::BTreeSet<&str> =
@@ -443,10 +432,12 @@ impl Executor {
         self.node.store().with_state(|sm| sm.history.get(&id).map(|d| (d.clone(), sm.topology.clone())))
     }
 
-    /// Carries out one decision until it is finished or this node stops leading.
+    /// Carries out one decision until it is finished or this node stops
+    /// leading. Which steps run, and what each answer means, is decided by
+    /// `core::steps`; this only does the I/O.
     async fn carry_out(&self, id: u64, cancel: CancellationToken) {
         let mut first_attempt: BTreeMap<usize, Instant> = BTreeMap::new();
-        let mut background_next: BTreeMap<usize, Instant> = BTreeMap::new();
+        let mut next_try: BTreeMap<usize, Instant> = BTreeMap::new();
         loop {
             if cancel.is_cancelled() || !self.is_leader() {
                 return;
@@ -455,63 +446,53 @@ impl Executor {
             if d.finished_at.is_some() {
                 return;
             }
-            // The main line in order; background steps whenever possible.
-            let main = d.steps.iter().position(|s| s.state == StepState::Pending && !s.is_background());
-            let todo: Vec<usize> = match main {
-                Some(i) => vec![i],
-                None => d
-                    .steps
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, s)| s.state == StepState::Pending && background_next.get(i).is_none_or(|at| Instant::now() >= *at))
-                    .map(|(i, _)| i)
-                    .collect(),
-            };
+            let runnable = steps::runnable(&d);
+            let now = Instant::now();
+            let todo: Vec<usize> = runnable.iter().copied().filter(|i| next_try.get(i).is_none_or(|at| now >= *at)).collect();
             if todo.is_empty() {
-                tokio::time::sleep(RETRY).await;
+                let until = runnable.iter().filter_map(|i| next_try.get(i)).min().copied();
+                tokio::time::sleep_until(until.unwrap_or(now + ms(steps::MAIN_RETRY)).into()).await;
                 continue;
             }
             for i in todo {
-                let started = now_ms();
+                let started = wall_now_ms();
                 let since = *first_attempt.entry(i).or_insert_with(Instant::now);
-                let outcome = self.attempt(&d, i, &t, since).await;
-                match outcome {
-                    Attempt::Record(state, error, output) => {
-                        // The next main-line step starts while this outcome
-                        // is being committed: every step is idempotent and a
-                        // new leader redoes any step not recorded, so only
-                        // the order of the records matters, and it is kept.
-                        // This saves one Raft commit (~30-300 ms) between
-                        // fence and promote.
-                        let mut ahead = d.clone();
-                        ahead.steps[i].state = state;
-                        ahead.steps[i].args.extend(output.clone());
-                        let next = (main.is_some() && state != StepState::Failed)
-                            .then(|| ahead.steps.iter().position(|s| s.state == StepState::Pending && !s.is_background()))
-                            .flatten();
-                        let Some(j) = next else {
-                            self.record(&d, i, state, error, output, started).await;
-                            continue;
-                        };
-                        let since_j = *first_attempt.entry(j).or_insert_with(Instant::now);
-                        let started_j = now_ms();
-                        let (recorded, outcome) =
-                            tokio::join!(self.record(&d, i, state, error, output, started), self.attempt(&ahead, j, &t, since_j));
-                        match outcome {
-                            Attempt::Record(state, error, output) if recorded => {
-                                self.record(&ahead, j, state, error, output, started_j).await;
-                            }
-                            Attempt::Record(..) => {}
-                            Attempt::Later(why) => {
-                                tracing::debug!(decision = id, step = j, %why, "step not possible yet");
-                                tokio::time::sleep(RETRY).await;
-                            }
-                        }
-                    }
-                    Attempt::Later(why) => {
+                let (state, error, output) = match self.attempt(&d, i, &t, since).await {
+                    Verdict::Record { state, error, output } => (state, error, output),
+                    Verdict::Retry { why, after } => {
                         tracing::debug!(decision = id, step = i, %why, "step not possible yet");
-                        background_next.insert(i, Instant::now() + Duration::from_secs(2));
-                        tokio::time::sleep(RETRY).await;
+                        next_try.insert(i, Instant::now() + ms(after));
+                        continue;
+                    }
+                };
+                // The next main-line step starts while this outcome is being
+                // committed: every step is idempotent and a new leader redoes
+                // any step not recorded, so only the order of the records
+                // matters, and it is kept. This saves one Raft commit
+                // (~30-300 ms) between fence and promote.
+                let mut ahead = d.clone();
+                ahead.steps[i].state = state;
+                ahead.steps[i].args.merge(output.clone());
+                let next = (!steps::is_background(&d, i) && state != StepState::Failed)
+                    .then(|| steps::runnable(&ahead).first().copied())
+                    .flatten()
+                    .filter(|&j| !steps::is_background(&ahead, j));
+                let Some(j) = next else {
+                    self.record(&d, i, state, error, output, started).await;
+                    continue;
+                };
+                let since_j = *first_attempt.entry(j).or_insert_with(Instant::now);
+                let started_j = wall_now_ms();
+                let (recorded, verdict) =
+                    tokio::join!(self.record(&d, i, state, error, output, started), self.attempt(&ahead, j, &t, since_j));
+                match verdict {
+                    Verdict::Record { state, error, output } if recorded => {
+                        self.record(&ahead, j, state, error, output, started_j).await;
+                    }
+                    Verdict::Record { .. } => {}
+                    Verdict::Retry { why, after } => {
+                        tracing::debug!(decision = id, step = j, %why, "step not possible yet");
+                        next_try.insert(j, Instant::now() + ms(after));
                     }
                 }
             }
@@ -519,16 +500,8 @@ impl Executor {
     }
 
     /// Commits the outcome of step `i` of `d`; false if it was not committed.
-    async fn record(
-        &self,
-        d: &Decision,
-        i: usize,
-        state: StepState,
-        error: String,
-        output: BTreeMap<String, String>,
-        started: Millis,
-    ) -> bool {
-        let cmd = Command::Step { decision: d.id, index: i, state, started, finished: now_ms(), error: error.clone(), output };
+    async fn record(&self, d: &Decision, i: usize, state: StepState, error: String, output: StepArgs, started: Millis) -> bool {
+        let cmd = Command::Step { decision: d.id, index: i, state, started, finished: wall_now_ms(), error: error.clone(), output };
         if self.propose(cmd).await.is_none() {
             return false;
         }
@@ -546,118 +519,52 @@ impl Executor {
         true
     }
 
-    /// Runs the hook for a promoted decision; its outcome is the step's.
-    async fn publish(&self, d: &Decision, t: &Topology) -> Attempt {
-        if !d.steps.iter().any(|s| s.action == "promote" && s.state == StepState::Done) {
-            return Attempt::Later("not promoted yet".into());
+    /// One attempt at step `i`, judged by the core.
+    async fn attempt(&self, d: &Decision, i: usize, t: &Topology, since: Instant) -> Verdict {
+        if let Some(why) = steps::not_ready(d, i) {
+            return Verdict::Retry { why: why.into(), after: steps::retry_after(d, i) };
         }
-        let Some((program, rest)) = self.hook.command.split_first() else {
-            return Attempt::Record(StepState::Done, String::new(), BTreeMap::from([("hook".to_string(), "none configured".to_string())]));
-        };
-        let decl = t.members.get(&d.to);
-        let address = decl.map(|m| m.address.clone()).unwrap_or_default();
-        let (host, port) = address.rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap_or_default();
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(rest)
-            .env("DRC_CLUSTER", &d.cluster)
-            .env("DRC_EPOCH", d.epoch.to_string())
-            .env("DRC_PRIMARY", &d.to)
-            .env("DRC_PRIMARY_ADDRESS", &address)
-            .env("DRC_PRIMARY_HOST", host)
-            .env("DRC_PRIMARY_PORT", port)
-            .env("DRC_PRIMARY_REGION", decl.map(|m| m.region.clone()).unwrap_or_default())
-            .env("DRC_OLD_PRIMARY", &d.from)
-            .env("DRC_DECISION", d.id.to_string())
-            .env("DRC_KIND", format!("{:?}", d.kind).to_lowercase())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let start = Instant::now();
-        let outcome = tokio::time::timeout(self.hook.timeout, cmd.output()).await;
-        let ms = start.elapsed().as_millis().to_string();
-        let tail = |b: &[u8]| {
-            let text = String::from_utf8_lossy(b);
-            let t = text.trim();
-            t[t.len().saturating_sub(500)..].to_string()
-        };
-        match outcome {
-            Ok(Ok(out)) if out.status.success() => Attempt::Record(
-                StepState::Done,
-                String::new(),
-                BTreeMap::from([("hook_ms".to_string(), ms), ("hook_output".to_string(), tail(&out.stdout))]),
-            ),
-            Ok(Ok(out)) => Attempt::Record(
-                StepState::Failed,
-                format!("hook {program} failed ({}): {}", out.status, tail(&out.stderr)),
-                BTreeMap::from([("hook_ms".to_string(), ms)]),
-            ),
-            Ok(Err(e)) => Attempt::Record(StepState::Failed, format!("hook {program} could not start: {e}"), BTreeMap::new()),
-            Err(_) => Attempt::Record(
-                StepState::Failed,
-                format!("hook {program} timed out after {} and was killed", humantime::format_duration(self.hook.timeout)),
-                BTreeMap::from([("hook_ms".to_string(), ms)]),
-            ),
-        }
-    }
-
-    /// One attempt at step `i`.
-    async fn attempt(&self, d: &Decision, i: usize, t: &Topology, since: Instant) -> Attempt {
         let step = &d.steps[i];
-        if step.action == "publish" {
-            return self.publish(d, t).await;
-        }
-        // Leases granted up to the decision run out lease + margin later,
-        // unless the core decided only after the old primary's lease ended.
-        let lease_end = step.lease_end(d.decided_at, self.lease.lease, self.lease.drift_margin);
-        let lease_over = now_ms() >= lease_end;
-        let cmd = drc_proto::Command {
-            command_id: 0,
-            cluster: d.cluster.clone(),
-            epoch: d.epoch,
-            action: step.action.clone(),
-            args: args(d, step, t).into_iter().collect(),
-        };
-        let mut cmd = cmd;
-        if step.action == "promote" {
-            // The new primary serves under a lease from its promotion on;
-            // the core keeps it from being replaced until that ends.
-            let ttl = self.lease.promote_ttl();
-            cmd.args.insert("ttl_ms".into(), ttl.to_string());
-            cmd.args.insert("expires_at_ms".into(), (now_ms() + ttl).to_string());
-            let replicas = t.members.values().filter(|m| m.cluster == d.cluster).count().saturating_sub(1);
-            cmd.args.insert("replicas".into(), replicas.to_string());
-        }
-        let result = self.health.command(&step.member, cmd, COMMAND_TIMEOUT).await;
-        let expired = since.elapsed() > STEP_DEADLINE;
-        match (step.action.as_str(), result) {
-            (_, Ok(r)) if r.ok => Attempt::Record(StepState::Done, String::new(), r.output.into_iter().collect()),
-            // An old primary that cannot be fenced through its agent fences
-            // itself when its lease runs out; only then may anyone be promoted.
-            ("fence", Ok(r)) if lease_over => {
-                Attempt::Record(StepState::Skipped, format!("fence failed ({}); its lease has expired", r.error), BTreeMap::new())
+        let answer = match step.action {
+            StepAction::Publish => self.hook.run(d, t).await,
+            _ => {
+                let mut args = command_args(d, i, t);
+                if step.action == StepAction::Promote {
+                    // The new primary serves under a lease from its promotion
+                    // on; the core keeps it from being replaced until that ends.
+                    let ttl = self.lease.promote_ttl();
+                    args.insert("ttl_ms".into(), ttl.to_string());
+                    args.insert("expires_at_ms".into(), (wall_now_ms() + ttl).to_string());
+                }
+                let cmd = drc_proto::Command {
+                    command_id: 0,
+                    cluster: d.cluster.clone(),
+                    epoch: d.epoch,
+                    action: step.action.as_str().into(),
+                    args: args.into_iter().collect(),
+                };
+                match self.health.command(&step.member, cmd, ms(steps::COMMAND_TIMEOUT)).await {
+                    Ok(r) if r.ok => Ok(StepArgs::reported(r.output)),
+                    Ok(r) => Err(r.error),
+                    Err(e) => Err(e),
+                }
             }
-            ("fence", Err(e)) if lease_over => Attempt::Record(StepState::Skipped, format!("{e}; its lease has expired"), BTreeMap::new()),
-            ("fence", Ok(r)) => Attempt::Later(r.error),
-            ("fence", Err(e)) => Attempt::Later(e),
-            ("demote", Ok(r)) => Attempt::Record(StepState::Failed, r.error, BTreeMap::new()),
-            ("demote", Err(e)) => Attempt::Record(StepState::Failed, e, BTreeMap::new()),
-            ("repoint" | "rejoin", Ok(r)) => Attempt::Later(r.error),
-            ("repoint" | "rejoin", Err(e)) => Attempt::Later(e),
-            (_, Ok(r)) if expired => Attempt::Record(StepState::Failed, r.error, BTreeMap::new()),
-            (_, Err(e)) if expired => Attempt::Record(StepState::Failed, e, BTreeMap::new()),
-            (_, Ok(r)) => Attempt::Later(r.error),
-            (_, Err(e)) => Attempt::Later(e),
-        }
+        };
+        steps::judge(d, i, answer, wall_now_ms(), since.elapsed().as_millis() as u64, &self.lease)
     }
 }
 
-enum Attempt {
-    Record(StepState, String, BTreeMap<String, String>),
-    Later(String),
+fn ms(n: Millis) -> Duration {
+    Duration::from_millis(n)
 }
 
-/// What an agent needs to carry out a step.
-fn args(d: &Decision, step: &Step, t: &Topology) -> BTreeMap<String, String> {
-    let mut a = step.args.clone();
+/// What an agent needs to carry out step `i` of `d`, as the wire's string
+/// map: the new primary and where it listens, the old primary, the
+/// replication slots, whether the old primary is fenced, and for catch-up
+/// the demoted primary's final position.
+fn command_args(d: &Decision, i: usize, t: &Topology) -> BTreeMap<String, String> {
+    let step = &d.steps[i];
+    let mut a = BTreeMap::new();
     let address = |m: &str| t.members.get(m).map(|m| m.address.clone()).unwrap_or_default();
     let (host, port) = address(&d.to).rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap_or_default();
     a.insert("primary_member".into(), d.to.clone());
@@ -669,12 +576,16 @@ fn args(d: &Decision, step: &Step, t: &Topology) -> BTreeMap<String, String> {
     let others: Vec<String> =
         t.members.iter().filter(|(id, m)| m.cluster == d.cluster && **id != d.to).map(|(id, _)| drc_proto::slot_name(id)).collect();
     a.insert("slots".into(), others.join(","));
-    let fenced = d.steps.iter().any(|s| (s.action == "fence" || s.action == "demote") && s.state == StepState::Done);
+    let fenced = d.steps.iter().any(|s| matches!(s.action, StepAction::Fence | StepAction::Demote) && s.state == StepState::Done);
     a.insert("old_primary_fenced".into(), fenced.to_string());
-    if step.action == "catch_up" {
+    if step.action == StepAction::Promote {
+        let replicas = t.members.values().filter(|m| m.cluster == d.cluster).count().saturating_sub(1);
+        a.insert("replicas".into(), replicas.to_string());
+    }
+    if step.action == StepAction::CatchUp {
         // The demoted primary's final position, as its agent reported it.
-        let target = d.steps.iter().find(|s| s.action == "demote").and_then(|s| s.args.get("position").cloned());
-        a.insert("position".into(), target.unwrap_or_default());
+        let target = d.steps.iter().find(|s| s.action == StepAction::Demote).and_then(|s| s.args.position);
+        a.insert("position".into(), target.map(|p| p.to_string()).unwrap_or_default());
     }
     a
 }

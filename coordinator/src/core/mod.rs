@@ -22,8 +22,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{ClusterRecord, Decision, DecisionKind, MemberEvidence, Millis, Step, Trigger};
 use drc_model::topology::{Policy, Topology};
+use drc_model::{ClusterRecord, Decision, DecisionKind, MemberEvidence, Millis, Step, StepAction, Trigger};
+
+pub mod steps;
 
 /// One member as the leader sees it now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -515,8 +517,8 @@ impl Core {
                 bound_lease(&mut d, lease_end.max(now + lease.lease + lease.drift_margin));
                 // The old primary's lease has already run out: the executor
                 // need not wait for it again before skipping an impossible fence.
-                if let Some(fence) = d.steps.iter_mut().find(|s| s.action == "fence").filter(|_| now >= lease_end) {
-                    fence.args.insert("lease_expired_at".into(), lease_end.to_string());
+                if let Some(fence) = d.steps.iter_mut().find(|s| s.action == StepAction::Fence).filter(|_| now >= lease_end) {
+                    fence.args.lease_expired_at = Some(lease_end);
                 }
                 out.push(Action::Decide(Box::new(d)));
             }
@@ -694,8 +696,8 @@ impl Core {
 /// is skipped only after that. A promotion's long lease that was never
 /// renewed may outlast `decided_at + lease` by far.
 fn bound_lease(d: &mut Decision, ends_at: Millis) {
-    if let Some(fence) = d.steps.iter_mut().find(|s| s.action == "fence") {
-        fence.args.insert("lease_ends_at".into(), ends_at.to_string());
+    if let Some(fence) = d.steps.iter_mut().find(|s| s.action == StepAction::Fence) {
+        fence.args.lease_ends_at = Some(ends_at);
     }
 }
 
@@ -807,24 +809,24 @@ fn decision(
     let step = Step::pending;
     let mut steps = Vec::new();
     match kind {
-        DecisionKind::Failover => steps.push(step("fence", &rec.primary)),
+        DecisionKind::Failover => steps.push(step(StepAction::Fence, &rec.primary)),
         DecisionKind::Switchover => {
-            steps.push(step("demote", &rec.primary));
-            steps.push(step("catch_up", to));
+            steps.push(step(StepAction::Demote, &rec.primary));
+            steps.push(step(StepAction::CatchUp, to));
         }
     }
-    steps.push(step("promote", to));
+    steps.push(step(StepAction::Promote, to));
     // Clients learn the new endpoint (WatchPrimary publishes it as soon as
     // the promotion is recorded); this step runs the configured hook.
-    steps.push(step("publish", to));
+    steps.push(step(StepAction::Publish, to));
     for (id, _) in members {
         if id.as_str() != to && **id != rec.primary {
-            steps.push(step("repoint", id));
+            steps.push(step(StepAction::Repoint, id));
         }
     }
     // The old primary follows the new one: at once after a switchover, when
     // it comes back after a failover.
-    steps.push(step("rejoin", &rec.primary));
+    steps.push(step(StepAction::Rejoin, &rec.primary));
     let evidence = members
         .iter()
         .map(|(id, o)| MemberEvidence {
