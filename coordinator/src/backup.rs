@@ -14,10 +14,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drc_model::job::{BackupRecord, JobState, RecoveryTest};
+use drc_model::job::{BackupRecord, JobKind, JobState, RecoveryTest};
 use tokio_util::sync::CancellationToken;
 
-use crate::health::HealthBoard;
+use crate::agents::{progress, Agents, EventKind};
+use crate::lock::lock;
 use crate::raft::{NodeHandle, Role};
 use crate::state::{Command, Outcome};
 use drc_model::time::wall_now_ms;
@@ -79,28 +80,28 @@ pub fn expired(backups: &[&BackupRecord], verified: &HashSet<u64>, keep_last: u3
 /// Runs backups and recovery tests on the leader.
 pub struct Jobs {
     node: NodeHandle,
-    health: Arc<HealthBoard>,
+    agents: Arc<Agents>,
     write_timeout: Duration,
-    /// Jobs this node runs: ('b' | 't', id) -> the id of the agent command
+    /// Jobs this node runs: (kind, id) -> the id of the agent command
     /// carrying it out (0 before it is sent), to follow its progress.
-    running: Mutex<HashMap<(char, u64), u64>>,
+    running: Mutex<HashMap<(JobKind, u64), u64>>,
 }
 
 impl Jobs {
-    pub fn new(node: NodeHandle, health: Arc<HealthBoard>, write_timeout: Duration) -> Arc<Jobs> {
-        Arc::new(Jobs { node, health, write_timeout, running: Mutex::new(HashMap::new()) })
+    pub fn new(node: NodeHandle, agents: Arc<Agents>, write_timeout: Duration) -> Arc<Jobs> {
+        Arc::new(Jobs { node, agents, write_timeout, running: Mutex::new(HashMap::new()) })
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<(char, u64), u64>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<(JobKind, u64), u64>> {
+        lock(&self.running)
     }
 
     /// How far a running job of this node has got: phase, bytes done and
-    /// expected, rate, ETA. `job`: 'b' (backup) or 't' (recovery test).
-    pub fn progress(&self, job: char, id: u64) -> Option<serde_json::Value> {
+    /// expected, rate, ETA.
+    pub fn progress(&self, job: JobKind, id: u64) -> Option<serde_json::Value> {
         let command = *self.running().get(&(job, id))?;
-        let p = self.health.progress_of(command)?;
-        let (rate, eta) = crate::health::rate_and_eta(&p);
+        let p = self.agents.hub.progress_of(command)?;
+        let (rate, eta) = progress::rate_and_eta(&p);
         Some(serde_json::json!({
             "phase": p.phase,
             "bytes_done": p.bytes_done,
@@ -108,7 +109,7 @@ impl Jobs {
             "rate_bytes_per_s": rate,
             "eta_s": eta,
             "elapsed_ms": p.elapsed_ms,
-            "text": crate::health::describe_progress(&p),
+            "text": progress::describe_progress(&p),
         }))
     }
 
@@ -164,8 +165,13 @@ impl Jobs {
             let _no_move = self.node.hold_leadership().await;
             self.record(Command::Backup { record: Box::new(rec.clone()) }).await?
         };
-        self.running().insert(('b', rec.id), 0);
-        self.health.emit("backup", cluster, &member, format!("backup {} started: {member} -> {dest} ({})", rec.id, rec.prefix));
+        self.running().insert((JobKind::Backup, rec.id), 0);
+        self.agents.events.emit(
+            EventKind::Backup,
+            cluster,
+            &member,
+            format!("backup {} started: {member} -> {dest} ({})", rec.id, rec.prefix),
+        );
         let this = Arc::clone(self);
         let recipients = policy.recipients.join(",");
         let job = rec.clone();
@@ -176,7 +182,7 @@ impl Jobs {
                 ("key", job.prefix.clone()),
                 ("recipients", recipients),
             ];
-            let result = this.command(Some(('b', job.id)), &job.member, &job.cluster, "backup", &args).await;
+            let result = this.command(Some((JobKind::Backup, job.id)), &job.member, &job.cluster, "backup", &args).await;
             let mut done = job.clone();
             done.finished_at = wall_now_ms();
             match result {
@@ -201,8 +207,8 @@ impl Jobs {
             if let Err(e) = this.record(Command::Backup { record: Box::new(done.clone()) }).await {
                 tracing::warn!(id = done.id, error = %e, "cannot record the end of a backup");
             }
-            this.health.emit("backup", &done.cluster, &done.member, what);
-            this.running().remove(&('b', done.id));
+            this.agents.events.emit(EventKind::Backup, &done.cluster, &done.member, what);
+            this.running().remove(&(JobKind::Backup, done.id));
             if done.state == JobState::Done {
                 this.retain(&done.cluster).await;
             }
@@ -215,7 +221,7 @@ impl Jobs {
     /// allowed.
     fn source(&self, t: &Topology, cluster: &str, primary: &str, wanted: Option<&str>) -> Result<(String, String, String), String> {
         let policy = &t.clusters[cluster].backup;
-        let obs = self.health.observations(t, Instant::now());
+        let obs = self.agents.board.observations(t, Instant::now());
         let dest_for = |region: &str| -> Option<String> {
             let ok = |d: &&String| t.destinations.get(*d).is_some_and(|x| x.region != region);
             match wanted {
@@ -227,7 +233,7 @@ impl Jobs {
             .members_of(cluster)
             .filter(|(id, _)| id.as_str() != primary)
             .filter_map(|(id, m)| {
-                obs.get(id).filter(|o| o.fresh && o.reachable && o.role == "replica").map(|o| (o.lag_bytes, id, &m.region))
+                obs.get(id).filter(|o| o.fresh && o.reachable && o.role == drc_model::Role::Replica).map(|o| (o.lag_bytes, id, &m.region))
             })
             .collect();
         replicas.sort();
@@ -276,7 +282,7 @@ impl Jobs {
             return Err(format!("backup {} is {:?}, not done", backup.id, backup.state).to_lowercase());
         }
         let primary_region = topology.members.get(&primary).map(|m| m.region.clone()).unwrap_or_default();
-        let obs = self.health.observations(&topology, Instant::now());
+        let obs = self.agents.board.observations(&topology, Instant::now());
         // Prefer a replica outside the primary's region, nearest the bucket.
         let mut candidates: Vec<(bool, &String, &String)> = topology
             .members_of(cluster)
@@ -302,8 +308,13 @@ impl Jobs {
             let _no_move = self.node.hold_leadership().await;
             self.record(Command::RecoveryTest { record: Box::new(rec.clone()) }).await?
         };
-        self.running().insert(('t', rec.id), 0);
-        self.health.emit("recovery_test", cluster, member, format!("recovery test {} started: backup {} on {member}", rec.id, backup.id));
+        self.running().insert((JobKind::RecoveryTest, rec.id), 0);
+        self.agents.events.emit(
+            EventKind::RecoveryTest,
+            cluster,
+            member,
+            format!("recovery test {} started: backup {} on {member}", rec.id, backup.id),
+        );
         let data_time = backup.manifest.get("finished_at_ms").and_then(|v| v.as_u64()).unwrap_or(backup.finished_at);
         let args = [
             ("test_id", rec.id.to_string()),
@@ -320,7 +331,7 @@ impl Jobs {
         let this = Arc::clone(self);
         let job = rec.clone();
         tokio::spawn(async move {
-            let result = this.command(Some(('t', job.id)), &job.member, &job.cluster, "recovery_test", &args).await;
+            let result = this.command(Some((JobKind::RecoveryTest, job.id)), &job.member, &job.cluster, "recovery_test", &args).await;
             let mut done = job.clone();
             done.finished_at = wall_now_ms();
             match result {
@@ -342,21 +353,21 @@ impl Jobs {
             if let Err(e) = this.record(Command::RecoveryTest { record: Box::new(done.clone()) }).await {
                 tracing::warn!(id = done.id, error = %e, "cannot record the end of a recovery test");
             }
-            this.health.emit("recovery_test", &done.cluster, &done.member, what);
-            this.running().remove(&('t', done.id));
+            this.agents.events.emit(EventKind::RecoveryTest, &done.cluster, &done.member, what);
+            this.running().remove(&(JobKind::RecoveryTest, done.id));
         });
         Ok(rec)
     }
 
     async fn command(
         &self,
-        job: Option<(char, u64)>,
+        job: Option<(JobKind, u64)>,
         member: &str,
         cluster: &str,
         action: &str,
         args: &[(&str, String)],
     ) -> Result<BTreeMap<String, String>, String> {
-        let command_id = self.health.command_id();
+        let command_id = self.agents.hub.command_id();
         if let Some(job) = job {
             self.running().insert(job, command_id);
         }
@@ -367,7 +378,7 @@ impl Jobs {
             action: action.to_string(),
             args: args.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         };
-        match self.health.command(member, cmd, JOB_TIMEOUT).await {
+        match self.agents.hub.command(member, cmd, JOB_TIMEOUT).await {
             Ok(r) if r.ok => Ok(r.output.into_iter().collect()),
             Ok(r) => Err(r.error),
             Err(e) => Err(format!("agent of {member}: {e}")),
@@ -407,18 +418,26 @@ impl Jobs {
             }
             let why = "interrupted: the coordinator leader running it lost leadership".to_string();
             for mut b in backups {
-                if !self.running().contains_key(&('b', b.id)) && wall_now_ms().saturating_sub(b.started_at) > 5_000 {
+                if !self.running().contains_key(&(JobKind::Backup, b.id)) && wall_now_ms().saturating_sub(b.started_at) > 5_000 {
                     (b.state, b.error, b.finished_at) = (JobState::Failed, why.clone(), wall_now_ms());
                     let _ = self.record(Command::Backup { record: Box::new(b) }).await;
                 }
             }
             for mut t in tests {
-                if !self.running().contains_key(&('t', t.id)) && wall_now_ms().saturating_sub(t.started_at) > 5_000 {
+                if !self.running().contains_key(&(JobKind::RecoveryTest, t.id)) && wall_now_ms().saturating_sub(t.started_at) > 5_000 {
                     (t.state, t.error, t.finished_at) = (JobState::Failed, why.clone(), wall_now_ms());
                     let _ = self.record(Command::RecoveryTest { record: Box::new(t) }).await;
                 }
             }
         }
+    }
+}
+
+/// The watch events of a kind of job.
+fn event_kind(job: JobKind) -> EventKind {
+    match job {
+        JobKind::Backup => EventKind::Backup,
+        JobKind::RecoveryTest => EventKind::RecoveryTest,
     }
 }
 
@@ -428,12 +447,14 @@ impl Jobs {
     /// the job starts, so a new leader never starts it again.
     async fn fire_schedules(self: &Arc<Self>) {
         let (schedules, busy) = self.node.store().with_state(|sm| {
-            let busy: HashSet<(String, &str)> = sm
+            let busy: HashSet<(String, JobKind)> = sm
                 .backups
                 .values()
                 .filter(|b| b.state == JobState::Running)
-                .map(|b| (b.cluster.clone(), "backup"))
-                .chain(sm.recovery_tests.values().filter(|t| t.state == JobState::Running).map(|t| (t.cluster.clone(), "recovery-test")))
+                .map(|b| (b.cluster.clone(), JobKind::Backup))
+                .chain(
+                    sm.recovery_tests.values().filter(|t| t.state == JobState::Running).map(|t| (t.cluster.clone(), JobKind::RecoveryTest)),
+                )
                 .collect();
             (sm.schedules.values().cloned().collect::<Vec<_>>(), busy)
         });
@@ -441,7 +462,7 @@ impl Jobs {
         for s in schedules {
             let Ok(cron) = parse_cron(&s.cron) else { continue };
             let Some(occurrence) = due(&cron, s.last_fired.max(s.since), now) else { continue };
-            let fire = Command::Fire { cluster: s.cluster.clone(), job: s.job.clone(), at: occurrence };
+            let fire = Command::Fire { cluster: s.cluster.clone(), job: s.job, at: occurrence };
             match self.node.propose(fire, self.write_timeout).await {
                 Ok(Outcome::Done) => {}
                 Ok(other) => {
@@ -453,28 +474,28 @@ impl Jobs {
                     continue;
                 }
             }
-            if busy.contains(&(s.cluster.clone(), s.job.as_str())) {
+            if busy.contains(&(s.cluster.clone(), s.job)) {
                 // One at a time: an occurrence that finds the previous job
                 // still running is skipped, and says so.
-                self.health.emit(
-                    &s.job,
+                self.agents.events.emit(
+                    event_kind(s.job),
                     &s.cluster,
                     "",
                     format!("scheduled {} at {occurrence} skipped: the previous one is still running", s.job),
                 );
                 continue;
             }
-            let started = match s.job.as_str() {
-                "backup" => self.start_backup(&s.cluster, None, occurrence).await.map(|b| b.id),
-                _ => self.start_recovery_test(&s.cluster, None, "schedule").await.map(|t| t.id),
+            let started = match s.job {
+                JobKind::Backup => self.start_backup(&s.cluster, None, occurrence).await.map(|b| b.id),
+                JobKind::RecoveryTest => self.start_recovery_test(&s.cluster, None, "schedule").await.map(|t| t.id),
             };
             match started {
                 Ok(id) => tracing::info!(cluster = %s.cluster, job = %s.job, id, occurrence, "scheduled job started"),
                 Err(e) => {
                     // Recorded, so that a schedule that cannot run is seen.
                     tracing::warn!(cluster = %s.cluster, job = %s.job, error = %e, "scheduled job could not start");
-                    self.health.emit(&s.job, &s.cluster, "", format!("scheduled {} could not start: {e}", s.job));
-                    if s.job == "backup" {
+                    self.agents.events.emit(event_kind(s.job), &s.cluster, "", format!("scheduled {} could not start: {e}", s.job));
+                    if s.job == JobKind::Backup {
                         let failed = BackupRecord {
                             cluster: s.cluster.clone(),
                             state: JobState::Failed,
@@ -514,7 +535,7 @@ impl Jobs {
         if doomed.is_empty() {
             return;
         }
-        let obs = self.health.observations(&topology, Instant::now());
+        let obs = self.agents.board.observations(&topology, Instant::now());
         let agents: Vec<String> =
             topology.members_of(cluster).filter(|(id, _)| obs.get(*id).is_some_and(|o| o.fresh)).map(|(id, _)| id.clone()).collect();
         for id in doomed {
@@ -533,7 +554,7 @@ impl Jobs {
                 }
             }
             if deleted && self.node.propose(Command::ForgetBackup { id }, self.write_timeout).await.is_ok() {
-                self.health.emit("backup", cluster, "", format!("retention deleted backup {id} ({})", b.prefix));
+                self.agents.events.emit(EventKind::Backup, cluster, "", format!("retention deleted backup {id} ({})", b.prefix));
             }
         }
     }

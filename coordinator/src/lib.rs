@@ -4,18 +4,19 @@
 //!
 //! * the topology and every replicated record: the `drc-model` crate.
 //! * [`state`] — the replicated state machine.
-//! * [`health`] — the leader's soft state of member health (never in Raft).
+//! * [`agents`] — the leader's soft state of its agents: streams, samples, health, events.
 //! * [`raft`] — storage, the node task and the transport.
 //! * [`api`] — the gRPC services.
 //! * [`server`] — how one coordinator process is put together.
 //! * [`backup`] — the backup catalog and the backup / recovery-test jobs.
 
+pub mod agents;
 pub mod api;
 pub mod backup;
 pub mod config;
 pub mod core;
 pub mod executor;
-pub mod health;
+pub mod lock;
 pub mod raft;
 pub mod server;
 #[cfg(test)]

@@ -13,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
+use crate::agents::{run_monitor, Agents};
 use crate::api::admin::AdminApi;
 use crate::api::agent::AgentApi;
 use crate::api::auth::authenticate;
 use crate::config::CoordinatorConfig;
 use crate::core::LeaseConfig;
 use crate::executor::{Executor, Hook, Waits};
-use crate::health::{run_monitor, HealthBoard};
 use crate::raft::node::{Node, NodeConfig, INPUT_CAPACITY};
 use crate::raft::transport::{RaftService, Transport, MAX_MESSAGE_BYTES};
 use crate::raft::RaftStore;
@@ -132,8 +132,8 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     let node_cancel = cancel.child_token();
     let node_task = spawn_node_thread(node, raft_listener.map(|l| (l, Arc::clone(&transport))), node_cancel.clone())?;
 
-    let health = Arc::new(HealthBoard::new());
-    tokio::spawn(run_monitor(Arc::clone(&health), handle.clone(), HEALTH_REFRESH, cancel.child_token()));
+    let agents = Arc::new(Agents::default());
+    tokio::spawn(run_monitor(Arc::clone(&agents), handle.clone(), HEALTH_REFRESH, cancel.child_token()));
     let lease = LeaseConfig {
         lease: cfg.failover.lease.as_millis() as u64,
         drift_margin: cfg.failover.drift_margin.as_millis() as u64,
@@ -148,14 +148,14 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     } else {
         Default::default()
     };
-    let executor = Executor::new(handle.clone(), Arc::clone(&health), lease, hook, cfg.raft.write_timeout, Arc::clone(&waits), placement);
+    let executor = Executor::new(handle.clone(), Arc::clone(&agents), lease, hook, cfg.raft.write_timeout, Arc::clone(&waits), placement);
     tokio::spawn(Arc::clone(&executor).run(cancel.child_token()));
-    let jobs = crate::backup::Jobs::new(handle.clone(), Arc::clone(&health), cfg.raft.write_timeout);
+    let jobs = crate::backup::Jobs::new(handle.clone(), Arc::clone(&agents), cfg.raft.write_timeout);
     tokio::spawn(Arc::clone(&jobs).run(cancel.child_token()));
     let admin_api =
-        AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&health), cfg.raft.write_timeout, Arc::clone(&executor), jobs);
+        AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&agents), cfg.raft.write_timeout, Arc::clone(&executor), jobs);
     let admin = AdminServiceServer::with_interceptor(admin_api, authenticate);
-    let agent = AgentServiceServer::with_interceptor(AgentApi::new(handle.clone(), Arc::clone(&transport), health), authenticate);
+    let agent = AgentServiceServer::with_interceptor(AgentApi::new(handle.clone(), Arc::clone(&transport), agents), authenticate);
     // Raft also stays on the shared listener when it has its own, so that a
     // peer configured with only the client address still reaches it.
     let raft = raft_service(Arc::clone(&transport));

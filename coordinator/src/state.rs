@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use drc_model::job::JobKind;
 use drc_model::{ClusterRecord, Decision, DecisionKind, Millis, StepArgs, StepState};
 
 use crate::core::steps;
@@ -52,12 +53,12 @@ pub enum Command {
     /// Add (id 0) or update a recovery test.
     RecoveryTest { record: Box<drc_model::job::RecoveryTest> },
     /// Set (or, with an empty cron expression, remove) a cluster's schedule
-    /// of `job` ("backup" or "recovery-test"), from `at` on.
-    SetSchedule { cluster: String, job: String, cron: String, at: Millis },
+    /// of `job`, from `at` on.
+    SetSchedule { cluster: String, job: JobKind, cron: String, at: Millis },
     /// A schedule fired for its occurrence `at`: applied only if `at` is
     /// newer than the last firing, so an occurrence fires once even when a
     /// new leader retries it.
-    Fire { cluster: String, job: String, at: Millis },
+    Fire { cluster: String, job: JobKind, at: Millis },
     /// Retention deleted a backup's objects: drop it from the catalog.
     ForgetBackup { id: u64 },
 }
@@ -224,9 +225,6 @@ impl StateMachine {
             Command::SetSchedule { cluster, job, cron, at } => {
                 if !self.topology.clusters.contains_key(&cluster) {
                     return Outcome::Refused { reason: format!("unknown cluster {cluster:?}") };
-                }
-                if job != "backup" && job != "recovery-test" {
-                    return Outcome::Refused { reason: format!("unknown job {job:?} (backup or recovery-test)") };
                 }
                 let key = format!("{cluster}/{job}");
                 if cron.is_empty() {

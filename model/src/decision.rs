@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::role::Role;
 use crate::step::Step;
 use crate::time::Millis;
 
@@ -34,7 +35,7 @@ pub struct MemberEvidence {
     pub region: String,
     pub fresh: bool,
     pub reachable: bool,
-    pub role: String,
+    pub role: Role,
     pub position: u64,
     pub lag_bytes: u64,
     pub lag_ms: u64,

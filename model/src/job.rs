@@ -7,6 +7,40 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::Millis;
 
+/// The jobs the leader runs through agents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    #[default]
+    Backup,
+    RecoveryTest,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [JobKind::Backup, JobKind::RecoveryTest];
+
+    /// The name in schedules, on the wire and in drctl.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::RecoveryTest => "recovery-test",
+        }
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown job {s:?} (backup or recovery-test)"))
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
@@ -51,8 +85,7 @@ pub struct BackupRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
     pub cluster: String,
-    /// "backup" or "recovery-test".
-    pub job: String,
+    pub job: JobKind,
     /// Standard 5-field cron, or 6 fields with seconds first; UTC.
     pub cron: String,
     /// Set at; occurrences before it never fire.

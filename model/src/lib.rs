@@ -15,11 +15,13 @@
 pub mod cluster;
 pub mod decision;
 pub mod job;
+pub mod role;
 pub mod step;
 pub mod time;
 pub mod topology;
 
 pub use cluster::ClusterRecord;
 pub use decision::{Decision, DecisionKind, MemberEvidence, Trigger};
+pub use role::Role;
 pub use step::{Step, StepAction, StepArgs, StepState};
 pub use time::Millis;

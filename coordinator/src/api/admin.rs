@@ -29,7 +29,8 @@ use crate::executor::Executor;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::health::HealthBoard;
+use crate::agents::Agents;
+use drc_model::job::JobKind;
 
 use super::forward::{admin_client, mark_forwarded, on_leader, route, Route};
 use crate::raft::transport::Transport;
@@ -43,7 +44,7 @@ const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(800);
 pub struct AdminApi {
     node: NodeHandle,
     transport: Arc<Transport>,
-    health: Arc<HealthBoard>,
+    agents: Arc<Agents>,
     write_timeout: Duration,
     executor: Arc<Executor>,
     jobs: Arc<crate::backup::Jobs>,
@@ -53,21 +54,20 @@ impl AdminApi {
     pub fn new(
         node: NodeHandle,
         transport: Arc<Transport>,
-        health: Arc<HealthBoard>,
+        agents: Arc<Agents>,
         write_timeout: Duration,
         executor: Arc<Executor>,
         jobs: Arc<crate::backup::Jobs>,
     ) -> Self {
-        AdminApi { node, transport, health, write_timeout, executor, jobs }
+        AdminApi { node, transport, agents, write_timeout, executor, jobs }
     }
 
     /// Records of one kind, newest first, of one cluster or all, as JSON;
     /// running jobs of this node (the leader) carry their `progress`.
-    /// `job`: 'b' (backups) or 't' (recovery tests).
     fn list<T: serde::Serialize>(
         &self,
         cluster: &str,
-        job: Option<char>,
+        job: Option<JobKind>,
         pick: impl Fn(&crate::state::StateMachine) -> Vec<(String, T)>,
     ) -> Result<Response<JobsReply>, Status> {
         let items = self.node.store().with_state(|sm| {
@@ -95,7 +95,7 @@ impl AdminApi {
         records: &std::collections::BTreeMap<String, drc_model::ClusterRecord>,
         only: Option<&str>,
     ) -> Vec<ClusterHealth> {
-        let mut clusters = self.health.clusters(topology, records, only, Instant::now());
+        let mut clusters = self.agents.health.clusters(topology, records, only, Instant::now());
         for c in &mut clusters {
             c.failover_state = self.executor.wait_reason(&c.name);
         }
@@ -328,7 +328,9 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
-        self.list(&req.into_inner().cluster, Some('b'), |sm| sm.backups.values().map(|b| (b.cluster.clone(), b.clone())).collect())
+        self.list(&req.into_inner().cluster, Some(JobKind::Backup), |sm| {
+            sm.backups.values().map(|b| (b.cluster.clone(), b.clone())).collect()
+        })
     }
 
     async fn start_recovery_test(&self, req: Request<StartRecoveryTestRequest>) -> Result<Response<JobReply>, Status> {
@@ -350,11 +352,14 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
-        self.list(&req.into_inner().cluster, Some('t'), |sm| sm.recovery_tests.values().map(|t| (t.cluster.clone(), t.clone())).collect())
+        self.list(&req.into_inner().cluster, Some(JobKind::RecoveryTest), |sm| {
+            sm.recovery_tests.values().map(|t| (t.cluster.clone(), t.clone())).collect()
+        })
     }
 
     async fn set_schedule(&self, req: Request<SetScheduleRequest>) -> Result<Response<PauseReply>, Status> {
         let r = req.get_ref();
+        let job: JobKind = r.job.parse().map_err(|e: String| Status::invalid_argument(format!("job: {e}")))?;
         if !r.cron.is_empty() {
             crate::backup::parse_cron(&r.cron).map_err(Status::invalid_argument)?;
         }
@@ -370,7 +375,7 @@ impl AdminService for AdminApi {
             format!("{} of {} scheduled: {:?} (UTC)", r.job, r.cluster, r.cron)
         };
         let at = drc_model::time::wall_now_ms();
-        self.simple(Command::SetSchedule { cluster: r.cluster, job: r.job, cron: r.cron, at }, done).await
+        self.simple(Command::SetSchedule { cluster: r.cluster, job, cron: r.cron, at }, done).await
     }
 
     async fn list_schedules(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
@@ -484,7 +489,7 @@ impl AdminService for AdminApi {
             // Relay the leader's stream; it ends when leadership moves.
             return Ok(Response::new(Box::pin(remote.into_inner())));
         }
-        let mut events = self.health.subscribe();
+        let mut events = self.agents.events.subscribe();
         let mut status = self.node.watch_status();
         let stream = async_stream(move |tx: tokio::sync::mpsc::Sender<Result<WatchEvent, Status>>| async move {
             loop {

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::health::{HealthBoard, ROLES};
+use crate::agents::Agents;
 use crate::raft::transport::Transport;
 use crate::raft::{NodeHandle, Role};
 use drc_model::topology::Topology;
@@ -28,12 +28,12 @@ use drc_model::topology::Topology;
 pub struct AgentApi {
     node: NodeHandle,
     transport: Arc<Transport>,
-    health: Arc<HealthBoard>,
+    agents: Arc<Agents>,
 }
 
 impl AgentApi {
-    pub fn new(node: NodeHandle, transport: Arc<Transport>, health: Arc<HealthBoard>) -> Self {
-        AgentApi { node, transport, health }
+    pub fn new(node: NodeHandle, transport: Arc<Transport>, agents: Arc<Agents>) -> Self {
+        AgentApi { node, transport, agents }
     }
 
     fn redirect(&self) -> CoordinatorMessage {
@@ -80,8 +80,8 @@ fn check_sample(s: &Sample, hello: &AgentHello) -> Result<(), Status> {
     if s.member_id != hello.member_id {
         return Err(Status::invalid_argument(format!("sample for member {:?} on the stream of member {:?}", s.member_id, hello.member_id)));
     }
-    if !ROLES.contains(&s.role.as_str()) {
-        return Err(Status::invalid_argument(format!("sample.role {:?} is not one of {ROLES:?}", s.role)));
+    if let Err(e) = s.role.parse::<drc_model::Role>() {
+        return Err(Status::invalid_argument(format!("sample.role: {e}")));
     }
     Ok(())
 }
@@ -103,7 +103,7 @@ impl AgentApi {
         if let Some(rec) = recorded {
             return if rec.holds(dataset, previous) { Ok(()) } else { foreign(&rec.dataset, "as recorded".into()) };
         }
-        match self.health.dataset_of(cluster, member) {
+        match self.agents.board.dataset_of(cluster, member) {
             Some((other, (theirs, their_previous)))
                 if theirs != dataset && their_previous != dataset && (previous.is_empty() || previous != theirs) =>
             {
@@ -144,12 +144,12 @@ impl AgentService for AgentApi {
         self.check_dataset(&hello.cluster, &hello.member_id, &hello.dataset_id, &hello.previous_dataset_id)?;
 
         let (tx, rx) = mpsc::channel::<Result<CoordinatorMessage, Status>>(64);
-        let session = self.health.connect(&hello.member_id, &hello.cluster, tx.clone());
+        let session = self.agents.hub.connect(&hello.member_id, &hello.cluster, tx.clone());
         tracing::info!(member = %hello.member_id, cluster = %hello.cluster, region = %hello.region, session, "agent connected");
-        let this = AgentApi { node: self.node.clone(), transport: Arc::clone(&self.transport), health: Arc::clone(&self.health) };
+        let this = AgentApi { node: self.node.clone(), transport: Arc::clone(&self.transport), agents: Arc::clone(&self.agents) };
         tokio::spawn(async move {
             let reason = this.serve(&hello, session, &mut inbound, &tx).await;
-            this.health.disconnect(&hello.member_id, &hello.cluster, session);
+            this.agents.hub.disconnect(&hello.member_id, &hello.cluster, session);
             match reason {
                 Ok(why) => tracing::info!(member = %hello.member_id, session, "agent stream ended: {why}"),
                 Err(status) => {
@@ -171,7 +171,7 @@ impl AgentApi {
         inbound: &mut Streaming<AgentMessage>,
         tx: &mpsc::Sender<Result<CoordinatorMessage, Status>>,
     ) -> Result<&'static str, Status> {
-        let mut views = self.health.view_of(&hello.cluster);
+        let mut views = self.agents.health.view_of(&hello.cluster);
         let mut role = self.node.watch_role();
         // Looked at once at the start: leadership may have moved since the
         // Hello was accepted.
@@ -196,14 +196,14 @@ impl AgentApi {
                             self.check_dataset(&hello.cluster, &hello.member_id, &s.dataset_id, &s.previous_dataset_id)?;
                             checked = (s.dataset_id.clone(), s.previous_dataset_id.clone());
                         }
-                        if !self.health.is_current(&hello.member_id, session) {
+                        if !self.agents.hub.is_current(&hello.member_id, session) {
                             return Ok("replaced by a newer stream of the same member");
                         }
-                        self.health.ingest(&hello.cluster, s, Instant::now());
+                        self.agents.board.ingest(&hello.cluster, s, Instant::now());
                     }
-                    Some(Ok(AgentMessage { body: Some(agent_message::Body::Result(r)) })) => self.health.complete(r),
+                    Some(Ok(AgentMessage { body: Some(agent_message::Body::Result(r)) })) => self.agents.hub.complete(r),
                     Some(Ok(AgentMessage { body: Some(agent_message::Body::Progress(p)) })) => {
-                        self.health.progress(&hello.cluster, &hello.member_id, p);
+                        self.agents.hub.progress(&hello.cluster, &hello.member_id, p);
                     }
                     Some(Ok(AgentMessage { body: Some(agent_message::Body::Hello(_)) })) => {
                         return Err(Status::invalid_argument("a second Hello on an open stream"));

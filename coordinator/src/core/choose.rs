@@ -1,7 +1,7 @@
 //! Choosing whom to promote, and building the decision that does it.
 
 use drc_model::topology::{Policy, Topology};
-use drc_model::{ClusterRecord, Decision, DecisionKind, MemberEvidence, Millis, Step, StepAction, Trigger};
+use drc_model::{ClusterRecord, Decision, DecisionKind, MemberEvidence, Millis, Role, Step, StepAction, Trigger};
 
 use super::{Action, Obs, World};
 
@@ -69,7 +69,7 @@ pub(super) fn choose(
             Some("no fresh sample".to_string())
         } else if !o.reachable {
             Some("its agent cannot reach it".to_string())
-        } else if o.role != "replica" {
+        } else if o.role != Role::Replica {
             Some(format!("role is {}", o.role))
         } else if !rec.holds(&o.dataset, &o.previous_dataset) {
             Some(format!("holds dataset {} instead of {}", o.dataset, rec.dataset))
@@ -150,7 +150,7 @@ pub(super) fn decision(
             region: w.topology.members.get(*id).map(|m| m.region.clone()).unwrap_or_default(),
             fresh: o.fresh,
             reachable: o.reachable,
-            role: o.role.clone(),
+            role: o.role,
             position: o.position,
             lag_bytes: o.lag_bytes,
             lag_ms: o.lag_ms,

@@ -5,7 +5,7 @@
 //! group.
 
 use drc_model::topology::Policy;
-use drc_model::{ClusterRecord, DecisionKind, Millis, StepAction, Trigger};
+use drc_model::{ClusterRecord, DecisionKind, Millis, Role, StepAction, Trigger};
 
 use super::choose::{choose, decision, partners, preferred_region};
 use super::lease::{bound_lease, lease_action};
@@ -144,7 +144,7 @@ impl Core {
         // counted on: wait for newer ones, at most for the detection window.
         let behind: Vec<&str> = members
             .iter()
-            .filter(|(id, o)| **id != primary_id && o.fresh && o.role == "replica" && now.saturating_sub(o.age) < since)
+            .filter(|(id, o)| **id != primary_id && o.fresh && o.role == Role::Replica && now.saturating_sub(o.age) < since)
             .map(|(id, _)| id.as_str())
             .collect();
         if !behind.is_empty() && now < since + window {

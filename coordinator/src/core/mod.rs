@@ -30,7 +30,7 @@ mod sync;
 use std::collections::BTreeMap;
 
 use drc_model::topology::Topology;
-use drc_model::{ClusterRecord, Decision, Millis};
+use drc_model::{ClusterRecord, Decision, Millis, Role};
 
 pub use lease::LeaseConfig;
 pub use request::Request;
@@ -43,8 +43,7 @@ pub struct Obs {
     pub fresh: bool,
     /// The agent reaches its own database.
     pub reachable: bool,
-    /// "primary", "replica" or "unknown".
-    pub role: String,
+    pub role: Role,
     pub dataset: String,
     /// The dataset id before the member's last promotion (Redis).
     pub previous_dataset: String,
@@ -142,7 +141,7 @@ pub struct Core {
 }
 
 fn is_primary(o: &Obs) -> bool {
-    o.fresh && o.reachable && o.role == "primary"
+    o.fresh && o.reachable && o.role == Role::Primary
 }
 
 impl Core {
@@ -239,16 +238,7 @@ mod tests {
     }
 
     fn replica(streaming: bool, position: u64, received: u64) -> Obs {
-        Obs {
-            fresh: true,
-            reachable: true,
-            role: "replica".into(),
-            dataset: "ds".into(),
-            position,
-            received,
-            streaming,
-            ..Default::default()
-        }
+        Obs { fresh: true, reachable: true, role: Role::Replica, dataset: "ds".into(), position, received, streaming, ..Default::default() }
     }
 
     fn sync_of(t: &Topology, cluster: &str, obs: &BTreeMap<String, Obs>) -> Option<String> {
@@ -285,7 +275,7 @@ mod tests {
         let t = topology(1);
         let mut records = BTreeMap::new();
         records.insert("pg".to_string(), ClusterRecord { epoch: 1, primary: "pg-a".into(), dataset: "ds".into(), ..Default::default() });
-        let gone = Obs { fresh: true, role: "unknown".into(), server_gone: true, epoch: 1, ..Default::default() };
+        let gone = Obs { fresh: true, role: Role::Unknown, server_gone: true, epoch: 1, ..Default::default() };
         let replica =
             |position: u64, received: u64, age: Millis| Obs { dataset: "ds".into(), epoch: 1, age, ..replica(true, position, received) };
         let mut core = Core::new(LeaseConfig::default(), 0);

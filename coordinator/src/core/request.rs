@@ -2,7 +2,7 @@
 //! decided by the same rules as automatic failover, or refused with exactly
 //! why.
 
-use drc_model::{Decision, DecisionKind, Trigger};
+use drc_model::{Decision, DecisionKind, Role, Trigger};
 
 use super::choose::{choose, decision};
 use super::lease::bound_lease;
@@ -50,7 +50,7 @@ impl Core {
         let rec = w.records.get(cluster)?;
         let p = w.observations.get(&rec.primary)?;
         let since = w.now.saturating_sub(rec.promoted_at);
-        (rec.promoted_at > 0 && since < self.lease.promote_ttl() && p.fresh && p.reachable && p.role != "primary")
+        (rec.promoted_at > 0 && since < self.lease.promote_ttl() && p.fresh && p.reachable && p.role != Role::Primary)
             .then(|| format!("{} was promoted {since} ms ago and has not reported as the primary yet; retry in a moment", rec.primary))
     }
 

@@ -1,6 +1,7 @@
 //! Synchronous replication: what a PostgreSQL primary's commits wait for.
 
 use drc_model::topology::ClusterKind;
+use drc_model::Role;
 
 use super::{Obs, World};
 
@@ -47,7 +48,7 @@ pub fn sync_standbys(w: &World, cluster: &str, primary: &str, members: &[(&Strin
         .iter()
         .filter(|(id, _)| id.as_str() != primary && w.topology.members.get(id.as_str()).is_some_and(|m| m.priority > 0))
         .collect();
-    let streaming = listed.iter().filter(|(_, o)| o.fresh && o.role == "replica" && o.streaming).count();
+    let streaming = listed.iter().filter(|(_, o)| o.fresh && o.role == Role::Replica && o.streaming).count();
     let count = wanted.min(streaming);
     if count == 0 {
         // The agent clears a setting of drc's making (it knows it by its

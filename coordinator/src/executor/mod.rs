@@ -19,9 +19,10 @@ use drc_model::time::wall_now_ms;
 use drc_model::topology::Topology;
 use drc_model::{Decision, Millis, StepAction, StepArgs, StepState};
 
+use crate::agents::{Agents, EventKind};
 use crate::core::steps::{self, Verdict};
 use crate::core::{Action, Core, LeaseConfig, Request, SyncStandbys, World};
-use crate::health::HealthBoard;
+use crate::lock::lock;
 use crate::raft::{NodeHandle, Role};
 use crate::state::{Command, Outcome};
 
@@ -49,7 +50,7 @@ pub type Waits = Arc<Mutex<BTreeMap<String, String>>>;
 
 pub struct Executor {
     node: NodeHandle,
-    health: Arc<HealthBoard>,
+    agents: Arc<Agents>,
     lease: LeaseConfig,
     hook: Hook,
     write_timeout: Duration,
@@ -72,7 +73,7 @@ type Asked = (Request, oneshot::Sender<Result<Decision, String>>);
 impl Executor {
     pub fn new(
         node: NodeHandle,
-        health: Arc<HealthBoard>,
+        agents: Arc<Agents>,
         lease: LeaseConfig,
         hook: Hook,
         write_timeout: Duration,
@@ -82,7 +83,7 @@ impl Executor {
         let (requests, inbox) = mpsc::channel(16);
         Arc::new(Executor {
             node,
-            health,
+            agents,
             lease,
             hook,
             write_timeout,
@@ -102,7 +103,7 @@ impl Executor {
     /// (an asynchronous cluster, the default, has nothing to format).
     fn note_sync(&self, cluster: &str, primary: &str, sync: &SyncStandbys) {
         let sync = sync.to_string();
-        let mut told = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        let mut told = lock(&self.sync);
         if told.get(cluster).map_or("", String::as_str) == sync {
             return;
         }
@@ -118,7 +119,7 @@ impl Executor {
             format!("{primary}'s commits wait for {sync}")
         };
         tracing::info!(%cluster, %primary, synchronous_standby_names = %sync, "synchronous standbys");
-        self.health.emit("replication", cluster, primary, text);
+        self.agents.events.emit(EventKind::Replication, cluster, primary, text);
     }
 
     /// An operator's failover or switchover, decided by the core and
@@ -131,7 +132,7 @@ impl Executor {
 
     /// Why nothing happens to `cluster` right now.
     pub fn wait_reason(&self, cluster: &str) -> String {
-        self.waits.lock().unwrap_or_else(|p| p.into_inner()).get(cluster).cloned().unwrap_or_default()
+        lock(&self.waits).get(cluster).cloned().unwrap_or_default()
     }
 
     fn is_leader(&self) -> bool {
@@ -144,7 +145,7 @@ impl Executor {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut core: Option<Core> = None;
         let mut topology: Option<(u64, std::sync::Arc<Topology>)> = None;
-        let Some(mut inbox) = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some(mut inbox) = lock(&self.inbox).take() else { return };
         // Requests waiting for their cluster to settle, with when they came.
         let mut settling: Vec<(Asked, Instant)> = Vec::new();
         // A failover waiting for a window or a lease to run out goes ahead
@@ -171,7 +172,7 @@ impl Executor {
                 // here and then cut short by another branch is not lost:
                 // that branch makes a pass too.)
                 _ = async {
-                    self.health.first_sample.notified().await;
+                    self.agents.board.first_sample.notified().await;
                     tokio::time::sleep_until((last_pass + FIRST_SAMPLE_SPACING).into()).await;
                 } => None,
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now).into()), if wake.is_some() => None,
@@ -181,9 +182,9 @@ impl Executor {
             last_pass = Instant::now();
             if !self.is_leader() {
                 leading_since = None;
-                self.sync.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                lock(&self.sync).clear();
                 core = None;
-                self.waits.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                lock(&self.waits).clear();
                 for ((_, reply), _) in request.into_iter().chain(settling.drain(..)) {
                     let _ = reply.send(Err("this coordinator is not the leader".into()));
                 }
@@ -202,7 +203,7 @@ impl Executor {
             });
             // The core's clock, and the same instant on the monotonic one.
             let (now, at) = (wall_now_ms(), Instant::now());
-            let observations = self.health.observations(t, at);
+            let observations = self.agents.board.observations(t, at);
             let world = World { now, topology: t, records: &records, global_paused, observations: &observations };
             // Requests first, in the order they came; one that waits for its
             // cluster to settle is asked again on each tick, for a while. At
@@ -276,13 +277,13 @@ impl Executor {
                 drop(no_job_starts);
             }
             for id in open {
-                let fresh = self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+                let fresh = lock(&self.running).insert(id);
                 if fresh {
                     let this = Arc::clone(&self);
                     let cancel = cancel.clone();
                     tokio::spawn(async move {
                         this.carry_out(id, cancel).await;
-                        this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                        lock(&this.running).remove(&id);
                     });
                 }
             }
@@ -312,8 +313,8 @@ impl Executor {
         if let Some(to) = self.node.place_leader(candidates).await {
             let region = self.placement.get(&to).cloned().unwrap_or_default();
             tracing::info!(to, %region, "handing the coordinator leadership out of region {mine}, which holds a primary");
-            self.health.emit(
-                "leader",
+            self.agents.events.emit(
+                EventKind::Leader,
                 "",
                 "",
                 format!("node {} hands leadership to node {to} (region {region}): region {mine} holds a primary", me.id),
@@ -328,7 +329,12 @@ impl Executor {
             Ok(Outcome::Decided { id }) => {
                 d.id = id;
                 tracing::warn!(cluster = %d.cluster, from = %d.from, to = %d.to, id, reason = %d.reason, "failover decided");
-                self.health.emit("failover", &d.cluster, &d.to, format!("decision {id}: {} -> {}: {}", d.from, d.to, d.reason));
+                self.agents.events.emit(
+                    EventKind::Failover,
+                    &d.cluster,
+                    &d.to,
+                    format!("decision {id}: {} -> {}: {}", d.from, d.to, d.reason),
+                );
                 Ok(d)
             }
             Ok(Outcome::Refused { reason }) => Err(reason),
@@ -351,7 +357,12 @@ impl Executor {
                 let cmd = Command::Adopt { cluster: cluster.clone(), primary: primary.clone(), dataset: dataset.clone() };
                 if self.propose(cmd).await.is_some() {
                     tracing::info!(%cluster, %primary, "adopted primary");
-                    self.health.emit("failover", cluster, primary, format!("{primary} adopted as the primary of {cluster} (epoch 1)"));
+                    self.agents.events.emit(
+                        EventKind::Failover,
+                        cluster,
+                        primary,
+                        format!("{primary} adopted as the primary of {cluster} (epoch 1)"),
+                    );
                 }
             }),
             _ => None,
@@ -386,14 +397,14 @@ impl Executor {
                         args.insert("sync_names".into(), sync.names.join(","));
                     }
                     let cmd = drc_proto::Command { command_id: 0, cluster, epoch, action: "lease".into(), args };
-                    self.health.renew(&member, cmd, at + Duration::from_millis(ttl));
+                    self.agents.hub.renew(&member, cmd, at + Duration::from_millis(ttl));
                 }
                 Action::Wait { cluster, reason } => {
                     waits.insert(cluster, reason);
                 }
             }
         }
-        let mut held_since = self.held_since.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held_since = lock(&self.held_since);
         if held > 0 {
             // A new leader's first passes may come before its first round
             // (its first entry must commit before a round can start).
@@ -409,10 +420,10 @@ impl Executor {
             *held_since = None;
         }
         drop(held_since);
-        let mut current = self.waits.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = lock(&self.waits);
         for (cluster, reason) in &waits {
             if current.get(cluster) != Some(reason) && !reason.starts_with("waiting ") && !reason.contains(" down for ") {
-                self.health.emit("failover", cluster, "", reason.clone());
+                self.agents.events.emit(EventKind::Failover, cluster, "", reason.clone());
             }
         }
         *current = waits;
@@ -515,7 +526,7 @@ impl Executor {
             if error.is_empty() { String::new() } else { format!(": {error}") }
         );
         tracing::info!("{what}");
-        self.health.emit("failover", &d.cluster, &s.member, what);
+        self.agents.events.emit(EventKind::Failover, &d.cluster, &s.member, what);
         true
     }
 
@@ -543,10 +554,10 @@ impl Executor {
                     action: step.action.as_str().into(),
                     args: args.into_iter().collect(),
                 };
-                match self.health.command(&step.member, cmd, ms(steps::COMMAND_TIMEOUT)).await {
+                match self.agents.hub.command(&step.member, cmd, ms(steps::COMMAND_TIMEOUT)).await {
                     Ok(r) if r.ok => Ok(StepArgs::reported(r.output)),
                     Ok(r) => Err(r.error),
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.to_string()),
                 }
             }
         };

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::logger::raft_logger;
 use super::storage::{RaftStore, StorageError};
 use super::transport::Transport;
+use crate::lock::lock;
 use crate::state::{Command, NodeAddress, Outcome};
 
 /// Tuning of the Raft node.
@@ -174,7 +175,7 @@ impl NodeHandle {
     /// hands its leadership over. A leader that cannot confirm stops
     /// renewing; its primaries' agents then count down the leases they hold.
     pub fn may_renew(&self) -> bool {
-        self.renew_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| Instant::now() < t)
+        lock(&self.renew_until).is_some_and(|t| Instant::now() < t)
     }
 
     /// Changes only when this node's role does.
@@ -514,7 +515,7 @@ impl Node {
             return;
         }
         let span = (self.cfg.tick_interval * (self.cfg.election_ticks as u32).saturating_sub(1)).saturating_sub(RENEW_GUARD);
-        let mut until = self.renew_until.lock().unwrap_or_else(|p| p.into_inner());
+        let mut until = lock(&self.renew_until);
         *until = Some(until.map_or(asked + span, |u| u.max(asked + span)));
     }
 
@@ -527,7 +528,7 @@ impl Node {
     }
 
     fn close_window(&self) {
-        *self.renew_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *lock(&self.renew_until) = None;
     }
 
     fn check_leader(&self) -> Result<(), ProposeError> {

@@ -34,6 +34,7 @@ use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::lock;
 use crate::state::{NodeAddress, StateMachine};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
@@ -254,12 +255,12 @@ impl RaftStore {
                 core.applied.0, core.hard_state.commit
             )));
         }
-        *self.core.write().unwrap_or_else(|p| p.into_inner()) = core;
+        *lock::write(&self.core) = core;
         Ok(())
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Core> {
-        self.core.read().unwrap_or_else(|p| p.into_inner())
+        lock::read(&self.core)
     }
 
     /// Makes one Ready durable: an incoming snapshot, new entries (replacing
@@ -280,7 +281,7 @@ impl RaftStore {
             return Ok(());
         }
         let sync = sync || snapshot.is_some() || !entries.is_empty();
-        let mut core = self.core.write().unwrap_or_else(|p| p.into_inner());
+        let mut core = lock::write(&self.core);
         let snap_sm = match snapshot {
             Some(s) => Some(StateMachine::decode(&s.data).map_err(|e| StorageError::Corrupt(format!("snapshot from leader: {e}")))?),
             None => None,
@@ -356,7 +357,7 @@ impl RaftStore {
     /// the batch changed the membership or [`CHECKPOINT_ENTRIES`] entries were
     /// applied since the last one; otherwise only memory changes.
     pub fn commit_apply(&self, batch: ApplyBatch, commit: Option<u64>) -> Result<(), StorageError> {
-        let mut core = self.core.write().unwrap_or_else(|p| p.into_inner());
+        let mut core = lock::write(&self.core);
         core.hard_state.commit = core.hard_state.commit.max(commit.unwrap_or(0)).max(batch.applied.0);
         core.sm = batch.sm;
         core.applied = batch.applied;
@@ -395,7 +396,7 @@ impl RaftStore {
     /// transaction. A follower that needs them gets a snapshot. Returns the
     /// new compaction point if the log was compacted.
     pub fn compact_if_needed(&self, threshold: u64) -> Result<Option<u64>, StorageError> {
-        let mut core = self.core.write().unwrap_or_else(|p| p.into_inner());
+        let mut core = lock::write(&self.core);
         let (applied, applied_term) = core.applied;
         if applied <= core.compacted.0 || applied - core.compacted.0 < threshold || applied > core.last_index() {
             return Ok(None);

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 use super::node::NodeInput;
+use crate::lock;
 use crate::state::NodeAddress;
 
 const PEER_QUEUE: usize = 1024;
@@ -72,8 +73,8 @@ impl Transport {
     /// Adds or updates peer addresses (from the replicated membership or from
     /// configuration hints).
     pub fn merge_addresses(&self, nodes: &BTreeMap<u64, NodeAddress>) {
-        let mut book = self.addresses.write().unwrap_or_else(|p| p.into_inner());
-        let mut clients = self.clients.write().unwrap_or_else(|p| p.into_inner());
+        let mut book = lock::write(&self.addresses);
+        let mut clients = lock::write(&self.clients);
         for (id, addr) in nodes {
             if !addr.client.is_empty() {
                 book.insert(*id, addr.raft().to_string());
@@ -88,17 +89,17 @@ impl Transport {
         if id == 0 || address.is_empty() {
             return;
         }
-        let mut book = self.addresses.write().unwrap_or_else(|p| p.into_inner());
+        let mut book = lock::write(&self.addresses);
         book.entry(id).or_insert_with(|| address.to_string());
     }
 
     /// Where node `id` takes client requests.
     pub fn address_of(&self, id: u64) -> Option<String> {
-        self.clients.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+        lock::read(&self.clients).get(&id).cloned()
     }
 
     fn raft_address_of(&self, id: u64) -> Option<String> {
-        self.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+        lock::read(&self.addresses).get(&id).cloned()
     }
 
     /// Queues messages for their peers; never blocks.
@@ -113,7 +114,7 @@ impl Transport {
                 continue;
             };
             let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
-            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut peers = lock::lock(&self.peers);
             let replace = peers.get(&to).is_none_or(|p| p.address != address || p.tx.is_closed());
             if replace {
                 if let Some(old) = peers.remove(&to) {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use drc_model::topology::parse::parse_topology;
 use drc_model::topology::Topology;
-use drc_model::{Decision, DecisionKind, Millis, StepAction, StepArgs, StepState, Trigger};
+use drc_model::{Decision, DecisionKind, Millis, Role, StepAction, StepArgs, StepState, Trigger};
 
 use crate::core::steps::{self, Verdict};
 use crate::core::{Action, Core, LeaseConfig, Obs, Request, World};
@@ -434,11 +434,11 @@ impl Sim {
                 fresh: true,
                 reachable: m.up,
                 role: if !m.up {
-                    "unknown".into()
+                    Role::Unknown
                 } else if m.primary {
-                    "primary".into()
+                    Role::Primary
                 } else {
-                    "replica".into()
+                    Role::Replica
                 },
                 dataset: format!("ds-{}", m.cluster),
                 previous_dataset: String::new(),
@@ -1149,7 +1149,7 @@ fn a_request_right_after_a_promotion_waits_until_the_new_primary_reports_as_one(
     assert!(sim.now - rec.promoted_at < LEASE.promote_ttl());
     // The agent's newest sample was taken just before the promotion.
     let mut obs = sim.observations();
-    obs.get_mut("rd-b").expect("rd-b").role = "replica".into();
+    obs.get_mut("rd-b").expect("rd-b").role = Role::Replica;
     let evacuate = Request::Evacuate { cluster: "rd".into(), from: "b".into(), to: None, prefer: None, force: false };
     let core = sim.core.as_mut().expect("a leader");
     let world = World { now: sim.now, topology: &sim.topology, records: &sim.sm.records, global_paused: false, observations: &obs };
@@ -1157,7 +1157,7 @@ fn a_request_right_after_a_promotion_waits_until_the_new_primary_reports_as_one(
     assert!(refused.contains("rd-b was promoted") && refused.contains("not reported as the primary yet"), "{refused}");
     assert!(core.settling(&world, "rd").is_some());
     // Once it reports, the same request is a planned move, not a failover.
-    obs.get_mut("rd-b").expect("rd-b").role = "primary".into();
+    obs.get_mut("rd-b").expect("rd-b").role = Role::Primary;
     let world = World { now: sim.now, topology: &sim.topology, records: &sim.sm.records, global_paused: false, observations: &obs };
     assert!(core.settling(&world, "rd").is_none());
     let d = core.request(&world, &evacuate).expect("accepted");

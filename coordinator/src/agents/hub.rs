@@ -1,0 +1,186 @@
+//! The agents' stream hub: which agent streams are open, the commands sent
+//! on them and their answers, and lease renewals.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use drc_proto::{coordinator_message, CommandResult, CoordinatorMessage, Progress};
+use tokio::sync::{mpsc, oneshot};
+
+use super::board::SampleBoard;
+use super::events::{EventBus, EventKind};
+use super::progress::describe_progress;
+use crate::lock::lock;
+
+/// Where the messages for one agent stream go.
+pub type AgentSender = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
+
+struct Stream {
+    session: u64,
+    sender: AgentSender,
+}
+
+#[derive(Default)]
+struct State {
+    streams: HashMap<String, Stream>,
+    /// Session and command numbers only go up: an old stream or answer can
+    /// never pass for a new one.
+    next_session: u64,
+    next_command: u64,
+    /// Commands sent and not yet answered, by command id.
+    pending: HashMap<u64, oneshot::Sender<CommandResult>>,
+    /// The newest progress report of each pending long command.
+    progress: HashMap<u64, Progress>,
+}
+
+pub struct AgentHub {
+    state: Mutex<State>,
+    board: Arc<SampleBoard>,
+    events: Arc<EventBus>,
+}
+
+/// Why a command got no result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("the agent of {0} is not connected")]
+    NotConnected(String),
+    #[error("the stream of {0}'s agent is full or closed")]
+    StreamFull(String),
+    #[error("the agent of {0} went away")]
+    WentAway(String),
+    #[error("no answer from the agent of {member} within {timeout:?}")]
+    NoAnswer { member: String, timeout: Duration },
+}
+
+fn command_message(cmd: drc_proto::Command) -> Result<CoordinatorMessage, tonic::Status> {
+    Ok(CoordinatorMessage { body: Some(coordinator_message::Body::Command(cmd)) })
+}
+
+impl AgentHub {
+    pub fn new(board: Arc<SampleBoard>, events: Arc<EventBus>) -> Self {
+        AgentHub { state: Mutex::default(), board, events }
+    }
+
+    /// Registers a new agent stream for `member`, replacing any older one;
+    /// commands for the member go to `sender`.
+    pub fn connect(&self, member: &str, cluster: &str, sender: AgentSender) -> u64 {
+        let session = {
+            let mut s = lock(&self.state);
+            s.next_session += 1;
+            let session = s.next_session;
+            s.streams.insert(member.to_string(), Stream { session, sender });
+            session
+        };
+        self.board.stream_opened(member);
+        self.events.emit(EventKind::Agent, cluster, member, format!("agent of {member} connected"));
+        session
+    }
+
+    /// Ends a stream; a newer stream of the same member is left alone.
+    pub fn disconnect(&self, member: &str, cluster: &str, session: u64) {
+        let gone = {
+            let mut s = lock(&self.state);
+            let current = s.streams.get(member).is_some_and(|st| st.session == session);
+            if current {
+                s.streams.remove(member);
+            }
+            current
+        };
+        if gone {
+            self.board.stream_closed(member);
+            self.events.emit(EventKind::Agent, cluster, member, format!("agent of {member} disconnected"));
+        }
+    }
+
+    /// Whether `session` is still the member's current stream.
+    pub fn is_current(&self, member: &str, session: u64) -> bool {
+        lock(&self.state).streams.get(member).is_some_and(|s| s.session == session)
+    }
+
+    fn sender(&self, member: &str) -> Option<AgentSender> {
+        lock(&self.state).streams.get(member).map(|s| s.sender.clone())
+    }
+
+    /// A command id for [`Self::command`], to follow the command's progress
+    /// while it runs.
+    pub fn command_id(&self) -> u64 {
+        let mut s = lock(&self.state);
+        s.next_command += 1;
+        s.next_command
+    }
+
+    /// Sends a command to a member's agent and waits for its result, at most
+    /// `timeout`. `cmd.command_id` 0 takes a fresh id.
+    pub async fn command(&self, member: &str, mut cmd: drc_proto::Command, timeout: Duration) -> Result<CommandResult, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        let sender = {
+            let mut s = lock(&self.state);
+            if cmd.command_id == 0 {
+                s.next_command += 1;
+                cmd.command_id = s.next_command;
+            }
+            let sender = s.streams.get(member).map(|st| st.sender.clone()).ok_or_else(|| CommandError::NotConnected(member.into()))?;
+            s.pending.insert(cmd.command_id, tx);
+            sender
+        };
+        let id = cmd.command_id;
+        if sender.try_send(command_message(cmd)).is_err() {
+            lock(&self.state).pending.remove(&id);
+            return Err(CommandError::StreamFull(member.into()));
+        }
+        let out = tokio::time::timeout(timeout, rx).await;
+        let mut s = lock(&self.state);
+        s.pending.remove(&id);
+        s.progress.remove(&id);
+        drop(s);
+        match out {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(CommandError::WentAway(member.into())),
+            Err(_) => Err(CommandError::NoAnswer { member: member.into(), timeout }),
+        }
+    }
+
+    /// Sends a message to a member's agent without waiting; false if it is
+    /// not connected or its stream is full.
+    pub fn notify(&self, member: &str, cmd: drc_proto::Command) -> bool {
+        self.sender(member).is_some_and(|s| s.try_send(command_message(cmd)).is_ok())
+    }
+
+    /// Sends a lease renewal that ends at `until` on this clock. It names the
+    /// newest sample received from the member and how long after *its
+    /// receipt* `until` is: the agent counts from when it took that sample,
+    /// which was earlier, so its lease never outlasts `until`, however late
+    /// the renewal arrives. False if the agent is not connected or its
+    /// stream is full.
+    pub fn renew(&self, member: &str, mut cmd: drc_proto::Command, until: Instant) -> bool {
+        if let Some((seq, received)) = self.board.basis(member).filter(|(seq, _)| *seq > 0) {
+            cmd.args.insert("basis_seq".into(), seq.to_string());
+            cmd.args.insert("basis_ttl_ms".into(), until.saturating_duration_since(received).as_millis().to_string());
+        }
+        self.notify(member, cmd)
+    }
+
+    /// An agent's answer to a command.
+    pub fn complete(&self, result: CommandResult) {
+        if let Some(tx) = lock(&self.state).pending.remove(&result.command_id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// How far a pending command has got, from its agent; reported in
+    /// `drctl watch` too. Reports of unknown commands are dropped.
+    pub fn progress(&self, cluster: &str, member: &str, p: Progress) {
+        let mut s = lock(&self.state);
+        if !s.pending.contains_key(&p.command_id) {
+            return;
+        }
+        s.progress.insert(p.command_id, p.clone());
+        drop(s);
+        self.events.emit(EventKind::Progress, cluster, member, describe_progress(&p));
+    }
+
+    pub fn progress_of(&self, command_id: u64) -> Option<Progress> {
+        lock(&self.state).progress.get(&command_id).cloned()
+    }
+}
