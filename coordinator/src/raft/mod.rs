@@ -1,11 +1,15 @@
 //! The coordinator's Raft layer: durable storage ([`storage`]), the task that
-//! owns the `RawNode` ([`node`]), and the gRPC transport between
-//! coordinators ([`transport`]).
+//! owns the `RawNode` ([`node`]), its inputs ([`input`]) and the handle the
+//! rest of the coordinator holds on it ([`handle`]), and the gRPC transport
+//! between coordinators ([`transport`]).
 
+pub mod handle;
+pub mod input;
 pub mod logger;
 pub mod node;
 pub mod storage;
 pub mod transport;
 
-pub use node::{MembershipChange, NodeHandle, NodeStatus, ProposeError, Role};
+pub use handle::{NodeHandle, NodeStatus, Role};
+pub use input::{MembershipChange, ProposeError};
 pub use storage::{RaftStore, StorageError};

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
-use super::node::NodeInput;
+use super::input::NodeInput;
 use crate::lock;
 use crate::state::NodeAddress;
 
