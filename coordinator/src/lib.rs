@@ -8,14 +8,14 @@
 //! * [`raft`] — storage, the node task and the transport.
 //! * [`api`] — the gRPC services.
 //! * [`server`] — how one coordinator process is put together.
-//! * [`backup`] — the backup catalog and the backup / recovery-test jobs.
+//! * [`jobs`] — backups, recovery tests, their schedules and retention, run by the leader.
 
 pub mod agents;
 pub mod api;
-pub mod backup;
 pub mod config;
 pub mod core;
 pub mod executor;
+pub mod jobs;
 pub mod lock;
 pub mod raft;
 pub mod server;

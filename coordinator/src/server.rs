@@ -150,7 +150,7 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     };
     let executor = Executor::new(handle.clone(), Arc::clone(&agents), lease, hook, cfg.raft.write_timeout, Arc::clone(&waits), placement);
     tokio::spawn(Arc::clone(&executor).run(cancel.child_token()));
-    let jobs = crate::backup::Jobs::new(handle.clone(), Arc::clone(&agents), cfg.raft.write_timeout);
+    let jobs = crate::jobs::Jobs::new(handle.clone(), Arc::clone(&agents), cfg.raft.write_timeout);
     tokio::spawn(Arc::clone(&jobs).run(cancel.child_token()));
     let admin_api =
         AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&agents), cfg.raft.write_timeout, Arc::clone(&executor), jobs);

@@ -32,6 +32,7 @@ use tonic::{Request, Response, Status};
 use crate::agents::Agents;
 use drc_model::job::JobKind;
 
+use super::error::ApiError;
 use super::forward::{admin_client, mark_forwarded, on_leader, route, Route};
 use crate::raft::transport::Transport;
 use crate::raft::{MembershipChange, NodeHandle, NodeStatus, ProposeError, Role};
@@ -47,7 +48,7 @@ pub struct AdminApi {
     agents: Arc<Agents>,
     write_timeout: Duration,
     executor: Arc<Executor>,
-    jobs: Arc<crate::backup::Jobs>,
+    jobs: Arc<crate::jobs::Jobs>,
 }
 
 impl AdminApi {
@@ -57,7 +58,7 @@ impl AdminApi {
         agents: Arc<Agents>,
         write_timeout: Duration,
         executor: Arc<Executor>,
-        jobs: Arc<crate::backup::Jobs>,
+        jobs: Arc<crate::jobs::Jobs>,
     ) -> Self {
         AdminApi { node, transport, agents, write_timeout, executor, jobs }
     }
@@ -105,7 +106,7 @@ impl AdminApi {
     async fn decide(&self, ask: FailoverAsk) -> Result<Response<DecisionReply>, Status> {
         match self.executor.request(ask).await {
             Ok(d) => Ok(Response::new(reply_of(d))),
-            Err(e) => Err(Status::failed_precondition(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -316,7 +317,7 @@ impl AdminService for AdminApi {
         }
         let r = req.into_inner();
         let destination = (!r.destination.is_empty()).then_some(r.destination.as_str());
-        let rec = self.jobs.start_backup(&r.cluster, destination, 0).await.map_err(job_refused)?;
+        let rec = self.jobs.start_backup(&r.cluster, destination, 0).await.map_err(ApiError::from)?;
         Ok(Response::new(JobReply { job_json: serde_json::to_string(&rec).map_err(|e| Status::internal(e.to_string()))? }))
     }
 
@@ -342,7 +343,7 @@ impl AdminService for AdminApi {
         }
         let r = req.into_inner();
         let backup = (r.backup_id != 0).then_some(r.backup_id);
-        let rec = self.jobs.start_recovery_test(&r.cluster, backup, "operator").await.map_err(job_refused)?;
+        let rec = self.jobs.start_recovery_test(&r.cluster, backup, "operator").await.map_err(ApiError::from)?;
         Ok(Response::new(JobReply { job_json: serde_json::to_string(&rec).map_err(|e| Status::internal(e.to_string()))? }))
     }
 
@@ -361,7 +362,7 @@ impl AdminService for AdminApi {
         let r = req.get_ref();
         let job: JobKind = r.job.parse().map_err(|e: String| Status::invalid_argument(format!("job: {e}")))?;
         if !r.cron.is_empty() {
-            crate::backup::parse_cron(&r.cron).map_err(Status::invalid_argument)?;
+            crate::jobs::parse_cron(&r.cron).map_err(Status::invalid_argument)?;
         }
         if let Some(answer) =
             on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.set_schedule(r).await }).await?
@@ -384,7 +385,7 @@ impl AdminService for AdminApi {
             sm.schedules
                 .values()
                 .map(|s| {
-                    let next = crate::backup::parse_cron(&s.cron).ok().and_then(|c| crate::backup::next(&c, now));
+                    let next = crate::jobs::parse_cron(&s.cron).ok().and_then(|c| crate::jobs::next(&c, now));
                     let mut v = serde_json::to_value(s).unwrap_or_default();
                     v["next_at"] = serde_json::json!(next);
                     (s.cluster.clone(), v)
@@ -431,7 +432,7 @@ impl AdminService for AdminApi {
 
     async fn apply_topology(&self, req: Request<ApplyTopologyRequest>) -> Result<Response<ApplyTopologyResponse>, Status> {
         // Validate before anything else: a bad document is refused by any node.
-        let topology = parse_topology(&req.get_ref().topology_toml).map_err(super::error::ApiError::from)?;
+        let topology = parse_topology(&req.get_ref().topology_toml).map_err(ApiError::from)?;
         if let Some(answer) =
             on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.apply_topology(r).await }).await?
         {
@@ -679,15 +680,5 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// A job refused: an unknown cluster or backup is "not found", anything else
-/// a failed precondition (no healthy source, no destination, ...).
 /// How long a catalog listing tries the leader before answering locally.
 const LIST_ON_LEADER: Duration = Duration::from_secs(1);
-
-fn job_refused(e: String) -> Status {
-    if e.starts_with("unknown cluster") || e.starts_with("no backup") || e.starts_with("unknown destination") {
-        Status::not_found(e)
-    } else {
-        Status::failed_precondition(e)
-    }
-}

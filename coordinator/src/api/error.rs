@@ -1,4 +1,5 @@
-//! The one mapping from coordinator errors to gRPC status codes.
+//! The one mapping from coordinator errors to gRPC status codes: every
+//! error type a request can end with converts to a `Status` here.
 //!
 //! Clients (drctl, scripts) rely on the codes: `UNAVAILABLE` means "nothing
 //! was done, try again or elsewhere", `INVALID_ARGUMENT` means "fix the
@@ -6,6 +7,9 @@
 
 use tonic::Status;
 
+use crate::core::Refusal;
+use crate::executor::RequestError;
+use crate::jobs::JobError;
 use crate::raft::ProposeError;
 use drc_model::topology::parse::InvalidTopology;
 
@@ -23,6 +27,34 @@ impl From<ProposeError> for Status {
     }
 }
 
+impl From<JobError> for Status {
+    fn from(e: JobError) -> Status {
+        match e {
+            JobError::UnknownCluster(_) | JobError::UnknownDestination(_) | JobError::UnknownBackup(_) => Status::not_found(e.to_string()),
+            JobError::OtherCluster { .. } => Status::invalid_argument(e.to_string()),
+            JobError::NoDestinations(_)
+            | JobError::NoBackupYet(_)
+            | JobError::NotDone { .. }
+            | JobError::NoSource { .. }
+            | JobError::NoRestorer { .. }
+            | JobError::Refused(_) => Status::failed_precondition(e.to_string()),
+            JobError::Propose(e) => e.into(),
+        }
+    }
+}
+
+impl From<RequestError> for Status {
+    fn from(e: RequestError) -> Status {
+        match e {
+            RequestError::NotLeader | RequestError::ShuttingDown => Status::unavailable(e.to_string()),
+            RequestError::Refused(Refusal::UnknownCluster(_)) => Status::not_found(e.to_string()),
+            RequestError::Refused(Refusal::Invalid(_)) => Status::invalid_argument(e.to_string()),
+            RequestError::Refused(Refusal::NotNow(_)) | RequestError::Stale(_) => Status::failed_precondition(e.to_string()),
+            RequestError::Propose(e) => e.into(),
+        }
+    }
+}
+
 /// What an AdminService request can fail with, before it becomes a status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -30,6 +62,8 @@ pub enum ApiError {
     Propose(#[from] ProposeError),
     #[error(transparent)]
     InvalidTopology(#[from] InvalidTopology),
+    #[error(transparent)]
+    Job(#[from] JobError),
 }
 
 impl From<ApiError> for Status {
@@ -37,6 +71,7 @@ impl From<ApiError> for Status {
         match e {
             ApiError::Propose(e) => e.into(),
             ApiError::InvalidTopology(e) => Status::invalid_argument(e.to_string()),
+            ApiError::Job(e) => e.into(),
         }
     }
 }

@@ -9,14 +9,17 @@ use drc_model::{ClusterRecord, DecisionKind, Millis, Role, StepAction, Trigger};
 
 use super::choose::{choose, decision, partners, preferred_region};
 use super::lease::{bound_lease, lease_action};
-use super::{is_primary, observed, Action, Core, Obs, World};
+use super::{is_primary, observed, Action, Core, Countdown, Obs, World};
 
 /// How often a failover waiting for newer samples looks again.
 const SAMPLE_POLL: Millis = 50;
 
 impl Core {
     pub(super) fn tick_cluster(&mut self, w: &World, name: &str, ids: &[String], out: &mut Vec<Action>, wake: &mut Option<Millis>) {
-        let wait = |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason });
+        let wait =
+            |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, countdown: Countdown::No });
+        let count_down =
+            |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, countdown: Countdown::Yes });
         let mut wake_at = |at: Millis| *wake = Some(wake.map_or(at, |w: Millis| w.min(at)));
         let Some(policy) = w.topology.clusters.get(name).map(|c| c.policy.clone()) else { return };
         let members = observed(w, ids.iter());
@@ -108,7 +111,7 @@ impl Core {
         if now < since + confirm {
             wake_at(since + confirm);
             let what = if confirm < window { "its agent sees its server process gone; " } else { "" };
-            wait(out, format!("primary {primary_id} down for {} ms, {what}confirming for {confirm} ms", now - since));
+            count_down(out, format!("primary {primary_id} down for {} ms, {what}confirming for {confirm} ms", now - since));
             return;
         }
         if now < leader_since + window {
@@ -124,7 +127,7 @@ impl Core {
         let agent_fences = p.fresh;
         if now < lease_end && !agent_fences {
             wake_at(lease_end);
-            wait(out, format!("waiting {} ms for the old primary's lease to expire", lease_end - now));
+            count_down(out, format!("waiting {} ms for the old primary's lease to expire", lease_end - now));
             return;
         }
         if policy.paused || rec.paused || w.global_paused {
@@ -132,7 +135,7 @@ impl Core {
             return;
         }
         if now < rec.blocked_until {
-            wait(
+            count_down(
                 out,
                 format!("primary {primary_id} is down, but automatic failover is blocked for {} ms (anti-flap)", rec.blocked_until - now),
             );
@@ -205,6 +208,7 @@ impl Core {
                 Ok(_) | Err(_) => out.push(Action::Wait {
                     cluster: name.to_string(),
                     reason: format!("failover group: {partner} is in region {region}, but no member there can take over yet"),
+                    countdown: Countdown::No,
                 }),
             }
             return;

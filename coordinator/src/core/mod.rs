@@ -33,7 +33,7 @@ use drc_model::topology::Topology;
 use drc_model::{ClusterRecord, Decision, Millis, Role};
 
 pub use lease::LeaseConfig;
-pub use request::Request;
+pub use request::{Refusal, Request};
 pub use sync::{sync_standbys, SyncStandbys};
 
 /// One member as the leader sees it now.
@@ -83,6 +83,15 @@ pub struct World<'a> {
     pub observations: &'a BTreeMap<String, Obs>,
 }
 
+/// Whether a wait's reason counts down to an instant (a window, a lease, a
+/// block): its text then changes on every tick, and only its start is worth
+/// announcing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Countdown {
+    No,
+    Yes,
+}
+
 /// What the leader should do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -94,7 +103,7 @@ pub enum Action {
     /// a PostgreSQL primary's commits wait for (see [`sync_standbys`]).
     Lease { cluster: String, member: String, epoch: u64, ttl: Millis, sync: Option<SyncStandbys> },
     /// Nothing happens to this cluster, and why (shown in status).
-    Wait { cluster: String, reason: String },
+    Wait { cluster: String, reason: String, countdown: Countdown },
 }
 
 #[derive(Clone, Debug, Default)]

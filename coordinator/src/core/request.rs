@@ -40,6 +40,20 @@ impl Request {
     }
 }
 
+/// Why an operator's request is refused, by what the operator may do
+/// about it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("unknown cluster {0:?}")]
+    UnknownCluster(String),
+    /// The request cannot be right as asked.
+    #[error("{0}")]
+    Invalid(String),
+    /// Not possible now; it may be later.
+    #[error("{0}")]
+    NotNow(String),
+}
+
 impl Core {
     /// Why an operator's request on `cluster` should wait a moment: its
     /// primary was promoted so recently that its agent, which answers, has
@@ -56,28 +70,28 @@ impl Core {
 
     /// An operator's failover or switchover: the decision to commit, or
     /// exactly why not.
-    pub fn request(&mut self, w: &World, req: &Request) -> Result<Decision, String> {
+    pub fn request(&mut self, w: &World, req: &Request) -> Result<Decision, Refusal> {
         let none = None;
         let (name, to, force, kind) = match req {
             Request::Failover { cluster, to, force } => (cluster, to, *force, DecisionKind::Failover),
             Request::Switchover { cluster, to } => (cluster, to, false, DecisionKind::Switchover),
             Request::Evacuate { cluster, force, .. } => (cluster, &none, *force, DecisionKind::Failover),
         };
-        let policy = w.topology.clusters.get(name).map(|c| c.policy.clone()).ok_or_else(|| format!("unknown cluster {name:?}"))?;
+        let policy = w.topology.clusters.get(name).map(|c| c.policy.clone()).ok_or_else(|| Refusal::UnknownCluster(name.clone()))?;
         let rec = w.records.get(name).cloned().unwrap_or_default();
         if rec.primary.is_empty() {
-            return Err(format!("cluster {name:?} has no recorded primary yet"));
+            return Err(Refusal::NotNow(format!("cluster {name:?} has no recorded primary yet")));
         }
         if let Some(id) = rec.in_progress {
-            return Err(format!("decision {id} is still being carried out for {name:?}"));
+            return Err(Refusal::NotNow(format!("decision {id} is still being carried out for {name:?}")));
         }
         if let Some(to) = to {
             match w.topology.members.get(to) {
                 Some(m) if m.cluster == *name => {}
-                _ => return Err(format!("{to:?} is not a member of cluster {name:?}")),
+                _ => return Err(Refusal::Invalid(format!("{to:?} is not a member of cluster {name:?}"))),
             }
             if *to == rec.primary {
-                return Err(format!("{to:?} is already the primary of {name:?}"));
+                return Err(Refusal::Invalid(format!("{to:?} is already the primary of {name:?}")));
             }
         }
         let members = observed(w, w.topology.members.iter().filter(|(_, m)| m.cluster == *name).map(|(id, _)| id));
@@ -85,7 +99,7 @@ impl Core {
         let now = w.now;
         let lease = self.lease;
         if let Some(why) = self.settling(w, name) {
-            return Err(why);
+            return Err(Refusal::NotNow(why));
         }
         let track = self.track(name, &rec, p.position);
         let healthy = is_primary(&p);
@@ -96,7 +110,7 @@ impl Core {
         let (kind, members, preferred) = match req {
             Request::Evacuate { from, to, prefer, .. } => {
                 if region_of(&rec.primary) != from.as_str() {
-                    return Err(format!("the primary of {name:?} ({}) is not in region {from:?}", rec.primary));
+                    return Err(Refusal::Invalid(format!("the primary of {name:?} ({}) is not in region {from:?}", rec.primary)));
                 }
                 // The primary stays in the list: candidates are compared with it.
                 let keep = |id: &str| {
@@ -116,16 +130,16 @@ impl Core {
         };
         match kind {
             DecisionKind::Switchover if !healthy => {
-                return Err(format!("switchover needs a healthy primary, and {} is not; use failover", rec.primary));
+                return Err(Refusal::NotNow(format!("switchover needs a healthy primary, and {} is not; use failover", rec.primary)));
             }
             // A healthy primary is fenced through its agent first; an
             // unreachable one only after its lease ran out.
             DecisionKind::Failover if !healthy && now < track.lease_until + lease.drift_margin => {
-                return Err(format!(
+                return Err(Refusal::NotNow(format!(
                     "the old primary {} is unreachable and may still hold its lease for {} ms; retry then",
                     rec.primary,
                     track.lease_until + lease.drift_margin - now
-                ));
+                )));
             }
             _ => {}
         }
@@ -139,15 +153,17 @@ impl Core {
             Some(region) => {
                 let there: Vec<(&String, Obs)> =
                     members.iter().filter(|(id, _)| **id == rec.primary || region_of(id) == region).cloned().collect();
-                choose(w, &rec, &policy, &there, known, to.as_deref(), force, Some(region)).or_else(|none_there| {
-                    let (chosen, why) = choose(w, &rec, &policy, &members, known, to.as_deref(), force, None)?;
-                    Ok::<_, String>((
-                        chosen,
-                        format!("{why}; its failover group is in region {region}, but no member there can take over: {none_there}"),
-                    ))
-                })?
+                choose(w, &rec, &policy, &there, known, to.as_deref(), force, Some(region))
+                    .or_else(|none_there| {
+                        let (chosen, why) = choose(w, &rec, &policy, &members, known, to.as_deref(), force, None)?;
+                        Ok::<_, String>((
+                            chosen,
+                            format!("{why}; its failover group is in region {region}, but no member there can take over: {none_there}"),
+                        ))
+                    })
+                    .map_err(Refusal::NotNow)?
             }
-            None => choose(w, &rec, &policy, &members, known, to.as_deref(), force, None)?,
+            None => choose(w, &rec, &policy, &members, known, to.as_deref(), force, None).map_err(Refusal::NotNow)?,
         };
         let trigger = Trigger::Operator { force };
         let reason = match (kind, req) {

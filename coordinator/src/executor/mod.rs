@@ -21,9 +21,9 @@ use drc_model::{Decision, Millis, StepAction, StepArgs, StepState};
 
 use crate::agents::{Agents, EventKind};
 use crate::core::steps::{self, Verdict};
-use crate::core::{Action, Core, LeaseConfig, Request, SyncStandbys, World};
+use crate::core::{Action, Core, Countdown, LeaseConfig, Refusal, Request, SyncStandbys, World};
 use crate::lock::lock;
-use crate::raft::{NodeHandle, Role};
+use crate::raft::{NodeHandle, ProposeError, Role};
 use crate::state::{Command, Outcome};
 
 mod hook;
@@ -46,7 +46,7 @@ const PLACEMENT_CALM: Duration = Duration::from_secs(3);
 const FIRST_SAMPLE_SPACING: Duration = Duration::from_millis(50);
 
 /// Why each cluster is not failing over right now, for `drctl status`.
-pub type Waits = Arc<Mutex<BTreeMap<String, String>>>;
+pub type Waits = Arc<Mutex<BTreeMap<String, (String, Countdown)>>>;
 
 pub struct Executor {
     node: NodeHandle,
@@ -67,8 +67,24 @@ pub struct Executor {
     sync: Mutex<BTreeMap<String, String>>,
 }
 
+/// Why an operator's request was not decided.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("this coordinator is not the leader")]
+    NotLeader,
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    /// The state machine refused the decision: another one came first.
+    #[error("{0}")]
+    Stale(String),
+}
+
 /// An operator's request and where its answer goes.
-type Asked = (Request, oneshot::Sender<Result<Decision, String>>);
+type Asked = (Request, oneshot::Sender<Result<Decision, RequestError>>);
 
 impl Executor {
     pub fn new(
@@ -124,15 +140,15 @@ impl Executor {
 
     /// An operator's failover or switchover, decided by the core and
     /// committed: the recorded decision, or exactly why not.
-    pub async fn request(&self, req: Request) -> Result<Decision, String> {
+    pub async fn request(&self, req: Request) -> Result<Decision, RequestError> {
         let (tx, rx) = oneshot::channel();
-        self.requests.send((req, tx)).await.map_err(|_| "the coordinator is shutting down".to_string())?;
-        rx.await.map_err(|_| "the coordinator is shutting down".to_string())?
+        self.requests.send((req, tx)).await.map_err(|_| RequestError::ShuttingDown)?;
+        rx.await.map_err(|_| RequestError::ShuttingDown)?
     }
 
     /// Why nothing happens to `cluster` right now.
     pub fn wait_reason(&self, cluster: &str) -> String {
-        lock(&self.waits).get(cluster).cloned().unwrap_or_default()
+        lock(&self.waits).get(cluster).map(|(reason, _)| reason.clone()).unwrap_or_default()
     }
 
     fn is_leader(&self) -> bool {
@@ -186,7 +202,7 @@ impl Executor {
                 core = None;
                 lock(&self.waits).clear();
                 for ((_, reply), _) in request.into_iter().chain(settling.drain(..)) {
-                    let _ = reply.send(Err("this coordinator is not the leader".into()));
+                    let _ = reply.send(Err(RequestError::NotLeader));
                 }
                 continue;
             }
@@ -221,7 +237,7 @@ impl Executor {
                 answered = true;
                 let answer = match core.request(&world, &req) {
                     Ok(d) => self.commit(d).await,
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 };
                 let _ = reply.send(answer);
                 asked = true;
@@ -323,7 +339,7 @@ impl Executor {
     }
 
     /// Commits a decision to Raft; its steps start on the next tick.
-    async fn commit(&self, d: Decision) -> Result<Decision, String> {
+    async fn commit(&self, d: Decision) -> Result<Decision, RequestError> {
         let mut d = d;
         match self.node.propose(Command::Decide { decision: Box::new(d.clone()) }, self.write_timeout).await {
             Ok(Outcome::Decided { id }) => {
@@ -337,9 +353,9 @@ impl Executor {
                 );
                 Ok(d)
             }
-            Ok(Outcome::Refused { reason }) => Err(reason),
-            Ok(other) => Err(format!("unexpected outcome {other:?}")),
-            Err(e) => Err(e.to_string()),
+            Ok(Outcome::Refused { reason }) => Err(RequestError::Stale(reason)),
+            Ok(other) => Err(RequestError::Stale(format!("unexpected outcome {other:?}"))),
+            Err(e) => Err(RequestError::Propose(e)),
         }
     }
 
@@ -399,8 +415,8 @@ impl Executor {
                     let cmd = drc_proto::Command { command_id: 0, cluster, epoch, action: "lease".into(), args };
                     self.agents.hub.renew(&member, cmd, at + Duration::from_millis(ttl));
                 }
-                Action::Wait { cluster, reason } => {
-                    waits.insert(cluster, reason);
+                Action::Wait { cluster, reason, countdown } => {
+                    waits.insert(cluster, (reason, countdown));
                 }
             }
         }
@@ -421,8 +437,8 @@ impl Executor {
         }
         drop(held_since);
         let mut current = lock(&self.waits);
-        for (cluster, reason) in &waits {
-            if current.get(cluster) != Some(reason) && !reason.starts_with("waiting ") && !reason.contains(" down for ") {
+        for (cluster, (reason, countdown)) in &waits {
+            if announce(current.get(cluster), reason, *countdown) {
                 self.agents.events.emit(EventKind::Failover, cluster, "", reason.clone());
             }
         }
@@ -565,6 +581,16 @@ impl Executor {
     }
 }
 
+/// Whether a cluster's wait is news for `drctl watch`: a new reason is; a
+/// countdown is when it starts, not on every tick.
+fn announce(before: Option<&(String, Countdown)>, reason: &str, countdown: Countdown) -> bool {
+    match (before, countdown) {
+        (Some((_, Countdown::Yes)), Countdown::Yes) => false,
+        (Some((earlier, _)), _) => earlier != reason,
+        (None, _) => true,
+    }
+}
+
 fn ms(n: Millis) -> Duration {
     Duration::from_millis(n)
 }
@@ -599,4 +625,63 @@ fn command_args(d: &Decision, i: usize, t: &Topology) -> BTreeMap<String, String
         a.insert("position".into(), target.map(|p| p.to_string()).unwrap_or_default());
     }
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use drc_model::topology::parse::parse_topology;
+    use drc_model::{DecisionKind, Step, Trigger};
+
+    use super::*;
+
+    #[test]
+    fn a_wait_is_announced_when_its_reason_changes_and_a_countdown_only_when_it_starts() {
+        let quiet = ("paused".to_string(), Countdown::No);
+        let counting = ("down for 100 ms".to_string(), Countdown::Yes);
+        assert!(announce(None, "paused", Countdown::No));
+        assert!(!announce(Some(&quiet), "paused", Countdown::No));
+        assert!(announce(Some(&quiet), "down for 0 ms", Countdown::Yes), "a countdown starts");
+        assert!(!announce(Some(&counting), "down for 300 ms", Countdown::Yes), "and goes on quietly");
+        assert!(announce(Some(&counting), "paused", Countdown::No));
+    }
+
+    #[test]
+    fn an_agent_is_told_the_new_primary_the_slots_and_for_catch_up_the_demoted_primarys_final_position() {
+        let t = parse_topology(
+            "[regions.a]\n[regions.b]\n[clusters.pg]\nkind='postgres'\n\
+             [[members]]\nid='pg-a'\ncluster='pg'\nregion='a'\naddress='10.0.0.1:5432'\n\
+             [[members]]\nid='pg-b'\ncluster='pg'\nregion='b'\naddress='10.0.0.2:5433'\n\
+             [[members]]\nid='pg-c'\ncluster='pg'\nregion='b'\naddress='10.0.0.3:5434'\n",
+        )
+        .expect("valid");
+        let mut demote = Step::pending(StepAction::Demote, "pg-a");
+        demote.state = StepState::Done;
+        demote.args.position = Some(4_096);
+        let d = Decision {
+            id: 7,
+            cluster: "pg".into(),
+            kind: DecisionKind::Switchover,
+            trigger: Trigger::Operator { force: false },
+            epoch: 3,
+            from: "pg-a".into(),
+            to: "pg-b".into(),
+            reason: String::new(),
+            evidence: Vec::new(),
+            detected_at: 0,
+            decided_at: 0,
+            steps: vec![demote, Step::pending(StepAction::CatchUp, "pg-b"), Step::pending(StepAction::Promote, "pg-b")],
+            finished_at: None,
+            outcome: String::new(),
+            known_position: 0,
+        };
+        let catch_up = command_args(&d, 1, &t);
+        assert_eq!(catch_up["position"], "4096");
+        assert_eq!((catch_up["primary_host"].as_str(), catch_up["primary_port"].as_str()), ("10.0.0.2", "5433"));
+        assert_eq!(catch_up["old_primary_fenced"], "true", "demoted");
+        assert_eq!(catch_up["slots"], format!("{},{}", drc_proto::slot_name("pg-a"), drc_proto::slot_name("pg-c")));
+        assert!(!catch_up.contains_key("replicas"));
+        let promote = command_args(&d, 2, &t);
+        assert_eq!(promote["replicas"], "2");
+        assert!(!promote.contains_key("position"), "only catch-up is told a target");
+    }
 }

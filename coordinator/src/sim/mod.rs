@@ -19,7 +19,7 @@ use drc_model::topology::Topology;
 use drc_model::{Decision, DecisionKind, Millis, Role, StepAction, StepArgs, StepState, Trigger};
 
 use crate::core::steps::{self, Verdict};
-use crate::core::{Action, Core, LeaseConfig, Obs, Request, World};
+use crate::core::{Action, Core, LeaseConfig, Obs, Refusal, Request, World};
 use crate::state::{Command, Outcome, StateMachine};
 
 const REGIONS: [&str; 3] = ["a", "b", "c"];
@@ -775,7 +775,7 @@ impl Sim {
                             }
                         }
                     }
-                    Action::Wait { cluster, reason } => {
+                    Action::Wait { cluster, reason, .. } => {
                         let short: String = reason.split(" for ").next().unwrap_or_default().chars().take(60).collect();
                         if self.last_wait.get(&cluster) != Some(&short) {
                             self.last_wait.insert(cluster.clone(), short);
@@ -1154,6 +1154,8 @@ fn a_request_right_after_a_promotion_waits_until_the_new_primary_reports_as_one(
     let core = sim.core.as_mut().expect("a leader");
     let world = World { now: sim.now, topology: &sim.topology, records: &sim.sm.records, global_paused: false, observations: &obs };
     let refused = core.request(&world, &evacuate).expect_err("the new primary has not reported yet");
+    assert!(matches!(refused, Refusal::NotNow(_)), "a refusal to retry: {refused:?}");
+    let refused = refused.to_string();
     assert!(refused.contains("rd-b was promoted") && refused.contains("not reported as the primary yet"), "{refused}");
     assert!(core.settling(&world, "rd").is_some());
     // Once it reports, the same request is a planned move, not a failover.

@@ -1,0 +1,150 @@
+//! Starting a backup: the source member and the destination.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use drc_model::job::{BackupRecord, JobKind, JobState};
+use drc_model::time::wall_now_ms;
+use drc_model::topology::Topology;
+use drc_model::Millis;
+
+use crate::agents::EventKind;
+use crate::state::Command;
+
+use super::{JobError, Jobs};
+
+impl Jobs {
+    /// Starts a backup of `cluster`; returns its record (state running).
+    /// `scheduled_at`: the schedule occurrence behind it, 0 for an operator.
+    pub async fn start_backup(
+        self: &Arc<Self>,
+        cluster: &str,
+        destination: Option<&str>,
+        scheduled_at: Millis,
+    ) -> Result<BackupRecord, JobError> {
+        let trigger = if scheduled_at == 0 { "operator" } else { "schedule" };
+        let (topology, primary) = self
+            .node
+            .store()
+            .with_state(|sm| (sm.topology.clone(), sm.records.get(cluster).map(|r| r.primary.clone()).unwrap_or_default()));
+        let c = topology.clusters.get(cluster).ok_or_else(|| JobError::UnknownCluster(cluster.into()))?;
+        let policy = &c.backup;
+        if policy.destinations.is_empty() {
+            return Err(JobError::NoDestinations(cluster.into()));
+        }
+        if let Some(d) = destination {
+            if !topology.destinations.contains_key(d) {
+                return Err(JobError::UnknownDestination(d.into()));
+            }
+        }
+        let (member, region, dest) = self.source(&topology, cluster, &primary, destination)?;
+        let started_at = wall_now_ms();
+        let mut rec = BackupRecord {
+            cluster: cluster.to_string(),
+            kind: c.kind.as_str().to_string(),
+            member: member.clone(),
+            member_region: region,
+            destination: dest.clone(),
+            destination_region: topology.destinations[&dest].region.clone(),
+            prefix: format!("drc/{cluster}/{started_at}-{member}"),
+            state: JobState::Running,
+            trigger: trigger.to_string(),
+            started_at,
+            scheduled_at,
+            ..Default::default()
+        };
+        rec.id = {
+            let _no_move = self.node.hold_leadership().await;
+            self.record(Command::Backup { record: Box::new(rec.clone()) }).await?
+        };
+        self.running().insert((JobKind::Backup, rec.id), 0);
+        self.agents.events.emit(
+            EventKind::Backup,
+            cluster,
+            &member,
+            format!("backup {} started: {member} -> {dest} ({})", rec.id, rec.prefix),
+        );
+        let this = Arc::clone(self);
+        let recipients = policy.recipients.join(",");
+        let job = rec.clone();
+        tokio::spawn(async move {
+            let args = [
+                ("backup_id", job.id.to_string()),
+                ("destination", job.destination.clone()),
+                ("key", job.prefix.clone()),
+                ("recipients", recipients),
+            ];
+            let result = this.command(Some((JobKind::Backup, job.id)), &job.member, &job.cluster, "backup", &args).await;
+            let mut done = job.clone();
+            done.finished_at = wall_now_ms();
+            match result {
+                Ok(out) => {
+                    done.state = JobState::Done;
+                    done.data_key = out.get("data_key").cloned().unwrap_or_default();
+                    done.manifest_key = out.get("manifest_key").cloned().unwrap_or_default();
+                    done.sha256 = out.get("sha256").cloned().unwrap_or_default();
+                    done.raw_bytes = out.get("raw_bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    done.stored_bytes = out.get("stored_bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    done.manifest = out.get("manifest").and_then(|m| serde_json::from_str(m).ok()).unwrap_or_default();
+                }
+                Err(e) => {
+                    done.state = JobState::Failed;
+                    done.error = e;
+                }
+            }
+            let what = match done.state {
+                JobState::Done => format!("backup {} done: {} bytes raw, {} stored", done.id, done.raw_bytes, done.stored_bytes),
+                _ => format!("backup {} failed: {}", done.id, done.error),
+            };
+            if let Err(e) = this.record(Command::Backup { record: Box::new(done.clone()) }).await {
+                tracing::warn!(id = done.id, error = %e, "cannot record the end of a backup");
+            }
+            this.agents.events.emit(EventKind::Backup, &done.cluster, &done.member, what);
+            this.running().remove(&(JobKind::Backup, done.id));
+            if done.state == JobState::Done {
+                this.retain(&done.cluster).await;
+            }
+        });
+        Ok(rec)
+    }
+
+    /// The member to back up and the destination: a healthy replica (least
+    /// lag first) with a destination outside its region, else the primary if
+    /// allowed.
+    fn source(&self, t: &Topology, cluster: &str, primary: &str, wanted: Option<&str>) -> Result<(String, String, String), JobError> {
+        let policy = &t.clusters[cluster].backup;
+        let obs = self.agents.board.observations(t, Instant::now());
+        let dest_for = |region: &str| -> Option<String> {
+            let ok = |d: &&String| t.destinations.get(*d).is_some_and(|x| x.region != region);
+            match wanted {
+                Some(w) => Some(w.to_string()).filter(|w| ok(&w)),
+                None => policy.destinations.iter().find(ok).cloned(),
+            }
+        };
+        let mut replicas: Vec<(u64, &String, &String)> = t
+            .members_of(cluster)
+            .filter(|(id, _)| id.as_str() != primary)
+            .filter_map(|(id, m)| {
+                obs.get(id).filter(|o| o.fresh && o.reachable && o.role == drc_model::Role::Replica).map(|o| (o.lag_bytes, id, &m.region))
+            })
+            .collect();
+        replicas.sort();
+        for (_, id, region) in &replicas {
+            if let Some(d) = dest_for(region) {
+                return Ok(((*id).clone(), (*region).clone(), d));
+            }
+        }
+        if policy.allow_primary {
+            if let Some(m) = t.members.get(primary) {
+                if obs.get(primary).is_some_and(|o| o.fresh && o.reachable) {
+                    if let Some(d) = dest_for(&m.region) {
+                        return Ok((primary.to_string(), m.region.clone(), d));
+                    }
+                }
+            }
+        }
+        let why = if replicas.is_empty() { "no healthy replica" } else { "no destination outside the healthy replicas' regions" };
+        let why = format!("{why}{}", if policy.allow_primary { "" } else { " (allow_primary is off)" });
+        Err(JobError::NoSource { cluster: cluster.into(), why })
+    }
+}

@@ -1,0 +1,32 @@
+//! Why a backup or recovery test could not start.
+
+use drc_model::job::JobState;
+
+use crate::raft::ProposeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("unknown cluster {0:?}")]
+    UnknownCluster(String),
+    #[error("unknown destination {0:?}")]
+    UnknownDestination(String),
+    #[error("no backup {0}")]
+    UnknownBackup(u64),
+    #[error("cluster {0} has no backup destinations ([clusters.{0}.backup] destinations = [...])")]
+    NoDestinations(String),
+    #[error("cluster {0} has no completed backup yet")]
+    NoBackupYet(String),
+    #[error("backup {id} belongs to cluster {owner}, not {cluster}")]
+    OtherCluster { id: u64, owner: String, cluster: String },
+    #[error("backup {id} is {}, not done", state.as_str())]
+    NotDone { id: u64, state: JobState },
+    #[error("cannot back up {cluster}: {why}")]
+    NoSource { cluster: String, why: String },
+    #[error("no agent of {cluster} outside the primary's region ({region}) is connected")]
+    NoRestorer { cluster: String, region: String },
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    /// The state machine refused the record.
+    #[error("{0}")]
+    Refused(String),
+}

@@ -1,0 +1,118 @@
+//! Starting a recovery test: the backup and the agent that restores it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use drc_model::job::{JobKind, JobState, RecoveryTest};
+use drc_model::time::wall_now_ms;
+
+use crate::agents::EventKind;
+use crate::state::Command;
+
+use super::{JobError, Jobs};
+
+impl Jobs {
+    /// Starts a recovery test of `cluster` (newest completed backup unless
+    /// `backup_id`); returns its record (state running).
+    pub async fn start_recovery_test(
+        self: &Arc<Self>,
+        cluster: &str,
+        backup_id: Option<u64>,
+        trigger: &str,
+    ) -> Result<RecoveryTest, JobError> {
+        let (topology, primary, backup) = self.node.store().with_state(|sm| {
+            let backup = match backup_id {
+                Some(id) => sm.backups.get(&id).cloned(),
+                None => sm.backups.values().rev().find(|b| b.cluster == cluster && b.state == JobState::Done).cloned(),
+            };
+            (sm.topology.clone(), sm.records.get(cluster).map(|r| r.primary.clone()).unwrap_or_default(), backup)
+        });
+        let c = topology.clusters.get(cluster).ok_or_else(|| JobError::UnknownCluster(cluster.into()))?;
+        let backup = backup.ok_or_else(|| match backup_id {
+            Some(id) => JobError::UnknownBackup(id),
+            None => JobError::NoBackupYet(cluster.into()),
+        })?;
+        if backup.cluster != cluster {
+            return Err(JobError::OtherCluster { id: backup.id, owner: backup.cluster, cluster: cluster.into() });
+        }
+        if backup.state != JobState::Done {
+            return Err(JobError::NotDone { id: backup.id, state: backup.state });
+        }
+        let primary_region = topology.members.get(&primary).map(|m| m.region.clone()).unwrap_or_default();
+        let obs = self.agents.board.observations(&topology, Instant::now());
+        // Prefer a replica outside the primary's region, nearest the bucket.
+        let mut candidates: Vec<(bool, &String, &String)> = topology
+            .members_of(cluster)
+            .filter(|(id, m)| m.region != primary_region && obs.get(*id).is_some_and(|o| o.fresh))
+            .map(|(id, m)| (m.region != backup.destination_region, id, &m.region))
+            .collect();
+        candidates.sort();
+        let Some((_, member, region)) = candidates.first() else {
+            return Err(JobError::NoRestorer { cluster: cluster.into(), region: primary_region });
+        };
+        let started_at = wall_now_ms();
+        let mut rec = RecoveryTest {
+            cluster: cluster.to_string(),
+            backup_id: backup.id,
+            member: (*member).clone(),
+            member_region: (*region).clone(),
+            state: JobState::Running,
+            trigger: trigger.to_string(),
+            started_at,
+            ..Default::default()
+        };
+        rec.id = {
+            let _no_move = self.node.hold_leadership().await;
+            self.record(Command::RecoveryTest { record: Box::new(rec.clone()) }).await?
+        };
+        self.running().insert((JobKind::RecoveryTest, rec.id), 0);
+        self.agents.events.emit(
+            EventKind::RecoveryTest,
+            cluster,
+            member,
+            format!("recovery test {} started: backup {} on {member}", rec.id, backup.id),
+        );
+        let data_time = backup.manifest.get("finished_at_ms").and_then(|v| v.as_u64()).unwrap_or(backup.finished_at);
+        let args = [
+            ("test_id", rec.id.to_string()),
+            ("destination", backup.destination.clone()),
+            ("data_key", backup.data_key.clone()),
+            ("sha256", backup.sha256.clone()),
+            ("kind", c.kind.as_str().to_string()),
+            ("check_tables", c.backup.check_tables.join(",")),
+            ("checks", serde_json::to_string(&c.backup.checks).unwrap_or_default()),
+            ("raw_bytes", backup.raw_bytes.to_string()),
+            ("stored_bytes", backup.stored_bytes.to_string()),
+            ("data_time_ms", data_time.to_string()),
+        ];
+        let this = Arc::clone(self);
+        let job = rec.clone();
+        tokio::spawn(async move {
+            let result = this.command(Some((JobKind::RecoveryTest, job.id)), &job.member, &job.cluster, "recovery_test", &args).await;
+            let mut done = job.clone();
+            done.finished_at = wall_now_ms();
+            match result {
+                Ok(out) => {
+                    done.state = JobState::Done;
+                    done.rto_ms = out.get("rto_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    done.rpo_ms = out.get("rpo_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    done.checks = out.into_iter().filter(|(k, _)| k != "rto_ms" && k != "rpo_ms").collect();
+                }
+                Err(e) => {
+                    done.state = JobState::Failed;
+                    done.error = e;
+                }
+            }
+            let what = match done.state {
+                JobState::Done => format!("recovery test {} passed: RTO {} ms, RPO {} ms", done.id, done.rto_ms, done.rpo_ms),
+                _ => format!("recovery test {} failed: {}", done.id, done.error),
+            };
+            if let Err(e) = this.record(Command::RecoveryTest { record: Box::new(done.clone()) }).await {
+                tracing::warn!(id = done.id, error = %e, "cannot record the end of a recovery test");
+            }
+            this.agents.events.emit(EventKind::RecoveryTest, &done.cluster, &done.member, what);
+            this.running().remove(&(JobKind::RecoveryTest, done.id));
+        });
+        Ok(rec)
+    }
+}
