@@ -14,7 +14,10 @@ pub fn diff(old: &Topology, new: &Topology) -> Vec<String> {
     let old = to_sections(old);
     let new = to_sections(new);
     let mut lines = Vec::new();
-    for section in ["regions", "clusters", "members", "failover_groups"] {
+    // The usual order first, then any other section, so that none is left out.
+    const ORDER: [&str; 5] = ["regions", "destinations", "clusters", "members", "failover_groups"];
+    let rest: std::collections::BTreeSet<&str> = old.keys().chain(new.keys()).map(String::as_str).filter(|k| !ORDER.contains(k)).collect();
+    for section in ORDER.into_iter().chain(rest) {
         let empty = serde_json::Map::new();
         let o = old.get(section).unwrap_or(&empty);
         let n = new.get(section).unwrap_or(&empty);
@@ -100,5 +103,15 @@ mod tests {
             ]
         );
         assert!(diff(&b, &b).is_empty());
+    }
+
+    #[test]
+    fn destination_changes_are_shown() {
+        let base = "[regions.a]\n[regions.b]\n[clusters.c]\nkind='redis'\n";
+        let a = parse_topology(&format!("{base}[destinations.s3-b]\nregion='b'\n")).expect("valid");
+        let b = parse_topology(&format!("{base}[destinations.s3-a]\nregion='a'\n")).expect("valid");
+        let d = diff(&a, &b);
+        assert!(d.contains(&"- destinations.s3-b".to_string()), "{d:?}");
+        assert!(d.iter().any(|l| l.starts_with("+ destinations.s3-a")), "{d:?}");
     }
 }
