@@ -65,6 +65,29 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Checks for `period` that a property keeps holding: `check` answers
+/// `None` when the state could not be read (a poll that failed),
+/// `Some(Err(why))` when the property is broken. A window in which the
+/// state could hardly be read proves nothing, so at least half of the polls,
+/// and at least three, must have been answered.
+pub fn holds_for(what: &str, period: Duration, mut check: impl FnMut() -> Option<Result<(), String>>) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let (mut polls, mut answered) = (0u32, 0u32);
+    while start.elapsed() < period {
+        polls += 1;
+        match check() {
+            Some(Ok(())) => answered += 1,
+            Some(Err(why)) => bail!("{what} broke after {:.1} s: {why}", start.elapsed().as_secs_f64()),
+            None => {}
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    if answered < 3 || answered * 2 < polls {
+        bail!("{what}: only {answered} of {polls} polls could read the state in {period:?}; nothing was proved");
+    }
+    Ok(())
+}
+
 /// Kills the child when the test process's spawning thread dies, so that a
 /// test killed mid-run leaves no orphan behind.
 fn die_with_parent(cmd: &mut Command) {

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use drc_tests::lab::{postgres::psql, redis::cli, signal, Lab, CHECK_TABLE};
-use drc_tests::wait_for;
+use drc_tests::{holds_for, wait_for};
 use serde_json::Value;
 
 fn lab() -> (tempfile::TempDir, Lab) {
@@ -300,10 +300,17 @@ fn scheduled_backups_fire_once_per_occurrence_across_a_leader_kill_and_retention
     // Retention (keep_last = 3 in the lab): the catalog keeps the newest
     // three completed backups, and the bucket holds exactly their objects.
     lab.drctl_json(&["schedule", "set", "--cluster", "app-redis", "--backup", "off"]).expect("off");
-    std::thread::sleep(Duration::from_secs(4));
-    let l = lab.drctl_json(&["backup", "list", "--cluster", "app-redis"]).expect("list");
+    // Retention runs after each completed backup: once none runs, at most
+    // three completed ones are left.
+    let l = wait_for("retention to leave the newest three", Duration::from_secs(60), || {
+        let l = lab.drctl_json(&["backup", "list", "--cluster", "app-redis"]).ok()?;
+        let list = l["backups"].as_array()?;
+        let running = list.iter().any(|b| b["state"] == "running");
+        let done = list.iter().filter(|b| b["state"] == "done").count();
+        (!running && (1..=3).contains(&done)).then_some(l)
+    })
+    .expect("retention");
     let done: Vec<&Value> = l["backups"].as_array().expect("backups").iter().filter(|b| b["state"] == "done").collect();
-    assert!(done.len() <= 3 && !done.is_empty(), "retention keeps the newest three: {l}");
     observe(&lab, &mut seen);
     let newest_ids: Vec<u64> = seen.iter().filter(|(_, (_, s, _))| s == "done").map(|(id, _)| *id).rev().take(done.len()).collect();
     let mut kept: Vec<u64> = done.iter().map(|b| b["id"].as_u64().unwrap_or(0)).collect();
@@ -323,10 +330,13 @@ fn scheduled_backups_fire_once_per_occurrence_across_a_leader_kill_and_retention
         .filter(|d| std::fs::read_dir(d.path()).map(|mut f| f.next().is_some()).unwrap_or(false))
         .count();
     assert_eq!(holding, done.len(), "expired backups' objects are deleted from the bucket");
-    let after = seen.len();
-    std::thread::sleep(Duration::from_secs(4));
-    observe(&lab, &mut seen);
-    assert_eq!(seen.len(), after, "a removed schedule fires no more");
+    let newest = seen.keys().max().copied().unwrap_or(0);
+    holds_for("a removed schedule firing no more", Duration::from_secs(4), || {
+        let l = lab.drctl_json(&["backup", "list", "--cluster", "app-redis"]).ok()?;
+        let ids: Vec<u64> = l["backups"].as_array()?.iter().filter_map(|b| b["id"].as_u64()).collect();
+        Some(if ids.iter().all(|id| *id <= newest) { Ok(()) } else { Err(format!("a backup after {newest}: {l}")) })
+    })
+    .expect("no more firings");
 }
 
 /// A tmpfs mounted over the lab's scratch directory, unmounted on drop

@@ -295,6 +295,10 @@ fn bad_endpoints_configs_and_data_dirs_are_refused_clearly() {
 fn crashes_in_the_middle_of_writes_never_break_restart() {
     let mut c = Cluster::start(ClusterOpts { snapshot_entries: 10, ..Default::default() }).expect("cluster");
     let mut v = 1;
+    // Every write is a different topology, so each one applied bumps the
+    // version by one: a write acknowledged and then lost would leave the
+    // version short of the writes acknowledged.
+    let (mut acknowledged, mut attempted) = (0u64, 0u64);
     for round in 0..4u64 {
         let victim = 1 + round % 3;
         // Kill the victim while writes are in flight through the others.
@@ -312,18 +316,29 @@ fn crashes_in_the_middle_of_writes_never_break_restart() {
                 .expect("drctl");
             writers.push(child);
         }
+        // A crash at a different moment of the writes each round.
         std::thread::sleep(Duration::from_millis(37 * (round + 1)));
         c.kill(victim);
         for mut w in writers {
-            let _ = w.wait();
+            attempted += 1;
+            if w.wait().is_ok_and(|status| status.success()) {
+                acknowledged += 1;
+            }
         }
         c.spawn(victim).expect("restart after crash");
         c.wait_leader(LONG).expect("leader");
         c.apply(&example_topology(v)).expect("write after crash");
+        (acknowledged, attempted) = (acknowledged + 1, attempted + 1);
         v += 1;
     }
     let leader = c.wait_leader(LONG).expect("leader");
     let want = topology_at(&c, leader).expect("topology");
+    let version = c.json_at(leader, &["topology", "get"]).expect("get")["version"].as_u64().expect("version");
+    println!("{acknowledged} of {attempted} writes acknowledged; topology version {version}");
+    assert!(
+        (acknowledged..=attempted).contains(&version),
+        "version {version}: {acknowledged} writes were acknowledged and {attempted} attempted"
+    );
     for id in 1..=3 {
         wait_for(&format!("node {id} to converge"), LONG, || (topology_at(&c, id)? == want).then_some(())).expect("converged");
     }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use drc_tests::lab::{kill_tree, netcut::CuttableLink, postgres::psql, redis::cli, signal, Lab, LabOptions};
-use drc_tests::wait_for;
+use drc_tests::{holds_for, wait_for};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -186,13 +186,11 @@ fn pause_stops_automatic_failover_and_resume_lets_it_happen() {
     })
     .expect("paused");
     assert_eq!(waiting["epoch"], 1, "{waiting}");
-    let quiet = Instant::now();
-    while quiet.elapsed() < Duration::from_secs(5) {
-        if let Some(c) = cluster(&lab, "app-pg") {
-            assert_eq!(c["epoch"], 1, "no failover while paused: {c}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    holds_for("no failover while paused", Duration::from_secs(5), || {
+        let c = cluster(&lab, "app-pg")?;
+        Some(if c["epoch"] == 1 { Ok(()) } else { Err(format!("{c}")) })
+    })
+    .expect("paused");
     lab.drctl_json(&["resume", "--cluster", "app-pg"]).expect("resume");
     let c = recorded(&lab, "app-pg", 2);
     assert_ne!(c["primary"], "pg-a");
@@ -260,15 +258,13 @@ fn pause_stops_automatic_failover_and_resume_lets_it_happen() {
 
 /// Asserts for `quiet` that `cluster` stays at `epoch` with `primary`.
 fn stays(lab: &Lab, name: &str, epoch: u64, primary: &str, quiet: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < quiet {
-        if let Some(c) = cluster(lab, name) {
-            if c["epoch"] != epoch || c["primary"] != primary {
-                dump(lab, primary);
-                panic!("no failover expected: {c}\nhistory: {}", lab.drctl_json(&["history"]).map(|v| v.to_string()).unwrap_or_default());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(250));
+    let held = holds_for(&format!("{name} staying at epoch {epoch} with {primary}"), quiet, || {
+        let c = cluster(lab, name)?;
+        Some(if c["epoch"] == epoch && c["primary"] == primary { Ok(()) } else { Err(format!("{c}")) })
+    });
+    if let Err(e) = held {
+        dump(lab, primary);
+        panic!("no failover expected: {e:#}\nhistory: {}", lab.drctl_json(&["history"]).map(|v| v.to_string()).unwrap_or_default());
     }
 }
 
@@ -393,6 +389,15 @@ fn writer(forwarder_port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBoo
     })
 }
 
+/// Waits until table `acked` on `port` holds more than `n` rows (the
+/// writer is making progress there) and returns how many it holds.
+fn writes_beyond(port: u16, n: u64) -> u64 {
+    wait_for(&format!("more than {n} writes on port {port}"), LONG, || {
+        psql(port, "SELECT count(*) FROM acked").ok()?.parse::<u64>().ok().filter(|c| *c > n)
+    })
+    .expect("the writer makes progress")
+}
+
 /// What a writer got acknowledged, and which of it `port` still holds.
 struct Written {
     acked: Vec<u32>,
@@ -420,7 +425,7 @@ fn a_switchover_loses_no_acknowledged_write_and_a_leader_killed_mid_failover_pro
     let port = forwarder_port(&lab);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let w = writer(port, std::sync::Arc::clone(&stop));
-    std::thread::sleep(Duration::from_secs(1));
+    writes_beyond(port, 20);
 
     let out = lab.drctl_json(&["switchover", "--cluster", "app-pg", "--to", "pg-b"]).expect("switchover");
     println!("drctl switchover: {out}");
@@ -432,7 +437,8 @@ fn a_switchover_loses_no_acknowledged_write_and_a_leader_killed_mid_failover_pro
             .then_some(())
     })
     .expect("writes resume");
-    std::thread::sleep(Duration::from_secs(1));
+    let resumed = writes_beyond(pb, 0);
+    writes_beyond(pb, resumed + 20);
     let Written { acked, gap, present, lost } = stop_writer(&stop, w, pb);
     println!("switchover: {} writes acknowledged, longest gap between two {:.2} s", acked.len(), gap.as_secs_f64());
     println!(
@@ -471,11 +477,7 @@ fn a_switchover_loses_no_acknowledged_write_and_a_leader_killed_mid_failover_pro
     });
     let to = done["to"].as_str().expect("to").to_string();
     println!("decision {} under the new leader: {}", done["id"], steps_timeline(&done));
-    std::thread::sleep(Duration::from_secs(3));
-    let c = cluster(&lab, "app-pg").expect("cluster");
-    let history = lab.drctl_json(&["history", "--cluster", "app-pg"]).map(|v| v.to_string()).unwrap_or_default();
-    assert_eq!(c["epoch"], 3, "exactly one more decision: {c}\n{history}");
-    assert_eq!(c["primary"], to.as_str(), "{c}\n{history}");
+    stays(&lab, "app-pg", 3, &to, Duration::from_secs(3));
     let writable: Vec<&str> = ["pg-a", "pg-c"]
         .into_iter()
         .filter(|m| psql(lab.member(m).expect("member").port, "SELECT pg_is_in_recovery()").ok().as_deref() == Some("f"))
@@ -505,7 +507,11 @@ fn losing_a_region_with_only_replicas_and_the_coordinator_leader_takes_no_primar
     let region = region_of_node(&lab, leader).expect("region");
     let (pa, ra) = (lab.member("pg-a").expect("pg-a").port, lab.member("redis-a").expect("redis-a").port);
     psql(pa, "CREATE TABLE w (id int)").expect("table");
-    std::thread::sleep(Duration::from_secs(1));
+    for m in ["pg-b", "pg-c"] {
+        let port = lab.member(m).expect("replica").port;
+        wait_for("the table on every replica", LONG, || (psql(port, "SELECT to_regclass('w') IS NOT NULL").ok()? == "t").then_some(()))
+            .expect("replicated");
+    }
 
     // The leader's region dies with its replicas: every primary has lost a
     // replica that could vouch for it, and its lease must now come from a
@@ -594,14 +600,15 @@ fn with_synchronous_replication_a_commit_waits_for_a_standby_none_is_lost_in_a_f
     // acknowledged write is on the new primary.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let w = writer(forwarder_port(&lab), std::sync::Arc::clone(&stop));
-    std::thread::sleep(Duration::from_secs(2));
+    writes_beyond(pa.port, 20);
     let killed = Instant::now();
     let new = crash_primary(&lab, pa.pid, &senders);
     let nport = lab.member(&new).expect("new primary").port;
     wait_for("writes on the new primary", LONG, || (psql(nport, "SELECT count(*) > 1 FROM acked").ok()? == "t").then_some(()))
         .expect("writes resume");
     println!("synchronous failover: SIGKILL of pg-a -> writes on {new} within {:.2} s", killed.elapsed().as_secs_f64());
-    std::thread::sleep(Duration::from_secs(1));
+    let resumed = writes_beyond(nport, 0);
+    writes_beyond(nport, resumed + 20);
     let Written { acked, gap, lost, .. } = stop_writer(&stop, w, nport);
     println!("synchronous failover: {} writes acknowledged, longest gap {:.2} s, {} lost", acked.len(), gap.as_secs_f64(), lost.len());
     let history = lab.drctl_json(&["history", "--cluster", "app-pg"]).map(|v| v.to_string()).unwrap_or_default();

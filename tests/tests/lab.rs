@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use drc_tests::lab::{alive, postgres::psql, redis::cli, signal, stop_pid, Lab};
-use drc_tests::{bin, wait_for};
+use drc_tests::{bin, holds_for, wait_for};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(40);
@@ -66,9 +66,11 @@ fn members_report_roles_health_and_lag_that_returns_to_zero() {
     })
     .expect("lag cleared");
     // An idle primary does not look like a growing lag.
-    std::thread::sleep(Duration::from_secs(2));
-    let m = member(&lab, "pg-b").expect("pg-b");
-    assert_eq!((u(&m, "lag_bytes"), u(&m, "lag_ms")), (0, 0), "idle primary shows lag: {m}");
+    holds_for("pg-b showing no lag behind an idle primary", Duration::from_secs(2), || {
+        let m = member(&lab, "pg-b")?;
+        Some(if (u(&m, "lag_bytes"), u(&m, "lag_ms")) == (0, 0) { Ok(()) } else { Err(format!("{m}")) })
+    })
+    .expect("no lag");
 
     // Asynchronous replication (the lab's default): a synchronous standby
     // setting of drc's shape is cleared, an operator's own is left alone.
@@ -85,9 +87,12 @@ fn members_report_roles_health_and_lag_that_returns_to_zero() {
     })
     .expect("sampled");
     // The agent looks at a changed setting on the next renewal (within a
-    // few hundred milliseconds); a second later it is still there.
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(psql(pa, "SHOW synchronous_standby_names").expect("show"), "*", "an operator's setting stays");
+    // few hundred milliseconds): it stays.
+    holds_for("an operator's synchronous_standby_names staying", Duration::from_secs(1), || {
+        let v = psql(pa, "SHOW synchronous_standby_names").ok()?;
+        Some(if v == "*" { Ok(()) } else { Err(v) })
+    })
+    .expect("an operator's setting stays");
     psql(pa, "ALTER SYSTEM RESET synchronous_standby_names").expect("reset");
     psql(pa, "SELECT pg_reload_conf()").expect("reload");
 
@@ -114,26 +119,39 @@ fn members_report_roles_health_and_lag_that_returns_to_zero() {
 
     // A stopped standby turns unhealthy within the detection window, and
     // `drctl watch` reports it as it happens.
-    let watch = std::process::Command::new(bin("drctl"))
+    let mut watch = std::process::Command::new(bin("drctl"))
         .args(["--endpoints", &lab.info.endpoints, "-o", "json", "watch"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("drctl watch");
-    std::thread::sleep(Duration::from_millis(500));
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let reader = {
+        let events = std::sync::Arc::clone(&events);
+        let out = watch.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    events.lock().expect("events").push(v);
+                }
+            }
+        })
+    };
+    let seen = |pred: &dyn Fn(&Value) -> bool| events.lock().expect("events").iter().any(pred);
+    // Every event after the watch's first one reaches it.
+    wait_for("the watch to start", LONG, || seen(&|e| e["kind"] == "watching").then_some(())).expect("watching");
     let pgc = lab.member("pg-c").expect("pg-c").clone();
     drc_tests::lab::postgres::stop(&pgc).expect("stop pg-c");
     let m = wait_for("pg-c unhealthy", LONG, || member(&lab, "pg-c").filter(|m| m["healthy"] == false)).expect("unhealthy");
     assert!(!m["error"].as_str().unwrap_or_default().is_empty(), "no reason given: {m}");
-    std::thread::sleep(Duration::from_millis(500));
+    let reported = wait_for("drctl watch to report pg-c turning unhealthy", LONG, || {
+        seen(&|e| e["kind"] == "member_health" && e["member"] == "pg-c" && e["message"].as_str().unwrap_or_default().contains("unhealthy"))
+            .then_some(())
+    });
     signal(watch.id(), libc::SIGTERM);
-    let events = watch.wait_with_output().expect("watch output");
-    let events: Vec<Value> = String::from_utf8_lossy(&events.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    assert!(
-        events.iter().any(|e| e["kind"] == "member_health"
-            && e["member"] == "pg-c"
-            && e["message"].as_str().unwrap_or_default().contains("unhealthy")),
-        "drctl watch did not report pg-c turning unhealthy: {events:?}"
-    );
+    let _ = watch.wait();
+    let _ = reader.join();
+    reported.unwrap_or_else(|e| panic!("{e:#}: {:?}", events.lock().expect("events")));
     // The human view shows it too.
     let out = drc_tests::drctl(&lab.info.endpoints, &["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -154,8 +172,11 @@ fn agents_follow_a_new_leader_and_bad_agents_or_messages_are_refused() {
     lab.drctl_json(&["members", "lead", "--id", &a.id.to_string()]).expect("members lead");
     // Placement waits 3 s after a leader takes over; with a member down it
     // does not move at all.
-    std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(lab.leader_region().as_deref(), Some("a"), "the leadership moved while redis-c's agent was down");
+    holds_for("the leadership staying in region a while redis-c's agent is down", Duration::from_secs(5), || {
+        let region = lab.leader_region()?;
+        Some(if region == "a" { Ok(()) } else { Err(format!("moved to {region}")) })
+    })
+    .expect("placement waits for a whole system");
     lab.start_agent(rc).expect("restart redis-c's agent");
     lab.wait_leader_outside("a", LONG).expect("the leadership left region a");
     let history = lab.drctl_json(&["history"]).expect("history");

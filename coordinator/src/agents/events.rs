@@ -26,6 +26,10 @@ pub enum EventKind {
     RecoveryTest,
     /// How far a long command (a backup, a restore) has got.
     Progress,
+    /// The first event of every watch: from here on, nothing is missed.
+    Watching,
+    /// This watcher fell behind and missed events.
+    Lagged,
 }
 
 impl EventKind {
@@ -41,6 +45,8 @@ impl EventKind {
             EventKind::Backup => "backup",
             EventKind::RecoveryTest => "recovery_test",
             EventKind::Progress => "progress",
+            EventKind::Watching => "watching",
+            EventKind::Lagged => "lagged",
         }
     }
 }

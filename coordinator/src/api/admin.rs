@@ -29,7 +29,7 @@ use crate::executor::Executor;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::agents::Agents;
+use crate::agents::{Agents, EventKind};
 use drc_model::job::JobKind;
 
 use super::error::ApiError;
@@ -492,13 +492,23 @@ impl AdminService for AdminApi {
         }
         let mut events = self.agents.events.subscribe();
         let mut status = self.node.watch_status();
+        let me = status.borrow().clone();
+        let first = WatchEvent {
+            at_ms: drc_model::time::wall_now_ms(),
+            kind: EventKind::Watching.as_str().into(),
+            message: format!("watching node {} (leader, term {}): every event from now on", me.id, me.term),
+            ..Default::default()
+        };
         let stream = async_stream(move |tx: tokio::sync::mpsc::Sender<Result<WatchEvent, Status>>| async move {
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
             loop {
                 tokio::select! {
                     e = events.recv() => match e {
                         Ok(e) => if tx.send(Ok(e)).await.is_err() { return },
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            let lost = WatchEvent { kind: "lagged".into(), message: format!("{n} events dropped: this watcher is too slow"), ..Default::default() };
+                            let lost = WatchEvent { kind: EventKind::Lagged.as_str().into(), message: format!("{n} events dropped: this watcher is too slow"), ..Default::default() };
                             if tx.send(Ok(lost)).await.is_err() { return }
                         }
                         Err(_) => return,
