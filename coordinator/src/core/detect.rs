@@ -35,13 +35,14 @@ impl Core {
             }
             return;
         }
-        let now = w.now;
+        // Monotonic: every deadline below is kept in memory.
+        let now = w.mono;
         let lease = self.lease;
         let leader_since = self.leader_since;
         let primary_id = rec.primary.clone();
         let p = members.iter().find(|(id, _)| **id == primary_id).map(|(_, o)| o.clone()).unwrap_or_default();
         let primary_region = w.topology.members.get(&primary_id).map(|m| m.region.clone()).unwrap_or_default();
-        let track = self.track(name, rec, p.position);
+        let track = self.track(w, name, rec, p.position);
         // A primary whose agent fenced it when its lease lapsed (the
         // coordinators were out of reach, and not every other member could
         // vouch for it) comes back with a new lease in the current epoch: it
@@ -134,10 +135,10 @@ impl Core {
             wait(out, format!("primary {primary_id} is down, but automatic failover is paused"));
             return;
         }
-        if now < rec.blocked_until {
+        if w.now < rec.blocked_until {
             count_down(
                 out,
-                format!("primary {primary_id} is down, but automatic failover is blocked for {} ms (anti-flap)", rec.blocked_until - now),
+                format!("primary {primary_id} is down, but automatic failover is blocked for {} ms (anti-flap)", rec.blocked_until - w.now),
             );
             return;
         }
@@ -161,12 +162,13 @@ impl Core {
             Ok((to, why)) => {
                 let gone = if confirm < window { " (its agent saw its server process gone)" } else { "" };
                 let reason = format!("primary {primary_id} down for {} ms{gone}, confirmed from another region; {why}", now - since);
-                let mut d = decision(w, name, rec, DecisionKind::Failover, Trigger::Automatic, &to, reason, &members, since);
-                bound_lease(&mut d, lease_end.max(now + lease.lease + lease.drift_margin));
+                let detected_at = w.wall_of(since);
+                let mut d = decision(w, name, rec, DecisionKind::Failover, Trigger::Automatic, &to, reason, &members, detected_at);
+                bound_lease(&mut d, w.wall_of(lease_end.max(now + lease.lease + lease.drift_margin)));
                 // The old primary's lease has already run out: the executor
                 // need not wait for it again before skipping an impossible fence.
                 if let Some(fence) = d.steps.iter_mut().find(|s| s.action == StepAction::Fence).filter(|_| now >= lease_end) {
-                    fence.args.lease_expired_at = Some(lease_end);
+                    fence.args.lease_expired_at = Some(w.wall_of(lease_end));
                 }
                 out.push(Action::Decide(Box::new(d)));
             }

@@ -74,7 +74,13 @@ pub struct Obs {
 
 /// Everything the core reads at one instant.
 pub struct World<'a> {
+    /// Wall time: what replicated instants (a promotion, an anti-flap
+    /// block, a decision) are compared with.
     pub now: Millis,
+    /// The same instant on the leader's monotonic clock, which no NTP step
+    /// moves: every deadline the core keeps in memory (leases, windows)
+    /// counts on it.
+    pub mono: Millis,
     pub topology: &'a Topology,
     pub records: &'a BTreeMap<String, ClusterRecord>,
     /// `drctl pause` without a cluster.
@@ -108,7 +114,8 @@ pub enum Action {
 
 #[derive(Clone, Debug, Default)]
 struct Track {
-    /// Since when the failure has been confirmed without interruption.
+    /// Since when the failure has been confirmed without interruption
+    /// (this and every other instant of a track: monotonic).
     down_since: Option<Millis>,
     /// The newest lease the primary may hold ends here.
     lease_until: Millis,
@@ -149,12 +156,24 @@ pub struct Core {
     wake: Option<Millis>,
 }
 
+impl World<'_> {
+    /// A replicated wall-clock instant on the monotonic clock, as of now.
+    fn mono_of(&self, wall: Millis) -> Millis {
+        (self.mono + wall).saturating_sub(self.now)
+    }
+
+    /// A monotonic instant in wall time, to be replicated.
+    fn wall_of(&self, mono: Millis) -> Millis {
+        (self.now + mono).saturating_sub(self.mono)
+    }
+}
+
 fn is_primary(o: &Obs) -> bool {
     o.fresh && o.reachable && o.role == Role::Primary
 }
 
 impl Core {
-    /// A core for a node that became leader at `now`. It assumes that the
+    /// A core for a node that became leader at `now` (monotonic). It assumes that the
     /// previous leader renewed every lease as late as `handover` after that
     /// (zero when a deposed leader stops renewing before a successor can be
     /// elected; see [`LeaseConfig::handover`]).
@@ -165,12 +184,12 @@ impl Core {
     /// The cluster's track, reset when the epoch changed. `primary_position`
     /// is what is known of the recorded primary's position: after a
     /// promotion, at least the position it had as a replica.
-    fn track(&mut self, cluster: &str, rec: &ClusterRecord, primary_position: u64) -> &mut Track {
+    fn track(&mut self, w: &World, cluster: &str, rec: &ClusterRecord, primary_position: u64) -> &mut Track {
         let primary_position = primary_position.max(rec.known_position);
         let fresh = Track {
             // An adopted primary (never promoted: promoted_at 0) holds no promotion lease.
             lease_until: (self.leader_since + self.lease.handover + self.lease.lease).max(if rec.promoted_at > 0 {
-                rec.promoted_at + self.lease.promote_ttl()
+                w.mono_of(rec.promoted_at + self.lease.promote_ttl())
             } else {
                 0
             }),
@@ -252,7 +271,7 @@ mod tests {
 
     fn sync_of(t: &Topology, cluster: &str, obs: &BTreeMap<String, Obs>) -> Option<String> {
         let records = BTreeMap::new();
-        let w = World { now: 0, topology: t, records: &records, global_paused: false, observations: obs };
+        let w = World { now: 0, mono: 0, topology: t, records: &records, global_paused: false, observations: obs };
         let ids: Vec<String> = t.members_of(cluster).map(|(id, _)| id.clone()).collect();
         let members = observed(&w, ids.iter());
         let primary = format!("{cluster}-a");
@@ -293,7 +312,7 @@ mod tests {
                 .into_iter()
                 .map(|(id, o)| (id.to_string(), o))
                 .collect();
-            let w = World { now, topology: &t, records: &records, global_paused: false, observations: &obs };
+            let w = World { now, mono: now, topology: &t, records: &records, global_paused: false, observations: &obs };
             core.tick(&w)
                 .into_iter()
                 .filter(|a| match a {
@@ -327,7 +346,7 @@ mod tests {
             .map(|(id, o)| (id.to_string(), o))
             .collect();
         let records = BTreeMap::new();
-        let w = World { now: 0, topology: &t, records: &records, global_paused: false, observations: &obs };
+        let w = World { now: 0, mono: 0, topology: &t, records: &records, global_paused: false, observations: &obs };
         let ids: Vec<String> = t.members_of("pg").map(|(id, _)| id.clone()).collect();
         let members = observed(&w, ids.iter());
         let rec = ClusterRecord { epoch: 1, primary: "pg-a".into(), dataset: "ds".into(), ..Default::default() };

@@ -96,12 +96,13 @@ impl Core {
         }
         let members = observed(w, w.topology.members.iter().filter(|(_, m)| m.cluster == *name).map(|(id, _)| id));
         let p = members.iter().find(|(id, _)| **id == rec.primary).map(|(_, o)| o.clone()).unwrap_or_default();
-        let now = w.now;
+        // Monotonic, as the leases it checks.
+        let now = w.mono;
         let lease = self.lease;
         if let Some(why) = self.settling(w, name) {
             return Err(Refusal::NotNow(why));
         }
-        let track = self.track(name, &rec, p.position);
+        let track = self.track(w, name, &rec, p.position);
         let healthy = is_primary(&p);
         track.see(&p, &members);
         let known = track.primary_position;
@@ -175,9 +176,9 @@ impl Core {
             (DecisionKind::Failover, _) if force => format!("operator failover with --force; {why}"),
             (DecisionKind::Failover, _) => format!("operator failover; {why}"),
         };
-        let mut d = decision(w, name, &rec, kind, trigger, &chosen, reason, &members, now);
+        let mut d = decision(w, name, &rec, kind, trigger, &chosen, reason, &members, w.now);
         d.known_position = self.known_position(name);
-        bound_lease(&mut d, lease_until.max(now + lease.lease) + lease.drift_margin);
+        bound_lease(&mut d, w.wall_of(lease_until.max(now + lease.lease) + lease.drift_margin));
         Ok(d)
     }
 }

@@ -65,6 +65,8 @@ pub struct Executor {
     /// What each PostgreSQL cluster's primary was last asked to wait for
     /// (absent: nothing).
     sync: Mutex<BTreeMap<String, String>>,
+    /// The origin of the core's monotonic clock.
+    started: Instant,
 }
 
 /// Why an operator's request was not decided.
@@ -110,6 +112,7 @@ impl Executor {
             held_since: Mutex::new(None),
             placement,
             sync: Mutex::new(BTreeMap::new()),
+            started: Instant::now(),
         })
     }
 
@@ -144,6 +147,12 @@ impl Executor {
         let (tx, rx) = oneshot::channel();
         self.requests.send((req, tx)).await.map_err(|_| RequestError::ShuttingDown)?;
         rx.await.map_err(|_| RequestError::ShuttingDown)?
+    }
+
+    /// `at` on the core's monotonic clock: milliseconds since this executor
+    /// was made.
+    fn mono_ms(&self, at: Instant) -> Millis {
+        at.saturating_duration_since(self.started).as_millis() as Millis
     }
 
     /// Why nothing happens to `cluster` right now.
@@ -206,7 +215,7 @@ impl Executor {
                 }
                 continue;
             }
-            let core = core.get_or_insert_with(|| Core::new(self.lease, wall_now_ms()));
+            let core = core.get_or_insert_with(|| Core::new(self.lease, self.mono_ms(Instant::now())));
             let version = self.node.store().with_state(|sm| sm.topology_version);
             if topology.as_ref().is_none_or(|(v, _)| *v != version) {
                 topology = Some((version, self.node.store().with_state(|sm| sm.topology.clone())));
@@ -219,8 +228,9 @@ impl Executor {
             });
             // The core's clock, and the same instant on the monotonic one.
             let (now, at) = (wall_now_ms(), Instant::now());
+            let mono = self.mono_ms(at);
             let observations = self.agents.board.observations(t, at);
-            let world = World { now, topology: t, records: &records, global_paused, observations: &observations };
+            let world = World { now, mono, topology: t, records: &records, global_paused, observations: &observations };
             // Requests first, in the order they came; one that waits for its
             // cluster to settle is asked again on each tick, for a while. At
             // most one is answered per pass, and then the core's tick waits
@@ -249,7 +259,7 @@ impl Executor {
             let actions = core.tick(&world);
             let decided = actions.iter().any(|a| matches!(a, Action::Decide(_)));
             self.act(t, actions, world.now, at).await;
-            wake = core.wake().map(|w| at + Duration::from_millis(w.saturating_sub(now)));
+            wake = core.wake().map(|w| at + Duration::from_millis(w.saturating_sub(mono)));
             // A decision just committed starts now, not on the next tick.
             let open = if decided {
                 self.node.store().with_state(|sm| sm.history.values().filter(|d| d.finished_at.is_none()).map(|d| d.id).collect())
