@@ -23,6 +23,7 @@
 mod choose;
 mod detect;
 mod lease;
+mod placement;
 mod request;
 pub mod steps;
 mod sync;
@@ -33,6 +34,7 @@ use drc_model::topology::Topology;
 use drc_model::{ClusterRecord, Decision, Millis, Role};
 
 pub use lease::LeaseConfig;
+pub use placement::{placement_targets, Coordinators, PLACEMENT_CALM};
 pub use request::{Refusal, Request};
 pub use sync::{sync_standbys, SyncStandbys};
 

@@ -21,7 +21,9 @@ use drc_model::{Decision, Millis, StepAction, StepArgs, StepState};
 
 use crate::agents::{Agents, EventKind};
 use crate::core::steps::{self, Verdict};
-use crate::core::{Action, Core, Countdown, LeaseConfig, Refusal, Request, SyncStandbys, World};
+use crate::core::{
+    placement_targets, Action, Coordinators, Core, Countdown, LeaseConfig, Refusal, Request, SyncStandbys, World, PLACEMENT_CALM,
+};
 use crate::lock::lock;
 use crate::raft::{NodeHandle, ProposeError, Role};
 use crate::state::{Command, Outcome};
@@ -37,11 +39,9 @@ const SETTLE_WAIT: Duration = Duration::from_secs(3);
 /// Leases held back this long (no quorum confirmed the leadership) are
 /// logged as a warning.
 const HELD_WARN: Duration = Duration::from_millis(500);
-/// Leader placement waits this long after this node became leader, after
-/// any decision finished, and between two attempts; it moves only while
-/// every member is healthy, and never while a decision, a backup or a
-/// recovery test runs or starts.
-const PLACEMENT_CALM: Duration = Duration::from_secs(3);
+/// Leader placement waits this long after this node became leader and
+/// between two attempts (what else it waits for: `core::placement`).
+const PLACEMENT_PACE: Duration = Duration::from_millis(PLACEMENT_CALM);
 /// The least time between two passes that agents' first samples trigger.
 const FIRST_SAMPLE_SPACING: Duration = Duration::from_millis(50);
 
@@ -272,33 +272,23 @@ impl Executor {
             if !self.placement.is_empty()
                 && open.is_empty()
                 && settling.is_empty()
-                && leading_since.elapsed() >= PLACEMENT_CALM
-                && placed_at.is_none_or(|at| at.elapsed() >= PLACEMENT_CALM)
+                && leading_since.elapsed() >= PLACEMENT_PACE
+                && placed_at.is_none_or(|at| at.elapsed() >= PLACEMENT_PACE)
             {
                 placed_at = Some(Instant::now());
                 // No job may start between this look and the move; one
                 // being recorded now makes this attempt wait for the next.
                 let no_job_starts = self.node.try_hold_leadership();
-                let (last_finished, jobs_running) = self.node.store().with_state(|sm| {
-                    let last_finished = sm.history.values().filter_map(|d| d.finished_at).max().unwrap_or(0);
-                    // A leadership change interrupts the backups and recovery tests it runs.
-                    let running = drc_model::job::JobState::Running;
+                let running = drc_model::job::JobState::Running;
+                let (targets, me) = self.node.store().with_state(|sm| {
                     let jobs_running =
                         sm.backups.values().any(|b| b.state == running) || sm.recovery_tests.values().any(|t| t.state == running);
-                    (last_finished, jobs_running)
+                    let me = self.node.status();
+                    let coordinators = Coordinators { me: me.id, voters: &me.voters, regions: &self.placement };
+                    (placement_targets(&world, &sm.history, jobs_running, &coordinators), me.id)
                 });
-                // Only a whole system moves its leader: with a member down,
-                // the move would add a leadership change (and the agents'
-                // reconnection) to a degraded system, for a gain it may not
-                // have (with three coordinators, losing a second region
-                // loses the quorum anyway).
-                let whole = t.members.keys().all(|id| observations.get(id).is_some_and(|o| o.fresh && o.reachable));
-                if whole
-                    && no_job_starts.is_some()
-                    && !jobs_running
-                    && wall_now_ms().saturating_sub(last_finished) >= PLACEMENT_CALM.as_millis() as u64
-                {
-                    self.place(t, &records).await;
+                if no_job_starts.is_some() && !targets.is_empty() {
+                    self.place(me, targets).await;
                 }
                 drop(no_job_starts);
             }
@@ -319,31 +309,16 @@ impl Executor {
     /// Leader placement: when this node's region holds a primary, hands the
     /// leadership to a caught-up coordinator in a region that holds none, so
     /// that losing the primaries' region costs a failover but no election.
-    async fn place(&self, t: &Topology, records: &BTreeMap<String, drc_model::ClusterRecord>) {
-        let me = self.node.status();
-        let Some(mine) = self.placement.get(&me.id) else { return };
-        let busy: std::collections::BTreeSet<&str> =
-            records.values().filter_map(|r| t.members.get(&r.primary)).map(|m| m.region.as_str()).collect();
-        if !busy.contains(mine.as_str()) {
-            return;
-        }
-        let candidates: Vec<u64> = me
-            .voters
-            .iter()
-            .copied()
-            .filter(|id| *id != me.id && self.placement.get(id).is_some_and(|r| !busy.contains(r.as_str())))
-            .collect();
-        if candidates.is_empty() {
-            return;
-        }
-        if let Some(to) = self.node.place_leader(candidates).await {
+    async fn place(&self, me: u64, targets: Vec<u64>) {
+        let mine = self.placement.get(&me).cloned().unwrap_or_default();
+        if let Some(to) = self.node.place_leader(targets).await {
             let region = self.placement.get(&to).cloned().unwrap_or_default();
             tracing::info!(to, %region, "handing the coordinator leadership out of region {mine}, which holds a primary");
             self.agents.events.emit(
                 EventKind::Leader,
                 "",
                 "",
-                format!("node {} hands leadership to node {to} (region {region}): region {mine} holds a primary", me.id),
+                format!("node {me} hands leadership to node {to} (region {region}): region {mine} holds a primary"),
             );
         }
     }

@@ -19,7 +19,7 @@ use drc_model::topology::Topology;
 use drc_model::{Decision, DecisionKind, Millis, Role, StepAction, StepArgs, StepState, Trigger};
 
 use crate::core::steps::{self, Verdict};
-use crate::core::{Action, Core, LeaseConfig, Obs, Refusal, Request, World};
+use crate::core::{placement_targets, Action, Coordinators, Core, LeaseConfig, Obs, Refusal, Request, World, PLACEMENT_CALM};
 use crate::state::{Command, Outcome, StateMachine};
 
 const REGIONS: [&str; 3] = ["a", "b", "c"];
@@ -139,6 +139,9 @@ struct Sim {
     /// The seeded schedules: replicas now and then receive only part of
     /// what is new (the scenario tests keep whole steps).
     partial_replication: bool,
+    /// The seeded schedules: leader placement moves the leadership out of
+    /// the primaries' region.
+    placement: bool,
 }
 
 fn topology() -> Topology {
@@ -230,6 +233,7 @@ impl Sim {
             samples: BTreeMap::new(),
             verbose,
             partial_replication: false,
+            placement: false,
         }
     }
 
@@ -703,6 +707,35 @@ impl Sim {
         }
     }
 
+    /// Leader placement by the production rule (`core::placement`), at most
+    /// every PLACEMENT_CALM: the leadership moves to a coordinator that can
+    /// talk to a majority, which starts a fresh core as a new leader does.
+    fn place_leader(&mut self) {
+        let Some(l) = self.leader else { return };
+        if !self.placement || self.now % PLACEMENT_CALM != 0 {
+            return;
+        }
+        let obs = self.observations();
+        let regions: BTreeMap<u64, String> = (0..3).map(|r| (r as u64 + 1, REGIONS[r].to_string())).collect();
+        let voters = [1, 2, 3];
+        let world = World {
+            now: self.now,
+            mono: self.now,
+            topology: &self.topology,
+            records: &self.sm.records,
+            global_paused: self.sm.global_paused,
+            observations: &obs,
+        };
+        let targets =
+            placement_targets(&world, &self.sm.history, false, &Coordinators { me: l as u64 + 1, voters: &voters, regions: &regions });
+        let to = targets.into_iter().map(|id| id as usize - 1).find(|&r| self.region_up[r] && self.talk(l, r));
+        if let Some(r) = to {
+            self.leader = Some(r);
+            self.core = Some(Core::new(LEASE, self.now));
+            self.say(format!("leader placement hands the leadership from region {} to region {}", REGIONS[l], REGIONS[r]));
+        }
+    }
+
     fn finish_step(&mut self, d: &Decision, i: usize, state: StepState, error: String, output: StepArgs) {
         self.say(format!("decision {} step {} {} {}: {state:?} {error}", d.id, i, d.steps[i].action, d.steps[i].member));
         self.sm.apply(Command::Step { decision: d.id, index: i, state, started: self.now, finished: self.now, error, output });
@@ -729,6 +762,7 @@ impl Sim {
                 self.say("coordinator leader lost its quorum".into());
             }
         }
+        self.place_leader();
         let obs = self.observations();
         if let Some(core) = self.core.as_mut() {
             let world = World {
@@ -938,6 +972,7 @@ impl Sim {
 fn run(seed: u64, verbose: bool) {
     let mut sim = Sim::new(seed, verbose);
     sim.partial_replication = true;
+    sim.placement = true;
     for _ in 0..STEPS {
         if sim.rng.chance(4) {
             sim.fault();
