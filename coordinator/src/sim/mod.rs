@@ -712,7 +712,7 @@ impl Sim {
     /// talk to a majority, which starts a fresh core as a new leader does.
     fn place_leader(&mut self) {
         let Some(l) = self.leader else { return };
-        if !self.placement || self.now % PLACEMENT_CALM != 0 {
+        if !self.placement || !self.now.is_multiple_of(PLACEMENT_CALM) {
             return;
         }
         let obs = self.observations();
