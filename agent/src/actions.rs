@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drc_proto::{Command, CommandResult};
+use drc_proto::command::Body;
+use drc_proto::{Command, CommandResult, FailoverAction, FailoverStep, LeaseGrant};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -266,91 +267,24 @@ impl Actor {
     /// `meter` follows the progress of backups and recovery tests.
     pub async fn handle(&self, cmd: Command, meter: &crate::backup::Meter) -> CommandResult {
         let start = Instant::now();
-        let args = &cmd.args;
         let mut result = CommandResult { command_id: cmd.command_id, ok: true, ..Default::default() };
-        if cmd.action == "lease" {
-            // The sample the renewal answers (older coordinators name none).
-            let basis = match args.get("basis_seq").and_then(|s| s.parse::<u64>().ok()) {
-                Some(seq) => match self.taken_at(seq) {
-                    Some(at) => Some((at, args.get("basis_ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(0))),
-                    None => {
-                        // Too old to be worth anything; nothing proves when it began.
-                        tracing::debug!(seq, "a renewal answers a sample this agent no longer knows: ignored");
-                        return result;
-                    }
-                },
-                None => None,
-            };
-            if self.learn(cmd.epoch, &self.cfg.member_id) {
-                let ttl: u64 = args.get("ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(1_000);
-                // Each renewal replaces the lease, the longer one a promotion
-                // granted included: an old primary cut off from the leader
-                // must stop writing soon after a failover is decided, or the
-                // RPO measured when it was decided no longer holds.
-                let now = Instant::now();
-                let before = lock(&self.lease_until).replace(lease_end(
-                    now,
-                    ttl,
-                    args.get("expires_at_ms").and_then(|t| t.parse().ok()),
-                    now_ms(),
-                    basis,
-                ));
-                // A renewal that came close to the end of the lease it
-                // replaced: how much slack a leader change or a slow link left.
-                if let Some(left) = before.map(|b| b.saturating_duration_since(now)).filter(|l| *l < NEAR_LAPSE) {
-                    tracing::info!(left_ms = left.as_millis() as u64, "lease renewed close to its end");
-                }
-                let replicas = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);
-                *lock(&self.replicas) = replicas;
-                let restart = {
-                    let mut k = lock(&self.known);
-                    if !k.held_lease || k.replicas != replicas {
-                        k.held_lease = true;
-                        k.replicas = replicas;
-                        self.save(&k);
-                    }
-                    k.lease_fenced
-                };
-                if restart {
-                    if let Err(e) = self.restart_fenced().await {
-                        result.ok = false;
-                        result.error = e;
-                    }
-                }
-                // What the primary's commits wait for rides on its lease.
-                if let (Kind::Postgres, Some(count)) = (self.cfg.kind, args.get("sync_count").and_then(|c| c.parse::<usize>().ok())) {
-                    let names: Vec<String> = args
-                        .get("sync_names")
-                        .map(|n| n.split(',').filter(|n| !n.is_empty()).map(String::from).collect())
-                        .unwrap_or_default();
-                    if !*lock(&self.fenced) {
-                        if let Err(e) = self.wait_for_standbys(count, &names).await {
-                            tracing::warn!(error = %e, count, ?names, "cannot set the synchronous standbys");
-                        }
-                    }
-                }
-            }
-            return result;
-        }
-        let outcome = match cmd.action.as_str() {
-            // Backups and recovery tests are not failover actions: no epoch.
-            "backup" => crate::backup::backup(&self.cfg, args, meter, self.data_size().await).await,
-            "recovery_test" => crate::backup::recovery_test(&self.cfg, args, meter).await,
-            "delete_backup" => crate::backup::delete(&self.cfg, args).await,
-            action => {
-                let new_primary = args.get("primary_member").cloned().unwrap_or_default();
-                let known = self.epoch();
-                if !self.learn(cmd.epoch, &new_primary) {
+        let (what, outcome) = match &cmd.body {
+            Some(Body::Lease(l)) => {
+                if let Err(e) = self.renew(cmd.epoch, l).await {
                     result.ok = false;
-                    result.error = format!("refused: epoch {} is older than epoch {known} already seen", cmd.epoch);
-                    return result;
+                    result.error = e;
                 }
-                match (self.cfg.kind, action) {
-                    (_, "promote") => self.promote(args).await,
-                    (Kind::Postgres, action) => self.postgres(action, args).await,
-                    (Kind::Redis, action) => self.redis(action, args).await,
-                }
+                return result;
             }
+            // Backups and recovery tests are not failover actions: no epoch.
+            Some(Body::Backup(job)) => ("backup", crate::backup::backup(&self.cfg, job, meter, self.data_size().await).await),
+            Some(Body::RecoveryTest(job)) => ("recovery_test", crate::backup::recovery_test(&self.cfg, job, meter).await),
+            Some(Body::DeleteBackup(job)) => ("delete_backup", crate::backup::delete(&self.cfg, job).await),
+            Some(Body::Step(step)) => {
+                let action = FailoverAction::try_from(step.action).unwrap_or(FailoverAction::Unspecified);
+                (action.as_str_name(), self.step(cmd.epoch, action, step).await)
+            }
+            None => ("none", Err("a command without a body: is the coordinator of another release?".into())),
         };
         match outcome {
             Ok(output) => result.output = output,
@@ -360,8 +294,81 @@ impl Actor {
             }
         }
         result.duration_ms = start.elapsed().as_millis() as u64;
-        tracing::info!(action = %cmd.action, epoch = cmd.epoch, ok = result.ok, error = %result.error, ms = result.duration_ms, "command");
+        tracing::info!(action = what, epoch = cmd.epoch, ok = result.ok, error = %result.error, ms = result.duration_ms, "command");
         result
+    }
+
+    /// A lease renewal: a new lease of the epoch's primary, replacing the
+    /// one it holds, and what its commits wait for.
+    async fn renew(&self, epoch: u64, l: &LeaseGrant) -> Result<(), String> {
+        if l.ttl_ms == 0 {
+            return Err("a lease without a duration (ttl_ms 0)".into());
+        }
+        // The sample the renewal answers (0: none named).
+        let basis = match l.basis_seq {
+            0 => None,
+            seq => match self.taken_at(seq) {
+                Some(at) => Some((at, l.basis_ttl_ms)),
+                None => {
+                    // Too old to be worth anything; nothing proves when it began.
+                    tracing::debug!(seq, "a renewal answers a sample this agent no longer knows: ignored");
+                    return Ok(());
+                }
+            },
+        };
+        if !self.learn(epoch, &self.cfg.member_id) {
+            return Ok(());
+        }
+        // Each renewal replaces the lease, the longer one a promotion
+        // granted included: an old primary cut off from the leader must stop
+        // writing soon after a failover is decided, or the RPO measured when
+        // it was decided no longer holds.
+        let now = Instant::now();
+        let expires_at = (l.expires_at_ms > 0).then_some(l.expires_at_ms);
+        let before = lock(&self.lease_until).replace(lease_end(now, l.ttl_ms, expires_at, now_ms(), basis));
+        // A renewal that came close to the end of the lease it replaced: how
+        // much slack a leader change or a slow link left.
+        if let Some(left) = before.map(|b| b.saturating_duration_since(now)).filter(|l| *l < NEAR_LAPSE) {
+            tracing::info!(left_ms = left.as_millis() as u64, "lease renewed close to its end");
+        }
+        let replicas = l.replicas as usize;
+        *lock(&self.replicas) = replicas;
+        let restart = {
+            let mut k = lock(&self.known);
+            if !k.held_lease || k.replicas != replicas {
+                k.held_lease = true;
+                k.replicas = replicas;
+                self.save(&k);
+            }
+            k.lease_fenced
+        };
+        let mut result = Ok(());
+        if restart {
+            result = self.restart_fenced().await;
+        }
+        // What the primary's commits wait for rides on its lease.
+        if let (Kind::Postgres, Some(sync)) = (self.cfg.kind, &l.sync) {
+            if !*lock(&self.fenced) {
+                if let Err(e) = self.wait_for_standbys(sync.count as usize, &sync.names).await {
+                    tracing::warn!(error = %e, count = sync.count, names = ?sync.names, "cannot set the synchronous standbys");
+                }
+            }
+        }
+        result
+    }
+
+    /// A failover step, refused when its epoch is older than one already seen.
+    async fn step(&self, epoch: u64, action: FailoverAction, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
+        let known = self.epoch();
+        if !self.learn(epoch, &s.primary_member) {
+            return Err(format!("refused: epoch {epoch} is older than epoch {known} already seen"));
+        }
+        match (self.cfg.kind, action) {
+            (_, FailoverAction::Unspecified) => Err(format!("unknown failover action {}", s.action)),
+            (_, FailoverAction::Promote) => self.promote(s).await,
+            (Kind::Postgres, action) => self.postgres(action, s).await,
+            (Kind::Redis, action) => self.redis(action, s).await,
+        }
     }
 
     /// Brings back the primary this agent fenced for a lapsed lease, now
@@ -416,8 +423,9 @@ impl Actor {
         }
     }
 
-    async fn promote(&self, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
-        let fenced = args.get("old_primary_fenced").is_some_and(|f| f == "true");
+    async fn promote(&self, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
+        let fenced = s.old_primary_fenced;
+        let grant = s.lease.as_ref().filter(|l| l.ttl_ms > 0).ok_or("promote: no lease granted with the promotion")?;
         let lease = self.cfg.lease_vouch_period;
         // Already promoted in this epoch (the command is repeated by a new
         // coordinator leader that did not see the first result): finish the
@@ -433,10 +441,10 @@ impl Actor {
             }
         }
         // The new primary serves under the lease its promotion grants.
-        let ttl: u64 = args.get("ttl_ms").and_then(|t| t.parse().ok()).unwrap_or(3_000);
-        *lock(&self.lease_until) =
-            Some(lease_end(Instant::now(), ttl, args.get("expires_at_ms").and_then(|t| t.parse().ok()), now_ms(), None));
-        let result = self.promote_member(args).await;
+        let ttl = grant.ttl_ms;
+        let expires_at = (grant.expires_at_ms > 0).then_some(grant.expires_at_ms);
+        *lock(&self.lease_until) = Some(lease_end(Instant::now(), ttl, expires_at, now_ms(), None));
+        let result = self.promote_member(s).await;
         if result.is_ok() {
             // The lease runs from the end of the promotion, which may take
             // long (WAL to replay): the coordinator keeps extending its end
@@ -444,7 +452,7 @@ impl Actor {
             *lock(&self.lease_until) = Some(lease_end(Instant::now(), ttl, None, 0, None));
             // From now on this member is the primary that holds the lease:
             // if renewals stop and its replicas do not vouch, it fences itself.
-            let replicas = args.get("replicas").and_then(|r| r.parse().ok()).unwrap_or(0);
+            let replicas = grant.replicas as usize;
             *lock(&self.replicas) = replicas;
             let mut k = lock(&self.known);
             k.held_lease = true;
@@ -502,7 +510,7 @@ impl Actor {
         Ok(())
     }
 
-    async fn promote_member(&self, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
+    async fn promote_member(&self, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
         match self.cfg.kind {
             Kind::Postgres => {
                 let c = self.pg_local().await?;
@@ -533,9 +541,7 @@ impl Actor {
                 // No CHECKPOINT here: it would delay publication, and the
                 // rejoin of the old primary runs one before pg_rewind.
                 let mine = drc_proto::slot_name(&self.cfg.member_id);
-                for slot in
-                    args.get("slots").map(|s| s.split(',').filter(|s| !s.is_empty() && *s != mine).collect::<Vec<_>>()).unwrap_or_default()
-                {
+                for slot in s.slots.iter().filter(|slot| !slot.is_empty() && **slot != mine) {
                     c.execute(
                         "SELECT pg_create_physical_replication_slot($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
                         &[&slot],
@@ -558,17 +564,19 @@ impl Actor {
         }
     }
 
-    async fn postgres(&self, action: &str, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
+    async fn postgres(&self, action: FailoverAction, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
         let pg = self
             .cfg
             .postgres
             .as_ref()
-            .ok_or_else(|| format!("{action}: this agent has no [postgres] section (data_dir, bin_dir, run_as)"))?;
+            .ok_or_else(|| format!("{}: this agent has no [postgres] section (data_dir, bin_dir, run_as)", action.as_str_name()))?;
         match action {
             // A postmaster that is gone is fenced already: no pg_ctl (~250 ms).
-            "fence" if !postmaster_alive(&pg.data_dir) => Ok(HashMap::from([("already".to_string(), "not running".to_string())])),
-            "fence" => self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await.map(|_| HashMap::new()),
-            "demote" => {
+            FailoverAction::Fence if !postmaster_alive(&pg.data_dir) => {
+                Ok(HashMap::from([("already".to_string(), "not running".to_string())]))
+            }
+            FailoverAction::Fence => self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await.map(|_| HashMap::new()),
+            FailoverAction::Demote => {
                 self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]).await?;
                 let out = run_as(&pg.run_as, &pg.bin_dir.join("pg_controldata"), &[pg.data_dir.to_string_lossy().as_ref()]).await?;
                 let lsn =
@@ -576,8 +584,8 @@ impl Actor {
                 let position = lsn.and_then(parse_lsn).ok_or("cannot read the final position from pg_controldata")?;
                 Ok([("position".to_string(), position.to_string())].into())
             }
-            "catch_up" => {
-                let target: u64 = args.get("position").and_then(|p| p.parse().ok()).unwrap_or(0);
+            FailoverAction::CatchUp => {
+                let target = catch_up_target(s)?;
                 let c = self.pg_local().await?;
                 let deadline = Instant::now() + Duration::from_secs(20);
                 loop {
@@ -595,7 +603,7 @@ impl Actor {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-            "repoint" => {
+            FailoverAction::Repoint => {
                 let c = match self.pg_local().await {
                     Ok(c) => c,
                     // A standby whose server is down (crashed, or stopped
@@ -604,11 +612,11 @@ impl Actor {
                     // would stay down until someone started it by hand.
                     Err(e) if self.cfg.postgres.as_ref().is_some_and(|pg| !postmaster_alive(&pg.data_dir)) => {
                         tracing::warn!(error = %e, "the standby's server is down: starting it to follow the new primary");
-                        return self.pg_rejoin(args).await;
+                        return self.pg_rejoin(s).await;
                     }
                     Err(e) => return Err(e),
                 };
-                let conninfo = self.conninfo(args);
+                let conninfo = self.conninfo(s);
                 // One statement each: ALTER SYSTEM cannot run in the implicit
                 // transaction of a multi-statement query.
                 for sql in [
@@ -620,25 +628,25 @@ impl Actor {
                 }
                 Ok(HashMap::new())
             }
-            "rejoin" => self.pg_rejoin(args).await,
-            other => Err(format!("unknown action {other:?}")),
+            FailoverAction::Rejoin => self.pg_rejoin(s).await,
+            FailoverAction::Promote | FailoverAction::Unspecified => Err(format!("{} is not a PostgreSQL step", action.as_str_name())),
         }
     }
 
     /// Brings the old primary back as a standby of the new one: stop it,
     /// CHECKPOINT on the new primary, pg_rewind, standby settings, start.
-    async fn pg_rejoin(&self, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
+    async fn pg_rejoin(&self, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
         let pg = self.cfg.postgres.as_ref().ok_or("no [postgres] section")?;
         if let Ok(c) = self.pg_local().await {
             let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(pg_err)?.get(0);
             if in_recovery {
                 drop(c);
-                return Box::pin(self.postgres("repoint", args)).await;
+                return Box::pin(self.postgres(FailoverAction::Repoint, s)).await;
             }
         }
         let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await;
-        let (host, port) = (args.get("primary_host").cloned().unwrap_or_default(), args.get("primary_port").cloned().unwrap_or_default());
-        let primary = self.pg_connect(&host, port.parse().unwrap_or(0)).await?;
+        let (host, port) = primary_address(s)?;
+        let primary = self.pg_connect(host, port).await?;
         primary.batch_execute("CHECKPOINT").await.map_err(|e| format!("CHECKPOINT on the new primary: {}", pg_err(e)))?;
         let source = format!("host={host} port={port} user={} dbname=postgres", self.cfg.connection.user.as_deref().unwrap_or("postgres"));
         let data = pg.data_dir.to_string_lossy().to_string();
@@ -660,7 +668,7 @@ impl Actor {
         let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
         text.push_str(&format!(
             "\n# written by drc-agent at rejoin\nprimary_conninfo = {}\nprimary_slot_name = {}\n",
-            quote(&self.conninfo(args)),
+            quote(&self.conninfo(s)),
             quote(&drc_proto::slot_name(&self.cfg.member_id))
         ));
         std::fs::write(&auto, text).map_err(|e| format!("{}: {e}", auto.display()))?;
@@ -670,36 +678,34 @@ impl Actor {
         Ok(HashMap::new())
     }
 
-    fn conninfo(&self, args: &HashMap<String, String>) -> String {
+    fn conninfo(&self, s: &FailoverStep) -> String {
         let user = self.cfg.postgres.as_ref().map(|p| p.replication_user.clone()).unwrap_or_else(|| "postgres".into());
-        format!(
-            "host={} port={} user={user} application_name={}",
-            args.get("primary_host").map(String::as_str).unwrap_or_default(),
-            args.get("primary_port").map(String::as_str).unwrap_or_default(),
-            self.cfg.member_id
-        )
+        format!("host={} port={} user={user} application_name={}", s.primary_host, s.primary_port, self.cfg.member_id)
     }
 
-    async fn redis(&self, action: &str, args: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
+    async fn redis(&self, action: FailoverAction, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
         let mut c = self.redis_local().await?;
-        let (host, port) = (args.get("primary_host").cloned().unwrap_or_default(), args.get("primary_port").cloned().unwrap_or_default());
         match action {
             // Fencing, repointing and rejoining a Redis member all make it a
             // replica of the new primary (its diverged writes are dropped).
-            "fence" | "repoint" | "rejoin" => {
-                redis_cmd(&mut c, redis::cmd("REPLICAOF").arg(&host).arg(&port)).await?;
+            FailoverAction::Fence | FailoverAction::Repoint | FailoverAction::Rejoin => {
+                let (host, port) = primary_address(s)?;
+                redis_cmd(&mut c, redis::cmd("REPLICAOF").arg(host).arg(port)).await?;
                 let _ = redis_cmd(&mut c, redis::cmd("CLIENT").arg("UNPAUSE")).await;
                 *lock(&self.fenced) = false;
                 Ok(HashMap::new())
             }
-            "demote" => {
+            FailoverAction::Demote => {
                 redis_cmd(&mut c, redis::cmd("CLIENT").arg("PAUSE").arg(60_000).arg("WRITE")).await?;
                 let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
-                let offset = parse_info(&info).get("master_repl_offset").map(|s| s.to_string()).unwrap_or_default();
-                Ok([("position".to_string(), offset)].into())
+                let offset = parse_info(&info)
+                    .get("master_repl_offset")
+                    .and_then(|o| o.parse::<u64>().ok())
+                    .ok_or("demote: INFO replication has no master_repl_offset")?;
+                Ok([("position".to_string(), offset.to_string())].into())
             }
-            "catch_up" => {
-                let target: u64 = args.get("position").and_then(|p| p.parse().ok()).unwrap_or(0);
+            FailoverAction::CatchUp => {
+                let target = catch_up_target(s)?;
                 let deadline = Instant::now() + Duration::from_secs(20);
                 loop {
                     let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
@@ -713,7 +719,7 @@ impl Actor {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            other => Err(format!("unknown action {other:?}")),
+            FailoverAction::Promote | FailoverAction::Unspecified => Err(format!("{} is not a Redis step", action.as_str_name())),
         }
     }
 
@@ -944,6 +950,21 @@ pub(crate) async fn run_as(user: &str, program: &std::path::Path, args: &[&str])
 
 /// A PostgreSQL error with the server's message (tokio-postgres's Display
 /// says only "db error").
+/// Where the new primary of a step listens; a step without it is refused.
+fn primary_address(s: &FailoverStep) -> Result<(&str, u16), String> {
+    let port = u16::try_from(s.primary_port).ok().filter(|p| *p > 0);
+    match (s.primary_host.as_str(), port) {
+        ("", _) | (_, None) => Err(format!("the step names no address of the new primary {:?}", s.primary_member)),
+        (host, Some(port)) => Ok((host, port)),
+    }
+}
+
+/// The position a catch-up waits for; a catch-up without one is refused,
+/// never taken as 0 (which every replica has reached).
+fn catch_up_target(s: &FailoverStep) -> Result<u64, String> {
+    (s.catch_up_to > 0).then_some(s.catch_up_to).ok_or_else(|| "catch-up: the demoted primary's final position is not known".to_string())
+}
+
 fn pg_err(e: tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
@@ -994,6 +1015,18 @@ fn default_run_as() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_missing_what_it_needs_is_refused_not_defaulted() {
+        let step = FailoverStep { primary_member: "pg-b".into(), ..Default::default() };
+        assert!(catch_up_target(&step).expect_err("no target").contains("final position"), "0 is never a target");
+        assert!(primary_address(&step).expect_err("no address").contains("pg-b"));
+        let step = FailoverStep { primary_host: "10.0.0.2".into(), primary_port: 70_000, catch_up_to: 9, ..step };
+        assert!(primary_address(&step).is_err(), "a port beyond 65535");
+        assert_eq!(catch_up_target(&step), Ok(9));
+        let step = FailoverStep { primary_port: 5433, ..step };
+        assert_eq!(primary_address(&step), Ok(("10.0.0.2", 5433)));
+    }
 
     #[test]
     fn lsn_and_slot_names() {

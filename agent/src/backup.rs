@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use drc_proto::{BackupJob, DeleteBackup, RecoveryTestJob, RestoreCheck};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -207,8 +208,9 @@ fn destination<'a>(cfg: &'a AgentConfig, name: &str) -> Result<&'a DestinationCo
         .ok_or_else(|| format!("destination {name:?} is not configured on agent {} (add [[destinations]] name = {name:?})", cfg.member_id))
 }
 
-fn arg<'a>(args: &'a HashMap<String, String>, key: &str) -> Result<&'a str, String> {
-    args.get(key).map(String::as_str).filter(|v| !v.is_empty()).ok_or_else(|| format!("missing argument {key:?}"))
+/// A field a job cannot do without: empty means the command is malformed.
+fn required<'a>(value: &'a str, what: &str) -> Result<&'a str, String> {
+    Some(value).filter(|v| !v.is_empty()).ok_or_else(|| format!("the job names no {what}"))
 }
 
 /// The version line a tool prints, for the manifest.
@@ -310,10 +312,13 @@ fn spawn(cmd: &mut Command, what: &str) -> Result<Proc, String> {
 
 /// Takes a backup of the local member and uploads it; see the module doc.
 /// `estimate`: the member's data size, for progress (0 when unknown).
-pub async fn backup(cfg: &AgentConfig, args: &HashMap<String, String>, meter: &Meter, estimate: u64) -> Result<Output, String> {
-    let dest = destination(cfg, arg(args, "destination")?)?;
-    let prefix = arg(args, "key")?.trim_end_matches('/').to_string();
-    let recipients: Vec<&str> = arg(args, "recipients")?.split(',').filter(|r| !r.is_empty()).collect();
+pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate: u64) -> Result<Output, String> {
+    let dest = destination(cfg, required(&job.destination, "destination")?)?;
+    let prefix = required(&job.prefix, "key prefix")?.trim_end_matches('/').to_string();
+    let recipients: Vec<&str> = job.recipients.iter().map(String::as_str).filter(|r| !r.is_empty()).collect();
+    if recipients.is_empty() {
+        return Err("the job names no age recipient to encrypt to".into());
+    }
     let client = dest.client()?;
     let started = now_ms();
     let conn = &cfg.connection;
@@ -459,7 +464,7 @@ pub async fn backup(cfg: &AgentConfig, args: &HashMap<String, String>, meter: &M
     let (lsn_start, lsn_end) = (wal_point(&log, "start point"), wal_point(&log, "end point"));
     let manifest = serde_json::json!({
         "format": 1,
-        "backup_id": args.get("backup_id"),
+        "backup_id": job.backup_id.to_string(),
         "cluster": cfg.cluster,
         "member": cfg.member_id,
         "region": cfg.region,
@@ -561,10 +566,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Deletes a backup's objects (retention); missing objects are fine.
-pub async fn delete(cfg: &AgentConfig, args: &HashMap<String, String>) -> Result<Output, String> {
-    let dest = destination(cfg, arg(args, "destination")?)?;
+pub async fn delete(cfg: &AgentConfig, job: &DeleteBackup) -> Result<Output, String> {
+    let dest = destination(cfg, required(&job.destination, "destination")?)?;
     let client = dest.client()?;
-    for key in arg(args, "keys")?.split(',').filter(|k| !k.is_empty()) {
+    for key in job.keys.iter().filter(|k| !k.is_empty()) {
         client.delete_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("deleting {key}"), dest, e))?;
     }
     Ok(HashMap::new())
@@ -572,10 +577,9 @@ pub async fn delete(cfg: &AgentConfig, args: &HashMap<String, String>) -> Result
 
 /// Restores a backup into a scratch instance, checks it, measures RTO and
 /// RPO, and removes the instance whatever happened.
-pub async fn recovery_test(cfg: &AgentConfig, args: &HashMap<String, String>, meter: &Meter) -> Result<Output, String> {
-    let id = arg(args, "test_id")?;
-    let scratch = cfg.backup.scratch_dir.join(format!("drc-restore-{id}"));
-    let result = restore_and_check(cfg, args, &scratch, meter).await;
+pub async fn recovery_test(cfg: &AgentConfig, job: &RecoveryTestJob, meter: &Meter) -> Result<Output, String> {
+    let scratch = cfg.backup.scratch_dir.join(format!("drc-restore-{}", job.test_id));
+    let result = restore_and_check(cfg, job, &scratch, meter).await;
     remove_scratch(cfg, &scratch).await;
     if let Err(e) = &result {
         tracing::warn!(error = %e, "recovery test failed; scratch instance removed");
@@ -640,22 +644,17 @@ fn disk_full(e: String, scratch: &Path) -> String {
     }
 }
 
-async fn restore_and_check(cfg: &AgentConfig, args: &HashMap<String, String>, scratch: &Path, meter: &Meter) -> Result<Output, String> {
-    restore_and_check_inner(cfg, args, scratch, meter).await.map_err(|e| disk_full(e, scratch))
+async fn restore_and_check(cfg: &AgentConfig, job: &RecoveryTestJob, scratch: &Path, meter: &Meter) -> Result<Output, String> {
+    restore_and_check_inner(cfg, job, scratch, meter).await.map_err(|e| disk_full(e, scratch))
 }
 
-async fn restore_and_check_inner(
-    cfg: &AgentConfig,
-    args: &HashMap<String, String>,
-    scratch: &Path,
-    meter: &Meter,
-) -> Result<Output, String> {
+async fn restore_and_check_inner(cfg: &AgentConfig, job: &RecoveryTestJob, scratch: &Path, meter: &Meter) -> Result<Output, String> {
     let started = Instant::now();
     let started_ms = now_ms();
-    let dest = destination(cfg, arg(args, "destination")?)?;
-    let key = arg(args, "data_key")?;
-    let expected = arg(args, "sha256")?;
-    let kind = arg(args, "kind")?;
+    let dest = destination(cfg, required(&job.destination, "destination")?)?;
+    let key = required(&job.data_key, "data key")?;
+    let expected = required(&job.sha256, "SHA-256")?;
+    let kind = required(&job.kind, "kind")?;
     let identity = cfg
         .backup
         .identity_file
@@ -669,7 +668,7 @@ async fn restore_and_check_inner(
     tokio::fs::create_dir_all(&data).await.map_err(|e| format!("creating {}: {e}", data.display()))?;
     // The restored data is about the backup's raw size: refuse at once when
     // it cannot fit, rather than after downloading most of it.
-    let raw: u64 = args.get("raw_bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let raw = job.raw_bytes;
     let free = free_space(scratch)?;
     if raw > free {
         return Err(format!(
@@ -679,7 +678,7 @@ async fn restore_and_check_inner(
             raw.div_ceil(1 << 20)
         ));
     }
-    meter.phase("download", args.get("stored_bytes").and_then(|v| v.parse().ok()).unwrap_or(0));
+    meter.phase("download", job.stored_bytes);
     let client = dest.client()?;
     let head = client.head_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("reading {key}"), dest, e))?;
     let size = head.content_length().unwrap_or(0).max(0) as u64;
@@ -770,11 +769,11 @@ async fn restore_and_check_inner(
         ("scratch_port".to_string(), port.to_string()),
         ("sha256".to_string(), got),
     ]);
-    let user = user_checks(args)?;
+    let user = &job.checks;
     let checks = if kind == "postgres" {
-        check_postgres(cfg, args, scratch, port, &user, started).await?
+        check_postgres(cfg, &job.check_tables, scratch, port, user, started).await?
     } else {
-        check_redis(scratch, port, &user).await?
+        check_redis(scratch, port, user).await?
     };
     // RTO ends when the instance accepts connections and passed the checks
     // an application depends on; PostgreSQL's full scan (pg_amcheck) runs
@@ -783,7 +782,7 @@ async fn restore_and_check_inner(
     out.extend(checks);
     out.insert("rto_ms".into(), rto.as_millis().to_string());
     out.insert("total_ms".into(), started.elapsed().as_millis().to_string());
-    if let Some(at) = args.get("data_time_ms").and_then(|t| t.parse::<u64>().ok()) {
+    if let Some(at) = Some(job.data_time_ms).filter(|t| *t > 0) {
         out.insert("rpo_ms".into(), started_ms.saturating_sub(at).to_string());
     }
     Ok(out)
@@ -856,22 +855,7 @@ fn table_ident(t: &str) -> Option<String> {
     (parts.len() <= 2 && parts.iter().all(|p| ok(p))).then(|| parts.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join("."))
 }
 
-/// An operator's check from the topology: `query` must answer `expect`.
-#[derive(Debug, Deserialize)]
-struct UserCheck {
-    name: String,
-    query: String,
-    expect: String,
-}
-
-fn user_checks(args: &HashMap<String, String>) -> Result<Vec<UserCheck>, String> {
-    match args.get("checks").filter(|c| !c.is_empty()) {
-        Some(json) => serde_json::from_str(json).map_err(|e| format!("bad checks argument: {e}")),
-        None => Ok(Vec::new()),
-    }
-}
-
-fn judge(out: &mut Output, c: &UserCheck, got: Result<String, String>) -> Result<(), String> {
+fn judge(out: &mut Output, c: &RestoreCheck, got: Result<String, String>) -> Result<(), String> {
     match got {
         Ok(got) if got == c.expect => {
             out.insert(format!("check:{}", c.name), "ok".into());
@@ -884,10 +868,10 @@ fn judge(out: &mut Output, c: &UserCheck, got: Result<String, String>) -> Result
 
 async fn check_postgres(
     cfg: &AgentConfig,
-    args: &HashMap<String, String>,
+    check_tables: &[String],
     scratch: &Path,
     port: u16,
-    user_checks: &[UserCheck],
+    user_checks: &[RestoreCheck],
     started: Instant,
 ) -> Result<Output, String> {
     let pg = cfg.postgres.as_ref().ok_or("recovery test: this agent has no [postgres] section")?;
@@ -925,7 +909,7 @@ async fn check_postgres(
     let mut out = Output::new();
     client.simple_query("SELECT 1").await.map_err(|e| format!("SELECT 1 on the scratch PostgreSQL: {e}"))?;
     let mut counts = serde_json::Map::new();
-    for t in args.get("check_tables").map(|s| s.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>()).unwrap_or_default() {
+    for t in check_tables.iter().filter(|t| !t.is_empty()) {
         let ident = table_ident(t).ok_or_else(|| format!("check table {t:?}: expected schema.table of plain identifiers"))?;
         let row =
             client.query_one(&format!("SELECT count(*) FROM {ident}"), &[]).await.map_err(|e| format!("counting rows of {t}: {e}"))?;
@@ -1007,7 +991,7 @@ fn reply_text(v: redis::Value) -> String {
     }
 }
 
-async fn check_redis(scratch: &Path, port: u16, user_checks: &[UserCheck]) -> Result<Output, String> {
+async fn check_redis(scratch: &Path, port: u16, user_checks: &[RestoreCheck]) -> Result<Output, String> {
     let data = scratch.join("data");
     let pidfile = scratch.join("redis.pid");
     let mut server = spawn(
@@ -1063,7 +1047,7 @@ mod tests {
 
     #[test]
     fn a_check_passes_only_on_the_expected_answer() {
-        let c = UserCheck { name: "orders".into(), query: "SELECT count(*) FROM t".into(), expect: "3".into() };
+        let c = RestoreCheck { name: "orders".into(), query: "SELECT count(*) FROM t".into(), expect: "3".into() };
         let mut out = Output::new();
         judge(&mut out, &c, Ok("3".into())).expect("pass");
         assert_eq!(out["check:orders"], "ok");
@@ -1071,7 +1055,6 @@ mod tests {
         assert_eq!(e, r#"check "orders" failed: "SELECT count(*) FROM t" answered "2", expected "3""#);
         let e = judge(&mut out, &c, Err("relation \"t\" does not exist".into())).expect_err("error");
         assert!(e.contains("does not exist"), "{e}");
-        assert!(user_checks(&HashMap::from([("checks".into(), "[{\"name\":1}]".into())])).is_err());
     }
 
     #[test]

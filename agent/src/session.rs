@@ -232,7 +232,7 @@ async fn session(
                         // Commands run beside the stream; leases answer nothing.
                         let (actor, tx) = (Arc::clone(actor), tx.clone());
                         tokio::spawn(async move {
-                            let lease = c.action == "lease";
+                            let lease = matches!(c.body, Some(drc_proto::command::Body::Lease(_)));
                             let meter = crate::backup::Meter::default();
                             let every = actor.progress_interval();
                             let progress = tokio::spawn(report_progress(meter.clone(), c.command_id, every, tx.clone()));

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drc_proto::{coordinator_message, CommandResult, CoordinatorMessage, Progress};
+use drc_proto::{command, coordinator_message, CommandResult, CoordinatorMessage, LeaseGrant, Progress};
 use tokio::sync::{mpsc, oneshot};
 
 use super::board::SampleBoard;
@@ -153,11 +153,12 @@ impl AgentHub {
     /// which was earlier, so its lease never outlasts `until`, however late
     /// the renewal arrives. False if the agent is not connected or its
     /// stream is full.
-    pub fn renew(&self, member: &str, mut cmd: drc_proto::Command, until: Instant) -> bool {
+    pub fn renew(&self, member: &str, cluster: &str, epoch: u64, mut grant: LeaseGrant, until: Instant) -> bool {
         if let Some((seq, received)) = self.board.basis(member).filter(|(seq, _)| *seq > 0) {
-            cmd.args.insert("basis_seq".into(), seq.to_string());
-            cmd.args.insert("basis_ttl_ms".into(), until.saturating_duration_since(received).as_millis().to_string());
+            grant.basis_seq = seq;
+            grant.basis_ttl_ms = until.saturating_duration_since(received).as_millis() as u64;
         }
+        let cmd = drc_proto::Command { command_id: 0, cluster: cluster.into(), epoch, body: Some(command::Body::Lease(grant)) };
         self.notify(member, cmd)
     }
 

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use drc_model::time::wall_now_ms;
 use drc_model::topology::Topology;
 use drc_model::{Decision, Millis, StepAction, StepArgs, StepState};
+use drc_proto::{FailoverAction, FailoverStep, LeaseGrant};
 
 use crate::agents::{Agents, EventKind};
 use crate::core::steps::{self, Verdict};
@@ -386,19 +387,12 @@ impl Executor {
                 Action::Lease { cluster, member, epoch, ttl, sync } => {
                     // The topology's cluster index: no walk over every member per lease.
                     let replicas = t.by_cluster().get(cluster.as_str()).map_or(0, Vec::len).saturating_sub(1);
-                    let mut args: std::collections::HashMap<String, String> = [
-                        ("ttl_ms".to_string(), ttl.to_string()),
-                        ("expires_at_ms".to_string(), (now + ttl).to_string()),
-                        ("replicas".to_string(), replicas.to_string()),
-                    ]
-                    .into();
+                    let mut grant = LeaseGrant { ttl_ms: ttl, expires_at_ms: now + ttl, replicas: replicas as u32, ..Default::default() };
                     if let Some(sync) = sync {
                         self.note_sync(&cluster, &member, &sync);
-                        args.insert("sync_count".into(), sync.count.to_string());
-                        args.insert("sync_names".into(), sync.names.join(","));
+                        grant.sync = Some(drc_proto::SyncStandbys { count: sync.count as u32, names: sync.names });
                     }
-                    let cmd = drc_proto::Command { command_id: 0, cluster, epoch, action: "lease".into(), args };
-                    self.agents.hub.renew(&member, cmd, at + Duration::from_millis(ttl));
+                    self.agents.hub.renew(&member, &cluster, epoch, grant, at + Duration::from_millis(ttl));
                 }
                 Action::Wait { cluster, reason, countdown } => {
                     waits.insert(cluster, (reason, countdown));
@@ -540,20 +534,18 @@ impl Executor {
         let answer = match step.action {
             StepAction::Publish => self.hook.run(d, t).await,
             _ => {
-                let mut args = command_args(d, i, t);
-                if step.action == StepAction::Promote {
+                let mut body = failover_step(d, i, t);
+                if let Some(lease) = body.lease.as_mut() {
                     // The new primary serves under a lease from its promotion
                     // on; the core keeps it from being replaced until that ends.
-                    let ttl = self.lease.promote_ttl();
-                    args.insert("ttl_ms".into(), ttl.to_string());
-                    args.insert("expires_at_ms".into(), (wall_now_ms() + ttl).to_string());
+                    lease.ttl_ms = self.lease.promote_ttl();
+                    lease.expires_at_ms = wall_now_ms() + lease.ttl_ms;
                 }
                 let cmd = drc_proto::Command {
                     command_id: 0,
                     cluster: d.cluster.clone(),
                     epoch: d.epoch,
-                    action: step.action.as_str().into(),
-                    args: args.into_iter().collect(),
+                    body: Some(drc_proto::command::Body::Step(body)),
                 };
                 match self.agents.hub.command(&step.member, cmd, ms(steps::COMMAND_TIMEOUT)).await {
                     Ok(r) if r.ok => Ok(StepArgs::reported(r.output)),
@@ -580,36 +572,43 @@ fn ms(n: Millis) -> Duration {
     Duration::from_millis(n)
 }
 
-/// What an agent needs to carry out step `i` of `d`, as the wire's string
-/// map: the new primary and where it listens, the old primary, the
-/// replication slots, whether the old primary is fenced, and for catch-up
-/// the demoted primary's final position.
-fn command_args(d: &Decision, i: usize, t: &Topology) -> BTreeMap<String, String> {
+/// What an agent needs to carry out step `i` of `d`: the new primary and
+/// where it listens, the old primary, the replication slots, whether the
+/// old primary is fenced; for a promotion the lease it grants (its times
+/// filled in when sent), for catch-up the demoted primary's final position
+/// (0, which the agent refuses, if it is not known).
+fn failover_step(d: &Decision, i: usize, t: &Topology) -> FailoverStep {
     let step = &d.steps[i];
-    let mut a = BTreeMap::new();
     let address = |m: &str| t.members.get(m).map(|m| m.address.clone()).unwrap_or_default();
-    let (host, port) = address(&d.to).rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap_or_default();
-    a.insert("primary_member".into(), d.to.clone());
-    a.insert("primary_host".into(), host);
-    a.insert("primary_port".into(), port);
-    a.insert("old_primary".into(), d.from.clone());
-    a.insert("old_primary_address".into(), address(&d.from));
-    a.insert("slot".into(), drc_proto::slot_name(&step.member));
-    let others: Vec<String> =
-        t.members.iter().filter(|(id, m)| m.cluster == d.cluster && **id != d.to).map(|(id, _)| drc_proto::slot_name(id)).collect();
-    a.insert("slots".into(), others.join(","));
+    let to = address(&d.to);
+    let (host, port) = to.rsplit_once(':').map(|(h, p)| (h.to_string(), p.parse().unwrap_or(0))).unwrap_or_default();
+    let action = match step.action {
+        StepAction::Fence => FailoverAction::Fence,
+        StepAction::Demote => FailoverAction::Demote,
+        StepAction::CatchUp => FailoverAction::CatchUp,
+        StepAction::Promote => FailoverAction::Promote,
+        StepAction::Repoint => FailoverAction::Repoint,
+        StepAction::Rejoin => FailoverAction::Rejoin,
+        StepAction::Publish => FailoverAction::Unspecified,
+    };
+    let in_cluster = |m: &drc_model::topology::Member| m.cluster == d.cluster;
     let fenced = d.steps.iter().any(|s| matches!(s.action, StepAction::Fence | StepAction::Demote) && s.state == StepState::Done);
-    a.insert("old_primary_fenced".into(), fenced.to_string());
-    if step.action == StepAction::Promote {
-        let replicas = t.members.values().filter(|m| m.cluster == d.cluster).count().saturating_sub(1);
-        a.insert("replicas".into(), replicas.to_string());
+    let demoted_at = d.steps.iter().find(|s| s.action == StepAction::Demote).and_then(|s| s.args.position);
+    FailoverStep {
+        action: action as i32,
+        primary_member: d.to.clone(),
+        primary_host: host,
+        primary_port: port,
+        old_primary: d.from.clone(),
+        old_primary_address: address(&d.from),
+        slots: t.members.iter().filter(|(id, m)| in_cluster(m) && **id != d.to).map(|(id, _)| drc_proto::slot_name(id)).collect(),
+        old_primary_fenced: fenced,
+        catch_up_to: if step.action == StepAction::CatchUp { demoted_at.unwrap_or(0) } else { 0 },
+        lease: (step.action == StepAction::Promote).then(|| LeaseGrant {
+            replicas: t.members.values().filter(|m| in_cluster(m)).count().saturating_sub(1) as u32,
+            ..Default::default()
+        }),
     }
-    if step.action == StepAction::CatchUp {
-        // The demoted primary's final position, as its agent reported it.
-        let target = d.steps.iter().find(|s| s.action == StepAction::Demote).and_then(|s| s.args.position);
-        a.insert("position".into(), target.map(|p| p.to_string()).unwrap_or_default());
-    }
-    a
 }
 
 #[cfg(test)]
@@ -659,14 +658,20 @@ mod tests {
             outcome: String::new(),
             known_position: 0,
         };
-        let catch_up = command_args(&d, 1, &t);
-        assert_eq!(catch_up["position"], "4096");
-        assert_eq!((catch_up["primary_host"].as_str(), catch_up["primary_port"].as_str()), ("10.0.0.2", "5433"));
-        assert_eq!(catch_up["old_primary_fenced"], "true", "demoted");
-        assert_eq!(catch_up["slots"], format!("{},{}", drc_proto::slot_name("pg-a"), drc_proto::slot_name("pg-c")));
-        assert!(!catch_up.contains_key("replicas"));
-        let promote = command_args(&d, 2, &t);
-        assert_eq!(promote["replicas"], "2");
-        assert!(!promote.contains_key("position"), "only catch-up is told a target");
+        let catch_up = failover_step(&d, 1, &t);
+        assert_eq!(catch_up.action, FailoverAction::CatchUp as i32);
+        assert_eq!(catch_up.catch_up_to, 4_096);
+        assert_eq!((catch_up.primary_host.as_str(), catch_up.primary_port), ("10.0.0.2", 5433));
+        assert!(catch_up.old_primary_fenced, "demoted");
+        assert_eq!(catch_up.slots, vec![drc_proto::slot_name("pg-a"), drc_proto::slot_name("pg-c")]);
+        assert!(catch_up.lease.is_none());
+        let promote = failover_step(&d, 2, &t);
+        assert_eq!(promote.lease.map(|l| l.replicas), Some(2));
+        assert_eq!(promote.catch_up_to, 0, "only catch-up is told a target");
+        // Without the demoted primary's final position, catch-up is sent 0,
+        // which the agent refuses rather than taking as reached.
+        let mut unknown = d.clone();
+        unknown.steps[0].args.position = None;
+        assert_eq!(failover_step(&unknown, 1, &t).catch_up_to, 0);
     }
 }

@@ -10,6 +10,7 @@ use drc_model::Millis;
 
 use crate::agents::EventKind;
 use crate::state::Command;
+use drc_proto::{command, BackupJob};
 
 use super::{JobError, Jobs};
 
@@ -65,16 +66,16 @@ impl Jobs {
             format!("backup {} started: {member} -> {dest} ({})", rec.id, rec.prefix),
         );
         let this = Arc::clone(self);
-        let recipients = policy.recipients.join(",");
+        let recipients = policy.recipients.clone();
         let job = rec.clone();
         tokio::spawn(async move {
-            let args = [
-                ("backup_id", job.id.to_string()),
-                ("destination", job.destination.clone()),
-                ("key", job.prefix.clone()),
-                ("recipients", recipients),
-            ];
-            let result = this.command(Some((JobKind::Backup, job.id)), &job.member, &job.cluster, "backup", &args).await;
+            let body = command::Body::Backup(BackupJob {
+                backup_id: job.id,
+                destination: job.destination.clone(),
+                prefix: job.prefix.clone(),
+                recipients,
+            });
+            let result = this.command(Some((JobKind::Backup, job.id)), &job.member, &job.cluster, body).await;
             let mut done = job.clone();
             done.finished_at = wall_now_ms();
             match result {

@@ -28,6 +28,7 @@ use crate::agents::{progress, Agents, EventKind};
 use crate::lock::lock;
 use crate::raft::{NodeHandle, Role};
 use crate::state::{Command, Outcome};
+use drc_proto::command;
 
 pub use error::JobError;
 pub use schedule::{next, parse_cron};
@@ -84,20 +85,13 @@ impl Jobs {
         job: Option<(JobKind, u64)>,
         member: &str,
         cluster: &str,
-        action: &str,
-        args: &[(&str, String)],
+        body: command::Body,
     ) -> Result<BTreeMap<String, String>, String> {
         let command_id = self.agents.hub.command_id();
         if let Some(job) = job {
             self.running().insert(job, command_id);
         }
-        let cmd = drc_proto::Command {
-            command_id,
-            cluster: cluster.to_string(),
-            epoch: 0,
-            action: action.to_string(),
-            args: args.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        };
+        let cmd = drc_proto::Command { command_id, cluster: cluster.to_string(), epoch: 0, body: Some(body) };
         match self.agents.hub.command(member, cmd, JOB_TIMEOUT).await {
             Ok(r) if r.ok => Ok(r.output.into_iter().collect()),
             Ok(r) => Err(r.error),

@@ -8,6 +8,7 @@ use drc_model::time::wall_now_ms;
 
 use crate::agents::EventKind;
 use crate::state::Command;
+use drc_proto::{command, RecoveryTestJob, RestoreCheck};
 
 use super::{JobError, Jobs};
 
@@ -73,22 +74,27 @@ impl Jobs {
             format!("recovery test {} started: backup {} on {member}", rec.id, backup.id),
         );
         let data_time = backup.manifest.get("finished_at_ms").and_then(|v| v.as_u64()).unwrap_or(backup.finished_at);
-        let args = [
-            ("test_id", rec.id.to_string()),
-            ("destination", backup.destination.clone()),
-            ("data_key", backup.data_key.clone()),
-            ("sha256", backup.sha256.clone()),
-            ("kind", c.kind.as_str().to_string()),
-            ("check_tables", c.backup.check_tables.join(",")),
-            ("checks", serde_json::to_string(&c.backup.checks).unwrap_or_default()),
-            ("raw_bytes", backup.raw_bytes.to_string()),
-            ("stored_bytes", backup.stored_bytes.to_string()),
-            ("data_time_ms", data_time.to_string()),
-        ];
+        let body = command::Body::RecoveryTest(RecoveryTestJob {
+            test_id: rec.id,
+            destination: backup.destination.clone(),
+            data_key: backup.data_key.clone(),
+            sha256: backup.sha256.clone(),
+            kind: c.kind.as_str().to_string(),
+            check_tables: c.backup.check_tables.clone(),
+            checks: c
+                .backup
+                .checks
+                .iter()
+                .map(|k| RestoreCheck { name: k.name.clone(), query: k.query.clone(), expect: k.expect.clone() })
+                .collect(),
+            raw_bytes: backup.raw_bytes,
+            stored_bytes: backup.stored_bytes,
+            data_time_ms: data_time,
+        });
         let this = Arc::clone(self);
         let job = rec.clone();
         tokio::spawn(async move {
-            let result = this.command(Some((JobKind::RecoveryTest, job.id)), &job.member, &job.cluster, "recovery_test", &args).await;
+            let result = this.command(Some((JobKind::RecoveryTest, job.id)), &job.member, &job.cluster, body).await;
             let mut done = job.clone();
             done.finished_at = wall_now_ms();
             match result {

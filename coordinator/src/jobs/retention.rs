@@ -10,6 +10,7 @@ use drc_model::Millis;
 
 use crate::agents::EventKind;
 use crate::state::Command;
+use drc_proto::{command, DeleteBackup};
 
 use super::Jobs;
 
@@ -64,12 +65,11 @@ impl Jobs {
             topology.members_of(cluster).filter(|(id, _)| obs.get(*id).is_some_and(|o| o.fresh)).map(|(id, _)| id.clone()).collect();
         for id in doomed {
             let Some(b) = backups.iter().find(|b| b.id == id) else { continue };
-            let keys =
-                [b.data_key.as_str(), b.manifest_key.as_str()].iter().filter(|k| !k.is_empty()).copied().collect::<Vec<_>>().join(",");
-            let args = [("destination", b.destination.clone()), ("keys", keys)];
+            let keys = [&b.data_key, &b.manifest_key].into_iter().filter(|k| !k.is_empty()).cloned().collect();
+            let job = DeleteBackup { destination: b.destination.clone(), keys };
             let mut deleted = false;
             for agent in &agents {
-                match self.command(None, agent, cluster, "delete_backup", &args).await {
+                match self.command(None, agent, cluster, command::Body::DeleteBackup(job.clone())).await {
                     Ok(_) => {
                         deleted = true;
                         break;
