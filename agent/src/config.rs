@@ -111,7 +111,7 @@ pub struct AgentConfig {
     pub connection: Connection,
     /// How to stop, start and rewind the local PostgreSQL (failover actions).
     #[serde(default)]
-    pub postgres: Option<crate::actions::PostgresControl>,
+    pub postgres: Option<PostgresControl>,
     /// Where the agent keeps the newest epoch it has seen, across restarts.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
@@ -122,9 +122,9 @@ pub struct AgentConfig {
     /// S3 buckets this agent backs up to or restores from, by the names the
     /// topology's `[destinations]` use.
     #[serde(default)]
-    pub destinations: Vec<crate::backup::DestinationConfig>,
+    pub destinations: Vec<DestinationConfig>,
     #[serde(default)]
-    pub backup: crate::backup::BackupConfig,
+    pub backup: BackupConfig,
 }
 
 fn default_vouch() -> Duration {
@@ -172,4 +172,112 @@ impl AgentConfig {
             Err(anyhow::anyhow!("invalid agent configuration:\n  - {}", p.join("\n  - ")))
         }
     }
+}
+
+/// Where PostgreSQL lives, for the actions that stop, start and rewind it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresControl {
+    pub data_dir: PathBuf,
+    #[serde(default = "default_bin_dir")]
+    pub bin_dir: PathBuf,
+    /// OS user that owns the data dir ("" to run the tools as the agent's user).
+    #[serde(default = "default_run_as")]
+    pub run_as: String,
+    /// Passed to `pg_ctl start -o` (port and socket dir belong here, not in
+    /// postgresql.conf: pg_rewind copies the config between members).
+    #[serde(default)]
+    pub start_options: String,
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    /// Role the standbys replicate as.
+    #[serde(default = "default_run_as")]
+    pub replication_user: String,
+}
+
+fn default_bin_dir() -> PathBuf {
+    PathBuf::from("/usr/lib/postgresql/15/bin")
+}
+
+fn default_run_as() -> String {
+    "postgres".into()
+}
+
+/// One S3 bucket this agent may write to or read from, by the name the
+/// topology uses.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    pub name: String,
+    /// e.g. "https://s3.eu-west-1.amazonaws.com" or "http://127.0.0.1:9000".
+    pub endpoint: String,
+    pub bucket: String,
+    /// The signing region of the S3 service.
+    #[serde(default = "default_s3_region")]
+    pub s3_region: String,
+    pub access_key: String,
+    #[serde(default)]
+    pub secret_key_env: Option<String>,
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".into()
+}
+
+/// `[backup]` in the agent's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// age identity file: only on agents that run recovery tests.
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
+    /// Where recovery tests restore to; emptied of leftovers at start.
+    #[serde(default = "default_scratch")]
+    pub scratch_dir: PathBuf,
+    #[serde(default = "default_level")]
+    pub zstd_level: i32,
+    /// Multipart upload part size (S3 needs at least 5 MiB).
+    #[serde(default = "default_part_mib")]
+    pub part_size_mib: usize,
+    /// Parts uploaded at once.
+    #[serde(default = "default_concurrency")]
+    pub upload_concurrency: usize,
+    /// How often a running backup or recovery test reports its progress.
+    #[serde(default = "default_progress", with = "humantime_serde")]
+    pub progress_interval: Duration,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            identity_file: None,
+            scratch_dir: default_scratch(),
+            zstd_level: default_level(),
+            part_size_mib: default_part_mib(),
+            upload_concurrency: default_concurrency(),
+            progress_interval: default_progress(),
+        }
+    }
+}
+
+fn default_scratch() -> PathBuf {
+    std::env::temp_dir().join("drc-scratch")
+}
+
+fn default_level() -> i32 {
+    3
+}
+
+fn default_part_mib() -> usize {
+    8
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+fn default_progress() -> Duration {
+    Duration::from_secs(1)
 }

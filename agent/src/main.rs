@@ -11,6 +11,7 @@ mod actions;
 mod backup;
 mod config;
 mod probe;
+mod process;
 mod session;
 
 use std::path::PathBuf;
@@ -128,7 +129,7 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
             probe_actor.stamp(&mut sample);
             sample.lease_ms = probe_actor.lease_ms();
             sample.lease_fenced = probe_actor.lease_fenced();
-            sample.server_gone = !local.reachable && probe_cfg.postgres.as_ref().is_some_and(|pg| !actions::postmaster_alive(&pg.data_dir));
+            sample.server_gone = !local.reachable && probe_cfg.postgres.as_ref().is_some_and(|pg| !process::postmaster_alive(&pg.data_dir));
             if !local.dataset_id.is_empty() {
                 let now = (local.dataset_id.clone(), local.previous_dataset_id.clone());
                 dataset_tx.send_if_modified(|d| {

@@ -1,0 +1,216 @@
+//! Carries out what the coordinator asks: lease renewals, failover steps,
+//! backups and recovery tests, each refused when it is older than an epoch
+//! already seen or lacks what it needs.
+//!
+//! * [`lease`] — the lease a primary serves under, the epochs this agent
+//!   has seen (kept on disk), and fencing a primary whose lease lapsed.
+//! * [`promote`] — promotion and the synchronous standbys of a primary.
+//! * [`postgres`] and [`redis`] — the other steps on each kind of database.
+
+mod lease;
+mod postgres;
+mod promote;
+mod redis;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use drc_proto::command::Body;
+use drc_proto::{Command, CommandResult, FailoverAction, FailoverStep};
+
+use crate::config::{AgentConfig, Kind};
+use lease::{Known, TAKEN_KEPT};
+use tokio_postgres::Client;
+
+use crate::probe::redis::parse_info;
+
+pub struct Actor {
+    cfg: Arc<AgentConfig>,
+    known: Mutex<Known>,
+    lease_until: Mutex<Option<Instant>>,
+    /// The next sample's sequence number.
+    next_seq: std::sync::atomic::AtomicU64,
+    /// When the newest samples were taken, by sequence number: a renewal
+    /// counts from the sample it answers.
+    taken: Mutex<std::collections::VecDeque<(u64, Instant)>>,
+    /// Other members the primary expects to stream from it.
+    replicas: Mutex<usize>,
+    /// When this replica last saw its stream from the primary up.
+    link_up_at: Mutex<Option<Instant>>,
+    /// Set once the agent fenced its member for a lapsed lease.
+    fenced: Mutex<bool>,
+    /// A restart of a lease-fenced primary is running.
+    restarting: tokio::sync::Mutex<()>,
+    /// A PostgreSQL primary's synchronous_standby_names as this agent last
+    /// set or read it (None: not known yet), and one change at a time.
+    sync_standbys: Mutex<Option<String>>,
+    syncing: tokio::sync::Mutex<()>,
+    /// One connection to the local PostgreSQL, reused: the lease check runs
+    /// every 50 ms, and a promotion should not pay for new connections.
+    local_pg: tokio::sync::Mutex<Option<Arc<Client>>>,
+}
+
+/// How a read that timed out starts its error.
+pub(super) const NO_ANSWER: &str = "no answer";
+
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Actor {
+    pub fn new(cfg: Arc<AgentConfig>) -> Arc<Actor> {
+        let known =
+            cfg.state_file().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice::<Known>(&b).ok()).unwrap_or_default();
+        // A lease held before a restart is treated as lapsed at once.
+        Arc::new(Actor {
+            cfg,
+            known: Mutex::new(known.clone()),
+            lease_until: Mutex::new(None),
+            // Above every number an earlier process of this agent used.
+            next_seq: std::sync::atomic::AtomicU64::new(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1),
+            ),
+            taken: Mutex::new(std::collections::VecDeque::with_capacity(TAKEN_KEPT)),
+            replicas: Mutex::new(known.replicas),
+            link_up_at: Mutex::new(None),
+            // Not `known.lease_fenced`: a server restarted behind a
+            // restarted agent's back must be found and fenced again.
+            fenced: Mutex::new(false),
+            restarting: tokio::sync::Mutex::new(()),
+            sync_standbys: Mutex::new(None),
+            syncing: tokio::sync::Mutex::new(()),
+            local_pg: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn progress_interval(&self) -> Duration {
+        self.cfg.backup.progress_interval
+    }
+
+    /// From every local probe of a primary: its synchronous_standby_names.
+    /// A value other than the one this agent last set or read (an operator
+    /// changed it) is looked at again on the next lease renewal.
+    pub fn observe_sync(&self, current: &str) {
+        let mut known = lock(&self.sync_standbys);
+        if known.as_deref().is_some_and(|k| k != current) {
+            *known = None;
+        }
+    }
+
+    /// From every local probe: whether this replica streams from its primary.
+    pub fn observe_link(&self, replicating: bool) {
+        if replicating {
+            *lock(&self.link_up_at) = Some(Instant::now());
+        }
+    }
+
+    /// Carries out one command.
+    /// `meter` follows the progress of backups and recovery tests.
+    pub async fn handle(&self, cmd: Command, meter: &crate::backup::Meter) -> CommandResult {
+        let start = Instant::now();
+        let mut result = CommandResult { command_id: cmd.command_id, ok: true, ..Default::default() };
+        let (what, outcome) = match &cmd.body {
+            Some(Body::Lease(l)) => {
+                if let Err(e) = self.renew(cmd.epoch, l).await {
+                    result.ok = false;
+                    result.error = e;
+                }
+                return result;
+            }
+            // Backups and recovery tests are not failover actions: no epoch.
+            Some(Body::Backup(job)) => ("backup", crate::backup::backup(&self.cfg, job, meter, self.data_size().await).await),
+            Some(Body::RecoveryTest(job)) => ("recovery_test", crate::backup::recovery_test(&self.cfg, job, meter).await),
+            Some(Body::DeleteBackup(job)) => ("delete_backup", crate::backup::delete(&self.cfg, job).await),
+            Some(Body::Step(step)) => {
+                let action = FailoverAction::try_from(step.action).unwrap_or(FailoverAction::Unspecified);
+                (action.as_str_name(), self.step(cmd.epoch, action, step).await)
+            }
+            None => ("none", Err("a command without a body: is the coordinator of another release?".into())),
+        };
+        match outcome {
+            Ok(output) => result.output = output,
+            Err(e) => {
+                result.ok = false;
+                result.error = e;
+            }
+        }
+        result.duration_ms = start.elapsed().as_millis() as u64;
+        tracing::info!(action = what, epoch = cmd.epoch, ok = result.ok, error = %result.error, ms = result.duration_ms, "command");
+        result
+    }
+
+    /// A failover step, refused when its epoch is older than one already seen.
+    async fn step(&self, epoch: u64, action: FailoverAction, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
+        let known = self.epoch();
+        if !self.learn(epoch, &s.primary_member) {
+            return Err(format!("refused: epoch {epoch} is older than epoch {known} already seen"));
+        }
+        match (self.cfg.kind, action) {
+            (_, FailoverAction::Unspecified) => Err(format!("unknown failover action {}", s.action)),
+            (_, FailoverAction::Promote) => self.promote(s).await,
+            (Kind::Postgres, action) => self.postgres(action, s).await,
+            (Kind::Redis, action) => self.redis(action, s).await,
+        }
+    }
+
+    /// The size of the member's data, to estimate a backup's progress; 0
+    /// when unknown.
+    async fn data_size(&self) -> u64 {
+        match self.cfg.kind {
+            Kind::Postgres => match self.pg_local().await {
+                Ok(c) => c
+                    .query_one("SELECT sum(pg_database_size(oid))::bigint FROM pg_database", &[])
+                    .await
+                    .ok()
+                    .and_then(|r| r.try_get::<_, i64>(0).ok())
+                    .unwrap_or(0)
+                    .max(0) as u64,
+                Err(_) => 0,
+            },
+            Kind::Redis => match self.redis_local().await {
+                Ok(mut c) => {
+                    let info: String = ::redis::cmd("INFO").arg("memory").query_async(&mut c).await.unwrap_or_default();
+                    parse_info(&info).get("used_memory_dataset").and_then(|v| v.parse().ok()).unwrap_or(0)
+                }
+                Err(_) => 0,
+            },
+        }
+    }
+}
+
+/// Where the new primary of a step listens; a step without it is refused.
+pub(super) fn primary_address(s: &FailoverStep) -> Result<(&str, u16), String> {
+    let port = u16::try_from(s.primary_port).ok().filter(|p| *p > 0);
+    match (s.primary_host.as_str(), port) {
+        ("", _) | (_, None) => Err(format!("the step names no address of the new primary {:?}", s.primary_member)),
+        (host, Some(port)) => Ok((host, port)),
+    }
+}
+
+/// The position a catch-up waits for; a catch-up without one is refused,
+/// never taken as 0 (which every replica has reached).
+pub(super) fn catch_up_target(s: &FailoverStep) -> Result<u64, String> {
+    (s.catch_up_to > 0).then_some(s.catch_up_to).ok_or_else(|| "catch-up: the demoted primary's final position is not known".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_missing_what_it_needs_is_refused_not_defaulted() {
+        let step = FailoverStep { primary_member: "pg-b".into(), ..Default::default() };
+        assert!(catch_up_target(&step).expect_err("no target").contains("final position"), "0 is never a target");
+        assert!(primary_address(&step).expect_err("no address").contains("pg-b"));
+        let step = FailoverStep { primary_host: "10.0.0.2".into(), primary_port: 70_000, catch_up_to: 9, ..step };
+        assert!(primary_address(&step).is_err(), "a port beyond 65535");
+        assert_eq!(catch_up_target(&step), Ok(9));
+        let step = FailoverStep { primary_port: 5433, ..step };
+        assert_eq!(primary_address(&step), Ok(("10.0.0.2", 5433)));
+    }
+}
