@@ -12,12 +12,12 @@ mod backup;
 mod config;
 mod probe;
 mod process;
+mod sampler;
 mod session;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use tokio::sync::watch;
@@ -93,54 +93,14 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
     let buffer = Arc::new(SampleBuffer::new(cfg.max_buffered_samples));
     let actor = actions::Actor::new(Arc::clone(&cfg));
     tokio::spawn(Arc::clone(&actor).watch_lease(cancel.clone()));
-    let probe_actor = Arc::clone(&actor);
     let (views_tx, views_rx) = watch::channel::<Option<drc_proto::ClusterView>>(None);
     // Probe once before connecting, so that the Hello carries the dataset id.
     let first = prober.local().await;
     let (dataset_tx, dataset_rx) = watch::channel((first.dataset_id.clone(), first.previous_dataset_id.clone()));
     tracing::info!(member = %cfg.member_id, kind = cfg.kind.as_str(), role = first.role, reachable = first.reachable, "agent starting");
 
-    let probe_cfg = Arc::clone(&cfg);
-    let probe_buffer = Arc::clone(&buffer);
-    let probe_cancel = cancel.clone();
-    let probes = tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(probe_cfg.probe_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = probe_cancel.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            let local = prober.local().await;
-            let view = views_rx.borrow().clone();
-            let primary = match &view {
-                Some(v) if v.primary_member != probe_cfg.member_id && !v.primary_address.is_empty() => {
-                    Some(prober.primary(&v.primary_address).await)
-                }
-                _ => None,
-            };
-            probe_actor.observe_link(local.reachable && local.role == "replica" && local.replication_connected);
-            if local.reachable && local.role == "primary" {
-                probe_actor.observe_sync(&local.sync_standbys);
-            }
-            let epoch = probe_actor.epoch().max(view.as_ref().map(|v| v.epoch).unwrap_or(0));
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-            let mut sample = prober.sample(&probe_cfg.member_id, &local, primary.as_ref(), epoch, now);
-            probe_actor.stamp(&mut sample);
-            sample.lease_ms = probe_actor.lease_ms();
-            sample.lease_fenced = probe_actor.lease_fenced();
-            sample.server_gone = !local.reachable && probe_cfg.postgres.as_ref().is_some_and(|pg| !process::postmaster_alive(&pg.data_dir));
-            if !local.dataset_id.is_empty() {
-                let now = (local.dataset_id.clone(), local.previous_dataset_id.clone());
-                dataset_tx.send_if_modified(|d| {
-                    let changed = *d != now;
-                    *d = now;
-                    changed
-                });
-            }
-            probe_buffer.push(sample);
-        }
-    });
+    let probes =
+        tokio::spawn(sampler::run(Arc::clone(&cfg), prober, Arc::clone(&actor), Arc::clone(&buffer), views_rx, dataset_tx, cancel.clone()));
 
     let result = session::run(Arc::clone(&cfg), actor, buffer, views_tx, dataset_rx, cancel.clone()).await;
     cancel.cancel();

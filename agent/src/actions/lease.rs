@@ -75,7 +75,11 @@ pub(super) fn lease_end(received: Instant, ttl_ms: u64, expires_at_ms: Option<u6
 
 impl Actor {
     /// Numbers a sample taken now; renewals that answer it count from now.
+    /// Also writes what the sample says of the lease: how long it has left
+    /// and whether this agent fenced its primary when it lapsed.
     pub fn stamp(&self, sample: &mut drc_proto::Sample) {
+        sample.lease_ms = self.lease_ms();
+        sample.lease_fenced = self.lease_fenced();
         sample.seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut taken = lock(&self.taken);
         if taken.len() == TAKEN_KEPT {
