@@ -1,0 +1,214 @@
+//! drctl's command line: every command and its flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "drctl", version, about = "Drive drc, the multi-region disaster-recovery coordinator")]
+pub struct Cli {
+    /// Coordinator addresses, comma-separated (host:port or http://host:port); any reachable one is used.
+    #[arg(long, env = "DRC_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7400", global = true)]
+    pub endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    /// How long to wait for an answer.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Every coordinator's role and Raft indexes, member health and lag, and a topology summary.
+    Status,
+    /// Stream health changes (members turning healthy or not, roles, primaries) as they happen.
+    Watch,
+    /// Validate a topology file and make it the replicated topology.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The replicated topology.
+    Topology {
+        #[command(subcommand)]
+        command: TopologyCommand,
+    },
+    /// The coordinator nodes (Raft membership).
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+    /// Unplanned failover: fence the primary, promote the best (or the named) replica.
+    Failover {
+        #[arg(long)]
+        cluster: String,
+        /// The member to promote; default: the best candidate.
+        #[arg(long)]
+        to: Option<String>,
+        /// Promote even beyond the RPO budget (recorded in the history).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Move every primary out of a region (switchover if healthy, failover if down); failover groups land together.
+    FailoverRegion {
+        #[arg(long)]
+        from: String,
+        /// The region to move to; default: the best one for each cluster.
+        #[arg(long)]
+        to: Option<String>,
+        /// Promote even beyond the RPO budget (recorded in the history).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Planned switchover: the candidate catches up, then takes over; no acknowledged write is lost.
+    Switchover {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Stop automatic failover of a cluster (or of every cluster) for maintenance.
+    Pause {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Let automatic failover happen again.
+    Resume {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Lift a cluster's anti-flap block after a failover.
+    ClearBlock {
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Every failover decision, newest first, with its evidence and steps.
+    History {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Cross-region backups: take one, list the catalog, show one.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// Restore a backup into a scratch instance, check it, measure RTO / RPO.
+    RecoveryTest {
+        #[command(subcommand)]
+        command: RecoveryTestCommand,
+    },
+    /// Cron schedules of backups and recovery tests (UTC; 5 fields, or 6 with seconds first).
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// Every schedule with its last and next occurrence.
+    List {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Set a cluster's schedules; "off" removes one.
+    Set {
+        #[arg(long)]
+        cluster: String,
+        /// e.g. "0 3 * * *" (daily at 03:00 UTC)
+        #[arg(long)]
+        backup: Option<String>,
+        /// e.g. "0 5 * * 0" (Sundays at 05:00 UTC)
+        #[arg(long)]
+        recovery_test: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Take a backup now (from a healthy replica, into a bucket in another region) and wait for it.
+    Run {
+        #[arg(long)]
+        cluster: String,
+        /// A destination by name; default: the cluster's first outside the source's region.
+        #[arg(long)]
+        destination: Option<String>,
+        /// Answer once started instead of waiting for the end.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The backup catalog, newest first.
+    List {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// One backup with its manifest.
+    Show { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecoveryTestCommand {
+    /// Restore the newest (or the named) backup on an agent outside the primary's region, and wait for the result.
+    Run {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        backup: Option<u64>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Recovery tests, newest first.
+    List {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// One recovery test with its checks.
+    Show { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopologyCommand {
+    /// Print the topology (TOML that `drctl apply` accepts; JSON with -o json).
+    Get,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MembersCommand {
+    /// List the coordinator nodes.
+    List,
+    /// Add a coordinator node (started with --join) to the Raft group.
+    Add {
+        #[arg(long)]
+        id: u64,
+        /// host:port the new node listens on.
+        #[arg(long)]
+        address: String,
+        /// host:port of its separate Raft listener, if it has one (raft_listen).
+        #[arg(long)]
+        raft_address: Option<String>,
+    },
+    /// Remove a coordinator node from the Raft group.
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Hand Raft leadership to node ID (e.g. before maintenance of the
+    /// leader's region); returns once it leads.
+    Lead {
+        #[arg(long)]
+        id: u64,
+    },
+}

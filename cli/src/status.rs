@@ -1,0 +1,235 @@
+//! `drctl status` and `drctl watch`: coordinators, members, events.
+
+use std::time::Duration;
+
+use drc_proto::admin_service_client::AdminServiceClient;
+use drc_proto::*;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::args::Command;
+use crate::connect::status_err;
+use crate::table;
+
+/// Runs the commands of this group.
+pub(crate) async fn run(client: &mut AdminServiceClient<Channel>, command: Command, json_out: bool) -> anyhow::Result<()> {
+    match command {
+        Command::Status => {
+            let s = client.status(StatusRequest {}).await.map_err(status_err)?.into_inner();
+            let t = s.topology.unwrap_or_default();
+            if json_out {
+                let v = json!({
+                    "leader_id": s.leader_id,
+                    "answered_by": s.answered_by,
+                    "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>(),
+                    "clusters": s.clusters.iter().map(cluster_json).collect::<Vec<_>>(),
+                    "topology": {
+                        "version": t.version,
+                        "regions": t.regions,
+                        "clusters": t.clusters,
+                        "members": t.members,
+                        "failover_groups": t.failover_groups,
+                    },
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let leader = if s.leader_id == 0 { "none (no quorum?)".to_string() } else { s.leader_id.to_string() };
+                println!("coordinators (leader: {leader}, answered by node {})", s.answered_by);
+                print!("{}", nodes_table(&s.nodes, s.leader_id));
+                print!("{}", clusters_text(&s.clusters));
+                println!(
+                    "\ntopology v{}: {} regions, {} clusters, {} members, {} failover groups",
+                    t.version, t.regions, t.clusters, t.members, t.failover_groups
+                );
+            }
+        }
+        Command::Watch => {
+            let mut stream = client.watch(WatchRequest {}).await.map_err(status_err)?.into_inner();
+            while let Some(e) = stream.message().await.map_err(status_err)? {
+                if json_out {
+                    let v = json!({"at_ms": e.at_ms, "kind": e.kind, "cluster": e.cluster, "member": e.member, "message": e.message});
+                    println!("{v}");
+                } else {
+                    let at = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(e.at_ms));
+                    println!("{at}  {:<13} {}", e.kind, e.message);
+                }
+            }
+        }
+        other => return Err(anyhow::anyhow!("{other:?} is not handled here")),
+    }
+    Ok(())
+}
+
+pub(crate) fn node_json(n: &NodeStatus) -> serde_json::Value {
+    json!({
+        "id": n.id,
+        "address": n.address,
+        "role": n.role,
+        "term": n.term,
+        "commit_index": n.commit_index,
+        "applied_index": n.applied_index,
+        "leader_id": n.leader_id,
+        "reachable": n.reachable,
+        "error": n.error,
+        "first_index": n.first_index,
+        "last_index": n.last_index,
+        "membership": n.membership,
+        "renews_leases": n.renews_leases,
+    })
+}
+
+pub(crate) fn member_json(m: &MemberHealth) -> serde_json::Value {
+    json!({
+        "id": m.id,
+        "region": m.region,
+        "role": m.role,
+        "healthy": m.healthy,
+        "lag_bytes": m.lag_bytes,
+        "lag_ms": m.lag_ms,
+        "timeline": m.timeline,
+        "dataset_id": m.dataset_id,
+        "sample_age_ms": m.sample_age_ms,
+        "has_sample": m.has_sample,
+        "agent_connected": m.agent_connected,
+        "position": m.position,
+        "replication_connected": m.replication_connected,
+        "replication_state": m.replication_state,
+        "lease_ms": m.lease_ms,
+        "lease_fenced": m.lease_fenced,
+        "server_gone": m.server_gone,
+        "sync_standbys": m.sync_standbys,
+        "primary_reachable_from": m.primary_reachable_from.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "error": m.error,
+    })
+}
+
+pub(crate) fn cluster_json(c: &ClusterHealth) -> serde_json::Value {
+    json!({
+        "name": c.name,
+        "kind": c.kind,
+        "primary": c.primary,
+        "epoch": c.epoch,
+        "failover_state": c.failover_state,
+        "paused": c.paused,
+        "blocked_until_ms": c.blocked_until_ms,
+        "decision_in_progress": c.decision_in_progress,
+        "members": c.members.iter().map(member_json).collect::<Vec<_>>(),
+    })
+}
+
+pub(crate) fn clusters_text(clusters: &[ClusterHealth]) -> String {
+    let mut out = String::new();
+    for c in clusters {
+        let primary = if c.primary.is_empty() { "none" } else { c.primary.as_str() };
+        out.push_str(&format!("\ncluster {} ({}), primary: {primary}, epoch {}\n", c.name, c.kind, c.epoch));
+        if c.paused {
+            out.push_str("  automatic failover: PAUSED\n");
+        }
+        if !c.failover_state.is_empty() {
+            out.push_str(&format!("  failover: {}\n", c.failover_state));
+        }
+        if let Some(p) = c.members.iter().find(|m| m.id == c.primary && m.has_sample && !m.sync_standbys.is_empty()) {
+            out.push_str(&format!("  commits wait for: {}\n", p.sync_standbys));
+        }
+        let rows: Vec<Vec<String>> = c
+            .members
+            .iter()
+            .map(|m| {
+                let health = if m.healthy {
+                    "healthy".to_string()
+                } else if !m.agent_connected {
+                    "UNHEALTHY (no agent)".to_string()
+                } else if !m.error.is_empty() {
+                    format!("UNHEALTHY ({})", m.error)
+                } else {
+                    "UNHEALTHY".to_string()
+                };
+                let sees: Vec<String> = {
+                    let mut v: Vec<_> = m.primary_reachable_from.iter().collect();
+                    v.sort();
+                    v.into_iter().map(|(r, ok)| format!("{r}:{}", if *ok { "ok" } else { "NO" })).collect()
+                };
+                let age = if m.has_sample { format!("{}ms", m.sample_age_ms) } else { "-".into() };
+                vec![
+                    m.id.clone(),
+                    m.region.clone(),
+                    m.role.clone(),
+                    health,
+                    m.lag_bytes.to_string(),
+                    format!("{:.1}", m.lag_ms as f64 / 1000.0),
+                    if c.kind == "postgres" { m.timeline.to_string() } else { short(&m.dataset_id) },
+                    age,
+                    sees.join(" "),
+                ]
+            })
+            .collect();
+        let id_col = if c.kind == "postgres" { "TIMELINE" } else { "REPLID" };
+        out.push_str(&table::render(
+            &["MEMBER", "REGION", "ROLE", "HEALTH", "LAG_BYTES", "LAG_S", id_col, "SAMPLE_AGE", "PRIMARY_REACHABLE_FROM"],
+            &rows,
+        ));
+    }
+    out
+}
+
+pub(crate) fn short(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+pub(crate) fn nodes_table(nodes: &[NodeStatus], leader: u64) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let id = if n.id == leader { format!("{}*", n.id) } else { n.id.to_string() };
+            if n.reachable {
+                // Only the abnormal case is spelled out.
+                let role = if n.role == "leader" && !n.renews_leases {
+                    "leader (not renewing leases: no quorum confirmed it)".to_string()
+                } else {
+                    n.role.clone()
+                };
+                vec![id, n.address.clone(), role, n.term.to_string(), n.commit_index.to_string(), n.applied_index.to_string(), "yes".into()]
+            } else {
+                vec![id, n.address.clone(), "-".into(), "-".into(), "-".into(), "-".into(), format!("no ({})", n.error)]
+            }
+        })
+        .collect();
+    table::render(&["ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "REACHABLE"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_reads_with_its_primary_why_it_waits_and_each_members_health() {
+        let member = |id: &str, healthy: bool, connected: bool| MemberHealth {
+            id: id.into(),
+            region: "a".into(),
+            role: if id == "pg-a" { "primary" } else { "replica" }.into(),
+            healthy,
+            agent_connected: connected,
+            has_sample: true,
+            ..Default::default()
+        };
+        let c = ClusterHealth {
+            name: "app-pg".into(),
+            kind: "postgres".into(),
+            primary: "pg-a".into(),
+            epoch: 3,
+            paused: true,
+            failover_state: "decision 4 is being carried out".into(),
+            members: vec![member("pg-a", true, true), member("pg-b", false, false)],
+            ..Default::default()
+        };
+        let text = clusters_text(&[c]);
+        assert!(text.contains("cluster app-pg (postgres), primary: pg-a, epoch 3\n"), "{text}");
+        assert!(
+            text.contains("  automatic failover: PAUSED\n") && text.contains("  failover: decision 4 is being carried out\n"),
+            "{text}"
+        );
+        assert!(text.contains("UNHEALTHY (no agent)"), "{text}");
+        let none = ClusterHealth { name: "x".into(), kind: "redis".into(), ..Default::default() };
+        assert!(clusters_text(&[none]).contains("primary: none"));
+    }
+}
