@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod bench;
 pub mod lab;
 
 use anyhow::{anyhow, bail, Context as _};

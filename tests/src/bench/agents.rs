@@ -1,0 +1,305 @@
+//! The agent-stream load generator.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{Cluster, ClusterOpts};
+use drc_proto::admin_service_client::AdminServiceClient;
+use drc_proto::agent_service_client::AgentServiceClient;
+use drc_proto::{agent_message::Body, coordinator_message, AgentHello, AgentMessage, ApplyTopologyRequest, HealthRequest, Sample};
+use tonic::transport::{Channel, Endpoint};
+
+const PROBES: usize = 20;
+
+/// Set when the agents must stop.
+type Stop = Arc<AtomicBool>;
+
+/// HTTP/2 connections shared by `per` agents each, by (endpoint, slot);
+/// `per` = 1: every agent connects on its own, as real agents do.
+#[derive(Clone)]
+struct Pool {
+    per: usize,
+    channels: Arc<Mutex<HashMap<(String, usize), Channel>>>,
+}
+
+impl Pool {
+    async fn client(&self, endpoint: &str, agent: usize) -> Result<AgentServiceClient<Channel>, String> {
+        let target = Endpoint::from_shared(endpoint.to_string()).map_err(|e| format!("bad endpoint: {e}"))?;
+        if self.per == 1 {
+            return Ok(AgentServiceClient::new(target.connect().await.map_err(|e| format!("cannot connect: {e}"))?));
+        }
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = channels.entry((endpoint.to_string(), agent / self.per)).or_insert_with(|| target.connect_lazy());
+        Ok(AgentServiceClient::new(channel.clone()))
+    }
+}
+
+/// When each (probe member, position) was sent.
+type SentAt = Arc<Mutex<HashMap<(String, u64), Instant>>>;
+
+fn topology(n: usize) -> String {
+    let mut t = String::from("[regions.a]\n[regions.b]\n[regions.c]\n[clusters.probe]\nkind = \"redis\"\n");
+    for c in 0..n.div_ceil(5) {
+        t.push_str(&format!("[clusters.c{c}]\nkind = \"redis\"\n"));
+    }
+    for i in 0..n {
+        let r = ["a", "b", "c"][i % 3];
+        t.push_str(&format!(
+            "[[members]]\nid = \"m{i}\"\ncluster = \"c{}\"\nregion = \"{r}\"\naddress = \"10.0.0.{}:6379\"\n",
+            i / 5,
+            i % 250 + 1
+        ));
+    }
+    for p in 0..PROBES {
+        t.push_str(&format!("[[members]]\nid = \"p{p}\"\ncluster = \"probe\"\nregion = \"a\"\naddress = \"10.1.0.{}:6379\"\n", p + 1));
+    }
+    t
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// One agent: its own connection, a Hello, then a sample a second; like
+/// a real agent it reconnects (after a short pause) when the stream breaks.
+/// The first member of every cluster reports itself primary, so the
+/// leader adopts it and renews its lease every tick, as in production.
+async fn agent(pool: Pool, endpoint: String, member: String, cluster: String, region: String, sent: Option<SentAt>, stop: Stop) {
+    let index: usize = member.trim_start_matches(['m', 'p']).parse().unwrap_or(1);
+    // Probes get connections of their own, after the agents'.
+    let slot = if member.starts_with('p') { usize::MAX / 2 + index * pool.per } else { index };
+    let role = if (member.starts_with('m') && index.is_multiple_of(5)) || member == "p0" { "primary" } else { "replica" };
+    // Spread the agents over the second.
+    let jitter = member.bytes().map(u64::from).sum::<u64>() * 7919 % 1000;
+    let mut seq = 0u64;
+    let mut failures = 0u32;
+    let mut endpoint = endpoint;
+    while !stop.load(Ordering::Relaxed) {
+        match stream(&pool, slot, &endpoint, &member, &cluster, &region, role, sent.as_ref(), &stop, jitter, &mut seq).await {
+            Ok(None) => return,
+            Ok(Some(leader)) => endpoint = format!("http://{leader}"),
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(10) {
+                    eprintln!("agent {member}: {e} (attempt {failures})");
+                }
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    pool: &Pool,
+    slot: usize,
+    endpoint: &str,
+    member: &str,
+    cluster: &str,
+    region: &str,
+    role: &str,
+    sent: Option<&SentAt>,
+    stop: &Stop,
+    jitter: u64,
+    seq: &mut u64,
+) -> Result<Option<String>, String> {
+    let mut client = pool.client(endpoint, slot).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = AgentHello {
+        member_id: member.into(),
+        cluster: cluster.into(),
+        region: region.into(),
+        kind: "redis".into(),
+        dataset_id: "bench".into(),
+        ..Default::default()
+    };
+    tx.send(AgentMessage { body: Some(Body::Hello(hello)) }).await.map_err(|_| "stream closed".to_string())?;
+    let resp = client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(|e| format!("refused: {}", e.message()))?;
+    let mut inbound = resp.into_inner();
+    // The coordinator's side: views are ignored, a redirect names the leader.
+    let mut drain = tokio::spawn(async move {
+        loop {
+            match inbound.message().await {
+                Ok(Some(m)) => {
+                    if let Some(coordinator_message::Body::Redirect(r)) = m.body {
+                        return Ok(r.leader_address);
+                    }
+                }
+                Ok(None) => return Err("the coordinator closed the stream".to_string()),
+                Err(e) => return Err(format!("stream failed: {} {}", e.code(), e.message())),
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(jitter)).await;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let result = loop {
+        if stop.load(Ordering::Relaxed) {
+            break Ok(None);
+        }
+        tick.tick().await;
+        if drain.is_finished() {
+            break match (&mut drain).await {
+                Ok(Ok(leader)) if !leader.is_empty() => Ok(Some(leader)),
+                Ok(Ok(_)) => Err("redirected, but no leader known yet".to_string()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        *seq += 1;
+        let s = Sample {
+            member_id: member.into(),
+            taken_at_ms: now_ms(),
+            reachable: true,
+            role: role.into(),
+            position: *seq,
+            dataset_id: "bench".into(),
+            replication_connected: true,
+            primary_reachable: true,
+            replication_state: "up".into(),
+            ..Default::default()
+        };
+        if let Some(sent) = sent {
+            sent.lock().unwrap_or_else(|p| p.into_inner()).insert((member.to_string(), *seq), Instant::now());
+        }
+        if tx.send(AgentMessage { body: Some(Body::Sample(s)) }).await.is_err() {
+            break Err("stream closed".to_string());
+        }
+    };
+    drain.abort();
+    result
+}
+
+pub async fn run(counts: Vec<usize>, seconds: u64, tick_interval: &'static str, per: usize) -> anyhow::Result<()> {
+    println!(
+        "agents benchmark: 3 coordinators on loopback (raft tick {tick_interval}), one gRPC stream per agent, {per} stream(s) per HTTP/2 connection, 1 sample/s each"
+    );
+    let pool = Pool { per, channels: Arc::default() };
+    for n in counts {
+        let cluster = Cluster::start(ClusterOpts { write_timeout: "30s", tick_interval, ..Default::default() })?;
+        let leader_id = cluster.wait_leader(Duration::from_secs(30))?;
+        let leader = cluster.nodes[&leader_id].address.clone();
+        let pid = cluster.nodes[&leader_id].pid().unwrap_or(0);
+        let mut admin = AdminServiceClient::connect(format!("http://{leader}"))
+            .await?
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20);
+        admin.apply_topology(ApplyTopologyRequest { topology_toml: topology(n), dry_run: false }).await?;
+        let idle_rss = rss_mib(pid);
+        let sent = Arc::new(Mutex::new(HashMap::new()));
+        let connect_start = Instant::now();
+        // The agents run until the measurement is over, however long
+        // connecting takes.
+        let stop: Stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            tasks.push(tokio::spawn(agent(
+                pool.clone(),
+                format!("http://{leader}"),
+                format!("m{i}"),
+                format!("c{}", i / 5),
+                ["a", "b", "c"][i % 3].into(),
+                None,
+                Arc::clone(&stop),
+            )));
+            if i % 100 == 99 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        for p in 0..PROBES {
+            tasks.push(tokio::spawn(agent(
+                pool.clone(),
+                format!("http://{leader}"),
+                format!("p{p}"),
+                "probe".into(),
+                "a".into(),
+                Some(Arc::clone(&sent)),
+                Arc::clone(&stop),
+            )));
+        }
+        // Wait until the leader sees every agent connected. The health
+        // answer names the leader: if leadership moved, so do the
+        // agents (they follow redirects) and so does the measurement.
+        let mut admin = admin;
+        let mut pid = pid;
+        let mut last_report = Instant::now();
+        loop {
+            let h = admin.health(HealthRequest { cluster: String::new() }).await?.into_inner();
+            let connected = h.clusters.iter().flat_map(|c| &c.members).filter(|m| m.agent_connected).count();
+            if h.leader_id != 0 && cluster.nodes.get(&h.leader_id).is_some_and(|node| node.pid().unwrap_or(0) != pid) {
+                let node = &cluster.nodes[&h.leader_id];
+                pid = node.pid().unwrap_or(0);
+                admin = AdminServiceClient::connect(format!("http://{}", node.address))
+                    .await?
+                    .max_decoding_message_size(256 << 20)
+                    .max_encoding_message_size(256 << 20);
+                continue;
+            }
+            if connected >= n + PROBES || connect_start.elapsed() > Duration::from_secs(120) {
+                println!("N = {n}: {connected} streams connected in {:.1} s", connect_start.elapsed().as_secs_f64());
+                break;
+            }
+            if last_report.elapsed() > Duration::from_secs(10) {
+                println!("N = {n}: {connected} streams connected after {:.0} s", connect_start.elapsed().as_secs_f64());
+                last_report = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Measure: leader CPU over the window; staleness of probe samples.
+        let ticks0 = cpu_ticks(pid);
+        let t0 = Instant::now();
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut staleness = Vec::new();
+        while t0.elapsed() < Duration::from_secs(seconds) {
+            let h = admin.health(HealthRequest { cluster: "probe".into() }).await?.into_inner();
+            let now = Instant::now();
+            for m in h.clusters.iter().flat_map(|c| &c.members) {
+                let last = seen.entry(m.id.clone()).or_insert(m.position);
+                if m.position > *last {
+                    *last = m.position;
+                    if let Some(at) = sent.lock().unwrap_or_else(|p| p.into_inner()).remove(&(m.id.clone(), m.position)) {
+                        staleness.push(now.saturating_duration_since(at));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cpu = (cpu_ticks(pid) - ticks0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+        let rss = rss_mib(pid);
+        println!(
+            "N = {n}: leader CPU {cpu:.0} % of one core, RSS {rss:.0} MiB (before agents {idle_rss:.0} MiB); staleness sample->status over {} samples: p50 {:.1} ms, p99 {:.1} ms",
+            staleness.len(),
+            super::stats::percentile_ms(&mut staleness, 0.5),
+            super::stats::percentile_ms(&mut staleness, 0.99)
+        );
+        let elections: usize = cluster.nodes.values().map(|node| node.log_text().matches("became leader").count()).sum();
+        println!("N = {n}: leader elections during the run: {}", elections.saturating_sub(1));
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.abort();
+        }
+        pool.channels.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        drop(cluster);
+    }
+    Ok(())
+}

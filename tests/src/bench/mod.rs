@@ -1,0 +1,8 @@
+//! The benchmarks behind `drc-bench`: each prints numbers, none asserts
+//! on time. One file per benchmark; the statistics in [`stats`].
+
+pub mod agents;
+pub mod backup;
+pub mod failover;
+pub mod raft;
+pub mod stats;
