@@ -240,15 +240,7 @@ impl AdminService for AdminApi {
         }
         let r = req.into_inner();
         let (topology, records) = self.node.store().with_state(|sm| (sm.topology.clone(), sm.records.clone()));
-        if !topology.regions.contains_key(&r.from) {
-            return Err(Status::not_found(format!("unknown region {:?}", r.from)));
-        }
-        if !r.to.is_empty() && !topology.regions.contains_key(&r.to) {
-            return Err(Status::not_found(format!("unknown region {:?}", r.to)));
-        }
-        if r.to == r.from {
-            return Err(Status::invalid_argument("--to must differ from --from"));
-        }
+        check_region_move(&topology, &r)?;
         let region_of = |m: &str| topology.members.get(m).map(|m| m.region.clone()).unwrap_or_default();
         let mut reply = FailoverRegionReply::default();
         // Clusters of one failover group follow the first one's region.
@@ -563,16 +555,7 @@ impl AdminService for AdminApi {
     }
 
     async fn add_node(&self, req: Request<AddNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
-        let r = req.get_ref();
-        if r.id == 0 {
-            return Err(Status::invalid_argument("id: must be greater than 0"));
-        }
-        if !valid_address(&r.address) {
-            return Err(Status::invalid_argument(format!("address: invalid address {:?}, expected host:port", r.address)));
-        }
-        if !r.raft_address.is_empty() && !valid_address(&r.raft_address) {
-            return Err(Status::invalid_argument(format!("raft_address: invalid address {:?}, expected host:port", r.raft_address)));
-        }
+        check_add_node(req.get_ref())?;
         if let Some(answer) =
             on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.add_node(r).await }).await?
         {
@@ -690,5 +673,69 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// A node to add names itself and where it listens.
+#[allow(clippy::result_large_err)]
+fn check_add_node(r: &AddNodeRequest) -> Result<(), Status> {
+    if r.id == 0 {
+        return Err(Status::invalid_argument("id: must be greater than 0"));
+    }
+    if !valid_address(&r.address) {
+        return Err(Status::invalid_argument(format!("address: invalid address {:?}, expected host:port", r.address)));
+    }
+    if !r.raft_address.is_empty() && !valid_address(&r.raft_address) {
+        return Err(Status::invalid_argument(format!("raft_address: invalid address {:?}, expected host:port", r.raft_address)));
+    }
+    Ok(())
+}
+
+/// Moving every primary out of a region names declared regions, two
+/// different ones when it names where to.
+#[allow(clippy::result_large_err)]
+fn check_region_move(t: &drc_model::topology::Topology, r: &FailoverRegionRequest) -> Result<(), Status> {
+    if !t.regions.contains_key(&r.from) {
+        return Err(Status::not_found(format!("unknown region {:?}", r.from)));
+    }
+    if !r.to.is_empty() && !t.regions.contains_key(&r.to) {
+        return Err(Status::not_found(format!("unknown region {:?}", r.to)));
+    }
+    if r.to == r.from {
+        return Err(Status::invalid_argument("--to must differ from --from"));
+    }
+    Ok(())
+}
+
 /// How long a catalog listing tries the leader before answering locally.
 const LIST_ON_LEADER: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use drc_model::topology::parse::parse_topology;
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn a_node_to_add_needs_an_id_and_addresses_of_host_and_port() {
+        let ok = AddNodeRequest { id: 4, address: "10.0.0.4:7400".into(), raft_address: String::new() };
+        assert!(check_add_node(&ok).is_ok());
+        for bad in [
+            AddNodeRequest { id: 0, ..ok.clone() },
+            AddNodeRequest { address: "10.0.0.4".into(), ..ok.clone() },
+            AddNodeRequest { raft_address: "nowhere:".into(), ..ok.clone() },
+        ] {
+            let e = check_add_node(&bad).expect_err("refused");
+            assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_region_move_names_declared_and_different_regions() {
+        let t = parse_topology("[regions.a]\n[regions.b]\n[clusters.c]\nkind='redis'\n").expect("valid");
+        let ask = |from: &str, to: &str| FailoverRegionRequest { from: from.into(), to: to.into(), force: false };
+        assert!(check_region_move(&t, &ask("a", "")).is_ok());
+        assert!(check_region_move(&t, &ask("a", "b")).is_ok());
+        assert_eq!(check_region_move(&t, &ask("z", "")).expect_err("unknown").code(), Code::NotFound);
+        assert_eq!(check_region_move(&t, &ask("a", "z")).expect_err("unknown").code(), Code::NotFound);
+        assert_eq!(check_region_move(&t, &ask("a", "a")).expect_err("same").code(), Code::InvalidArgument);
+    }
+}

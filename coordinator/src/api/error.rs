@@ -75,3 +75,24 @@ impl From<ApiError> for Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_the_code_its_caller_acts_on() {
+        let code = |s: Status| s.code();
+        assert_eq!(code(RequestError::NotLeader.into()), Code::Unavailable, "not the leader: try elsewhere");
+        assert_eq!(code(RequestError::ShuttingDown.into()), Code::Unavailable);
+        assert_eq!(code(RequestError::Refused(Refusal::UnknownCluster("x".into())).into()), Code::NotFound);
+        assert_eq!(code(RequestError::Refused(Refusal::Invalid("x".into())).into()), Code::InvalidArgument);
+        assert_eq!(code(RequestError::Refused(Refusal::NotNow("x".into())).into()), Code::FailedPrecondition);
+        assert_eq!(code(RequestError::Propose(ProposeError::NoQuorum("x".into())).into()), Code::Unavailable);
+        assert_eq!(code(JobError::UnknownBackup(3).into()), Code::NotFound);
+        assert_eq!(code(JobError::NoSource { cluster: "c".into(), why: "none".into() }.into()), Code::FailedPrecondition);
+        assert_eq!(code(JobError::Propose(ProposeError::NotLeader { leader: None }).into()), Code::Unavailable);
+    }
+}
