@@ -14,13 +14,24 @@ use super::{is_primary, observed, Action, Core, Countdown, Obs, World};
 /// How often a failover waiting for newer samples looks again.
 const SAMPLE_POLL: Millis = 50;
 
+/// One cluster as a tick sees it.
+#[derive(Clone, Copy)]
+struct Cluster<'a> {
+    name: &'a str,
+    rec: &'a ClusterRecord,
+    policy: &'a Policy,
+    members: &'a [(&'a String, Obs)],
+    /// What is seen of the recorded primary.
+    primary: &'a Obs,
+}
+
 impl Core {
+    /// What the leader does about one cluster this tick: adopt its first
+    /// primary, renew the primary's lease (also one its agent fenced, to
+    /// bring it back), or, when the primary looks down, [`Self::primary_down`].
     pub(super) fn tick_cluster(&mut self, w: &World, name: &str, ids: &[String], out: &mut Vec<Action>, wake: &mut Option<Millis>) {
         let wait =
             |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, countdown: Countdown::No });
-        let count_down =
-            |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, countdown: Countdown::Yes });
-        let mut wake_at = |at: Millis| *wake = Some(wake.map_or(at, |w: Millis| w.min(at)));
         let Some(policy) = w.topology.clusters.get(name).map(|c| c.policy.clone()) else { return };
         let members = observed(w, ids.iter());
         let default_rec = ClusterRecord::default();
@@ -38,10 +49,8 @@ impl Core {
         // Monotonic: every deadline below is kept in memory.
         let now = w.mono;
         let lease = self.lease;
-        let leader_since = self.leader_since;
         let primary_id = rec.primary.clone();
         let p = members.iter().find(|(id, _)| **id == primary_id).map(|(_, o)| o.clone()).unwrap_or_default();
-        let primary_region = w.topology.members.get(&primary_id).map(|m| m.region.clone()).unwrap_or_default();
         let track = self.track(w, name, rec, p.position);
         // A primary whose agent fenced it when its lease lapsed (the
         // coordinators were out of reach, and not every other member could
@@ -84,8 +93,28 @@ impl Core {
             return;
         }
 
-        // The primary does not look healthy to its own agent (or the agent is
-        // silent). Do other regions agree?
+        let cluster = Cluster { name, rec, policy: &policy, members: &members, primary: &p };
+        self.primary_down(w, &cluster, out, wake);
+    }
+
+    /// The recorded primary does not look healthy to its own agent (or the
+    /// agent is silent): confirm the failure from another region over the
+    /// detection window, wait out the old primary's lease, honour pause and
+    /// anti-flap, and decide a failover to the best candidate.
+    fn primary_down(&mut self, w: &World, c: &Cluster, out: &mut Vec<Action>, wake: &mut Option<Millis>) {
+        let Cluster { name, rec, policy, members, primary: p } = *c;
+        let wait =
+            |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, countdown: Countdown::No });
+        let count_down =
+            |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, countdown: Countdown::Yes });
+        let mut wake_at = |at: Millis| *wake = Some(wake.map_or(at, |w: Millis| w.min(at)));
+        let now = w.mono;
+        let lease = self.lease;
+        let leader_since = self.leader_since;
+        let primary_id = rec.primary.clone();
+        let primary_region = w.topology.members.get(&primary_id).map(|m| m.region.clone()).unwrap_or_default();
+        let Some(track) = self.tracks.get_mut(name) else { return };
+        // Do other regions agree?
         let observers: Vec<(&String, &Obs)> =
             members.iter().filter(|(id, o)| **id != primary_id && o.fresh).map(|(id, o)| (*id, o)).collect();
         let region_of = |id: &str| w.topology.members.get(id).map(|m| m.region.clone()).unwrap_or_default();
@@ -95,7 +124,7 @@ impl Core {
             // database does not fence a primary that serves everyone else.
             track.down_since = None;
             track.lease_until = track.lease_until.max(now + lease.lease);
-            out.push(lease_action(w, name, &primary_id, rec.epoch, lease.lease, &members));
+            out.push(lease_action(w, name, &primary_id, rec.epoch, lease.lease, members));
             wait(out, format!("primary {primary_id} looks down to its own agent, but {who} (region {}) still reaches it", region_of(who)));
             return;
         }
@@ -158,12 +187,12 @@ impl Core {
         }
         let known = track.primary_position;
         let preferred = preferred_region(w, name, &primary_region, out);
-        match choose(w, rec, &policy, &members, known, None, false, preferred.as_deref()) {
+        match choose(w, rec, policy, members, known, None, false, preferred.as_deref()) {
             Ok((to, why)) => {
                 let gone = if confirm < window { " (its agent saw its server process gone)" } else { "" };
                 let reason = format!("primary {primary_id} down for {} ms{gone}, confirmed from another region; {why}", now - since);
                 let detected_at = w.wall_of(since);
-                let mut d = decision(w, name, rec, DecisionKind::Failover, Trigger::Automatic, &to, reason, &members, detected_at);
+                let mut d = decision(w, name, rec, DecisionKind::Failover, Trigger::Automatic, &to, reason, members, detected_at);
                 bound_lease(&mut d, w.wall_of(lease_end.max(now + lease.lease + lease.drift_margin)));
                 // The old primary's lease has already run out: the executor
                 // need not wait for it again before skipping an impossible fence.
