@@ -133,6 +133,7 @@ pub async fn run(
             agent_version: env!("CARGO_PKG_VERSION").into(),
             dataset_id: dataset.borrow().0.clone(),
             previous_dataset_id: dataset.borrow().1.clone(),
+            command_protocol: drc_proto::COMMAND_PROTOCOL,
         };
         let mut established = false;
         let end = tokio::select! {

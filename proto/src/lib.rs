@@ -11,6 +11,10 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The command protocol this release speaks (`AgentHello.command_protocol`):
+/// 2 since commands are typed messages.
+pub const COMMAND_PROTOCOL: u32 = 2;
+
 /// The physical replication slot a member streams from on its primary: the
 /// coordinator names it when it promotes, the agent when it repoints or
 /// rejoins, so both sides must agree.

@@ -240,14 +240,19 @@ fn agents_follow_a_new_leader_and_bad_agents_or_messages_are_refused() {
     // A malformed message ends only that stream.
     let endpoint = format!("http://{}", lab.info.endpoints.split(',').find(|e| !e.ends_with(&coord.endpoint)).unwrap_or_default());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-    let code = rt.block_on(malformed_stream(endpoint, rc.region.clone()));
+    let code = rt.block_on(malformed_stream(endpoint.clone(), rc.region.clone(), drc_proto::COMMAND_PROTOCOL));
     assert_eq!(code, tonic::Code::InvalidArgument);
+    // An agent of a release that speaks another command protocol is refused
+    // at its Hello, before any command could be misread.
+    let code = rt.block_on(malformed_stream(endpoint, rc.region.clone(), 1));
+    assert_eq!(code, tonic::Code::FailedPrecondition);
     lab.wait_healthy(LONG).expect("everything else still healthy");
 }
 
 /// Opens an agent stream to any coordinator (following a redirect), sends a
-/// valid Hello and then a sample for another member; returns the stream's end.
-async fn malformed_stream(mut endpoint: String, region: String) -> tonic::Code {
+/// Hello (valid but for `protocol`) and then a sample for another member;
+/// returns the stream's end.
+async fn malformed_stream(mut endpoint: String, region: String, protocol: u32) -> tonic::Code {
     use drc_proto::agent_service_client::AgentServiceClient;
     use drc_proto::{agent_message::Body, coordinator_message, AgentHello, AgentMessage, Sample};
     for _ in 0..5 {
@@ -257,6 +262,7 @@ async fn malformed_stream(mut endpoint: String, region: String) -> tonic::Code {
             cluster: "app-redis".into(),
             region: region.clone(),
             kind: "redis".into(),
+            command_protocol: protocol,
             ..Default::default()
         };
         let bad = Sample { member_id: "pg-a".into(), role: "primary".into(), ..Default::default() };

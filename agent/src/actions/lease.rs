@@ -19,7 +19,7 @@ use crate::process::postmaster_alive;
 /// restarted agent still refuses old commands and still fences a primary
 /// whose lease it held.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(super) struct Known {
+pub(super) struct EpochRecord {
     pub(super) epoch: u64,
     /// The primary of `epoch`.
     pub(super) primary: String,
@@ -131,7 +131,7 @@ impl Actor {
         true
     }
 
-    pub(super) fn save(&self, k: &Known) {
+    pub(super) fn save(&self, k: &EpochRecord) {
         if let Some(p) = self.cfg.state_file() {
             let tmp = p.with_extension("tmp");
             let ok = serde_json::to_vec(k).ok().and_then(|b| std::fs::write(&tmp, b).ok()).and_then(|_| std::fs::rename(&tmp, &p).ok());

@@ -20,14 +20,14 @@ use drc_proto::command::Body;
 use drc_proto::{Command, CommandResult, FailoverAction, FailoverStep};
 
 use crate::config::{AgentConfig, Kind};
-use lease::{Known, TAKEN_KEPT};
+use lease::{EpochRecord, TAKEN_KEPT};
 use tokio_postgres::Client;
 
 use crate::probe::redis::parse_info;
 
 pub struct Actor {
     cfg: Arc<AgentConfig>,
-    known: Mutex<Known>,
+    known: Mutex<EpochRecord>,
     lease_until: Mutex<Option<Instant>>,
     /// The next sample's sequence number.
     next_seq: std::sync::atomic::AtomicU64,
@@ -64,8 +64,11 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Actor {
     pub fn new(cfg: Arc<AgentConfig>) -> Arc<Actor> {
-        let known =
-            cfg.state_file().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice::<Known>(&b).ok()).unwrap_or_default();
+        let known = cfg
+            .state_file()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<EpochRecord>(&b).ok())
+            .unwrap_or_default();
         // A lease held before a restart is treated as lapsed at once.
         Arc::new(Actor {
             cfg,

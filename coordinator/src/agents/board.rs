@@ -14,7 +14,7 @@ use drc_model::topology::Topology;
 use drc_proto::Sample;
 use tokio::sync::Notify;
 
-use crate::core::Obs;
+use crate::core::Observation;
 use crate::lock::lock;
 
 #[derive(Default)]
@@ -141,7 +141,7 @@ impl SampleBoard {
     /// Every member as the decision core sees it at `now`: fresh only while
     /// its stream is open and its newest sample is within the detection
     /// window.
-    pub fn observations(&self, topology: &Topology, now: Instant) -> BTreeMap<String, Obs> {
+    pub fn observations(&self, topology: &Topology, now: Instant) -> BTreeMap<String, Observation> {
         let b = lock(&self.state);
         let mut out = Vec::with_capacity(topology.members.len());
         let mut windows: HashMap<&str, Duration> = HashMap::new();
@@ -155,7 +155,7 @@ impl SampleBoard {
             let fresh = state.connected && state.received.is_some_and(|r| now.saturating_duration_since(r) <= window);
             out.push((
                 id.clone(),
-                Obs {
+                Observation {
                     fresh,
                     reachable: s.reachable,
                     role: s.role.parse().unwrap_or_default(),

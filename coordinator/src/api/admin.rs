@@ -110,7 +110,7 @@ impl AdminApi {
         }
     }
 
-    async fn simple(&self, cmd: Command, done: String) -> Result<Response<PauseReply>, Status> {
+    async fn propose_command(&self, cmd: Command, done: String) -> Result<Response<PauseReply>, Status> {
         match self.propose(cmd).await? {
             Outcome::Refused { reason } => Err(Status::not_found(reason)),
             _ => Ok(Response::new(PauseReply { message: done })),
@@ -287,7 +287,7 @@ impl AdminService for AdminApi {
         } else {
             (Some(r.cluster.clone()), format!("automatic failover {what} for {}", r.cluster))
         };
-        self.simple(Command::Pause { cluster, paused: r.paused }, done).await
+        self.propose_command(Command::Pause { cluster, paused: r.paused }, done).await
     }
 
     async fn clear_block(&self, req: Request<ClearBlockRequest>) -> Result<Response<PauseReply>, Status> {
@@ -298,7 +298,7 @@ impl AdminService for AdminApi {
         }
         let cluster = req.into_inner().cluster;
         let done = format!("anti-flap block of {cluster} cleared");
-        self.simple(Command::ClearBlock { cluster }, done).await
+        self.propose_command(Command::ClearBlock { cluster }, done).await
     }
 
     async fn start_backup(&self, req: Request<StartBackupRequest>) -> Result<Response<JobReply>, Status> {
@@ -368,7 +368,7 @@ impl AdminService for AdminApi {
             format!("{} of {} scheduled: {:?} (UTC)", r.job, r.cluster, r.cron)
         };
         let at = drc_model::time::wall_now_ms();
-        self.simple(Command::SetSchedule { cluster: r.cluster, job, cron: r.cron, at }, done).await
+        self.propose_command(Command::SetSchedule { cluster: r.cluster, job, cron: r.cron, at }, done).await
     }
 
     async fn list_schedules(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {

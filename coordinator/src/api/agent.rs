@@ -2,7 +2,7 @@
 //!
 //! Contract: the first message is a Hello naming a member declared in the
 //! topology. A follower answers with a Redirect to the leader and closes. The
-//! leader keeps the stream: samples go into its [`HealthBoard`] (soft state,
+//! leader keeps the stream: samples go into its sample board (soft state,
 //! never Raft); the cluster's current primary goes down as a ClusterView so
 //! that agents cross-probe it. A malformed message ends that one stream with
 //! `INVALID_ARGUMENT`; nothing else is affected. A member whose dataset
@@ -50,6 +50,15 @@ type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + 
 
 #[allow(clippy::result_large_err)]
 fn check_hello(h: &AgentHello, t: &Topology) -> Result<(), Status> {
+    if h.command_protocol != drc_proto::COMMAND_PROTOCOL {
+        return Err(Status::failed_precondition(format!(
+            "the agent of {:?} (version {:?}) speaks command protocol {}, this coordinator {}: run agents and coordinators of one release",
+            h.member_id,
+            h.agent_version,
+            h.command_protocol,
+            drc_proto::COMMAND_PROTOCOL
+        )));
+    }
     let Some(m) = t.members.get(&h.member_id) else {
         return Err(Status::not_found(format!("member {:?} is not declared in the topology", h.member_id)));
     };
@@ -224,5 +233,33 @@ impl AgentApi {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use drc_model::topology::parse::parse_topology;
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn a_hello_must_name_its_member_truthfully_and_speak_this_releases_commands() {
+        let t = parse_topology("[regions.a]\n[clusters.c]\nkind='redis'\n[[members]]\nid='m'\ncluster='c'\nregion='a'\naddress='h:1'\n")
+            .expect("valid");
+        let hello = AgentHello {
+            member_id: "m".into(),
+            cluster: "c".into(),
+            region: "a".into(),
+            kind: "redis".into(),
+            command_protocol: drc_proto::COMMAND_PROTOCOL,
+            ..Default::default()
+        };
+        assert!(check_hello(&hello, &t).is_ok());
+        let older = check_hello(&AgentHello { command_protocol: 0, ..hello.clone() }, &t).expect_err("an older agent");
+        assert_eq!(older.code(), Code::FailedPrecondition);
+        assert!(older.message().contains("command protocol 0"), "{}", older.message());
+        assert_eq!(check_hello(&AgentHello { member_id: "x".into(), ..hello.clone() }, &t).expect_err("undeclared").code(), Code::NotFound);
+        assert_eq!(check_hello(&AgentHello { region: "b".into(), ..hello }, &t).expect_err("wrong region").code(), Code::FailedPrecondition);
     }
 }

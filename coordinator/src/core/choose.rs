@@ -3,7 +3,7 @@
 use drc_model::topology::{Policy, Topology};
 use drc_model::{ClusterRecord, Decision, DecisionKind, MemberEvidence, Millis, Role, Step, StepAction, Trigger};
 
-use super::{Action, Obs, World};
+use super::{Action, Observation, Situation};
 
 /// The policy's gate, or `None` when the member may be promoted.
 pub(super) fn rpo_problem(policy: &Policy, lag_bytes: u64, lag_ms: u64) -> Option<String> {
@@ -32,7 +32,7 @@ pub(super) fn partners(t: &Topology, cluster: &str) -> Vec<String> {
 
 /// Where a failing cluster should go to stay with its group: the region of
 /// a partner's primary that is not in the failing region.
-pub(super) fn preferred_region(w: &World, cluster: &str, failing_region: &str, decided: &[Action]) -> Option<String> {
+pub(super) fn preferred_region(w: &Situation, cluster: &str, failing_region: &str, decided: &[Action]) -> Option<String> {
     let partners = partners(w.topology, cluster);
     // A partner decided in this same tick (a region loss fails the whole
     // group at once) is not in the records yet: its choice comes first.
@@ -48,10 +48,10 @@ pub(super) fn preferred_region(w: &World, cluster: &str, failing_region: &str, d
 /// the preferred region, region priority, member priority and id.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn choose(
-    w: &World,
+    w: &Situation,
     rec: &ClusterRecord,
     policy: &Policy,
-    members: &[(&String, Obs)],
+    members: &[(&String, Observation)],
     known_primary_position: u64,
     only: Option<&str>,
     force: bool,
@@ -112,14 +112,14 @@ pub(super) fn choose(
 /// Builds the decision and its steps. Its id is assigned when committed.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decision(
-    w: &World,
+    w: &Situation,
     name: &str,
     rec: &ClusterRecord,
     kind: DecisionKind,
     trigger: Trigger,
     to: &str,
     reason: String,
-    members: &[(&String, Obs)],
+    members: &[(&String, Observation)],
     detected_at: Millis,
 ) -> Decision {
     let step = Step::pending;

@@ -9,7 +9,7 @@ use drc_model::{ClusterRecord, DecisionKind, Millis, Role, StepAction, Trigger};
 
 use super::choose::{choose, decision, partners, preferred_region};
 use super::lease::{bound_lease, lease_action};
-use super::{is_primary, observed, Action, Core, Countdown, Obs, World};
+use super::{is_primary, observed, Action, Core, Countdown, Observation, Situation};
 
 /// How often a failover waiting for newer samples looks again.
 const SAMPLE_POLL: Millis = 50;
@@ -20,16 +20,16 @@ struct Cluster<'a> {
     name: &'a str,
     rec: &'a ClusterRecord,
     policy: &'a Policy,
-    members: &'a [(&'a String, Obs)],
+    members: &'a [(&'a String, Observation)],
     /// What is seen of the recorded primary.
-    primary: &'a Obs,
+    primary: &'a Observation,
 }
 
 impl Core {
     /// What the leader does about one cluster this tick: adopt its first
     /// primary, renew the primary's lease (also one its agent fenced, to
     /// bring it back), or, when the primary looks down, [`Self::primary_down`].
-    pub(super) fn tick_cluster(&mut self, w: &World, name: &str, ids: &[String], out: &mut Vec<Action>, wake: &mut Option<Millis>) {
+    pub(super) fn tick_cluster(&mut self, w: &Situation, name: &str, ids: &[String], out: &mut Vec<Action>, wake: &mut Option<Millis>) {
         let wait =
             |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, countdown: Countdown::No });
         let Some(policy) = w.topology.clusters.get(name).map(|c| c.policy.clone()) else { return };
@@ -38,7 +38,7 @@ impl Core {
         let rec = w.records.get(name).unwrap_or(&default_rec);
 
         if rec.primary.is_empty() {
-            let primaries: Vec<&(&String, Obs)> = members.iter().filter(|(_, o)| is_primary(o)).collect();
+            let primaries: Vec<&(&String, Observation)> = members.iter().filter(|(_, o)| is_primary(o)).collect();
             match primaries.as_slice() {
                 [(id, o)] => out.push(Action::Adopt { cluster: name.to_string(), primary: id.to_string(), dataset: o.dataset.clone() }),
                 [] => wait(out, "no primary seen yet".into()),
@@ -101,7 +101,7 @@ impl Core {
     /// agent is silent): confirm the failure from another region over the
     /// detection window, wait out the old primary's lease, honour pause and
     /// anti-flap, and decide a failover to the best candidate.
-    fn primary_down(&mut self, w: &World, c: &Cluster, out: &mut Vec<Action>, wake: &mut Option<Millis>) {
+    fn primary_down(&mut self, w: &Situation, c: &Cluster, out: &mut Vec<Action>, wake: &mut Option<Millis>) {
         let Cluster { name, rec, policy, members, primary: p } = *c;
         let wait =
             |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, countdown: Countdown::No });
@@ -115,7 +115,7 @@ impl Core {
         let primary_region = w.topology.members.get(&primary_id).map(|m| m.region.clone()).unwrap_or_default();
         let Some(track) = self.tracks.get_mut(name) else { return };
         // Do other regions agree?
-        let observers: Vec<(&String, &Obs)> =
+        let observers: Vec<(&String, &Observation)> =
             members.iter().filter(|(id, o)| **id != primary_id && o.fresh).map(|(id, o)| (*id, o)).collect();
         let region_of = |id: &str| w.topology.members.get(id).map(|m| m.region.clone()).unwrap_or_default();
         if let Some((who, _)) = observers.iter().find(|(_, o)| o.primary_reachable) {
@@ -207,7 +207,15 @@ impl Core {
 
     /// A healthy cluster whose failover-group partner has moved to another
     /// region more recently than it did follows it there, planned.
-    fn follow_group(&self, w: &World, name: &str, rec: &ClusterRecord, policy: &Policy, members: &[(&String, Obs)], out: &mut Vec<Action>) {
+    fn follow_group(
+        &self,
+        w: &Situation,
+        name: &str,
+        rec: &ClusterRecord,
+        policy: &Policy,
+        members: &[(&String, Observation)],
+        out: &mut Vec<Action>,
+    ) {
         if policy.paused || rec.paused || w.global_paused {
             return;
         }

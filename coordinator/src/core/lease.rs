@@ -4,7 +4,7 @@
 use drc_model::{Decision, Millis, StepAction};
 
 use super::sync::sync_standbys;
-use super::{Action, Obs, World};
+use super::{Action, Observation, Situation};
 
 /// Lease timing. The agent of a primary fences it when `lease` passes
 /// without a renewal; the leader replaces an unreachable primary only
@@ -56,7 +56,14 @@ impl LeaseConfig {
 
 /// A renewal of `primary`'s lease, with the synchronous standbys it should
 /// wait for.
-pub(super) fn lease_action(w: &World, cluster: &str, primary: &str, epoch: u64, ttl: Millis, members: &[(&String, Obs)]) -> Action {
+pub(super) fn lease_action(
+    w: &Situation,
+    cluster: &str,
+    primary: &str,
+    epoch: u64,
+    ttl: Millis,
+    members: &[(&String, Observation)],
+) -> Action {
     Action::Lease {
         cluster: cluster.to_string(),
         member: primary.to_string(),

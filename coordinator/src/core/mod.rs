@@ -1,10 +1,10 @@
 //! The decision core: pure — no I/O, no clock, no randomness.
 //!
-//! The leader calls [`Core::tick`] with what it currently sees (a [`World`]:
+//! The leader calls [`Core::tick`] with what it currently sees (a [`Situation`]:
 //! time, topology, replicated records, fresh observations) and carries out
 //! the [`Action`]s it returns; operator requests go through
 //! [`Core::request`]. Everything that makes a failover safe is decided here
-//! and checked by the seeded simulations in `sim.rs`:
+//! and checked by the seeded simulations in `crate::sim`:
 //!
 //! - a failure is declared only when the primary's own agent reports it down
 //!   or is silent, no agent anywhere can reach it, agents in at least one
@@ -40,7 +40,7 @@ pub use sync::{sync_standbys, SyncStandbys};
 
 /// One member as the leader sees it now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Obs {
+pub struct Observation {
     /// Agent connected and its newest sample younger than the detection window.
     pub fresh: bool,
     /// The agent reaches its own database.
@@ -75,7 +75,7 @@ pub struct Obs {
 }
 
 /// Everything the core reads at one instant.
-pub struct World<'a> {
+pub struct Situation<'a> {
     /// Wall time: what replicated instants (a promotion, an anti-flap
     /// block, a decision) are compared with.
     pub now: Millis,
@@ -88,7 +88,7 @@ pub struct World<'a> {
     /// `drctl pause` without a cluster.
     pub global_paused: bool,
     /// By member id; a member without an entry has never been heard from.
-    pub observations: &'a BTreeMap<String, Obs>,
+    pub observations: &'a BTreeMap<String, Observation>,
 }
 
 /// Whether a wait's reason counts down to an instant (a window, a lease, a
@@ -136,7 +136,7 @@ struct Track {
 impl Track {
     /// Raises the known primary position with what the primary and the
     /// replicas' cross-probes report.
-    fn see(&mut self, primary: &Obs, members: &[(&String, Obs)]) {
+    fn see(&mut self, primary: &Observation, members: &[(&String, Observation)]) {
         let probed = members.iter().map(|(_, o)| o.primary_position).max().unwrap_or(0);
         let own = if is_primary(primary) { primary.position } else { 0 };
         self.primary_position = self.primary_position.max(probed).max(own);
@@ -144,7 +144,7 @@ impl Track {
 }
 
 /// Members with what the leader sees of each (default: never heard from).
-fn observed<'a>(w: &World, ids: impl Iterator<Item = &'a String>) -> Vec<(&'a String, Obs)> {
+fn observed<'a>(w: &Situation, ids: impl Iterator<Item = &'a String>) -> Vec<(&'a String, Observation)> {
     ids.map(|id| (id, w.observations.get(id).cloned().unwrap_or_default())).collect()
 }
 
@@ -158,7 +158,7 @@ pub struct Core {
     wake: Option<Millis>,
 }
 
-impl World<'_> {
+impl Situation<'_> {
     /// A replicated wall-clock instant on the monotonic clock, as of now.
     fn mono_of(&self, wall: Millis) -> Millis {
         (self.mono + wall).saturating_sub(self.now)
@@ -170,7 +170,7 @@ impl World<'_> {
     }
 }
 
-fn is_primary(o: &Obs) -> bool {
+fn is_primary(o: &Observation) -> bool {
     o.fresh && o.reachable && o.role == Role::Primary
 }
 
@@ -186,7 +186,7 @@ impl Core {
     /// The cluster's track, reset when the epoch changed. `primary_position`
     /// is what is known of the recorded primary's position: after a
     /// promotion, at least the position it had as a replica.
-    fn track(&mut self, w: &World, cluster: &str, rec: &ClusterRecord, primary_position: u64) -> &mut Track {
+    fn track(&mut self, w: &Situation, cluster: &str, rec: &ClusterRecord, primary_position: u64) -> &mut Track {
         let primary_position = primary_position.max(rec.known_position);
         let fresh = Track {
             // An adopted primary (never promoted: promoted_at 0) holds no promotion lease.
@@ -221,7 +221,7 @@ impl Core {
 
     /// Re-evaluates every cluster. Members come indexed by cluster (built
     /// once per topology), so a tick costs O(members), not O(clusters × members).
-    pub fn tick(&mut self, w: &World) -> Vec<Action> {
+    pub fn tick(&mut self, w: &Situation) -> Vec<Action> {
         let by_cluster = w.topology.by_cluster();
         let mut out = Vec::new();
         let mut wake = None;
@@ -267,13 +267,22 @@ mod tests {
         parse_topology(&t).expect("valid")
     }
 
-    fn replica(streaming: bool, position: u64, received: u64) -> Obs {
-        Obs { fresh: true, reachable: true, role: Role::Replica, dataset: "ds".into(), position, received, streaming, ..Default::default() }
+    fn replica(streaming: bool, position: u64, received: u64) -> Observation {
+        Observation {
+            fresh: true,
+            reachable: true,
+            role: Role::Replica,
+            dataset: "ds".into(),
+            position,
+            received,
+            streaming,
+            ..Default::default()
+        }
     }
 
-    fn sync_of(t: &Topology, cluster: &str, obs: &BTreeMap<String, Obs>) -> Option<String> {
+    fn sync_of(t: &Topology, cluster: &str, obs: &BTreeMap<String, Observation>) -> Option<String> {
         let records = BTreeMap::new();
-        let w = World { now: 0, mono: 0, topology: t, records: &records, global_paused: false, observations: obs };
+        let w = Situation { now: 0, mono: 0, topology: t, records: &records, global_paused: false, observations: obs };
         let ids: Vec<String> = t.members_of(cluster).map(|(id, _)| id.clone()).collect();
         let members = observed(&w, ids.iter());
         let primary = format!("{cluster}-a");
@@ -283,7 +292,7 @@ mod tests {
     #[test]
     fn commits_wait_for_streaming_replicas_that_may_be_promoted_and_for_none_when_none_streams() {
         let t = topology(2);
-        let mut obs: BTreeMap<String, Obs> =
+        let mut obs: BTreeMap<String, Observation> =
             ["pg-b", "pg-c", "pg-d", "rd-b"].iter().map(|id| (id.to_string(), replica(true, 0, 0))).collect();
         // pg-d has priority 0: never promoted automatically, so never waited for.
         assert_eq!(sync_of(&t, "pg", &obs).as_deref(), Some(r#"ANY 2 ("pg-b", "pg-c")"#));
@@ -305,16 +314,21 @@ mod tests {
         let t = topology(1);
         let mut records = BTreeMap::new();
         records.insert("pg".to_string(), ClusterRecord { epoch: 1, primary: "pg-a".into(), dataset: "ds".into(), ..Default::default() });
-        let gone = Obs { fresh: true, role: Role::Unknown, server_gone: true, epoch: 1, ..Default::default() };
-        let replica =
-            |position: u64, received: u64, age: Millis| Obs { dataset: "ds".into(), epoch: 1, age, ..replica(true, position, received) };
+        let gone = Observation { fresh: true, role: Role::Unknown, server_gone: true, epoch: 1, ..Default::default() };
+        let replica = |position: u64, received: u64, age: Millis| Observation {
+            dataset: "ds".into(),
+            epoch: 1,
+            age,
+            ..replica(true, position, received)
+        };
         let mut core = Core::new(LeaseConfig::default(), 0);
         let mut tick = |now: Millis, b_age: Millis| {
-            let obs: BTreeMap<String, Obs> = [("pg-a", gone.clone()), ("pg-b", replica(500, 500, b_age)), ("pg-c", replica(400, 400, 0))]
-                .into_iter()
-                .map(|(id, o)| (id.to_string(), o))
-                .collect();
-            let w = World { now, mono: now, topology: &t, records: &records, global_paused: false, observations: &obs };
+            let obs: BTreeMap<String, Observation> =
+                [("pg-a", gone.clone()), ("pg-b", replica(500, 500, b_age)), ("pg-c", replica(400, 400, 0))]
+                    .into_iter()
+                    .map(|(id, o)| (id.to_string(), o))
+                    .collect();
+            let w = Situation { now, mono: now, topology: &t, records: &records, global_paused: false, observations: &obs };
             core.tick(&w)
                 .into_iter()
                 .filter(|a| match a {
@@ -343,12 +357,12 @@ mod tests {
         let t = topology(1);
         // pg-b replayed more, but pg-c received (and flushed) more: a
         // synchronous commit may have been acknowledged by pg-c alone.
-        let obs: BTreeMap<String, Obs> = [("pg-b", replica(true, 1_000, 1_000)), ("pg-c", replica(true, 900, 1_100))]
+        let obs: BTreeMap<String, Observation> = [("pg-b", replica(true, 1_000, 1_000)), ("pg-c", replica(true, 900, 1_100))]
             .into_iter()
             .map(|(id, o)| (id.to_string(), o))
             .collect();
         let records = BTreeMap::new();
-        let w = World { now: 0, mono: 0, topology: &t, records: &records, global_paused: false, observations: &obs };
+        let w = Situation { now: 0, mono: 0, topology: &t, records: &records, global_paused: false, observations: &obs };
         let ids: Vec<String> = t.members_of("pg").map(|(id, _)| id.clone()).collect();
         let members = observed(&w, ids.iter());
         let rec = ClusterRecord { epoch: 1, primary: "pg-a".into(), dataset: "ds".into(), ..Default::default() };

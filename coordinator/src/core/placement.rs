@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use drc_model::{Decision, Millis};
 
-use super::World;
+use super::Situation;
 
 /// After a decision finished, placement waits this long before it moves.
 pub const PLACEMENT_CALM: Millis = 3_000;
@@ -28,7 +28,7 @@ pub struct Coordinators<'a> {
 /// no decision in progress, none finished within [`PLACEMENT_CALM`], no job
 /// running (a leadership change interrupts it), and only when this node's
 /// region holds a primary; then to voters in regions holding none.
-pub fn placement_targets(w: &World, history: &BTreeMap<u64, Decision>, jobs_running: bool, c: &Coordinators) -> Vec<u64> {
+pub fn placement_targets(w: &Situation, history: &BTreeMap<u64, Decision>, jobs_running: bool, c: &Coordinators) -> Vec<u64> {
     let Some(mine) = c.regions.get(&c.me) else { return Vec::new() };
     let busy: BTreeSet<&str> = w.records.values().filter_map(|r| w.topology.members.get(&r.primary)).map(|m| m.region.as_str()).collect();
     if !busy.contains(mine.as_str()) || jobs_running {
@@ -49,7 +49,7 @@ mod tests {
     use drc_model::ClusterRecord;
 
     use super::*;
-    use crate::core::Obs;
+    use crate::core::Observation;
 
     #[test]
     fn the_leadership_leaves_the_primaries_region_only_when_the_whole_system_is_at_rest() {
@@ -59,13 +59,13 @@ mod tests {
         )
         .expect("valid");
         let mut records = BTreeMap::from([("pg".to_string(), ClusterRecord { epoch: 1, primary: "pg-a".into(), ..Default::default() })]);
-        let healthy = Obs { fresh: true, reachable: true, ..Default::default() };
+        let healthy = Observation { fresh: true, reachable: true, ..Default::default() };
         let mut obs = BTreeMap::from([("pg-a".to_string(), healthy.clone()), ("pg-b".to_string(), healthy)]);
         let regions = BTreeMap::from([(1, "a".to_string()), (2, "b".to_string()), (3, "c".to_string())]);
         let voters = [1, 2, 3];
         let history = BTreeMap::new();
-        let targets = |records: &BTreeMap<String, ClusterRecord>, obs: &BTreeMap<String, Obs>, me: u64, jobs: bool| {
-            let w = World { now: 10_000, mono: 10_000, topology: &t, records, global_paused: false, observations: obs };
+        let targets = |records: &BTreeMap<String, ClusterRecord>, obs: &BTreeMap<String, Observation>, me: u64, jobs: bool| {
+            let w = Situation { now: 10_000, mono: 10_000, topology: &t, records, global_paused: false, observations: obs };
             placement_targets(&w, &history, jobs, &Coordinators { me, voters: &voters, regions: &regions })
         };
         assert_eq!(targets(&records, &obs, 1, false), vec![2, 3], "out of region a, which holds the primary");

@@ -6,7 +6,7 @@ use drc_model::{Decision, DecisionKind, Role, Trigger};
 
 use super::choose::{choose, decision};
 use super::lease::bound_lease;
-use super::{is_primary, observed, Core, Obs, World};
+use super::{is_primary, observed, Core, Observation, Situation};
 
 /// An operator's request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,7 +60,7 @@ impl Core {
     /// not reported it as a primary yet. Taken at its word, that sample
     /// would make a healthy primary look down, and a planned move an
     /// unplanned one.
-    pub fn settling(&self, w: &World, cluster: &str) -> Option<String> {
+    pub fn settling(&self, w: &Situation, cluster: &str) -> Option<String> {
         let rec = w.records.get(cluster)?;
         let p = w.observations.get(&rec.primary)?;
         let since = w.now.saturating_sub(rec.promoted_at);
@@ -70,7 +70,7 @@ impl Core {
 
     /// An operator's failover or switchover: the decision to commit, or
     /// exactly why not.
-    pub fn request(&mut self, w: &World, req: &Request) -> Result<Decision, Refusal> {
+    pub fn request(&mut self, w: &Situation, req: &Request) -> Result<Decision, Refusal> {
         let none = None;
         let (name, to, force, kind) = match req {
             Request::Failover { cluster, to, force } => (cluster, to, *force, DecisionKind::Failover),
@@ -117,7 +117,7 @@ impl Core {
                 let keep = |id: &str| {
                     id == rec.primary || (region_of(id) != from.as_str() && to.as_ref().is_none_or(|t| region_of(id) == t.as_str()))
                 };
-                let members: Vec<(&String, Obs)> = members.into_iter().filter(|(id, _)| keep(id.as_str())).collect();
+                let members: Vec<(&String, Observation)> = members.into_iter().filter(|(id, _)| keep(id.as_str())).collect();
                 let kind = if healthy { DecisionKind::Switchover } else { DecisionKind::Failover };
                 (kind, members, prefer.clone())
             }
@@ -152,7 +152,7 @@ impl Core {
             // when nobody there can take over does the cluster go elsewhere,
             // and the reason says so.
             Some(region) => {
-                let there: Vec<(&String, Obs)> =
+                let there: Vec<(&String, Observation)> =
                     members.iter().filter(|(id, _)| **id == rec.primary || region_of(id) == region).cloned().collect();
                 choose(w, &rec, &policy, &there, known, to.as_deref(), force, Some(region))
                     .or_else(|none_there| {

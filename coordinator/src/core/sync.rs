@@ -3,7 +3,7 @@
 use drc_model::topology::ClusterKind;
 use drc_model::Role;
 
-use super::{Obs, World};
+use super::{Observation, Situation};
 
 /// What a PostgreSQL primary's commits wait for: `count` of `names` to
 /// have flushed them (`synchronous_standby_names = 'ANY count (names)'`;
@@ -34,7 +34,7 @@ impl std::fmt::Display for SyncStandbys {
 /// for ever). Every replica is a candidate, and the most advanced one is
 /// promoted, so while a replica holding each acknowledged commit is
 /// reachable and within the RPO budget, no acknowledged commit is lost.
-pub fn sync_standbys(w: &World, cluster: &str, primary: &str, members: &[(&String, Obs)]) -> Option<SyncStandbys> {
+pub fn sync_standbys(w: &Situation, cluster: &str, primary: &str, members: &[(&String, Observation)]) -> Option<SyncStandbys> {
     let c = w.topology.clusters.get(cluster)?;
     if c.kind != ClusterKind::Postgres {
         return None;
@@ -44,7 +44,7 @@ pub fn sync_standbys(w: &World, cluster: &str, primary: &str, members: &[(&Strin
         // Asynchronous (the default): nothing to look at on every renewal.
         return Some(SyncStandbys::default());
     }
-    let listed: Vec<&(&String, Obs)> = members
+    let listed: Vec<&(&String, Observation)> = members
         .iter()
         .filter(|(id, _)| id.as_str() != primary && w.topology.members.get(id.as_str()).is_some_and(|m| m.priority > 0))
         .collect();

@@ -23,7 +23,7 @@ use drc_proto::{FailoverAction, FailoverStep, LeaseGrant};
 use crate::agents::{Agents, EventKind};
 use crate::core::steps::{self, Verdict};
 use crate::core::{
-    placement_targets, Action, Coordinators, Core, Countdown, LeaseConfig, Refusal, Request, SyncStandbys, World, PLACEMENT_CALM,
+    placement_targets, Action, Coordinators, Core, Countdown, LeaseConfig, Refusal, Request, Situation, SyncStandbys, PLACEMENT_CALM,
 };
 use crate::lock::lock;
 use crate::raft::{NodeHandle, ProposeError, Role};
@@ -231,7 +231,7 @@ impl Executor {
             let (now, at) = (wall_now_ms(), Instant::now());
             let mono = self.mono_ms(at);
             let observations = self.agents.board.observations(t, at);
-            let world = World { now, mono, topology: t, records: &records, global_paused, observations: &observations };
+            let world = Situation { now, mono, topology: t, records: &records, global_paused, observations: &observations };
             // Requests first, in the order they came; one that waits for its
             // cluster to settle is asked again on each tick, for a while. At
             // most one is answered per pass, and then the core's tick waits

@@ -7,7 +7,7 @@ use drc_model::{Decision, StepAction, StepArgs, StepState, Trigger};
 
 use super::*;
 use crate::core::steps::{self, Verdict};
-use crate::core::{placement_targets, Coordinators, World, PLACEMENT_CALM};
+use crate::core::{placement_targets, Coordinators, Situation, PLACEMENT_CALM};
 
 impl Sim {
     pub(super) fn commit(&mut self, d: Decision) {
@@ -155,7 +155,7 @@ impl Sim {
         let obs = self.observations();
         let regions: BTreeMap<u64, String> = (0..3).map(|r| (r as u64 + 1, REGIONS[r].to_string())).collect();
         let voters = [1, 2, 3];
-        let world = World {
+        let world = Situation {
             now: self.now,
             mono: self.now,
             topology: &self.topology,

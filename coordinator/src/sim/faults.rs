@@ -120,7 +120,7 @@ impl Sim {
     pub(super) fn operator(&mut self, req: Request) {
         let obs = self.observations();
         let Some(core) = self.core.as_mut() else { return };
-        let world = World {
+        let world = Situation {
             now: self.now,
             mono: self.now,
             topology: &self.topology,

@@ -24,7 +24,7 @@ use drc_model::topology::parse::parse_topology;
 use drc_model::topology::Topology;
 use drc_model::Millis;
 
-use crate::core::{Action, Core, LeaseConfig, Obs, Request, World};
+use crate::core::{Action, Core, LeaseConfig, Observation, Request, Situation};
 use crate::state::{Command, Outcome, StateMachine};
 
 const REGIONS: [&str; 3] = ["a", "b", "c"];
@@ -139,7 +139,7 @@ struct Sim {
     log: Vec<String>,
     last_wait: BTreeMap<String, String>,
     /// The newest sample of each member the leader received.
-    samples: BTreeMap<String, Obs>,
+    samples: BTreeMap<String, Observation>,
     verbose: bool,
     /// The seeded schedules: replicas now and then receive only part of
     /// what is new (the scenario tests keep whole steps).
@@ -273,7 +273,7 @@ impl Sim {
         self.place_leader();
         let obs = self.observations();
         if let Some(core) = self.core.as_mut() {
-            let world = World {
+            let world = Situation {
                 now: self.now,
                 mono: self.now,
                 topology: &self.topology,

@@ -3,7 +3,7 @@
 use drc_model::{DecisionKind, Role, Trigger};
 
 use super::*;
-use crate::core::{Refusal, Request, World};
+use crate::core::{Refusal, Request, Situation};
 
 #[test]
 fn seeded_fault_schedules_keep_every_safety_rule() {
@@ -57,7 +57,7 @@ fn a_waiting_failover_names_the_instant_it_may_go_ahead() {
         let Some(wake) = core.wake() else { continue };
         assert!(wake > sim.now, "a wake-up in the past");
         let world =
-            |now| World { now, mono: now, topology: &sim.topology, records: &sim.sm.records, global_paused: false, observations: &obs };
+            |now| Situation { now, mono: now, topology: &sim.topology, records: &sim.sm.records, global_paused: false, observations: &obs };
         let decides = |actions: &[Action]| actions.iter().any(|a| matches!(a, Action::Decide(d) if d.cluster == "pg"));
         // Just before it nothing may happen, and the core still names it;
         // at it, the gate is open: a decision, or a later gate.
@@ -210,8 +210,14 @@ fn a_request_right_after_a_promotion_waits_until_the_new_primary_reports_as_one(
     obs.get_mut("rd-b").expect("rd-b").role = Role::Replica;
     let evacuate = Request::Evacuate { cluster: "rd".into(), from: "b".into(), to: None, prefer: None, force: false };
     let core = sim.core.as_mut().expect("a leader");
-    let world =
-        World { now: sim.now, mono: sim.now, topology: &sim.topology, records: &sim.sm.records, global_paused: false, observations: &obs };
+    let world = Situation {
+        now: sim.now,
+        mono: sim.now,
+        topology: &sim.topology,
+        records: &sim.sm.records,
+        global_paused: false,
+        observations: &obs,
+    };
     let refused = core.request(&world, &evacuate).expect_err("the new primary has not reported yet");
     assert!(matches!(refused, Refusal::NotNow(_)), "a refusal to retry: {refused:?}");
     let refused = refused.to_string();
@@ -219,8 +225,14 @@ fn a_request_right_after_a_promotion_waits_until_the_new_primary_reports_as_one(
     assert!(core.settling(&world, "rd").is_some());
     // Once it reports, the same request is a planned move, not a failover.
     obs.get_mut("rd-b").expect("rd-b").role = Role::Primary;
-    let world =
-        World { now: sim.now, mono: sim.now, topology: &sim.topology, records: &sim.sm.records, global_paused: false, observations: &obs };
+    let world = Situation {
+        now: sim.now,
+        mono: sim.now,
+        topology: &sim.topology,
+        records: &sim.sm.records,
+        global_paused: false,
+        observations: &obs,
+    };
     assert!(core.settling(&world, "rd").is_none());
     let d = core.request(&world, &evacuate).expect("accepted");
     assert_eq!(d.kind, DecisionKind::Switchover, "{d:?}");

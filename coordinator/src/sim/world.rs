@@ -29,7 +29,7 @@ impl Sim {
 
     /// What the leader holds: the newest sample each agent could deliver
     /// (frozen while its agent is cut off), fresh within the window.
-    pub(super) fn observations(&mut self) -> BTreeMap<String, Obs> {
+    pub(super) fn observations(&mut self) -> BTreeMap<String, Observation> {
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
             let m = &self.members[&id];
@@ -61,7 +61,7 @@ impl Sim {
                 x.seen_lag_ms = seen_lag_ms;
             });
             let m = &self.members[&id];
-            let obs = Obs {
+            let obs = Observation {
                 fresh: true,
                 reachable: m.up,
                 role: if !m.up {

@@ -131,6 +131,7 @@ async fn stream(
         region: region.into(),
         kind: "redis".into(),
         dataset_id: "bench".into(),
+        command_protocol: drc_proto::COMMAND_PROTOCOL,
         ..Default::default()
     };
     tx.send(AgentMessage { body: Some(Body::Hello(hello)) }).await.map_err(|_| "stream closed".to_string())?;
