@@ -260,6 +260,9 @@ mod tests {
         assert_eq!(older.code(), Code::FailedPrecondition);
         assert!(older.message().contains("command protocol 0"), "{}", older.message());
         assert_eq!(check_hello(&AgentHello { member_id: "x".into(), ..hello.clone() }, &t).expect_err("undeclared").code(), Code::NotFound);
-        assert_eq!(check_hello(&AgentHello { region: "b".into(), ..hello }, &t).expect_err("wrong region").code(), Code::FailedPrecondition);
+        assert_eq!(
+            check_hello(&AgentHello { region: "b".into(), ..hello }, &t).expect_err("wrong region").code(),
+            Code::FailedPrecondition
+        );
     }
 }

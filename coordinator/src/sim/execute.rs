@@ -155,14 +155,7 @@ impl Sim {
         let obs = self.observations();
         let regions: BTreeMap<u64, String> = (0..3).map(|r| (r as u64 + 1, REGIONS[r].to_string())).collect();
         let voters = [1, 2, 3];
-        let world = Situation {
-            now: self.now,
-            mono: self.now,
-            topology: &self.topology,
-            records: &self.sm.records,
-            global_paused: self.sm.global_paused,
-            observations: &obs,
-        };
+        let world = situation(self.now, &self.topology, &self.sm, &obs);
         let targets =
             placement_targets(&world, &self.sm.history, false, &Coordinators { me: l as u64 + 1, voters: &voters, regions: &regions });
         let to = targets.into_iter().map(|id| id as usize - 1).find(|&r| self.region_up[r] && self.talk(l, r));

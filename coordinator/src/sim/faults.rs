@@ -120,14 +120,7 @@ impl Sim {
     pub(super) fn operator(&mut self, req: Request) {
         let obs = self.observations();
         let Some(core) = self.core.as_mut() else { return };
-        let world = Situation {
-            now: self.now,
-            mono: self.now,
-            topology: &self.topology,
-            records: &self.sm.records,
-            global_paused: self.sm.global_paused,
-            observations: &obs,
-        };
+        let world = situation(self.now, &self.topology, &self.sm, &obs);
         match core.request(&world, &req) {
             Ok(d) => {
                 self.say(format!("operator {req:?}: accepted"));

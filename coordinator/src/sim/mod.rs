@@ -273,14 +273,7 @@ impl Sim {
         self.place_leader();
         let obs = self.observations();
         if let Some(core) = self.core.as_mut() {
-            let world = Situation {
-                now: self.now,
-                mono: self.now,
-                topology: &self.topology,
-                records: &self.sm.records,
-                global_paused: self.sm.global_paused,
-                observations: &obs,
-            };
+            let world = situation(self.now, &self.topology, &self.sm, &obs);
             let actions = core.tick(&world);
             for a in actions {
                 match a {
@@ -341,6 +334,12 @@ impl Sim {
         self.execute();
         self.check();
     }
+}
+
+/// What the simulated leader's core sees now: one clock for wall and
+/// monotonic time.
+fn situation<'a>(now: Millis, topology: &'a Topology, sm: &'a StateMachine, obs: &'a BTreeMap<String, Observation>) -> Situation<'a> {
+    Situation { now, mono: now, topology, records: &sm.records, global_paused: sm.global_paused, observations: obs }
 }
 
 fn run(seed: u64, verbose: bool) {
