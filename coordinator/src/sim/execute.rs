@@ -7,7 +7,7 @@ use drc_model::{Decision, StepAction, StepArgs, StepState, Trigger};
 
 use super::*;
 use crate::core::steps::{self, Verdict};
-use crate::core::{placement_targets, Coordinators, Situation, PLACEMENT_CALM};
+use crate::core::{placement_targets, Coordinators, PLACEMENT_CALM};
 
 impl Sim {
     pub(super) fn commit(&mut self, d: Decision) {
