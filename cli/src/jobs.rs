@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use drc_model::job::{BackupRecord, JobState, RecoveryTest};
 use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::*;
 use serde_json::json;
@@ -181,86 +182,132 @@ pub(crate) fn job_out(job: &serde_json::Value, json_out: bool, text: fn(&serde_j
     Ok(())
 }
 
-pub(crate) fn mib(v: &serde_json::Value) -> String {
-    format!("{:.1} MiB", v.as_u64().unwrap_or(0) as f64 / 1048576.0)
+/// A job as the coordinator lists it: its record and, while the leader
+/// runs it, how far it has got.
+#[derive(serde::Deserialize)]
+struct Listed<T> {
+    #[serde(flatten)]
+    record: T,
+    #[serde(default)]
+    progress: Option<ListedProgress>,
 }
 
-pub(crate) fn backup_text(b: &serde_json::Value) -> String {
-    let took = b["finished_at"].as_u64().unwrap_or(0).saturating_sub(b["started_at"].as_u64().unwrap_or(0));
-    let mut s = format!(
-        "backup {} of {} ({}): {}\n  from {} (region {}) to {} (region {})\n  objects under {}",
-        b["id"],
-        b["cluster"].as_str().unwrap_or(""),
-        b["kind"].as_str().unwrap_or(""),
-        b["state"].as_str().unwrap_or(""),
-        b["member"].as_str().unwrap_or(""),
-        b["member_region"].as_str().unwrap_or(""),
-        b["destination"].as_str().unwrap_or(""),
-        b["destination_region"].as_str().unwrap_or(""),
-        b["prefix"].as_str().unwrap_or(""),
-    );
-    if b["state"] == "done" {
-        s += &format!(
-            "\n  {} raw, {} stored, {:.1} s; sha256 {}",
-            mib(&b["raw_bytes"]),
-            mib(&b["stored_bytes"]),
-            took as f64 / 1000.0,
-            b["sha256"].as_str().unwrap_or("")
-        );
-        let m = &b["manifest"];
-        if m["lsn_start"].as_str().is_some_and(|l| !l.is_empty()) {
-            s += &format!("\n  WAL {} .. {}", m["lsn_start"].as_str().unwrap_or(""), m["lsn_end"].as_str().unwrap_or(""));
-        }
+#[derive(serde::Deserialize)]
+struct ListedProgress {
+    #[serde(default)]
+    text: String,
+}
+
+/// Reads a listed job into its typed record, or says why it cannot.
+fn read<T: serde::de::DeserializeOwned>(v: &serde_json::Value, what: &str) -> Result<Listed<T>, String> {
+    serde_json::from_value(v.clone()).map_err(|e| format!("(a {what} record this drctl cannot read: {e})"))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+/// The progress and error lines every job shows.
+fn tail_lines(progress: Option<ListedProgress>, error: &str) -> String {
+    let mut s = String::new();
+    if let Some(p) = progress.filter(|p| !p.text.is_empty()) {
+        s += &format!("\n  progress: {}", p.text);
     }
-    if let Some(p) = b["progress"]["text"].as_str() {
-        s += &format!("\n  progress: {p}");
-    }
-    if !b["error"].as_str().unwrap_or("").is_empty() {
-        s += &format!("\n  error: {}", b["error"].as_str().unwrap_or(""));
+    if !error.is_empty() {
+        s += &format!("\n  error: {error}");
     }
     s
+}
+
+pub(crate) fn backup_text(v: &serde_json::Value) -> String {
+    let Listed { record: b, progress } = match read::<BackupRecord>(v, "backup") {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    let mut s = format!(
+        "backup {} of {} ({}): {}\n  from {} (region {}) to {} (region {})\n  objects under {}",
+        b.id,
+        b.cluster,
+        b.kind,
+        b.state.as_str(),
+        b.member,
+        b.member_region,
+        b.destination,
+        b.destination_region,
+        b.prefix,
+    );
+    if b.state == JobState::Done {
+        let took = b.finished_at.saturating_sub(b.started_at);
+        s += &format!("\n  {} raw, {} stored, {:.1} s; sha256 {}", mib(b.raw_bytes), mib(b.stored_bytes), took as f64 / 1000.0, b.sha256);
+        let lsn = |k: &str| b.manifest[k].as_str().unwrap_or_default().to_string();
+        if !lsn("lsn_start").is_empty() {
+            s += &format!("\n  WAL {} .. {}", lsn("lsn_start"), lsn("lsn_end"));
+        }
+    }
+    s + &tail_lines(progress, &b.error)
 }
 
 pub(crate) fn backups_table(jobs: &[serde_json::Value]) -> String {
-    let mut rows = Vec::new();
-    for b in jobs {
-        rows.push(vec![
-            b["id"].to_string(),
-            b["cluster"].as_str().unwrap_or("").to_string(),
-            b["state"].as_str().unwrap_or("").to_string(),
-            b["member"].as_str().unwrap_or("").to_string(),
-            b["destination"].as_str().unwrap_or("").to_string(),
-            mib(&b["raw_bytes"]),
-            mib(&b["stored_bytes"]),
-            b["started_at"].to_string(),
-        ]);
-    }
+    let rows = jobs
+        .iter()
+        .map(|v| match read::<BackupRecord>(v, "backup") {
+            Ok(Listed { record: b, .. }) => vec![
+                b.id.to_string(),
+                b.cluster,
+                b.state.as_str().to_string(),
+                b.member,
+                b.destination,
+                mib(b.raw_bytes),
+                mib(b.stored_bytes),
+                b.started_at.to_string(),
+            ],
+            Err(e) => vec![v["id"].to_string(), e],
+        })
+        .collect::<Vec<_>>();
     table::render(&["ID", "CLUSTER", "STATE", "FROM", "TO", "RAW", "STORED", "STARTED"], &rows)
 }
 
-pub(crate) fn test_text(t: &serde_json::Value) -> String {
+pub(crate) fn test_text(v: &serde_json::Value) -> String {
+    let Listed { record: t, progress } = match read::<RecoveryTest>(v, "recovery test") {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
     let mut s = format!(
         "recovery test {} of {}: {} (backup {}, restored on {} in region {})",
-        t["id"],
-        t["cluster"].as_str().unwrap_or(""),
-        t["state"].as_str().unwrap_or(""),
-        t["backup_id"],
-        t["member"].as_str().unwrap_or(""),
-        t["member_region"].as_str().unwrap_or("")
+        t.id,
+        t.cluster,
+        t.state.as_str(),
+        t.backup_id,
+        t.member,
+        t.member_region
     );
-    if t["state"] == "done" {
-        s += &format!("\n  RTO {} ms, RPO {} ms", t["rto_ms"], t["rpo_ms"]);
-        if let Some(checks) = t["checks"].as_object() {
-            for (k, v) in checks {
-                s += &format!("\n  {k}: {}", v.as_str().unwrap_or(""));
-            }
+    if t.state == JobState::Done {
+        s += &format!("\n  RTO {} ms, RPO {} ms", t.rto_ms, t.rpo_ms);
+        for (k, v) in &t.checks {
+            s += &format!("\n  {k}: {v}");
         }
     }
-    if let Some(p) = t["progress"]["text"].as_str() {
-        s += &format!("\n  progress: {p}");
+    s + &tail_lines(progress, &t.error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listed_backup_reads_with_its_sizes_wal_range_and_progress() {
+        let done = serde_json::json!({"id": 3, "cluster": "app-pg", "kind": "postgres", "member": "pg-b", "member_region": "b",
+            "destination": "s3-c", "destination_region": "c", "prefix": "drc/app-pg/1", "state": "done", "trigger": "operator",
+            "started_at": 1000, "finished_at": 3500, "error": "", "data_key": "k", "manifest_key": "m", "sha256": "ab",
+            "raw_bytes": 10485760, "stored_bytes": 1048576, "manifest": {"lsn_start": "0/2000028", "lsn_end": "0/2000100"}});
+        let text = backup_text(&done);
+        assert!(text.starts_with("backup 3 of app-pg (postgres): done\n  from pg-b (region b) to s3-c (region c)"), "{text}");
+        assert!(text.contains("10.0 MiB raw, 1.0 MiB stored, 2.5 s; sha256 ab") && text.contains("WAL 0/2000028 .. 0/2000100"), "{text}");
+        let mut running = done.clone();
+        running["state"] = "running".into();
+        running["progress"] = serde_json::json!({"text": "upload: 1.0 MiB"});
+        assert!(backup_text(&running).ends_with("\n  progress: upload: 1.0 MiB"));
+        assert!(backup_text(&serde_json::json!({"id": "x"})).contains("cannot read"), "an unreadable record is said so");
+        assert!(backups_table(&[done]).contains("10.0 MiB"));
     }
-    if !t["error"].as_str().unwrap_or("").is_empty() {
-        s += &format!("\n  error: {}", t["error"].as_str().unwrap_or(""));
-    }
-    s
 }
