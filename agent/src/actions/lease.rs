@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::postgres::pg_err;
 use super::redis::redis_cmd;
-use super::{lock, now_ms, Actor, NO_ANSWER};
+use super::{lock, now_ms, Actor};
 use crate::config::Kind;
 use crate::probe::redis::parse_info;
 use crate::process::postmaster_alive;
@@ -35,6 +35,17 @@ pub(super) struct EpochRecord {
     /// brings it back. Persisted, so that a restarted agent still can.
     #[serde(default)]
     pub(super) lease_fenced: bool,
+}
+
+/// Why the local member's replication could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unread {
+    /// It did not answer in time: worth no second wait.
+    #[error("no answer within {} ms", .0.as_millis())]
+    NoAnswer(Duration),
+    /// The read failed (a closed connection, a server error).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// How often the agent checks its lease.
@@ -333,11 +344,11 @@ impl Actor {
             // connection before the member counts as unreadable. A member
             // that did not answer in time gets no second wait.
             Kind::Postgres => match self.pg_vouchers().await {
-                Err(first) if !first.starts_with(NO_ANSWER) => {
+                Err(Unread::Failed(first)) => {
                     *self.local_pg.lock().await = None;
                     self.pg_vouchers().await.map_err(|again| format!("{first}; on a new connection: {again}"))
                 }
-                read => read,
+                read => read.map_err(|e| e.to_string()),
             },
             Kind::Redis => {
                 let mut c = self.redis_local().await?;
@@ -353,15 +364,15 @@ impl Actor {
     }
 
     /// `vouchers` of a PostgreSQL member, on the reused local connection.
-    pub(super) async fn pg_vouchers(&self) -> Result<Option<usize>, String> {
-        let c = self.pg_local().await?;
+    pub(super) async fn pg_vouchers(&self) -> Result<Option<usize>, Unread> {
+        let c = self.pg_local().await.map_err(Unread::Failed)?;
         let query = c.query_one("SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')", &[]);
         // A connection that hangs is as good as none, and is replaced.
         let Ok(row) = tokio::time::timeout(self.cfg.probe_timeout, query).await else {
             *self.local_pg.lock().await = None;
-            return Err(format!("{NO_ANSWER} within {} ms", self.cfg.probe_timeout.as_millis()));
+            return Err(Unread::NoAnswer(self.cfg.probe_timeout));
         };
-        let row = row.map_err(pg_err)?;
+        let row = row.map_err(|e| Unread::Failed(pg_err(e)))?;
         let (in_recovery, n): (bool, i64) = (row.get(0), row.get(1));
         Ok((!in_recovery).then_some(n as usize))
     }

@@ -51,9 +51,6 @@ pub struct Actor {
     local_pg: tokio::sync::Mutex<Option<Arc<Client>>>,
 }
 
-/// How a read that timed out starts its error.
-pub(super) const NO_ANSWER: &str = "no answer";
-
 pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

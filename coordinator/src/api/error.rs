@@ -2,8 +2,9 @@
 //! error type a request can end with converts to a `Status` here.
 //!
 //! Clients (drctl, scripts) rely on the codes: `UNAVAILABLE` means "nothing
-//! was done, try again or elsewhere", `INVALID_ARGUMENT` means "fix the
-//! request", `FAILED_PRECONDITION` means "not now".
+//! was done, try again or elsewhere", `DEADLINE_EXCEEDED` "not committed in
+//! time, may still be", `NOT_FOUND` "no such thing", `INVALID_ARGUMENT`
+//! "fix the request", `FAILED_PRECONDITION` "not now".
 
 use tonic::Status;
 
@@ -19,7 +20,9 @@ impl From<ProposeError> for Status {
             ProposeError::NotLeader { .. } | ProposeError::LeadershipLost | ProposeError::ShuttingDown => {
                 Status::unavailable(e.to_string())
             }
-            ProposeError::NoQuorum(_) => Status::unavailable(e.to_string()),
+            // The write may still commit if the coordinators come back: not
+            // "nothing was done", so not UNAVAILABLE.
+            ProposeError::NoQuorum(_) => Status::deadline_exceeded(e.to_string()),
             ProposeError::ChangeInProgress => Status::failed_precondition(e.to_string()),
             ProposeError::Rejected(_) => Status::invalid_argument(e.to_string()),
             ProposeError::Storage(_) => Status::internal(e.to_string()),
@@ -90,7 +93,7 @@ mod tests {
         assert_eq!(code(RequestError::Refused(Refusal::UnknownCluster("x".into())).into()), Code::NotFound);
         assert_eq!(code(RequestError::Refused(Refusal::Invalid("x".into())).into()), Code::InvalidArgument);
         assert_eq!(code(RequestError::Refused(Refusal::NotNow("x".into())).into()), Code::FailedPrecondition);
-        assert_eq!(code(RequestError::Propose(ProposeError::NoQuorum("x".into())).into()), Code::Unavailable);
+        assert_eq!(code(RequestError::Propose(ProposeError::NoQuorum("x".into())).into()), Code::DeadlineExceeded, "may commit later");
         assert_eq!(code(JobError::UnknownBackup(3).into()), Code::NotFound);
         assert_eq!(code(JobError::NoSource { cluster: "c".into(), why: "none".into() }.into()), Code::FailedPrecondition);
         assert_eq!(code(JobError::Propose(ProposeError::NotLeader { leader: None }).into()), Code::Unavailable);

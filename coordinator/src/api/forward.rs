@@ -89,7 +89,8 @@ where
         };
         let leader = node.status().leader_id;
         match call(client, mark_forwarded(tonic::Request::new(req.get_ref().clone()))).await {
-            Err(e) if e.code() == tonic::Code::Unavailable && !e.message().starts_with("no quorum") && !forwarded => {
+            // UNAVAILABLE: nothing was done (the leader went away): retry.
+            Err(e) if e.code() == tonic::Code::Unavailable && !forwarded => {
                 if start.elapsed() >= deadline {
                     return Err(Status::unavailable(format!(
                         "no quorum: the leader (node {leader}) is unreachable ({}) and no other leader was elected within {}",
