@@ -256,6 +256,11 @@ fn pause_stops_automatic_failover_and_resume_lets_it_happen() {
     .expect("the agent brought it back");
 }
 
+/// The coordinator leader's id, if there is one.
+fn leader_of(lab: &Lab) -> Option<u64> {
+    lab.status().ok()?["leader_id"].as_u64().filter(|id| *id != 0)
+}
+
 /// Asserts for `quiet` that `cluster` stays at `epoch` with `primary`.
 fn stays(lab: &Lab, name: &str, epoch: u64, primary: &str, quiet: Duration) {
     let held = holds_for(&format!("{name} staying at epoch {epoch} with {primary}"), quiet, || {
@@ -492,7 +497,6 @@ fn losing_a_region_with_only_replicas_and_the_coordinator_leader_takes_no_primar
     let (_dir, mut lab) = lab();
     recorded(&lab, "app-pg", 1);
     recorded(&lab, "app-redis", 1);
-    let leader_of = |lab: &Lab| lab.status().ok()?["leader_id"].as_u64().filter(|id| *id != 0);
     let region_of_node = |lab: &Lab, id: u64| lab.info.coordinators.iter().find(|c| c.id == id).map(|c| c.region.clone());
     // The coordinator leader must not be in region a, the primaries'.
     let mut leader = wait_for("a coordinator leader", LONG, || leader_of(&lab)).expect("leader");
@@ -577,6 +581,17 @@ fn with_synchronous_replication_a_commit_waits_for_a_standby_none_is_lost_in_a_f
         panic!("{e:#}")
     });
     assert_eq!(psql(pa.port, "SHOW synchronous_standby_names").expect("show"), both);
+    // A leader change does not make commits asynchronous, not even while
+    // the new leader has no sample of the standbys yet.
+    let leader = wait_for("a coordinator leader", LONG, || leader_of(&lab)).expect("leader");
+    let other = lab.info.coordinators.iter().find(|c| c.id != leader && c.region != "a").expect("another coordinator").id;
+    lab.drctl_json(&["members", "lead", "--id", &other.to_string()]).expect("members lead");
+    wait_for("the new leader", LONG, || (leader_of(&lab)? == other).then_some(())).expect("leadership moved");
+    holds_for("pg-a's commits waiting for a standby across the leader change", Duration::from_secs(3), || {
+        let v = psql(pa.port, "SHOW synchronous_standby_names").ok()?;
+        Some(if v == both { Ok(()) } else { Err(format!("synchronous_standby_names = {v:?}")) })
+    })
+    .expect("still synchronous");
     via_forwarder(&lab, "CREATE TABLE acked (id int PRIMARY KEY)").expect("table");
 
     // A commit that no standby has flushed is not acknowledged: with both

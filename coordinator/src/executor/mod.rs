@@ -136,7 +136,7 @@ impl Executor {
         let text = if sync.is_empty() {
             format!("{primary}'s commits wait for no replica: asynchronous replication")
         } else {
-            format!("{primary}'s commits wait for {sync}")
+            format!("{primary}'s commits wait for {sync}, of the standbys its agent sees streaming")
         };
         tracing::info!(%cluster, %primary, synchronous_standby_names = %sync, "synchronous standbys");
         self.agents.events.emit(EventKind::Replication, cluster, primary, text);
