@@ -117,7 +117,8 @@ pub fn judge(d: &Decision, i: usize, answer: Result<StepArgs, String>, now: Mill
 ///
 /// - A demoted primary's final position is remembered: if nobody is
 ///   promoted after all, a later failover measures lag against it.
-/// - A promotion starts a new history of positions and the lease it grants.
+/// - A promotion starts a new history of positions, from the candidate's
+///   position when it was chosen, and the lease it grants.
 /// - The cluster is free for new decisions once the new primary serves and
 ///   the replicas follow it (background steps may wait for their members).
 /// - A main-line failure before the promotion hands the primary back (in
@@ -144,7 +145,11 @@ pub fn record_outcome(
                 }
             }
             (StepAction::Promote, StepState::Done) => {
-                rec.known_position = 0;
+                // A new primary starts a new history of positions, from what
+                // it held when it was chosen: if it dies before the leader
+                // hears of it as a primary, a later failover still measures
+                // lag against at least that.
+                rec.known_position = d.evidence.iter().find(|e| e.id == d.to).map_or(0, |e| e.position);
                 rec.promoted_at = finished;
                 if let Some(id) = &output.dataset_id {
                     rec.advance_dataset(id);
@@ -289,14 +294,19 @@ mod tests {
     }
 
     #[test]
-    fn a_promotion_starts_a_new_history_and_the_cluster_is_free_once_the_main_line_is_done() {
+    fn a_promotion_starts_a_new_history_from_the_candidates_position_and_frees_the_cluster_once_the_main_line_is_done() {
         let mut d = decision(DecisionKind::Failover);
         let mut r = rec();
         r.known_position = 99;
         record_outcome(&mut d, Some(&mut r), 0, StepState::Skipped, 1, 2, "gone".into(), StepArgs::default());
+        d.evidence.push(drc_model::MemberEvidence { id: "b".into(), position: 700, ..Default::default() });
         let out = StepArgs { dataset_id: Some("X2".into()), ..Default::default() };
         record_outcome(&mut d, Some(&mut r), 1, StepState::Done, 3, 4, String::new(), out);
-        assert_eq!((r.known_position, r.promoted_at, r.dataset.as_str(), r.in_progress), (0, 4, "X2", None));
+        assert_eq!(
+            (r.known_position, r.promoted_at, r.dataset.as_str(), r.in_progress),
+            (700, 4, "X2", None),
+            "the new primary's history starts at what it held when chosen"
+        );
         assert_eq!(d.finished_at, None, "background steps still wait");
         record_outcome(&mut d, Some(&mut r), 4, StepState::Failed, 5, 6, "away".into(), StepArgs::default());
         assert_eq!((r.primary.as_str(), r.blocked_until), ("b", 61_000), "a failed repoint keeps the new primary");
