@@ -146,6 +146,10 @@ impl Actor {
 
     /// A failover step, refused when its epoch is older than one already seen.
     async fn step(&self, epoch: u64, action: FailoverAction, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
+        // A malformed step teaches nothing, not even its epoch.
+        if action == FailoverAction::Unspecified || s.primary_member.is_empty() {
+            return Err(format!("a failover step without an action or a new primary (action {})", s.action));
+        }
         let known = self.epoch();
         if !self.learn(epoch, &s.primary_member) {
             return Err(format!("refused: epoch {epoch} is older than epoch {known} already seen"));
