@@ -206,6 +206,29 @@ pub(super) fn catch_up_target(s: &FailoverStep) -> Result<u64, String> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_malformed_command_is_refused_and_teaches_no_epoch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = AgentConfig::from_toml(&format!(
+            "member_id = \"pg-a\"\ncluster = \"pg\"\nregion = \"a\"\nkind = \"postgres\"\nendpoints = [\"127.0.0.1:1\"]\nstate_dir = {:?}\n[connection]\nport = 1\n",
+            dir.path()
+        ))
+        .expect("config");
+        let actor = Actor::new(Arc::new(cfg));
+        let meter = crate::backup::Meter::default();
+        let command = |body| Command { command_id: 7, cluster: "pg".into(), epoch: 9, body };
+        let r = actor.handle(command(None), &meter).await;
+        assert!(!r.ok && r.error.contains("without a body"), "{r:?}");
+        let no_action = FailoverStep { primary_member: "pg-b".into(), ..Default::default() };
+        let r = actor.handle(command(Some(Body::Step(no_action))), &meter).await;
+        assert!(!r.ok && r.error.contains("without an action"), "{r:?}");
+        let no_primary = FailoverStep { action: FailoverAction::Fence as i32, ..Default::default() };
+        assert!(!actor.handle(command(Some(Body::Step(no_primary))), &meter).await.ok);
+        let no_ttl = drc_proto::LeaseGrant::default();
+        assert!(!actor.handle(command(Some(Body::Lease(no_ttl))), &meter).await.ok, "a lease without a duration");
+        assert_eq!(actor.epoch(), 0, "epoch 9 was never learned from malformed commands");
+    }
+
     #[test]
     fn a_step_missing_what_it_needs_is_refused_not_defaulted() {
         let step = FailoverStep { primary_member: "pg-b".into(), ..Default::default() };
