@@ -3,7 +3,6 @@
 //! the lease state, and queued for the coordinator.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -43,8 +42,7 @@ pub async fn run(
             actor.observe_sync(&local.sync_standbys);
         }
         let epoch = actor.epoch().max(view.as_ref().map(|v| v.epoch).unwrap_or(0));
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let mut sample = prober.sample(&cfg.member_id, &local, primary.as_ref(), epoch, now);
+        let mut sample = prober.sample(&cfg.member_id, &local, primary.as_ref(), epoch, drc_model::time::wall_now_ms());
         actor.stamp(&mut sample);
         sample.server_gone = !local.reachable && cfg.postgres.as_ref().is_some_and(|pg| !crate::process::postmaster_alive(&pg.data_dir));
         if !local.dataset_id.is_empty() {

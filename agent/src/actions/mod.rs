@@ -51,9 +51,7 @@ pub struct Actor {
     local_pg: tokio::sync::Mutex<Option<Arc<Client>>>,
 }
 
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub(super) use drc_model::time::wall_now_ms as now_ms;
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -82,9 +82,7 @@ impl Meter {
     }
 }
 
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub(super) use drc_model::time::wall_now_ms as now_ms;
 
 pub(super) fn destination<'a>(cfg: &'a AgentConfig, name: &str) -> Result<&'a DestinationConfig, String> {
     cfg.destinations

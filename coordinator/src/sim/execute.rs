@@ -147,15 +147,14 @@ impl Sim {
     /// Leader placement by the production rule (`core::placement`), at most
     /// every PLACEMENT_CALM: the leadership moves to a coordinator that can
     /// talk to a majority, which starts a fresh core as a new leader does.
-    pub(super) fn place_leader(&mut self) {
+    pub(super) fn place_leader(&mut self, obs: &BTreeMap<String, Observation>) {
         let Some(l) = self.leader else { return };
         if !self.placement || !self.now.is_multiple_of(PLACEMENT_CALM) {
             return;
         }
-        let obs = self.observations();
         let regions: BTreeMap<u64, String> = (0..3).map(|r| (r as u64 + 1, REGIONS[r].to_string())).collect();
         let voters = [1, 2, 3];
-        let world = situation(self.now, &self.topology, &self.sm, &obs);
+        let world = situation(self.now, &self.topology, &self.sm, obs);
         let targets =
             placement_targets(&world, &self.sm.history, false, &Coordinators { me: l as u64 + 1, voters: &voters, regions: &regions });
         let to = targets.into_iter().map(|id| id as usize - 1).find(|&r| self.region_up[r] && self.talk(l, r));

@@ -270,8 +270,8 @@ impl Sim {
                 self.say("coordinator leader lost its quorum".into());
             }
         }
-        self.place_leader();
         let obs = self.observations();
+        self.place_leader(&obs);
         if let Some(core) = self.core.as_mut() {
             let world = situation(self.now, &self.topology, &self.sm, &obs);
             let actions = core.tick(&world);

@@ -264,8 +264,7 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
         .filter(|(_, _, acked)| *acked < fault_at)
         .map(|(_, sent, acked)| acked.duration_since(*sent))
         .collect();
-    latencies.sort();
-    let write_latency = super::stats::percentile(&mut latencies.clone(), 0.5);
+    let write_latency = super::stats::percentile(&mut latencies, 0.5);
     Ok(Trial {
         to_first_write: first.duration_since(fault_at),
         acked: acked.len(),
@@ -308,12 +307,11 @@ pub fn run(trials: u32, faults: &[String], synchronous_replicas: u32) -> anyhow:
                 Err(e) => println!("{fault} trial {t}: failed: {e:#}"),
             }
         }
-        times.sort();
-        latencies.sort();
+        let median = super::stats::percentile(&mut times, 0.5);
         if !latencies.is_empty() {
             println!(
                 "{fault}: median write latency before the fault, median over trials: {:.2} ms",
-                super::stats::percentile(&mut latencies.clone(), 0.5).as_secs_f64() * 1e3
+                super::stats::percentile(&mut latencies, 0.5).as_secs_f64() * 1e3
             );
         }
         if let (Some(min), Some(max)) = (times.first(), times.last()) {
@@ -321,7 +319,7 @@ pub fn run(trials: u32, faults: &[String], synchronous_replicas: u32) -> anyhow:
                 "{fault}: {} trials: min {:.2} s  median {:.2} s  max {:.2} s; {lost} acknowledged writes lost in all, none acknowledged more than {:.1} ms before the fault",
                 times.len(),
                 min.as_secs_f64(),
-                super::stats::percentile(&mut times.clone(), 0.5).as_secs_f64(),
+                median.as_secs_f64(),
                 max.as_secs_f64(),
                 oldest_lost.as_secs_f64() * 1e3
             );
