@@ -60,6 +60,12 @@ mod tests {
         std::os::unix::fs::symlink("/bin/sleep", &exe).expect("link sleep");
         let mut child = std::process::Command::new(&exe).arg("30").spawn().expect("spawn");
         std::fs::write(dir.path().join("postmaster.pid"), format!("{}\n{}\n", child.id(), dir.path().display())).expect("pid file");
+        // `spawn` returns once exec has begun, a moment before the kernel
+        // renames the process after its new program: wait for the name.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !postmaster_alive(dir.path()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(postmaster_alive(dir.path()), "running");
         child.kill().expect("kill");
         // Not reaped: a zombie until wait().
