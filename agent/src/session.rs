@@ -186,11 +186,7 @@ async fn session(
     established: &mut bool,
 ) -> Result<End, Refused> {
     let endpoint = match Endpoint::from_shared(url(address)) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5)),
+        Ok(e) => drc_proto::keepalive::endpoint(e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true)),
         Err(e) => return Ok(End::Retry(format!("bad address: {e}"))),
     };
     let channel = match endpoint.connect().await {

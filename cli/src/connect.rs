@@ -20,7 +20,7 @@ pub async fn connect(endpoints: &[String], timeout: Duration) -> anyhow::Result<
     for e in endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
         let url = endpoint_url(e);
         let endpoint = match Endpoint::from_shared(url.clone()) {
-            Ok(ep) => ep.connect_timeout(Duration::from_secs(2)).timeout(timeout),
+            Ok(ep) => drc_proto::keepalive::endpoint(ep.connect_timeout(Duration::from_secs(2)).timeout(timeout)),
             Err(err) => {
                 tried.push(format!("{e}: invalid address ({err})"));
                 continue;

@@ -44,7 +44,7 @@ fn spawn_node_thread(
                     match TcpListener::from_std(listener) {
                         Ok(listener) => {
                             let server_cancel = cancel.clone();
-                            let server = tonic::transport::Server::builder()
+                            let server = drc_proto::keepalive::server()
                                 .add_service(raft_service(transport))
                                 .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
                                     server_cancel.cancelled().await
@@ -132,7 +132,7 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     let node_cancel = cancel.child_token();
     let node_task = spawn_node_thread(node, raft_listener.map(|l| (l, Arc::clone(&transport))), node_cancel.clone())?;
 
-    let agents = Arc::new(Agents::default());
+    let agents = Arc::new(Agents::new(cfg.failover.lease));
     tokio::spawn(run_monitor(Arc::clone(&agents), handle.clone(), HEALTH_REFRESH, cancel.child_token()));
     let lease = LeaseConfig {
         lease: cfg.failover.lease.as_millis() as u64,
@@ -161,7 +161,7 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     let raft = raft_service(Arc::clone(&transport));
 
     let server_cancel = cancel.clone();
-    let server = tonic::transport::Server::builder().add_service(raft).add_service(agent).add_service(admin).serve_with_incoming_shutdown(
+    let server = drc_proto::keepalive::server().add_service(raft).add_service(agent).add_service(admin).serve_with_incoming_shutdown(
         // Nagle off: gRPC writes headers, data and trailers separately.
         TcpIncoming::from(listener).with_nodelay(Some(true)),
         async move { server_cancel.cancelled().await },

@@ -11,6 +11,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod keepalive;
+
 /// The command protocol this release speaks (`AgentHello.command_protocol`):
 /// 2 since commands are typed messages.
 pub const COMMAND_PROTOCOL: u32 = 2;

@@ -48,10 +48,8 @@ async fn follow(endpoint: String, cluster: String, updates: mpsc::Sender<Primary
     let mut delays = builder.build();
     loop {
         let result = async {
-            let channel = Endpoint::from_shared(format!("http://{endpoint}"))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
+            let endpoint = Endpoint::from_shared(format!("http://{endpoint}")).map_err(|e| e.to_string())?;
+            let channel = drc_proto::keepalive::endpoint(endpoint.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true))
                 .connect()
                 .await
                 .map_err(|e| format!("cannot connect: {e}"))?;

@@ -25,6 +25,8 @@ struct Seen {
     connected: bool,
     /// The open stream has not sent a sample yet.
     awaiting_first: bool,
+    /// When the current stream opened.
+    opened: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -75,6 +77,7 @@ impl SampleBoard {
         let m = s.members.entry(member.to_string()).or_default();
         m.connected = true;
         m.awaiting_first = true;
+        m.opened = Some(Instant::now());
     }
 
     /// The member's current stream closed.
@@ -122,6 +125,16 @@ impl SampleBoard {
                 self.first_sample.notify_one();
             }
         }
+    }
+
+    /// How long ago the member's newest sample arrived (None: the member
+    /// was never seen); for a stream that has not sent its first sample
+    /// yet, since the stream opened.
+    pub fn silence(&self, member: &str, now: Instant) -> Option<Duration> {
+        let s = lock(&self.state);
+        let m = s.members.get(member)?;
+        let since = if m.awaiting_first { m.opened.or(m.received) } else { m.received.or(m.opened) };
+        since.map(|t| now.saturating_duration_since(t))
     }
 
     /// The sequence number of the member's newest sample and when it was

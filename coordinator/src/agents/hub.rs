@@ -38,7 +38,14 @@ pub struct AgentHub {
     state: Mutex<State>,
     board: Arc<SampleBoard>,
     events: Arc<EventBus>,
+    /// An agent whose newest sample is older than this counts as gone,
+    /// whatever its stream's TCP state says: a frozen agent or a link that
+    /// drops packets keeps the stream open and silent.
+    silent_after: Duration,
 }
+
+/// How often a command's wait checks that its agent still samples.
+const SILENCE_CHECK: Duration = Duration::from_millis(50);
 
 /// Why a command got no result.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +58,8 @@ pub enum CommandError {
     WentAway(String),
     #[error("no answer from the agent of {member} within {timeout:?}")]
     NoAnswer { member: String, timeout: Duration },
+    #[error("the agent of {member} has sent no sample for {silent:?}: it counts as gone")]
+    Silent { member: String, silent: Duration },
 }
 
 fn command_message(cmd: drc_proto::Command) -> Result<CoordinatorMessage, tonic::Status> {
@@ -58,8 +67,16 @@ fn command_message(cmd: drc_proto::Command) -> Result<CoordinatorMessage, tonic:
 }
 
 impl AgentHub {
-    pub fn new(board: Arc<SampleBoard>, events: Arc<EventBus>) -> Self {
-        AgentHub { state: Mutex::default(), board, events }
+    pub fn new(board: Arc<SampleBoard>, events: Arc<EventBus>, silent_after: Duration) -> Self {
+        AgentHub { state: Mutex::default(), board, events, silent_after }
+    }
+
+    /// How long the member's agent has been silent, if longer than
+    /// `silent_after` (a stream that has not sent its first sample yet
+    /// counts from when it opened).
+    fn silence(&self, member: &str) -> Option<Duration> {
+        let age = self.board.silence(member, Instant::now())?;
+        (age > self.silent_after).then_some(age)
     }
 
     /// Registers a new agent stream for `member`, replacing any older one;
@@ -111,9 +128,14 @@ impl AgentHub {
     }
 
     /// Sends a command to a member's agent and waits for its result, at most
-    /// `timeout`. `cmd.command_id` 0 takes a fresh id.
+    /// `timeout`, and only while the agent keeps sending samples: a command
+    /// to an agent that falls silent fails at once. `cmd.command_id` 0 takes
+    /// a fresh id.
     pub async fn command(&self, member: &str, mut cmd: drc_proto::Command, timeout: Duration) -> Result<CommandResult, CommandError> {
-        let (tx, rx) = oneshot::channel();
+        if let Some(silent) = self.silence(member) {
+            return Err(CommandError::Silent { member: member.into(), silent });
+        }
+        let (tx, mut rx) = oneshot::channel();
         let sender = {
             let mut s = lock(&self.state);
             if cmd.command_id == 0 {
@@ -129,16 +151,24 @@ impl AgentHub {
             lock(&self.state).pending.remove(&id);
             return Err(CommandError::StreamFull(member.into()));
         }
-        let out = tokio::time::timeout(timeout, rx).await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut check = tokio::time::interval(SILENCE_CHECK);
+        let out = loop {
+            tokio::select! {
+                r = &mut rx => break r.map_err(|_| CommandError::WentAway(member.into())),
+                _ = tokio::time::sleep_until(deadline) => break Err(CommandError::NoAnswer { member: member.into(), timeout }),
+                _ = check.tick() => {
+                    if let Some(silent) = self.silence(member) {
+                        break Err(CommandError::Silent { member: member.into(), silent });
+                    }
+                }
+            }
+        };
         let mut s = lock(&self.state);
         s.pending.remove(&id);
         s.progress.remove(&id);
         drop(s);
-        match out {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err(CommandError::WentAway(member.into())),
-            Err(_) => Err(CommandError::NoAnswer { member: member.into(), timeout }),
-        }
+        out
     }
 
     /// Sends a message to a member's agent without waiting; false if it is

@@ -37,10 +37,19 @@ pub struct Agents {
 
 impl Default for Agents {
     fn default() -> Self {
+        Agents::new(Duration::from_millis(crate::core::LeaseConfig::default().lease))
+    }
+}
+
+impl Agents {
+    /// `silent_after`: how long an agent may go without a sample before a
+    /// command to it fails (the lease: a primary's agent silent that long
+    /// has fenced it or been vouched for).
+    pub fn new(silent_after: Duration) -> Self {
         let board = Arc::new(SampleBoard::default());
         let events = Arc::new(EventBus::default());
         Agents {
-            hub: AgentHub::new(Arc::clone(&board), Arc::clone(&events)),
+            hub: AgentHub::new(Arc::clone(&board), Arc::clone(&events), silent_after),
             health: HealthViews::new(Arc::clone(&board), Arc::clone(&events)),
             board,
             events,
@@ -243,5 +252,25 @@ mod tests {
         let r = answer.await.expect("joined").expect("answered");
         assert!(r.ok);
         assert_eq!(r.command_id, cmd.command_id);
+    }
+
+    #[tokio::test]
+    async fn a_command_to_an_agent_that_stops_sampling_fails_when_the_silence_exceeds_the_bound_not_at_its_timeout() {
+        let a = Arc::new(Agents::new(Duration::from_millis(300)));
+        let (tx, mut rx) = mpsc::channel(4);
+        a.hub.connect("p", "pg", tx);
+        a.board.ingest("pg", sample("p", "primary"), Instant::now());
+        let hub = Arc::clone(&a);
+        let started = Instant::now();
+        let answer = tokio::spawn(async move { hub.hub.command("p", drc_proto::Command::default(), Duration::from_secs(60)).await });
+        rx.recv().await.expect("sent").expect("ok");
+        // The stream stays open; no sample and no answer arrive.
+        let err = answer.await.expect("joined").expect_err("silent");
+        assert!(matches!(err, CommandError::Silent { .. }), "{err}");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(30), "{waited:?}");
+        // A new command to it is refused at once.
+        let err = a.hub.command("p", drc_proto::Command::default(), Duration::from_secs(60)).await.expect_err("silent");
+        assert!(err.to_string().contains("has sent no sample"), "{err}");
     }
 }

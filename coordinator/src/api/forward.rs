@@ -26,6 +26,7 @@ pub fn admin_client(address: &str, timeout: Duration) -> Result<AdminServiceClie
         .map_err(|e| Status::internal(format!("bad coordinator address {address:?}: {e}")))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(timeout);
+    let endpoint = drc_proto::keepalive::endpoint(endpoint);
     Ok(AdminServiceClient::new(endpoint.connect_lazy()))
 }
 

@@ -133,7 +133,16 @@ impl Core {
             wait(out, format!("primary {primary_id} looks down, but no agent in another region can confirm it"));
             return;
         }
-        let since = *track.down_since.get_or_insert(now);
+        // A silent agent has shown no sign of life since its newest sample:
+        // the window counts from then, not from when the silence was noticed
+        // (itself a window later), so that a frozen or cut-off node is
+        // replaced as soon as a dead one.
+        let silent_since = (!p.fresh && p.age > 0).then(|| now.saturating_sub(p.age));
+        let since = track.down_since.get_or_insert(now);
+        if let Some(s) = silent_since {
+            *since = (*since).min(s);
+        }
+        let since = *since;
         let window = policy.detection_window.as_millis() as u64;
         // A process its own agent sees gone is no network blip: a shorter
         // confirmation, still from another region as well.

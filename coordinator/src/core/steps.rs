@@ -73,6 +73,21 @@ pub fn retry_after(d: &Decision, i: usize) -> Millis {
     }
 }
 
+/// How long one attempt at step `i` may wait for its answer, from `now`
+/// (wall time), the step having been tried for `waited`: a fence no longer
+/// than the old primary's lease (after it, the fence is skipped), promote
+/// and catch-up no longer than what is left of their deadline, never more
+/// than one command's time-out. At least `MAIN_RETRY`, so that an attempt
+/// made at the very end still hears a quick answer.
+pub fn attempt_bound(d: &Decision, i: usize, now: Millis, waited: Millis, lease: &LeaseConfig) -> Millis {
+    let bound = match d.steps[i].action {
+        StepAction::Fence if !is_background(d, i) => lease_end(d, i, lease).saturating_sub(now),
+        StepAction::CatchUp | StepAction::Promote | StepAction::Demote => STEP_DEADLINE.saturating_sub(waited),
+        _ => COMMAND_TIMEOUT,
+    };
+    bound.clamp(MAIN_RETRY, COMMAND_TIMEOUT)
+}
+
 /// What became of one attempt at step `i`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -99,7 +114,8 @@ pub fn judge(d: &Decision, i: usize, answer: Result<StepArgs, String>, now: Mill
         StepAction::Fence if now >= lease_end(d, i, lease) => {
             record(StepState::Skipped, format!("fence failed ({error}); its lease has expired"))
         }
-        StepAction::Fence => Verdict::Retry { why: error, after },
+        // Tried again at the latest when the lease ends, to skip it then.
+        StepAction::Fence => Verdict::Retry { why: error, after: after.min(lease_end(d, i, lease) - now) },
         // A demotion that fails leaves the old primary serving: nothing to wait for.
         StepAction::Demote => record(StepState::Failed, error),
         // The hook ran and failed: the operator reads why in the history.
@@ -238,7 +254,8 @@ mod tests {
         let mut d = decision(DecisionKind::Failover);
         d.steps[0].args.lease_ends_at = Some(5_000);
         let no = || Err("agent not connected".to_string());
-        assert!(matches!(judge(&d, 0, no(), 4_999, 3_999, &LEASE), Verdict::Retry { after: MAIN_RETRY, .. }));
+        assert!(matches!(judge(&d, 0, no(), 4_000, 3_000, &LEASE), Verdict::Retry { after: MAIN_RETRY, .. }));
+        assert!(matches!(judge(&d, 0, no(), 4_999, 3_999, &LEASE), Verdict::Retry { after: 1, .. }));
         match judge(&d, 0, no(), 5_000, 4_000, &LEASE) {
             Verdict::Record { state: StepState::Skipped, error, .. } => assert!(error.contains("lease has expired"), "{error}"),
             other => panic!("expected skipped, got {other:?}"),
@@ -247,6 +264,21 @@ mod tests {
         d.steps[0].args.lease_ends_at = None;
         assert!(matches!(judge(&d, 0, no(), 2_649, 0, &LEASE), Verdict::Retry { .. }));
         assert!(matches!(judge(&d, 0, no(), 2_650, 0, &LEASE), Verdict::Record { state: StepState::Skipped, .. }));
+    }
+
+    #[test]
+    fn no_attempt_waits_past_the_old_primarys_lease_or_its_steps_deadline() {
+        let mut d = decision(DecisionKind::Failover);
+        d.steps[0].args.lease_ends_at = Some(5_000);
+        assert_eq!(attempt_bound(&d, 0, 3_500, 0, &LEASE), 1_500, "a fence until the lease ends");
+        assert_eq!(attempt_bound(&d, 0, 4_900, 0, &LEASE), MAIN_RETRY, "at least one short wait");
+        assert!(matches!(judge(&d, 0, Err("silent".into()), 4_800, 0, &LEASE), Verdict::Retry { after: 200, .. }), "retried when it ends");
+        assert_eq!(attempt_bound(&d, 1, 0, 0, &LEASE), STEP_DEADLINE, "a promotion within its deadline");
+        assert_eq!(attempt_bound(&d, 1, 0, STEP_DEADLINE - 1_000, &LEASE), 1_000);
+        assert_eq!(attempt_bound(&d, 4, 0, 0, &LEASE), COMMAND_TIMEOUT, "a rejoin (pg_rewind) may take long");
+        // A fence decided after the lease ran out is a background step.
+        d.steps[0].args.lease_expired_at = Some(2_000);
+        assert_eq!(attempt_bound(&d, 0, 3_500, 0, &LEASE), COMMAND_TIMEOUT);
     }
 
     #[test]

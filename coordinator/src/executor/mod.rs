@@ -547,7 +547,8 @@ impl Executor {
                     epoch: d.epoch,
                     body: Some(drc_proto::command::Body::Step(body)),
                 };
-                match self.agents.hub.command(&step.member, cmd, ms(steps::COMMAND_TIMEOUT)).await {
+                let bound = steps::attempt_bound(d, i, wall_now_ms(), since.elapsed().as_millis() as u64, &self.lease);
+                match self.agents.hub.command(&step.member, cmd, ms(bound)).await {
                     Ok(r) if r.ok => Ok(StepArgs::reported(r.output)),
                     Ok(r) => Err(r.error),
                     Err(e) => Err(e.to_string()),

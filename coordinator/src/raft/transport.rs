@@ -140,7 +140,9 @@ impl Transport {
 
     async fn peer_worker(self: Arc<Self>, to: u64, address: String, mut rx: mpsc::Receiver<Message>, cancel: CancellationToken) {
         let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
-            Ok(e) => e.connect_timeout(Duration::from_millis(500)).timeout(Duration::from_secs(5)).tcp_nodelay(true),
+            Ok(e) => drc_proto::keepalive::endpoint(
+                e.connect_timeout(Duration::from_millis(500)).timeout(Duration::from_secs(5)).tcp_nodelay(true),
+            ),
             Err(e) => {
                 tracing::warn!(to, %address, error = %e, "invalid raft peer address");
                 return;
