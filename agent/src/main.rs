@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
-use crate::probe::Prober;
+use crate::probe::Probe;
 use crate::session::SampleBuffer;
 
 /// drc's per-member agent.
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
-    let mut prober = match Prober::new(&cfg) {
+    let (mut local, cross) = match Probe::new(&cfg).and_then(|l| Ok((l, Probe::new(&cfg)?))) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("drc-agent: {e:#}");
@@ -95,12 +95,21 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
     tokio::spawn(Arc::clone(&actor).watch_lease(cancel.clone()));
     let (views_tx, views_rx) = watch::channel::<Option<drc_proto::ClusterView>>(None);
     // Probe once before connecting, so that the Hello carries the dataset id.
-    let first = prober.local().await;
+    let first = local.local().await;
     let (dataset_tx, dataset_rx) = watch::channel((first.dataset_id.clone(), first.previous_dataset_id.clone()));
     tracing::info!(member = %cfg.member_id, kind = cfg.kind.as_str(), role = first.role, reachable = first.reachable, "agent starting");
 
-    let probes =
-        tokio::spawn(sampler::run(Arc::clone(&cfg), prober, Arc::clone(&actor), Arc::clone(&buffer), views_rx, dataset_tx, cancel.clone()));
+    let probes = tokio::spawn(sampler::run(
+        Arc::clone(&cfg),
+        local,
+        cross,
+        first,
+        Arc::clone(&actor),
+        Arc::clone(&buffer),
+        views_rx,
+        dataset_tx,
+        cancel.clone(),
+    ));
 
     let result = session::run(Arc::clone(&cfg), actor, buffer, views_tx, dataset_rx, cancel.clone()).await;
     cancel.cancel();

@@ -24,6 +24,49 @@ pub fn postmaster_alive(data_dir: &std::path::Path) -> bool {
     }
 }
 
+/// The postmaster's pid from `data_dir/postmaster.pid`, if the file names one.
+fn postmaster_pid(data_dir: &std::path::Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// The pids whose parent is `parent`, from /proc.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Field 4, the parent, after the parenthesised command name.
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok()) == Some(parent)
+        })
+        .collect()
+}
+
+/// SIGKILLs the postmaster of `data_dir` and every process it started, its
+/// children first (once it is gone they are no longer found by parent).
+/// Works on a frozen (SIGSTOPped) server, which ignores every other signal
+/// until it runs again, so that a hung server is fenced at once: nothing it
+/// does after it wakes is acknowledged, and it restarts only through crash
+/// recovery. Returns once the postmaster counts as gone, or after `wait`.
+pub async fn kill_postmaster(data_dir: &std::path::Path, wait: std::time::Duration) -> Result<(), String> {
+    use rustix::process::{kill_process, Pid, Signal};
+    let Some(pid) = postmaster_pid(data_dir).filter(|_| postmaster_alive(data_dir)) else { return Ok(()) };
+    for p in children_of(pid).into_iter().chain([pid]) {
+        if let Some(p) = Pid::from_raw(p) {
+            // Gone already (ESRCH) is what is wanted.
+            let _ = kill_process(p, Signal::KILL);
+        }
+    }
+    let deadline = std::time::Instant::now() + wait;
+    while postmaster_alive(data_dir) {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the postmaster (pid {pid}) is still alive {wait:?} after SIGKILL"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 /// Runs a PostgreSQL tool as its OS user (the server refuses root).
 pub(crate) async fn run_as(user: &str, program: &std::path::Path, args: &[&str]) -> Result<String, String> {
     let mut c = if user.is_empty() {
@@ -78,6 +121,41 @@ mod tests {
         assert!(!postmaster_alive(dir.path()), "reaped");
         std::fs::remove_file(dir.path().join("postmaster.pid")).expect("rm");
         assert!(!postmaster_alive(dir.path()), "no pid file: not running");
+    }
+
+    #[tokio::test]
+    async fn a_frozen_postmaster_and_its_children_are_killed() {
+        // A "postmaster" (a shell named postgres) with one child, both
+        // frozen, as a hung server is.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("postgres");
+        std::os::unix::fs::symlink("/bin/sh", &exe).expect("link sh");
+        let mut parent = std::process::Command::new(&exe).args(["-c", "sleep 30 & wait"]).spawn().expect("spawn");
+        std::fs::write(dir.path().join("postmaster.pid"), format!("{}\n", parent.id())).expect("pid file");
+        let pid = parent.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (children_of(pid).is_empty() || !postmaster_alive(dir.path())) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let children = children_of(pid);
+        assert_eq!(children.len(), 1, "the shell's sleep");
+        for p in children.iter().chain([&pid]) {
+            std::process::Command::new("kill").args(["-STOP", &p.to_string()]).status().expect("SIGSTOP");
+        }
+        // Reaped in the background, so that the postmaster does not linger as a zombie.
+        let reaper = std::thread::spawn(move || parent.wait());
+        kill_postmaster(dir.path(), Duration::from_secs(5)).await.expect("killed");
+        reaper.join().expect("joined").expect("reaped");
+        assert!(!postmaster_alive(dir.path()));
+        let child_gone = |c: i32| {
+            let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).unwrap_or_default();
+            stat.is_empty() || stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !children.iter().all(|c| child_gone(*c)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(children.iter().all(|c| child_gone(*c)), "the child was killed too");
     }
 
     #[test]

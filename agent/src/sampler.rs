@@ -1,28 +1,44 @@
 //! The sampler: every probe interval, one sample of the local member, built
-//! in one place from the local probe, the cross-probe of the primary and
-//! the lease state, and queued for the coordinator.
+//! in one place from the newest local reading, the newest cross-probe of the
+//! primary and the lease state, and queued for the coordinator.
+//!
+//! The local probe and the cross-probe run in tasks of their own. A member
+//! or a primary that hangs makes its probe wait its whole time-out; samples
+//! still leave on time, so that the coordinator keeps hearing from this
+//! agent (a silent agent counts as gone) and learns of the hang as soon as
+//! the probe gives up.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::Actor;
 use crate::config::AgentConfig;
-use crate::probe::Prober;
+use crate::probe::{PrimaryReading, Probe, Prober, Reading};
 use crate::session::SampleBuffer;
 
-/// Samples until `cancel`. The dataset id of each sample goes to
-/// `dataset`, which the session sends in its Hello.
+/// Samples until `cancel`. `local` probes the local member (it has taken
+/// `first` already), `cross` the cluster's primary. The dataset id of each sample goes to `dataset`,
+/// which the session sends in its Hello.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     cfg: Arc<AgentConfig>,
-    mut prober: Prober,
+    local: Probe,
+    cross: Probe,
+    first: Reading,
     actor: Arc<Actor>,
     buffer: Arc<SampleBuffer>,
     views: watch::Receiver<Option<drc_proto::ClusterView>>,
     dataset: watch::Sender<(String, String)>,
     cancel: CancellationToken,
 ) {
+    let (local_tx, local_rx) = watch::channel(first);
+    let (cross_tx, cross_rx) = watch::channel(None);
+    tokio::spawn(probe_local(Arc::clone(&cfg), local, local_tx, cancel.clone()));
+    tokio::spawn(probe_primary(Arc::clone(&cfg), cross, views.clone(), cross_tx, cancel.clone()));
+    let mut prober = Prober::default();
     let mut ticker = tokio::time::interval(cfg.probe_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -30,14 +46,13 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let local = prober.local().await;
+        let local = local_rx.borrow().clone();
         let view = views.borrow().clone();
-        let primary = match &view {
-            Some(v) if v.primary_member != cfg.member_id && !v.primary_address.is_empty() => Some(prober.primary(&v.primary_address).await),
-            _ => None,
-        };
+        let target = view.as_ref().filter(|v| v.primary_member != cfg.member_id && !v.primary_address.is_empty());
+        let primary = target.and_then(|v| current(cross_rx.borrow().as_ref(), &v.primary_address, cfg.probe_timeout));
         // What the actions need to know of the local member between commands.
-        actor.observe_link(local.reachable && local.role == "replica" && local.replication_connected);
+        let streaming = local.reachable && local.role == "replica" && local.replication_connected;
+        actor.observe_link(streaming, primary.as_ref().and_then(|p| p.answered_at));
         if local.reachable && local.role == "primary" {
             actor.observe_sync(&local.sync_standbys);
         }
@@ -54,5 +69,88 @@ pub async fn run(
             });
         }
         buffer.push(sample);
+    }
+}
+
+/// The newest cross-probe of the primary at `address`, as evidence now: an
+/// answer older than the probe time-out (the next probe is still waiting)
+/// no longer shows that the primary is reachable.
+fn current(cross: Option<&(String, PrimaryReading)>, address: &str, timeout: Duration) -> Option<PrimaryReading> {
+    let (probed, reading) = cross?;
+    if probed != address {
+        return None;
+    }
+    let mut r = reading.clone();
+    if r.answered_at.is_none_or(|at| at.elapsed() > timeout) {
+        r.reachable = false;
+    }
+    Some(r)
+}
+
+async fn probe_local(cfg: Arc<AgentConfig>, mut probe: Probe, out: watch::Sender<Reading>, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(cfg.probe_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let reading = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = probe.local() => r,
+        };
+        out.send_replace(reading);
+    }
+}
+
+async fn probe_primary(
+    cfg: Arc<AgentConfig>,
+    mut probe: Probe,
+    views: watch::Receiver<Option<drc_proto::ClusterView>>,
+    out: watch::Sender<Option<(String, PrimaryReading)>>,
+    cancel: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(cfg.probe_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let address = views
+            .borrow()
+            .as_ref()
+            .filter(|v| v.primary_member != cfg.member_id && !v.primary_address.is_empty())
+            .map(|v| v.primary_address.clone());
+        let Some(address) = address else {
+            out.send_replace(None);
+            continue;
+        };
+        let reading = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = probe.primary(&address) => r,
+        };
+        out.send_replace(Some((address, reading)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn a_cross_probe_answer_counts_only_for_its_address_and_within_the_probe_timeout() {
+        let answered = |ago: Duration| PrimaryReading { reachable: true, answered_at: Some(Instant::now() - ago), ..Default::default() };
+        let t = Duration::from_secs(1);
+        let fresh = ("a:1".to_string(), answered(Duration::from_millis(100)));
+        assert!(current(Some(&fresh), "a:1", t).is_some_and(|r| r.reachable));
+        assert!(current(Some(&fresh), "b:1", t).is_none(), "another primary's answer says nothing");
+        let old = ("a:1".to_string(), answered(Duration::from_millis(1_500)));
+        assert!(current(Some(&old), "a:1", t).is_some_and(|r| !r.reachable), "an answer older than the time-out");
+        let none = ("a:1".to_string(), PrimaryReading::default());
+        assert!(current(Some(&none), "a:1", t).is_some_and(|r| !r.reachable));
+        assert!(current(None, "a:1", t).is_none());
     }
 }

@@ -260,7 +260,7 @@ impl Actor {
     /// Stops PostgreSQL at once, or pauses Redis writes.
     pub(super) async fn fence_local(&self) -> Result<(), String> {
         match self.cfg.kind {
-            Kind::Postgres => self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await,
+            Kind::Postgres => self.stop_now().await,
             Kind::Redis => match self.redis_local().await {
                 Ok(mut c) => redis_cmd(&mut c, ::redis::cmd("CLIENT").arg("PAUSE").arg(86_400_000u64).arg("WRITE")).await,
                 Err(e) => Err(e),
@@ -336,7 +336,14 @@ impl Actor {
     }
 
     /// None if the local member is not a writable primary; otherwise how
-    /// many replicas stream from it (each vouches that no newer epoch exists).
+    /// many replicas stream from it and were heard from recently (each
+    /// vouches that no newer epoch exists). A replica vouches, and refuses
+    /// a promotion, for `lease_vouch_period` after its last fresh evidence
+    /// of this primary, which it gathers every probe interval; so a reply
+    /// counts for `lease_vouch_period - probe_interval`, and a primary cut
+    /// off from its replicas stops counting them before any of them may be
+    /// promoted. A stream's state alone would count a replica behind a
+    /// blackholed link until `wal_sender_timeout` (a minute by default).
     pub(super) async fn vouchers(&self) -> Result<Option<usize>, String> {
         match self.cfg.kind {
             // The reused connection may have been closed under it (a
@@ -354,9 +361,14 @@ impl Actor {
                 let mut c = self.redis_local().await?;
                 let info: String = ::redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
                 let info = parse_info(&info);
+                // `lag`: whole seconds since the replica's last REPLCONF ACK,
+                // which it sends every second.
                 let online = info
                     .iter()
                     .filter(|(k, v)| k.starts_with("slave") && k[5..].parse::<u32>().is_ok() && v.contains("state=online"))
+                    .filter(|(_, v)| {
+                        v.split(',').any(|f| f.strip_prefix("lag=").and_then(|l| l.parse::<u64>().ok()).is_some_and(|l| l <= 1))
+                    })
                     .count();
                 Ok((info.get("role") == Some(&"master")).then_some(online))
             }
@@ -366,7 +378,15 @@ impl Actor {
     /// `vouchers` of a PostgreSQL member, on the reused local connection.
     pub(super) async fn pg_vouchers(&self) -> Result<Option<usize>, Unread> {
         let c = self.pg_local().await.map_err(Unread::Failed)?;
-        let query = c.query_one("SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')", &[]);
+        // `reply_time`: the standby's last status report, sent every
+        // `wal_receiver_status_interval` (which must be 1s, see the README).
+        let fresh_ms = self.cfg.lease_vouch_period.saturating_sub(self.cfg.probe_interval).as_millis() as f64;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&fresh_ms];
+        let query = c.query_one(
+            "SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' \
+             AND reply_time > clock_timestamp() - make_interval(secs => $1::float8 / 1000))",
+            &params,
+        );
         // A connection that hangs is as good as none, and is replaced.
         let Ok(row) = tokio::time::timeout(self.cfg.probe_timeout, query).await else {
             *self.local_pg.lock().await = None;

@@ -36,7 +36,8 @@ pub struct Actor {
     taken: Mutex<std::collections::VecDeque<(u64, Instant)>>,
     /// Other members the primary expects to stream from it.
     replicas: Mutex<usize>,
-    /// When this replica last saw its stream from the primary up.
+    /// When this replica last had fresh evidence of its primary: its stream
+    /// from it up and its own cross-probe of it answered.
     link_up_at: Mutex<Option<Instant>>,
     /// Set once the agent fenced its member for a lapsed lease.
     fenced: Mutex<bool>,
@@ -100,10 +101,17 @@ impl Actor {
         }
     }
 
-    /// From every local probe: whether this replica streams from its primary.
-    pub fn observe_link(&self, replicating: bool) {
-        if replicating {
-            *lock(&self.link_up_at) = Some(Instant::now());
+    /// From every sample: whether this replica streams from its primary,
+    /// and when its cross-probe of that primary last answered. A stream's
+    /// status alone is no evidence: replication from a frozen primary, or
+    /// across a link that drops packets, says `streaming` (PostgreSQL) or
+    /// `up` (Redis) until its time-out, a minute by default; and an idle
+    /// healthy primary sends nothing for as long. The cross-probe asks the
+    /// primary itself, every probe interval.
+    pub fn observe_link(&self, replicating: bool, answered_at: Option<Instant>) {
+        if let (true, Some(at)) = (replicating, answered_at) {
+            let mut up = lock(&self.link_up_at);
+            *up = Some(up.map_or(at, |u| u.max(at)));
         }
     }
 

@@ -23,7 +23,7 @@ impl Actor {
             FailoverAction::Fence if !postmaster_alive(&pg.data_dir) => {
                 Ok(HashMap::from([("already".to_string(), "not running".to_string())]))
             }
-            FailoverAction::Fence => self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await.map(|_| HashMap::new()),
+            FailoverAction::Fence => self.stop_now().await.map(|_| HashMap::new()),
             FailoverAction::Demote => {
                 self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]).await?;
                 let out = run_as(&pg.run_as, &pg.bin_dir.join("pg_controldata"), &[pg.data_dir.to_string_lossy().as_ref()]).await?;
@@ -92,7 +92,7 @@ impl Actor {
                 return Box::pin(self.postgres(FailoverAction::Repoint, s)).await;
             }
         }
-        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]).await;
+        let _ = self.stop_now().await;
         let (host, port) = primary_address(s)?;
         let primary = self.pg_connect(host, port).await?;
         primary.batch_execute("CHECKPOINT").await.map_err(|e| format!("CHECKPOINT on the new primary: {}", pg_err(e)))?;
@@ -129,6 +129,21 @@ impl Actor {
     pub(super) fn conninfo(&self, s: &FailoverStep) -> String {
         let user = self.cfg.postgres.as_ref().map(|p| p.replication_user.clone()).unwrap_or_else(|| "postgres".into());
         format!("host={} port={} user={user} application_name={}", s.primary_host, s.primary_port, self.cfg.member_id)
+    }
+
+    /// Stops the local server at once: an immediate stop, and if the server
+    /// does not go within a second (hung: frozen, or stuck on its storage),
+    /// SIGKILL of the postmaster and its children.
+    pub(super) async fn stop_now(&self) -> Result<(), String> {
+        let pg = self.cfg.postgres.as_ref().ok_or("no [postgres] section")?;
+        match self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "1"]).await {
+            Ok(()) if !crate::process::postmaster_alive(&pg.data_dir) => Ok(()),
+            outcome => {
+                let why = outcome.err().unwrap_or_else(|| "still running".into());
+                tracing::warn!(error = %why, "the server did not stop within 1 s: killing the postmaster and its children");
+                crate::process::kill_postmaster(&pg.data_dir, Duration::from_secs(5)).await
+            }
+        }
     }
 
     pub(super) async fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {

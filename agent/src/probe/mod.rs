@@ -53,6 +53,8 @@ pub struct PrimaryReading {
     /// ago (Redis `slaveN:` lines): the lag of a member that cannot answer
     /// its own probe, e.g. a stopped process.
     pub acked: Option<(u64, Duration)>,
+    /// When the primary answered (None: it did not).
+    pub answered_at: Option<Instant>,
 }
 
 /// How far behind in time a replica is, from the history of the primary's
@@ -112,9 +114,41 @@ enum Inner {
     Redis(Box<redis::RedisProber>),
 }
 
-/// The prober of one member.
+/// The connections of one member's probes: the local probe and the
+/// cross-probe of the primary each own one, so that neither waits for the
+/// other (a frozen primary makes the cross-probe wait its whole time-out).
+pub struct Probe(Inner);
+
+impl Probe {
+    pub fn new(cfg: &AgentConfig) -> anyhow::Result<Self> {
+        Ok(Probe(match cfg.kind {
+            Kind::Postgres => Inner::Postgres(Box::new(postgres::PgProber::new(&cfg.connection, cfg.probe_timeout)?)),
+            Kind::Redis => Inner::Redis(Box::new(redis::RedisProber::new(&cfg.connection, cfg.probe_timeout)?)),
+        }))
+    }
+
+    pub async fn local(&mut self) -> Reading {
+        match &mut self.0 {
+            Inner::Postgres(p) => p.local().await,
+            Inner::Redis(p) => p.local().await,
+        }
+    }
+
+    /// Connects to the primary at `address` (host:port) and reads its position.
+    pub async fn primary(&mut self, address: &str) -> PrimaryReading {
+        let mut r = match &mut self.0 {
+            Inner::Postgres(p) => p.primary(address).await,
+            Inner::Redis(p) => p.primary(address).await,
+        };
+        r.answered_at = r.reachable.then(Instant::now);
+        r
+    }
+}
+
+/// Turns readings into samples: the lag of a replica, from the history of
+/// the primary's positions its cross-probe saw.
+#[derive(Default)]
 pub struct Prober {
-    inner: Inner,
     clock: LagClock,
     /// The primary's newest position seen in `known_epoch`: a replica's lag
     /// outlives the primary (a new coordinator leader must still see it).
@@ -125,33 +159,6 @@ pub struct Prober {
 }
 
 impl Prober {
-    pub fn new(cfg: &AgentConfig) -> anyhow::Result<Self> {
-        let inner = match cfg.kind {
-            Kind::Postgres => Inner::Postgres(Box::new(postgres::PgProber::new(&cfg.connection, cfg.probe_timeout)?)),
-            Kind::Redis => Inner::Redis(Box::new(redis::RedisProber::new(&cfg.connection, cfg.probe_timeout)?)),
-        };
-        Ok(Prober { inner, clock: LagClock::default(), known_primary: 0, known_epoch: 0, primary_seen_at: None })
-    }
-
-    pub async fn local(&mut self) -> Reading {
-        match &mut self.inner {
-            Inner::Postgres(p) => p.local().await,
-            Inner::Redis(p) => p.local().await,
-        }
-    }
-
-    /// Connects to the primary at `address` (host:port) and reads its position.
-    pub async fn primary(&mut self, address: &str) -> PrimaryReading {
-        let r = match &mut self.inner {
-            Inner::Postgres(p) => p.primary(address).await,
-            Inner::Redis(p) => p.primary(address).await,
-        };
-        if r.reachable {
-            self.clock.observe_primary(r.position, Instant::now());
-        }
-        r
-    }
-
     /// Turns readings into a sample, computing the lag against the primary.
     pub fn sample(&mut self, member: &str, local: &Reading, primary: Option<&PrimaryReading>, epoch: u64, taken_at_ms: u64) -> Sample {
         let now = Instant::now();
@@ -160,8 +167,10 @@ impl Prober {
             self.known_primary = 0;
         }
         if let Some(p) = primary.filter(|p| p.reachable) {
+            let at = p.answered_at.unwrap_or(now);
+            self.clock.observe_primary(p.position, at);
             self.known_primary = self.known_primary.max(p.position);
-            self.primary_seen_at = Some(now);
+            self.primary_seen_at = Some(at);
         }
         let acked = primary.filter(|p| p.reachable).and_then(|p| p.acked.map(|(at, ago)| (p.position.saturating_sub(at), ago)));
         let (lag_bytes, lag) = match local.role {

@@ -128,11 +128,11 @@ impl RedisProber {
     pub async fn primary(&mut self, address: &str) -> PrimaryReading {
         let start = Instant::now();
         match self.try_primary(address).await {
-            Ok((position, acked)) => PrimaryReading { reachable: true, position, round_trip: start.elapsed(), acked },
+            Ok((position, acked)) => PrimaryReading { reachable: true, position, round_trip: start.elapsed(), acked, answered_at: None },
             Err(e) => {
                 tracing::debug!(%address, error = %e, "primary not reachable");
                 self.primary = None;
-                PrimaryReading { reachable: false, position: 0, round_trip: start.elapsed(), acked: None }
+                PrimaryReading { reachable: false, position: 0, round_trip: start.elapsed(), acked: None, answered_at: None }
             }
         }
     }
