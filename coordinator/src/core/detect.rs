@@ -52,6 +52,12 @@ impl Core {
         let primary_id = rec.primary.clone();
         let p = members.iter().find(|(id, _)| **id == primary_id).map(|(_, o)| o.clone()).unwrap_or_default();
         let track = self.track(w, name, rec, p.position);
+        // A renewal counts from the newest sample it answers, as the agent
+        // counts it: a lease never outlasts the evidence it was granted on
+        // by more than `lease`, however stale that evidence is by the time
+        // the tick looks at it (a sample up to a detection window old still
+        // counts as fresh).
+        let ttl = lease.lease.saturating_sub(p.age);
         // A primary whose agent fenced it when its lease lapsed (the
         // coordinators were out of reach, and not every other member could
         // vouch for it) comes back with a new lease in the current epoch: it
@@ -68,8 +74,8 @@ impl Core {
             // this core does not see; once promoted, the new primary's
             // lease is renewed like any other.
             track.lease_until = track.lease_until.max(now + lease.promote_ttl());
-            if is_primary(&p) || restartable {
-                out.push(lease_action(w, name, &primary_id, rec.epoch, lease.lease, &members));
+            if (is_primary(&p) || restartable) && ttl > 0 {
+                out.push(lease_action(w, name, &primary_id, rec.epoch, ttl, &members));
             }
             wait(out, format!("decision {id} is being carried out"));
             return;
@@ -77,8 +83,10 @@ impl Core {
         track.see(&p, &members);
         if restartable {
             track.down_since = None;
-            track.lease_until = track.lease_until.max(now + lease.lease);
-            out.push(lease_action(w, name, &primary_id, rec.epoch, lease.lease, &members));
+            if ttl > 0 {
+                track.lease_until = track.lease_until.max(now + ttl);
+                out.push(lease_action(w, name, &primary_id, rec.epoch, ttl, &members));
+            }
             wait(out, format!("primary {primary_id} was fenced by its agent when its lease lapsed; a new lease brings it back"));
             return;
         }
@@ -87,8 +95,10 @@ impl Core {
             // A renewal replaces the lease the agent holds, but only once it
             // arrives: until then the agent may still hold a longer one (a
             // promotion's), so what is assumed never shrinks.
-            track.lease_until = track.lease_until.max(now + lease.lease);
-            out.push(lease_action(w, name, &primary_id, rec.epoch, lease.lease, &members));
+            if ttl > 0 {
+                track.lease_until = track.lease_until.max(now + ttl);
+                out.push(lease_action(w, name, &primary_id, rec.epoch, ttl, &members));
+            }
             self.follow_group(w, name, rec, &policy, &members, out);
             return;
         }
@@ -122,9 +132,15 @@ impl Core {
             // Nothing will replace it while others reach it: its lease is
             // renewed, so that an agent that merely lost its own link to the
             // database does not fence a primary that serves everyone else.
+            // A silent agent's renewals do not stretch its lease while
+            // another region's answer, up to a probe time-out old, still
+            // says the primary is reachable.
             track.down_since = None;
-            track.lease_until = track.lease_until.max(now + lease.lease);
-            out.push(lease_action(w, name, &primary_id, rec.epoch, lease.lease, members));
+            let ttl = lease.lease.saturating_sub(p.age);
+            if ttl > 0 {
+                track.lease_until = track.lease_until.max(now + ttl);
+                out.push(lease_action(w, name, &primary_id, rec.epoch, ttl, members));
+            }
             wait(out, format!("primary {primary_id} looks down to its own agent, but {who} (region {}) still reaches it", region_of(who)));
             return;
         }

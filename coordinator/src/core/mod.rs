@@ -214,7 +214,7 @@ impl Core {
             // ticks) keeps what is known of its position, or the next
             // failover would measure lag against too little.
             let kept = if new_history { primary_position } else { t.primary_position.max(primary_position) };
-            *t = Track { lease_until: t.lease_until, primary_position: kept, ..fresh };
+            *t = Track { lease_until: t.lease_until.max(fresh.lease_until), primary_position: kept, ..fresh };
         }
         t
     }

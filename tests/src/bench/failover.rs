@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::lab::{kill_tree, postgres::postmaster_pid, signal, Lab, LabOptions, PG_CLUSTER, REDIS_CLUSTER};
+use crate::lab::{kill_tree, postgres::postmaster_pid, signal, signal_tree, Lab, LabOptions, PG_CLUSTER, REDIS_CLUSTER};
 use crate::wait_for;
 use anyhow::{anyhow, bail};
 
@@ -148,7 +148,7 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
     // The worst case is measured with leader placement off: it would
     // move the leader back out of region a.
     let lab = Lab::up_with(dir.path(), LabOptions { leader_placement: fault != "region-leader", synchronous_replicas })?;
-    let redis = fault == "redis-node";
+    let redis = fault.starts_with("redis-");
     let cluster = if redis { REDIS_CLUSTER } else { PG_CLUSTER };
     wait_for("both clusters adopted", Duration::from_secs(60), || {
         (epoch(&lab, PG_CLUSTER)? >= 1 && epoch(&lab, REDIS_CLUSTER)? >= 1).then_some(())
@@ -206,8 +206,23 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
     if fault == "region-leader" && !leader_lost {
         bail!("the coordinator leader is node {leader}, not region a's");
     }
+    // Processes frozen by the fault, woken once the trial is measured.
+    let mut frozen = Vec::new();
     match fault {
         "pg-crash" => kill_tree(postmaster_pid(&pa.data_dir)?),
+        // A hung machine: every process of the member's node stops, and
+        // every connection to it stays open and silent.
+        "pg-freeze" => {
+            signal(pa.agent_pid, libc::SIGSTOP);
+            frozen.push(pa.agent_pid);
+            frozen.extend(signal_tree(postmaster_pid(&pa.data_dir)?, libc::SIGSTOP));
+        }
+        "redis-freeze" => {
+            for pid in [ra.agent_pid, ra.pid] {
+                signal(pid, libc::SIGSTOP);
+                frozen.push(pid);
+            }
+        }
         "pg-node" => {
             signal(pa.agent_pid, libc::SIGKILL);
             kill_tree(postmaster_pid(&pa.data_dir)?);
@@ -238,6 +253,9 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::SeqCst);
     let _ = writer.join();
+    for pid in frozen {
+        signal(pid, libc::SIGCONT);
+    }
     let first = first?;
     let acked: Vec<u64> = acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _, _)| *id).collect();
     let held = wait_for("the acknowledged ids read back", Duration::from_secs(30), || present(redis, port))?;

@@ -62,8 +62,9 @@ enum Bench {
         /// pg-crash (postmaster SIGKILL), pg-node (server and agent),
         /// redis-node (server and agent), region (everything in region a),
         /// region-leader (the same, with the coordinator leader moved into
-        /// region a first: the worst case).
-        #[arg(long, value_delimiter = ',', default_value = "pg-crash,pg-node,redis-node,region,region-leader")]
+        /// region a first: the worst case); pg-freeze and redis-freeze (a
+        /// hung node: server and agent SIGSTOPped, connections left open).
+        #[arg(long, value_delimiter = ',', default_value = "pg-crash,pg-node,redis-node,region,region-leader,pg-freeze,redis-freeze")]
         faults: Vec<String>,
         /// The PostgreSQL policy's `synchronous_replicas` (0: asynchronous,
         /// the default).

@@ -198,11 +198,19 @@ pub fn stop_pid(pid: u32, grace: Duration) {
 
 /// SIGKILLs a process and its children, as a machine dying would.
 pub fn kill_tree(pid: u32) {
+    signal_tree(pid, libc::SIGKILL);
+}
+
+/// Sends `sig` to `pid` and its children (a postmaster and its server
+/// processes); every pid signalled.
+pub fn signal_tree(pid: u32, sig: i32) -> Vec<u32> {
     let children = Command::new("pgrep").args(["-P", &pid.to_string()]).output().map(|o| o.stdout).unwrap_or_default();
-    signal(pid, libc::SIGKILL);
-    for child in String::from_utf8_lossy(&children).lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-        signal(child, libc::SIGKILL);
+    signal(pid, sig);
+    let children: Vec<u32> = String::from_utf8_lossy(&children).lines().filter_map(|l| l.trim().parse::<u32>().ok()).collect();
+    for child in &children {
+        signal(*child, sig);
     }
+    std::iter::once(pid).chain(children).collect()
 }
 
 pub fn signal(pid: u32, sig: i32) {
