@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use drc_tests::lab::writer::{stop_writer, writer, writes_beyond, Written};
 use drc_tests::lab::{kill_tree, netcut::CuttableLink, postgres::psql, redis::cli, signal, Lab, LabOptions};
 use drc_tests::{holds_for, wait_for};
 use serde_json::Value;
@@ -376,52 +377,6 @@ fn a_standby_beyond_the_rpo_budget_is_never_promoted_automatically_but_force_pro
 
 /// Inserts ids through the forwarder until `stop`; returns the acknowledged
 /// ids and the longest gap between two acknowledgements.
-fn writer(forwarder_port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<(Vec<u32>, Duration)> {
-    std::thread::spawn(move || {
-        let (mut acked, mut gap, mut last) = (Vec::new(), Duration::ZERO, Instant::now());
-        let mut id = 0u32;
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            id += 1;
-            if psql(forwarder_port, &format!("INSERT INTO acked VALUES ({id})")).is_ok() {
-                acked.push(id);
-                gap = gap.max(last.elapsed());
-                last = Instant::now();
-            } else {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        (acked, gap)
-    })
-}
-
-/// Waits until table `acked` on `port` holds more than `n` rows (the
-/// writer is making progress there) and returns how many it holds.
-fn writes_beyond(port: u16, n: u64) -> u64 {
-    wait_for(&format!("more than {n} writes on port {port}"), LONG, || {
-        psql(port, "SELECT count(*) FROM acked").ok()?.parse::<u64>().ok().filter(|c| *c > n)
-    })
-    .expect("the writer makes progress")
-}
-
-/// What a writer got acknowledged, and which of it `port` still holds.
-struct Written {
-    acked: Vec<u32>,
-    /// The longest gap between two acknowledgements.
-    gap: Duration,
-    present: std::collections::BTreeSet<u32>,
-    lost: Vec<u32>,
-}
-
-/// Stops the writer and reads back what it wrote from `port`.
-fn stop_writer(stop: &std::sync::atomic::AtomicBool, w: std::thread::JoinHandle<(Vec<u32>, Duration)>, port: u16) -> Written {
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (acked, gap) = w.join().expect("writer");
-    let present: std::collections::BTreeSet<u32> =
-        psql(port, "SELECT id FROM acked").expect("ids").lines().filter_map(|l| l.parse().ok()).collect();
-    let lost = acked.iter().copied().filter(|id| !present.contains(id)).collect();
-    Written { acked, gap, present, lost }
-}
-
 #[test]
 fn a_switchover_loses_no_acknowledged_write_and_a_leader_killed_mid_failover_promotes_exactly_once() {
     let (_dir, lab) = lab();

@@ -11,6 +11,7 @@
 pub mod netcut;
 pub mod postgres;
 pub mod redis;
+pub mod writer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
