@@ -26,6 +26,9 @@ need_cmd psql || apt_need="$apt_need postgresql-client-15"
 need_cmd redis-server || apt_need="$apt_need redis-server"
 need_cmd redis-cli || apt_need="$apt_need redis-tools"
 need_cmd runuser || apt_need="$apt_need util-linux"
+# Network namespaces and packet filters for the lab's gray-failure faults.
+need_cmd ip || apt_need="$apt_need iproute2"
+need_cmd nft || apt_need="$apt_need nftables"
 # Backups: the pipeline's standard tools, and an S3 client for the
 # restore-by-hand runbook and its test.
 need_cmd zstd || apt_need="$apt_need zstd"

@@ -5,15 +5,19 @@
 //!   was started.
 //! * `drc-lab down --dir DIR` — stops every process of the lab.
 //! * `drc-lab run --dir DIR` — up, then wait for Ctrl-C, then down.
+//! * `drc-lab up --netns ...` — every node in a network namespace of its
+//!   own; then `drc-lab fault --dir DIR KIND ...` drops (or rejects)
+//!   packets, and `drc-lab heal --dir DIR` removes every fault.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use drc_tests::lab::netns::Fault;
 use drc_tests::lab::{Lab, LabOptions};
 
 #[derive(Parser)]
-#[command(name = "drc-lab", about = "A local three-region drc lab on loopback")]
+#[command(name = "drc-lab", about = "A local three-region drc lab, on loopback or in network namespaces")]
 struct Args {
     #[command(subcommand)]
     command: Cmd,
@@ -29,6 +33,29 @@ enum Cmd {
         /// policy's `synchronous_replicas`; 0: asynchronous).
         #[arg(long, default_value_t = 0)]
         synchronous_replicas: u32,
+        /// Every node in a network namespace of its own, on a bridge the
+        /// lab creates (root only), so that `fault` can partition it.
+        #[arg(long)]
+        netns: bool,
+    },
+    /// Apply a network fault to a lab started with --netns (on top of any
+    /// other; `heal` removes them all).
+    Fault {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(subcommand)]
+        kind: FaultKind,
+        /// Flap: apply and heal the fault every this long...
+        #[arg(long, value_parser = humantime::parse_duration)]
+        flap_every: Option<std::time::Duration>,
+        /// ...for this long, then heal (the command returns then).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        flap_for: std::time::Duration,
+    },
+    /// Remove every network fault.
+    Heal {
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Stop every process of the lab in DIR.
     Down {
@@ -49,7 +76,49 @@ enum Cmd {
         /// As for `up`.
         #[arg(long, default_value_t = 0)]
         synchronous_replicas: u32,
+        /// As for `up`.
+        #[arg(long)]
+        netns: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum FaultKind {
+    /// Everything into and out of a region dropped, silently (no RST).
+    Isolate {
+        #[arg(long)]
+        region: String,
+        /// Reject TCP with a reset instead of dropping it.
+        #[arg(long)]
+        reject: bool,
+    },
+    /// Packets from one region to another dropped; the other way delivered.
+    OneWay {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Replication cut between a primary member and its replicas (their
+    /// agents' probes of it too); every agent still reaches the coordinators.
+    Replication {
+        #[arg(long)]
+        primary: String,
+    },
+    /// One member's agent cut off the coordinators; everything else flows.
+    AgentLink {
+        #[arg(long)]
+        member: String,
+    },
+}
+
+fn fault(lab: &Lab, kind: FaultKind) -> anyhow::Result<Fault> {
+    Ok(match kind {
+        FaultKind::Isolate { region, reject } => Fault::Isolate { region, reject },
+        FaultKind::OneWay { from, to } => Fault::OneWay { from, to },
+        FaultKind::Replication { primary } => Fault::Replication { port: lab.member(&primary)?.port, primary },
+        FaultKind::AgentLink { member } => Fault::AgentLink { member, ports: lab.coordinator_ports() },
+    })
 }
 
 fn interrupted() -> tokio::runtime::Runtime {
@@ -94,8 +163,8 @@ fn print_summary(lab: &Lab) {
 
 fn main() -> ExitCode {
     let result = match Args::parse().command {
-        Cmd::Up { dir, synchronous_replicas } => {
-            up_or_interrupt(dir, LabOptions { synchronous_replicas, ..Default::default() }).map(|lab| {
+        Cmd::Up { dir, synchronous_replicas, netns } => {
+            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, ..Default::default() }).map(|lab| {
                 if let Some(lab) = lab {
                     print_summary(&lab);
                     lab.detach();
@@ -106,8 +175,20 @@ fn main() -> ExitCode {
         Cmd::RestartCoordinator { dir, id } => {
             Lab::attach(&dir).and_then(|mut lab| lab.restart_coordinator(id)).map(|()| println!("coordinator {id} restarted"))
         }
-        Cmd::Run { dir, synchronous_replicas } => {
-            up_or_interrupt(dir, LabOptions { synchronous_replicas, ..Default::default() }).and_then(|lab| {
+        Cmd::Fault { dir, kind, flap_every, flap_for } => Lab::attach(&dir).and_then(|lab| {
+            let f = fault(&lab, kind)?;
+            match flap_every {
+                None => lab.fault(&f).map(|()| println!("applied {f:?}")),
+                Some(every) => {
+                    let flaps = lab.flap(&f, every, flap_for)?;
+                    println!("{f:?} applied and healed {flaps} times, every {every:?} for {flap_for:?}; healed");
+                    Ok(())
+                }
+            }
+        }),
+        Cmd::Heal { dir } => Lab::attach(&dir).and_then(|lab| lab.heal()).map(|()| println!("every fault removed")),
+        Cmd::Run { dir, synchronous_replicas, netns } => {
+            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, ..Default::default() }).and_then(|lab| {
                 let Some(lab) = lab else { return Ok(()) };
                 print_summary(&lab);
                 println!("\nrunning; Ctrl-C stops the lab");

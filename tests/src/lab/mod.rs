@@ -1,6 +1,8 @@
 //! The local three-region lab: real PostgreSQL 15 and Redis members, an agent
-//! per member and a coordinator per region, all on loopback with ports chosen
-//! at run time. `drc-lab up` and the end-to-end tests share this code.
+//! per member and a coordinator per region, on loopback with ports chosen at
+//! run time, or (`--netns`) each node in a network namespace of its own
+//! where faults can drop packets ([`netns`]). `drc-lab up` and the
+//! end-to-end tests share this code.
 //!
 //! Region `a` holds the primaries; `b` and `c` hold streaming replicas (with
 //! replication slots for PostgreSQL). Every process is started in its own
@@ -9,6 +11,7 @@
 //! `lab.json` and leaves none behind.
 
 pub mod netcut;
+pub mod netns;
 pub mod postgres;
 pub mod redis;
 pub mod writer;
@@ -110,6 +113,17 @@ pub struct LabInfo {
     /// The PostgreSQL cluster's `policy.synchronous_replicas` (0: asynchronous).
     #[serde(default)]
     pub synchronous_replicas: u32,
+    /// "loopback" (every process on 127.0.0.1) or "netns" (every node in a
+    /// network namespace of its own; see `net`).
+    #[serde(default = "loopback")]
+    pub mode: String,
+    /// The namespaces, their addresses and the bridge (netns mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<netns::NetInfo>,
+}
+
+fn loopback() -> String {
+    "loopback".into()
 }
 
 /// The lab's backup encryption keys in `lab.json`.
@@ -140,11 +154,13 @@ pub struct LabOptions {
     /// How many replicas each PostgreSQL commit waits for (0, the default:
     /// asynchronous replication).
     pub synchronous_replicas: u32,
+    /// Every node in a network namespace of its own (root only).
+    pub netns: bool,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { leader_placement: true, synchronous_replicas: 0 }
+        LabOptions { leader_placement: true, synchronous_replicas: 0, netns: false }
     }
 }
 
@@ -179,6 +195,8 @@ pub fn stop_pid(pid: u32, grace: Duration) {
     if pid == 0 || !alive(pid) {
         return;
     }
+    // A process a fault froze stops only once it runs again.
+    signal(pid, libc::SIGCONT);
     signal(pid, libc::SIGTERM);
     let deadline = std::time::Instant::now() + grace;
     while alive(pid) && std::time::Instant::now() < deadline {
@@ -264,9 +282,15 @@ impl Lab {
                 forwarders: Vec::new(),
                 backup: BackupKeys::default(),
                 synchronous_replicas: opts.synchronous_replicas,
+                mode: if opts.netns { "netns".into() } else { loopback() },
+                net: None,
             },
             owned: true,
         };
+        if opts.netns {
+            lab.info.net = Some(netns::NetInfo::create()?);
+            lab.write_info()?;
+        }
         lab.make_backup_keys()?;
         lab.start_coordinators(&opts)?;
         lab.write_info()?;
@@ -299,6 +323,50 @@ impl Lab {
         self.info.clone()
     }
 
+    /// Where `node` ("coord-a", or a member id) listens: its namespace's
+    /// address, or loopback.
+    pub fn host(&self, node: &str) -> String {
+        self.info.net.as_ref().and_then(|n| n.node(node).ok()).map_or_else(|| "127.0.0.1".to_string(), |n| n.address.clone())
+    }
+
+    /// `cmd`, to run on `node` (in its namespace, in netns mode).
+    fn on(&self, node: &str, cmd: Command) -> anyhow::Result<Command> {
+        match &self.info.net {
+            Some(net) => net.command(node, &cmd),
+            None => Ok(cmd),
+        }
+    }
+
+    /// Applies a network fault (netns mode only).
+    pub fn fault(&self, fault: &netns::Fault) -> anyhow::Result<()> {
+        self.info.net.as_ref().ok_or_else(|| anyhow!("network faults need a lab started with --netns"))?.apply(fault)
+    }
+
+    /// Applies `fault` and removes every fault, each for `every`, until
+    /// `duration` has passed; then heals. How many times it was applied.
+    pub fn flap(&self, fault: &netns::Fault, every: Duration, duration: Duration) -> anyhow::Result<u32> {
+        let end = std::time::Instant::now() + duration;
+        let mut flaps = 0;
+        while std::time::Instant::now() < end {
+            self.fault(fault)?;
+            flaps += 1;
+            std::thread::sleep(every);
+            self.heal()?;
+            std::thread::sleep(every);
+        }
+        Ok(flaps)
+    }
+
+    /// Removes every network fault.
+    pub fn heal(&self) -> anyhow::Result<()> {
+        self.info.net.as_ref().ok_or_else(|| anyhow!("network faults need a lab started with --netns"))?.heal()
+    }
+
+    /// The coordinators' client ports (what an agent's stream connects to).
+    pub fn coordinator_ports(&self) -> Vec<u16> {
+        self.info.coordinators.iter().filter_map(|c| c.endpoint.rsplit_once(':').and_then(|(_, p)| p.parse().ok())).collect()
+    }
+
     pub fn write_info(&self) -> anyhow::Result<()> {
         let tmp = self.info.dir.join("lab.json.tmp");
         fs::write(&tmp, serde_json::to_string_pretty(&self.info)?)?;
@@ -307,8 +375,9 @@ impl Lab {
     }
 
     fn start_coordinators(&mut self, opts: &LabOptions) -> anyhow::Result<()> {
-        let addrs: Vec<String> = REGIONS.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let raft: Vec<String> = REGIONS.iter().map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let hosts: Vec<String> = REGIONS.iter().map(|r| self.host(&format!("coord-{r}"))).collect();
+        let addrs: Vec<String> = hosts.iter().map(|h| format!("{h}:{}", free_port())).collect();
+        let raft: Vec<String> = hosts.iter().map(|h| format!("{h}:{}", free_port())).collect();
         for (i, region) in REGIONS.iter().enumerate() {
             let id = i as u64 + 1;
             let data_dir = self.info.dir.join(format!("coordinator-{region}"));
@@ -331,7 +400,9 @@ impl Lab {
                 text.push_str(&format!("[[peers]]\nid = {}\naddress = {a:?}\nraft_address = {r:?}\nregion = {region:?}\n", j + 1));
             }
             fs::write(&config, text)?;
-            let pid = spawn_detached(Command::new(bin("drc-coordinator")).arg("--config").arg(&config), &log)?;
+            let mut cmd = Command::new(bin("drc-coordinator"));
+            cmd.arg("--config").arg(&config);
+            let pid = spawn_detached(&mut self.on(&format!("coord-{region}"), cmd)?, &log)?;
             self.info.coordinators.push(CoordinatorInfo {
                 id,
                 region: region.to_string(),
@@ -361,11 +432,12 @@ impl Lab {
             let access_key = format!("lab-{region}");
             let secret_key = format!("{:032x}", seed.wrapping_mul(6364136223846793005).wrapping_add(i as u128 * 1442695040888963407));
             let bucket = format!("drc-backups-{region}");
+            let host = self.host(&format!("coord-{region}"));
             let mut cmd = Command::new(bin("drc-s3-server"));
-            cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--bucket", &bucket, "--root"]).arg(&root);
+            cmd.args(["--host", &host, "--port", &port.to_string(), "--bucket", &bucket, "--root"]).arg(&root);
             cmd.env("DRC_S3_ACCESS_KEY", &access_key).env("DRC_S3_SECRET_KEY", &secret_key);
-            let pid = spawn_detached(&mut cmd, &log)?;
-            let address = format!("127.0.0.1:{port}");
+            let pid = spawn_detached(&mut self.on(&format!("coord-{region}"), cmd)?, &log)?;
+            let address = format!("{host}:{port}");
             self.info.s3.push(S3Info {
                 region: region.to_string(),
                 endpoint: format!("http://{address}"),
@@ -399,17 +471,18 @@ impl Lab {
     }
 
     fn start_databases(&mut self) -> anyhow::Result<()> {
-        let pg = postgres::start_cluster(&self.info.dir, PG_CLUSTER)?;
+        let pg = postgres::start_cluster(&self.info.dir, PG_CLUSTER, self.info.net.as_ref())?;
         self.info.members.extend(pg);
-        let rd = redis::start_cluster(&self.info.dir, REDIS_CLUSTER)?;
+        let rd = redis::start_cluster(&self.info.dir, REDIS_CLUSTER, self.info.net.as_ref())?;
         self.info.members.extend(rd);
         // The table recovery tests count (check_tables in the topology),
         // and the key their Redis check reads.
         if let Some(primary) = self.info.members.iter().find(|m| m.kind == "postgres" && m.region == REGIONS[0]) {
-            postgres::psql(primary.port, &format!("CREATE TABLE IF NOT EXISTS {CHECK_TABLE} (id bigserial PRIMARY KEY, item text)"))?;
+            let sql = format!("CREATE TABLE IF NOT EXISTS {CHECK_TABLE} (id bigserial PRIMARY KEY, item text)");
+            postgres::psql_at(&primary.host, primary.port, &sql)?;
         }
         if let Some(primary) = self.info.members.iter().find(|m| m.kind == "redis" && m.region == REGIONS[0]) {
-            redis::cli(primary.port, &["SET", MARKER_KEY, MARKER_VALUE])?;
+            redis::cli_at(&primary.host, primary.port, &["SET", MARKER_KEY, MARKER_VALUE])?;
         }
         Ok(())
     }
@@ -473,7 +546,17 @@ impl Lab {
         let c = self.info.coordinators.iter_mut().find(|c| c.id == id).ok_or_else(|| anyhow!("no coordinator {id}"))?;
         stop_pid(c.pid, Duration::from_secs(3));
         let log = self.info.dir.join(format!("coordinator-{}.log", c.region));
-        c.pid = spawn_detached(Command::new(bin("drc-coordinator")).arg("--config").arg(&c.config), &log)?;
+        let mut cmd = Command::new(bin("drc-coordinator"));
+        cmd.arg("--config").arg(&c.config);
+        let node = format!("coord-{}", c.region);
+        let mut cmd = match &self.info.net {
+            Some(net) => net.command(&node, &cmd)?,
+            None => cmd,
+        };
+        let pid = spawn_detached(&mut cmd, &log)?;
+        if let Some(c) = self.info.coordinators.iter_mut().find(|c| c.id == id) {
+            c.pid = pid;
+        }
         self.write_info()
     }
 
@@ -534,7 +617,9 @@ impl Lab {
             port
         );
         fs::write(&config, text)?;
-        let pid = spawn_detached(Command::new(bin("drc-agent")).arg("--config").arg(&config), &log)?;
+        let mut cmd = Command::new(bin("drc-agent"));
+        cmd.arg("--config").arg(&config);
+        let pid = spawn_detached(&mut self.on(&m.id, cmd)?, &log)?;
         let m = &mut self.info.members[index];
         m.agent_pid = pid;
         m.agent_config = config;
@@ -656,6 +741,9 @@ impl Lab {
         let left: Vec<u32> = self.pids().into_iter().filter(|p| alive(*p)).collect();
         if !left.is_empty() {
             errors.push(format!("processes still running: {left:?}"));
+        }
+        if let Some(net) = &self.info.net {
+            net.destroy();
         }
         if errors.is_empty() {
             Ok(())

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 
+use super::netns::NetInfo;
 use super::{MemberInfo, REGIONS};
 use crate::{free_port, wait_for};
 
@@ -52,15 +53,22 @@ fn chown_postgres(path: &Path) -> anyhow::Result<()> {
 
 /// Runs SQL on the member as the postgres superuser; returns psql's unaligned output.
 pub fn psql(port: u16, sql: &str) -> anyhow::Result<String> {
-    let mut c = Command::new("psql");
-    c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql]);
-    Ok(run(c, &format!("psql -p {port}"))?.trim().to_string())
+    psql_at("127.0.0.1", port, sql)
 }
 
-fn start(data: &Path, port: u16, sock: &Path, log: &Path) -> anyhow::Result<u32> {
+/// [`psql`] on a member at `host`.
+pub fn psql_at(host: &str, port: u16, sql: &str) -> anyhow::Result<String> {
+    let mut c = Command::new("psql");
+    c.args(["-h", host, "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql]);
+    // A member behind a dropped link must not hold the caller for minutes.
+    c.env("PGCONNECT_TIMEOUT", "5");
+    Ok(run(c, &format!("psql -h {host} -p {port}"))?.trim().to_string())
+}
+
+fn start(data: &Path, port: u16, sock: &Path, log: &Path, on: impl Fn(Command) -> anyhow::Result<Command>) -> anyhow::Result<u32> {
     let mut c = as_postgres("pg_ctl");
     c.arg("-D").arg(data).arg("-l").arg(log).args(["-w", "-t", "60", "-o"]).arg(format!("-p {port} -k {}", sock.display())).arg("start");
-    run(c, "pg_ctl start")?;
+    run(on(c)?, "pg_ctl start")?;
     postmaster_pid(data)
 }
 
@@ -70,12 +78,18 @@ pub fn postmaster_pid(data: &Path) -> anyhow::Result<u32> {
     text.lines().next().and_then(|l| l.trim().parse().ok()).ok_or_else(|| anyhow!("bad postmaster.pid"))
 }
 
-/// Creates the primary in region a and streaming standbys in b and c.
-pub fn start_cluster(dir: &Path, cluster: &str) -> anyhow::Result<Vec<MemberInfo>> {
+/// Creates the primary in region a and streaming standbys in b and c, each
+/// in its node's namespace when `net` is given.
+pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>) -> anyhow::Result<Vec<MemberInfo>> {
     let mut members = Vec::new();
-    let mut primary_port = 0;
+    let (mut primary_port, mut primary_host) = (0, String::new());
     for region in REGIONS {
         let id = format!("pg-{region}");
+        let host = net.and_then(|n| n.node(&id).ok()).map_or_else(|| "127.0.0.1".to_string(), |n| n.address.clone());
+        let on = |c: Command| match net {
+            Some(n) => n.command(&format!("pg-{region}"), &c),
+            None => Ok(c),
+        };
         let data = dir.join(format!("{id}.data"));
         let sock = dir.join(format!("{id}.sock"));
         let log = dir.join(format!("{id}.log"));
@@ -95,14 +109,18 @@ pub fn start_cluster(dir: &Path, cluster: &str) -> anyhow::Result<Vec<MemberInfo
             use std::io::Write as _;
             writeln!(
                 conf,
-                "listen_addresses = '127.0.0.1'\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nhot_standby = on\nwal_log_hints = on\nfsync = off\nsynchronous_commit = on\nfull_page_writes = on\nwal_keep_size = '64MB'\nshared_buffers = '32MB'\nhot_standby_feedback = on\nwal_receiver_status_interval = '1s'"
+                "listen_addresses = '{}'\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nhot_standby = on\nwal_log_hints = on\nfsync = off\nsynchronous_commit = on\nfull_page_writes = on\nwal_keep_size = '64MB'\nshared_buffers = '32MB'\nhot_standby_feedback = on\nwal_receiver_status_interval = '1s'",
+                // In its own namespace a node has its own address only.
+                if net.is_some() { "*" } else { "127.0.0.1" }
             )?;
             fs::write(
                 data.join("pg_hba.conf"),
-                "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
+                "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n\
+                 host all all 198.18.0.0/15 trust\nhost replication all 198.18.0.0/15 trust\n",
             )?;
             chown_postgres(&data)?;
             primary_port = port;
+            primary_host = host.clone();
         } else {
             fs::create_dir_all(&data)?;
             chown_postgres(&data)?;
@@ -113,7 +131,7 @@ pub fn start_cluster(dir: &Path, cluster: &str) -> anyhow::Result<Vec<MemberInfo
             // The slot name the coordinator uses when it repoints standbys.
             let slot = format!("drc_pg_{region}");
             let mut c = as_postgres("pg_basebackup");
-            c.args(["-h", "127.0.0.1", "-p", &primary_port.to_string(), "-U", "postgres", "-D"]).arg(&data).args([
+            c.args(["-h", &primary_host, "-p", &primary_port.to_string(), "-U", "postgres", "-D"]).arg(&data).args([
                 "-R",
                 "-X",
                 "stream",
@@ -127,15 +145,15 @@ pub fn start_cluster(dir: &Path, cluster: &str) -> anyhow::Result<Vec<MemberInfo
             // a synchronous primary waits for (the later line wins).
             let mut auto = fs::OpenOptions::new().append(true).open(data.join("postgresql.auto.conf"))?;
             use std::io::Write as _;
-            writeln!(auto, "primary_conninfo = 'host=127.0.0.1 port={primary_port} user=postgres application_name={id}'")?;
+            writeln!(auto, "primary_conninfo = 'host={primary_host} port={primary_port} user=postgres application_name={id}'")?;
         }
-        let pid = start(&data, port, &sock, &log)?;
+        let pid = start(&data, port, &sock, &log, on)?;
         members.push(MemberInfo {
             id,
             cluster: cluster.to_string(),
             kind: "postgres".into(),
             region: region.to_string(),
-            host: "127.0.0.1".into(),
+            host: host.clone(),
             port,
             pid,
             data_dir: data,
@@ -144,7 +162,7 @@ pub fn start_cluster(dir: &Path, cluster: &str) -> anyhow::Result<Vec<MemberInfo
             agent_config: PathBuf::new(),
             agent_log: PathBuf::new(),
         });
-        wait_for(&format!("pg-{region} to accept connections"), Duration::from_secs(30), || psql(port, "SELECT 1").ok())?;
+        wait_for(&format!("pg-{region} to accept connections"), Duration::from_secs(30), || psql_at(&host, port, "SELECT 1").ok())?;
     }
     Ok(members)
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::postgres::psql;
+use super::postgres::{psql, psql_at};
 use crate::wait_for;
 
 /// How long a writer waits for progress.
@@ -32,8 +32,13 @@ pub fn writer(forwarder_port: u16, stop: std::sync::Arc<std::sync::atomic::Atomi
 /// Waits until table `acked` on `port` holds more than `n` rows (the
 /// writer is making progress there) and returns how many it holds.
 pub fn writes_beyond(port: u16, n: u64) -> u64 {
-    wait_for(&format!("more than {n} writes on port {port}"), LONG, || {
-        psql(port, "SELECT count(*) FROM acked").ok()?.parse::<u64>().ok().filter(|c| *c > n)
+    writes_beyond_at("127.0.0.1", port, n)
+}
+
+/// [`writes_beyond`] on a member at `host`.
+pub fn writes_beyond_at(host: &str, port: u16, n: u64) -> u64 {
+    wait_for(&format!("more than {n} writes on {host}:{port}"), LONG, || {
+        psql_at(host, port, "SELECT count(*) FROM acked").ok()?.parse::<u64>().ok().filter(|c| *c > n)
     })
     .expect("the writer makes progress")
 }
@@ -49,10 +54,20 @@ pub struct Written {
 
 /// Stops the writer and reads back what it wrote from `port`.
 pub fn stop_writer(stop: &std::sync::atomic::AtomicBool, w: std::thread::JoinHandle<(Vec<u32>, Duration)>, port: u16) -> Written {
+    stop_writer_at(stop, w, "127.0.0.1", port)
+}
+
+/// [`stop_writer`], reading back from a member at `host`.
+pub fn stop_writer_at(
+    stop: &std::sync::atomic::AtomicBool,
+    w: std::thread::JoinHandle<(Vec<u32>, Duration)>,
+    host: &str,
+    port: u16,
+) -> Written {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (acked, gap) = w.join().expect("writer");
     let present: std::collections::BTreeSet<u32> =
-        psql(port, "SELECT id FROM acked").expect("ids").lines().filter_map(|l| l.parse().ok()).collect();
+        psql_at(host, port, "SELECT id FROM acked").expect("ids").lines().filter_map(|l| l.parse().ok()).collect();
     let lost = acked.iter().copied().filter(|id| !present.contains(id)).collect();
     Written { acked, gap, present, lost }
 }
