@@ -22,7 +22,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let json_out = cli.output == Output::Json;
     let c = &mut client;
     match cli.command {
-        command @ (Command::Status | Command::Watch) => status::run(c, command, json_out).await,
+        command @ (Command::Status | Command::Watch) => status::run(c, command, json_out, &cli.endpoints, cli.timeout).await,
         command @ (Command::Apply { .. } | Command::Topology { .. }) => topology::run(c, command, json_out).await,
         command @ Command::Members { .. } => members::run(c, command, json_out).await,
         command @ (Command::Backup { .. } | Command::RecoveryTest { .. } | Command::Schedule { .. }) => {

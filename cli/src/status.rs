@@ -12,10 +12,30 @@ use crate::connect::status_err;
 use crate::table;
 
 /// Runs the commands of this group.
-pub(crate) async fn run(client: &mut AdminServiceClient<Channel>, command: Command, json_out: bool) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    client: &mut AdminServiceClient<Channel>,
+    command: Command,
+    json_out: bool,
+    endpoints: &[String],
+    timeout: Duration,
+) -> anyhow::Result<()> {
     match command {
         Command::Status => {
-            let s = client.status(StatusRequest {}).await.map_err(status_err)?.into_inner();
+            let mut s = client.status(StatusRequest {}).await.map_err(status_err)?.into_inner();
+            // A coordinator cut off from the leader knows no member's
+            // health: another that reaches the leader answers instead.
+            if s.clusters.is_empty() && s.topology.as_ref().is_some_and(|t| t.clusters > 0) {
+                for e in endpoints {
+                    let Ok(mut other) = crate::connect::connect(std::slice::from_ref(e), timeout).await else { continue };
+                    match other.status(StatusRequest {}).await {
+                        Ok(r) if !r.get_ref().clusters.is_empty() => {
+                            s = r.into_inner();
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            }
             let t = s.topology.unwrap_or_default();
             if json_out {
                 let v = json!({

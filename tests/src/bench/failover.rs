@@ -147,7 +147,8 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
     let dir = tempfile::Builder::new().prefix("drc-bench-failover-").tempdir()?;
     // The worst case is measured with leader placement off: it would
     // move the leader back out of region a.
-    let lab = Lab::up_with(dir.path(), LabOptions { leader_placement: fault != "region-leader", synchronous_replicas, ..Default::default() })?;
+    let lab =
+        Lab::up_with(dir.path(), LabOptions { leader_placement: fault != "region-leader", synchronous_replicas, ..Default::default() })?;
     let redis = fault.starts_with("redis-");
     let cluster = if redis { REDIS_CLUSTER } else { PG_CLUSTER };
     wait_for("both clusters adopted", Duration::from_secs(60), || {

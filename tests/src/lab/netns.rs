@@ -86,7 +86,8 @@ impl NetInfo {
             })
             .ok_or_else(|| anyhow!("no free lab subnet: 250 labs' namespaces exist"))?;
         let bridge = format!("{PREFIX}{n}");
-        let mut net = NetInfo { subnet: format!("198.18.{n}.0/24"), bridge: bridge.clone(), gateway: format!("198.18.{n}.1"), nodes: Vec::new() };
+        let mut net =
+            NetInfo { subnet: format!("198.18.{n}.0/24"), bridge: bridge.clone(), gateway: format!("198.18.{n}.1"), nodes: Vec::new() };
         for (r, region) in REGIONS.iter().enumerate() {
             for (k, node) in node_names(region).into_iter().enumerate() {
                 let host = 10 * (r + 1) + k + 1;

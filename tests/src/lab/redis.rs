@@ -63,7 +63,8 @@ pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>) -> anyhow
         };
         let pid = spawn_detached(&mut c, &log)?;
         // Not in the lab's list yet: stopped here if it does not come up.
-        let answers = wait_for(&format!("{id} to answer"), Duration::from_secs(20), || cli_at(&host, port, &["PING"]).ok().filter(|o| o == "PONG"));
+        let answers =
+            wait_for(&format!("{id} to answer"), Duration::from_secs(20), || cli_at(&host, port, &["PING"]).ok().filter(|o| o == "PONG"));
         if let Err(e) = answers {
             super::stop_pid(pid, Duration::from_secs(2));
             return Err(e);
