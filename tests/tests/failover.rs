@@ -535,7 +535,11 @@ fn with_synchronous_replication_a_commit_waits_for_a_standby_none_is_lost_in_a_f
         dump(&lab, "pg-a");
         panic!("{e:#}")
     });
-    assert_eq!(psql(pa.port, "SHOW synchronous_standby_names").expect("show"), both);
+    // What the agent reported is what PostgreSQL applies: the agent's probe
+    // reads it from a live session, which sees a reloaded value only once
+    // the postmaster has it, as every new session then does.
+    wait_for("pg-a's server to apply it", LONG, || (psql(pa.port, "SHOW synchronous_standby_names").ok()? == both).then_some(()))
+        .expect("applied");
     // A leader change does not make commits asynchronous, not even while
     // the new leader has no sample of the standbys yet.
     let leader = wait_for("a coordinator leader", LONG, || leader_of(&lab)).expect("leader");

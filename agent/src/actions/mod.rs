@@ -47,6 +47,8 @@ pub struct Actor {
     /// set or read it (None: not known yet), and one change at a time.
     sync_standbys: Mutex<Option<String>>,
     syncing: tokio::sync::Mutex<()>,
+    /// When each standby was last seen streaming from this primary.
+    streamed: Mutex<HashMap<String, Instant>>,
     /// One connection to the local PostgreSQL, reused: the lease check runs
     /// every 50 ms, and a promotion should not pay for new connections.
     local_pg: tokio::sync::Mutex<Option<Arc<Client>>>,
@@ -83,6 +85,7 @@ impl Actor {
             restarting: tokio::sync::Mutex::new(()),
             sync_standbys: Mutex::new(None),
             syncing: tokio::sync::Mutex::new(()),
+            streamed: Mutex::new(HashMap::new()),
             local_pg: tokio::sync::Mutex::new(None),
         })
     }

@@ -13,6 +13,10 @@ use super::{lock, now_ms, Actor};
 use crate::config::Kind;
 use crate::probe::redis::parse_info;
 
+/// How long a standby that stopped streaming still counts as one a commit
+/// may wait for: a reconnection takes well under it.
+const STANDBY_GRACE: Duration = Duration::from_millis(1_500);
+
 impl Actor {
     pub(super) async fn promote(&self, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
         let fenced = s.old_primary_fenced;
@@ -54,9 +58,11 @@ impl Actor {
     }
 
     /// Makes the primary's commits wait for `count` of the standbys `names`,
-    /// but for no more of them than stream from it now under those names
-    /// (`pg_stat_replication`): a standby that crashed, or connects under
-    /// another application_name, must not hold every commit.
+    /// but for no more of them than stream from it under those names
+    /// (`pg_stat_replication`), or did within `STANDBY_GRACE`: a standby that
+    /// crashed, or connects under another application_name, must not hold
+    /// every commit, and one that merely reconnects (a repoint, a restarted
+    /// walreceiver) must not make commits asynchronous for a moment.
     pub(super) async fn wait_for_standbys(&self, count: usize, names: &[String]) -> Result<(), String> {
         // Leases come every few hundred milliseconds: one change at a time.
         let Ok(_one) = self.syncing.try_lock() else { return Ok(()) };
@@ -68,8 +74,12 @@ impl Actor {
                 .query("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'", &[])
                 .await
                 .map_err(|e| format!("reading pg_stat_replication: {}", pg_err(e)))?;
-            let connected: std::collections::HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-            names.iter().filter(|n| connected.contains(*n)).count()
+            let now = Instant::now();
+            let mut streamed = lock(&self.streamed);
+            for r in &rows {
+                streamed.insert(r.get::<_, String>(0), now);
+            }
+            names.iter().filter(|n| streamed.get(*n).is_some_and(|at| now.duration_since(*at) <= STANDBY_GRACE)).count()
         };
         let want = drc_proto::sync_setting(count.min(streaming), names);
         // Asynchronous, or no standby streams: a setting drc did not write

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::lab::netns::Fault;
 use crate::lab::{kill_tree, postgres::postmaster_pid, signal, signal_tree, Lab, LabOptions, PG_CLUSTER, REDIS_CLUSTER};
 use crate::wait_for;
 use anyhow::{anyhow, bail};
@@ -111,6 +112,10 @@ fn epoch(lab: &Lab, cluster: &str) -> Option<u64> {
 
 struct Trial {
     to_first_write: Duration,
+    /// The longest time without an acknowledged write after the fault (a
+    /// fault the old primary survives for a while, as a one-way partition,
+    /// shows here, not in the first write).
+    longest_gap: Duration,
     acked: usize,
     lost: usize,
     /// How long before the fault the earliest lost write was
@@ -147,8 +152,15 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
     let dir = tempfile::Builder::new().prefix("drc-bench-failover-").tempdir()?;
     // The worst case is measured with leader placement off: it would
     // move the leader back out of region a.
-    let lab =
-        Lab::up_with(dir.path(), LabOptions { leader_placement: fault != "region-leader", synchronous_replicas, ..Default::default() })?;
+    let lab = Lab::up_with(
+        dir.path(),
+        LabOptions {
+            leader_placement: fault != "region-leader",
+            synchronous_replicas,
+            // Partitions need every node in a network namespace of its own.
+            netns: fault == "region-blackhole" || fault == "region-one-way",
+        },
+    )?;
     let redis = fault.starts_with("redis-");
     let cluster = if redis { REDIS_CLUSTER } else { PG_CLUSTER };
     wait_for("both clusters adopted", Duration::from_secs(60), || {
@@ -218,6 +230,11 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
             frozen.push(pa.agent_pid);
             frozen.extend(signal_tree(postmaster_pid(&pa.data_dir)?, libc::SIGSTOP));
         }
+        // Every packet into and out of region a dropped, silently.
+        "region-blackhole" => lab.fault(&Fault::Isolate { region: "a".into(), reject: false })?,
+        // Region a's packets to region b (the coordinator leader's, with
+        // leader placement) dropped; b's to a delivered.
+        "region-one-way" => lab.fault(&Fault::OneWay { from: "a".into(), to: "b".into() })?,
         "redis-freeze" => {
             for pid in [ra.agent_pid, ra.pid] {
                 signal(pid, libc::SIGSTOP);
@@ -251,13 +268,25 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
     let first = wait_for("the first acknowledged write after the fault", Duration::from_secs(120), || {
         acks.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(_, at, _)| *at > fault_at).map(|(_, at, _)| *at)
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // A one-way partition leaves the old primary serving until its lease
+    // and its vouchers run out: watched long enough to see that.
+    std::thread::sleep(Duration::from_secs(if fault == "region-one-way" { 8 } else { 1 }));
     stop.store(true, Ordering::SeqCst);
     let _ = writer.join();
     for pid in frozen {
         signal(pid, libc::SIGCONT);
     }
     let first = first?;
+    let longest_gap = {
+        let acks = acks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = fault_at;
+        let mut gap = Duration::ZERO;
+        for (_, _, acked) in acks.iter().filter(|(_, _, acked)| *acked > fault_at) {
+            gap = gap.max(acked.duration_since(last));
+            last = *acked;
+        }
+        gap
+    };
     let acked: Vec<u64> = acks.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(id, _, _)| *id).collect();
     let held = wait_for("the acknowledged ids read back", Duration::from_secs(30), || present(redis, port))?;
     let missing: Vec<u64> = acked.iter().copied().filter(|id| !held.contains(id)).collect();
@@ -286,6 +315,7 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
     let write_latency = super::stats::percentile(&mut latencies, 0.5);
     Ok(Trial {
         to_first_write: first.duration_since(fault_at),
+        longest_gap,
         acked: acked.len(),
         lost,
         oldest_lost,
@@ -302,15 +332,16 @@ pub fn run(trials: u32, faults: &[String], synchronous_replicas: u32) -> anyhow:
     };
     println!("failover benchmark: a fresh lab per trial, a continuous writer through drc-proxy, shipped defaults, {replication}");
     for fault in faults {
-        let (mut times, mut latencies) = (Vec::new(), Vec::new());
+        let (mut times, mut latencies, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
         let (mut lost, mut oldest_lost) = (0, Duration::ZERO);
         for t in 1..=trials {
             match trial(fault, synchronous_replicas) {
                 Ok(r) => {
                     let when = r.oldest_lost.map(|d| format!(" (the first acknowledged {:.1} ms before the fault)", d.as_secs_f64() * 1e3));
                     println!(
-                        "{fault} trial {t}: first acknowledged write {:.2} s after the fault; {} writes acknowledged (median {:.2} ms each before the fault), {} lost{}{}\n  {}",
+                        "{fault} trial {t}: first acknowledged write {:.2} s after the fault, longest gap after it {:.2} s; {} writes acknowledged (median {:.2} ms each before the fault), {} lost{}{}\n  {}",
                         r.to_first_write.as_secs_f64(),
+                        r.longest_gap.as_secs_f64(),
                         r.acked,
                         r.write_latency.as_secs_f64() * 1e3,
                         r.lost,
@@ -319,6 +350,7 @@ pub fn run(trials: u32, faults: &[String], synchronous_replicas: u32) -> anyhow:
                         r.timeline
                     );
                     times.push(r.to_first_write);
+                    gaps.push(r.longest_gap);
                     latencies.push(r.write_latency);
                     lost += r.lost;
                     oldest_lost = oldest_lost.max(r.oldest_lost.unwrap_or_default());
@@ -327,6 +359,7 @@ pub fn run(trials: u32, faults: &[String], synchronous_replicas: u32) -> anyhow:
             }
         }
         let median = super::stats::percentile(&mut times, 0.5);
+        let gap_median = super::stats::percentile(&mut gaps, 0.5);
         if !latencies.is_empty() {
             println!(
                 "{fault}: median write latency before the fault, median over trials: {:.2} ms",
@@ -335,11 +368,13 @@ pub fn run(trials: u32, faults: &[String], synchronous_replicas: u32) -> anyhow:
         }
         if let (Some(min), Some(max)) = (times.first(), times.last()) {
             println!(
-                "{fault}: {} trials: min {:.2} s  median {:.2} s  max {:.2} s; {lost} acknowledged writes lost in all, none acknowledged more than {:.1} ms before the fault",
+                "{fault}: {} trials: min {:.2} s  median {:.2} s  max {:.2} s; longest gap after the fault: median {:.2} s, max {:.2} s; {lost} acknowledged writes lost in all, none acknowledged more than {:.1} ms before the fault",
                 times.len(),
                 min.as_secs_f64(),
                 median.as_secs_f64(),
                 max.as_secs_f64(),
+                gap_median.as_secs_f64(),
+                gaps.last().copied().unwrap_or_default().as_secs_f64(),
                 oldest_lost.as_secs_f64() * 1e3
             );
         }

@@ -63,8 +63,15 @@ enum Bench {
         /// redis-node (server and agent), region (everything in region a),
         /// region-leader (the same, with the coordinator leader moved into
         /// region a first: the worst case); pg-freeze and redis-freeze (a
-        /// hung node: server and agent SIGSTOPped, connections left open).
-        #[arg(long, value_delimiter = ',', default_value = "pg-crash,pg-node,redis-node,region,region-leader,pg-freeze,redis-freeze")]
+        /// hung node: server and agent SIGSTOPped, connections left open);
+        /// region-blackhole (every packet into and out of region a dropped)
+        /// and region-one-way (region a's packets to b dropped), in a lab
+        /// of network namespaces (root only).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "pg-crash,pg-node,redis-node,region,region-leader,pg-freeze,redis-freeze,region-blackhole,region-one-way"
+        )]
         faults: Vec<String>,
         /// The PostgreSQL policy's `synchronous_replicas` (0: asynchronous,
         /// the default).
