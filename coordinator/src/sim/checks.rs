@@ -14,7 +14,9 @@ impl Sim {
     /// Safety rule 1 (one writable primary per cluster) and liveness.
     pub(super) fn check(&mut self) {
         for c in CLUSTERS {
-            let writable: Vec<&Member> = self.members.values().filter(|m| m.cluster == c && m.writable).collect();
+            // A frozen server takes no write until it runs again; then its
+            // agent fences it in the same step unless it is vouched for.
+            let writable: Vec<&Member> = self.members.values().filter(|m| m.cluster == c && m.writable && !m.server_frozen).collect();
             if writable.len() > 1 {
                 let ids: Vec<&str> = writable.iter().map(|m| m.id.as_str()).collect();
                 self.fail(format!("two writable members in cluster {c}: {ids:?}"));
@@ -26,7 +28,7 @@ impl Sim {
             let known = self.known_position.get(c).copied().unwrap_or(0);
             let candidate = self.members.values().any(|m| {
                 m.cluster == c
-                    && m.up
+                    && Self::answers(m)
                     && !m.primary
                     && m.position + RPO_BYTES >= known
                     && m.seen_primary.saturating_sub(m.position) <= RPO_BYTES
@@ -42,6 +44,8 @@ impl Sim {
                 && !self.sm.global_paused
                 && rec.blocked_until <= self.now
                 && !self.members.values().any(|m| m.cluster == c && m.up && m.primary);
+            // (A frozen primary counts as one: its lease, which the leader
+            // waits out, may still run.)
             if !may {
                 self.unavailable_since.remove(c);
                 continue;
@@ -96,7 +100,7 @@ impl Sim {
 
     /// Synchronous replication: an automatic failover promotes a member
     /// holding every commit acknowledged while commits waited for a
-    /// replica, whenever a member holding them is up and heard from.
+    /// replica, whenever a member holding them answers and is heard from.
     pub(super) fn check_synchronous(&self, d: &Decision) {
         let Some(&acked) = self.sync_acked.get(&d.cluster) else { return };
         let Some(to) = self.members.get(&d.to) else { return };
@@ -109,7 +113,7 @@ impl Sim {
         let holder = self.members.values().find(|o| {
             o.cluster == d.cluster
                 && o.id != d.from
-                && o.up
+                && Self::answers(o)
                 && !o.primary
                 && o.position >= acked
                 && self.agent_connected(o)
@@ -133,7 +137,7 @@ impl Sim {
     pub(super) fn check_no_failover_of_reachable_primary(&self, d: &Decision) {
         let Some(p) = self.members.get(&d.from) else { return };
         let reach = (0..3).filter(|&r| self.talk(r, p.region)).count();
-        if p.up && reach >= 2 {
+        if Self::answers(p) && reach >= 2 {
             self.fail(format!("automatic failover of {} while it is up and reachable from {reach} regions", p.id));
         }
     }

@@ -68,6 +68,9 @@ impl Sim {
         if !reach {
             return Err(format!("the agent of {} is not connected", m.id));
         }
+        // A fence or demotion counts for the promotion: the candidate's
+        // agent does not refuse it on its evidence of the old primary.
+        let fenced = d.steps.iter().any(|s| matches!(s.action, StepAction::Fence | StepAction::Demote) && s.state == StepState::Done);
         if d.epoch < m.epoch {
             return Err(format!("agent refused: epoch {} < {}", d.epoch, m.epoch));
         }
@@ -95,9 +98,11 @@ impl Sim {
                         });
                     }
                 }
+                // SIGKILL stops a frozen server too.
                 self.set(&m.id, |x| {
                     x.writable = false;
                     x.up = false;
+                    x.server_frozen = false;
                     x.learn(d.epoch, &d.to);
                 });
                 Ok(output)
@@ -110,8 +115,10 @@ impl Sim {
                     Err(format!("replayed {} of {target}", m.position))
                 }
             }
-            StepAction::Promote if !m.up => Err(format!("{} is not running", m.id)),
-            StepAction::Promote if self.now < m.refuse_promotion_until => Err("every other member vouches for the primary".into()),
+            StepAction::Promote if !Self::answers(&m) => Err(format!("{} does not answer", m.id)),
+            StepAction::Promote if !fenced && self.now < m.refuse_promotion_until => {
+                Err("this replica saw the old primary within the lease; it vouches for it".into())
+            }
             StepAction::Promote => {
                 self.check_promotion(d, &m);
                 self.known_position.insert(d.cluster.clone(), m.position);
@@ -129,7 +136,7 @@ impl Sim {
                 self.sync_acked.remove(&d.cluster);
                 Ok(StepArgs::default())
             }
-            StepAction::Repoint | StepAction::Rejoin if !m.up => Err(format!("{} is not running", m.id)),
+            StepAction::Repoint | StepAction::Rejoin if !Self::answers(&m) => Err(format!("{} does not answer", m.id)),
             StepAction::Repoint | StepAction::Rejoin => {
                 let to = d.to.clone();
                 self.set(&m.id, |x| {

@@ -7,7 +7,7 @@ impl Sim {
         let ids: Vec<String> = self.members.keys().cloned().collect();
         let pick = ids[self.rng.below(ids.len() as u64) as usize].clone();
         let region = self.rng.below(3) as usize;
-        match self.rng.below(16) {
+        match self.rng.below(22) {
             0 | 1 => {
                 // Crash the writable member of a cluster.
                 let writable: Vec<String> = self.members.values().filter(|m| m.writable).map(|m| m.id.clone()).collect();
@@ -22,7 +22,10 @@ impl Sim {
             }
             2 => {
                 let m = self.members.get_mut(&pick).expect("picked");
-                if !m.up && self.region_up[m.region] {
+                // Not behind a frozen agent's back: an old primary restarted
+                // then is writable until its agent runs again, which only an
+                // agent that supervises its server can prevent (issue 19).
+                if !m.up && self.region_up[m.region] && !m.agent_frozen {
                     m.up = true;
                     m.lease_fenced = false;
                     // A restarted server comes back in the role it had; a
@@ -44,6 +47,9 @@ impl Sim {
                     self.region_up[region] = true;
                     for m in self.members.values_mut().filter(|m| m.region == region) {
                         m.up = true;
+                        m.server_frozen = false;
+                        m.agent_frozen = false;
+                        m.agent_thaw_at = None;
                         m.writable = m.primary;
                         m.lease_until = None;
                         m.lease_fenced = false;
@@ -110,9 +116,53 @@ impl Sim {
                 };
                 self.operator(req);
             }
-            _ => {
+            15 => {
                 let c = CLUSTERS[self.rng.below(2) as usize].to_string();
                 self.sm.apply(Command::ClearBlock { cluster: c });
+            }
+            16 => {
+                // A hung machine: server and agent frozen.
+                self.set(&pick, |m| {
+                    m.server_frozen = m.up;
+                    m.agent_frozen = true;
+                    m.agent_thaw_at = None;
+                });
+                self.say(format!("node of {pick} frozen"));
+            }
+            17 => {
+                let thaw = self.now + 1 + self.rng.below(LEASE.lease - 1);
+                self.set(&pick, |m| {
+                    if !m.agent_frozen {
+                        m.agent_frozen = true;
+                        m.agent_thaw_at = Some(thaw);
+                    }
+                });
+                self.say(format!("agent of {pick} frozen until {thaw} ms"));
+            }
+            18 => {
+                self.set(&pick, |m| m.server_frozen = m.up);
+                self.say(format!("server of {pick} frozen"));
+            }
+            19 | 20 => {
+                let frozen: Vec<String> =
+                    self.members.values().filter(|m| m.server_frozen || m.agent_frozen).map(|m| m.id.clone()).collect();
+                if !frozen.is_empty() {
+                    let id = frozen[self.rng.below(frozen.len() as u64) as usize].clone();
+                    self.set(&id, |m| {
+                        m.server_frozen = false;
+                        m.agent_frozen = false;
+                        m.agent_thaw_at = None;
+                    });
+                    self.say(format!("{id} runs again"));
+                }
+            }
+            _ => {
+                // One direction of a link between two regions.
+                let other = (region + 1 + self.rng.below(2) as usize) % 3;
+                let cut = !self.cut[region][other];
+                self.cut[region][other] = cut;
+                let state = if cut { "dropped" } else { "delivered again" };
+                self.say(format!("what region {} sends to {} is {state}", REGIONS[region], REGIONS[other]));
             }
         }
     }

@@ -2,7 +2,9 @@
 //! three regions, two clusters in one failover group (one member of each per
 //! region), agents with leases, a coordinator leader that comes and goes,
 //! and random faults — member crashes, region loss, agent link loss,
-//! partitions between regions, lagging replicas, flapping links, operator
+//! partitions between regions (both ways or one), lagging replicas,
+//! flapping links, frozen nodes, servers and agents (connected but silent;
+//! their replicas' replication status still says `streaming`), operator
 //! requests. The core's decisions go through the real [`StateMachine`],
 //! and their steps run by the production rules (`core::steps`) against the
 //! model of the agents.
@@ -77,8 +79,20 @@ struct Member {
     upstream: String,
     /// Replay held back far beyond the RPO budget.
     lagging: bool,
+    /// The server process is stopped (SIGSTOP, a hung machine): it runs,
+    /// keeps its connections open and answers nothing.
+    server_frozen: bool,
     // --- its agent ---
     link: bool,
+    /// The agent is stopped: its stream stays open and silent, it acts on
+    /// nothing.
+    agent_frozen: bool,
+    /// An agent frozen alone runs again at this time. The lease is enforced
+    /// by the agent process: an agent stopped for longer than the lease
+    /// while its server serves, behind a partition, is beyond what
+    /// agent-side fencing covers (it needs a watchdog process), so the
+    /// schedules freeze an agent alone for less than the lease.
+    agent_thaw_at: Option<Millis>,
     epoch: u64,
     /// The primary of `epoch`, as this agent knows it.
     epoch_primary: String,
@@ -118,7 +132,9 @@ struct Sim {
     sm: StateMachine,
     members: BTreeMap<String, Member>,
     region_up: [bool; 3],
-    /// cut[i][j]: regions i and j cannot talk.
+    /// cut[i][j]: what region i sends to region j is dropped. A TCP
+    /// connection needs both ways; what a primary receives from a replica
+    /// (its replication replies) needs only one.
     cut: [[bool; 3]; 3],
     leader: Option<usize>,
     election_until: Millis,
@@ -201,7 +217,10 @@ impl Sim {
                         written_at: 0,
                         upstream: if primary { String::new() } else { format!("{c}-a") },
                         lagging: false,
+                        server_frozen: false,
                         link: true,
+                        agent_frozen: false,
+                        agent_thaw_at: None,
                         epoch: 0,
                         epoch_primary: format!("{c}-a"),
                         lease_until: if primary { Some(LEASE.lease) } else { None },
