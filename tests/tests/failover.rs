@@ -596,7 +596,13 @@ fn with_synchronous_replication_a_commit_waits_for_a_standby_none_is_lost_in_a_f
         panic!("{e:#}: {:?}", sync_of(&new))
     });
 
-    // With no standby left, commits stop waiting instead of hanging.
+    // With no standby left, commits stop waiting instead of hanging. Both
+    // stream first (the old primary's rejoin restarts it; killed before
+    // that, it would come back afterwards).
+    wait_for("both standbys to stream from the new primary", LONG, || {
+        (psql(nport, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").ok()? == "2").then_some(())
+    })
+    .expect("both stream");
     for m in &others {
         let data = &lab.member(m).expect("standby").data_dir;
         if let Ok(pid) = drc_tests::lab::postgres::postmaster_pid(data) {

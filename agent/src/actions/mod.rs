@@ -49,6 +49,9 @@ pub struct Actor {
     syncing: tokio::sync::Mutex<()>,
     /// When each standby was last seen streaming from this primary.
     streamed: Mutex<HashMap<String, Instant>>,
+    /// A PostgreSQL primary whose lease is running out: the heartbeats it
+    /// wrote to its WAL (when, at which position), newest last.
+    heartbeats: Mutex<std::collections::VecDeque<(Instant, u64)>>,
     /// One connection to the local PostgreSQL, reused: the lease check runs
     /// every 50 ms, and a promotion should not pay for new connections.
     local_pg: tokio::sync::Mutex<Option<Arc<Client>>>,
@@ -86,6 +89,7 @@ impl Actor {
             sync_standbys: Mutex::new(None),
             syncing: tokio::sync::Mutex::new(()),
             streamed: Mutex::new(HashMap::new()),
+            heartbeats: Mutex::new(std::collections::VecDeque::new()),
             local_pg: tokio::sync::Mutex::new(None),
         })
     }

@@ -136,6 +136,10 @@ impl Actor {
     /// SIGKILL of the postmaster and its children.
     pub(super) async fn stop_now(&self) -> Result<(), String> {
         let pg = self.cfg.postgres.as_ref().ok_or("no [postgres] section")?;
+        // A killed postmaster not yet reaped would hold pg_ctl for its wait.
+        if !crate::process::postmaster_alive(&pg.data_dir) {
+            return Ok(());
+        }
         match self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "1"]).await {
             Ok(()) if !crate::process::postmaster_alive(&pg.data_dir) => Ok(()),
             outcome => {

@@ -130,7 +130,7 @@ impl Sim {
                 self.say(format!("node of {pick} frozen"));
             }
             17 => {
-                let thaw = self.now + 1 + self.rng.below(LEASE.lease - 1);
+                let thaw = self.now + 1 + self.rng.below(LEASE.drift_margin - 1);
                 self.set(&pick, |m| {
                     if !m.agent_frozen {
                         m.agent_frozen = true;

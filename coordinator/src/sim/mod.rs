@@ -88,10 +88,11 @@ struct Member {
     /// nothing.
     agent_frozen: bool,
     /// An agent frozen alone runs again at this time. The lease is enforced
-    /// by the agent process: an agent stopped for longer than the lease
-    /// while its server serves, behind a partition, is beyond what
-    /// agent-side fencing covers (it needs a watchdog process), so the
-    /// schedules freeze an agent alone for less than the lease.
+    /// by the agent process: an agent stopped across the end of its lease
+    /// for longer than the slack the leader leaves it (the drift margin)
+    /// while its server serves on, behind a partition, is beyond what
+    /// agent-side fencing covers (that needs a watchdog process of its
+    /// own), so the schedules freeze an agent alone for less than that.
     agent_thaw_at: Option<Millis>,
     epoch: u64,
     /// The primary of `epoch`, as this agent knows it.

@@ -209,9 +209,7 @@ impl Sim {
             // behind a one-way partition, does not refuse a promotion).
             let vouched = m.epoch_primary == m.id
                 && others.iter().all(|o| {
-                    self.sees_primary(o, m)
-                        && !o.primary
-                        && (o.epoch < m.epoch || (o.epoch == m.epoch && o.epoch_primary == m.id))
+                    self.sees_primary(o, m) && !o.primary && (o.epoch < m.epoch || (o.epoch == m.epoch && o.epoch_primary == m.id))
                 });
             if !vouched {
                 let m = self.members.get_mut(id).expect("member");
