@@ -34,7 +34,7 @@ pub async fn run(
     dataset: watch::Sender<(String, String)>,
     cancel: CancellationToken,
 ) {
-    let (local_tx, local_rx) = watch::channel(first);
+    let (local_tx, local_rx) = watch::channel(Local { reading: first, asking_since: None });
     let (cross_tx, cross_rx) = watch::channel(None);
     tokio::spawn(probe_local(Arc::clone(&cfg), local, local_tx, cancel.clone()));
     tokio::spawn(probe_primary(Arc::clone(&cfg), cross, views.clone(), cross_tx, cancel.clone()));
@@ -46,7 +46,7 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let local = local_rx.borrow().clone();
+        let local = local_rx.borrow().current(cfg.probe_timeout / 2);
         let view = views.borrow().clone();
         let target = view.as_ref().filter(|v| v.primary_member != cfg.member_id && !v.primary_address.is_empty());
         let primary = target.and_then(|v| current(cross_rx.borrow().as_ref(), &v.primary_address, cfg.probe_timeout));
@@ -72,6 +72,26 @@ pub async fn run(
     }
 }
 
+/// The local probe's newest reading, and since when the probe in flight
+/// has been waiting for its answer.
+#[derive(Clone)]
+struct Local {
+    reading: Reading,
+    asking_since: Option<std::time::Instant>,
+}
+
+impl Local {
+    /// The reading as evidence now: a member that has not answered the
+    /// probe in flight for `hung` (a healthy one answers in milliseconds)
+    /// counts as unreachable before the probe times out.
+    fn current(&self, hung: Duration) -> Reading {
+        match self.asking_since.map(|at| at.elapsed()).filter(|waited| *waited > hung) {
+            Some(waited) => Reading::unreachable(format!("no answer for {} ms", waited.as_millis())),
+            None => self.reading.clone(),
+        }
+    }
+}
+
 /// The newest cross-probe of the primary at `address`, as evidence now: an
 /// answer older than the probe time-out (the next probe is still waiting)
 /// no longer shows that the primary is reachable.
@@ -87,7 +107,7 @@ fn current(cross: Option<&(String, PrimaryReading)>, address: &str, timeout: Dur
     Some(r)
 }
 
-async fn probe_local(cfg: Arc<AgentConfig>, mut probe: Probe, out: watch::Sender<Reading>, cancel: CancellationToken) {
+async fn probe_local(cfg: Arc<AgentConfig>, mut probe: Probe, out: watch::Sender<Local>, cancel: CancellationToken) {
     let mut ticker = tokio::time::interval(cfg.probe_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -95,11 +115,12 @@ async fn probe_local(cfg: Arc<AgentConfig>, mut probe: Probe, out: watch::Sender
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        out.send_modify(|l| l.asking_since = Some(std::time::Instant::now()));
         let reading = tokio::select! {
             _ = cancel.cancelled() => return,
             r = probe.local() => r,
         };
-        out.send_replace(reading);
+        out.send_replace(Local { reading, asking_since: None });
     }
 }
 
@@ -139,6 +160,18 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+
+    #[test]
+    fn a_member_that_does_not_answer_the_probe_in_flight_counts_as_unreachable_before_it_times_out() {
+        let ok = Reading { reachable: true, role: "primary", ..Default::default() };
+        let idle = Local { reading: ok.clone(), asking_since: None };
+        assert!(idle.current(Duration::from_millis(500)).reachable);
+        let asking = Local { reading: ok.clone(), asking_since: Some(Instant::now()) };
+        assert!(asking.current(Duration::from_millis(500)).reachable, "an answer takes a moment");
+        let hung = Local { reading: ok, asking_since: Some(Instant::now() - Duration::from_millis(600)) };
+        let r = hung.current(Duration::from_millis(500));
+        assert!(!r.reachable && r.error.contains("no answer"), "{r:?}");
+    }
 
     #[test]
     fn a_cross_probe_answer_counts_only_for_its_address_and_within_the_probe_timeout() {

@@ -106,7 +106,8 @@ fn members_report_roles_health_and_lag_that_returns_to_zero() {
         let m = member(&lab, "redis-b")?;
         seen.push((u(&m, "lag_bytes"), u(&m, "lag_ms")));
         let n = seen.len();
-        (n >= 2 && seen[n - 1].0 > seen[n - 2].0 && seen[n - 2].0 > 0 && seen[n - 1].1 > 0).then_some(m)
+        // Unhealthy too once its agent's probe has waited long enough.
+        (n >= 2 && seen[n - 1].0 > seen[n - 2].0 && seen[n - 2].0 > 0 && seen[n - 1].1 > 0 && m["healthy"] == false).then_some(m)
     });
     signal(rb.pid, libc::SIGCONT);
     let grown = grown.expect("growing lag");

@@ -46,10 +46,10 @@ enum Cmd {
         #[command(subcommand)]
         kind: FaultKind,
         /// Flap: apply and heal the fault every this long...
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, global = true, value_parser = humantime::parse_duration)]
         flap_every: Option<std::time::Duration>,
         /// ...for this long, then heal (the command returns then).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "60s")]
         flap_for: std::time::Duration,
     },
     /// Remove every network fault.
