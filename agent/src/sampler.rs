@@ -2,11 +2,12 @@
 //! in one place from the newest local reading, the newest cross-probe of the
 //! primary and the lease state, and queued for the coordinator.
 //!
-//! The local probe and the cross-probe run in tasks of their own. A member
-//! or a primary that hangs makes its probe wait its whole time-out; samples
-//! still leave on time, so that the coordinator keeps hearing from this
-//! agent (a silent agent counts as gone) and learns of the hang as soon as
-//! the probe gives up.
+//! The local probe and the cross-probe run in tasks of their own. A sample
+//! leaves as soon as the local probe has its answer (a crash is reported
+//! at once); a member or a primary that hangs makes its probe wait its whole
+//! time-out, and samples then still leave every probe interval, so that the
+//! coordinator keeps hearing from this agent (a silent agent counts as
+//! gone) and learns of the hang before the probe gives up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,19 +35,21 @@ pub async fn run(
     dataset: watch::Sender<(String, String)>,
     cancel: CancellationToken,
 ) {
-    let (local_tx, local_rx) = watch::channel(Local { reading: first, asking_since: None });
+    let (local_tx, mut local_rx) = watch::channel(Local { reading: first, asking_since: None });
     let (cross_tx, cross_rx) = watch::channel(None);
     tokio::spawn(probe_local(Arc::clone(&cfg), local, local_tx, cancel.clone()));
     tokio::spawn(probe_primary(Arc::clone(&cfg), cross, views.clone(), cross_tx, cancel.clone()));
     let mut prober = Prober::default();
-    let mut ticker = tokio::time::interval(cfg.probe_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now();
     loop {
+        // A probe's answer, or half an interval more than one takes.
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
+            changed = local_rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep_until(last + cfg.probe_interval * 3 / 2) => {}
         }
-        let local = local_rx.borrow().current(cfg.probe_timeout / 2);
+        last = tokio::time::Instant::now();
+        let local = local_rx.borrow_and_update().current(cfg.probe_timeout / 2);
         let view = views.borrow().clone();
         let target = view.as_ref().filter(|v| v.primary_member != cfg.member_id && !v.primary_address.is_empty());
         let primary = target.and_then(|v| current(cross_rx.borrow().as_ref(), &v.primary_address, cfg.probe_timeout));
@@ -115,7 +118,11 @@ async fn probe_local(cfg: Arc<AgentConfig>, mut probe: Probe, out: watch::Sender
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        out.send_modify(|l| l.asking_since = Some(std::time::Instant::now()));
+        // Marked without waking the sampler: only an answer does.
+        out.send_if_modified(|l| {
+            l.asking_since = Some(std::time::Instant::now());
+            false
+        });
         let reading = tokio::select! {
             _ = cancel.cancelled() => return,
             r = probe.local() => r,

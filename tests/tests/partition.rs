@@ -43,8 +43,9 @@ fn wall_ms() -> u64 {
 }
 
 /// A client in `node`'s namespace writing straight to member `pg` (an
-/// application in the primary's region): the wall time of every write the
-/// member acknowledged.
+/// application in the primary's region): for every write the member
+/// acknowledged, the wall time at which the server wrote it (its own clock,
+/// the machine's: a client process slow to exit adds nothing).
 fn inside_writer(lab: &Lab, node: &str, pg: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u64>> {
     let net = lab.info.net.clone().expect("netns lab");
     let ns = net.node(node).expect("node").namespace.clone();
@@ -55,12 +56,17 @@ fn inside_writer(lab: &Lab, node: &str, pg: &str, stop: Arc<AtomicBool>) -> std:
         while !stop.load(Ordering::SeqCst) {
             id += 1;
             let out = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns, "psql", "-h", &m.host, "-p", &m.port.to_string(), "-U", "postgres", "-At", "-v"])
-                .args(["ON_ERROR_STOP=1", "-c", &format!("INSERT INTO acked VALUES ({id})")])
+                .args(["netns", "exec", &ns, "psql", "-h", &m.host, "-p", &m.port.to_string(), "-U", "postgres", "-qAt", "-v"])
+                .args(["ON_ERROR_STOP=1", "-c"])
+                .arg(format!("INSERT INTO acked VALUES ({id}) RETURNING (extract(epoch FROM clock_timestamp()) * 1000)::bigint"))
                 .env("PGCONNECT_TIMEOUT", "2")
                 .output();
-            if out.is_ok_and(|o| o.status.success()) {
-                acked.push(wall_ms());
+            let written = out
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().find_map(|l| l.trim().parse::<u64>().ok()));
+            if let Some(at) = written {
+                acked.push(at);
             } else {
                 std::thread::sleep(Duration::from_millis(20));
             }

@@ -6,11 +6,13 @@
 //!   has seen (kept on disk), and fencing a primary whose lease lapsed.
 //! * [`promote`] — promotion and the synchronous standbys of a primary.
 //! * [`postgres`] and [`redis`] — the other steps on each kind of database.
+//! * [`vouch`] — which replicas vouch for a primary whose lease lapsed.
 
 mod lease;
 mod postgres;
 mod promote;
 mod redis;
+mod vouch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -235,6 +235,8 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
         // Region a's packets to region b (the coordinator leader's, with
         // leader placement) dropped; b's to a delivered.
         "region-one-way" => lab.fault(&Fault::OneWay { from: "a".into(), to: "b".into() })?,
+        // A storage hang: the server tree frozen, its agent alive.
+        "pg-hang" => frozen.extend(signal_tree(postmaster_pid(&pa.data_dir)?, libc::SIGSTOP)),
         "redis-freeze" => {
             for pid in [ra.agent_pid, ra.pid] {
                 signal(pid, libc::SIGSTOP);

@@ -64,6 +64,7 @@ enum Bench {
         /// region-leader (the same, with the coordinator leader moved into
         /// region a first: the worst case); pg-freeze and redis-freeze (a
         /// hung node: server and agent SIGSTOPped, connections left open);
+        /// pg-hang (the server alone frozen, its agent running: a storage hang);
         /// region-blackhole (every packet into and out of region a dropped)
         /// and region-one-way (region a's packets to b dropped), in a lab
         /// of network namespaces (root only).
