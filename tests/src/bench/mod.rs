@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod backup;
+pub mod chaos;
 pub mod failover;
 pub mod raft;
 pub mod stats;

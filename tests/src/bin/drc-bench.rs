@@ -20,7 +20,7 @@
 //! Build in release for meaningful numbers:
 //! `cargo build --release --workspace --bins && target/release/drc-bench raft`
 use clap::{Parser, Subcommand};
-use drc_tests::bench::{agents, backup, failover, raft};
+use drc_tests::bench::{agents, backup, chaos, failover, raft};
 
 #[derive(Parser)]
 struct Args {
@@ -53,6 +53,20 @@ enum Bench {
         /// streams without starving the coordinator it measures.
         #[arg(long, default_value_t = 1)]
         streams_per_connection: usize,
+    },
+    /// Random schedules of gray and clean faults against a lab in network
+    /// namespaces (root only), with writers through the stable endpoint and
+    /// straight to every member, and a checker: no two members taking
+    /// writes at once, no acknowledged write lost but those in flight, no
+    /// failover while only links flap. A failing trial prints its replay.
+    Chaos {
+        #[arg(long, default_value_t = 10)]
+        trials: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Faults per trial, one after another.
+        #[arg(long, default_value_t = 3)]
+        faults: u32,
     },
     /// Fault -> first acknowledged write (sent after the fault) through the
     /// lab's stable endpoint, and acknowledged writes lost.
@@ -95,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(raft::run(writes, trials))
         }
         Bench::Failover { trials, faults, synchronous_replicas } => failover::run(trials, &faults, synchronous_replicas),
+        Bench::Chaos { trials, seed, faults } => chaos::run(trials, seed, faults),
         Bench::Backup { scale, trials } => backup::run(scale, trials),
         Bench::Agents { counts, seconds, tick_interval, streams_per_connection } => {
             let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
