@@ -12,10 +12,23 @@ use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(90);
 
+/// A lab whose clusters have both adopted their primaries.
 fn lab() -> (tempfile::TempDir, Lab) {
     let dir = tempfile::Builder::new().prefix("drc-gray-test-").tempdir().expect("tempdir");
     let lab = Lab::up(dir.path()).expect("lab up");
+    wait_for("both clusters adopted", LONG, || (epoch(&lab, "app-pg")? >= 1 && epoch(&lab, "app-redis")? >= 1).then_some(()))
+        .expect("adopted");
     (dir, lab)
+}
+
+/// A writer through the PostgreSQL endpoint, once it makes progress on pg-a.
+fn writing(lab: &Lab) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<(Vec<u32>, Duration)>) {
+    let endpoint = port_of(&lab.forwarder("app-pg").expect("forwarder"));
+    psql(endpoint, "CREATE TABLE acked (id int PRIMARY KEY)").expect("table");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = writer(endpoint, std::sync::Arc::clone(&stop));
+    writes_beyond(lab.member("pg-a").expect("pg-a").port, 20);
+    (stop, w)
 }
 
 fn cluster(lab: &Lab, name: &str) -> Option<Value> {
@@ -50,14 +63,8 @@ impl Drop for Frozen {
 #[test]
 fn a_frozen_postgres_node_is_replaced_and_once_woken_takes_no_write_and_rejoins() {
     let (_dir, lab) = lab();
-    wait_for("both clusters adopted", LONG, || (epoch(&lab, "app-pg")? >= 1 && epoch(&lab, "app-redis")? >= 1).then_some(()))
-        .expect("adopted");
-    let endpoint = port_of(&lab.forwarder("app-pg").expect("forwarder"));
-    psql(endpoint, "CREATE TABLE acked (id int PRIMARY KEY)").expect("table");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let w = writer(endpoint, std::sync::Arc::clone(&stop));
+    let (stop, w) = writing(&lab);
     let pa = lab.member("pg-a").expect("pg-a").clone();
-    writes_beyond(pa.port, 20);
 
     // A hung machine: the agent, the postmaster and every server process.
     signal(pa.agent_pid, libc::SIGSTOP);
@@ -104,8 +111,6 @@ fn a_frozen_postgres_node_is_replaced_and_once_woken_takes_no_write_and_rejoins(
 #[test]
 fn a_frozen_redis_node_is_replaced_and_once_woken_takes_no_write() {
     let (_dir, lab) = lab();
-    wait_for("both clusters adopted", LONG, || (epoch(&lab, "app-pg")? >= 1 && epoch(&lab, "app-redis")? >= 1).then_some(()))
-        .expect("adopted");
     let endpoint = port_of(&lab.forwarder("app-redis").expect("forwarder"));
     cli(endpoint, &["SET", "before", "1"]).expect("write");
     let ra = lab.member("redis-a").expect("redis-a").clone();
@@ -139,14 +144,8 @@ fn a_frozen_redis_node_is_replaced_and_once_woken_takes_no_write() {
 #[test]
 fn a_primary_whose_agent_alone_freezes_keeps_serving_and_nothing_fails_over() {
     let (_dir, lab) = lab();
-    wait_for("both clusters adopted", LONG, || (epoch(&lab, "app-pg")? >= 1 && epoch(&lab, "app-redis")? >= 1).then_some(()))
-        .expect("adopted");
-    let endpoint = port_of(&lab.forwarder("app-pg").expect("forwarder"));
-    psql(endpoint, "CREATE TABLE acked (id int PRIMARY KEY)").expect("table");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let w = writer(endpoint, std::sync::Arc::clone(&stop));
+    let (stop, w) = writing(&lab);
     let pa = lab.member("pg-a").expect("pg-a").clone();
-    writes_beyond(pa.port, 20);
     // Longer than the lease (1.5 s) and the detection window (1 s): the
     // other regions still reach pg-a, so nothing replaces it, and its
     // replicas vouch for it when its agent finds the lease lapsed on waking.

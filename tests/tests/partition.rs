@@ -75,6 +75,17 @@ fn inside_writer(lab: &Lab, node: &str, pg: &str, stop: Arc<AtomicBool>) -> std:
     })
 }
 
+/// A writer through the PostgreSQL endpoint, once it makes progress on pg-a.
+fn writing(lab: &Lab) -> (Arc<AtomicBool>, std::thread::JoinHandle<(Vec<u32>, Duration)>) {
+    let endpoint = forwarder_port(lab);
+    psql(endpoint, "CREATE TABLE acked (id int PRIMARY KEY)").expect("table");
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(endpoint, Arc::clone(&stop));
+    let pa = lab.member("pg-a").expect("pg-a");
+    writes_beyond_at(&pa.host, pa.port, 20);
+    (stop, w)
+}
+
 /// When the decision that replaced `from` started its promotion (wall ms).
 fn promotion_started(lab: &Lab, from: &str) -> (String, u64) {
     let h = lab.drctl_json(&["history", "--cluster", "app-pg"]).expect("history");
@@ -150,12 +161,8 @@ fn a_blackholed_region_holding_the_primary_and_the_coordinator_leader_is_replace
 fn a_link_flapping_for_a_minute_causes_no_failover() {
     let (_dir, lab) = lab();
     adopted(&lab);
-    let endpoint = forwarder_port(&lab);
-    psql(endpoint, "CREATE TABLE acked (id int PRIMARY KEY)").expect("table");
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(endpoint, Arc::clone(&stop));
+    let (stop, w) = writing(&lab);
     let pa = lab.member("pg-a").expect("pg-a").clone();
-    writes_beyond_at(&pa.host, pa.port, 20);
     // The primary's region drops everything for 200 ms, every 400 ms.
     let flapping = Arc::new(Mutex::new(None));
     let flapper = {
@@ -186,12 +193,7 @@ fn a_link_flapping_for_a_minute_causes_no_failover() {
 fn a_one_way_partition_never_leaves_two_writable_primaries_and_writes_go_on() {
     let (_dir, lab) = lab();
     adopted(&lab);
-    let endpoint = forwarder_port(&lab);
-    psql(endpoint, "CREATE TABLE acked (id int PRIMARY KEY)").expect("table");
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(endpoint, Arc::clone(&stop));
-    let pa = lab.member("pg-a").expect("pg-a").clone();
-    writes_beyond_at(&pa.host, pa.port, 20);
+    let (stop, w) = writing(&lab);
     // Region a's packets to region b are lost; b's to a arrive.
     let leader = lab.leader_region().expect("a leader");
     lab.fault(&Fault::OneWay { from: "a".into(), to: "b".into() }).expect("one-way partition");

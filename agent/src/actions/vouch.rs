@@ -89,22 +89,21 @@ impl Actor {
             return Ok(None);
         }
         let fresh = self.cfg.lease_vouch_period.saturating_sub(self.cfg.probe_interval);
-        let fresh_heartbeat = lock(&self.heartbeats).back().is_some_and(|(at, _)| at.elapsed() <= fresh);
-        if !fresh_heartbeat {
+        let oldest_fresh = |h: &std::collections::VecDeque<(Instant, u64)>| h.iter().map(|(at, _)| *at).find(|at| at.elapsed() <= fresh);
+        if oldest_fresh(&lock(&self.heartbeats)).is_none() {
             // None written lately (this agent was stopped, or has just
-            // started): one now, and a short wait for the replicas to write it.
+            // started): one now.
             self.heartbeat().await.map_err(Unread::Failed)?;
-            let expected = *lock(&self.replicas);
-            let deadline = Instant::now() + HEARTBEAT_WAIT;
-            loop {
-                let row = c.query_one(WRITTEN, &[]).await.map_err(|e| Unread::Failed(pg_err(e)))?;
-                written = row.get(0);
-                let n = round_trips(&lock(&self.heartbeats), &written, fresh, Instant::now());
-                if n >= expected || Instant::now() >= deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        }
+        // Every fresh heartbeat written a moment ago (the agent woke, or
+        // started): a short wait for the replicas to write it. One written
+        // HEARTBEAT_WAIT ago has had its round trip: no wait then.
+        let expected = *lock(&self.replicas);
+        let deadline = oldest_fresh(&lock(&self.heartbeats)).map_or_else(Instant::now, |at| at + HEARTBEAT_WAIT);
+        while round_trips(&lock(&self.heartbeats), &written, fresh, Instant::now()) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let row = c.query_one(WRITTEN, &[]).await.map_err(|e| Unread::Failed(pg_err(e)))?;
+            written = row.get(0);
         }
         Ok(Some(round_trips(&lock(&self.heartbeats), &written, fresh, Instant::now())))
     }

@@ -13,12 +13,14 @@
 pub mod netcut;
 pub mod netns;
 pub mod postgres;
+mod process;
 pub mod redis;
+mod report;
 pub mod writer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{bin, drctl, free_port, json_output, wait_for};
+pub use process::{alive, kill_tree, signal, signal_tree, spawn_detached, stop_pid};
 
 pub const REGIONS: [&str; 3] = ["a", "b", "c"];
 pub const PG_CLUSTER: &str = "app-pg";
@@ -161,93 +164,6 @@ pub struct LabOptions {
 impl Default for LabOptions {
     fn default() -> Self {
         LabOptions { leader_placement: true, synchronous_replicas: 0, netns: false }
-    }
-}
-
-/// Starts `program` in its own session (so it outlives `drc-lab up`), with
-/// stdout and stderr appended to `log`.
-pub fn spawn_detached(cmd: &mut Command, log: &Path) -> anyhow::Result<u32> {
-    use std::os::unix::process::CommandExt;
-    let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
-    cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
-    // SAFETY: setsid(2) is async-signal-safe.
-    #[allow(unsafe_code)]
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
-    Ok(child.id())
-}
-
-/// Whether a process is alive (and not a zombie).
-pub fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-/// SIGTERM, then SIGKILL after `grace`; reaps our own children.
-pub fn stop_pid(pid: u32, grace: Duration) {
-    if pid == 0 || !alive(pid) {
-        return;
-    }
-    // A process a fault froze stops only once it runs again.
-    signal(pid, libc::SIGCONT);
-    signal(pid, libc::SIGTERM);
-    let deadline = std::time::Instant::now() + grace;
-    while alive(pid) && std::time::Instant::now() < deadline {
-        reap(pid);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if alive(pid) {
-        signal(pid, libc::SIGKILL);
-    }
-    for _ in 0..100 {
-        reap(pid);
-        if !alive(pid) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// SIGKILLs a process and its children, as a machine dying would.
-pub fn kill_tree(pid: u32) {
-    signal_tree(pid, libc::SIGKILL);
-}
-
-/// Sends `sig` to `pid` and its children (a postmaster and its server
-/// processes); every pid signalled.
-pub fn signal_tree(pid: u32, sig: i32) -> Vec<u32> {
-    let children = Command::new("pgrep").args(["-P", &pid.to_string()]).output().map(|o| o.stdout).unwrap_or_default();
-    signal(pid, sig);
-    let children: Vec<u32> = String::from_utf8_lossy(&children).lines().filter_map(|l| l.trim().parse::<u32>().ok()).collect();
-    for child in &children {
-        signal(*child, sig);
-    }
-    std::iter::once(pid).chain(children).collect()
-}
-
-pub fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a pid we started.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
-
-/// Reaps `pid` if it is our child and has exited. Only that pid: reaping
-/// any child would steal the exit status of processes that other threads
-/// (`Command::output`) are waiting for.
-fn reap(pid: u32) {
-    // SAFETY: waitpid(2) with WNOHANG on one pid; never blocks.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG);
     }
 }
 
@@ -764,88 +680,6 @@ impl Lab {
         p.retain(|p| *p != 0);
         p
     }
-}
-
-impl Lab {
-    /// With `DRC_TEST_KEEP_LOGS=DIR`, copies every log of the lab into a
-    /// new directory under DIR (each lab, passed or failed, on drop).
-    pub fn keep_logs(&self) {
-        let Ok(keep) = std::env::var("DRC_TEST_KEEP_LOGS") else { return };
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        let to = Path::new(&keep).join(format!("lab-{stamp}-{}", std::process::id()));
-        let copied = fs::create_dir_all(&to).and_then(|_| {
-            for e in fs::read_dir(&self.info.dir)?.flatten() {
-                if e.path().extension().is_some_and(|x| x == "log") {
-                    fs::copy(e.path(), to.join(e.file_name()))?;
-                }
-            }
-            Ok(())
-        });
-        eprintln!("lab logs copied to {}: {copied:?}", to.display());
-    }
-
-    /// What a failed test leaves behind: the lab's status and history, and
-    /// the warnings and errors of every drc process, to stderr.
-    pub fn report_failure(&self) {
-        let status = self.status().map(|v| v.to_string()).unwrap_or_else(|e| format!("(no status: {e:#})"));
-        eprintln!("===== lab status at the failure =====\n{status}");
-        match self.drctl_json(&["history"]) {
-            Ok(h) => {
-                for d in h["decisions"].as_array().into_iter().flatten() {
-                    let steps: Vec<String> = d["steps"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|s| format!("{} {} {} {}", s["action"], s["member"], s["state"], s["error"]).replace('"', ""))
-                        .collect();
-                    eprintln!(
-                        "decision {} {} {} {}->{} epoch {} decided_at {} finished_at {} outcome {}: {}\n  steps: {}",
-                        d["id"],
-                        d["cluster"],
-                        d["kind"],
-                        d["from"],
-                        d["to"],
-                        d["epoch"],
-                        d["decided_at"],
-                        d["finished_at"],
-                        d["outcome"],
-                        d["reason"],
-                        steps.join("; ")
-                    );
-                }
-            }
-            Err(e) => eprintln!("(no history: {e:#})"),
-        }
-        let mut logs: Vec<(String, &Path)> =
-            self.info.coordinators.iter().map(|c| (format!("coordinator {}", c.id), c.log.as_path())).collect();
-        logs.extend(self.info.members.iter().map(|m| (format!("agent {}", m.id), m.agent_log.as_path())));
-        logs.extend(self.info.forwarders.iter().map(|f| (format!("forwarder {}", f.cluster), f.log.as_path())));
-        for (name, path) in logs {
-            let text = fs::read_to_string(path).unwrap_or_default();
-            let plain = strip_ansi(&text);
-            let notable: Vec<&str> = plain.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
-            let tail = &notable[notable.len().saturating_sub(12)..];
-            eprintln!("===== {name}: last {} of {} warnings and errors =====\n{}", tail.len(), notable.len(), tail.join("\n"));
-        }
-    }
-}
-
-/// `text` without ANSI colour sequences.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 impl Drop for Lab {
