@@ -119,6 +119,11 @@ pub async fn run(
     // timeout (400-800 ms); it is asked again instead, and then holds the
     // Hello until the election names a new leader.
     let mut failed: Option<(String, std::time::Instant)> = None;
+    // A stream that worked and broke (a reset by a middlebox, a restarted
+    // proxy, or a coordinator gone) is opened again at once on the same
+    // coordinator, but must be set up within QUICK_SETUP: one that is gone
+    // fails that fast and is then treated as failed.
+    let mut quick = false;
     loop {
         let address = redirect.take().unwrap_or_else(|| {
             let a = cfg.endpoints[next % cfg.endpoints.len()].clone();
@@ -138,7 +143,7 @@ pub async fn run(
         let mut established = false;
         let end = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            end = session(&address, hello, &buffer, &views, &actor, &mut established) => end?,
+            end = session(&address, hello, &buffer, &views, &actor, &mut established, std::mem::take(&mut quick)) => end?,
         };
         if established {
             // A stream that worked starts the pauses afresh.
@@ -162,6 +167,12 @@ pub async fn run(
                 delays = builder.build();
                 Duration::from_millis(50)
             }
+            End::Retry(e) if established => {
+                tracing::info!(coordinator = %address, error = %e, "stream broke; opening it again");
+                redirect = Some(address.clone());
+                quick = true;
+                Duration::ZERO
+            }
             End::Retry(e) => {
                 failed = Some((address.clone(), std::time::Instant::now()));
                 let d = delays.next().unwrap_or(Duration::from_secs(5));
@@ -176,7 +187,12 @@ pub async fn run(
     }
 }
 
-/// One stream; `established` is set once the coordinator answered with a view.
+/// How long a stream opened again after it broke may take to be set up:
+/// a few round trips of a slow link, well under a lease.
+const QUICK_SETUP: Duration = Duration::from_millis(500);
+
+/// One stream; `established` is set once the coordinator answered with a
+/// view. A `quick` one must be set up within [`QUICK_SETUP`].
 async fn session(
     address: &str,
     hello: AgentHello,
@@ -184,21 +200,30 @@ async fn session(
     views: &watch::Sender<Option<ClusterView>>,
     actor: &Arc<crate::actions::Actor>,
     established: &mut bool,
+    quick: bool,
 ) -> Result<End, Refused> {
+    let connect_timeout = if quick { QUICK_SETUP } else { Duration::from_secs(1) };
     let endpoint = match Endpoint::from_shared(url(address)) {
-        Ok(e) => drc_proto::keepalive::endpoint(e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true)),
+        Ok(e) => drc_proto::keepalive::endpoint(e.connect_timeout(connect_timeout).tcp_nodelay(true)),
         Err(e) => return Ok(End::Retry(format!("bad address: {e}"))),
     };
-    let channel = match endpoint.connect().await {
-        Ok(c) => c,
-        Err(e) => return Ok(End::Retry(e.to_string())),
-    };
-    let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<AgentMessage>(64);
     let _ = tx.send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) }).await;
-    let mut inbound = match client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+    // Err: how the attempt ends (a retry, or a refusal for good).
+    let setup = async {
+        let channel = endpoint.connect().await.map_err(|e| Ok(End::Retry(e.to_string())))?;
+        let mut client = AgentServiceClient::new(channel);
+        client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(classify)
+    };
+    let setup = match quick {
+        true => tokio::time::timeout(QUICK_SETUP, setup)
+            .await
+            .unwrap_or_else(|_| Err(Ok(End::Retry(format!("not set up within {QUICK_SETUP:?}"))))),
+        false => setup.await,
+    };
+    let mut inbound = match setup {
         Ok(r) => r.into_inner(),
-        Err(s) => return classify(s),
+        Err(end) => return end,
     };
     loop {
         tokio::select! {

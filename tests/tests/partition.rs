@@ -224,3 +224,37 @@ fn a_one_way_partition_never_leaves_two_writable_primaries_and_writes_go_on() {
         gap.as_secs_f64()
     );
 }
+
+#[test]
+fn a_region_whose_links_are_slow_by_100_ms_each_way_causes_no_failover() {
+    let (_dir, lab) = lab();
+    adopted(&lab);
+    let (stop, w) = writing(&lab);
+    let pa = lab.member("pg-a").expect("pg-a").clone();
+    let delay = lab.delay("a", Duration::from_millis(100)).expect("region a delayed");
+    // The delay is real: a query from region b to pg-a takes several
+    // round trips of at least 200 ms each.
+    let ns = lab.info.net.as_ref().and_then(|n| n.node("pg-b").ok()).map(|n| n.namespace.clone()).expect("pg-b's namespace");
+    wait_for("a query from region b to pg-a through the slow link", LONG, || {
+        let started = Instant::now();
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "psql", "-h", &pa.host, "-p", &pa.port.to_string(), "-U", "postgres", "-Atc", "SELECT 1"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        (ok && started.elapsed() >= Duration::from_millis(200)).then_some(())
+    })
+    .expect("the link is slow");
+    holds_for("both clusters to keep their primaries while region a is slow", Duration::from_secs(20), || {
+        let c = cluster(&lab, "app-pg")?;
+        let r = cluster(&lab, "app-redis")?;
+        Some(match (c["epoch"].as_u64(), r["epoch"].as_u64()) {
+            (Some(1), Some(1)) => Ok(()),
+            _ => Err(format!("a failover: {c}\n{r}")),
+        })
+    })
+    .expect("no failover");
+    drop(delay);
+    let Written { acked, lost, gap, .. } = stop_writer_at(&stop, w, &pa.host, pa.port);
+    assert!(lost.is_empty(), "{lost:?}");
+    println!("20 s with region a 100 ms away: {} writes acknowledged, longest gap {:.2} s, no failover", acked.len(), gap.as_secs_f64());
+}

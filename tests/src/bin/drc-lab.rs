@@ -110,10 +110,23 @@ enum FaultKind {
         #[arg(long)]
         member: String,
     },
+    /// Every connection between a region and the rest of the lab delayed,
+    /// through forwarders (no netem here). Runs in the foreground for
+    /// `--for` (or until Ctrl-C), then removes the delay.
+    Delay {
+        #[arg(long)]
+        region: String,
+        /// One way: a round trip is delayed by twice this.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        by: std::time::Duration,
+        #[arg(long = "for", value_parser = humantime::parse_duration, default_value = "60s")]
+        hold: std::time::Duration,
+    },
 }
 
 fn fault(lab: &Lab, kind: FaultKind) -> anyhow::Result<Fault> {
     Ok(match kind {
+        FaultKind::Delay { .. } => anyhow::bail!("a delay is no nftables fault"),
         FaultKind::Isolate { region, reject } => Fault::Isolate { region, reject },
         FaultKind::OneWay { from, to } => Fault::OneWay { from, to },
         FaultKind::Replication { primary } => Fault::Replication { port: lab.member(&primary)?.port, primary },
@@ -175,6 +188,19 @@ fn main() -> ExitCode {
         Cmd::RestartCoordinator { dir, id } => {
             Lab::attach(&dir).and_then(|mut lab| lab.restart_coordinator(id)).map(|()| println!("coordinator {id} restarted"))
         }
+        Cmd::Fault { dir, kind: FaultKind::Delay { region, by, hold }, .. } => Lab::attach(&dir).and_then(|lab| {
+            let delay = lab.delay(&region, by)?;
+            println!("region {region}'s links delayed by {by:?} each way for {hold:?} (Ctrl-C ends it)");
+            interrupted().block_on(async {
+                tokio::select! {
+                    _ = tokio::time::sleep(hold) => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            });
+            drop(delay);
+            println!("delay removed");
+            Ok(())
+        }),
         Cmd::Fault { dir, kind, flap_every, flap_for } => Lab::attach(&dir).and_then(|lab| {
             let f = fault(&lab, kind)?;
             match flap_every {

@@ -10,6 +10,7 @@
 //! [`Lab::down`] (and dropping an owned [`Lab`]) stops every process listed in
 //! `lab.json` and leaves none behind.
 
+pub mod delay;
 pub mod netcut;
 pub mod netns;
 pub mod postgres;
@@ -271,6 +272,36 @@ impl Lab {
             std::thread::sleep(every);
         }
         Ok(flaps)
+    }
+
+    /// Delays every connection between `region` and the rest of the lab by
+    /// `one_way` each way, until the [`delay::Delay`] is dropped (netns
+    /// mode only).
+    pub fn delay(&self, region: &str, one_way: Duration) -> anyhow::Result<delay::Delay> {
+        let net = self.info.net.as_ref().ok_or_else(|| anyhow!("network faults need a lab started with --netns"))?;
+        let i = &self.info;
+        let mut services = Vec::new();
+        let mut add = |region: &str, address: &str| -> anyhow::Result<()> {
+            let address = address.trim_start_matches("http://").trim_end_matches('/');
+            services.push(delay::Service {
+                region: region.to_string(),
+                address: address.parse().with_context(|| format!("a lab address {address:?}"))?,
+            });
+            Ok(())
+        };
+        for c in &i.coordinators {
+            add(&c.region, &c.endpoint)?;
+            if !c.raft_endpoint.is_empty() {
+                add(&c.region, &c.raft_endpoint)?;
+            }
+        }
+        for m in &i.members {
+            add(&m.region, &format!("{}:{}", m.host, m.port))?;
+        }
+        for s in &i.s3 {
+            add(&s.region, &s.endpoint)?;
+        }
+        delay::Delay::start(net, &services, region, one_way)
     }
 
     /// Removes every network fault.

@@ -255,7 +255,7 @@ fn verdicts(reject: bool) -> (&'static str, &'static str) {
     }
 }
 
-fn nft(namespace: &str, script: &str) -> anyhow::Result<()> {
+pub(super) fn nft(namespace: &str, script: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut child = Command::new("ip")
         .args(["netns", "exec", namespace, "nft", "-f", "-"])
