@@ -267,6 +267,12 @@ impl Actor {
         }
     }
 
+    /// Whether the newest epoch this agent knows of has another primary.
+    pub(super) fn superseded(&self) -> bool {
+        let k = lock(&self.known);
+        !k.primary.is_empty() && k.primary != self.cfg.member_id
+    }
+
     /// Every LEASE_CHECK: a primary without a valid lease is fenced unless every
     /// other member vouches for it; a primary of an epoch whose primary is
     /// someone else is fenced at once.
@@ -280,7 +286,7 @@ impl Actor {
             }
             let known = lock(&self.known).clone();
             let lease_ok = lock(&self.lease_until).is_some_and(|t| Instant::now() < t);
-            let superseded = !known.primary.is_empty() && known.primary != self.cfg.member_id;
+            let superseded = self.superseded();
             let ending = lock(&self.lease_until).is_none_or(|t| t.saturating_duration_since(Instant::now()) < HEARTBEAT_AHEAD);
             if known.held_lease && !superseded && ending && !*lock(&self.fenced) {
                 if let Err(e) = self.heartbeat().await {
@@ -328,7 +334,7 @@ impl Actor {
             } else {
                 // Every replica's agent passes here: only a member seen
                 // writable is fenced.
-                if !matches!(self.vouchers().await, Ok(Some(_))) {
+                if !matches!(self.writable().await, Ok(true)) {
                     continue;
                 }
                 tracing::error!(epoch = known.epoch, primary = %known.primary, "this member may be a primary, but another member is the primary of the newest epoch: fencing");

@@ -67,6 +67,27 @@ impl Actor {
         }
     }
 
+    /// Whether the local member takes writes (a PostgreSQL primary out of
+    /// recovery, a Redis master), without the heartbeats' wait.
+    pub(super) async fn writable(&self) -> Result<bool, String> {
+        match self.cfg.kind {
+            Kind::Postgres => {
+                let c = self.pg_local().await?;
+                let read = tokio::time::timeout(self.cfg.probe_timeout, c.query_one("SELECT pg_is_in_recovery()", &[]));
+                let Ok(row) = read.await else {
+                    *self.local_pg.lock().await = None;
+                    return Err("no answer".into());
+                };
+                Ok(!row.map_err(pg_err)?.get::<_, bool>(0))
+            }
+            Kind::Redis => {
+                let mut c = self.redis_local().await?;
+                let info: String = ::redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
+                Ok(parse_info(&info).get("role") == Some(&"master"))
+            }
+        }
+    }
+
     /// `vouchers` of a PostgreSQL member, on the reused local connection:
     /// the replicas whose written position has reached a heartbeat written
     /// within the vouch period. A standby reports its position as soon as it
@@ -100,7 +121,11 @@ impl Actor {
         // HEARTBEAT_WAIT ago has had its round trip: no wait then.
         let expected = *lock(&self.replicas);
         let deadline = oldest_fresh(&lock(&self.heartbeats)).map_or_else(Instant::now, |at| at + HEARTBEAT_WAIT);
-        while round_trips(&lock(&self.heartbeats), &written, fresh, Instant::now()) < expected && Instant::now() < deadline {
+        // A view naming another primary ends the wait: nothing to vouch for.
+        while round_trips(&lock(&self.heartbeats), &written, fresh, Instant::now()) < expected
+            && Instant::now() < deadline
+            && !self.superseded()
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
             let row = c.query_one(WRITTEN, &[]).await.map_err(|e| Unread::Failed(pg_err(e)))?;
             written = row.get(0);
