@@ -205,7 +205,7 @@ impl Lab {
             owned: true,
         };
         if opts.netns {
-            lab.info.net = Some(netns::NetInfo::create()?);
+            lab.info.net = Some(netns::NetInfo::create(&lab.info.dir)?);
             lab.write_info()?;
         }
         lab.make_backup_keys()?;
@@ -690,7 +690,7 @@ impl Lab {
             errors.push(format!("processes still running: {left:?}"));
         }
         if let Some(net) = &self.info.net {
-            net.destroy();
+            net.destroy(&self.info.dir);
         }
         if errors.is_empty() {
             Ok(())

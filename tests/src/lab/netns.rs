@@ -67,9 +67,10 @@ fn in_use(ns: &str) -> bool {
 
 impl NetInfo {
     /// Creates the namespaces, their veths and the bridge on a subnet no
-    /// other lab uses. Leftovers of a lab that crashed (namespaces without
-    /// a process) are removed first.
-    pub fn create() -> anyhow::Result<NetInfo> {
+    /// other lab uses, for the lab in `owner` (its directory, recorded as
+    /// the bridge's alias). Leftovers of a lab that crashed (namespaces
+    /// without a process) are removed first.
+    pub fn create(owner: &std::path::Path) -> anyhow::Result<NetInfo> {
         remove_abandoned();
         let taken: Vec<String> = namespaces();
         // "8: drcl1v2@if2: <...": the link names, without their peers.
@@ -99,15 +100,16 @@ impl NetInfo {
                 });
             }
         }
-        if let Err(e) = net.build(n) {
-            net.destroy();
+        if let Err(e) = net.build(n, owner) {
+            net.destroy(owner);
             return Err(e);
         }
         Ok(net)
     }
 
-    fn build(&self, n: u32) -> anyhow::Result<()> {
+    fn build(&self, n: u32, owner: &std::path::Path) -> anyhow::Result<()> {
         ip(&["link", "add", &self.bridge, "type", "bridge"])?;
+        ip(&["link", "set", "dev", &self.bridge, "alias", &owner.display().to_string()])?;
         ip(&["addr", "add", &format!("{}/24", self.gateway), "dev", &self.bridge])?;
         ip(&["link", "set", &self.bridge, "up"])?;
         for (i, node) in self.nodes.iter().enumerate() {
@@ -130,8 +132,14 @@ impl NetInfo {
         Ok(())
     }
 
-    /// Removes the namespaces and the bridge (the veths go with them).
-    pub fn destroy(&self) {
+    /// Removes the namespaces and the bridge (the veths go with them),
+    /// unless the bridge now belongs to another lab (this one went down
+    /// before, and a new lab took its subnet).
+    pub fn destroy(&self, owner: &std::path::Path) {
+        let alias = std::fs::read_to_string(format!("/sys/class/net/{}/ifalias", self.bridge)).unwrap_or_default();
+        if !alias.trim().is_empty() && alias.trim() != owner.display().to_string() {
+            return;
+        }
         for node in &self.nodes {
             let _ = ip(&["netns", "del", &node.namespace]);
         }
