@@ -232,6 +232,8 @@ impl Actor {
         match self.cfg.kind {
             Kind::Postgres => {
                 let pg = self.cfg.postgres.as_ref().ok_or("no [postgres] section")?;
+                // After the fence that may still be stopping it.
+                let _one = self.control.lock().await;
                 if !postmaster_alive(&pg.data_dir) {
                     self.pg_ctl(&["start", "-w", "-t", "60"]).await.map_err(|e| format!("restarting the fenced primary: {e}"))?;
                 }

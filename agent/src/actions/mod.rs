@@ -45,6 +45,10 @@ pub struct Actor {
     fenced: Mutex<bool>,
     /// A restart of a lease-fenced primary is running.
     restarting: tokio::sync::Mutex<()>,
+    /// One stop or start of the local PostgreSQL at a time: a fence still
+    /// waiting on `pg_ctl stop` when a renewal restarts the server would
+    /// otherwise escalate to SIGKILL of the server just restarted.
+    control: tokio::sync::Mutex<()>,
     /// A PostgreSQL primary's synchronous_standby_names as this agent last
     /// set or read it (None: not known yet), and one change at a time.
     sync_standbys: Mutex<Option<String>>,
@@ -88,6 +92,7 @@ impl Actor {
             // restarted agent's back must be found and fenced again.
             fenced: Mutex::new(false),
             restarting: tokio::sync::Mutex::new(()),
+            control: tokio::sync::Mutex::new(()),
             sync_standbys: Mutex::new(None),
             syncing: tokio::sync::Mutex::new(()),
             streamed: Mutex::new(HashMap::new()),

@@ -136,6 +136,7 @@ impl Actor {
     /// SIGKILL of the postmaster and its children.
     pub(super) async fn stop_now(&self) -> Result<(), String> {
         let pg = self.cfg.postgres.as_ref().ok_or("no [postgres] section")?;
+        let _one = self.control.lock().await;
         // A killed postmaster not yet reaped would hold pg_ctl for its wait.
         if !crate::process::postmaster_alive(&pg.data_dir) {
             return Ok(());
