@@ -61,8 +61,21 @@ impl Actor {
                 let expected = (*lock(&self.replicas)).max(1);
                 let wait = self.cfg.probe_timeout.min(Duration::from_millis(250)).as_millis() as u64;
                 redis_cmd(&mut c, ::redis::cmd("PUBLISH").arg("__drc:heartbeat").arg(&self.cfg.member_id)).await?;
-                let acked: i64 = ::redis::cmd("WAIT").arg(expected).arg(wait).query_async(&mut c).await.map_err(|e| e.to_string())?;
-                Ok(Some(acked.max(0) as usize))
+                // A view naming another primary ends the wait (the connection
+                // is this call's own): nothing to vouch for.
+                let superseded = async {
+                    while !self.superseded() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                let mut wait_cmd = ::redis::cmd("WAIT");
+                wait_cmd.arg(expected).arg(wait);
+                tokio::select! {
+                    acked = wait_cmd.query_async::<i64>(&mut c) => {
+                        Ok(Some(acked.map_err(|e| e.to_string())?.max(0) as usize))
+                    }
+                    () = superseded => Ok(Some(0)),
+                }
             }
         }
     }
