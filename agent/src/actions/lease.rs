@@ -49,6 +49,9 @@ pub(super) enum Unread {
 
 /// How often the agent checks its lease.
 const LEASE_CHECK: Duration = Duration::from_millis(50);
+/// How much of a renewed lease must be left to restart a primary fenced for
+/// a lapsed one: more than a start takes.
+const RESTART_LEAD: Duration = Duration::from_millis(500);
 
 /// The agent gives up its lease this long before the coordinator's end of
 /// it, so that a check period plus `pg_ctl stop -m immediate` (~60-150 ms
@@ -200,8 +203,13 @@ impl Actor {
             }
             k.lease_fenced
         };
+        // Only a lease with time left brings the server back: a renewal that
+        // waited in a frozen agent's socket arrives already lapsed (it counts
+        // from the sample it answers), and a server started on it would take
+        // writes until the next check while another may have been promoted.
+        let left = lock(&self.lease_until).map(|t| t.saturating_duration_since(Instant::now())).unwrap_or_default();
         let mut result = Ok(());
-        if restart {
+        if restart && left >= RESTART_LEAD {
             result = self.restart_fenced().await;
         }
         // What the primary's commits wait for rides on its lease.

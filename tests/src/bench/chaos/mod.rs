@@ -80,9 +80,16 @@ pub enum Step {
 }
 
 impl Step {
-    /// Whether this fault may rightly cause a failover.
+    /// Whether this fault may rightly cause a failover. A link slower than
+    /// 100 ms each way may: a leader whose round trips to its followers
+    /// outlast an election timeout (400 ms in the lab) can confirm its
+    /// leadership to no one, so renews no lease.
     fn may_fail_over(&self) -> bool {
-        matches!(self, Step::Network(_) | Step::FreezeNode(_) | Step::KillPrimary(_))
+        match self {
+            Step::Network(_) | Step::FreezeNode(_) | Step::KillPrimary(_) => true,
+            Step::Delay { ms, .. } => *ms > 100,
+            _ => false,
+        }
     }
 }
 
