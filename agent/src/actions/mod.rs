@@ -55,9 +55,12 @@ pub struct Actor {
     syncing: tokio::sync::Mutex<()>,
     /// When each standby was last seen streaming from this primary.
     streamed: Mutex<HashMap<String, Instant>>,
-    /// A PostgreSQL primary whose lease is running out: the heartbeats it
-    /// wrote to its WAL (when, at which position), newest last.
+    /// A primary whose lease is running out: its heartbeats, newest last
+    /// (when, and for PostgreSQL the WAL position written, for Redis how
+    /// many replicas acknowledged it).
     heartbeats: Mutex<std::collections::VecDeque<(Instant, u64)>>,
+    /// A Redis heartbeat is waiting for its acknowledgements.
+    redis_beating: Arc<tokio::sync::Mutex<()>>,
     /// One connection to the local PostgreSQL, reused: the lease check runs
     /// every 50 ms, and a promotion should not pay for new connections.
     local_pg: tokio::sync::Mutex<Option<Arc<Client>>>,
@@ -97,6 +100,7 @@ impl Actor {
             syncing: tokio::sync::Mutex::new(()),
             streamed: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(std::collections::VecDeque::new()),
+            redis_beating: Arc::new(tokio::sync::Mutex::new(())),
             local_pg: tokio::sync::Mutex::new(None),
         })
     }

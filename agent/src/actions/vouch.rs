@@ -9,6 +9,7 @@
 //! replies alone one that hears nothing from the primary (a one-way
 //! partition).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::lease::Unread;
@@ -50,33 +51,57 @@ impl Actor {
                 read => read.map_err(|e| e.to_string()),
             },
             Kind::Redis => {
-                let mut c = self.redis_local().await?;
-                let info: String = ::redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
-                if parse_info(&info).get("role") != Some(&"master") {
+                if !self.writable().await? {
                     return Ok(None);
                 }
-                // A heartbeat into the replication stream, then as many
-                // replicas as acknowledge it within the wait (WAIT asks them
-                // at once, and returns when `expected` have).
-                let expected = (*lock(&self.replicas)).max(1);
-                let wait = self.cfg.probe_timeout.min(Duration::from_millis(250)).as_millis() as u64;
-                redis_cmd(&mut c, ::redis::cmd("PUBLISH").arg("__drc:heartbeat").arg(&self.cfg.member_id)).await?;
-                // A view naming another primary ends the wait (the connection
-                // is this call's own): nothing to vouch for.
-                let superseded = async {
-                    while !self.superseded() {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                // The replicas that acknowledged a heartbeat sent within the
+                // vouch period (sent from before the lease ended, so that
+                // the answer is there when it does); one now if none was.
+                let fresh = self.cfg.lease_vouch_period.saturating_sub(self.cfg.probe_interval);
+                let acked = |h: &std::collections::VecDeque<(Instant, u64)>| {
+                    h.iter().filter(|(at, _)| at.elapsed() <= fresh).map(|(_, n)| *n as usize).max()
                 };
-                let mut wait_cmd = ::redis::cmd("WAIT");
-                wait_cmd.arg(expected).arg(wait);
-                tokio::select! {
-                    acked = wait_cmd.query_async::<i64>(&mut c) => {
-                        Ok(Some(acked.map_err(|e| e.to_string())?.max(0) as usize))
-                    }
-                    () = superseded => Ok(Some(0)),
+                if let Some(n) = acked(&lock(&self.heartbeats)) {
+                    return Ok(Some(n));
                 }
+                self.redis_heartbeat(HEARTBEAT_WAIT).await?;
+                Ok(Some(acked(&lock(&self.heartbeats)).unwrap_or(0)))
             }
+        }
+    }
+
+    /// A Redis heartbeat: a `PUBLISH` into the replication stream, then as
+    /// many replicas as acknowledge it within `wait` (`WAIT` asks them at
+    /// once, and returns when every expected one has), recorded with when
+    /// it was sent. A view naming another primary ends the wait (the
+    /// connection is this call's own): nothing to vouch for then.
+    async fn redis_heartbeat(&self, wait: Duration) -> Result<(), String> {
+        let mut c = self.redis_local().await?;
+        let expected = (*lock(&self.replicas)).max(1);
+        let sent = Instant::now();
+        redis_cmd(&mut c, ::redis::cmd("PUBLISH").arg("__drc:heartbeat").arg(&self.cfg.member_id)).await?;
+        let superseded = async {
+            while !self.superseded() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let mut wait_cmd = ::redis::cmd("WAIT");
+        wait_cmd.arg(expected).arg(wait.as_millis().max(1) as u64);
+        let acked = tokio::select! {
+            acked = wait_cmd.query_async::<i64>(&mut c) => acked.map_err(|e| e.to_string())?.max(0) as u64,
+            () = superseded => 0,
+        };
+        self.record_heartbeat(sent, acked);
+        Ok(())
+    }
+
+    /// Keeps the heartbeats of the vouch period, newest last.
+    fn record_heartbeat(&self, at: Instant, value: u64) {
+        let keep = self.cfg.lease_vouch_period;
+        let mut h = lock(&self.heartbeats);
+        h.push_back((at, value));
+        while h.front().is_some_and(|(at, _)| at.elapsed() > keep) {
+            h.pop_front();
         }
     }
 
@@ -127,7 +152,7 @@ impl Actor {
         if oldest_fresh(&lock(&self.heartbeats)).is_none() {
             // None written lately (this agent was stopped, or has just
             // started): one now.
-            self.heartbeat().await.map_err(Unread::Failed)?;
+            self.pg_heartbeat().await.map_err(Unread::Failed)?;
         }
         // Every fresh heartbeat written a moment ago (the agent woke, or
         // started): a short wait for the replicas to write it. One written
@@ -146,18 +171,36 @@ impl Actor {
         Ok(Some(round_trips(&lock(&self.heartbeats), &written, fresh, Instant::now())))
     }
 
-    /// Writes a heartbeat into a PostgreSQL primary's WAL (a logical
-    /// decoding message, which any wal_level allows and no table holds),
-    /// at most every HEARTBEAT_EVERY. In a transaction of its own that is
-    /// flushed at once (WAL senders send only flushed WAL) and waits for no
-    /// standby (one that cannot answer would hold it).
-    pub(super) async fn heartbeat(&self) -> Result<(), String> {
-        if self.cfg.kind != Kind::Postgres {
-            return Ok(());
-        }
+    /// A heartbeat to the replicas, at most every HEARTBEAT_EVERY: for
+    /// PostgreSQL written here, for Redis sent by a task of its own (see
+    /// [`Self::redis_heartbeat`]).
+    pub(super) async fn heartbeat(self: &Arc<Self>) -> Result<(), String> {
         if lock(&self.heartbeats).back().is_some_and(|(at, _)| at.elapsed() < HEARTBEAT_EVERY) {
             return Ok(());
         }
+        if self.cfg.kind == Kind::Redis {
+            // Its WAIT runs beside the lease check, which must never wait
+            // on it: the check reads only what heartbeats have recorded.
+            if let Ok(one) = Arc::clone(&self.redis_beating).try_lock_owned() {
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    let _one = one;
+                    if let Err(e) = this.redis_heartbeat(HEARTBEAT_WAIT).await {
+                        tracing::debug!(error = %e, "no heartbeat sent");
+                    }
+                });
+            }
+            return Ok(());
+        }
+        self.pg_heartbeat().await
+    }
+
+    /// Writes a heartbeat into a PostgreSQL primary's WAL (a logical
+    /// decoding message, which any wal_level allows and no table holds). In
+    /// a transaction of its own that is flushed at once (WAL senders send
+    /// only flushed WAL) and waits for no standby (one that cannot answer
+    /// would hold it).
+    async fn pg_heartbeat(&self) -> Result<(), String> {
         let c = self.pg_local().await?;
         let write = c.simple_query(
             "BEGIN; SET LOCAL synchronous_commit = local; \
@@ -176,12 +219,7 @@ impl Actor {
                 _ => None,
             })
             .ok_or("the heartbeat returned no position")?;
-        let keep = self.cfg.lease_vouch_period;
-        let mut h = lock(&self.heartbeats);
-        h.push_back((Instant::now(), lsn));
-        while h.front().is_some_and(|(at, _)| at.elapsed() > keep) {
-            h.pop_front();
-        }
+        self.record_heartbeat(Instant::now(), lsn);
         Ok(())
     }
 }

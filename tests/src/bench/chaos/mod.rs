@@ -161,10 +161,12 @@ fn run_step(lab: &mut Lab, step: &Step, hold: Duration, wakes: &mut Vec<(String,
                 frozen.extend(signal_tree(pid, libc::SIGSTOP));
             }
             std::thread::sleep(hold);
+            // Stamped before the first SIGCONT: the server may take a write
+            // the moment it runs, before the last signal is sent.
+            wakes.push((id.clone(), wall_ms()));
             for p in frozen {
                 signal(p, libc::SIGCONT);
             }
-            wakes.push((id.clone(), wall_ms()));
         }
         Step::FreezeAgent(id) => {
             let pid = lab.member(id)?.agent_pid;
