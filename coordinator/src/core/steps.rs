@@ -15,6 +15,10 @@ use super::LeaseConfig;
 
 /// How long promote and catch-up are retried before the decision fails.
 pub const STEP_DEADLINE: Millis = 30_000;
+/// How long a demotion is retried before the switchover fails: its agent
+/// may be reconnecting to a new leader, and the old primary serves on
+/// meanwhile.
+pub const DEMOTE_PATIENCE: Millis = 3_000;
 /// How long one agent command may take (pg_rewind takes a few seconds).
 pub const COMMAND_TIMEOUT: Millis = 60_000;
 /// Pause before the next attempt at a main-line step.
@@ -116,8 +120,11 @@ pub fn judge(d: &Decision, i: usize, answer: Result<StepArgs, String>, now: Mill
         }
         // Tried again at the latest when the lease ends, to skip it then.
         StepAction::Fence => Verdict::Retry { why: error, after: after.min(lease_end(d, i, lease) - now) },
-        // A demotion that fails leaves the old primary serving: nothing to wait for.
-        StepAction::Demote => record(StepState::Failed, error),
+        // A demotion that fails leaves the old primary serving; it is tried
+        // again for a moment (an agent reconnecting to a new leader), then
+        // the switchover fails.
+        StepAction::Demote if waited > DEMOTE_PATIENCE => record(StepState::Failed, error),
+        StepAction::Demote => Verdict::Retry { why: error, after },
         // The hook ran and failed: the operator reads why in the history.
         StepAction::Publish => record(StepState::Failed, error),
         // Members that are away are repointed when they come back.
@@ -282,10 +289,11 @@ mod tests {
     }
 
     #[test]
-    fn promote_and_catch_up_fail_after_their_deadline_demote_and_publish_at_once_and_repoints_never() {
+    fn promote_and_catch_up_fail_after_their_deadline_demote_after_a_moment_publish_at_once_and_repoints_never() {
         let d = decision(DecisionKind::Switchover);
         let no = || Err("refused".to_string());
-        assert!(matches!(judge(&d, 0, no(), 0, 0, &LEASE), Verdict::Record { state: StepState::Failed, .. }), "demote");
+        assert!(matches!(judge(&d, 0, no(), 0, DEMOTE_PATIENCE, &LEASE), Verdict::Retry { .. }), "demote");
+        assert!(matches!(judge(&d, 0, no(), 0, DEMOTE_PATIENCE + 1, &LEASE), Verdict::Record { state: StepState::Failed, .. }));
         for i in [1, 2] {
             assert!(matches!(judge(&d, i, no(), 0, STEP_DEADLINE, &LEASE), Verdict::Retry { .. }));
             assert!(matches!(judge(&d, i, no(), 0, STEP_DEADLINE + 1, &LEASE), Verdict::Record { state: StepState::Failed, .. }));
