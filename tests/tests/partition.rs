@@ -34,6 +34,20 @@ fn adopted(lab: &Lab) {
     .expect("adopted");
 }
 
+/// Asserts for `period` that neither cluster fails over (both stay at
+/// epoch 1) while `what` goes on.
+fn keep_their_primaries(lab: &Lab, what: &str, period: Duration) {
+    holds_for(&format!("both clusters to keep their primaries while {what}"), period, || {
+        let c = cluster(lab, "app-pg")?;
+        let r = cluster(lab, "app-redis")?;
+        Some(match (c["epoch"].as_u64(), r["epoch"].as_u64()) {
+            (Some(1), Some(1)) => Ok(()),
+            _ => Err(format!("a failover: {c}\n{r}")),
+        })
+    })
+    .expect("no failover");
+}
+
 fn forwarder_port(lab: &Lab) -> u16 {
     lab.forwarder("app-pg").ok().and_then(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok())).expect("the forwarder's port")
 }
@@ -173,15 +187,7 @@ fn a_link_flapping_for_a_minute_causes_no_failover() {
             *flapping.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.map_err(|e| e.to_string()));
         })
     };
-    holds_for("both clusters to keep their primaries while the link flaps", Duration::from_secs(60), || {
-        let c = cluster(&lab, "app-pg")?;
-        let r = cluster(&lab, "app-redis")?;
-        Some(match (c["epoch"].as_u64(), r["epoch"].as_u64()) {
-            (Some(1), Some(1)) => Ok(()),
-            _ => Err(format!("a failover: {c}\n{r}")),
-        })
-    })
-    .expect("no failover");
+    keep_their_primaries(&lab, "the link flaps", Duration::from_secs(60));
     flapper.join().expect("flapper");
     let flaps = flapping.lock().unwrap_or_else(|p| p.into_inner()).clone().expect("flapped").expect("faults applied");
     let Written { acked, lost, gap, .. } = stop_writer_at(&stop, w, &pa.host, pa.port);
@@ -244,15 +250,7 @@ fn a_region_whose_links_are_slow_by_100_ms_each_way_causes_no_failover() {
         (ok && started.elapsed() >= Duration::from_millis(200)).then_some(())
     })
     .expect("the link is slow");
-    holds_for("both clusters to keep their primaries while region a is slow", Duration::from_secs(20), || {
-        let c = cluster(&lab, "app-pg")?;
-        let r = cluster(&lab, "app-redis")?;
-        Some(match (c["epoch"].as_u64(), r["epoch"].as_u64()) {
-            (Some(1), Some(1)) => Ok(()),
-            _ => Err(format!("a failover: {c}\n{r}")),
-        })
-    })
-    .expect("no failover");
+    keep_their_primaries(&lab, "region a is slow", Duration::from_secs(20));
     drop(delay);
     let Written { acked, lost, gap, .. } = stop_writer_at(&stop, w, &pa.host, pa.port);
     assert!(lost.is_empty(), "{lost:?}");
