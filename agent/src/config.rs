@@ -16,6 +16,11 @@
 //! user = "drc"
 //! dbname = "postgres"
 //! password_env = "DRC_PG_PASSWORD"   # or password_file = "/run/secrets/pg"
+//!
+//! [tls]                               # or insecure = true (plaintext)
+//! ca = "/etc/drc/ca.pem"
+//! cert = "/etc/drc/agent.pem"         # names drc://<drc cluster>/agent/pg-eu-west
+//! key = "/etc/drc/agent.key"
 //! ```
 
 use std::path::PathBuf;
@@ -125,6 +130,12 @@ pub struct AgentConfig {
     pub destinations: Vec<DestinationConfig>,
     #[serde(default)]
     pub backup: BackupConfig,
+    /// The agent's CA, certificate and key; required unless `insecure`.
+    #[serde(default)]
+    pub tls: Option<drc_tls::TlsFiles>,
+    /// Talk to the coordinators in plaintext, unauthenticated.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 fn default_vouch() -> Duration {
@@ -132,6 +143,24 @@ fn default_vouch() -> Duration {
 }
 
 impl AgentConfig {
+    /// How the agent reaches the coordinators: its certificate must name
+    /// this member's agent.
+    pub fn security(&self) -> anyhow::Result<drc_tls::Security> {
+        let security = drc_tls::Security::new(self.tls.clone(), self.insecure).map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+        match security.identity() {
+            None => tracing::warn!(member = %self.member_id, "{}", drc_tls::INSECURE_WARNING),
+            Some(id) if id.role != drc_tls::Role::Agent || id.name != self.member_id => {
+                anyhow::bail!(
+                    "tls.cert names {id}, but this is the agent of member {:?}: it must name drc://<cluster>/agent/{}",
+                    self.member_id,
+                    self.member_id
+                )
+            }
+            Some(_) => {}
+        }
+        Ok(security)
+    }
+
     pub fn state_file(&self) -> Option<PathBuf> {
         self.state_dir.as_ref().map(|d| d.join(format!("{}.state.json", self.member_id)))
     }
@@ -165,6 +194,11 @@ impl AgentConfig {
         }
         if let Err(e) = self.connection.password() {
             p.push(e.to_string());
+        }
+        match (&self.tls, self.insecure) {
+            (None, false) => p.push("tls: set tls.ca, tls.cert and tls.key, or insecure = true for plaintext on a trusted network".into()),
+            (Some(_), true) => p.push("tls and insecure = true are both set: choose one".into()),
+            _ => {}
         }
         if p.is_empty() {
             Ok(())

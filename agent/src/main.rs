@@ -72,6 +72,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
+    let security = match cfg.security() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("drc-agent: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let (mut local, cross) = match Probe::new(&cfg).and_then(|l| Ok((l, Probe::new(&cfg)?))) {
         Ok(p) => p,
         Err(e) => {
@@ -91,7 +98,13 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
 
     backup::clean_leftovers(&cfg).await;
     let buffer = Arc::new(SampleBuffer::new(cfg.max_buffered_samples));
-    let actor = actions::Actor::new(Arc::clone(&cfg));
+    let actor = match actions::Actor::new(Arc::clone(&cfg)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("drc-agent: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     tokio::spawn(Arc::clone(&actor).watch_lease(cancel.clone()));
     let (views_tx, views_rx) = watch::channel::<Option<drc_proto::ClusterView>>(None);
     // Probe once before connecting, so that the Hello carries the dataset id.
@@ -111,18 +124,9 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
         cancel.clone(),
     ));
 
-    let result = session::run(Arc::clone(&cfg), actor, buffer, views_tx, dataset_rx, cancel.clone()).await;
+    session::run(Arc::clone(&cfg), security, actor, buffer, views_tx, dataset_rx, cancel.clone()).await;
     cancel.cancel();
     let _ = probes.await;
-    match result {
-        Ok(()) => {
-            tracing::info!("agent stopped");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("drc-agent: {e}");
-            ExitCode::from(3)
-        }
-    }
+    tracing::info!("agent stopped");
+    ExitCode::SUCCESS
 }

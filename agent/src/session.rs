@@ -14,9 +14,9 @@ use std::time::Duration;
 use backon::BackoffBuilder as _;
 use drc_proto::agent_service_client::AgentServiceClient;
 use drc_proto::{agent_message, coordinator_message, AgentHello, AgentMessage, ClusterView, Sample};
+use drc_tls::Security;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tonic::Code;
 
 use crate::config::AgentConfig;
@@ -72,10 +72,13 @@ impl SampleBuffer {
     }
 }
 
-/// Why the agent stopped for good.
+/// Why a coordinator refused this agent (its configuration, not the network).
 #[derive(Debug, thiserror::Error)]
 #[error("the coordinator refused this agent: {0}")]
 pub struct Refused(pub String);
+
+/// The first pause after a refusal, and the longest.
+const REFUSED_PAUSE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
 enum End {
     Redirect(String),
@@ -83,23 +86,16 @@ enum End {
     Retry(String),
 }
 
-fn url(address: &str) -> String {
-    if address.starts_with("http://") || address.starts_with("https://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    }
-}
-
-/// Runs the stream until `cancel` fires or the coordinator refuses us.
+/// Runs the stream until `cancel` fires.
 pub async fn run(
     cfg: Arc<AgentConfig>,
+    security: Security,
     actor: Arc<crate::actions::Actor>,
     buffer: Arc<SampleBuffer>,
     views: watch::Sender<Option<ClusterView>>,
     dataset: watch::Receiver<(String, String)>,
     cancel: CancellationToken,
-) -> Result<(), Refused> {
+) {
     // Short pauses: while the coordinators elect a new leader, this agent's
     // primary serves on a lease that only the new leader can renew, and the
     // agent must find that leader within about a second (a primary that
@@ -112,6 +108,12 @@ pub async fn run(
         .with_jitter()
         .without_max_times();
     let mut delays = builder.build();
+    let refusals_builder = backon::ExponentialBuilder::default()
+        .with_min_delay(REFUSED_PAUSE.0)
+        .with_max_delay(REFUSED_PAUSE.1)
+        .with_jitter()
+        .without_max_times();
+    let mut refusals = refusals_builder.build();
     let mut next = 0usize;
     let mut redirect: Option<String> = None;
     // The coordinator that just failed us, and when: a follower that has not
@@ -142,13 +144,26 @@ pub async fn run(
         };
         let mut established = false;
         let end = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            end = session(&address, hello, &buffer, &views, &actor, &mut established, std::mem::take(&mut quick)) => end?,
+            _ = cancel.cancelled() => return,
+            end = session(Dial { security: &security, address: &address }, hello, &buffer, &views, &actor, &mut established, std::mem::take(&mut quick)) => end,
         };
         if established {
             // A stream that worked starts the pauses afresh.
             delays = builder.build();
+            refusals = refusals_builder.build();
         }
+        let end = match end {
+            Ok(end) => end,
+            Err(Refused(why)) => {
+                let d = refusals.next().unwrap_or(REFUSED_PAUSE.1);
+                tracing::error!(coordinator = %address, retry_in = ?d, "the coordinator refused this agent: {why}");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(d) => {}
+                }
+                continue;
+            }
+        };
         let gone = |leader: &str| failed.as_ref().is_some_and(|(a, at)| a == leader && at.elapsed() < Duration::from_secs(2));
         let pause = match end {
             End::Redirect(leader) if gone(&leader) => {
@@ -181,20 +196,27 @@ pub async fn run(
             }
         };
         tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
+            _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
     }
 }
 
 /// How long a stream opened again after it broke may take to be set up:
-/// a few round trips of a slow link, well under a lease.
-const QUICK_SETUP: Duration = Duration::from_millis(500);
+/// a few round trips of a slow link (TCP, TLS, the request), well under a
+/// lease.
+const QUICK_SETUP: Duration = Duration::from_millis(750);
+
+/// Which coordinator a stream goes to, and how.
+struct Dial<'a> {
+    security: &'a Security,
+    address: &'a str,
+}
 
 /// One stream; `established` is set once the coordinator answered with a
 /// view. A `quick` one must be set up within [`QUICK_SETUP`].
 async fn session(
-    address: &str,
+    dial: Dial<'_>,
     hello: AgentHello,
     buffer: &SampleBuffer,
     views: &watch::Sender<Option<ClusterView>>,
@@ -203,7 +225,8 @@ async fn session(
     quick: bool,
 ) -> Result<End, Refused> {
     let connect_timeout = if quick { QUICK_SETUP } else { Duration::from_secs(1) };
-    let endpoint = match Endpoint::from_shared(url(address)) {
+    let Dial { security, address } = dial;
+    let endpoint = match Security::endpoint(address) {
         Ok(e) => drc_proto::keepalive::endpoint(e.connect_timeout(connect_timeout).tcp_nodelay(true)),
         Err(e) => return Ok(End::Retry(format!("bad address: {e}"))),
     };
@@ -211,7 +234,7 @@ async fn session(
     let _ = tx.send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) }).await;
     // Err: how the attempt ends (a retry, or a refusal for good).
     let setup = async {
-        let channel = endpoint.connect().await.map_err(|e| Ok(End::Retry(e.to_string())))?;
+        let channel = security.connect(endpoint).await.map_err(|e| Ok(End::Retry(drc_tls::root_cause(&e))))?;
         let mut client = AgentServiceClient::new(channel);
         client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(classify)
     };

@@ -17,8 +17,38 @@ pub struct Cli {
     /// How long to wait for an answer.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, global = true)]
     pub timeout: Duration,
+    /// The CA certificate(s), PEM, that signed the coordinators' certificates.
+    #[arg(long, env = "DRC_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Your client certificate, PEM: it names you (drc://CLUSTER/operator/NAME or .../viewer/NAME).
+    #[arg(long, env = "DRC_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert, PEM.
+    #[arg(long, env = "DRC_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// Talk plaintext, to coordinators configured with insecure = true.
+    #[arg(long, env = "DRC_INSECURE", global = true)]
+    pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// How to reach the coordinators: the client certificate, or plaintext
+    /// when asked for.
+    pub fn security(&self) -> anyhow::Result<drc_tls::Security> {
+        let files = match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => Some(drc_tls::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() }),
+            (None, None, None) => None,
+            _ => anyhow::bail!("--ca, --cert and --key (DRC_CA, DRC_CERT, DRC_KEY) go together: give all three"),
+        };
+        drc_tls::Security::new(files, self.insecure).map_err(|e| match e {
+            drc_tls::SecurityError::Unconfigured => anyhow::anyhow!(
+                "no client certificate: give --ca, --cert and --key (or DRC_CA, DRC_CERT, DRC_KEY), or --insecure for coordinators configured with insecure = true"
+            ),
+            other => anyhow::anyhow!("{other}"),
+        })
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

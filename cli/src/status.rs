@@ -18,6 +18,7 @@ pub(crate) async fn run(
     json_out: bool,
     endpoints: &[String],
     timeout: Duration,
+    security: &drc_tls::Security,
 ) -> anyhow::Result<()> {
     match command {
         Command::Status => {
@@ -26,7 +27,7 @@ pub(crate) async fn run(
             // health: another that reaches the leader answers instead.
             if s.clusters.is_empty() && s.topology.as_ref().is_some_and(|t| t.clusters > 0) {
                 for e in endpoints {
-                    let Ok(mut other) = crate::connect::connect(std::slice::from_ref(e), timeout).await else { continue };
+                    let Ok(mut other) = crate::connect::connect(std::slice::from_ref(e), timeout, security).await else { continue };
                     match other.status(StatusRequest {}).await {
                         Ok(r) if !r.get_ref().clusters.is_empty() => {
                             s = r.into_inner();
@@ -56,6 +57,13 @@ pub(crate) async fn run(
                 let leader = if s.leader_id == 0 { "none (no quorum?)".to_string() } else { s.leader_id.to_string() };
                 println!("coordinators (leader: {leader}, answered by node {})", s.answered_by);
                 print!("{}", nodes_table(&s.nodes, s.leader_id));
+                let insecure: Vec<String> = s.nodes.iter().filter(|n| n.reachable && n.insecure).map(|n| n.id.to_string()).collect();
+                if !insecure.is_empty() {
+                    println!(
+                        "WARNING: node(s) {} run with insecure = true: plaintext, and anyone who reaches them can act as any role",
+                        insecure.join(", ")
+                    );
+                }
                 print!("{}", clusters_text(&s.clusters));
                 println!(
                     "\ntopology v{}: {} regions, {} clusters, {} members, {} failover groups",
@@ -95,6 +103,7 @@ pub(crate) fn node_json(n: &NodeStatus) -> serde_json::Value {
         "last_index": n.last_index,
         "membership": n.membership,
         "renews_leases": n.renews_leases,
+        "insecure": n.insecure,
     })
 }
 

@@ -25,6 +25,11 @@
 //! election_ticks = 8      # election timeout 400-800 ms
 //! heartbeat_ticks = 2
 //!
+//! [tls]                   # or insecure = true, for plaintext on a trusted network
+//! ca = "/etc/drc/ca.pem"
+//! cert = "/etc/drc/node-1.pem"   # names drc://prod-drc/peer/1
+//! key = "/etc/drc/node-1.key"
+//!
 //! [failover]
 //! lease = "1500ms"        # a primary's agent fences it after this without renewal
 //! drift_margin = "150ms"  # the leader waits lease + margin before replacing it
@@ -154,6 +159,13 @@ pub struct CoordinatorConfig {
     pub raft: RaftTuning,
     #[serde(default)]
     pub failover: FailoverTuning,
+    /// The node's CA, certificate and key; required unless `insecure`.
+    #[serde(default)]
+    pub tls: Option<drc_tls::TlsFiles>,
+    /// Serve and call in plaintext, without authentication: only on a
+    /// network where everyone who can connect may promote a database.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// A configuration that cannot be used, with every problem found.
@@ -195,6 +207,11 @@ impl CoordinatorConfig {
         }
         if self.node_id == 0 {
             p.push("node_id: must be greater than 0".to_string());
+        }
+        match (&self.tls, self.insecure) {
+            (None, false) => p.push("tls: set tls.ca, tls.cert and tls.key, or insecure = true for plaintext on a trusted network".into()),
+            (Some(_), true) => p.push("tls and insecure = true are both set: choose one".into()),
+            _ => {}
         }
         if !self.failover.hook.is_empty() && self.failover.hook_timeout.is_zero() {
             p.push("failover.hook_timeout: must be greater than zero".to_string());
@@ -284,7 +301,7 @@ mod tests {
     #[test]
     fn a_minimal_config_is_valid() {
         let c = CoordinatorConfig::from_toml(
-            "cluster_id='x'\nnode_id=1\nlisten='127.0.0.1:1'\ndata_dir='/tmp/x'\n[[peers]]\nid=1\naddress='127.0.0.1:1'\n",
+            "cluster_id='x'\nnode_id=1\nlisten='127.0.0.1:1'\ndata_dir='/tmp/x'\ninsecure=true\n[[peers]]\nid=1\naddress='127.0.0.1:1'\n",
         )
         .expect("parses");
         c.validate().expect("valid");
@@ -305,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_separate_raft_listener_is_checked_against_this_nodes_peer_entry() {
-        let base = "cluster_id='x'\nnode_id=1\nlisten='127.0.0.1:1'\ndata_dir='/tmp/x'\n";
+        let base = "cluster_id='x'\nnode_id=1\nlisten='127.0.0.1:1'\ndata_dir='/tmp/x'\ninsecure=true\n";
         let ok = format!("{base}raft_listen='127.0.0.1:2'\n[[peers]]\nid=1\naddress='127.0.0.1:1'\nraft_address='127.0.0.1:2'\n");
         let c = CoordinatorConfig::from_toml(&ok).expect("parses");
         c.validate().expect("valid");

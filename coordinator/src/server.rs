@@ -7,16 +7,15 @@ use anyhow::Context as _;
 use drc_proto::admin_service_server::AdminServiceServer;
 use drc_proto::agent_service_server::AgentServiceServer;
 use drc_proto::raft_transport_server::RaftTransportServer;
+use drc_tls::Security;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 
 use crate::agents::{run_monitor, Agents};
 use crate::api::admin::AdminApi;
 use crate::api::agent::AgentApi;
-use crate::api::auth::authenticate;
+use crate::api::auth::Authorize;
 use crate::config::CoordinatorConfig;
 use crate::core::LeaseConfig;
 use crate::executor::{Executor, Hook, Waits};
@@ -32,10 +31,12 @@ use crate::raft::RaftStore;
 fn spawn_node_thread(
     node: Node,
     raft_server: Option<(std::net::TcpListener, Arc<Transport>)>,
+    cluster: &str,
     cancel: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<Result<(), crate::raft::StorageError>>> {
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the raft runtime")?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let authorize = Authorize::new(cluster);
     std::thread::Builder::new()
         .name("raft-node".into())
         .spawn(move || {
@@ -44,11 +45,11 @@ fn spawn_node_thread(
                     match TcpListener::from_std(listener) {
                         Ok(listener) => {
                             let server_cancel = cancel.clone();
+                            let incoming = drc_tls::incoming(listener, transport.security().clone());
                             let server = drc_proto::keepalive::server()
+                                .layer(authorize)
                                 .add_service(raft_service(transport))
-                                .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
-                                    server_cancel.cancelled().await
-                                });
+                                .serve_with_incoming_shutdown(incoming, async move { server_cancel.cancelled().await });
                             tokio::spawn(async move {
                                 if let Err(e) = server.await {
                                     tracing::error!("raft listener failed: {e}");
@@ -63,18 +64,42 @@ fn spawn_node_thread(
             let _ = done_tx.send(result);
         })
         .context("starting the raft thread")?;
-    Ok(tokio::spawn(async move { done_rx.await.unwrap_or(Ok(())) }))
+    Ok(tokio::spawn(async move { node_outcome(done_rx.await) }))
 }
 
-type RaftServer = InterceptedService<RaftTransportServer<RaftService>, fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>>;
+/// How the Raft thread ended: its own result, or a panic (it dropped its
+/// sender without a word), which must stop the process with an error so
+/// that a supervisor restarts it.
+fn node_outcome(done: Result<Result<(), crate::raft::StorageError>, tokio::sync::oneshot::error::RecvError>) -> anyhow::Result<()> {
+    match done {
+        Ok(result) => result.map_err(|e| anyhow::Error::new(e).context("raft storage failed; stopping this node")),
+        Err(_) => Err(anyhow::anyhow!("the raft thread panicked (see the log above); stopping this node")),
+    }
+}
 
-fn raft_service(transport: Arc<Transport>) -> RaftServer {
-    InterceptedService::new(
-        RaftTransportServer::new(RaftService::new(transport))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        authenticate,
-    )
+fn raft_service(transport: Arc<Transport>) -> RaftTransportServer<RaftService> {
+    RaftTransportServer::new(RaftService::new(transport))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// How this node secures its connections: its certificate must name it.
+fn security(cfg: &CoordinatorConfig) -> anyhow::Result<Security> {
+    let security = Security::new(cfg.tls.clone(), cfg.insecure).context("tls")?;
+    match security.identity() {
+        None => tracing::warn!(node = cfg.node_id, "{}", drc_tls::INSECURE_WARNING),
+        Some(id) => {
+            let expected = drc_tls::Identity::peer(&cfg.cluster_id, cfg.node_id).context("cluster_id")?;
+            if id != expected {
+                anyhow::bail!(
+                    "tls.cert names {id}, but this is node {} of drc cluster {:?}: it must name {expected}",
+                    cfg.node_id,
+                    cfg.cluster_id
+                );
+            }
+        }
+    }
+    Ok(security)
 }
 
 fn bind_error(address: &str, e: std::io::Error) -> anyhow::Error {
@@ -94,6 +119,7 @@ const HEALTH_REFRESH: std::time::Duration = std::time::Duration::from_millis(200
 /// dir belongs to another node or cluster.
 pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     cfg.validate()?;
+    let security = security(&cfg)?;
     let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| bind_error(&cfg.listen, e))?;
     let raft_listener = match &cfg.raft_listen {
         Some(address) => {
@@ -108,7 +134,14 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
 
     let (node_tx, node_rx) = mpsc::channel(INPUT_CAPACITY);
     let own = cfg.own_address();
-    let transport = Transport::new(cfg.cluster_id.clone(), cfg.node_id, own.raft().to_string(), node_tx.clone(), cancel.child_token());
+    let transport = Transport::new(
+        cfg.cluster_id.clone(),
+        cfg.node_id,
+        own.raft().to_string(),
+        node_tx.clone(),
+        cancel.child_token(),
+        security.clone(),
+    );
     transport.merge_addresses(&cfg.peer_addresses());
     let node_cfg = NodeConfig {
         id: cfg.node_id,
@@ -130,7 +163,7 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     );
 
     let node_cancel = cancel.child_token();
-    let node_task = spawn_node_thread(node, raft_listener.map(|l| (l, Arc::clone(&transport))), node_cancel.clone())?;
+    let node_task = spawn_node_thread(node, raft_listener.map(|l| (l, Arc::clone(&transport))), &cfg.cluster_id, node_cancel.clone())?;
 
     let agents = Arc::new(Agents::new(cfg.failover.lease));
     tokio::spawn(run_monitor(Arc::clone(&agents), handle.clone(), HEALTH_REFRESH, cancel.child_token()));
@@ -154,18 +187,20 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     tokio::spawn(Arc::clone(&jobs).run(cancel.child_token()));
     let admin_api =
         AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&agents), cfg.raft.write_timeout, Arc::clone(&executor), jobs);
-    let admin = AdminServiceServer::with_interceptor(admin_api, authenticate);
-    let agent = AgentServiceServer::with_interceptor(AgentApi::new(handle.clone(), Arc::clone(&transport), agents), authenticate);
+    let admin = AdminServiceServer::new(admin_api);
+    let agent = AgentServiceServer::new(AgentApi::new(handle.clone(), Arc::clone(&transport), agents));
     // Raft also stays on the shared listener when it has its own, so that a
     // peer configured with only the client address still reaches it.
     let raft = raft_service(Arc::clone(&transport));
 
     let server_cancel = cancel.clone();
-    let server = drc_proto::keepalive::server().add_service(raft).add_service(agent).add_service(admin).serve_with_incoming_shutdown(
-        // Nagle off: gRPC writes headers, data and trailers separately.
-        TcpIncoming::from(listener).with_nodelay(Some(true)),
-        async move { server_cancel.cancelled().await },
-    );
+    // Every service sits behind the one authorisation layer (api::auth).
+    let server = drc_proto::keepalive::server()
+        .layer(Authorize::new(&cfg.cluster_id))
+        .add_service(raft)
+        .add_service(agent)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(drc_tls::incoming(listener, security), async move { server_cancel.cancelled().await });
     let mut server = tokio::spawn(server);
 
     // The node task ends on its own only on a fatal storage error.
@@ -174,8 +209,7 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
         r = &mut node_task => {
             cancel.cancel();
             match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(anyhow::Error::new(e).context("raft storage failed; stopping this node")),
+                Ok(outcome) => outcome,
                 Err(e) => Err(anyhow::anyhow!("raft node task failed: {e}")),
             }
         }
@@ -199,4 +233,19 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     };
     tracing::info!(node = cfg.node_id, "coordinator stopped");
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_outcome;
+
+    #[test]
+    fn a_raft_thread_that_panicked_stops_the_coordinator_with_an_error() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), crate::raft::StorageError>>();
+        drop(tx);
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let e = node_outcome(rt.block_on(rx)).expect_err("a panic is an error");
+        assert!(e.to_string().contains("panicked"), "{e}");
+        assert!(node_outcome(Ok(Ok(()))).is_ok());
+    }
 }

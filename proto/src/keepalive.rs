@@ -21,7 +21,15 @@ pub fn endpoint(e: Endpoint) -> Endpoint {
     e.http2_keep_alive_interval(INTERVAL).keep_alive_timeout(TIMEOUT).keep_alive_while_idle(true)
 }
 
+/// Streams one client connection may have open at once: many agents may
+/// share a connection through a proxy, but one client cannot open streams
+/// without bound.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
 /// A server that pings its clients.
 pub fn server() -> Server {
-    Server::builder().http2_keepalive_interval(Some(INTERVAL)).http2_keepalive_timeout(Some(TIMEOUT))
+    Server::builder()
+        .http2_keepalive_interval(Some(INTERVAL))
+        .http2_keepalive_timeout(Some(TIMEOUT))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
 }

@@ -14,11 +14,11 @@ use std::time::Duration;
 use backon::BackoffBuilder as _;
 use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::{PrimaryEndpoint, WatchPrimaryRequest};
+use drc_tls::Security;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 /// Where connections go now; `None` refuses them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +39,7 @@ fn newer(a: &PrimaryEndpoint, than: Option<&PrimaryEndpoint>) -> bool {
 
 /// Follows `WatchPrimary` on one coordinator forever, reconnecting with
 /// jittered backoff.
-async fn follow(endpoint: String, cluster: String, updates: mpsc::Sender<PrimaryEndpoint>, cancel: CancellationToken) {
+async fn follow(security: Security, endpoint: String, cluster: String, updates: mpsc::Sender<PrimaryEndpoint>, cancel: CancellationToken) {
     let builder = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(3))
@@ -48,11 +48,9 @@ async fn follow(endpoint: String, cluster: String, updates: mpsc::Sender<Primary
     let mut delays = builder.build();
     loop {
         let result = async {
-            let endpoint = Endpoint::from_shared(format!("http://{endpoint}")).map_err(|e| e.to_string())?;
-            let channel = drc_proto::keepalive::endpoint(endpoint.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true))
-                .connect()
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
+            let endpoint = Security::endpoint(&endpoint).map_err(|e| e.to_string())?;
+            let endpoint = drc_proto::keepalive::endpoint(endpoint.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true));
+            let channel = security.connect(endpoint).await.map_err(|e| format!("cannot connect: {}", drc_tls::root_cause(&e)))?;
             let mut stream = AdminServiceClient::new(channel)
                 .watch_primary(WatchPrimaryRequest { cluster: cluster.clone() })
                 .await
@@ -151,12 +149,18 @@ async fn carry(mut client: TcpStream, mut target: watch::Receiver<Option<Target>
 }
 
 /// Serves `listener` for `cluster` until `cancel` fires.
-pub async fn run(listener: TcpListener, cluster: String, endpoints: Vec<String>, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    cluster: String,
+    endpoints: Vec<String>,
+    security: Security,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     anyhow::ensure!(!endpoints.is_empty(), "no coordinator endpoints given");
     let (updates_tx, updates_rx) = mpsc::channel(64);
     for e in endpoints {
         let e = e.trim_start_matches("http://").to_string();
-        tokio::spawn(follow(e, cluster.clone(), updates_tx.clone(), cancel.child_token()));
+        tokio::spawn(follow(security.clone(), e, cluster.clone(), updates_tx.clone(), cancel.child_token()));
     }
     drop(updates_tx);
     let (target_tx, target_rx) = watch::channel(None);

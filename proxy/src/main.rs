@@ -19,6 +19,33 @@ struct Args {
     /// Coordinator addresses, comma-separated; the proxy follows all of them.
     #[arg(long, env = "DRC_ENDPOINTS", value_delimiter = ',', required = true)]
     endpoints: Vec<String>,
+    /// The CA certificate(s), PEM, that signed the coordinators' certificates.
+    #[arg(long, env = "DRC_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// The proxy's client certificate, PEM (a viewer: drc://CLUSTER/viewer/NAME).
+    #[arg(long, env = "DRC_CERT")]
+    cert: Option<std::path::PathBuf>,
+    /// The private key of --cert, PEM.
+    #[arg(long, env = "DRC_KEY")]
+    key: Option<std::path::PathBuf>,
+    /// Talk plaintext, to coordinators configured with insecure = true.
+    #[arg(long, env = "DRC_INSECURE")]
+    insecure: bool,
+}
+
+impl Args {
+    fn security(&self) -> anyhow::Result<drc_tls::Security> {
+        let files = match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => Some(drc_tls::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() }),
+            (None, None, None) => None,
+            _ => anyhow::bail!("--ca, --cert and --key go together: give all three"),
+        };
+        let security = drc_tls::Security::new(files, self.insecure)?;
+        if security.is_insecure() {
+            tracing::warn!("{}", drc_tls::INSECURE_WARNING);
+        }
+        Ok(security)
+    }
 }
 
 fn main() -> ExitCode {
@@ -34,6 +61,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let security = args.security()?;
         let listener =
             tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         tracing::info!(cluster = %args.cluster, listen = %args.listen, "drc-proxy starting");
@@ -49,7 +77,7 @@ fn main() -> ExitCode {
             term.recv().await;
             stop.cancel();
         });
-        drc_proxy::run(listener, args.cluster, args.endpoints, cancel).await
+        drc_proxy::run(listener, args.cluster, args.endpoints, security, cancel).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 pub mod bench;
 pub mod lab;
+pub mod pki;
 
 use anyhow::{anyhow, bail, Context as _};
+use drc_tls::{Role, TlsFiles};
 use serde_json::Value;
 
 /// Directory holding the drc binaries.
@@ -110,11 +112,38 @@ pub struct ClusterOpts {
     pub snapshot_entries: u64,
     pub write_timeout: &'static str,
     pub tick_interval: &'static str,
+    /// Plaintext and unauthenticated (`insecure = true`) instead of mutual TLS.
+    pub insecure: bool,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { nodes: 3, snapshot_entries: 1000, write_timeout: "5s", tick_interval: "100ms" }
+        ClusterOpts { nodes: 3, snapshot_entries: 1000, write_timeout: "5s", tick_interval: "100ms", insecure: false }
+    }
+}
+
+/// How a client (drctl, a test) presents itself to the coordinators.
+#[derive(Clone, Debug)]
+pub enum Creds {
+    Tls(TlsFiles),
+    Insecure,
+}
+
+impl Creds {
+    /// drctl's flags for these credentials.
+    pub fn drctl_args(&self) -> Vec<std::ffi::OsString> {
+        match self {
+            Creds::Tls(files) => pki::drctl_args(files),
+            Creds::Insecure => vec!["--insecure".into()],
+        }
+    }
+
+    /// The same credentials for a Rust gRPC client.
+    pub fn security(&self) -> anyhow::Result<drc_tls::Security> {
+        Ok(match self {
+            Creds::Tls(files) => drc_tls::Security::new(Some(files.clone()), false)?,
+            Creds::Insecure => drc_tls::Security::Insecure,
+        })
     }
 }
 
@@ -158,6 +187,10 @@ pub struct Cluster {
     pub cluster_id: String,
     pub opts: ClusterOpts,
     pub nodes: BTreeMap<u64, Node>,
+    /// The cluster's CA (none when insecure).
+    pub pki: Option<pki::Pki>,
+    /// An operator's credentials, which `drctl` and the helpers use.
+    pub creds: Creds,
 }
 
 impl Cluster {
@@ -165,7 +198,14 @@ impl Cluster {
     pub fn start(opts: ClusterOpts) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("drc-test-").tempdir()?;
         let cluster_id = format!("test-{}", dir.path().file_name().and_then(|n| n.to_str()).unwrap_or("x").trim_start_matches("drc-test-"));
-        let mut c = Cluster { dir, cluster_id, opts, nodes: BTreeMap::new() };
+        let (pki, creds) = if opts.insecure {
+            (None, Creds::Insecure)
+        } else {
+            let pki = pki::Pki::create(&dir.path().join("pki"), &cluster_id)?;
+            let operator = pki.issue(Role::Operator, "tester", &[])?;
+            (Some(pki), Creds::Tls(operator))
+        };
+        let mut c = Cluster { dir, cluster_id, opts, nodes: BTreeMap::new(), pki, creds };
         // Founders serve Raft on a listener of their own (as production
         // deployments with many agents should); a joiner shares its listener.
         let peers: Vec<Peer> = (1..=c.opts.nodes)
@@ -204,6 +244,10 @@ impl Cluster {
             "\n[raft]\ntick_interval = {:?}\nsnapshot_entries = {}\nwrite_timeout = {:?}\n",
             self.opts.tick_interval, self.opts.snapshot_entries, self.opts.write_timeout
         ));
+        match &self.pki {
+            Some(pki) => text.push_str(&pki::config_section(&pki.issue(Role::Peer, &id.to_string(), &["127.0.0.1"])?)),
+            None => text = format!("insecure = true\n{text}"),
+        }
         fs::write(&config, text)?;
         self.nodes.insert(
             id,
@@ -274,13 +318,13 @@ impl Cluster {
 
     /// Runs drctl against every node's address (any reachable one answers).
     pub fn drctl(&self, args: &[&str]) -> Output {
-        drctl(&self.endpoints(), args)
+        drctl(&self.endpoints(), &self.creds, args)
     }
 
     /// `drctl -o json ARGS` against one node; the parsed JSON on success.
     pub fn json_at(&self, id: u64, args: &[&str]) -> anyhow::Result<Value> {
         let addr = &self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?.address;
-        json_output(drctl(addr, &[&["-o", "json"], args].concat()))
+        json_output(drctl(addr, &self.creds, &[&["-o", "json"], args].concat()))
     }
 
     /// `drctl -o json ARGS` against all nodes.
@@ -337,15 +381,20 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Runs drctl with `--endpoints endpoints`.
-pub fn drctl(endpoints: &str, args: &[&str]) -> Output {
+/// Runs drctl with `--endpoints endpoints` as `creds`.
+pub fn drctl(endpoints: &str, creds: &Creds, args: &[&str]) -> Output {
     Command::new(bin("drctl"))
         .arg("--endpoints")
         .arg(endpoints)
         .arg("--timeout")
         .arg("20s")
+        .args(creds.drctl_args())
         .args(args)
         .env_remove("DRC_ENDPOINTS")
+        .env_remove("DRC_CA")
+        .env_remove("DRC_CERT")
+        .env_remove("DRC_KEY")
+        .env_remove("DRC_INSECURE")
         .output()
         .expect("run drctl")
 }

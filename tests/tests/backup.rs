@@ -392,6 +392,7 @@ fn long_jobs_report_progress_and_a_full_disk_fails_a_recovery_test_cleanly() {
     caught_up(&lab, "app-pg");
     let watch = Command::new(drc_tests::bin("drctl"))
         .args(["--endpoints", &lab.info.endpoints, "-o", "json", "watch"])
+        .args(lab.creds().drctl_args())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("drctl watch");

@@ -147,7 +147,7 @@ fn without_a_quorum_a_write_fails_with_a_clear_error_in_bounded_time() {
     fs::write(&path, example_topology(2)).expect("write");
     let addr = c.nodes[&survivor].address.clone();
     let start = Instant::now();
-    let out = drctl(&addr, &["apply", "-f", path.to_str().expect("path")]);
+    let out = drctl(&addr, &c.creds, &["apply", "-f", path.to_str().expect("path")]);
     let took = start.elapsed();
     assert!(!out.status.success(), "a write without quorum succeeded");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -163,7 +163,7 @@ fn without_a_quorum_a_write_fails_with_a_clear_error_in_bounded_time() {
         c.kill(id);
     }
     let addr = c.nodes[&leader].address.clone();
-    let out = drctl(&addr, &["apply", "-f", path.to_str().expect("path")]);
+    let out = drctl(&addr, &c.creds, &["apply", "-f", path.to_str().expect("path")]);
     assert!(!out.status.success(), "a write without quorum succeeded on the old leader");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no quorum"), "unclear error: {err}");
@@ -244,11 +244,11 @@ fn bad_topologies_are_refused_with_every_problem_named_and_nothing_applied() {
 fn bad_endpoints_configs_and_data_dirs_are_refused_clearly() {
     // drctl against a dead address.
     let dead = format!("127.0.0.1:{}", free_port());
-    let out = drctl(&dead, &["status"]);
+    let out = drctl(&dead, &drc_tests::Creds::Insecure, &["status"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no coordinator reachable") && err.contains(&dead), "{err}");
-    assert!(json_output(drctl(&dead, &["-o", "json", "status"])).is_err());
+    assert!(json_output(drctl(&dead, &drc_tests::Creds::Insecure, &["-o", "json", "status"])).is_err());
 
     let mut c = Cluster::start(ClusterOpts::default()).expect("cluster");
     // Another cluster's data dir.
@@ -256,7 +256,22 @@ fn bad_endpoints_configs_and_data_dirs_are_refused_clearly() {
     assert!(stopped.success(), "SIGTERM did not stop the coordinator cleanly: {stopped}");
     let cfg = fs::read_to_string(&c.nodes[&1].config).expect("config");
     let foreign = c.dir.path().join("foreign.toml");
-    fs::write(&foreign, cfg.replace(&format!("cluster_id = {:?}", c.cluster_id), "cluster_id = \"someone-else\"")).expect("write");
+    let renamed = cfg.replace(&format!("cluster_id = {:?}", c.cluster_id), "cluster_id = \"someone-else\"");
+    // With its own certificate, it is refused for its certificate first.
+    fs::write(&foreign, &renamed).expect("write");
+    let out = std::process::Command::new(bin("drc-coordinator")).arg("--config").arg(&foreign).output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls.cert names") && err.contains("drc://someone-else/peer/1"), "{err}");
+    // With a certificate of that cluster, for its data dir.
+    let pki = c.pki.as_ref().expect("pki");
+    let id = drc_tls::Identity::peer("someone-else", 1).expect("identity");
+    let other = pki.issue_for(&id, &["127.0.0.1"], "someone-else-1").expect("certificate");
+    let own = pki.issue(drc_tls::Role::Peer, "1", &["127.0.0.1"]).expect("node 1's certificate, unchanged");
+    let renamed = renamed
+        .replace(&own.cert.display().to_string(), &other.cert.display().to_string())
+        .replace(&own.key.display().to_string(), &other.key.display().to_string());
+    fs::write(&foreign, renamed).expect("write");
     let out = std::process::Command::new(bin("drc-coordinator")).arg("--config").arg(&foreign).output().expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -310,6 +325,7 @@ fn crashes_in_the_middle_of_writes_never_break_restart() {
             v += 1;
             let child = std::process::Command::new(bin("drctl"))
                 .args(["--endpoints", &endpoints, "apply", "-f", path.to_str().expect("path")])
+                .args(c.creds.drctl_args())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()

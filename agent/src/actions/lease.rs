@@ -86,6 +86,39 @@ pub(super) fn lease_end(received: Instant, ttl_ms: u64, expires_at_ms: Option<u6
     end.checked_sub(FENCE_LEAD).map_or(received, |e| e.max(received))
 }
 
+/// The record in `path`: none yet is epoch 0; one that cannot be read or
+/// parsed is an error, never a silent epoch 0 (which would let the agent
+/// obey commands of an epoch it has already seen superseded).
+pub(super) fn load_record(path: &std::path::Path) -> anyhow::Result<EpochRecord> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: the agent's epoch record is corrupt ({e}); it holds the newest epoch this agent has seen, so the agent does not start without it: restore it, or remove it if this member's data was rebuilt",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(EpochRecord::default()),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes the record durably: a temporary file, synced, renamed over the
+/// old one, and the directory synced.
+fn persist(path: &std::path::Path, k: &EpochRecord) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(k)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 impl Actor {
     /// Numbers a sample taken now; renewals that answer it count from now.
     /// Also writes what the sample says of the lease: how long it has left
@@ -146,10 +179,8 @@ impl Actor {
 
     pub(super) fn save(&self, k: &EpochRecord) {
         if let Some(p) = self.cfg.state_file() {
-            let tmp = p.with_extension("tmp");
-            let ok = serde_json::to_vec(k).ok().and_then(|b| std::fs::write(&tmp, b).ok()).and_then(|_| std::fs::rename(&tmp, &p).ok());
-            if ok.is_none() {
-                tracing::warn!(path = %p.display(), "cannot persist the agent's epoch");
+            if let Err(e) = persist(&p, k) {
+                tracing::warn!(path = %p.display(), "cannot persist the agent's epoch: {e}");
             }
         }
     }
@@ -392,6 +423,19 @@ mod tests {
     }
 
     #[test]
+    fn the_epoch_record_survives_a_restart_and_a_corrupt_one_is_an_error_not_epoch_zero() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.state.json");
+        assert_eq!(load_record(&path).expect("none yet").epoch, 0);
+        let k = EpochRecord { epoch: 7, primary: "pg-b".into(), ..Default::default() };
+        persist(&path, &k).expect("persist");
+        assert_eq!(load_record(&path).expect("read back").epoch, 7);
+        std::fs::write(&path, b"{\"epoch\": 7, \"prim").expect("truncate");
+        let e = load_record(&path).expect_err("corrupt").to_string();
+        assert!(e.contains("corrupt") && e.contains("newest epoch"), "{e}");
+    }
+
+    #[test]
     fn renewals_find_the_samples_they_answer_and_only_the_newest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = crate::config::AgentConfig::from_toml(&format!(
@@ -400,7 +444,7 @@ mod tests {
         ))
         .expect("config");
         let cfg = Arc::new(cfg);
-        let actor = Actor::new(Arc::clone(&cfg));
+        let actor = Actor::new(Arc::clone(&cfg)).expect("actor");
         let mut first = drc_proto::Sample::default();
         actor.stamp(&mut first);
         assert!(actor.taken_at(first.seq).is_some());
@@ -413,7 +457,7 @@ mod tests {
         assert_eq!(actor.taken_at(first.seq), None, "forgotten once {TAKEN_KEPT} newer ones were taken");
         // A restarted agent numbers above its predecessor.
         std::thread::sleep(Duration::from_millis(2));
-        let again = Actor::new(cfg);
+        let again = Actor::new(cfg).expect("actor");
         let mut next = drc_proto::Sample::default();
         again.stamp(&mut next);
         assert!(next.seq > last.seq);

@@ -73,14 +73,15 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Actor {
-    pub fn new(cfg: Arc<AgentConfig>) -> Arc<Actor> {
-        let known = cfg
-            .state_file()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice::<EpochRecord>(&b).ok())
-            .unwrap_or_default();
+    /// The agent's actor, with the epoch it recorded before a restart; a
+    /// record that cannot be read is an error.
+    pub fn new(cfg: Arc<AgentConfig>) -> anyhow::Result<Arc<Actor>> {
+        let known = match cfg.state_file() {
+            Some(p) => lease::load_record(&p)?,
+            None => EpochRecord::default(),
+        };
         // A lease held before a restart is treated as lapsed at once.
-        Arc::new(Actor {
+        Ok(Arc::new(Actor {
             cfg,
             known: Mutex::new(known.clone()),
             lease_until: Mutex::new(None),
@@ -102,7 +103,7 @@ impl Actor {
             heartbeats: Mutex::new(std::collections::VecDeque::new()),
             redis_beating: Arc::new(tokio::sync::Mutex::new(())),
             local_pg: tokio::sync::Mutex::new(None),
-        })
+        }))
     }
 
     pub fn progress_interval(&self) -> Duration {
@@ -212,11 +213,17 @@ impl Actor {
 }
 
 /// Where the new primary of a step listens; a step without it is refused.
+/// The new primary's host (an IPv6 address without its brackets, as libpq
+/// takes it) and port; a host that is not a plain host name or address is
+/// refused, so that it cannot add parameters to a connection string.
 pub(super) fn primary_address(s: &FailoverStep) -> Result<(&str, u16), String> {
     let port = u16::try_from(s.primary_port).ok().filter(|p| *p > 0);
     match (s.primary_host.as_str(), port) {
         ("", _) | (_, None) => Err(format!("the step names no address of the new primary {:?}", s.primary_member)),
-        (host, Some(port)) => Ok((host, port)),
+        (host, _) if !drc_model::topology::parse::valid_host(host) => {
+            Err(format!("the step names {host:?} as the new primary's host: not a host name or address"))
+        }
+        (host, Some(port)) => Ok((host.trim_start_matches('[').trim_end_matches(']'), port)),
     }
 }
 
@@ -230,6 +237,22 @@ pub(super) fn catch_up_target(s: &FailoverStep) -> Result<u64, String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_step_whose_primary_host_is_not_a_plain_host_is_refused() {
+        let step = |host: &str| FailoverStep {
+            primary_member: "pg-b".into(),
+            primary_host: host.into(),
+            primary_port: 5432,
+            ..Default::default()
+        };
+        assert_eq!(primary_address(&step("10.0.0.2")), Ok(("10.0.0.2", 5432)));
+        assert_eq!(primary_address(&step("[fd00::2]")), Ok(("fd00::2", 5432)));
+        for bad in ["h dbname=evil", "h' user=postgres", "h\nrestore_command=x"] {
+            let e = primary_address(&step(bad)).expect_err(bad);
+            assert!(e.contains("not a host name"), "{e}");
+        }
+    }
+
     #[tokio::test]
     async fn a_malformed_command_is_refused_and_teaches_no_epoch() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -238,7 +261,7 @@ mod tests {
             dir.path()
         ))
         .expect("config");
-        let actor = Actor::new(Arc::new(cfg));
+        let actor = Actor::new(Arc::new(cfg)).expect("actor");
         let meter = crate::backup::Meter::default();
         let command = |body| Command { command_id: 7, cluster: "pg".into(), epoch: 9, body };
         let r = actor.handle(command(None), &meter).await;

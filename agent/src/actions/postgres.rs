@@ -64,7 +64,7 @@ impl Actor {
                     }
                     Err(e) => return Err(e),
                 };
-                let conninfo = self.conninfo(s);
+                let conninfo = self.conninfo(s)?;
                 // One statement each: ALTER SYSTEM cannot run in the implicit
                 // transaction of a multi-statement query.
                 for sql in [
@@ -116,7 +116,7 @@ impl Actor {
         let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
         text.push_str(&format!(
             "\n# written by drc-agent at rejoin\nprimary_conninfo = {}\nprimary_slot_name = {}\n",
-            quote(&self.conninfo(s)),
+            quote(&self.conninfo(s)?),
             quote(&drc_proto::slot_name(&self.cfg.member_id))
         ));
         std::fs::write(&auto, text).map_err(|e| format!("{}: {e}", auto.display()))?;
@@ -126,9 +126,10 @@ impl Actor {
         Ok(HashMap::new())
     }
 
-    pub(super) fn conninfo(&self, s: &FailoverStep) -> String {
+    pub(super) fn conninfo(&self, s: &FailoverStep) -> Result<String, String> {
         let user = self.cfg.postgres.as_ref().map(|p| p.replication_user.clone()).unwrap_or_else(|| "postgres".into());
-        format!("host={} port={} user={user} application_name={}", s.primary_host, s.primary_port, self.cfg.member_id)
+        let (host, port) = primary_address(s)?;
+        Ok(format!("host={host} port={port} user={user} application_name={}", self.cfg.member_id))
     }
 
     /// Stops the local server at once: an immediate stop, and if the server

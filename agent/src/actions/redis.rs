@@ -51,12 +51,12 @@ impl Actor {
     }
 
     pub(super) async fn redis_local(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        use redis::IntoConnectionInfo as _;
         let conn = &self.cfg.connection;
-        let mut url = format!("redis://{}:{}/", conn.host, conn.port);
-        if let Some(p) = conn.password().map_err(|e| e.to_string())? {
-            url = format!("redis://{}:{p}@{}:{}/", conn.user.as_deref().unwrap_or(""), conn.host, conn.port);
-        }
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let password = conn.password().map_err(|e| e.to_string())?;
+        let info = (conn.host.as_str(), conn.port).into_connection_info().map_err(|e| e.to_string())?;
+        let info = crate::probe::redis::with_credentials(info, conn.user.as_deref(), password.as_deref());
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
         tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection())
             .await
             .map_err(|_| "connecting to redis timed out".to_string())?

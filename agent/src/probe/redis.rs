@@ -41,16 +41,9 @@ impl RedisProber {
     }
 
     async fn connect(&self, url: &str) -> Result<MultiplexedConnection, String> {
-        let mut info: redis::ConnectionInfo = url.parse().map_err(|e: redis::RedisError| e.to_string())?;
-        let mut redis_info = info.redis_settings().clone();
-        if let Some(p) = &self.password {
-            redis_info = redis_info.set_password(p.clone());
-        }
-        if let Some(u) = &self.user {
-            redis_info = redis_info.set_username(u.clone());
-        }
-        info = info.set_redis_settings(redis_info);
-        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        let info: redis::ConnectionInfo = url.parse().map_err(|e: redis::RedisError| e.to_string())?;
+        let client =
+            redis::Client::open(with_credentials(info, self.user.as_deref(), self.password.as_deref())).map_err(|e| e.to_string())?;
         tokio::time::timeout(self.timeout, client.get_multiplexed_async_connection())
             .await
             .map_err(|_| "connect timed out".to_string())?
@@ -167,12 +160,40 @@ pub fn acked_by(info: &HashMap<&str, &str>, port: u16) -> Option<(u64, Duration)
     })
 }
 
+/// `info` with a user and password set as fields, never pasted into a URL
+/// (where a password with `@`, `/` or `%` would change its meaning).
+pub(crate) fn with_credentials(info: redis::ConnectionInfo, user: Option<&str>, password: Option<&str>) -> redis::ConnectionInfo {
+    let mut settings = info.redis_settings().clone();
+    if let Some(p) = password {
+        settings = settings.set_password(p);
+    }
+    if let Some(u) = user {
+        settings = settings.set_username(u);
+    }
+    info.set_redis_settings(settings)
+}
+
 fn url(host: &str, port: u16) -> String {
     format!("redis://{host}:{port}/")
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_password_with_url_characters_reaches_redis_as_it_is() {
+        use redis::IntoConnectionInfo as _;
+        let password = "p@ss/w:rd%40#?";
+        let info = ("10.0.0.7", 6380).into_connection_info().expect("info");
+        let info = super::with_credentials(info, Some("drc"), Some(password));
+        assert_eq!(info.redis_settings().password(), Some(password));
+        assert_eq!(info.redis_settings().username(), Some("drc"));
+        assert_eq!(info.addr().to_string(), "10.0.0.7:6380");
+        // What pasting it into a URL did: another host, or no parse at all.
+        let pasted = format!("redis://drc:{password}@10.0.0.7:6380/");
+        let parsed = redis::Client::open(pasted.as_str()).map(|c| c.get_connection_info().redis_settings().password().map(str::to_string));
+        assert!(!matches!(parsed, Ok(Some(ref p)) if p == password), "{parsed:?}");
+    }
+
     #[test]
     fn parses_info_replication() {
         let text = "# Replication\r\nrole:slave\r\nmaster_link_status:up\r\nslave_repl_offset:1234\r\nmaster_replid:abc\r\n";

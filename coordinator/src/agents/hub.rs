@@ -29,9 +29,17 @@ struct State {
     next_session: u64,
     next_command: u64,
     /// Commands sent and not yet answered, by command id.
-    pending: HashMap<u64, oneshot::Sender<CommandResult>>,
+    pending: HashMap<u64, Pending>,
     /// The newest progress report of each pending long command.
     progress: HashMap<u64, Progress>,
+}
+
+/// A command waiting for its answer, which only the stream it was sent on
+/// may give.
+struct Pending {
+    member: String,
+    session: u64,
+    tx: oneshot::Sender<CommandResult>,
 }
 
 pub struct AgentHub {
@@ -142,8 +150,9 @@ impl AgentHub {
                 s.next_command += 1;
                 cmd.command_id = s.next_command;
             }
-            let sender = s.streams.get(member).map(|st| st.sender.clone()).ok_or_else(|| CommandError::NotConnected(member.into()))?;
-            s.pending.insert(cmd.command_id, tx);
+            let (sender, session) =
+                s.streams.get(member).map(|st| (st.sender.clone(), st.session)).ok_or_else(|| CommandError::NotConnected(member.into()))?;
+            s.pending.insert(cmd.command_id, Pending { member: member.to_string(), session, tx });
             sender
         };
         let id = cmd.command_id;
@@ -192,18 +201,25 @@ impl AgentHub {
         self.notify(member, cmd)
     }
 
-    /// An agent's answer to a command.
-    pub fn complete(&self, result: CommandResult) {
-        if let Some(tx) = lock(&self.state).pending.remove(&result.command_id) {
-            let _ = tx.send(result);
+    /// An agent's answer to a command, from `member`'s stream `session`;
+    /// an answer to a command sent elsewhere is dropped.
+    pub fn complete(&self, member: &str, session: u64, result: CommandResult) {
+        let mut s = lock(&self.state);
+        if !s.pending.get(&result.command_id).is_some_and(|p| p.member == member && p.session == session) {
+            tracing::warn!(member, command = result.command_id, "dropped an answer to a command not sent on this stream");
+            return;
+        }
+        if let Some(p) = s.pending.remove(&result.command_id) {
+            let _ = p.tx.send(result);
         }
     }
 
     /// How far a pending command has got, from its agent; reported in
-    /// `drctl watch` too. Reports of unknown commands are dropped.
-    pub fn progress(&self, cluster: &str, member: &str, p: Progress) {
+    /// `drctl watch` too. Reports of unknown commands, or of commands sent
+    /// on another stream, are dropped.
+    pub fn progress(&self, cluster: &str, member: &str, session: u64, p: Progress) {
         let mut s = lock(&self.state);
-        if !s.pending.contains_key(&p.command_id) {
+        if !s.pending.get(&p.command_id).is_some_and(|c| c.member == member && c.session == session) {
             return;
         }
         s.progress.insert(p.command_id, p.clone());

@@ -236,19 +236,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_command_gets_its_own_answer_and_a_missing_agent_is_named() {
+    async fn a_command_gets_its_own_answer_only_from_its_own_stream_and_a_missing_agent_is_named() {
         let a = Arc::new(Agents::default());
         let (tx, mut rx) = mpsc::channel(4);
-        a.hub.connect("p", "pg", tx);
+        let other = a.hub.connect("q", "pg", mpsc::channel(4).0);
+        let session = a.hub.connect("p", "pg", tx);
         let err = a.hub.command("r", drc_proto::Command::default(), Duration::from_secs(1)).await.expect_err("no agent");
         assert_eq!(err, CommandError::NotConnected("r".into()));
         let hub = Arc::clone(&a);
         let answer = tokio::spawn(async move { hub.hub.command("p", drc_proto::Command::default(), Duration::from_secs(5)).await });
         let sent = rx.recv().await.expect("sent").expect("ok");
         let Some(drc_proto::coordinator_message::Body::Command(cmd)) = sent.body else { panic!("a command") };
-        // An answer to another command is not this one's.
-        a.hub.complete(drc_proto::CommandResult { command_id: cmd.command_id + 100, ok: false, ..Default::default() });
-        a.hub.complete(drc_proto::CommandResult { command_id: cmd.command_id, ok: true, ..Default::default() });
+        // An answer to another command is not this one's, and another
+        // member's stream, or an older stream of this one, cannot answer it.
+        let forged = drc_proto::CommandResult { command_id: cmd.command_id, ok: false, ..Default::default() };
+        a.hub.complete("p", session, drc_proto::CommandResult { command_id: cmd.command_id + 100, ..forged.clone() });
+        a.hub.complete("q", other, forged.clone());
+        a.hub.complete("p", session - 1, forged);
+        a.hub.complete("p", session, drc_proto::CommandResult { command_id: cmd.command_id, ok: true, ..Default::default() });
         let r = answer.await.expect("joined").expect("answered");
         assert!(r.ok);
         assert_eq!(r.command_id, cmd.command_id);

@@ -33,7 +33,7 @@ use crate::agents::{Agents, EventKind};
 use drc_model::job::JobKind;
 
 use super::error::ApiError;
-use super::forward::{admin_client, mark_forwarded, on_leader, route, Route};
+use super::forward::{admin_client, forwarded_copy, mark_forwarded, on_leader, route, Route};
 use crate::raft::transport::Transport;
 use crate::raft::{MembershipChange, NodeHandle, NodeStatus, ProposeError, Role};
 use crate::state::{Command, NodeAddress, Outcome};
@@ -126,7 +126,7 @@ impl AdminApi {
             return self.local_clusters(&topology, &records, None);
         }
         let Some(address) = self.transport.address_of(s.leader_id).filter(|_| s.leader_id != 0) else { return Vec::new() };
-        let Ok(mut client) = admin_client(&address, PEER_STATUS_TIMEOUT) else { return Vec::new() };
+        let Ok(mut client) = admin_client(self.transport.security(), &address, PEER_STATUS_TIMEOUT) else { return Vec::new() };
         match tokio::time::timeout(PEER_STATUS_TIMEOUT, client.health(mark_forwarded(Request::new(HealthRequest::default())))).await {
             Ok(Ok(r)) => r.into_inner().clusters,
             _ => Vec::new(),
@@ -136,7 +136,7 @@ impl AdminApi {
     fn local_status(&self) -> NodeStatusProto {
         let s = self.node.status();
         let address = self.transport.address_of(s.id).unwrap_or_default();
-        NodeStatusProto { renews_leases: self.node.may_renew(), ..to_proto(&s, address) }
+        NodeStatusProto { renews_leases: self.node.may_renew(), insecure: self.transport.security().is_insecure(), ..to_proto(&s, address) }
     }
 
     /// Every node of the membership, each asked directly and concurrently.
@@ -161,7 +161,7 @@ impl AdminApi {
                 error,
                 ..Default::default()
             };
-            let mut client = match admin_client(&address, PEER_STATUS_TIMEOUT) {
+            let mut client = match admin_client(self.transport.security(), &address, PEER_STATUS_TIMEOUT) {
                 Ok(c) => c,
                 Err(e) => return unreachable(e.message().to_string()),
             };
@@ -205,6 +205,7 @@ fn to_proto(s: &NodeStatus, address: String) -> NodeStatusProto {
         last_index: s.last_index,
         membership: if s.learners.contains(&s.id) { "learner" } else { "voter" }.to_string(),
         renews_leases: false,
+        insecure: false,
     }
 }
 
@@ -623,7 +624,7 @@ impl AdminService for AdminApi {
                 }
             }
             match route(&self.node, &self.transport, false, self.write_timeout).await? {
-                Route::Leader(mut client) => return client.remove_node(mark_forwarded(Request::new(RemoveNodeRequest { id }))).await,
+                Route::Leader(mut client) => return client.remove_node(forwarded_copy(&req)).await,
                 Route::Local => return Err(Status::unavailable("leadership came back to the node being removed; retry")),
             }
         }

@@ -21,6 +21,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::agents::Agents;
+use crate::api::auth::{principal, Principal};
 use crate::raft::transport::Transport;
 use crate::raft::{NodeHandle, Role};
 use drc_model::topology::Topology;
@@ -42,6 +43,10 @@ impl AgentApi {
         CoordinatorMessage { body: Some(coordinator_message::Body::Redirect(Redirect { leader_id: s.leader_id, leader_address })) }
     }
 }
+
+/// How long a new stream may take to send its Hello: a stream that sends
+/// nothing holds a slot and a task for nothing.
+const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a Hello to a follower waits for an election to name a leader.
 const ELECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -82,6 +87,17 @@ fn check_hello(h: &AgentHello, t: &Topology) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// An agent speaks only for the member its certificate names.
+#[allow(clippy::result_large_err)]
+fn check_caller(h: &AgentHello, caller: &Principal) -> Result<(), Status> {
+    match caller.identity() {
+        Some(id) if id.name != h.member_id => {
+            Err(Status::permission_denied(format!("{id} may open a session only as member {:?}, not as {:?}", id.name, h.member_id)))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[allow(clippy::result_large_err)]
@@ -128,8 +144,12 @@ impl AgentService for AgentApi {
     type SessionStream = Outbound;
 
     async fn session(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+        let caller = principal(&req);
         let mut inbound = req.into_inner();
-        let hello = match inbound.next().await {
+        let first = tokio::time::timeout(HELLO_WAIT, inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded(format!("no Hello within {HELLO_WAIT:?} of opening the stream")))?;
+        let hello = match first {
             Some(Ok(AgentMessage { body: Some(agent_message::Body::Hello(h)) })) => h,
             Some(Ok(_)) => return Err(Status::invalid_argument("the first message on an agent stream must be a Hello")),
             Some(Err(e)) => return Err(e),
@@ -138,6 +158,7 @@ impl AgentService for AgentApi {
         if hello.member_id.is_empty() {
             return Err(Status::invalid_argument("hello.member_id: must not be empty"));
         }
+        check_caller(&hello, &caller)?;
         if self.node.status().role != Role::Leader {
             // During an election nobody knows the leader yet. An agent told
             // so would back off and retry, and arrive at the new leader up to
@@ -210,9 +231,11 @@ impl AgentApi {
                         }
                         self.agents.board.ingest(&hello.cluster, s, Instant::now());
                     }
-                    Some(Ok(AgentMessage { body: Some(agent_message::Body::Result(r)) })) => self.agents.hub.complete(r),
+                    Some(Ok(AgentMessage { body: Some(agent_message::Body::Result(r)) })) => {
+                        self.agents.hub.complete(&hello.member_id, session, r);
+                    }
                     Some(Ok(AgentMessage { body: Some(agent_message::Body::Progress(p)) })) => {
-                        self.agents.hub.progress(&hello.cluster, &hello.member_id, p);
+                        self.agents.hub.progress(&hello.cluster, &hello.member_id, session, p);
                     }
                     Some(Ok(AgentMessage { body: Some(agent_message::Body::Hello(_)) })) => {
                         return Err(Status::invalid_argument("a second Hello on an open stream"));

@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use drc_proto::admin_service_client::AdminServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use drc_tls::Security;
+use tonic::transport::Channel;
 use tonic::Status;
 
+use super::auth::{principal, Principal, ON_BEHALF_OF};
 use crate::raft::transport::Transport;
 use crate::raft::{NodeHandle, Role};
 
@@ -21,13 +23,13 @@ pub enum Route {
 }
 
 /// A client for another coordinator's AdminService.
-pub fn admin_client(address: &str, timeout: Duration) -> Result<AdminServiceClient<Channel>, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+pub fn admin_client(security: &Security, address: &str, timeout: Duration) -> Result<AdminServiceClient<Channel>, Status> {
+    let endpoint = Security::endpoint(address)
         .map_err(|e| Status::internal(format!("bad coordinator address {address:?}: {e}")))?
         .connect_timeout(Duration::from_millis(500))
         .timeout(timeout);
     let endpoint = drc_proto::keepalive::endpoint(endpoint);
-    Ok(AdminServiceClient::new(endpoint.connect_lazy()))
+    Ok(AdminServiceClient::new(security.connect_lazy(endpoint)))
 }
 
 /// Decides where a write runs, waiting up to `deadline` for a leader.
@@ -47,7 +49,7 @@ pub async fn route(node: &NodeHandle, transport: &Transport, forwarded: bool, de
                 )));
             }
             if let Some(address) = transport.address_of(s.leader_id) {
-                return Ok(Route::Leader(admin_client(&address, deadline + Duration::from_secs(1))?));
+                return Ok(Route::Leader(admin_client(transport.security(), &address, deadline + Duration::from_secs(1))?));
             }
         }
         let left = deadline.saturating_sub(start.elapsed());
@@ -89,7 +91,7 @@ where
             Route::Leader(client) => client,
         };
         let leader = node.status().leader_id;
-        match call(client, mark_forwarded(tonic::Request::new(req.get_ref().clone()))).await {
+        match call(client, forwarded_copy(req)).await {
             // UNAVAILABLE: nothing was done (the leader went away): retry.
             Err(e) if e.code() == tonic::Code::Unavailable && !forwarded => {
                 if start.elapsed() >= deadline {
@@ -109,6 +111,19 @@ where
 /// Marks a request as forwarded.
 pub fn mark_forwarded<T>(mut req: tonic::Request<T>) -> tonic::Request<T> {
     req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    req
+}
+
+/// The request to send to the leader: the same message, marked forwarded,
+/// naming the original caller (the leader authorises that caller).
+pub fn forwarded_copy<T: Clone>(original: &tonic::Request<T>) -> tonic::Request<T> {
+    let mut req = mark_forwarded(tonic::Request::new(original.get_ref().clone()));
+    if let Principal::Identity(id) = principal(original) {
+        // An identity URI is plain ASCII (checked when it was parsed).
+        if let Ok(value) = id.uri().parse() {
+            req.metadata_mut().insert(ON_BEHALF_OF, value);
+        }
+    }
     req
 }
 

@@ -57,6 +57,8 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
             peers: Vec::new(),
             raft: RaftTuning::default(),
             failover: Default::default(),
+            tls: None,
+            insecure: false,
         },
     };
     if let Some(v) = args.cluster_id {

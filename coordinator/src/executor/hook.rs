@@ -61,3 +61,19 @@ fn tail(b: &[u8]) -> String {
     }
     t[start..].to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::tail;
+
+    #[test]
+    fn a_hooks_output_is_cut_to_its_last_500_bytes_on_a_character_boundary() {
+        // 'é' is two bytes: with an odd prefix, byte 500 from the end falls
+        // inside one.
+        let text = format!("x{}", "é".repeat(400));
+        let cut = tail(text.as_bytes());
+        assert!(cut.len() <= 500 && cut.len() >= 498, "{}", cut.len());
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(tail(b"  short \n"), "short");
+    }
+}

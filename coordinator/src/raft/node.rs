@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, MessageType};
+use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -199,6 +199,11 @@ impl Node {
                     // leader just before it went down. This bounds how long a
                     // deposed leader overlaps its successor (see
                     // `LeaseConfig::handover`).
+                    return;
+                }
+                if let Some(why) = impossible(&m, self.raw.raft.raft_log.last_index()) {
+                    // raft-rs would panic on it; no honest peer sends it.
+                    tracing::warn!(from = m.from, "dropped a raft message: {why}");
                     return;
                 }
                 if let Err(e) = self.raw.step(*m) {
@@ -420,13 +425,7 @@ impl Node {
             }
             let outcome = match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => Outcome::Nothing,
-                EntryType::EntryNormal => match serde_json::from_slice::<Command>(&e.data) {
-                    Ok(cmd) => batch.sm.apply(cmd),
-                    Err(err) => {
-                        tracing::error!(index = e.index, error = %err, "skipping an entry this version cannot decode");
-                        Outcome::Nothing
-                    }
-                },
+                EntryType::EntryNormal => batch.sm.apply(decode_command(&e)?),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let change =
                         decode_conf_change(&e).map_err(|err| StorageError::Corrupt(format!("conf change at {}: {err}", e.index)))?;
@@ -497,6 +496,18 @@ impl Node {
     }
 }
 
+/// A committed command. One this version cannot decode stops the node
+/// (nothing of its batch is applied): skipping it would make this node's
+/// state differ from that of the nodes that applied it.
+fn decode_command(e: &Entry) -> Result<Command, StorageError> {
+    serde_json::from_slice::<Command>(&e.data).map_err(|err| {
+        StorageError::Corrupt(format!(
+            "committed entry {} cannot be decoded by this version ({err}); stopping rather than diverging from the other nodes: run a release that reads it",
+            e.index
+        ))
+    })
+}
+
 /// A decoded conf change entry: what raft-rs must apply, which node it is
 /// about, and that node's address when it is added.
 struct DecodedChange {
@@ -543,9 +554,17 @@ fn status_of(raw: &RawNode<RaftStore>) -> NodeStatus {
     }
 }
 
+/// Why no honest peer could have sent `m` to a node whose log ends at
+/// `last_index`. A leader's heartbeat commits at most what the follower
+/// matched; one beyond the follower's log makes raft-rs panic
+/// (`commit_to` out of range), so it is dropped here instead.
+fn impossible(m: &Message, last_index: u64) -> Option<String> {
+    (m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > last_index)
+        .then(|| format!("a heartbeat committing index {} beyond this log's last index {last_index}", m.commit))
+}
+
 #[cfg(test)]
 mod tests {
-    use raft::prelude::Message;
 
     use super::*;
 
@@ -560,7 +579,8 @@ mod tests {
         let store = RaftStore::open(dir.path(), "test", 1, Some(&founders)).expect("open");
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
-        let transport = Transport::new("test".into(), 1, "127.0.0.1:1".into(), tx.clone(), cancel.child_token());
+        let transport =
+            Transport::new("test".into(), 1, "127.0.0.1:1".into(), tx.clone(), cancel.child_token(), drc_tls::Security::Insecure);
         transport.merge_addresses(&founders);
         let election = Duration::from_millis(1000);
         let cfg =
@@ -594,6 +614,14 @@ mod tests {
         cancel.cancel();
     }
 
+    #[test]
+    fn a_committed_entry_this_version_cannot_decode_stops_the_node_instead_of_being_skipped() {
+        let e = Entry { index: 7, data: br#"{"SomeFutureCommand":{}}"#.to_vec().into(), ..Default::default() };
+        let err = decode_command(&e).expect_err("undecodable");
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+        assert!(err.to_string().contains("committed entry 7"), "{err}");
+    }
+
     /// One in-process node of a test cluster, with its Raft server on a
     /// loopback port. `link` cuts both directions of its Raft traffic.
     struct TestNode {
@@ -616,7 +644,7 @@ mod tests {
             let (all, link) = (CancellationToken::new(), CancellationToken::new());
             let (tx, rx) = mpsc::channel(INPUT_CAPACITY);
             let address = founders[&id].client.clone();
-            let transport = Transport::new("test".into(), id, address, tx.clone(), link.clone());
+            let transport = Transport::new("test".into(), id, address, tx.clone(), link.clone(), drc_tls::Security::Insecure);
             transport.merge_addresses(&founders);
             let cfg =
                 NodeConfig { id, tick_interval: Duration::from_millis(50), election_ticks: 8, heartbeat_ticks: 2, snapshot_entries: 1000 };

@@ -6,7 +6,11 @@
 //! raft-rs (`report_unreachable`, `report_snapshot`) so that it probes the peer
 //! again instead of streaming into the void.
 //!
-//! Messages travel as opaque bytes in raft-rs's own encoding.
+//! Messages travel as opaque bytes in raft-rs's own encoding. Inbound, a
+//! batch is taken only from the peer its certificate names, and only with
+//! messages from that peer: raft-rs trusts what a message says about itself.
+//! Peer addresses come from configuration and the replicated membership,
+//! never from a message.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,13 +19,14 @@ use std::time::Duration;
 use drc_proto::raft_transport_client::RaftTransportClient;
 use drc_proto::raft_transport_server::RaftTransport;
 use drc_proto::{RaftAck, RaftBatch};
+use drc_tls::Security;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 use super::input::NodeInput;
+use crate::api::auth::{principal, Principal};
 use crate::lock;
 use crate::state::NodeAddress;
 
@@ -48,6 +53,7 @@ pub struct Transport {
     peers: Mutex<HashMap<u64, Peer>>,
     node: mpsc::Sender<NodeInput>,
     cancel: CancellationToken,
+    security: Security,
 }
 
 impl Transport {
@@ -57,6 +63,7 @@ impl Transport {
         self_address: String,
         node: mpsc::Sender<NodeInput>,
         cancel: CancellationToken,
+        security: Security,
     ) -> Arc<Self> {
         Arc::new(Transport {
             cluster_id,
@@ -67,7 +74,13 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             node,
             cancel,
+            security,
         })
+    }
+
+    /// How this node calls its peers.
+    pub fn security(&self) -> &Security {
+        &self.security
     }
 
     /// Adds or updates peer addresses (from the replicated membership or from
@@ -81,16 +94,6 @@ impl Transport {
                 clients.insert(*id, addr.client.clone());
             }
         }
-    }
-
-    /// Learns the Raft address of a peer from its own messages, unless the
-    /// replicated membership already says where it is.
-    pub fn learn_address(&self, id: u64, address: &str) {
-        if id == 0 || address.is_empty() {
-            return;
-        }
-        let mut book = lock::write(&self.addresses);
-        book.entry(id).or_insert_with(|| address.to_string());
     }
 
     /// Where node `id` takes client requests.
@@ -139,7 +142,7 @@ impl Transport {
     }
 
     async fn peer_worker(self: Arc<Self>, to: u64, address: String, mut rx: mpsc::Receiver<Message>, cancel: CancellationToken) {
-        let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
+        let endpoint = match Security::endpoint(&address) {
             Ok(e) => drc_proto::keepalive::endpoint(
                 e.connect_timeout(Duration::from_millis(500)).timeout(Duration::from_secs(5)).tcp_nodelay(true),
             ),
@@ -148,7 +151,7 @@ impl Transport {
                 return;
             }
         };
-        let mut client = RaftTransportClient::new(endpoint.connect_lazy())
+        let mut client = RaftTransportClient::new(self.security.connect_lazy(endpoint))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut failing = false;
@@ -220,18 +223,31 @@ impl RaftService {
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     async fn send(&self, request: tonic::Request<RaftBatch>) -> Result<tonic::Response<RaftAck>, tonic::Status> {
+        let sender = match principal(&request) {
+            Principal::Identity(id) => id.node_id(),
+            Principal::Insecure => None,
+        };
         let batch = request.into_inner();
         let t = &self.transport;
         if batch.cluster_id != t.cluster_id {
+            // The right name is not echoed: it helps nobody but a prober.
+            return Err(tonic::Status::permission_denied("raft batch for another drc cluster"));
+        }
+        if let Some(sender) = sender.filter(|s| *s != batch.from_id) {
             return Err(tonic::Status::permission_denied(format!(
-                "raft batch from drc cluster {:?}, but this node belongs to {:?}",
-                batch.cluster_id, t.cluster_id
+                "raft batch says it is from node {}, but node {sender} sent it",
+                batch.from_id
             )));
         }
-        t.learn_address(batch.from_id, &batch.from_address);
         for bytes in batch.messages {
             let m =
                 Message::parse_from_bytes(&bytes).map_err(|e| tonic::Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            if let Some(sender) = sender.filter(|s| *s != m.from) {
+                return Err(tonic::Status::permission_denied(format!(
+                    "raft message says it is from node {}, but node {sender} sent it",
+                    m.from
+                )));
+            }
             if m.to != t.self_id {
                 return Err(tonic::Status::invalid_argument(format!("raft message for node {} delivered to node {}", m.to, t.self_id)));
             }

@@ -521,9 +521,27 @@ impl Walker {
 /// `host:port` with a non-empty host and a port in 1..=65535.
 pub fn valid_address(a: &str) -> bool {
     match a.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        Some((host, port)) => valid_host(host) && port.parse::<u16>().is_ok_and(|p| p > 0),
         None => false,
     }
+}
+
+/// A host that is safe wherever drc writes it (libpq connection strings,
+/// URLs, command lines): an IPv4 address, an IPv6 address in brackets, or a
+/// DNS name of letters, digits and hyphens. Nothing else: a space, quote,
+/// `=` or `@` would let a host add parameters of its own.
+pub fn valid_host(h: &str) -> bool {
+    if let Some(v6) = h.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    h.parse::<std::net::Ipv4Addr>().is_ok() || (h.len() <= 253 && h.split('.').all(label))
 }
 
 #[cfg(test)]
@@ -545,6 +563,29 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn only_plain_hosts_pass_so_none_can_smuggle_connection_parameters() {
+        for ok in ["10.0.1.5:5432", "db-1.eu-west.internal:5432", "localhost:6379", "[::1]:5432", "[fd00::7]:6379"] {
+            assert!(valid_address(ok), "{ok}");
+        }
+        for bad in [
+            "h dbname=x:5432",
+            "h' sslmode=disable:5432",
+            "h=x:5432",
+            "user@h:5432",
+            "::1:5432",
+            "[::1:5432",
+            "-h:5432",
+            "h_1:5432",
+            ":5432",
+            "h:0",
+            "h:99999",
+            "h/x:5432",
+        ] {
+            assert!(!valid_address(bad), "{bad}");
+        }
+    }
 
     pub(crate) const EXAMPLE: &str = r#"
 [regions.a]

@@ -192,11 +192,13 @@ async fn stream(
 
 pub async fn run(counts: Vec<usize>, seconds: u64, tick_interval: &'static str, per: usize) -> anyhow::Result<()> {
     println!(
-        "agents benchmark: 3 coordinators on loopback (raft tick {tick_interval}), one gRPC stream per agent, {per} stream(s) per HTTP/2 connection, 1 sample/s each"
+        "agents benchmark: 3 plaintext coordinators on loopback (raft tick {tick_interval}), one gRPC stream per agent, {per} stream(s) per HTTP/2 connection, 1 sample/s each"
     );
     let pool = Pool { per, channels: Arc::default() };
     for n in counts {
-        let cluster = Cluster::start(ClusterOpts { write_timeout: "30s", tick_interval, ..Default::default() })?;
+        // Plaintext: a certificate names one member, so agents sharing a
+        // connection (--streams-per-connection) cannot use TLS.
+        let cluster = Cluster::start(ClusterOpts { write_timeout: "30s", tick_interval, insecure: true, ..Default::default() })?;
         let leader_id = cluster.wait_leader(Duration::from_secs(30))?;
         let leader = cluster.nodes[&leader_id].address.clone();
         let pid = cluster.nodes[&leader_id].pid().unwrap_or(0);

@@ -10,16 +10,23 @@ use drc_proto::ApplyTopologyRequest;
 use super::stats::{ms, percentile};
 use crate::{example_topology, Cluster, ClusterOpts};
 
-async fn write(address: &str, version: u32) -> Result<(), tonic::Status> {
-    let mut c = AdminServiceClient::connect(format!("http://{address}")).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+/// A client of the coordinator at `address`, as the cluster's operator.
+async fn client(security: &drc_tls::Security, address: &str) -> anyhow::Result<AdminServiceClient<tonic::transport::Channel>> {
+    Ok(AdminServiceClient::new(security.connect(drc_tls::Security::endpoint(address)?).await?))
+}
+
+async fn write(security: &drc_tls::Security, address: &str, version: u32) -> Result<(), tonic::Status> {
+    let mut c = client(security, address).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     c.apply_topology(ApplyTopologyRequest { topology_toml: example_topology(version), dry_run: false }).await.map(|_| ())
 }
 
-pub async fn run(writes: u32, trials: u32) -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(ClusterOpts::default())?;
+pub async fn run(writes: u32, trials: u32, insecure: bool) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOpts { insecure, ..Default::default() })?;
+    println!("{}", if insecure { "plaintext (insecure = true)" } else { "mutual TLS" });
+    let security = cluster.creds.security()?;
     let leader = cluster.wait_leader(Duration::from_secs(30))?;
     let address = cluster.nodes[&leader].address.clone();
-    let mut client = AdminServiceClient::connect(format!("http://{address}")).await?;
+    let mut client = client(&security, &address).await?;
     let mut ping = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();
@@ -60,7 +67,7 @@ pub async fn run(writes: u32, trials: u32) -> anyhow::Result<()> {
         'outer: loop {
             for a in &survivors {
                 version += 1;
-                if write(a, version).await.is_ok() {
+                if write(&security, a, version).await.is_ok() {
                     break 'outer;
                 }
             }

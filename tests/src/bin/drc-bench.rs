@@ -36,6 +36,9 @@ enum Bench {
         writes: u32,
         #[arg(long, default_value_t = 5)]
         trials: u32,
+        /// Plaintext coordinators (insecure = true) instead of mutual TLS.
+        #[arg(long)]
+        insecure: bool,
     },
     /// N agent streams at one sample per second against a 3-node cluster:
     /// the leader's CPU and RSS, and sample-to-status staleness.
@@ -105,8 +108,8 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().bench {
-        Bench::Raft { writes, trials } => {
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(raft::run(writes, trials))
+        Bench::Raft { writes, trials, insecure } => {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(raft::run(writes, trials, insecure))
         }
         Bench::Failover { trials, faults, synchronous_replicas } => failover::run(trials, &faults, synchronous_replicas),
         Bench::Chaos { trials, seed, faults } => chaos::run(trials, seed, faults),

@@ -3,6 +3,8 @@
 //! * `drc-lab up --dir DIR` — starts it, returns once every member is
 //!   healthy, and writes `DIR/lab.json`. Ctrl-C while starting stops what
 //!   was started.
+//! * `drc-lab env --dir DIR [--as viewer]` — shell exports for drctl: the
+//!   endpoints and a client certificate of the lab's CA.
 //! * `drc-lab down --dir DIR` — stops every process of the lab.
 //! * `drc-lab run --dir DIR` — up, then wait for Ctrl-C, then down.
 //! * `drc-lab up --netns ...` — every node in a network namespace of its
@@ -62,6 +64,16 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Print shell exports for drctl against the lab in DIR: DRC_ENDPOINTS
+    /// and a client certificate (`eval "$(drc-lab env --dir DIR)"`).
+    Env {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Whose certificate: an operator's (every command) or a viewer's
+        /// (read-only).
+        #[arg(long = "as", value_enum, default_value = "operator")]
+        role: EnvRole,
+    },
     /// Start coordinator ID of the lab in DIR again (after it was killed).
     RestartCoordinator {
         #[arg(long)]
@@ -80,6 +92,30 @@ enum Cmd {
         #[arg(long)]
         netns: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EnvRole {
+    Operator,
+    Viewer,
+}
+
+/// Single-quoted for a POSIX shell.
+fn quoted(p: &std::path::Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+fn print_env(lab: &Lab, role: EnvRole) -> anyhow::Result<()> {
+    let tls = lab.info.tls.as_ref().ok_or_else(|| anyhow::anyhow!("this lab has no certificates (made before TLS)"))?;
+    let files = match role {
+        EnvRole::Operator => &tls.operator,
+        EnvRole::Viewer => &tls.viewer,
+    };
+    println!("export DRC_ENDPOINTS='{}'", lab.info.endpoints);
+    println!("export DRC_CA={}", quoted(&files.ca));
+    println!("export DRC_CERT={}", quoted(&files.cert));
+    println!("export DRC_KEY={}", quoted(&files.key));
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -170,7 +206,7 @@ fn print_summary(lab: &Lab) {
     for s in &i.s3 {
         println!("  s3 {:<6} {}  bucket {}  access key {}", s.region, s.endpoint, s.bucket, s.access_key);
     }
-    println!("\nexplore:  DRC_ENDPOINTS={} {} status", i.endpoints, i.drctl.display());
+    println!("\nexplore:  eval \"$(drc-lab env --dir {})\"; {} status", i.dir.display(), i.drctl.display());
     println!("stop:     drc-lab down --dir {}", i.dir.display());
 }
 
@@ -184,6 +220,7 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Cmd::Env { dir, role } => Lab::attach(&dir).and_then(|lab| print_env(&lab, role)),
         Cmd::Down { dir } => Lab::attach(&dir).and_then(|lab| lab.down()).map(|()| println!("lab in {} stopped", dir.display())),
         Cmd::RestartCoordinator { dir, id } => {
             Lab::attach(&dir).and_then(|mut lab| lab.restart_coordinator(id)).map(|()| println!("coordinator {id} restarted"))

@@ -28,7 +28,9 @@ use anyhow::{anyhow, bail, Context as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{bin, drctl, free_port, json_output, wait_for};
+use crate::pki::{self, Pki};
+use crate::{bin, drctl, free_port, json_output, wait_for, Creds};
+use drc_tls::{Role, TlsFiles};
 pub use process::{alive, kill_tree, signal, signal_tree, spawn_detached, stop_pid};
 
 pub const REGIONS: [&str; 3] = ["a", "b", "c"];
@@ -49,6 +51,9 @@ pub struct CoordinatorInfo {
     pub data_dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// Its certificate (drc://lab/peer/ID) and key.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
 }
 
 /// One database member in `lab.json`.
@@ -67,6 +72,9 @@ pub struct MemberInfo {
     pub agent_pid: u32,
     pub agent_config: PathBuf,
     pub agent_log: PathBuf,
+    /// Its agent's certificate (drc://lab/agent/ID) and key.
+    #[serde(default)]
+    pub agent_tls: Option<TlsFiles>,
 }
 
 /// One S3-compatible server in `lab.json`.
@@ -92,6 +100,23 @@ pub struct ForwarderInfo {
     pub port: u16,
     pub pid: u32,
     pub log: PathBuf,
+    /// Its certificate (drc://lab/viewer/proxy-CLUSTER) and key.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+/// The lab's certificates in `lab.json`: its CA, and client certificates
+/// for drctl (`--ca --cert --key`, or `DRC_CA`, `DRC_CERT`, `DRC_KEY`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabTls {
+    /// The CA certificate every component trusts.
+    pub ca: PathBuf,
+    /// Where the CA's key and every certificate are.
+    pub dir: PathBuf,
+    /// An on-call engineer: every command (drc://lab/operator/on-call).
+    pub operator: TlsFiles,
+    /// Read-only: status, watch, history, lists (drc://lab/viewer/dashboard).
+    pub viewer: TlsFiles,
 }
 
 /// What `drc-lab up` writes to `DIR/lab.json`. Field names are a contract
@@ -124,7 +149,13 @@ pub struct LabInfo {
     /// The namespaces, their addresses and the bridge (netns mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<netns::NetInfo>,
+    /// The lab's CA and client certificates (absent in labs made before TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<LabTls>,
 }
+
+/// The drc cluster id of every lab.
+pub const DRC_CLUSTER: &str = "lab";
 
 fn loopback() -> String {
     "loopback".into()
@@ -201,6 +232,7 @@ impl Lab {
                 synchronous_replicas: opts.synchronous_replicas,
                 mode: if opts.netns { "netns".into() } else { loopback() },
                 net: None,
+                tls: None,
             },
             owned: true,
         };
@@ -209,6 +241,8 @@ impl Lab {
             lab.write_info()?;
         }
         lab.make_backup_keys()?;
+        lab.make_certificates()?;
+        lab.write_info()?;
         lab.start_coordinators(&opts)?;
         lab.write_info()?;
         lab.start_s3()?;
@@ -346,6 +380,8 @@ impl Lab {
             for (j, ((a, r), region)) in addrs.iter().zip(&raft).zip(REGIONS).enumerate() {
                 text.push_str(&format!("[[peers]]\nid = {}\naddress = {a:?}\nraft_address = {r:?}\nregion = {region:?}\n", j + 1));
             }
+            let tls = self.pki()?.issue(Role::Peer, &id.to_string(), &[&hosts[i], "127.0.0.1"])?;
+            text.push_str(&pki::config_section(&tls));
             fs::write(&config, text)?;
             let mut cmd = Command::new(bin("drc-coordinator"));
             cmd.arg("--config").arg(&config);
@@ -359,6 +395,7 @@ impl Lab {
                 data_dir,
                 config,
                 log,
+                tls: Some(tls),
             });
         }
         self.info.endpoints = addrs.join(",");
@@ -400,6 +437,30 @@ impl Lab {
             })?;
         }
         Ok(())
+    }
+
+    /// A CA and the client certificates of an operator and a viewer.
+    fn make_certificates(&mut self) -> anyhow::Result<()> {
+        let dir = self.info.dir.join("pki");
+        let pki = Pki::create(&dir, DRC_CLUSTER)?;
+        let operator = pki.issue(Role::Operator, "on-call", &[])?;
+        let viewer = pki.issue(Role::Viewer, "dashboard", &[])?;
+        self.info.tls = Some(LabTls { ca: pki.ca(), dir, operator, viewer });
+        Ok(())
+    }
+
+    /// The lab's CA.
+    pub fn pki(&self) -> anyhow::Result<Pki> {
+        let tls = self.info.tls.as_ref().ok_or_else(|| anyhow!("this lab has no CA (made before TLS)"))?;
+        Pki::open(&tls.dir, DRC_CLUSTER)
+    }
+
+    /// The operator's credentials, as drctl and the helpers use them.
+    pub fn creds(&self) -> Creds {
+        match &self.info.tls {
+            Some(t) => Creds::Tls(t.operator.clone()),
+            None => Creds::Insecure,
+        }
     }
 
     /// An age key pair with `age-keygen` (Debian's age package).
@@ -476,7 +537,7 @@ impl Lab {
     fn apply_topology(&self) -> anyhow::Result<()> {
         let path = self.info.dir.join("topology.toml");
         fs::write(&path, self.topology())?;
-        json_output(drctl(&self.info.endpoints, &["-o", "json", "apply", "-f", &path.display().to_string()]))?;
+        json_output(drctl(&self.info.endpoints, &self.creds(), &["-o", "json", "apply", "-f", &path.display().to_string()]))?;
         Ok(())
     }
 
@@ -563,6 +624,12 @@ impl Lab {
             host,
             port
         );
+        // The certificate is issued once and kept across restarts.
+        let tls = match &m.agent_tls {
+            Some(t) => t.clone(),
+            None => self.pki()?.issue(Role::Agent, &m.id, &[])?,
+        };
+        let text = text + &pki::config_section(&tls);
         fs::write(&config, text)?;
         let mut cmd = Command::new(bin("drc-agent"));
         cmd.arg("--config").arg(&config);
@@ -571,6 +638,7 @@ impl Lab {
         m.agent_pid = pid;
         m.agent_config = config;
         m.agent_log = log;
+        m.agent_tls = Some(tls);
         Ok(())
     }
 
@@ -578,10 +646,19 @@ impl Lab {
         for cluster in [PG_CLUSTER, REDIS_CLUSTER] {
             let port = free_port();
             let log = self.info.dir.join(format!("forwarder-{cluster}.log"));
+            let tls = self.pki()?.issue(Role::Viewer, &format!("proxy-{cluster}"), &[])?;
             let mut cmd = Command::new(bin("drc-proxy"));
             cmd.args(["--cluster", cluster, "--listen", &format!("127.0.0.1:{port}"), "--endpoints", &self.info.endpoints]);
+            cmd.args(pki::drctl_args(&tls));
             let pid = spawn_detached(&mut cmd, &log)?;
-            self.info.forwarders.push(ForwarderInfo { cluster: cluster.into(), host: "127.0.0.1".into(), port, pid, log: log.clone() });
+            self.info.forwarders.push(ForwarderInfo {
+                cluster: cluster.into(),
+                host: "127.0.0.1".into(),
+                port,
+                pid,
+                log: log.clone(),
+                tls: Some(tls),
+            });
             wait_for(&format!("the forwarder of {cluster} to know the primary"), Duration::from_secs(20), || {
                 fs::read_to_string(&log).ok().filter(|t| t.contains("primary is")).map(|_| ())
             })?;
@@ -607,11 +684,11 @@ impl Lab {
     pub fn drctl_json(&self, args: &[&str]) -> anyhow::Result<Value> {
         let mut all = vec!["-o", "json"];
         all.extend_from_slice(args);
-        json_output(drctl(&self.info.endpoints, &all))
+        json_output(drctl(&self.info.endpoints, &self.creds(), &all))
     }
 
     pub fn status(&self) -> anyhow::Result<Value> {
-        json_output(drctl(&self.info.endpoints, &["-o", "json", "status"]))
+        json_output(drctl(&self.info.endpoints, &self.creds(), &["-o", "json", "status"]))
     }
 
     /// The region of the coordinator leader, if there is one.

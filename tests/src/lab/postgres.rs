@@ -161,6 +161,7 @@ pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>) -> anyhow
             agent_pid: 0,
             agent_config: PathBuf::new(),
             agent_log: PathBuf::new(),
+            agent_tls: None,
         });
         wait_for(&format!("pg-{region} to accept connections"), Duration::from_secs(30), || psql_at(&host, port, "SELECT 1").ok())?;
     }

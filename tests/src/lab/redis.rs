@@ -87,6 +87,7 @@ pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>) -> anyhow
             agent_pid: 0,
             agent_config: PathBuf::new(),
             agent_log: PathBuf::new(),
+            agent_tls: None,
         });
     }
     Ok(members)

@@ -1,0 +1,105 @@
+//! Mutual TLS for every drc connection.
+//!
+//! Every coordinator, agent, proxy and `drctl` holds a certificate from the
+//! cluster's CA that names its drc identity ([`identity`]). Servers demand a
+//! client certificate and hand the caller's identity to the authorisation
+//! check with every request ([`server`]); clients check that they talk to a
+//! coordinator of their own cluster ([`client`]). The files are read again
+//! when they change ([`files`]). Plaintext is possible only when a process's
+//! configuration says `insecure = true`, and then it warns at every start.
+
+pub mod client;
+pub mod files;
+pub mod identity;
+pub mod server;
+
+use std::sync::Arc;
+
+use tonic::transport::{Channel, Endpoint};
+
+pub use files::{Tls, TlsError, TlsFiles};
+pub use identity::{Identity, IdentityError, Role};
+pub use server::{incoming, Caller, Conn, PeerInfo};
+
+/// How a process makes and takes its connections.
+#[derive(Clone)]
+pub enum Security {
+    Tls(Arc<Tls>),
+    /// Plaintext and unauthenticated (`insecure = true`).
+    Insecure,
+}
+
+/// Why a process cannot secure its connections.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error(
+        "no TLS material: set tls.ca, tls.cert and tls.key (README, \"Security\"), or insecure = true to run in plaintext on a trusted network"
+    )]
+    Unconfigured,
+    #[error("both TLS files and insecure = true are given: choose one")]
+    Both,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// The innermost cause of an error: for a failed connection, the TLS
+/// refusal or the refused TCP connect, which tonic reports only as
+/// "transport error".
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Logged at every start of a process that runs without TLS.
+pub const INSECURE_WARNING: &str =
+    "insecure = true: connections are plaintext and unauthenticated; anyone who reaches this process can read its traffic and act as any role";
+
+impl Security {
+    /// TLS from `files`, or plaintext when the configuration says so.
+    pub fn new(files: Option<TlsFiles>, insecure: bool) -> Result<Self, SecurityError> {
+        match (files, insecure) {
+            (Some(_), true) => Err(SecurityError::Both),
+            (Some(f), false) => Ok(Security::Tls(Tls::load(f)?)),
+            (None, true) => Ok(Security::Insecure),
+            (None, false) => Err(SecurityError::Unconfigured),
+        }
+    }
+
+    pub fn is_insecure(&self) -> bool {
+        matches!(self, Security::Insecure)
+    }
+
+    /// Who this process is, from its certificate.
+    pub fn identity(&self) -> Option<Identity> {
+        match self {
+            Security::Tls(t) => Some(t.identity()),
+            Security::Insecure => None,
+        }
+    }
+
+    /// An endpoint for `address` (`host:port`; an `http://` or `https://`
+    /// prefix is ignored: this process's configuration decides).
+    pub fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
+        let bare = address.trim().trim_start_matches("http://").trim_start_matches("https://");
+        Endpoint::from_shared(format!("http://{bare}"))
+    }
+
+    /// Connects now.
+    pub async fn connect(&self, endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
+        match self {
+            Security::Tls(t) => endpoint.connect_with_connector(client::Connector::new(Arc::clone(t))).await,
+            Security::Insecure => endpoint.connect().await,
+        }
+    }
+
+    /// A channel that connects on first use, and again after a failure.
+    pub fn connect_lazy(&self, endpoint: Endpoint) -> Channel {
+        match self {
+            Security::Tls(t) => endpoint.connect_with_connector_lazy(client::Connector::new(Arc::clone(t))),
+            Security::Insecure => endpoint.connect_lazy(),
+        }
+    }
+}
