@@ -34,10 +34,8 @@ pub async fn connect(endpoints: &[String], timeout: Duration, security: &Securit
 /// connection its innermost cause (a TLS alert, say), which the message
 /// ("transport error") hides.
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
-    let cause = root_cause(&s);
-    if cause.is_empty() || s.message().contains(&cause) {
-        anyhow!("{}", s.message())
-    } else {
-        anyhow!("{}: {cause}", s.message())
+    match std::error::Error::source(&s).map(root_cause) {
+        Some(cause) if !cause.is_empty() && !s.message().contains(&cause) => anyhow!("{}: {cause}", s.message()),
+        _ => anyhow!("{}", s.message()),
     }
 }
