@@ -25,10 +25,21 @@ pub async fn recovery_test(cfg: &AgentConfig, job: &RecoveryTestJob, meter: &Met
     result
 }
 
+/// The pid of the server running on `data`, from its `postmaster.pid`, but
+/// only if that process runs in `data` (a postmaster's working directory is
+/// its data directory): restored data may carry a `postmaster.pid` that
+/// names any process, a production server's included.
+fn scratch_postmaster(data: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok().filter(|p| *p > 0)?;
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    (cwd == data.canonicalize().ok()?).then_some(pid)
+}
+
 /// Stops whatever a scratch directory runs and removes it.
 pub(super) async fn remove_scratch(cfg: &AgentConfig, scratch: &Path) {
     let data = scratch.join("data");
-    if data.join("postmaster.pid").exists() {
+    if scratch_postmaster(&data).is_some() {
         if let Some(pg) = &cfg.postgres {
             let d = data.to_string_lossy().to_string();
             let _ = crate::process::run_as(&pg.run_as, &pg.bin_dir.join("pg_ctl"), &["-D", &d, "stop", "-m", "immediate", "-w"]).await;
@@ -203,6 +214,9 @@ pub(super) async fn restore_and_check_inner(
     if let Some(e) = errors.iter().find(|e| e.contains(NO_SPACE)).or(errors.first()) {
         return Err(e.clone());
     }
+    // pg_basebackup never includes one; a restored one names no process of
+    // ours (and would stop the scratch server from starting).
+    let _ = std::fs::remove_file(data.join("postmaster.pid"));
     let restored_at = started.elapsed();
     meter.phase("checks", 0);
 
@@ -229,4 +243,28 @@ pub(super) async fn restore_and_check_inner(
         out.insert("rpo_ms".into(), started_ms.saturating_sub(at).to_string());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scratch_postmaster;
+
+    #[test]
+    fn a_postmaster_pid_from_restored_data_names_no_process_to_stop_unless_it_runs_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data");
+        // A hostile backup naming another process (this test's own).
+        std::fs::write(data.join("postmaster.pid"), format!("{}\n/var/lib/postgresql/15/main\n", std::process::id())).expect("pid");
+        assert_eq!(scratch_postmaster(&data), None);
+        // A process that does run in the scratch data directory.
+        let mut child = std::process::Command::new("sleep").arg("30").current_dir(&data).spawn().expect("sleep");
+        std::fs::write(data.join("postmaster.pid"), format!("{}\n", child.id())).expect("pid");
+        let found = scratch_postmaster(&data);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, Some(child.id() as i32));
+        std::fs::write(data.join("postmaster.pid"), "not a pid\n").expect("pid");
+        assert_eq!(scratch_postmaster(&data), None);
+    }
 }
