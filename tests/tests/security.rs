@@ -366,3 +366,42 @@ fn a_rotated_certificate_serves_new_connections_without_a_restart_and_a_broken_o
     let log = c.nodes[&1].log_text();
     assert!(log.contains("cannot be used") && log.contains("a new identity needs a restart"), "{log}");
 }
+
+#[test]
+fn a_coordinator_serves_a_bounded_number_of_watches_and_a_client_that_leaves_frees_its_slot() {
+    use drc_coordinator::api::admin::MAX_WATCHES;
+    let c = Cluster::start(ClusterOpts::default()).expect("cluster");
+    c.apply(TOPOLOGY).expect("apply");
+    let rt = runtime();
+    let viewer = tls(&c.pki.as_ref().expect("pki").client(Role::Viewer, "watcher", "watcher").expect("viewer"));
+    let address = c.nodes[&1].address.clone();
+    rt.block_on(async {
+        // Spread over connections: one connection carries at most 1024 streams.
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(AdminServiceClient::new(channel(&viewer, &address).await));
+        }
+        let ask = |mut client: AdminServiceClient<Channel>| async move {
+            client.watch_primary(WatchPrimaryRequest { cluster: "cache".into() }).await
+        };
+        let mut open = Vec::new();
+        for i in 0..MAX_WATCHES {
+            open.push(ask(clients[i % clients.len()].clone()).await.expect("a watch within the limit").into_inner());
+        }
+        let refused = ask(clients[0].clone()).await.expect_err("one watch too many");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        // A client that goes away gives its slot back.
+        open.pop();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match ask(clients[1].clone()).await {
+                Ok(_) => break,
+                Err(e) if e.code() == Code::ResourceExhausted && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("the freed slot was not given back: {e:?}"),
+            }
+        }
+    });
+    c.json(&["status"]).expect("the coordinator still answers");
+}

@@ -42,6 +42,10 @@ use drc_model::topology::{diff::diff, parse::parse_topology, parse::valid_addres
 /// How long `Status` waits for each other node.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// Watches (`Watch`, `WatchPrimary`) one coordinator serves at once; each
+/// holds a task and a subscription for as long as its client likes.
+pub const MAX_WATCHES: usize = 1024;
+
 pub struct AdminApi {
     node: NodeHandle,
     transport: Arc<Transport>,
@@ -49,6 +53,7 @@ pub struct AdminApi {
     write_timeout: Duration,
     executor: Arc<Executor>,
     jobs: Arc<crate::jobs::Jobs>,
+    watches: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminApi {
@@ -60,7 +65,15 @@ impl AdminApi {
         executor: Arc<Executor>,
         jobs: Arc<crate::jobs::Jobs>,
     ) -> Self {
-        AdminApi { node, transport, agents, write_timeout, executor, jobs }
+        AdminApi { node, transport, agents, write_timeout, executor, jobs, watches: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHES)) }
+    }
+
+    /// A slot for one more watch, held until its stream ends.
+    #[allow(clippy::result_large_err)]
+    fn watch_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.watches).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("this coordinator already serves {MAX_WATCHES} watches; try another, or later"))
+        })
     }
 
     /// Records of one kind, newest first, of one cluster or all, as JSON;
@@ -477,11 +490,16 @@ impl AdminService for AdminApi {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let slot = self.watch_slot()?;
         let forwarded =
             on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.watch(r).await }).await?;
         if let Some(remote) = forwarded {
             // Relay the leader's stream; it ends when leadership moves.
-            return Ok(Response::new(Box::pin(remote.into_inner())));
+            use tokio_stream::StreamExt as _;
+            return Ok(Response::new(Box::pin(remote.into_inner().map(move |e| {
+                let _held = &slot;
+                e
+            }))));
         }
         let mut events = self.agents.events.subscribe();
         let mut status = self.node.watch_status();
@@ -493,6 +511,7 @@ impl AdminService for AdminApi {
             ..Default::default()
         };
         let stream = async_stream(move |tx: tokio::sync::mpsc::Sender<Result<WatchEvent, Status>>| async move {
+            let _held = slot;
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
@@ -506,6 +525,8 @@ impl AdminService for AdminApi {
                         }
                         Err(_) => return,
                     },
+                    // A client gone frees its slot now, not at the next event.
+                    _ = tx.closed() => return,
                     r = status.changed() => {
                         if r.is_err() || status.borrow_and_update().role != Role::Leader {
                             let _ = tx.send(Err(Status::unavailable("this coordinator is no longer the leader; watch again"))).await;
@@ -521,11 +542,13 @@ impl AdminService for AdminApi {
     type WatchPrimaryStream = Pin<Box<dyn Stream<Item = Result<PrimaryEndpoint, Status>> + Send>>;
 
     async fn watch_primary(&self, req: Request<WatchPrimaryRequest>) -> Result<Response<Self::WatchPrimaryStream>, Status> {
+        let slot = self.watch_slot()?;
         let cluster = req.into_inner().cluster;
         let node = self.node.clone();
         let first = published(&node, &cluster).ok_or_else(|| Status::not_found(format!("unknown cluster {cluster:?}")))?;
         let mut status = node.watch_status();
         let stream = async_stream(move |tx: tokio::sync::mpsc::Sender<Result<PrimaryEndpoint, Status>>| async move {
+            let _held = slot;
             let mut last = first;
             if tx.send(Ok(last.clone())).await.is_err() {
                 return;
