@@ -195,10 +195,8 @@ impl AgentConfig {
         if let Err(e) = self.connection.password() {
             p.push(e.to_string());
         }
-        match (&self.tls, self.insecure) {
-            (None, false) => p.push("tls: set tls.ca, tls.cert and tls.key, or insecure = true for plaintext on a trusted network".into()),
-            (Some(_), true) => p.push("tls and insecure = true are both set: choose one".into()),
-            _ => {}
+        if let Err(e) = drc_tls::check_choice(self.tls.as_ref(), self.insecure) {
+            p.push(format!("tls: {e}"));
         }
         if p.is_empty() {
             Ok(())

@@ -25,7 +25,7 @@ pub fn postmaster_alive(data_dir: &std::path::Path) -> bool {
 }
 
 /// The postmaster's pid from `data_dir/postmaster.pid`, if the file names one.
-fn postmaster_pid(data_dir: &std::path::Path) -> Option<i32> {
+pub(crate) fn postmaster_pid(data_dir: &std::path::Path) -> Option<i32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     text.lines().next()?.trim().parse().ok()
 }

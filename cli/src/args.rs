@@ -37,11 +37,7 @@ impl Cli {
     /// How to reach the coordinators: the client certificate, or plaintext
     /// when asked for.
     pub fn security(&self) -> anyhow::Result<drc_tls::Security> {
-        let files = match (&self.ca, &self.cert, &self.key) {
-            (Some(ca), Some(cert), Some(key)) => Some(drc_tls::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() }),
-            (None, None, None) => None,
-            _ => anyhow::bail!("--ca, --cert and --key (DRC_CA, DRC_CERT, DRC_KEY) go together: give all three"),
-        };
+        let files = drc_tls::files_from_flags(self.ca.as_deref(), self.cert.as_deref(), self.key.as_deref())?;
         drc_tls::Security::new(files, self.insecure).map_err(|e| match e {
             drc_tls::SecurityError::Unconfigured => anyhow::anyhow!(
                 "no client certificate: give --ca, --cert and --key (or DRC_CA, DRC_CERT, DRC_KEY), or --insecure for coordinators configured with insecure = true"

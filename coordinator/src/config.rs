@@ -208,10 +208,8 @@ impl CoordinatorConfig {
         if self.node_id == 0 {
             p.push("node_id: must be greater than 0".to_string());
         }
-        match (&self.tls, self.insecure) {
-            (None, false) => p.push("tls: set tls.ca, tls.cert and tls.key, or insecure = true for plaintext on a trusted network".into()),
-            (Some(_), true) => p.push("tls and insecure = true are both set: choose one".into()),
-            _ => {}
+        if let Err(e) = drc_tls::check_choice(self.tls.as_ref(), self.insecure) {
+            p.push(format!("tls: {e}"));
         }
         if !self.failover.hook.is_empty() && self.failover.hook_timeout.is_zero() {
             p.push("failover.hook_timeout: must be greater than zero".to_string());

@@ -35,11 +35,7 @@ struct Args {
 
 impl Args {
     fn security(&self) -> anyhow::Result<drc_tls::Security> {
-        let files = match (&self.ca, &self.cert, &self.key) {
-            (Some(ca), Some(cert), Some(key)) => Some(drc_tls::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() }),
-            (None, None, None) => None,
-            _ => anyhow::bail!("--ca, --cert and --key go together: give all three"),
-        };
+        let files = drc_tls::files_from_flags(self.ca.as_deref(), self.cert.as_deref(), self.key.as_deref())?;
         let security = drc_tls::Security::new(files, self.insecure)?;
         if security.is_insecure() {
             tracing::warn!("{}", drc_tls::INSECURE_WARNING);

@@ -38,6 +38,19 @@ async fn channel(security: &Security, address: &str) -> Channel {
     security.connect(Security::endpoint(address).expect("endpoint").timeout(Duration::from_secs(10))).await.expect("connect")
 }
 
+/// The Hello of an agent of `member` of the test topology's Redis cluster.
+fn hello(member: &str, region: &str) -> AgentMessage {
+    let hello = AgentHello {
+        member_id: member.into(),
+        cluster: "cache".into(),
+        region: region.into(),
+        kind: "redis".into(),
+        command_protocol: drc_proto::COMMAND_PROTOCOL,
+        ..Default::default()
+    };
+    AgentMessage { body: Some(agent_message::Body::Hello(hello)) }
+}
+
 fn tls(files: &TlsFiles) -> Security {
     Creds::Tls(files.clone()).security().expect("certificate files")
 }
@@ -61,16 +74,7 @@ async fn call(security: &Security, cluster: &Cluster, path: &str) -> tonic::Stat
         }
         "Session" => {
             let member = security.identity().map(|i| i.name).unwrap_or_default();
-            let hello = AgentHello {
-                member_id: member,
-                cluster: "cache".into(),
-                region: "a".into(),
-                kind: "redis".into(),
-                command_protocol: drc_proto::COMMAND_PROTOCOL,
-                ..Default::default()
-            };
-            let first = AgentMessage { body: Some(agent_message::Body::Hello(hello)) };
-            AgentServiceClient::new(ch).session(tokio_stream::iter(vec![first])).await.map(ok)
+            AgentServiceClient::new(ch).session(tokio_stream::iter(vec![hello(&member, "a")])).await.map(ok)
         }
         "Status" => admin.status(StatusRequest {}).await.map(ok),
         "NodeStatus" => admin.node_status(NodeStatusRequest {}).await.map(ok),
@@ -214,17 +218,8 @@ fn an_agent_speaks_only_as_its_own_member_and_a_peer_only_as_its_own_node() {
     // redis-a's certificate, opening a session as redis-b.
     let agent = tls(&pki.client(Role::Agent, "redis-a", "agent").expect("agent"));
     let refused = rt.block_on(async {
-        let hello = AgentHello {
-            member_id: "redis-b".into(),
-            cluster: "cache".into(),
-            region: "b".into(),
-            kind: "redis".into(),
-            command_protocol: drc_proto::COMMAND_PROTOCOL,
-            ..Default::default()
-        };
-        let first = AgentMessage { body: Some(agent_message::Body::Hello(hello)) };
         let mut client = AgentServiceClient::new(channel(&agent, &address).await);
-        match client.session(tokio_stream::iter(vec![first])).await {
+        match client.session(tokio_stream::iter(vec![hello("redis-b", "b")])).await {
             Err(s) => s,
             Ok(r) => r.into_inner().message().await.expect_err("the stream must end with an error"),
         }

@@ -38,8 +38,34 @@ pub enum SecurityError {
     Unconfigured,
     #[error("both TLS files and insecure = true are given: choose one")]
     Both,
+    #[error("--ca, --cert and --key (DRC_CA, DRC_CERT, DRC_KEY) go together: give all three")]
+    PartialFlags,
     #[error(transparent)]
     Tls(#[from] TlsError),
+}
+
+/// The TLS files a command line names with `--ca --cert --key`: all three
+/// or none.
+pub fn files_from_flags(
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<TlsFiles>, SecurityError> {
+    match (ca, cert, key) {
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles { ca: ca.into(), cert: cert.into(), key: key.into() })),
+        (None, None, None) => Ok(None),
+        _ => Err(SecurityError::PartialFlags),
+    }
+}
+
+/// Whether a configuration chose exactly one of TLS files and `insecure`;
+/// checked when a configuration is validated, before any file is read.
+pub fn check_choice(files: Option<&TlsFiles>, insecure: bool) -> Result<(), SecurityError> {
+    match (files, insecure) {
+        (Some(_), true) => Err(SecurityError::Both),
+        (None, false) => Err(SecurityError::Unconfigured),
+        _ => Ok(()),
+    }
 }
 
 /// The innermost cause of an error: for a failed connection, the TLS
@@ -60,11 +86,10 @@ pub const INSECURE_WARNING: &str =
 impl Security {
     /// TLS from `files`, or plaintext when the configuration says so.
     pub fn new(files: Option<TlsFiles>, insecure: bool) -> Result<Self, SecurityError> {
-        match (files, insecure) {
-            (Some(_), true) => Err(SecurityError::Both),
-            (Some(f), false) => Ok(Security::Tls(Tls::load(f)?)),
-            (None, true) => Ok(Security::Insecure),
-            (None, false) => Err(SecurityError::Unconfigured),
+        check_choice(files.as_ref(), insecure)?;
+        match files {
+            Some(f) => Ok(Security::Tls(Tls::load(f)?)),
+            None => Ok(Security::Insecure),
         }
     }
 
@@ -101,5 +126,29 @@ impl Security {
             Security::Tls(t) => endpoint.connect_with_connector_lazy(client::Connector::new(Arc::clone(t))),
             Security::Insecure => endpoint.connect_lazy(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_configuration_chooses_exactly_one_of_tls_files_and_insecure() {
+        let files = TlsFiles { ca: "ca.pem".into(), cert: "c.pem".into(), key: "c.key".into() };
+        assert!(check_choice(Some(&files), false).is_ok());
+        assert!(check_choice(None, true).is_ok());
+        assert!(matches!(check_choice(Some(&files), true), Err(SecurityError::Both)));
+        assert!(matches!(check_choice(None, false), Err(SecurityError::Unconfigured)));
+        assert!(matches!(Security::new(None, false), Err(SecurityError::Unconfigured)));
+    }
+
+    #[test]
+    fn the_three_certificate_flags_go_together() {
+        let (a, b, c) = (Some(Path::new("a")), Some(Path::new("b")), Some(Path::new("c")));
+        assert_eq!(files_from_flags(a, b, c).expect("all three").map(|f| f.key), Some("c".into()));
+        assert!(files_from_flags(None, None, None).expect("none").is_none());
+        assert!(matches!(files_from_flags(a, None, c), Err(SecurityError::PartialFlags)));
     }
 }

@@ -30,8 +30,7 @@ pub async fn recovery_test(cfg: &AgentConfig, job: &RecoveryTestJob, meter: &Met
 /// its data directory): restored data may carry a `postmaster.pid` that
 /// names any process, a production server's included.
 fn scratch_postmaster(data: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok().filter(|p| *p > 0)?;
+    let pid = crate::process::postmaster_pid(data).filter(|p| *p > 0)?;
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
     (cwd == data.canonicalize().ok()?).then_some(pid)
 }
