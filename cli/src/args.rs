@@ -126,6 +126,19 @@ pub enum Command {
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// The audit trail: every state-changing request, who made it, through
+    /// which coordinator, and its outcome; newest first.
+    Audit {
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only entries since then: a time (RFC 3339, e.g. 2026-12-06T17:00:00Z)
+        /// or a duration before now (e.g. 2h).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<u64>,
+        /// At most this many, the newest.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Cross-region backups: take one, list the catalog, show one.
     Backup {
         #[command(subcommand)]
@@ -237,4 +250,17 @@ pub enum MembersCommand {
         #[arg(long)]
         id: u64,
     },
+}
+
+/// `--since`: an RFC 3339 time or a duration before now, as Unix milliseconds.
+pub fn parse_since(s: &str) -> Result<u64, String> {
+    let at = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let ago =
+                humantime::parse_duration(s).map_err(|_| format!("{s:?} is neither a time (2026-12-06T17:00:00Z) nor a duration (2h)"))?;
+            std::time::SystemTime::now().checked_sub(ago).ok_or_else(|| format!("{s:?} reaches before 1970"))?
+        }
+    };
+    Ok(at.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("{s:?} is before 1970"))?.as_millis() as u64)
 }

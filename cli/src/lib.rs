@@ -5,6 +5,7 @@
 //! removed. Every failure prints `error: …` on stderr and exits non-zero.
 
 mod args;
+mod audit;
 mod connect;
 mod failover;
 mod jobs;
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         command @ (Command::Status | Command::Watch) => status::run(c, command, json_out, &cli.endpoints, cli.timeout, &security).await,
         command @ (Command::Apply { .. } | Command::Topology { .. }) => topology::run(c, command, json_out).await,
         command @ Command::Members { .. } => members::run(c, command, json_out).await,
+        Command::Audit { cluster, since, limit } => audit::run(c, cluster, since, limit, json_out).await,
         command @ (Command::Backup { .. } | Command::RecoveryTest { .. } | Command::Schedule { .. }) => {
             jobs::run(c, command, json_out).await
         }

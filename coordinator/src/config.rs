@@ -25,6 +25,8 @@
 //! election_ticks = 8      # election timeout 400-800 ms
 //! heartbeat_ticks = 2
 //!
+//! audit_log = "/var/log/drc/audit.jsonl"   # optional: the audit trail for a SIEM
+//!
 //! [tls]                   # or insecure = true, for plaintext on a trusted network
 //! ca = "/etc/drc/ca.pem"
 //! cert = "/etc/drc/node-1.pem"   # names drc://prod-drc/peer/1
@@ -166,6 +168,10 @@ pub struct CoordinatorConfig {
     /// network where everyone who can connect may promote a database.
     #[serde(default)]
     pub insecure: bool,
+    /// A file this node appends the audit trail to, one JSON object per
+    /// line, for a SIEM to ship (every node writes the whole trail).
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
 }
 
 /// A configuration that cannot be used, with every problem found.

@@ -10,6 +10,7 @@
 //! * [`jobs`] — backups, recovery tests, their schedules and retention, run by the leader.
 //! * [`raft`] — storage, the node task and the transport.
 //! * [`api`] — the gRPC services; `api::error` maps every error to its code.
+//! * [`audit`] — the audit trail of every state-changing request.
 //! * [`server`] — how one coordinator process is put together.
 //!
 //! # Where each rule lives
@@ -31,6 +32,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod core;
 pub mod executor;

@@ -16,6 +16,7 @@ use crate::agents::{run_monitor, Agents};
 use crate::api::admin::AdminApi;
 use crate::api::agent::AgentApi;
 use crate::api::auth::Authorize;
+use crate::audit::trail::AuditFile;
 use crate::config::CoordinatorConfig;
 use crate::core::LeaseConfig;
 use crate::executor::{Executor, Hook, Waits};
@@ -187,6 +188,17 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     tokio::spawn(Arc::clone(&jobs).run(cancel.child_token()));
     let admin_api =
         AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&agents), cfg.raft.write_timeout, Arc::clone(&executor), jobs);
+    let audit_file = match &cfg.audit_log {
+        Some(path) => Some(AuditFile::open(path.clone()).with_context(|| format!("opening the audit log {}", path.display()))?),
+        None => None,
+    };
+    tokio::spawn(crate::audit::trail::run(
+        handle.clone(),
+        admin_api.auditor(),
+        Arc::clone(&agents.events),
+        audit_file,
+        cancel.child_token(),
+    ));
     let admin = AdminServiceServer::new(admin_api);
     let agent = AgentServiceServer::new(AgentApi::new(handle.clone(), Arc::clone(&transport), agents));
     // Raft also stays on the shared listener when it has its own, so that a

@@ -6,12 +6,14 @@
 //! and snapshots: fields and variants are only ever added, with defaults, so
 //! that logs written by earlier releases still decode.
 //!
+//! * [`audit`] — who asked for what, through which node, and what came of it.
 //! * [`topology`] — regions, clusters, members, policies; TOML parse, render, diff.
 //! * [`cluster`] — a cluster's replicated record (primary, epoch, lineage).
 //! * [`decision`] and [`step`] — a change of primary and its steps.
 //! * [`job`] — backups, recovery tests and schedules.
 //! * [`time`] — wall-clock milliseconds, for what is replicated or shown.
 
+pub mod audit;
 pub mod cluster;
 pub mod decision;
 pub mod job;

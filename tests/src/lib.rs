@@ -156,6 +156,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The node's audit trail file (`audit_log`).
+    pub audit_log: PathBuf,
     child: Option<Child>,
 }
 
@@ -226,10 +228,12 @@ impl Cluster {
         let data_dir = self.dir.path().join(format!("node{id}"));
         let config = self.dir.path().join(format!("node{id}.toml"));
         let log = self.dir.path().join(format!("node{id}.log"));
+        let audit_log = self.dir.path().join(format!("node{id}.audit.jsonl"));
         let mut text = format!(
-            "cluster_id = {:?}\nnode_id = {id}\nlisten = {address:?}\ndata_dir = {:?}\njoin = {join}\n",
+            "cluster_id = {:?}\nnode_id = {id}\nlisten = {address:?}\ndata_dir = {:?}\njoin = {join}\naudit_log = {:?}\n",
             self.cluster_id,
-            data_dir.display().to_string()
+            data_dir.display().to_string(),
+            audit_log.display().to_string()
         );
         if let Some(raft) = &me.raft_address {
             text.push_str(&format!("raft_listen = {raft:?}\n"));
@@ -251,7 +255,7 @@ impl Cluster {
         fs::write(&config, text)?;
         self.nodes.insert(
             id,
-            Node { id, address: address.to_string(), raft_address: me.raft_address.clone(), data_dir, config, log, child: None },
+            Node { id, address: address.to_string(), raft_address: me.raft_address.clone(), data_dir, config, log, audit_log, child: None },
         );
         Ok(())
     }

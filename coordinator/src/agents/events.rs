@@ -30,6 +30,8 @@ pub enum EventKind {
     Watching,
     /// This watcher fell behind and missed events.
     Lagged,
+    /// A state-changing request and its outcome (the audit trail).
+    Audit,
 }
 
 impl EventKind {
@@ -47,6 +49,7 @@ impl EventKind {
             EventKind::Progress => "progress",
             EventKind::Watching => "watching",
             EventKind::Lagged => "lagged",
+            EventKind::Audit => "audit",
         }
     }
 }

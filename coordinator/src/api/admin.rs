@@ -13,23 +13,22 @@ use drc_proto::{
     ListNodesResponse, MembershipResponse, NodeStatus as NodeStatusProto, NodeStatusRequest, RemoveNodeRequest, StatusRequest,
     StatusResponse, TopologySummary,
 };
-use std::pin::Pin;
 use std::time::Instant;
 
+use drc_proto::{AuditReply, AuditRequest, RecordAuditReply, RecordAuditRequest};
 use drc_proto::{
     ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRegionReply, FailoverRegionRequest, FailoverRequest, HealthRequest,
-    HealthResponse, HistoryReply, HistoryRequest, PauseReply, PauseRequest, PrimaryEndpoint, SwitchoverRequest, WatchEvent,
-    WatchPrimaryRequest, WatchRequest,
+    HealthResponse, HistoryReply, HistoryRequest, PauseReply, PauseRequest, SwitchoverRequest, WatchPrimaryRequest, WatchRequest,
 };
 use drc_proto::{JobReply, JobsReply, ListJobsRequest, SetScheduleRequest, StartBackupRequest, StartRecoveryTestRequest};
 use drc_proto::{TransferLeadershipReply, TransferLeadershipRequest};
 
 use crate::core::Request as FailoverAsk;
 use crate::executor::Executor;
-use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::agents::{Agents, EventKind};
+use crate::agents::Agents;
+use crate::audit::Auditor;
 use drc_model::job::JobKind;
 
 use super::error::ApiError;
@@ -47,13 +46,14 @@ const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(800);
 pub const MAX_WATCHES: usize = 1024;
 
 pub struct AdminApi {
-    node: NodeHandle,
-    transport: Arc<Transport>,
-    agents: Arc<Agents>,
-    write_timeout: Duration,
+    pub(super) node: NodeHandle,
+    pub(super) transport: Arc<Transport>,
+    pub(super) agents: Arc<Agents>,
+    pub(super) write_timeout: Duration,
     executor: Arc<Executor>,
     jobs: Arc<crate::jobs::Jobs>,
     watches: Arc<tokio::sync::Semaphore>,
+    audit: Arc<Auditor>,
 }
 
 impl AdminApi {
@@ -65,12 +65,19 @@ impl AdminApi {
         executor: Arc<Executor>,
         jobs: Arc<crate::jobs::Jobs>,
     ) -> Self {
-        AdminApi { node, transport, agents, write_timeout, executor, jobs, watches: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHES)) }
+        let audit = Arc::new(Auditor::new(node.clone(), Arc::clone(&transport), write_timeout));
+        let watches = Arc::new(tokio::sync::Semaphore::new(MAX_WATCHES));
+        AdminApi { node, transport, agents, write_timeout, executor, jobs, watches, audit }
+    }
+
+    /// The auditor, which the trail follower shares.
+    pub fn auditor(&self) -> Arc<Auditor> {
+        Arc::clone(&self.audit)
     }
 
     /// A slot for one more watch, held until its stream ends.
     #[allow(clippy::result_large_err)]
-    fn watch_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    pub(super) fn watch_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         Arc::clone(&self.watches).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!("this coordinator already serves {MAX_WATCHES} watches; try another, or later"))
         })
@@ -120,6 +127,84 @@ impl AdminApi {
         match self.executor.request(ask).await {
             Ok(d) => Ok(Response::new(reply_of(d))),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Moves every primary out of a region (`FailoverRegion` on the leader).
+    async fn move_region(&self, r: FailoverRegionRequest) -> Result<Response<FailoverRegionReply>, Status> {
+        let (topology, records) = self.node.store().with_state(|sm| (sm.topology.clone(), sm.records.clone()));
+        check_region_move(&topology, &r)?;
+        let region_of = |m: &str| topology.members.get(m).map(|m| m.region.clone()).unwrap_or_default();
+        let mut reply = FailoverRegionReply::default();
+        // Clusters of one failover group follow the first one's region.
+        let mut landed: BTreeMap<String, String> = BTreeMap::new();
+        for (name, rec) in records.iter() {
+            if region_of(&rec.primary) != r.from {
+                continue;
+            }
+            let group = topology.failover_groups.iter().find(|(_, g)| g.clusters.contains(name)).map(|(g, _)| g.clone());
+            let prefer = group.as_ref().and_then(|g| landed.get(g).cloned());
+            let ask = FailoverAsk::Evacuate {
+                cluster: name.clone(),
+                from: r.from.clone(),
+                to: (!r.to.is_empty()).then(|| r.to.clone()),
+                prefer,
+                force: r.force,
+            };
+            match self.executor.request(ask).await {
+                Ok(d) => {
+                    if let Some(g) = group {
+                        landed.entry(g).or_insert_with(|| region_of(&d.to));
+                    }
+                    reply.decisions.push(reply_of(d));
+                }
+                Err(e) => reply.refused.push(format!("{name}: {e}")),
+            }
+        }
+        if reply.decisions.is_empty() && reply.refused.is_empty() {
+            return Err(Status::failed_precondition(format!("no cluster has its primary in region {:?}", r.from)));
+        }
+        Ok(Response::new(reply))
+    }
+
+    /// Applies a parsed topology (`ApplyTopology` on the leader).
+    async fn apply(&self, topology: drc_model::topology::Topology, dry_run: bool) -> Result<Response<ApplyTopologyResponse>, Status> {
+        let current = self.node.store().with_state(|sm| sm.topology.clone());
+        let changes = diff(&current, &topology);
+        let version = self.node.store().with_state(|sm| sm.topology_version);
+        if dry_run || changes.is_empty() {
+            return Ok(Response::new(ApplyTopologyResponse { applied: false, diff: changes, version, raft_index: 0 }));
+        }
+        match self.propose(Command::ApplyTopology { topology }).await? {
+            Outcome::Topology { version } => {
+                tracing::info!(version, changes = changes.len(), "topology applied");
+                let raft_index = self.node.status().applied_index;
+                Ok(Response::new(ApplyTopologyResponse { applied: true, diff: changes, version, raft_index }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// Hands leadership to node `to` and waits until it leads.
+    async fn transfer(&self, to: u64) -> Result<Response<TransferLeadershipReply>, Status> {
+        let me = self.node.status();
+        if to != me.id {
+            self.node.transfer_leader(to).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let mut watch = self.node.watch_status();
+        loop {
+            let s = watch.borrow_and_update().clone();
+            if s.leader_id == to {
+                return Ok(Response::new(TransferLeadershipReply { leader_id: to, term: s.term }));
+            }
+            if tokio::time::timeout_at(deadline, watch.changed()).await.is_err() {
+                return Err(Status::unavailable(format!(
+                    "leadership did not move to node {to} within {}; node {} leads (a node that is behind or unreachable cannot take over)",
+                    humantime::format_duration(self.write_timeout),
+                    s.leader_id
+                )));
+            }
         }
     }
 
@@ -230,9 +315,10 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
+        let ticket = self.audit.begin(&req).await?;
         let r = req.into_inner();
         let to = (!r.to.is_empty()).then_some(r.to);
-        self.decide(FailoverAsk::Failover { cluster: r.cluster, to, force: r.force }).await
+        ticket.finish(self.decide(FailoverAsk::Failover { cluster: r.cluster, to, force: r.force }).await, decided).await
     }
 
     async fn switchover(&self, req: Request<SwitchoverRequest>) -> Result<Response<DecisionReply>, Status> {
@@ -241,9 +327,10 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
+        let ticket = self.audit.begin(&req).await?;
         let r = req.into_inner();
         let to = (!r.to.is_empty()).then_some(r.to);
-        self.decide(FailoverAsk::Switchover { cluster: r.cluster, to }).await
+        ticket.finish(self.decide(FailoverAsk::Switchover { cluster: r.cluster, to }).await, decided).await
     }
 
     async fn failover_region(&self, req: Request<FailoverRegionRequest>) -> Result<Response<FailoverRegionReply>, Status> {
@@ -252,40 +339,15 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
-        let r = req.into_inner();
-        let (topology, records) = self.node.store().with_state(|sm| (sm.topology.clone(), sm.records.clone()));
-        check_region_move(&topology, &r)?;
-        let region_of = |m: &str| topology.members.get(m).map(|m| m.region.clone()).unwrap_or_default();
-        let mut reply = FailoverRegionReply::default();
-        // Clusters of one failover group follow the first one's region.
-        let mut landed: BTreeMap<String, String> = BTreeMap::new();
-        for (name, rec) in records.iter() {
-            if region_of(&rec.primary) != r.from {
-                continue;
-            }
-            let group = topology.failover_groups.iter().find(|(_, g)| g.clusters.contains(name)).map(|(g, _)| g.clone());
-            let prefer = group.as_ref().and_then(|g| landed.get(g).cloned());
-            let ask = FailoverAsk::Evacuate {
-                cluster: name.clone(),
-                from: r.from.clone(),
-                to: (!r.to.is_empty()).then(|| r.to.clone()),
-                prefer,
-                force: r.force,
-            };
-            match self.executor.request(ask).await {
-                Ok(d) => {
-                    if let Some(g) = group {
-                        landed.entry(g).or_insert_with(|| region_of(&d.to));
-                    }
-                    reply.decisions.push(reply_of(d));
-                }
-                Err(e) => reply.refused.push(format!("{name}: {e}")),
-            }
-        }
-        if reply.decisions.is_empty() && reply.refused.is_empty() {
-            return Err(Status::failed_precondition(format!("no cluster has its primary in region {:?}", r.from)));
-        }
-        Ok(Response::new(reply))
+        let ticket = self.audit.begin(&req).await?;
+        let moved = self.move_region(req.into_inner()).await;
+        ticket
+            .finish(moved, |r| {
+                let r = r.get_ref();
+                let ids: Vec<String> = r.decisions.iter().map(|d| format!("{}: decision {}", d.cluster, d.decision_id)).collect();
+                format!("decided [{}]; refused [{}]", ids.join(", "), r.refused.join("; "))
+            })
+            .await
     }
 
     async fn pause(&self, req: Request<PauseRequest>) -> Result<Response<PauseReply>, Status> {
@@ -294,6 +356,7 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
+        let ticket = self.audit.begin(&req).await?;
         let r = req.into_inner();
         let what = if r.paused { "paused" } else { "resumed" };
         let (cluster, done) = if r.cluster.is_empty() {
@@ -301,7 +364,7 @@ impl AdminService for AdminApi {
         } else {
             (Some(r.cluster.clone()), format!("automatic failover {what} for {}", r.cluster))
         };
-        self.propose_command(Command::Pause { cluster, paused: r.paused }, done).await
+        ticket.finish(self.propose_command(Command::Pause { cluster, paused: r.paused }, done).await, said).await
     }
 
     async fn clear_block(&self, req: Request<ClearBlockRequest>) -> Result<Response<PauseReply>, Status> {
@@ -310,9 +373,10 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
+        let ticket = self.audit.begin(&req).await?;
         let cluster = req.into_inner().cluster;
         let done = format!("anti-flap block of {cluster} cleared");
-        self.propose_command(Command::ClearBlock { cluster }, done).await
+        ticket.finish(self.propose_command(Command::ClearBlock { cluster }, done).await, said).await
     }
 
     async fn start_backup(&self, req: Request<StartBackupRequest>) -> Result<Response<JobReply>, Status> {
@@ -321,10 +385,11 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
+        let ticket = self.audit.begin(&req).await?;
         let r = req.into_inner();
         let destination = (!r.destination.is_empty()).then_some(r.destination.as_str());
-        let rec = self.jobs.start_backup(&r.cluster, destination, 0).await.map_err(ApiError::from)?;
-        Ok(Response::new(JobReply { job_json: serde_json::to_string(&rec).map_err(|e| Status::internal(e.to_string()))? }))
+        let started = self.jobs.start_backup(&r.cluster, destination, 0).await.map_err(ApiError::from).map_err(Status::from);
+        ticket.finish(started.and_then(|rec| job_reply(&rec)), |r| job_detail("backup", r)).await
     }
 
     async fn list_backups(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
@@ -347,10 +412,11 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
+        let ticket = self.audit.begin(&req).await?;
         let r = req.into_inner();
         let backup = (r.backup_id != 0).then_some(r.backup_id);
-        let rec = self.jobs.start_recovery_test(&r.cluster, backup, "operator").await.map_err(ApiError::from)?;
-        Ok(Response::new(JobReply { job_json: serde_json::to_string(&rec).map_err(|e| Status::internal(e.to_string()))? }))
+        let started = self.jobs.start_recovery_test(&r.cluster, backup, "operator").await.map_err(ApiError::from).map_err(Status::from);
+        ticket.finish(started.and_then(|rec| job_reply(&rec)), |r| job_detail("recovery test", r)).await
     }
 
     async fn list_recovery_tests(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
@@ -366,15 +432,19 @@ impl AdminService for AdminApi {
 
     async fn set_schedule(&self, req: Request<SetScheduleRequest>) -> Result<Response<PauseReply>, Status> {
         let r = req.get_ref();
-        let job: JobKind = r.job.parse().map_err(|e: String| Status::invalid_argument(format!("job: {e}")))?;
-        if !r.cron.is_empty() {
-            crate::jobs::parse_cron(&r.cron).map_err(Status::invalid_argument)?;
+        let job: JobKind = match r.job.parse() {
+            Ok(job) => job,
+            Err(e) => return Err(self.audit.refused(&req, Status::invalid_argument(format!("job: {e}"))).await),
+        };
+        if let Err(e) = (!r.cron.is_empty()).then(|| crate::jobs::parse_cron(&r.cron)).transpose() {
+            return Err(self.audit.refused(&req, Status::invalid_argument(e)).await);
         }
         if let Some(answer) =
             on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.set_schedule(r).await }).await?
         {
             return Ok(answer);
         }
+        let ticket = self.audit.begin(&req).await?;
         let r = req.into_inner();
         let done = if r.cron.is_empty() {
             format!("{} schedule of {} removed", r.job, r.cluster)
@@ -382,7 +452,7 @@ impl AdminService for AdminApi {
             format!("{} of {} scheduled: {:?} (UTC)", r.job, r.cluster, r.cron)
         };
         let at = drc_model::time::wall_now_ms();
-        self.propose_command(Command::SetSchedule { cluster: r.cluster, job, cron: r.cron, at }, done).await
+        ticket.finish(self.propose_command(Command::SetSchedule { cluster: r.cluster, job, cron: r.cron, at }, done).await, said).await
     }
 
     async fn list_schedules(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
@@ -412,6 +482,27 @@ impl AdminService for AdminApi {
         Ok(Response::new(HistoryReply { decisions_json }))
     }
 
+    async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { usize::MAX } else { r.limit as usize };
+        let entries = self.node.store().with_state(|sm| {
+            let wanted = |e: &&drc_model::audit::AuditEntry| e.at >= r.since_ms && (r.cluster.is_empty() || e.cluster == r.cluster);
+            sm.audit.values().rev().filter(wanted).take(limit).cloned().collect::<Vec<_>>()
+        });
+        let entries_json = serde_json::to_string(&entries).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(AuditReply { entries_json }))
+    }
+
+    async fn record_audit(&self, req: Request<RecordAuditRequest>) -> Result<Response<RecordAuditReply>, Status> {
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.record_audit(r).await }).await?
+        {
+            return Ok(answer);
+        }
+        let id = self.audit.record_for_peer(&req.get_ref().command_json).await?;
+        Ok(Response::new(RecordAuditReply { id }))
+    }
+
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let nodes = self.all_statuses().await;
         let me = self.node.status();
@@ -438,26 +529,24 @@ impl AdminService for AdminApi {
 
     async fn apply_topology(&self, req: Request<ApplyTopologyRequest>) -> Result<Response<ApplyTopologyResponse>, Status> {
         // Validate before anything else: a bad document is refused by any node.
-        let topology = parse_topology(&req.get_ref().topology_toml).map_err(ApiError::from)?;
+        let topology = match parse_topology(&req.get_ref().topology_toml) {
+            Ok(t) => t,
+            Err(e) => return Err(self.audit.refused(&req, ApiError::from(e).into()).await),
+        };
         if let Some(answer) =
             on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.apply_topology(r).await }).await?
         {
             return Ok(answer);
         }
-        let current = self.node.store().with_state(|sm| sm.topology.clone());
-        let changes = diff(&current, &topology);
-        let version = self.node.store().with_state(|sm| sm.topology_version);
-        if req.get_ref().dry_run || changes.is_empty() {
-            return Ok(Response::new(ApplyTopologyResponse { applied: false, diff: changes, version, raft_index: 0 }));
-        }
-        match self.propose(Command::ApplyTopology { topology }).await? {
-            Outcome::Topology { version } => {
-                tracing::info!(version, changes = changes.len(), "topology applied");
-                let raft_index = self.node.status().applied_index;
-                Ok(Response::new(ApplyTopologyResponse { applied: true, diff: changes, version, raft_index }))
-            }
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        }
+        let ticket = self.audit.begin(&req).await?;
+        let applied = self.apply(topology, req.get_ref().dry_run).await;
+        ticket
+            .finish(applied, |r| {
+                let r = r.get_ref();
+                let what = if r.applied { format!("version {}", r.version) } else { "nothing applied".to_string() };
+                format!("{what}; {} change(s): {}", r.diff.len(), r.diff.join("; "))
+            })
+            .await
     }
 
     async fn get_topology(&self, _req: Request<GetTopologyRequest>) -> Result<Response<GetTopologyResponse>, Status> {
@@ -487,91 +576,16 @@ impl AdminService for AdminApi {
         Ok(Response::new(HealthResponse { clusters: self.local_clusters(&topology, &records, only), leader_id: self.node.status().id }))
     }
 
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+    type WatchStream = super::watch::WatchStream;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let slot = self.watch_slot()?;
-        let forwarded =
-            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.watch(r).await }).await?;
-        if let Some(remote) = forwarded {
-            // Relay the leader's stream; it ends when leadership moves.
-            use tokio_stream::StreamExt as _;
-            return Ok(Response::new(Box::pin(remote.into_inner().map(move |e| {
-                let _held = &slot;
-                e
-            }))));
-        }
-        let mut events = self.agents.events.subscribe();
-        let mut status = self.node.watch_status();
-        let me = status.borrow().clone();
-        let first = WatchEvent {
-            at_ms: drc_model::time::wall_now_ms(),
-            kind: EventKind::Watching.as_str().into(),
-            message: format!("watching node {} (leader, term {}): every event from now on", me.id, me.term),
-            ..Default::default()
-        };
-        let stream = async_stream(move |tx: tokio::sync::mpsc::Sender<Result<WatchEvent, Status>>| async move {
-            let _held = slot;
-            if tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            loop {
-                tokio::select! {
-                    e = events.recv() => match e {
-                        Ok(e) => if tx.send(Ok(e)).await.is_err() { return },
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            let lost = WatchEvent { kind: EventKind::Lagged.as_str().into(), message: format!("{n} events dropped: this watcher is too slow"), ..Default::default() };
-                            if tx.send(Ok(lost)).await.is_err() { return }
-                        }
-                        Err(_) => return,
-                    },
-                    // A client gone frees its slot now, not at the next event.
-                    _ = tx.closed() => return,
-                    r = status.changed() => {
-                        if r.is_err() || status.borrow_and_update().role != Role::Leader {
-                            let _ = tx.send(Err(Status::unavailable("this coordinator is no longer the leader; watch again"))).await;
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Response::new(stream))
+        self.watch_events(req).await
     }
 
-    type WatchPrimaryStream = Pin<Box<dyn Stream<Item = Result<PrimaryEndpoint, Status>> + Send>>;
+    type WatchPrimaryStream = super::watch::WatchPrimaryStream;
 
     async fn watch_primary(&self, req: Request<WatchPrimaryRequest>) -> Result<Response<Self::WatchPrimaryStream>, Status> {
-        let slot = self.watch_slot()?;
-        let cluster = req.into_inner().cluster;
-        let node = self.node.clone();
-        let first = published(&node, &cluster).ok_or_else(|| Status::not_found(format!("unknown cluster {cluster:?}")))?;
-        let mut status = node.watch_status();
-        let stream = async_stream(move |tx: tokio::sync::mpsc::Sender<Result<PrimaryEndpoint, Status>>| async move {
-            let _held = slot;
-            let mut last = first;
-            if tx.send(Ok(last.clone())).await.is_err() {
-                return;
-            }
-            // Every applied entry may change it; most do not.
-            loop {
-                tokio::select! {
-                    r = status.changed() => if r.is_err() { return },
-                    _ = tx.closed() => return,
-                }
-                let Some(now) = published(&node, &cluster) else {
-                    let _ = tx.send(Err(Status::not_found(format!("cluster {cluster:?} was removed from the topology")))).await;
-                    return;
-                };
-                if (now.epoch, &now.member, &now.address) != (last.epoch, &last.member, &last.address) {
-                    last = now;
-                    if tx.send(Ok(last.clone())).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(stream))
+        self.watch_primary_endpoint(req).await
     }
 
     async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
@@ -579,23 +593,28 @@ impl AdminService for AdminApi {
     }
 
     async fn add_node(&self, req: Request<AddNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
-        check_add_node(req.get_ref())?;
+        if let Err(e) = check_add_node(req.get_ref()) {
+            return Err(self.audit.refused(&req, e).await);
+        }
         if let Some(answer) =
             on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.add_node(r).await }).await?
         {
             return Ok(answer);
         }
+        let ticket = self.audit.begin(&req).await?;
         let r = req.into_inner();
         let address = NodeAddress { client: r.address, raft: Some(r.raft_address).filter(|a| !a.is_empty()) };
         let outcome = self.node.change_membership(MembershipChange::Add { id: r.id, address }, self.write_timeout).await;
-        membership_response(outcome.map_err(|e| self.explain(e))?, self.node.status().applied_index)
+        let answer = outcome.map_err(|e| self.explain(e)).and_then(|o| membership_response(o, self.node.status().applied_index));
+        ticket.finish(answer, |r| format!("voters {:?}", r.get_ref().voters)).await
     }
 
     async fn transfer_leadership(&self, req: Request<TransferLeadershipRequest>) -> Result<Response<TransferLeadershipReply>, Status> {
         let to = req.get_ref().id;
         let voters = self.node.status().voters;
         if !voters.contains(&to) {
-            return Err(Status::invalid_argument(format!("id: node {to} is not a voter (voters: {voters:?})")));
+            let e = Status::invalid_argument(format!("id: node {to} is not a voter (voters: {voters:?})"));
+            return Err(self.audit.refused(&req, e).await);
         }
         if let Some(answer) =
             on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.transfer_leadership(r).await })
@@ -603,25 +622,9 @@ impl AdminService for AdminApi {
         {
             return Ok(answer);
         }
-        let me = self.node.status();
-        if to != me.id {
-            self.node.transfer_leader(to).await;
-        }
-        let deadline = tokio::time::Instant::now() + self.write_timeout;
-        let mut watch = self.node.watch_status();
-        loop {
-            let s = watch.borrow_and_update().clone();
-            if s.leader_id == to {
-                return Ok(Response::new(TransferLeadershipReply { leader_id: to, term: s.term }));
-            }
-            if tokio::time::timeout_at(deadline, watch.changed()).await.is_err() {
-                return Err(Status::unavailable(format!(
-                    "leadership did not move to node {to} within {}; node {} leads (a node that is behind or unreachable cannot take over)",
-                    humantime::format_duration(self.write_timeout),
-                    s.leader_id
-                )));
-            }
-        }
+        let ticket = self.audit.begin(&req).await?;
+        let moved = self.transfer(to).await;
+        ticket.finish(moved, |r| format!("node {} leads (term {})", r.get_ref().leader_id, r.get_ref().term)).await
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
@@ -647,12 +650,16 @@ impl AdminService for AdminApi {
                 }
             }
             match route(&self.node, &self.transport, false, self.write_timeout).await? {
-                Route::Leader(mut client) => return client.remove_node(forwarded_copy(&req)).await,
+                Route::Leader(mut client) => return client.remove_node(forwarded_copy(&req, me.id)).await,
                 Route::Local => return Err(Status::unavailable("leadership came back to the node being removed; retry")),
             }
         }
+        // (Removing itself, the leader hands over first; the new leader
+        // records the request, as forwarded by this node.)
+        let ticket = self.audit.begin(&req).await?;
         let outcome = self.node.change_membership(MembershipChange::Remove { id }, self.write_timeout).await;
-        membership_response(outcome.map_err(|e| self.explain(e))?, self.node.status().applied_index)
+        let answer = outcome.map_err(|e| self.explain(e)).and_then(|o| membership_response(o, self.node.status().applied_index));
+        ticket.finish(answer, |r| format!("voters {:?}", r.get_ref().voters)).await
     }
 }
 
@@ -663,38 +670,30 @@ fn membership_response(outcome: Outcome, raft_index: u64) -> Result<Response<Mem
     }
 }
 
-/// A stream fed by a task: `f` gets the sending half.
+/// The audit detail of a decision.
+fn decided(r: &Response<DecisionReply>) -> String {
+    let d = r.get_ref();
+    format!("decision {} (epoch {}): {} -> {}", d.decision_id, d.epoch, d.from, d.to)
+}
+
+/// The audit detail of an answer that is a sentence.
+fn said(r: &Response<PauseReply>) -> String {
+    r.get_ref().message.clone()
+}
+
+#[allow(clippy::result_large_err)]
+fn job_reply<T: serde::Serialize>(rec: &T) -> Result<Response<JobReply>, Status> {
+    Ok(Response::new(JobReply { job_json: serde_json::to_string(rec).map_err(|e| Status::internal(e.to_string()))? }))
+}
+
+/// The audit detail of a started job: its id.
+fn job_detail(what: &str, r: &Response<JobReply>) -> String {
+    let id = serde_json::from_str::<serde_json::Value>(&r.get_ref().job_json).ok().and_then(|v| v["id"].as_u64()).unwrap_or(0);
+    format!("{what} {id} started")
+}
+
 fn reply_of(d: drc_model::Decision) -> DecisionReply {
     DecisionReply { decision_id: d.id, epoch: d.epoch, from: d.from, to: d.to, reason: d.reason, cluster: d.cluster }
-}
-
-/// A cluster's published primary on this node; `None` for an unknown cluster.
-fn published(node: &NodeHandle, cluster: &str) -> Option<PrimaryEndpoint> {
-    let status = node.status();
-    node.store().with_state(|sm| {
-        let (epoch, member) = sm.published_primary(cluster)?;
-        let decl = member.as_ref().and_then(|m| sm.topology.members.get(m));
-        Some(PrimaryEndpoint {
-            cluster: cluster.to_string(),
-            epoch,
-            member: member.clone().unwrap_or_default(),
-            address: decl.map(|m| m.address.clone()).unwrap_or_default(),
-            region: decl.map(|m| m.region.clone()).unwrap_or_default(),
-            node_id: status.id,
-            applied_index: status.applied_index,
-        })
-    })
-}
-
-fn async_stream<T, F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
-where
-    T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(f(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// A node to add names itself and where it listens.

@@ -19,6 +19,15 @@ use tonic::Status;
 /// Metadata key of the original caller of a forwarded request.
 pub const ON_BEHALF_OF: &str = "x-drc-on-behalf-of";
 
+/// Metadata key naming the node that forwarded a request; believed only
+/// without TLS (with it, the forwarding peer's certificate names the node).
+pub const VIA: &str = "x-drc-via";
+
+/// The coordinator that forwarded a request here, as the request's
+/// extension; absent when the caller reached this node directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardedBy(pub u64);
+
 /// What an RPC needs of its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permission {
@@ -71,6 +80,10 @@ pub const RPCS: &[(&str, Permission)] = &[
     ("/drc.v1.AdminService/ListRecoveryTests", Permission::View),
     ("/drc.v1.AdminService/SetSchedule", Permission::Operate),
     ("/drc.v1.AdminService/ListSchedules", Permission::View),
+    // Entries hold no secrets (requests are redacted): whoever may read the
+    // history may read who asked for it.
+    ("/drc.v1.AdminService/Audit", Permission::View),
+    ("/drc.v1.AdminService/RecordAudit", Permission::Raft),
 ];
 
 pub fn permission_of(path: &str) -> Option<Permission> {
@@ -179,13 +192,24 @@ where
         let header = |name: &str| req.headers().get(name);
         let on_behalf_of = header(ON_BEHALF_OF).map(|v| v.to_str().unwrap_or("(not text)"));
         let forwarded = header(super::forward::FORWARDED).is_some();
-        let decided = match req.extensions().get::<PeerInfo>() {
-            Some(info) => authorize(&self.cluster, req.uri().path(), &info.caller, on_behalf_of, forwarded),
-            None => Err(Status::unauthenticated("the connection carries no peer information")),
+        let via_header = header(VIA).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let (decided, via) = match req.extensions().get::<PeerInfo>() {
+            Some(info) => {
+                let via = match &info.caller {
+                    Caller::Known(id) if forwarded => id.node_id(),
+                    Caller::Insecure if forwarded => via_header,
+                    _ => None,
+                };
+                (authorize(&self.cluster, req.uri().path(), &info.caller, on_behalf_of, forwarded), via)
+            }
+            None => (Err(Status::unauthenticated("the connection carries no peer information")), None),
         };
         match decided {
             Ok(principal) => {
                 req.extensions_mut().insert(principal);
+                if let Some(node) = via {
+                    req.extensions_mut().insert(ForwardedBy(node));
+                }
                 Either::Right(self.inner.call(req))
             }
             Err(status) => {
@@ -232,6 +256,27 @@ mod tests {
         for (path, _) in RPCS {
             assert!(declared.iter().any(|d| d == path), "{path} is in RPCS but not in the .proto");
         }
+    }
+
+    #[test]
+    fn every_state_changing_rpc_has_an_audit_action_and_every_action_an_rpc() {
+        use drc_model::audit::AuditAction;
+        let snake = |name: &str| {
+            name.chars().enumerate().fold(String::new(), |mut s, (i, c)| {
+                if c.is_ascii_uppercase() && i > 0 {
+                    s.push('_');
+                }
+                s.push(c.to_ascii_lowercase());
+                s
+            })
+        };
+        let operated: Vec<String> =
+            RPCS.iter().filter(|(_, p)| *p == Permission::Operate).map(|(path, _)| snake(path.rsplit('/').next().expect("name"))).collect();
+        let actions: Vec<&str> = AuditAction::ALL.iter().map(|a| a.as_str()).collect();
+        for rpc in &operated {
+            assert!(actions.contains(&rpc.as_str()), "{rpc} changes state but has no AuditAction");
+        }
+        assert_eq!(operated.len(), actions.len(), "every AuditAction names a state-changing RPC: {operated:?} vs {actions:?}");
     }
 
     #[test]

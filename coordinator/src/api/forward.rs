@@ -9,7 +9,7 @@ use drc_tls::Security;
 use tonic::transport::Channel;
 use tonic::Status;
 
-use super::auth::{principal, Principal, ON_BEHALF_OF};
+use super::auth::{principal, Principal, ON_BEHALF_OF, VIA};
 use crate::raft::transport::Transport;
 use crate::raft::{NodeHandle, Role};
 
@@ -91,7 +91,7 @@ where
             Route::Leader(client) => client,
         };
         let leader = node.status().leader_id;
-        match call(client, forwarded_copy(req)).await {
+        match call(client, forwarded_copy(req, node.status().id)).await {
             // UNAVAILABLE: nothing was done (the leader went away): retry.
             Err(e) if e.code() == tonic::Code::Unavailable && !forwarded => {
                 if start.elapsed() >= deadline {
@@ -114,10 +114,12 @@ pub fn mark_forwarded<T>(mut req: tonic::Request<T>) -> tonic::Request<T> {
     req
 }
 
-/// The request to send to the leader: the same message, marked forwarded,
-/// naming the original caller (the leader authorises that caller).
-pub fn forwarded_copy<T: Clone>(original: &tonic::Request<T>) -> tonic::Request<T> {
+/// The request to send to the leader: the same message, marked forwarded
+/// by node `me`, naming the original caller (the leader authorises that
+/// caller).
+pub fn forwarded_copy<T: Clone>(original: &tonic::Request<T>, me: u64) -> tonic::Request<T> {
     let mut req = mark_forwarded(tonic::Request::new(original.get_ref().clone()));
+    req.metadata_mut().insert(VIA, me.into());
     if let Principal::Identity(id) = principal(original) {
         // An identity URI is plain ASCII (checked when it was parsed).
         if let Ok(value) = id.uri().parse() {

@@ -5,3 +5,4 @@ pub mod agent;
 pub mod auth;
 pub mod error;
 pub mod forward;
+mod watch;

@@ -37,6 +37,9 @@ struct Args {
     /// Start without a configuration, to be added with `drctl members add`.
     #[arg(long)]
     join: bool,
+    /// Append the audit trail to this file, one JSON object per line.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
 }
 
 fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
@@ -59,6 +62,7 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
             failover: Default::default(),
             tls: None,
             insecure: false,
+            audit_log: None,
         },
     };
     if let Some(v) = args.cluster_id {
@@ -81,6 +85,9 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
     }
     if args.join {
         cfg.join = true;
+    }
+    if let Some(v) = args.audit_log {
+        cfg.audit_log = Some(v);
     }
     if !args.peers.is_empty() {
         cfg.peers = args

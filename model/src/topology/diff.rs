@@ -29,16 +29,18 @@ pub fn diff(old: &Topology, new: &Topology) -> Vec<String> {
                     let mut b = BTreeMap::new();
                     flatten(value, String::new(), &mut a);
                     flatten(nv, String::new(), &mut b);
+                    // A section of settings (`retention`) has plain values.
+                    let key = |k: &str| if k.is_empty() { format!("{section}.{name}") } else { format!("{section}.{name}.{k}") };
                     for (k, av) in &a {
                         match b.get(k) {
-                            Some(bv) if bv != av => lines.push(format!("~ {section}.{name}.{k}: {av} -> {bv}")),
+                            Some(bv) if bv != av => lines.push(format!("~ {}: {av} -> {bv}", key(k))),
                             Some(_) => {}
-                            None => lines.push(format!("- {section}.{name}.{k}")),
+                            None => lines.push(format!("- {}", key(k))),
                         }
                     }
                     for (k, bv) in &b {
                         if !a.contains_key(k) {
-                            lines.push(format!("+ {section}.{name}.{k} = {bv}"));
+                            lines.push(format!("+ {} = {bv}", key(k)));
                         }
                     }
                 }
@@ -113,5 +115,13 @@ mod tests {
         let d = diff(&a, &b);
         assert!(d.contains(&"- destinations.s3-b".to_string()), "{d:?}");
         assert!(d.iter().any(|l| l.starts_with("+ destinations.s3-a")), "{d:?}");
+    }
+
+    #[test]
+    fn retention_changes_are_shown_as_settings() {
+        let base = "[regions.a]\n[clusters.c]\nkind='redis'\n";
+        let a = parse_topology(base).expect("valid");
+        let b = parse_topology(&format!("{base}[retention]\naudit=50\n")).expect("valid");
+        assert_eq!(diff(&a, &b), vec!["~ retention.audit: 10000 -> 50".to_string()]);
     }
 }

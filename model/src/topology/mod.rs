@@ -163,6 +163,26 @@ pub struct FailoverGroup {
     pub clusters: Vec<String>,
 }
 
+/// How much of its own records drc keeps in the replicated state (and so in
+/// every snapshot): the newest `decisions` finished decisions, `audit` audit
+/// entries and `jobs` finished recovery tests and failed backups, each none
+/// older than `max_age`. A decision or job still running is always kept;
+/// completed backups follow their cluster's backup retention instead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    pub decisions: u32,
+    pub audit: u32,
+    pub jobs: u32,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { decisions: 1000, audit: 10_000, jobs: 1000, max_age: Duration::from_secs(365 * 24 * 3600) }
+    }
+}
+
 /// The whole declared topology. Maps are ordered so that serialisation, the
 /// diff and every node's copy are deterministic.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +193,8 @@ pub struct Topology {
     pub failover_groups: BTreeMap<String, FailoverGroup>,
     #[serde(default)]
     pub destinations: BTreeMap<String, Destination>,
+    #[serde(default)]
+    pub retention: Retention,
     #[serde(skip)]
     index: ClusterIndex,
 }

@@ -218,8 +218,11 @@ impl Walker {
     }
 
     fn topology(&mut self, doc: &Table) -> Topology {
-        self.unknown_keys(doc, "", &["regions", "clusters", "members", "failover_groups", "destinations"]);
+        self.unknown_keys(doc, "", &["regions", "clusters", "members", "failover_groups", "destinations", "retention"]);
         let mut topo = Topology::default();
+        if let Some(t) = doc.get("retention").and_then(|v| self.table(v, "retention")) {
+            self.retention(t, &mut topo.retention);
+        }
         if let Some(v) = doc.get("regions") {
             if let Some(regions) = self.table(v, "regions") {
                 for (name, v) in regions {
@@ -279,6 +282,23 @@ impl Walker {
             self.failover_groups(v, &mut topo);
         }
         topo
+    }
+
+    /// `[retention]`: each count at least 1, so the newest record is
+    /// always kept.
+    fn retention(&mut self, t: &Table, r: &mut super::Retention) {
+        let path = "retention";
+        self.unknown_keys(t, path, &["decisions", "audit", "jobs", "max_age"]);
+        for (key, field) in [("decisions", &mut r.decisions), ("audit", &mut r.audit), ("jobs", &mut r.jobs)] {
+            match self.unsigned(t, path, key, u32::MAX as u64) {
+                Some(0) => self.problem(join(path, key), "must be at least 1".to_string()),
+                Some(n) => *field = n as u32,
+                None => {}
+            }
+        }
+        if let Some(age) = self.duration(t, path, "max_age") {
+            r.max_age = age;
+        }
     }
 
     fn cluster(&mut self, t: &Table, path: &str, destinations: &BTreeMap<String, Destination>) -> Option<Cluster> {
@@ -679,6 +699,14 @@ clusters = ["pg", "cache"]
         let e = parse_topology("[regions.a\npriority = 1").expect_err("invalid");
         assert_eq!(e.problems.len(), 1);
         assert!(e.to_string().contains("malformed TOML"), "{e}");
+    }
+
+    #[test]
+    fn retention_keeps_at_least_one_record_of_each_kind() {
+        let base = "[regions.a]\n[clusters.c]\nkind='redis'\n[retention]\n";
+        assert_eq!(keys(&format!("{base}audit=0\njobs=-1\nhistory=3\n")), vec!["retention.history", "retention.audit", "retention.jobs"]);
+        let t = parse_topology(&format!("{base}decisions=5\nmax_age='30days'\n")).expect("valid");
+        assert_eq!((t.retention.decisions, t.retention.audit, t.retention.max_age.as_secs()), (5, 10_000, 30 * 86_400));
     }
 
     #[test]

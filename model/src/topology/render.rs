@@ -61,6 +61,11 @@ pub fn to_toml(t: &Topology) -> String {
         let list = g.clusters.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
         let _ = writeln!(s, "[failover_groups.{}]\nclusters = [{}]\n", q(name), list);
     }
+    let r = &t.retention;
+    if *r != Default::default() {
+        let age = q(&humantime::format_duration(r.max_age).to_string());
+        let _ = writeln!(s, "[retention]\ndecisions = {}\naudit = {}\njobs = {}\nmax_age = {age}\n", r.decisions, r.audit, r.jobs);
+    }
     s
 }
 
@@ -73,7 +78,8 @@ mod tests {
     fn round_trips_through_the_parser() {
         let doc = "[regions.a]\n[regions.b]\npriority=2\n[clusters.pg]\nkind='postgres'\n[clusters.pg.policy]\nrpo_max_lag_time='1m 30s'\npaused=true\n[[members]]\nid='m'\ncluster='pg'\nregion='b'\naddress='h:1'\n[failover_groups.g]\nclusters=['pg']\n\
                    [destinations.s3b]\nregion='b'\n[clusters.pg.backup]\ndestinations=['s3b']\nrecipients=['age1xyz']\ncheck_tables=['public.t']\nkeep_last=3\nmax_age='7days'\n\
-                   [[clusters.pg.backup.checks]]\nname='one'\nquery='SELECT 1'\nexpect='1'\n";
+                   [[clusters.pg.backup.checks]]\nname='one'\nquery='SELECT 1'\nexpect='1'\n\
+                   [retention]\naudit=50\nmax_age='30days'\n";
         let t = parse_topology(doc).expect("valid");
         let again = parse_topology(&to_toml(&t)).expect("rendered form is valid");
         assert_eq!(t, again);

@@ -12,11 +12,16 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use drc_model::job::JobKind;
+use drc_model::audit::{AuditEntry, AuditOutcome};
+use drc_model::job::{JobKind, JobState};
 use drc_model::{ClusterRecord, Decision, DecisionKind, Millis, StepArgs, StepState};
 
 use crate::core::steps;
 use drc_model::topology::Topology;
+
+mod prune;
+pub use prune::LastIds;
+use prune::{next_id, prune};
 
 /// A change proposed through Raft. Serialised as JSON into the entry data;
 /// variants are only ever added, so old logs stay readable.
@@ -61,6 +66,12 @@ pub enum Command {
     Fire { cluster: String, job: JobKind, at: Millis },
     /// Retention deleted a backup's objects: drop it from the catalog.
     ForgetBackup { id: u64 },
+    /// A state-changing request, recorded before it runs (its outcome
+    /// pending) or, refused before it could run, with its outcome. It gets
+    /// the next id.
+    Audit { entry: Box<AuditEntry> },
+    /// The outcome of an audited request: applied only while it is pending.
+    AuditOutcome { id: u64, outcome: AuditOutcome, at: Millis },
 }
 
 /// What applying a command did, returned to the proposer.
@@ -185,6 +196,11 @@ pub struct StateMachine {
     /// Backup and recovery-test schedules, by "cluster/job".
     #[serde(default)]
     pub schedules: BTreeMap<String, drc_model::job::Schedule>,
+    /// The audit trail, by id.
+    #[serde(default)]
+    pub audit: BTreeMap<u64, AuditEntry>,
+    #[serde(default)]
+    pub last_ids: LastIds,
 }
 
 impl StateMachine {
@@ -200,6 +216,7 @@ impl StateMachine {
                 if topology != *self.topology {
                     self.topology = Arc::new(topology);
                     self.topology_version += 1;
+                    self.retain(0);
                 }
                 Outcome::Topology { version: self.topology_version }
             }
@@ -214,12 +231,13 @@ impl StateMachine {
             Command::Backup { record } => {
                 let mut r = *record;
                 if r.id == 0 {
-                    r.id = self.backups.keys().next_back().copied().unwrap_or(0) + 1;
+                    r.id = next_id(&mut self.last_ids.backup);
                 } else if !self.backups.contains_key(&r.id) {
                     return Outcome::Refused { reason: format!("no backup {}", r.id) };
                 }
-                let id = r.id;
+                let (id, now) = (r.id, r.finished_at.max(r.started_at));
                 self.backups.insert(id, r);
+                self.retain(now);
                 Outcome::Recorded { id }
             }
             Command::SetSchedule { cluster, job, cron, at } => {
@@ -250,12 +268,13 @@ impl StateMachine {
             Command::RecoveryTest { record } => {
                 let mut r = *record;
                 if r.id == 0 {
-                    r.id = self.recovery_tests.keys().next_back().copied().unwrap_or(0) + 1;
+                    r.id = next_id(&mut self.last_ids.recovery_test);
                 } else if !self.recovery_tests.contains_key(&r.id) {
                     return Outcome::Refused { reason: format!("no recovery test {}", r.id) };
                 }
-                let id = r.id;
+                let (id, now) = (r.id, r.finished_at.max(r.started_at));
                 self.recovery_tests.insert(id, r);
+                self.retain(now);
                 Outcome::Recorded { id }
             }
             Command::Step { decision, index, state, started, finished, error, output } => {
@@ -279,7 +298,37 @@ impl StateMachine {
                 }
                 None => Outcome::Refused { reason: format!("unknown cluster {cluster:?}") },
             },
+            Command::Audit { entry } => {
+                let mut e = *entry;
+                e.id = next_id(&mut self.last_ids.audit);
+                let (id, now) = (e.id, e.at);
+                self.audit.insert(id, e);
+                self.retain(now);
+                Outcome::Recorded { id }
+            }
+            Command::AuditOutcome { id, outcome, at } => match self.audit.get_mut(&id) {
+                Some(e) if e.outcome.is_pending() => {
+                    e.outcome = outcome;
+                    e.finished_at = at;
+                    Outcome::Done
+                }
+                Some(_) => Outcome::Refused { reason: format!("audit entry {id} has its outcome already") },
+                None => Outcome::Refused { reason: format!("no audit entry {id}") },
+            },
         }
+    }
+
+    /// Applies the topology's retention to decisions, audit entries and
+    /// finished jobs, as of `now` (0: counts only).
+    fn retain(&mut self, now: Millis) {
+        let r = self.topology.retention.clone();
+        let age = r.max_age.as_millis() as Millis;
+        prune(&mut self.history, r.decisions, age, now, |d| d.finished_at);
+        prune(&mut self.audit, r.audit, age, now, |e| (!e.outcome.is_pending()).then_some(e.finished_at.max(e.at)));
+        prune(&mut self.recovery_tests, r.jobs, age, now, |t| (t.state != JobState::Running).then_some(t.finished_at));
+        // Completed backups follow their cluster's backup retention, which
+        // deletes their objects first.
+        prune(&mut self.backups, r.jobs, age, now, |b| (b.state == JobState::Failed).then_some(b.finished_at));
     }
 
     fn decide(&mut self, mut d: Decision) -> Outcome {
@@ -299,7 +348,7 @@ impl StateMachine {
         if let Some(id) = rec.in_progress {
             return Outcome::Refused { reason: format!("decision {id} is still in progress for {}", d.cluster) };
         }
-        let id = self.history.keys().next_back().copied().unwrap_or(0) + 1;
+        let id = next_id(&mut self.last_ids.decision);
         d.id = id;
         rec.known_position = rec.known_position.max(d.known_position);
         // Steps of older decisions still waiting (a member to repoint or
@@ -322,7 +371,9 @@ impl StateMachine {
         if d.kind == DecisionKind::Failover {
             rec.blocked_until = d.decided_at + anti_flap;
         }
+        let now = d.decided_at;
         self.history.insert(id, d);
+        self.retain(now);
         Outcome::Decided { id }
     }
 
@@ -382,7 +433,9 @@ impl StateMachine {
         if bytes.is_empty() {
             return Ok(Self::default());
         }
-        serde_json::from_slice(bytes)
+        let mut sm: Self = serde_json::from_slice(bytes)?;
+        sm.last_ids.catch_up(&sm.history, &sm.backups, &sm.recovery_tests, &sm.audit);
+        Ok(sm)
     }
 }
 
@@ -487,13 +540,50 @@ mod tests {
         );
     }
 
+    #[test]
+    fn audit_entries_take_one_outcome_and_retention_keeps_the_newest() {
+        use drc_model::audit::{AuditAction, AuditEntry};
+        let t = parse_topology("[regions.a]\n[clusters.c]\nkind='redis'\n[retention]\naudit=2\nmax_age='1s'\n").expect("valid");
+        let mut sm = StateMachine::default();
+        sm.apply(Command::ApplyTopology { topology: t });
+        let entry = |at: Millis| AuditEntry {
+            id: 0,
+            at,
+            finished_at: 0,
+            caller: "insecure".into(),
+            role: String::new(),
+            via: 1,
+            ran_on: 1,
+            action: AuditAction::Pause,
+            cluster: "c".into(),
+            request: Default::default(),
+            outcome: AuditOutcome::Pending,
+        };
+        let audit = |sm: &mut StateMachine, at| sm.apply(Command::Audit { entry: Box::new(entry(at)) });
+        let done = |id, at| Command::AuditOutcome { id, outcome: AuditOutcome::Done { detail: "ok".into() }, at };
+        assert_eq!(audit(&mut sm, 100), Outcome::Recorded { id: 1 });
+        assert_eq!(sm.apply(done(1, 110)), Outcome::Done);
+        assert!(matches!(sm.apply(done(1, 120)), Outcome::Refused { .. }), "an outcome is recorded once");
+        for at in [200, 300, 400] {
+            audit(&mut sm, at);
+        }
+        assert_eq!(sm.audit.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4], "pending entries are kept, whatever the count");
+        for id in [2, 3, 4] {
+            sm.apply(done(id, 500));
+        }
+        assert_eq!(audit(&mut sm, 2_000), Outcome::Recorded { id: 5 });
+        assert_eq!(sm.audit.keys().copied().collect::<Vec<_>>(), vec![5], "finished more than 1 s before entry 5, or beyond 2");
+        sm.audit.clear();
+        assert_eq!(audit(&mut sm, 2_100), Outcome::Recorded { id: 6 }, "ids are not reused");
+    }
+
     /// Raft logs and snapshots written by earlier releases (the fixture was
     /// written by 2413a37) still decode, and replaying the log gives the
     /// snapshot's state.
     #[test]
     fn logs_and_snapshots_written_by_earlier_releases_still_decode() {
-        let log = include_str!("../tests/fixtures/raft-log-2413a37.jsonl");
-        let snapshot = include_bytes!("../tests/fixtures/snapshot-2413a37.json");
+        let log = include_str!("../../tests/fixtures/raft-log-2413a37.jsonl");
+        let snapshot = include_bytes!("../../tests/fixtures/snapshot-2413a37.json");
         let mut sm = StateMachine::bootstrap(&BTreeMap::from([
             (1, NodeAddress::shared("10.0.0.1:7400")),
             (2, NodeAddress { client: "10.0.0.2:7400".into(), raft: Some("10.0.0.2:7401".into()) }),
@@ -504,6 +594,12 @@ mod tests {
             assert!(!matches!(outcome, Outcome::Refused { .. }), "log entry {n}: {outcome:?}");
         }
         let stored = StateMachine::decode(snapshot).expect("the snapshot decodes");
+        // Id counters are newer than the fixture: its snapshot can only tell
+        // the newest id it still holds, while the replay also counted the
+        // backup the log later forgot (retention never forgets the newest,
+        // so live states agree).
+        assert_eq!((sm.last_ids.backup, stored.last_ids.backup), (2, 1));
+        sm.last_ids.backup = 1;
         assert_eq!(sm, stored, "replaying the log gives the snapshot");
         assert_eq!(StateMachine::decode(&stored.encode()).expect("re-encoded"), stored);
         let failover = &stored.history[&1];
