@@ -39,7 +39,13 @@ fn audit_text(entries: &[AuditEntry]) -> String {
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            let request = e.request.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+            let request = e
+                .request
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| if k == "sha256" { format!("{k}={}", short(v, 12)) } else { format!("{k}={v}") })
+                .collect::<Vec<_>>()
+                .join(" ");
             let outcome = match &e.outcome {
                 AuditOutcome::Pending => "pending".to_string(),
                 AuditOutcome::Done { detail } => format!("done: {detail}"),
@@ -47,8 +53,16 @@ fn audit_text(entries: &[AuditEntry]) -> String {
                 AuditOutcome::Unknown { reason } => format!("unknown: {reason}"),
             };
             let via = if e.via == e.ran_on { e.ran_on.to_string() } else { format!("{} -> {}", e.via, e.ran_on) };
-            vec![e.id.to_string(), at(e.at), e.caller.clone(), via, e.action.to_string(), request, outcome]
+            vec![e.id.to_string(), at(e.at), e.caller.clone(), via, e.action.to_string(), request, short(&outcome, 120)]
         })
         .collect();
     crate::table::render(&["ID", "AT", "CALLER", "NODE", "ACTION", "REQUEST", "OUTCOME"], &rows)
+}
+
+/// At most `n` characters of `s` (the whole entry is in `-o json`).
+fn short(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
 }

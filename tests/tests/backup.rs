@@ -44,6 +44,35 @@ fn scratch_is_empty(lab: &Lab) -> bool {
     std::fs::read_dir(lab.info.dir.join("scratch")).map(|d| d.count() == 0).unwrap_or(true)
 }
 
+/// A PostgreSQL backup object as an attacker with the (public) recipient
+/// could write it: tar members `../escape-dotdot`, `/tmp/drc-escape-abs`,
+/// a link `out` to `outside` and `out/escape-link`, and a `postmaster.pid`
+/// naming `pid`; compressed and encrypted like a real one.
+fn hostile_backup(lab: &Lab, outside: &Path, pid: u32) -> Vec<u8> {
+    let script = r#"
+import io, sys, tarfile
+out, pid = sys.argv[1], sys.argv[2]
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode="w") as t:
+    def add(name, data=b"x", kind=tarfile.REGTYPE, link=""):
+        i = tarfile.TarInfo(name); i.type = kind; i.linkname = link; i.size = 0 if link else len(data)
+        t.addfile(i, None if link else io.BytesIO(data))
+    add("../escape-dotdot")
+    add("/tmp/drc-escape-abs")
+    add("out", kind=tarfile.SYMTYPE, link=out)
+    add("out/escape-link")
+    add("postmaster.pid", (pid + "
+/nowhere
+").encode())
+sys.stdout.buffer.write(buf.getvalue())
+"#;
+    let recipient = lab.info.backup.recipient.clone();
+    let shell = format!("python3 -c \"$0\" {} {pid} | zstd -q -c | age -r {recipient}", outside.display());
+    let out = Command::new("sh").args(["-c", &shell, script]).output().expect("a hostile archive");
+    assert!(out.status.success() && !out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 fn region_of(lab: &Lab, member: &str) -> String {
     lab.member(member).expect("member").region.clone()
 }
@@ -130,8 +159,26 @@ fn a_backup_lands_in_another_region_and_a_recovery_test_restores_it_with_the_rig
     std::fs::write(&data, &bytes).expect("corrupt");
     let bad = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg"]).expect_err("corrupt backup");
     println!("corrupted object: {bad}");
-    assert!(bad.to_string().contains("checksum mismatch for object"), "{bad}");
+    assert!(bad.to_string().contains("the object changed after the backup; nothing of that part was restored"), "{bad}");
     assert!(bad.to_string().contains(b["data_key"].as_str().expect("key")), "names the object: {bad}");
+    assert!(scratch_is_empty(&lab), "cleaned up after a failure");
+
+    // A hostile object in its place (a valid age file: the recipient is
+    // public): members that climb out, an absolute path, a link out and a
+    // postmaster.pid naming a live process. Refused before tar sees a byte.
+    let outside = lab.info.dir.join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    let mut bystander = Command::new("sleep").arg("600").spawn().expect("a bystander process");
+    let hostile = hostile_backup(&lab, &outside, bystander.id());
+    std::fs::write(&data, &hostile).expect("plant");
+    let bad = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg"]).expect_err("hostile backup");
+    println!("hostile object: {bad}");
+    assert!(bad.to_string().contains("the backup recorded"), "{bad}");
+    assert_eq!(std::fs::read_dir(&outside).expect("outside").count(), 0, "nothing was written outside the scratch directory");
+    assert!(!lab.info.dir.join("escape-dotdot").exists() && !Path::new("/tmp/drc-escape-abs").exists());
+    assert!(bystander.try_wait().expect("bystander").is_none(), "the process a planted postmaster.pid names was not signalled");
+    let _ = bystander.kill();
+    let _ = bystander.wait();
     assert!(scratch_is_empty(&lab), "cleaned up after a failure");
     bytes[mid] ^= 0xff;
     std::fs::write(&data, &bytes).expect("repair");
@@ -346,7 +393,7 @@ struct SmallDisk(PathBuf);
 impl SmallDisk {
     fn mount(dir: &Path, bytes: u64) -> SmallDisk {
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={}k,mode=1777", bytes.div_ceil(1024)), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={}k,mode=0755", bytes.div_ceil(1024)), "tmpfs"])
             .arg(dir)
             .output()
             .expect("mount");

@@ -98,6 +98,9 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
     let mut out = age.stdout.take().ok_or("age: no stdout")?;
     let part_size = cfg.backup.part_size_mib.max(5) * 1024 * 1024;
     let mut hash = Sha256::new();
+    // Each part's own hash: a restore checks every part before any of it
+    // reaches age, zstd and tar.
+    let mut part_hashes: Vec<String> = Vec::new();
     let mut parts = Vec::new();
     let mut stored: u64 = 0;
     // Up to `upload_concurrency` parts in flight (as the aws CLI does): S3
@@ -115,6 +118,7 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
             }
             buf.truncate(n);
             hash.update(&buf);
+            part_hashes.push(hex(&Sha256::digest(&buf)));
             stored += n as u64;
             number += 1;
             let (client, bucket, key, id) = (client.clone(), dest.bucket.clone(), data_key.clone(), upload_id.clone());
@@ -164,7 +168,8 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
     let sha256 = hex(&hash.finalize());
     let log = stderr_text(&mut source).await;
     let (lsn_start, lsn_end) = (wal_point(&log, "start point"), wal_point(&log, "end point"));
-    let manifest = serde_json::json!({
+    let parts_root = parts_root(&part_hashes);
+    let mut manifest = serde_json::json!({
         "format": 1,
         "backup_id": job.backup_id.to_string(),
         "cluster": cfg.cluster,
@@ -178,7 +183,7 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
         "replication_offset": redis_offset,
         "raw_bytes": raw_bytes,
         "stored_bytes": stored,
-        "objects": [{ "key": data_key, "bytes": stored, "sha256": sha256 }],
+        "objects": [{ "key": data_key, "bytes": stored, "sha256": sha256, "part_size": part_size, "parts_root": parts_root }],
         "pipeline": match cfg.kind { Kind::Postgres => "pg_basebackup -Ft -X fetch | zstd | age", Kind::Redis => "redis-cli --rdb | zstd | age" },
         "tools": {
             "source": source_tool,
@@ -187,6 +192,10 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
         },
         "recipients": recipients,
     });
+    // The catalog (in Raft) keeps the root; the object also lists every
+    // part's hash, which a restore checks against that root.
+    let catalog_manifest = manifest.to_string();
+    manifest["objects"][0]["parts_sha256"] = serde_json::json!(part_hashes);
     client
         .put_object()
         .bucket(&dest.bucket)
@@ -198,7 +207,7 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
         .map_err(|e| s3_error("writing the manifest", dest, e))?;
     tracing::info!(key = %data_key, raw_bytes, stored, ms = finished - started, "backup uploaded");
     Ok(HashMap::from([
-        ("manifest".to_string(), manifest.to_string()),
+        ("manifest".to_string(), catalog_manifest),
         ("data_key".to_string(), data_key),
         ("manifest_key".to_string(), manifest_key),
         ("sha256".to_string(), sha256),
@@ -237,4 +246,15 @@ pub async fn delete(cfg: &AgentConfig, job: &DeleteBackup) -> Result<Output, Str
         client.delete_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("deleting {key}"), dest, e))?;
     }
     Ok(HashMap::new())
+}
+
+/// The SHA-256 of the parts' SHA-256 (hex), one per line: what the catalog
+/// keeps so that the manifest object's list of part hashes can be trusted.
+pub(super) fn parts_root(part_hashes: &[String]) -> String {
+    let mut h = Sha256::new();
+    for p in part_hashes {
+        h.update(p.as_bytes());
+        h.update(b"\n");
+    }
+    hex(&h.finalize())
 }

@@ -35,6 +35,94 @@ fn scratch_postmaster(data: &Path) -> Option<i32> {
     (cwd == data.canonicalize().ok()?).then_some(pid)
 }
 
+/// Makes `scratch` afresh inside `root` and returns its empty data
+/// directory. `root` must be a directory (not a link) that only its owner,
+/// this agent's user or root, may write: in a directory others can write,
+/// they could swap the scratch directory for a link while it is restored.
+fn prepare_scratch(root: &Path, scratch: &Path) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !root.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+    }
+    let meta = std::fs::symlink_metadata(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() {
+        return Err(format!("the scratch directory {} is not a directory (a link?)", root.display()));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "the scratch directory {} belongs to uid {}, not to this agent's user (uid {me}) or root",
+            root.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "the scratch directory {} may be written by other users (mode {:o}): use a directory only the agent's user may write",
+            root.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    // Not following a link someone left there; then made anew, ours alone.
+    match std::fs::remove_dir_all(scratch) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("removing the old {}: {e}", scratch.display())),
+    }
+    std::fs::DirBuilder::new().mode(0o755).create(scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+    let data = scratch.join("data");
+    std::fs::DirBuilder::new().mode(0o700).create(&data).map_err(|e| format!("creating {}: {e}", data.display()))?;
+    Ok(data)
+}
+
+/// The recorded SHA-256 of every part of the data object, from its
+/// manifest object, checked against the catalog's `parts_root`; `None` for
+/// a backup taken before parts were hashed.
+async fn part_hashes(
+    client: &aws_sdk_s3::Client,
+    dest: &DestinationConfig,
+    job: &RecoveryTestJob,
+    size: u64,
+) -> Result<Option<Vec<String>>, String> {
+    if job.parts_root.is_empty() {
+        return Ok(None);
+    }
+    let key = required(&job.manifest_key, "manifest key")?;
+    if job.part_size == 0 {
+        return Err("the catalog records part hashes but no part size".to_string());
+    }
+    let got = client.get_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("reading {key}"), dest, e))?;
+    if got.content_length().unwrap_or(0) > MAX_MANIFEST_BYTES {
+        return Err(format!("the manifest s3://{}/{key} is over {} MiB", dest.bucket, MAX_MANIFEST_BYTES >> 20));
+    }
+    let body = got.body.collect().await.map_err(|e| super::s3::s3_error_plain(&format!("reading {key}"), dest, e))?.into_bytes();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("the manifest s3://{}/{key} is not JSON: {e}", dest.bucket))?;
+    let parts: Vec<String> = manifest["objects"][0]["parts_sha256"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|h| h.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if super::pipeline::parts_root(&parts) != job.parts_root {
+        return Err(format!(
+            "the part hashes in s3://{}/{key} are not those the catalog recorded: the manifest changed after the backup",
+            dest.bucket
+        ));
+    }
+    let expected = size.div_ceil(job.part_size).max(1);
+    if parts.len() as u64 != expected {
+        return Err(format!(
+            "s3://{}/{} is {size} bytes, {expected} part(s), but the backup recorded {} part(s)",
+            dest.bucket,
+            job.data_key,
+            parts.len()
+        ));
+    }
+    Ok(Some(parts))
+}
+
+/// A manifest lists 64 characters per part: 16 MiB is over 250,000 parts.
+const MAX_MANIFEST_BYTES: i64 = 16 << 20;
+
 /// Stops whatever a scratch directory runs and removes it.
 pub(super) async fn remove_scratch(cfg: &AgentConfig, scratch: &Path) {
     let data = scratch.join("data");
@@ -116,9 +204,15 @@ pub(super) async fn restore_and_check_inner(
     if !identity.exists() {
         return Err(format!("age identity file {} does not exist", identity.display()));
     }
-    let _ = tokio::fs::remove_dir_all(scratch).await;
-    let data = scratch.join("data");
-    tokio::fs::create_dir_all(&data).await.map_err(|e| format!("creating {}: {e}", data.display()))?;
+    let data = prepare_scratch(&cfg.backup.scratch_dir, scratch)?;
+    let run_as = cfg.postgres.as_ref().map(|p| p.run_as.clone()).filter(|u| !u.is_empty() && kind == "postgres");
+    if let Some(user) = &run_as {
+        // tar runs as the PostgreSQL OS user, not as the agent's (often root).
+        let owner = Command::new("chown").arg(user).arg(&data).status().await.map_err(|e| format!("chown {user}: {e}"))?;
+        if !owner.success() {
+            return Err(format!("chown {user} {}: failed", data.display()));
+        }
+    }
     // The restored data is about the backup's raw size: refuse at once when
     // it cannot fit, rather than after downloading most of it.
     let raw = job.raw_bytes;
@@ -135,7 +229,9 @@ pub(super) async fn restore_and_check_inner(
     let client = client(dest)?;
     let head = client.head_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("reading {key}"), dest, e))?;
     let size = head.content_length().unwrap_or(0).max(0) as u64;
-    let mut body = Ranged::new(client, dest, key, size, cfg.backup.part_size_mib.max(1) << 20, cfg.backup.upload_concurrency.max(1));
+    let parts = part_hashes(&client, dest, job, size).await?;
+    let part_size = if parts.is_some() { job.part_size as usize } else { cfg.backup.part_size_mib.max(1) << 20 };
+    let mut body = Ranged::new(client, dest, key, size, part_size, cfg.backup.upload_concurrency.max(1));
 
     let mut age = spawn(
         Command::new("age").arg("-d").arg("-i").arg(identity).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()),
@@ -147,21 +243,47 @@ pub(super) async fn restore_and_check_inner(
     let mut sink = if kind == "postgres" {
         let mut zstd = spawn(zstd.stdout(Stdio::piped()), "zstd")?;
         let zout: Stdio = zstd.stdout.take().ok_or("zstd: no stdout")?.try_into().map_err(|e| format!("zstd stdout: {e}"))?;
-        let tar = spawn(Command::new("tar").arg("-x").arg("-C").arg(&data).stdin(zout).stderr(Stdio::piped()), "tar")?;
+        let mut tar = match &run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--", "tar"]);
+                c
+            }
+            None => Command::new("tar"),
+        };
+        // GNU tar already refuses absolute and `..` member names and
+        // defers links that point outside; owners and modes are not taken.
+        tar.args(["-x", "--no-same-owner", "--no-same-permissions", "-C"]).arg(&data);
+        let tar = spawn(tar.stdin(zout).stderr(Stdio::piped()), "tar")?;
         vec![("zstd", zstd), ("tar", tar)]
     } else {
         let file = std::fs::File::create(data.join("dump.rdb")).map_err(|e| format!("creating dump.rdb: {e}"))?;
         vec![("zstd", spawn(zstd.stdout(file), "zstd")?)]
     };
 
-    // Object → age, hashing on the way.
+    // Object → age, hashing on the way; each part is checked against its
+    // recorded hash before any of it is passed on.
     let mut hash = Sha256::new();
     let mut fed: Result<u64, String> = Ok(0);
+    let mut tampered = None;
     if let Some(mut ain) = age.stdin.take() {
         let mut n = 0u64;
+        let mut index = 0;
         loop {
             match body.next().await {
                 Ok(Some(chunk)) => {
+                    if let Some(expected) = parts.as_ref().map(|p| p.get(index).cloned().unwrap_or_default()) {
+                        let got = hex(&Sha256::digest(&chunk));
+                        if got != expected {
+                            tampered = Some(format!(
+                                "part {} of s3://{}/{key} has sha256 {got}, the backup recorded {expected}: the object changed after the backup; nothing of that part was restored",
+                                index + 1,
+                                dest.bucket
+                            ));
+                            break;
+                        }
+                    }
+                    index += 1;
                     hash.update(&chunk);
                     n += chunk.len() as u64;
                     meter.add(chunk.len() as u64);
@@ -188,11 +310,13 @@ pub(super) async fn restore_and_check_inner(
         }
     }
     let got = hex(&hash.finalize());
-    if got != expected {
+    let mismatch = || format!("checksum mismatch for object s3://{}/{key}: expected sha256 {expected}, got {got}", dest.bucket);
+    if let Some(e) = tampered.or_else(|| (got != expected).then(mismatch)) {
+        let _ = age.kill().await;
         for (_, c) in sink.iter_mut() {
             let _ = c.kill().await;
         }
-        return Err(format!("checksum mismatch for object s3://{}/{key}: expected sha256 {expected}, got {got}", dest.bucket));
+        return Err(e);
     }
     // Every stage's failure, in pipeline order; a full disk downstream
     // breaks the pipes upstream, so it is the one to report.
@@ -246,7 +370,34 @@ pub(super) async fn restore_and_check_inner(
 
 #[cfg(test)]
 mod tests {
-    use super::scratch_postmaster;
+    use super::{prepare_scratch, scratch_postmaster};
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_scratch_directory_others_may_write_or_a_link_is_refused_and_a_leftover_link_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("scratch");
+        let victim = dir.path().join("victim");
+        std::fs::create_dir_all(&victim).expect("victim");
+        std::fs::write(victim.join("keep"), "x").expect("file");
+        // Made when missing; a leftover link in the test's place is removed,
+        // not followed.
+        std::os::unix::fs::symlink(&victim, root.join("drc-restore-1")).expect_err("no root yet");
+        let data = prepare_scratch(&root, &root.join("drc-restore-1")).expect("a fresh scratch");
+        assert_eq!(std::fs::metadata(&data).expect("data").permissions().mode() & 0o777, 0o700);
+        std::fs::remove_dir_all(root.join("drc-restore-1")).expect("clean");
+        std::os::unix::fs::symlink(&victim, root.join("drc-restore-2")).expect("a planted link");
+        prepare_scratch(&root, &root.join("drc-restore-2")).expect("the link is replaced");
+        assert!(victim.join("keep").exists() && !victim.join("data").exists(), "nothing happened through the link");
+        // Others may write it: refused.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let e = prepare_scratch(&root, &root.join("drc-restore-3")).expect_err("world-writable");
+        assert!(e.contains("may be written by other users"), "{e}");
+        // A link as the root: refused.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).expect("link");
+        assert!(prepare_scratch(&link, &link.join("drc-restore-4")).expect_err("a link").contains("not a directory"));
+    }
 
     #[test]
     fn a_postmaster_pid_from_restored_data_names_no_process_to_stop_unless_it_runs_there() {

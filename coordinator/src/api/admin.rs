@@ -544,7 +544,7 @@ impl AdminService for AdminApi {
             .finish(applied, |r| {
                 let r = r.get_ref();
                 let what = if r.applied { format!("version {}", r.version) } else { "nothing applied".to_string() };
-                format!("{what}; {} change(s): {}", r.diff.len(), r.diff.join("; "))
+                format!("{what}; {} change(s): {}", r.diff.len(), changed_keys(&r.diff))
             })
             .await
     }
@@ -668,6 +668,20 @@ fn membership_response(outcome: Outcome, raft_index: u64) -> Result<Response<Mem
         Outcome::Membership { voters } => Ok(Response::new(MembershipResponse { voters, raft_index })),
         other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
     }
+}
+
+/// A topology diff for the audit trail: what changed, without the added
+/// entities' full declarations, and at most 20 lines.
+fn changed_keys(diff: &[String]) -> String {
+    let mut lines: Vec<String> = diff
+        .iter()
+        .take(20)
+        .map(|l| if l.starts_with("+ ") { l.splitn(3, ' ').take(2).collect::<Vec<_>>().join(" ") } else { l.clone() })
+        .collect();
+    if diff.len() > 20 {
+        lines.push(format!("and {} more", diff.len() - 20));
+    }
+    lines.join("; ")
 }
 
 /// The audit detail of a decision.

@@ -90,6 +90,9 @@ impl Jobs {
             raw_bytes: backup.raw_bytes,
             stored_bytes: backup.stored_bytes,
             data_time_ms: data_time,
+            manifest_key: backup.manifest_key.clone(),
+            part_size: backup.manifest["objects"][0]["part_size"].as_u64().unwrap_or(0),
+            parts_root: backup.manifest["objects"][0]["parts_root"].as_str().unwrap_or_default().to_string(),
         });
         let this = Arc::clone(self);
         let job = rec.clone();

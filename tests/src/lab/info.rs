@@ -26,6 +26,9 @@ pub struct CoordinatorInfo {
     /// Its certificate (drc://lab/peer/ID) and key.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// The JSON-lines file it appends the audit trail to.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
 }
 
 /// One database member in `lab.json`.

@@ -237,11 +237,13 @@ impl Lab {
             let data_dir = self.info.dir.join(format!("coordinator-{region}"));
             let config = self.info.dir.join(format!("coordinator-{region}.toml"));
             let log = self.info.dir.join(format!("coordinator-{region}.log"));
+            let audit_log = self.info.dir.join(format!("coordinator-{region}.audit.jsonl"));
             let mut text = format!(
-                "cluster_id = \"lab\"\nnode_id = {id}\nlisten = {:?}\nraft_listen = {:?}\ndata_dir = {:?}\n",
+                "cluster_id = \"lab\"\nnode_id = {id}\nlisten = {:?}\nraft_listen = {:?}\ndata_dir = {:?}\naudit_log = {:?}\n",
                 addrs[i],
                 raft[i],
-                data_dir.display().to_string()
+                data_dir.display().to_string(),
+                audit_log.display().to_string()
             );
             // Every promotion appends the new endpoint to hooks.log.
             let hooks = self.info.dir.join("hooks.log");
@@ -269,6 +271,7 @@ impl Lab {
                 config,
                 log,
                 tls: Some(tls),
+                audit_log: Some(audit_log),
             });
         }
         self.info.endpoints = addrs.join(",");
