@@ -75,6 +75,9 @@ pub struct RaftTuning {
     pub heartbeat_ticks: usize,
     /// Compact the log (keeping a snapshot) once this many applied entries accumulate.
     pub snapshot_entries: u64,
+    /// A Raft message larger than this many bytes (a snapshot) is sent in
+    /// pieces of this size; at most 8 MiB, the same on every node.
+    pub piece_bytes: usize,
     /// A write that is not committed within this time fails with "no quorum".
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -87,6 +90,7 @@ impl Default for RaftTuning {
             election_ticks: 8,
             heartbeat_ticks: 2,
             snapshot_entries: 1000,
+            piece_bytes: crate::raft::pieces::DEFAULT_PIECE_BYTES,
             write_timeout: Duration::from_secs(5),
         }
     }
@@ -283,6 +287,13 @@ impl CoordinatorConfig {
         }
         if r.election_ticks <= r.heartbeat_ticks {
             p.push(format!("raft.election_ticks: must be greater than heartbeat_ticks ({})", r.heartbeat_ticks));
+        }
+        if !(crate::raft::pieces::MIN_PIECE_BYTES..=crate::raft::pieces::MAX_PIECE_BYTES).contains(&r.piece_bytes) {
+            p.push(format!(
+                "raft.piece_bytes: must be between {} and {}",
+                crate::raft::pieces::MIN_PIECE_BYTES,
+                crate::raft::pieces::MAX_PIECE_BYTES
+            ));
         }
         if r.snapshot_entries == 0 {
             p.push("raft.snapshot_entries: must be greater than 0".to_string());

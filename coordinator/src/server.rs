@@ -21,7 +21,8 @@ use crate::config::CoordinatorConfig;
 use crate::core::LeaseConfig;
 use crate::executor::{Executor, Hook, Waits};
 use crate::raft::node::{Node, NodeConfig, INPUT_CAPACITY};
-use crate::raft::transport::{RaftService, Transport, MAX_MESSAGE_BYTES};
+use crate::raft::pieces::MAX_MESSAGE_BYTES;
+use crate::raft::transport::{RaftService, Transport};
 use crate::raft::RaftStore;
 
 /// Runs the Raft node on a dedicated OS thread with its own single-threaded
@@ -143,6 +144,7 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
         cancel.child_token(),
         security.clone(),
     );
+    transport.set_piece_bytes(cfg.raft.piece_bytes);
     transport.merge_addresses(&cfg.peer_addresses());
     let node_cfg = NodeConfig {
         id: cfg.node_id,

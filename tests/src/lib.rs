@@ -114,11 +114,13 @@ pub struct ClusterOpts {
     pub tick_interval: &'static str,
     /// Plaintext and unauthenticated (`insecure = true`) instead of mutual TLS.
     pub insecure: bool,
+    /// `raft.piece_bytes` (0: the default).
+    pub piece_bytes: usize,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { nodes: 3, snapshot_entries: 1000, write_timeout: "5s", tick_interval: "100ms", insecure: false }
+        ClusterOpts { nodes: 3, snapshot_entries: 1000, write_timeout: "5s", tick_interval: "100ms", insecure: false, piece_bytes: 0 }
     }
 }
 
@@ -248,6 +250,9 @@ impl Cluster {
             "\n[raft]\ntick_interval = {:?}\nsnapshot_entries = {}\nwrite_timeout = {:?}\n",
             self.opts.tick_interval, self.opts.snapshot_entries, self.opts.write_timeout
         ));
+        if self.opts.piece_bytes > 0 {
+            text.push_str(&format!("piece_bytes = {}\n", self.opts.piece_bytes));
+        }
         match &self.pki {
             Some(pki) => text.push_str(&pki::config_section(&pki.issue(Role::Peer, &id.to_string(), &["127.0.0.1"])?)),
             None => text = format!("insecure = true\n{text}"),

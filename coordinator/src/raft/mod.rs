@@ -7,6 +7,7 @@ pub mod handle;
 pub mod input;
 pub mod logger;
 pub mod node;
+pub mod pieces;
 pub mod storage;
 pub mod transport;
 

@@ -6,13 +6,16 @@
 //! raft-rs (`report_unreachable`, `report_snapshot`) so that it probes the peer
 //! again instead of streaming into the void.
 //!
-//! Messages travel as opaque bytes in raft-rs's own encoding. Inbound, a
+//! Messages travel as opaque bytes in raft-rs's own encoding, in batches of
+//! bounded size; a message too large for one gRPC message (a snapshot) goes
+//! in pieces ([`super::pieces`]). Inbound, a
 //! batch is taken only from the peer its certificate names, and only with
 //! messages from that peer: raft-rs trusts what a message says about itself.
 //! Peer addresses come from configuration and the replicated membership,
 //! never from a message.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -26,14 +29,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::input::NodeInput;
+use super::pieces::{split, Assembler, BATCH_BYTES, DEFAULT_PIECE_BYTES, MAX_MESSAGE_BYTES};
 use crate::api::auth::{principal, Principal};
 use crate::lock;
 use crate::state::NodeAddress;
 
 const PEER_QUEUE: usize = 1024;
 const MAX_BATCH: usize = 256;
-/// Upper bound of one gRPC message; a snapshot must fit.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 struct Peer {
     address: String,
@@ -54,6 +56,10 @@ pub struct Transport {
     node: mpsc::Sender<NodeInput>,
     cancel: CancellationToken,
     security: Security,
+    /// The size of a piece of a message sent in pieces.
+    piece_bytes: AtomicUsize,
+    /// Numbers the messages sent in pieces.
+    next_piece_id: AtomicU64,
 }
 
 impl Transport {
@@ -75,7 +81,15 @@ impl Transport {
             node,
             cancel,
             security,
+            piece_bytes: AtomicUsize::new(DEFAULT_PIECE_BYTES),
+            next_piece_id: AtomicU64::new(1),
         })
+    }
+
+    /// Sets the size of the pieces large messages are sent in
+    /// (`raft.piece_size`, checked by the configuration).
+    pub fn set_piece_bytes(&self, bytes: usize) {
+        self.piece_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// How this node calls its peers.
@@ -155,31 +169,49 @@ impl Transport {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut failing = false;
+        // A message that did not fit the batch before it.
+        let mut carried: Option<Message> = None;
         loop {
-            let first = tokio::select! {
-                _ = cancel.cancelled() => return,
-                m = rx.recv() => match m { Some(m) => m, None => return },
+            let first = match carried.take() {
+                Some(m) => m,
+                None => tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    m = rx.recv() => match m { Some(m) => m, None => return },
+                },
             };
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
+            let mut encoded = vec![batch[0].write_to_bytes().unwrap_or_default()];
+            let piece = self.piece_bytes.load(Ordering::Relaxed);
+            let result = if encoded[0].len() > piece {
+                self.send_in_pieces(&mut client, &encoded[0], piece, &cancel).await
+            } else {
+                let mut bytes = encoded[0].len();
+                while batch.len() < MAX_BATCH && bytes < BATCH_BYTES {
+                    let Ok(m) = rx.try_recv() else { break };
+                    let e = m.write_to_bytes().unwrap_or_default();
+                    if e.len() > piece || bytes + e.len() > BATCH_BYTES {
+                        carried = Some(m);
+                        break;
+                    }
+                    bytes += e.len();
+                    batch.push(m);
+                    encoded.push(e);
                 }
-            }
+                let req = RaftBatch {
+                    cluster_id: self.cluster_id.clone(),
+                    from_id: self.self_id,
+                    from_address: self.self_address.clone(),
+                    messages: encoded,
+                    piece: None,
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = client.send(req) => r.map(|_| ()),
+                }
+            };
             let snapshots = batch.iter().filter(|m| m.get_msg_type() == MessageType::MsgSnapshot).count();
-            let req = RaftBatch {
-                cluster_id: self.cluster_id.clone(),
-                from_id: self.self_id,
-                from_address: self.self_address.clone(),
-                messages: batch.iter().map(|m| m.write_to_bytes().unwrap_or_default()).collect(),
-            };
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = client.send(req) => r,
-            };
             match result {
-                Ok(_) => {
+                Ok(()) => {
                     if failing {
                         tracing::info!(to, %address, "raft peer reachable again");
                         failing = false;
@@ -202,21 +234,69 @@ impl Transport {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
+                    carried = None;
                     while rx.try_recv().is_ok() {}
                 }
             }
         }
+    }
+
+    /// Sends one encoded message in pieces, each a call of its own.
+    async fn send_in_pieces(
+        &self,
+        client: &mut RaftTransportClient<tonic::transport::Channel>,
+        bytes: &[u8],
+        piece: usize,
+        cancel: &CancellationToken,
+    ) -> Result<(), tonic::Status> {
+        let id = self.next_piece_id.fetch_add(1, Ordering::Relaxed);
+        let pieces = split(id, bytes, piece);
+        tracing::info!(bytes = bytes.len(), pieces = pieces.len(), "sending a raft message in pieces");
+        for p in pieces {
+            let req = RaftBatch {
+                cluster_id: self.cluster_id.clone(),
+                from_id: self.self_id,
+                from_address: self.self_address.clone(),
+                messages: Vec::new(),
+                piece: Some(p),
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(tonic::Status::cancelled("shutting down")),
+                r = client.send(req) => { r?; }
+            }
+        }
+        Ok(())
     }
 }
 
 /// The receiving half: the `RaftTransport` gRPC service.
 pub struct RaftService {
     transport: Arc<Transport>,
+    pieces: Mutex<Assembler>,
 }
 
 impl RaftService {
     pub fn new(transport: Arc<Transport>) -> Self {
-        RaftService { transport }
+        RaftService { transport, pieces: Mutex::new(Assembler::default()) }
+    }
+
+    /// Checks one message against its sender and hands it to the node.
+    #[allow(clippy::result_large_err)]
+    fn deliver(&self, sender: Option<u64>, bytes: &[u8]) -> Result<(), tonic::Status> {
+        let t = &self.transport;
+        let m = Message::parse_from_bytes(bytes).map_err(|e| tonic::Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+        if let Some(sender) = sender.filter(|s| *s != m.from) {
+            return Err(tonic::Status::permission_denied(format!(
+                "raft message says it is from node {}, but node {sender} sent it",
+                m.from
+            )));
+        }
+        if m.to != t.self_id {
+            return Err(tonic::Status::invalid_argument(format!("raft message for node {} delivered to node {}", m.to, t.self_id)));
+        }
+        // Full queue: drop; raft retransmits.
+        let _ = t.node.try_send(NodeInput::Raft(Box::new(m)));
+        Ok(())
     }
 }
 
@@ -239,20 +319,16 @@ impl RaftTransport for RaftService {
                 batch.from_id
             )));
         }
+        if let Some(piece) = batch.piece {
+            let whole = lock::lock(&self.pieces)
+                .add(batch.from_id, piece)
+                .map_err(|e| tonic::Status::invalid_argument(format!("raft message piece refused: {e}")))?;
+            if let Some(bytes) = whole {
+                self.deliver(sender, &bytes)?;
+            }
+        }
         for bytes in batch.messages {
-            let m =
-                Message::parse_from_bytes(&bytes).map_err(|e| tonic::Status::invalid_argument(format!("undecodable raft message: {e}")))?;
-            if let Some(sender) = sender.filter(|s| *s != m.from) {
-                return Err(tonic::Status::permission_denied(format!(
-                    "raft message says it is from node {}, but node {sender} sent it",
-                    m.from
-                )));
-            }
-            if m.to != t.self_id {
-                return Err(tonic::Status::invalid_argument(format!("raft message for node {} delivered to node {}", m.to, t.self_id)));
-            }
-            // Full queue: drop; raft retransmits.
-            let _ = t.node.try_send(NodeInput::Raft(Box::new(m)));
+            self.deliver(sender, &bytes)?;
         }
         Ok(tonic::Response::new(RaftAck {}))
     }

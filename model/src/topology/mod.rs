@@ -179,7 +179,8 @@ pub struct Retention {
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { decisions: 1000, audit: 10_000, jobs: 1000, max_age: Duration::from_secs(365 * 24 * 3600) }
+        // A year as humantime counts it (365.25 days), so that it reads "1year".
+        Retention { decisions: 1000, audit: 10_000, jobs: 1000, max_age: Duration::from_secs(31_557_600) }
     }
 }
 
