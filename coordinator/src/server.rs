@@ -145,7 +145,7 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
         security.clone(),
     );
     transport.set_piece_bytes(cfg.raft.piece_bytes);
-    transport.merge_addresses(&cfg.peer_addresses());
+    transport.set_configured(&cfg.peer_addresses());
     let node_cfg = NodeConfig {
         id: cfg.node_id,
         tick_interval: cfg.raft.tick_interval,

@@ -257,6 +257,13 @@ fn an_agent_speaks_only_as_its_own_member_and_a_peer_only_as_its_own_node() {
         assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
         assert!(e.message().contains("node 2 sent it"), "{what}: {e:?}");
     }
+    // A peer certificate of a node that is no member (node 7).
+    let stranger = tls(&pki.client(Role::Peer, "7", "peer7").expect("peer 7"));
+    let e = rt
+        .block_on(async { RaftTransportClient::new(channel(&stranger, &node_one).await).send(batch(7, 7, &c.cluster_id)).await })
+        .expect_err("a node that is no member");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("neither a configured peer nor a member"), "{e:?}");
     let e = send(batch(2, 2, "another")).expect_err("another cluster");
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(!e.message().contains(&c.cluster_id), "the cluster id was echoed: {e:?}");

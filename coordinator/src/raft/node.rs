@@ -122,7 +122,7 @@ impl Node {
             moves: Arc::default(),
         };
         let last_role = (raw.raft.state, raw.raft.term);
-        transport.merge_addresses(&store.with_state(|sm| sm.nodes.clone()));
+        transport.set_members(&store.with_state(|sm| sm.nodes.clone()));
         Ok((
             Node {
                 cfg,
@@ -381,7 +381,7 @@ impl Node {
         if let Some(s) = &snapshot {
             let index = s.get_metadata().index;
             tracing::info!(index, term = s.get_metadata().term, "installed snapshot from the leader");
-            self.transport.merge_addresses(&self.store.with_state(|sm| sm.nodes.clone()));
+            self.transport.set_members(&self.store.with_state(|sm| sm.nodes.clone()));
             let stale: Vec<u64> = self.pending.range(..=index).map(|(i, _)| *i).collect();
             for i in stale {
                 if let Some(p) = self.pending.remove(&i) {
@@ -451,7 +451,7 @@ impl Node {
         let store = self.store.clone();
         store.commit_apply(batch, commit)?;
         if membership_changed {
-            self.transport.merge_addresses(&self.store.with_state(|sm| sm.nodes.clone()));
+            self.transport.set_members(&self.store.with_state(|sm| sm.nodes.clone()));
         }
         for (index, term, outcome) in outcomes {
             if let Some(p) = self.pending.remove(&index) {

@@ -14,7 +14,7 @@
 //! Peer addresses come from configuration and the replicated membership,
 //! never from a message.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -52,6 +52,10 @@ pub struct Transport {
     addresses: RwLock<BTreeMap<u64, String>>,
     /// Where peers take client requests (redirects, forwarded admin calls).
     clients: RwLock<BTreeMap<u64, String>>,
+    /// Whose messages are taken: the peers in this node's configuration,
+    /// and the replicated membership as this node last applied it.
+    configured: RwLock<BTreeSet<u64>>,
+    members: RwLock<BTreeSet<u64>>,
     peers: Mutex<HashMap<u64, Peer>>,
     node: mpsc::Sender<NodeInput>,
     cancel: CancellationToken,
@@ -77,6 +81,8 @@ impl Transport {
             self_address,
             addresses: RwLock::new(BTreeMap::new()),
             clients: RwLock::new(BTreeMap::new()),
+            configured: RwLock::new(BTreeSet::new()),
+            members: RwLock::new(BTreeSet::new()),
             peers: Mutex::new(HashMap::new()),
             node,
             cancel,
@@ -108,6 +114,27 @@ impl Transport {
                 clients.insert(*id, addr.client.clone());
             }
         }
+    }
+
+    /// The peers of this node's configuration file: their messages are
+    /// taken even before this node applied a membership naming them.
+    pub fn set_configured(&self, nodes: &BTreeMap<u64, NodeAddress>) {
+        self.merge_addresses(nodes);
+        *lock::write(&self.configured) = nodes.keys().copied().collect();
+    }
+
+    /// The replicated membership, as this node applied it: messages from
+    /// a node removed from it are refused.
+    pub fn set_members(&self, nodes: &BTreeMap<u64, NodeAddress>) {
+        self.merge_addresses(nodes);
+        *lock::write(&self.members) = nodes.keys().copied().collect();
+    }
+
+    /// Whether node `id`'s messages are taken. A node just added that
+    /// speaks before this node applied its addition is refused once; Raft
+    /// sends again.
+    fn admits(&self, id: u64) -> bool {
+        lock::read(&self.members).contains(&id) || lock::read(&self.configured).contains(&id)
     }
 
     /// Where node `id` takes client requests.
@@ -316,6 +343,12 @@ impl RaftTransport for RaftService {
         if let Some(sender) = sender.filter(|s| *s != batch.from_id) {
             return Err(tonic::Status::permission_denied(format!(
                 "raft batch says it is from node {}, but node {sender} sent it",
+                batch.from_id
+            )));
+        }
+        if !t.admits(batch.from_id) {
+            return Err(tonic::Status::permission_denied(format!(
+                "node {} is neither a configured peer nor a member of this coordinator group",
                 batch.from_id
             )));
         }
