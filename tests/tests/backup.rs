@@ -468,6 +468,24 @@ fn long_jobs_report_progress_and_a_full_disk_fails_a_recovery_test_cleanly() {
         "drctl watch shows progress: {events:?}"
     );
 
+    // One backup per cluster at a time: with every bucket frozen, the first
+    // stays running and a second is refused; a recovery test may still start.
+    for s3 in &lab.info.s3 {
+        signal(s3.pid, libc::SIGSTOP);
+    }
+    let first = lab.drctl_json(&["backup", "run", "--cluster", "app-pg", "--no-wait"]).expect("a backup starts");
+    let second = lab.drctl_json(&["backup", "run", "--cluster", "app-pg", "--no-wait"]).expect_err("a second one at once");
+    println!("second backup: {second}");
+    assert!(second.to_string().contains(&format!("backup {} of app-pg is still running", first["id"])), "{second}");
+    for s3 in &lab.info.s3 {
+        signal(s3.pid, libc::SIGCONT);
+    }
+    wait_for("the first backup to end", Duration::from_secs(120), || {
+        let j = lab.drctl_json(&["backup", "show", &first["id"].to_string()]).ok()?;
+        (j["state"] != "running").then_some(())
+    })
+    .expect("ended");
+
     // A disk too small for the backup: refused before the download.
     let scratch = lab.info.dir.join("scratch");
     std::fs::create_dir_all(&scratch).expect("scratch dir");

@@ -40,6 +40,7 @@ impl From<JobError> for Status {
             | JobError::NotDone { .. }
             | JobError::NoSource { .. }
             | JobError::NoRestorer { .. }
+            | JobError::Busy { .. }
             | JobError::Refused(_) => Status::failed_precondition(e.to_string()),
             JobError::Propose(e) => e.into(),
         }

@@ -55,7 +55,9 @@ impl Jobs {
             ..Default::default()
         };
         rec.id = {
+            // Held also across the check, so that two starts cannot both pass it.
             let _no_move = self.node.hold_leadership().await;
+            self.one_at_a_time(JobKind::Backup, cluster)?;
             self.record(Command::Backup { record: Box::new(rec.clone()) }).await?
         };
         self.running().insert((JobKind::Backup, rec.id), 0);

@@ -24,6 +24,8 @@ pub enum JobError {
     NoSource { cluster: String, why: String },
     #[error("no agent of {cluster} outside the primary's region ({region}) is connected")]
     NoRestorer { cluster: String, region: String },
+    #[error("{what} {id} of {cluster} is still running: one at a time per cluster (drctl {command} show {id})")]
+    Busy { what: &'static str, command: &'static str, id: u64, cluster: String },
     #[error(transparent)]
     Propose(#[from] ProposeError),
     /// The state machine refused the record.

@@ -55,6 +55,24 @@ impl Jobs {
         lock(&self.running)
     }
 
+    /// One backup and one recovery test per cluster at a time: a second
+    /// would compete for the same source, bucket and scratch disk.
+    fn one_at_a_time(&self, job: JobKind, cluster: &str) -> Result<(), JobError> {
+        let running = self.node.store().with_state(|sm| match job {
+            JobKind::Backup => sm.backups.values().find(|b| b.cluster == cluster && b.state == JobState::Running).map(|b| b.id),
+            JobKind::RecoveryTest => {
+                sm.recovery_tests.values().find(|t| t.cluster == cluster && t.state == JobState::Running).map(|t| t.id)
+            }
+        });
+        match (running, job) {
+            (None, _) => Ok(()),
+            (Some(id), JobKind::Backup) => Err(JobError::Busy { what: "backup", command: "backup", id, cluster: cluster.into() }),
+            (Some(id), JobKind::RecoveryTest) => {
+                Err(JobError::Busy { what: "recovery test", command: "recovery-test", id, cluster: cluster.into() })
+            }
+        }
+    }
+
     /// How far a running job of this node has got: phase, bytes done and
     /// expected, rate, ETA.
     pub fn progress(&self, job: JobKind, id: u64) -> Option<serde_json::Value> {

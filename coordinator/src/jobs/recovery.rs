@@ -63,7 +63,9 @@ impl Jobs {
             ..Default::default()
         };
         rec.id = {
+            // Held also across the check, so that two starts cannot both pass it.
             let _no_move = self.node.hold_leadership().await;
+            self.one_at_a_time(JobKind::RecoveryTest, cluster)?;
             self.record(Command::RecoveryTest { record: Box::new(rec.clone()) }).await?
         };
         self.running().insert((JobKind::RecoveryTest, rec.id), 0);
