@@ -9,6 +9,7 @@ use crate::{Cluster, ClusterOpts};
 use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::agent_service_client::AgentServiceClient;
 use drc_proto::{agent_message::Body, coordinator_message, AgentHello, AgentMessage, ApplyTopologyRequest, HealthRequest, Sample};
+use drc_tls::{Role, Security};
 use tonic::transport::{Channel, Endpoint};
 
 const PROBES: usize = 20;
@@ -18,14 +19,22 @@ type Stop = Arc<AtomicBool>;
 
 /// HTTP/2 connections shared by `per` agents each, by (endpoint, slot);
 /// `per` = 1: every agent connects on its own, as real agents do.
+/// With TLS, every agent has its own certificate (naming its member), and
+/// so its own connection.
 #[derive(Clone)]
 struct Pool {
     per: usize,
     channels: Arc<Mutex<HashMap<(String, usize), Channel>>>,
+    tls: Option<Arc<HashMap<String, Security>>>,
 }
 
 impl Pool {
-    async fn client(&self, endpoint: &str, agent: usize) -> Result<AgentServiceClient<Channel>, String> {
+    async fn client(&self, endpoint: &str, agent: usize, member: &str) -> Result<AgentServiceClient<Channel>, String> {
+        if let Some(tls) = &self.tls {
+            let security = tls.get(member).ok_or_else(|| format!("no certificate for {member}"))?;
+            let target = Security::endpoint(endpoint).map_err(|e| format!("bad endpoint: {e}"))?;
+            return Ok(AgentServiceClient::new(security.connect(target).await.map_err(|e| format!("cannot connect: {e}"))?));
+        }
         let target = Endpoint::from_shared(endpoint.to_string()).map_err(|e| format!("bad endpoint: {e}"))?;
         if self.per == 1 {
             return Ok(AgentServiceClient::new(target.connect().await.map_err(|e| format!("cannot connect: {e}"))?));
@@ -123,7 +132,7 @@ async fn stream(
     jitter: u64,
     seq: &mut u64,
 ) -> Result<Option<String>, String> {
-    let mut client = pool.client(endpoint, slot).await?;
+    let mut client = pool.client(endpoint, slot, member).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let hello = AgentHello {
         member_id: member.into(),
@@ -190,22 +199,41 @@ async fn stream(
     result
 }
 
-pub async fn run(counts: Vec<usize>, seconds: u64, tick_interval: &'static str, per: usize) -> anyhow::Result<()> {
+/// An admin client of the node at `address`, with the cluster's operator
+/// certificate unless it runs in plaintext.
+async fn admin_client(cluster: &Cluster, address: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
+    let security = cluster.creds.security()?;
+    let channel = security.connect(Security::endpoint(address)?).await?;
+    Ok(AdminServiceClient::new(channel).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
+}
+
+pub async fn run(counts: Vec<usize>, seconds: u64, tick_interval: &'static str, per: usize, tls: bool) -> anyhow::Result<()> {
+    // A certificate names one member, so agents cannot share a connection.
+    let per = if tls { 1 } else { per };
+    let mode = if tls { "mutual TLS, a certificate per agent" } else { "plaintext" };
     println!(
-        "agents benchmark: 3 plaintext coordinators on loopback (raft tick {tick_interval}), one gRPC stream per agent, {per} stream(s) per HTTP/2 connection, 1 sample/s each"
+        "agents benchmark: 3 coordinators on loopback ({mode}; raft tick {tick_interval}), one gRPC stream per agent, {per} stream(s) per HTTP/2 connection, 1 sample/s each"
     );
-    let pool = Pool { per, channels: Arc::default() };
     for n in counts {
-        // Plaintext: a certificate names one member, so agents sharing a
-        // connection (--streams-per-connection) cannot use TLS.
-        let cluster = Cluster::start(ClusterOpts { write_timeout: "30s", tick_interval, insecure: true, ..Default::default() })?;
+        let cluster = Cluster::start(ClusterOpts { write_timeout: "30s", tick_interval, insecure: !tls, ..Default::default() })?;
+        let certificates = match &cluster.pki {
+            Some(pki) if tls => {
+                let started = Instant::now();
+                let mut map = HashMap::new();
+                for member in (0..n).map(|i| format!("m{i}")).chain((0..PROBES).map(|p| format!("p{p}"))) {
+                    let files = pki.client(Role::Agent, &member, &member)?;
+                    map.insert(member, Security::new(Some(files), false)?);
+                }
+                println!("N = {n}: {} agent certificates issued in {:.1} s", map.len(), started.elapsed().as_secs_f64());
+                Some(Arc::new(map))
+            }
+            _ => None,
+        };
+        let pool = Pool { per, channels: Arc::default(), tls: certificates };
         let leader_id = cluster.wait_leader(Duration::from_secs(30))?;
         let leader = cluster.nodes[&leader_id].address.clone();
         let pid = cluster.nodes[&leader_id].pid().unwrap_or(0);
-        let mut admin = AdminServiceClient::connect(format!("http://{leader}"))
-            .await?
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20);
+        let mut admin = admin_client(&cluster, &leader).await?;
         admin.apply_topology(ApplyTopologyRequest { topology_toml: topology(n), dry_run: false }).await?;
         let idle_rss = rss_mib(pid);
         let sent = Arc::new(Mutex::new(HashMap::new()));
@@ -251,10 +279,7 @@ pub async fn run(counts: Vec<usize>, seconds: u64, tick_interval: &'static str, 
             if h.leader_id != 0 && cluster.nodes.get(&h.leader_id).is_some_and(|node| node.pid().unwrap_or(0) != pid) {
                 let node = &cluster.nodes[&h.leader_id];
                 pid = node.pid().unwrap_or(0);
-                admin = AdminServiceClient::connect(format!("http://{}", node.address))
-                    .await?
-                    .max_decoding_message_size(256 << 20)
-                    .max_encoding_message_size(256 << 20);
+                admin = admin_client(&cluster, &node.address).await?;
                 continue;
             }
             if connected >= n + PROBES || connect_start.elapsed() > Duration::from_secs(120) {
@@ -301,7 +326,7 @@ pub async fn run(counts: Vec<usize>, seconds: u64, tick_interval: &'static str, 
         for t in tasks {
             t.abort();
         }
-        pool.channels.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        drop(pool);
         drop(cluster);
     }
     Ok(())

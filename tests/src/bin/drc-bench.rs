@@ -56,6 +56,10 @@ enum Bench {
         /// streams without starving the coordinator it measures.
         #[arg(long, default_value_t = 1)]
         streams_per_connection: usize,
+        /// Mutual TLS: every agent with a certificate of its own (and so a
+        /// connection of its own), the admin client with an operator's.
+        #[arg(long)]
+        tls: bool,
     },
     /// Random schedules of gray and clean faults against a lab in network
     /// namespaces (root only), with writers through the stable endpoint and
@@ -114,13 +118,14 @@ fn main() -> anyhow::Result<()> {
         Bench::Failover { trials, faults, synchronous_replicas } => failover::run(trials, &faults, synchronous_replicas),
         Bench::Chaos { trials, seed, faults } => chaos::run(trials, seed, faults),
         Bench::Backup { scale, trials } => backup::run(scale, trials),
-        Bench::Agents { counts, seconds, tick_interval, streams_per_connection } => {
+        Bench::Agents { counts, seconds, tick_interval, streams_per_connection, tls } => {
             let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(
                 counts,
                 seconds,
                 tick,
                 streams_per_connection.max(1),
+                tls,
             ))
         }
     }
