@@ -61,6 +61,9 @@ pub struct Connection {
     pub password_env: Option<String>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// TLS to the database (PostgreSQL verify-full, Redis rediss).
+    #[serde(default)]
+    pub tls: Option<crate::dbtls::DbTls>,
 }
 
 fn default_host() -> String {
@@ -198,6 +201,14 @@ impl AgentConfig {
         if let Err(e) = drc_tls::check_choice(self.tls.as_ref(), self.insecure) {
             p.push(format!("tls: {e}"));
         }
+        if let Some(Err(e)) = self.connection.tls.as_ref().map(|t| t.check()) {
+            p.push(e);
+        }
+        if let Some(f) = self.postgres.as_ref().and_then(|p| p.replication_passfile.as_ref()) {
+            if !f.is_absolute() {
+                p.push(format!("postgres.replication_passfile: {} must be an absolute path", f.display()));
+            }
+        }
         if p.is_empty() {
             Ok(())
         } else {
@@ -225,6 +236,11 @@ pub struct PostgresControl {
     /// Role the standbys replicate as.
     #[serde(default = "default_run_as")]
     pub replication_user: String,
+    /// A libpq password file (`host:port:db:user:password` lines, mode
+    /// 0600, readable by `run_as`) that standbys read the replication
+    /// password from: `primary_conninfo` names it, never the password.
+    #[serde(default)]
+    pub replication_passfile: Option<PathBuf>,
 }
 
 fn default_bin_dir() -> PathBuf {

@@ -10,6 +10,7 @@
 mod actions;
 mod backup;
 mod config;
+mod dbtls;
 mod probe;
 mod process;
 mod sampler;

@@ -105,6 +105,27 @@ impl Pki {
         Ok(files)
     }
 
+    /// A database server's certificate: only the hosts it is reached at
+    /// (no drc identity), in `file`.pem and `file`.key.
+    pub fn server(&self, hosts: &[&str], file: &str) -> anyhow::Result<TlsFiles> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, hosts.first().copied().unwrap_or("server"));
+        for h in hosts {
+            params.subject_alt_names.push(match h.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*h).try_into()?),
+            });
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        let files = TlsFiles { ca: self.ca(), cert: self.dir.join(format!("{file}.pem")), key: self.dir.join(format!("{file}.key")) };
+        write_private(&files.key, &key.serialize_pem())?;
+        fs::write(&files.cert, cert.pem())?;
+        Ok(files)
+    }
+
     /// A CA of its own in `dir`, unrelated to this one, with one operator
     /// certificate: what a stranger would present.
     pub fn stranger(&self, dir: &Path) -> anyhow::Result<TlsFiles> {

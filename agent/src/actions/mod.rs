@@ -10,6 +10,7 @@
 
 mod lease;
 mod postgres;
+pub(crate) use postgres::pg_err;
 mod promote;
 mod redis;
 mod vouch;

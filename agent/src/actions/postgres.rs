@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drc_proto::{FailoverAction, FailoverStep};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use super::{catch_up_target, lock, primary_address, Actor};
 use crate::process::{postmaster_alive, run_as};
@@ -96,7 +96,14 @@ impl Actor {
         let (host, port) = primary_address(s)?;
         let primary = self.pg_connect(host, port).await?;
         primary.batch_execute("CHECKPOINT").await.map_err(|e| format!("CHECKPOINT on the new primary: {}", pg_err(e)))?;
-        let source = format!("host={host} port={port} user={} dbname=postgres", self.cfg.connection.user.as_deref().unwrap_or("postgres"));
+        let mut source =
+            format!("host={host} port={port} user={} dbname=postgres", self.cfg.connection.user.as_deref().unwrap_or("postgres"));
+        if let Some(t) = &self.cfg.connection.tls {
+            source.push_str(&t.libpq_params());
+        }
+        if let Some(f) = &pg.replication_passfile {
+            source.push_str(&format!(" passfile={}", f.display()));
+        }
         let data = pg.data_dir.to_string_lossy().to_string();
         // pg_rewind finishes the crash recovery of a server that did not shut
         // down cleanly in single-user mode, which refuses standby mode: a
@@ -126,10 +133,20 @@ impl Actor {
         Ok(HashMap::new())
     }
 
+    /// `primary_conninfo` for a standby of `s`'s primary: TLS as the
+    /// agent's own connection is configured, the password from a passfile.
     pub(super) fn conninfo(&self, s: &FailoverStep) -> Result<String, String> {
-        let user = self.cfg.postgres.as_ref().map(|p| p.replication_user.clone()).unwrap_or_else(|| "postgres".into());
+        let pg = self.cfg.postgres.as_ref();
+        let user = pg.map(|p| p.replication_user.clone()).unwrap_or_else(|| "postgres".into());
         let (host, port) = primary_address(s)?;
-        Ok(format!("host={host} port={port} user={user} application_name={}", self.cfg.member_id))
+        let mut info = format!("host={host} port={port} user={user} application_name={}", self.cfg.member_id);
+        if let Some(t) = &self.cfg.connection.tls {
+            info.push_str(&t.libpq_params());
+        }
+        if let Some(f) = pg.and_then(|p| p.replication_passfile.as_ref()) {
+            info.push_str(&format!(" passfile={}", f.display()));
+        }
+        Ok(info)
     }
 
     /// Stops the local server at once: an immediate stop, and if the server
@@ -189,11 +206,8 @@ impl Actor {
         if let Some(p) = conn.password().map_err(|e| e.to_string())? {
             cfg.password(p);
         }
-        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| format!("connecting to {host}:{port}: {}", pg_err(e)))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        let tls = conn.tls.as_ref().map(|t| t.postgres().map(Arc::new)).transpose()?;
+        crate::dbtls::pg_connect(&cfg, tls.as_ref()).await.map_err(|e| format!("connecting to {host}:{port}: {}", pg_err(e)))
     }
 
     pub(super) async fn pg_local(&self) -> Result<Arc<Client>, String> {
@@ -210,10 +224,20 @@ impl Actor {
 
 /// A PostgreSQL error with the server's message (tokio-postgres's Display
 /// says only "db error").
-pub(super) fn pg_err(e: tokio_postgres::Error) -> String {
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
+        // With its causes: "error performing TLS handshake" alone does not
+        // say that the server's certificate was refused.
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
     }
 }
 

@@ -51,12 +51,9 @@ impl Actor {
     }
 
     pub(super) async fn redis_local(&self) -> Result<redis::aio::MultiplexedConnection, String> {
-        use redis::IntoConnectionInfo as _;
         let conn = &self.cfg.connection;
-        let password = conn.password().map_err(|e| e.to_string())?;
-        let info = (conn.host.as_str(), conn.port).into_connection_info().map_err(|e| e.to_string())?;
-        let info = crate::probe::redis::with_credentials(info, conn.user.as_deref(), password.as_deref());
-        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        let info = crate::probe::redis::connection_info(&conn.host, conn.port, conn)?;
+        let client = crate::probe::redis::client(info, conn.tls.as_ref())?;
         tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection())
             .await
             .map_err(|_| "connecting to redis timed out".to_string())?

@@ -35,11 +35,19 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
                 if let Some(p) = conn.password().map_err(|e| e.to_string())? {
                     c.env("PGPASSWORD", p);
                 }
+                if let Some(t) = &conn.tls {
+                    c.envs(t.libpq_env());
+                }
+                // A replication connection: the replication role's password.
+                if let Some(f) = &pg.replication_passfile {
+                    c.env("PGPASSFILE", f);
+                }
                 (c, "base.tar.zst.age", version(&bin.to_string_lossy(), "--version").await)
             }
             Kind::Redis => {
                 let mut c = Command::new("redis-cli");
                 c.args(["-h", &conn.host, "-p", &conn.port.to_string(), "--rdb", "-"]);
+                c.args(conn.tls.as_ref().map(|t| t.redis_cli_args()).unwrap_or_default());
                 if let Some(p) = conn.password().map_err(|e| e.to_string())? {
                     c.env("REDISCLI_AUTH", p);
                 }
@@ -219,7 +227,9 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
 
 pub(super) async fn redis_offset(cfg: &AgentConfig) -> Option<String> {
     let out = Command::new("redis-cli")
-        .args(["-h", &cfg.connection.host, "-p", &cfg.connection.port.to_string(), "INFO", "replication"])
+        .args(["-h", &cfg.connection.host, "-p", &cfg.connection.port.to_string()])
+        .args(cfg.connection.tls.as_ref().map(|t| t.redis_cli_args()).unwrap_or_default())
+        .args(["INFO", "replication"])
         .output()
         .await
         .ok()?;

@@ -7,7 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, Config, NoTls};
+use std::sync::Arc;
+
+use tokio_postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{split_address, PrimaryReading, Reading};
 use crate::config::Connection;
@@ -15,6 +18,8 @@ use crate::config::Connection;
 pub struct PgProber {
     local_cfg: Config,
     base: Config,
+    /// TLS (verify-full) to the local server and the primary, when configured.
+    tls: Option<Arc<MakeRustlsConnect>>,
     timeout: Duration,
     local: Option<Client>,
     /// Connection to the primary, with the address it was made to.
@@ -43,18 +48,15 @@ impl PgProber {
         }
         let mut local_cfg = base.clone();
         local_cfg.host(&conn.host).port(conn.port);
-        Ok(PgProber { local_cfg, base, timeout, local: None, primary: None })
+        let tls = conn.tls.as_ref().map(|t| t.postgres().map(Arc::new)).transpose().map_err(anyhow::Error::msg)?;
+        Ok(PgProber { local_cfg, base, tls, timeout, local: None, primary: None })
     }
 
-    async fn connect(cfg: &Config, timeout: Duration) -> Result<Client, String> {
-        let (client, connection) = tokio::time::timeout(timeout, cfg.connect(NoTls))
+    async fn connect(&self, cfg: &Config) -> Result<Client, String> {
+        tokio::time::timeout(self.timeout, crate::dbtls::pg_connect(cfg, self.tls.as_ref()))
             .await
             .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+            .map_err(crate::actions::pg_err)
     }
 
     pub async fn local(&mut self) -> Reading {
@@ -69,7 +71,7 @@ impl PgProber {
 
     async fn try_local(&mut self) -> Result<Reading, String> {
         if self.local.as_ref().is_none_or(|c| c.is_closed()) {
-            self.local = Some(Self::connect(&self.local_cfg, self.timeout).await?);
+            self.local = Some(self.connect(&self.local_cfg).await?);
         }
         let client = self.local.as_ref().ok_or("no connection")?;
         let t = self.timeout;
@@ -134,7 +136,7 @@ impl PgProber {
             let (host, port) = split_address(address).ok_or_else(|| format!("bad primary address {address:?}"))?;
             let mut cfg = self.base.clone();
             cfg.host(&host).port(port);
-            self.primary = Some((address.to_string(), Self::connect(&cfg, self.timeout).await?));
+            self.primary = Some((address.to_string(), self.connect(&cfg).await?));
         }
         let (_, client) = self.primary.as_ref().ok_or("no connection")?;
         let row = tokio::time::timeout(self.timeout, client.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint", &[]))

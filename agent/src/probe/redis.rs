@@ -17,6 +17,7 @@ pub struct RedisProber {
     local_port: u16,
     password: Option<String>,
     user: Option<String>,
+    tls: Option<crate::dbtls::DbTls>,
     timeout: Duration,
     local: Option<MultiplexedConnection>,
     primary: Option<(String, MultiplexedConnection)>,
@@ -30,7 +31,8 @@ pub fn parse_info(text: &str) -> HashMap<&str, &str> {
 impl RedisProber {
     pub fn new(conn: &Connection, timeout: Duration) -> anyhow::Result<Self> {
         Ok(RedisProber {
-            url: url(&conn.host, conn.port),
+            url: url(&conn.host, conn.port, conn.tls.is_some()),
+            tls: conn.tls.clone(),
             local_port: conn.port,
             password: conn.password()?,
             user: conn.user.clone(),
@@ -42,8 +44,7 @@ impl RedisProber {
 
     async fn connect(&self, url: &str) -> Result<MultiplexedConnection, String> {
         let info: redis::ConnectionInfo = url.parse().map_err(|e: redis::RedisError| e.to_string())?;
-        let client =
-            redis::Client::open(with_credentials(info, self.user.as_deref(), self.password.as_deref())).map_err(|e| e.to_string())?;
+        let client = client(with_credentials(info, self.user.as_deref(), self.password.as_deref()), self.tls.as_ref())?;
         tokio::time::timeout(self.timeout, client.get_multiplexed_async_connection())
             .await
             .map_err(|_| "connect timed out".to_string())?
@@ -135,7 +136,7 @@ impl RedisProber {
             Some((a, c)) if a == address => c,
             _ => {
                 let (host, port) = split_address(address).ok_or_else(|| format!("bad primary address {address:?}"))?;
-                self.connect(&url(&host, port)).await?
+                self.connect(&url(&host, port, self.tls.is_some())).await?
             }
         };
         let text = self.info(&mut con).await?;
@@ -173,8 +174,27 @@ pub(crate) fn with_credentials(info: redis::ConnectionInfo, user: Option<&str>, 
     info.set_redis_settings(settings)
 }
 
-fn url(host: &str, port: u16) -> String {
-    format!("redis://{host}:{port}/")
+/// `rediss://` (TLS, the server's certificate checked against the CA and
+/// the host) when `tls`.
+fn url(host: &str, port: u16, tls: bool) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    format!("{scheme}://{host}:{port}/")
+}
+
+/// A client of the server `info` names, over TLS when configured.
+pub(crate) fn client(info: redis::ConnectionInfo, tls: Option<&crate::dbtls::DbTls>) -> Result<redis::Client, String> {
+    match tls {
+        Some(t) => redis::Client::build_with_tls(info, t.redis()?).map_err(|e| e.to_string()),
+        None => redis::Client::open(info).map_err(|e| e.to_string()),
+    }
+}
+
+/// The connection info of `host:port`, with the agent's credentials and its
+/// TLS choice.
+pub(crate) fn connection_info(host: &str, port: u16, conn: &crate::config::Connection) -> Result<redis::ConnectionInfo, String> {
+    let info: redis::ConnectionInfo = url(host, port, conn.tls.is_some()).parse().map_err(|e: redis::RedisError| e.to_string())?;
+    let password = conn.password().map_err(|e| e.to_string())?;
+    Ok(with_credentials(info, conn.user.as_deref(), password.as_deref()))
 }
 
 #[cfg(test)]

@@ -159,6 +159,7 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
             synchronous_replicas,
             // Partitions need every node in a network namespace of its own.
             netns: fault == "region-blackhole" || fault == "region-one-way",
+            ..Default::default()
         },
     )?;
     let redis = fault.starts_with("redis-");

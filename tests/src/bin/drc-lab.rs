@@ -39,6 +39,11 @@ enum Cmd {
         /// lab creates (root only), so that `fault` can partition it.
         #[arg(long)]
         netns: bool,
+        /// PostgreSQL over TLS: agents check the server's certificate
+        /// (verify-full) and standbys stream over TLS, with the replication
+        /// password in a passfile (`db_tls` in lab.json).
+        #[arg(long)]
+        db_tls: bool,
     },
     /// Apply a network fault to a lab started with --netns (on top of any
     /// other; `heal` removes them all).
@@ -91,6 +96,9 @@ enum Cmd {
         /// As for `up`.
         #[arg(long)]
         netns: bool,
+        /// As for `up`.
+        #[arg(long)]
+        db_tls: bool,
     },
 }
 
@@ -212,8 +220,8 @@ fn print_summary(lab: &Lab) {
 
 fn main() -> ExitCode {
     let result = match Args::parse().command {
-        Cmd::Up { dir, synchronous_replicas, netns } => {
-            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, ..Default::default() }).map(|lab| {
+        Cmd::Up { dir, synchronous_replicas, netns, db_tls } => {
+            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, ..Default::default() }).map(|lab| {
                 if let Some(lab) = lab {
                     print_summary(&lab);
                     lab.detach();
@@ -250,8 +258,8 @@ fn main() -> ExitCode {
             }
         }),
         Cmd::Heal { dir } => Lab::attach(&dir).and_then(|lab| lab.heal()).map(|()| println!("every fault removed")),
-        Cmd::Run { dir, synchronous_replicas, netns } => {
-            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, ..Default::default() }).and_then(|lab| {
+        Cmd::Run { dir, synchronous_replicas, netns, db_tls } => {
+            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, ..Default::default() }).and_then(|lab| {
                 let Some(lab) = lab else { return Ok(()) };
                 print_summary(&lab);
                 println!("\nrunning; Ctrl-C stops the lab");

@@ -127,10 +127,27 @@ pub struct LabInfo {
     /// The lab's CA and client certificates (absent in labs made before TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<LabTls>,
+    /// With `--db-tls`: PostgreSQL serves TLS only to agents that check it
+    /// (verify-full against this CA), and standbys read the replication
+    /// password from `passfile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_tls: Option<DbTlsInfo>,
 }
 
 pub(super) fn loopback() -> String {
     "loopback".into()
+}
+
+/// The lab's database TLS (`--db-tls`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DbTlsInfo {
+    /// The CA that signed the database servers' certificate.
+    pub ca: PathBuf,
+    /// PostgreSQL's server certificate and key (every member's).
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// The libpq password file of the replication role.
+    pub passfile: PathBuf,
 }
 
 /// The lab's backup encryption keys in `lab.json`.

@@ -10,6 +10,7 @@
 //! [`Lab::down`] (and dropping an owned [`Lab`]) stops every process listed in
 //! `lab.json` and leaves none behind.
 
+mod dbtls;
 pub mod delay;
 mod info;
 pub mod netcut;
@@ -31,7 +32,7 @@ use serde_json::Value;
 use crate::pki::{self, Pki};
 use crate::{bin, drctl, free_port, json_output, wait_for, Creds};
 use drc_tls::Role;
-pub use info::{BackupKeys, CoordinatorInfo, ForwarderInfo, LabInfo, LabTls, MemberInfo, S3Info};
+pub use info::{BackupKeys, CoordinatorInfo, DbTlsInfo, ForwarderInfo, LabInfo, LabTls, MemberInfo, S3Info};
 pub use process::{alive, kill_tree, signal, signal_tree, spawn_detached, stop_pid};
 
 pub const REGIONS: [&str; 3] = ["a", "b", "c"];
@@ -64,11 +65,15 @@ pub struct LabOptions {
     pub synchronous_replicas: u32,
     /// Every node in a network namespace of its own (root only).
     pub netns: bool,
+    /// PostgreSQL with TLS: agents check the server (verify-full) and
+    /// standbys stream over TLS, reading the replication password from a
+    /// passfile.
+    pub db_tls: bool,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { leader_placement: true, synchronous_replicas: 0, netns: false }
+        LabOptions { leader_placement: true, synchronous_replicas: 0, netns: false, db_tls: false }
     }
 }
 
@@ -106,6 +111,7 @@ impl Lab {
                 mode: if opts.netns { "netns".into() } else { info::loopback() },
                 net: None,
                 tls: None,
+                db_tls: None,
             },
             owned: true,
         };
@@ -115,6 +121,9 @@ impl Lab {
         }
         lab.make_backup_keys()?;
         lab.make_certificates()?;
+        if opts.db_tls {
+            lab.make_db_tls()?;
+        }
         lab.write_info()?;
         lab.start_coordinators(&opts)?;
         lab.write_info()?;
@@ -355,7 +364,7 @@ impl Lab {
     }
 
     fn start_databases(&mut self) -> anyhow::Result<()> {
-        let pg = postgres::start_cluster(&self.info.dir, PG_CLUSTER, self.info.net.as_ref())?;
+        let pg = postgres::start_cluster(&self.info.dir, PG_CLUSTER, self.info.net.as_ref(), self.info.db_tls.as_ref())?;
         self.info.members.extend(pg);
         let rd = redis::start_cluster(&self.info.dir, REDIS_CLUSTER, self.info.net.as_ref())?;
         self.info.members.extend(rd);
@@ -462,12 +471,20 @@ impl Lab {
         // How the agent stops, starts and rewinds its PostgreSQL (failover).
         let control = if m.kind == "postgres" {
             let sock = self.info.dir.join(format!("{}.sock", m.id));
-            format!(
+            let mut c = format!(
                 "[postgres]\ndata_dir = {:?}\nrun_as = \"postgres\"\nstart_options = {:?}\nlog_file = {:?}\nreplication_user = \"postgres\"\n",
                 m.data_dir.display().to_string(),
                 format!("-p {} -k {}", m.port, sock.display()),
                 m.log.display().to_string()
-            )
+            );
+            if let Some(t) = &self.info.db_tls {
+                c = format!(
+                    "[connection.tls]\nca = {:?}\n{c}replication_passfile = {:?}\n",
+                    t.ca.display().to_string(),
+                    t.passfile.display().to_string()
+                );
+            }
+            c
         } else {
             String::new()
         };

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 
+use super::info::DbTlsInfo;
 use super::netns::NetInfo;
 use super::{MemberInfo, REGIONS};
 use crate::{free_port, wait_for};
@@ -80,7 +81,17 @@ pub fn postmaster_pid(data: &Path) -> anyhow::Result<u32> {
 
 /// Creates the primary in region a and streaming standbys in b and c, each
 /// in its node's namespace when `net` is given.
-pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>) -> anyhow::Result<Vec<MemberInfo>> {
+pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>, tls: Option<&DbTlsInfo>) -> anyhow::Result<Vec<MemberInfo>> {
+    // With TLS, replication connections need the password (from the
+    // passfile) and every libpq connection the lab makes checks the server.
+    let libpq_tls = |c: &mut Command| {
+        if let Some(t) = tls {
+            c.env("PGPASSFILE", &t.passfile).env("PGSSLMODE", "verify-full").env("PGSSLROOTCERT", &t.ca);
+        }
+    };
+    let conninfo_tls =
+        tls.map_or_else(String::new, |t| format!(" sslmode=verify-full sslrootcert={} passfile={}", t.ca.display(), t.passfile.display()));
+    let replication_auth = if tls.is_some() { "scram-sha-256" } else { "trust" };
     let mut members = Vec::new();
     let (mut primary_port, mut primary_host) = (0, String::new());
     for region in REGIONS {
@@ -107,6 +118,9 @@ pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>) -> anyhow
             run(c, "initdb")?;
             let mut conf = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?;
             use std::io::Write as _;
+            if let Some(t) = tls {
+                writeln!(conf, "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'", t.server_cert.display(), t.server_key.display())?;
+            }
             writeln!(
                 conf,
                 "listen_addresses = '{}'\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nhot_standby = on\nwal_log_hints = on\nfsync = off\nsynchronous_commit = on\nfull_page_writes = on\nwal_keep_size = '64MB'\nshared_buffers = '32MB'\nhot_standby_feedback = on\nwal_receiver_status_interval = '1s'",
@@ -115,8 +129,10 @@ pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>) -> anyhow
             )?;
             fs::write(
                 data.join("pg_hba.conf"),
-                "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n\
-                 host all all 198.18.0.0/15 trust\nhost replication all 198.18.0.0/15 trust\n",
+                format!(
+                    "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 {replication_auth}\n\
+                     host all all 198.18.0.0/15 trust\nhost replication all 198.18.0.0/15 {replication_auth}\n"
+                ),
             )?;
             chown_postgres(&data)?;
             primary_port = port;
@@ -140,12 +156,16 @@ pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>) -> anyhow
                 &slot,
                 "--no-sync",
             ]);
+            libpq_tls(&mut c);
             run(c, "pg_basebackup")?;
             // Streams under its member id, as drc's repoint does: the name
             // a synchronous primary waits for (the later line wins).
             let mut auto = fs::OpenOptions::new().append(true).open(data.join("postgresql.auto.conf"))?;
             use std::io::Write as _;
-            writeln!(auto, "primary_conninfo = 'host={primary_host} port={primary_port} user=postgres application_name={id}'")?;
+            writeln!(
+                auto,
+                "primary_conninfo = 'host={primary_host} port={primary_port} user=postgres application_name={id}{conninfo_tls}'"
+            )?;
         }
         let pid = start(&data, port, &sock, &log, on)?;
         members.push(MemberInfo {
@@ -164,6 +184,12 @@ pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>) -> anyhow
             agent_tls: None,
         });
         wait_for(&format!("pg-{region} to accept connections"), Duration::from_secs(30), || psql_at(&host, port, "SELECT 1").ok())?;
+        if let (Some(t), "a") = (tls, region) {
+            // The replication password, as the passfile holds it.
+            let text = fs::read_to_string(&t.passfile)?;
+            let password = text.trim().rsplit(':').next().unwrap_or_default().to_string();
+            psql_at(&host, port, &format!("ALTER ROLE postgres PASSWORD '{password}'"))?;
+        }
     }
     Ok(members)
 }
