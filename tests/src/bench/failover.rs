@@ -148,7 +148,7 @@ fn timeline(lab: &Lab, cluster: &str, fault_ms: u64) -> String {
     out
 }
 
-fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
+fn trial(fault: &str, synchronous_replicas: u32, insecure: bool) -> anyhow::Result<Trial> {
     let dir = tempfile::Builder::new().prefix("drc-bench-failover-").tempdir()?;
     // The worst case is measured with leader placement off: it would
     // move the leader back out of region a.
@@ -159,6 +159,7 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
             synchronous_replicas,
             // Partitions need every node in a network namespace of its own.
             netns: fault == "region-blackhole" || fault == "region-one-way",
+            insecure,
             ..Default::default()
         },
     )?;
@@ -328,17 +329,18 @@ fn trial(fault: &str, synchronous_replicas: u32) -> anyhow::Result<Trial> {
     })
 }
 
-pub fn run(trials: u32, faults: &[String], synchronous_replicas: u32) -> anyhow::Result<()> {
+pub fn run(trials: u32, faults: &[String], synchronous_replicas: u32, insecure: bool) -> anyhow::Result<()> {
     let replication = match synchronous_replicas {
         0 => "asynchronous replication".to_string(),
         n => format!("synchronous replication (every PostgreSQL commit waits for {n} replica(s))"),
     };
-    println!("failover benchmark: a fresh lab per trial, a continuous writer through drc-proxy, shipped defaults, {replication}");
+    let mode = if insecure { "plaintext (insecure)" } else { "mutual TLS" };
+    println!("failover benchmark: a fresh lab per trial ({mode}), a continuous writer through drc-proxy, shipped defaults, {replication}");
     for fault in faults {
         let (mut times, mut latencies, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
         let (mut lost, mut oldest_lost) = (0, Duration::ZERO);
         for t in 1..=trials {
-            match trial(fault, synchronous_replicas) {
+            match trial(fault, synchronous_replicas, insecure) {
                 Ok(r) => {
                     let when = r.oldest_lost.map(|d| format!(" (the first acknowledged {:.1} ms before the fault)", d.as_secs_f64() * 1e3));
                     println!(

@@ -99,6 +99,10 @@ enum Bench {
         /// the default).
         #[arg(long, default_value_t = 0)]
         synchronous_replicas: u32,
+        /// drc's own connections in plaintext (insecure = true) instead of
+        /// mutual TLS.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Backup throughput and recovery-test time against plain pipelines.
     Backup {
@@ -115,7 +119,9 @@ fn main() -> anyhow::Result<()> {
         Bench::Raft { writes, trials, insecure } => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(raft::run(writes, trials, insecure))
         }
-        Bench::Failover { trials, faults, synchronous_replicas } => failover::run(trials, &faults, synchronous_replicas),
+        Bench::Failover { trials, faults, synchronous_replicas, insecure } => {
+            failover::run(trials, &faults, synchronous_replicas, insecure)
+        }
         Bench::Chaos { trials, seed, faults } => chaos::run(trials, seed, faults),
         Bench::Backup { scale, trials } => backup::run(scale, trials),
         Bench::Agents { counts, seconds, tick_interval, streams_per_connection, tls } => {

@@ -44,6 +44,10 @@ enum Cmd {
         /// password in a passfile (`db_tls` in lab.json).
         #[arg(long)]
         db_tls: bool,
+        /// drc's own connections in plaintext (insecure = true): no CA, no
+        /// certificates; for measuring what TLS costs.
+        #[arg(long, conflicts_with = "db_tls")]
+        insecure: bool,
     },
     /// Apply a network fault to a lab started with --netns (on top of any
     /// other; `heal` removes them all).
@@ -99,6 +103,9 @@ enum Cmd {
         /// As for `up`.
         #[arg(long)]
         db_tls: bool,
+        /// As for `up`.
+        #[arg(long, conflicts_with = "db_tls")]
+        insecure: bool,
     },
 }
 
@@ -114,7 +121,12 @@ fn quoted(p: &std::path::Path) -> String {
 }
 
 fn print_env(lab: &Lab, role: EnvRole) -> anyhow::Result<()> {
-    let tls = lab.info.tls.as_ref().ok_or_else(|| anyhow::anyhow!("this lab has no certificates (made before TLS)"))?;
+    let Some(tls) = lab.info.tls.as_ref() else {
+        // A lab started with --insecure (or made before TLS).
+        println!("export DRC_ENDPOINTS='{}'", lab.info.endpoints);
+        println!("export DRC_INSECURE=true");
+        return Ok(());
+    };
     let files = match role {
         EnvRole::Operator => &tls.operator,
         EnvRole::Viewer => &tls.viewer,
@@ -220,8 +232,8 @@ fn print_summary(lab: &Lab) {
 
 fn main() -> ExitCode {
     let result = match Args::parse().command {
-        Cmd::Up { dir, synchronous_replicas, netns, db_tls } => {
-            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, ..Default::default() }).map(|lab| {
+        Cmd::Up { dir, synchronous_replicas, netns, db_tls, insecure } => {
+            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, insecure, ..Default::default() }).map(|lab| {
                 if let Some(lab) = lab {
                     print_summary(&lab);
                     lab.detach();
@@ -258,8 +270,8 @@ fn main() -> ExitCode {
             }
         }),
         Cmd::Heal { dir } => Lab::attach(&dir).and_then(|lab| lab.heal()).map(|()| println!("every fault removed")),
-        Cmd::Run { dir, synchronous_replicas, netns, db_tls } => {
-            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, ..Default::default() }).and_then(|lab| {
+        Cmd::Run { dir, synchronous_replicas, netns, db_tls, insecure } => {
+            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, insecure, ..Default::default() }).and_then(|lab| {
                 let Some(lab) = lab else { return Ok(()) };
                 print_summary(&lab);
                 println!("\nrunning; Ctrl-C stops the lab");

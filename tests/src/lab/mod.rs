@@ -69,11 +69,23 @@ pub struct LabOptions {
     /// standbys stream over TLS, reading the replication password from a
     /// passfile.
     pub db_tls: bool,
+    /// drc's own connections in plaintext (`insecure = true`), to measure
+    /// what TLS costs; no CA, and `tls` absent from lab.json.
+    pub insecure: bool,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { leader_placement: true, synchronous_replicas: 0, netns: false, db_tls: false }
+        LabOptions { leader_placement: true, synchronous_replicas: 0, netns: false, db_tls: false, insecure: false }
+    }
+}
+
+/// A drc configuration with its certificate section, or, without one,
+/// `insecure = true` (a top-level key: before every table).
+fn with_tls(text: String, tls: Option<&drc_tls::TlsFiles>) -> String {
+    match tls {
+        Some(t) => text + &pki::config_section(t),
+        None => format!("insecure = true\n{text}"),
     }
 }
 
@@ -120,7 +132,9 @@ impl Lab {
             lab.write_info()?;
         }
         lab.make_backup_keys()?;
-        lab.make_certificates()?;
+        if !opts.insecure {
+            lab.make_certificates()?;
+        }
         if opts.db_tls {
             lab.make_db_tls()?;
         }
@@ -264,8 +278,11 @@ impl Lab {
             for (j, ((a, r), region)) in addrs.iter().zip(&raft).zip(REGIONS).enumerate() {
                 text.push_str(&format!("[[peers]]\nid = {}\naddress = {a:?}\nraft_address = {r:?}\nregion = {region:?}\n", j + 1));
             }
-            let tls = self.pki()?.issue(Role::Peer, &id.to_string(), &[&hosts[i], "127.0.0.1"])?;
-            text.push_str(&pki::config_section(&tls));
+            let tls = match &self.info.tls {
+                Some(_) => Some(self.pki()?.issue(Role::Peer, &id.to_string(), &[&hosts[i], "127.0.0.1"])?),
+                None => None,
+            };
+            let text = with_tls(text, tls.as_ref());
             fs::write(&config, text)?;
             let mut cmd = Command::new(bin("drc-coordinator"));
             cmd.arg("--config").arg(&config);
@@ -279,7 +296,7 @@ impl Lab {
                 data_dir,
                 config,
                 log,
-                tls: Some(tls),
+                tls,
                 audit_log: Some(audit_log),
             });
         }
@@ -518,11 +535,12 @@ impl Lab {
             port
         );
         // The certificate is issued once and kept across restarts.
-        let tls = match &m.agent_tls {
-            Some(t) => t.clone(),
-            None => self.pki()?.issue(Role::Agent, &m.id, &[])?,
+        let tls = match (&m.agent_tls, &self.info.tls) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(_)) => Some(self.pki()?.issue(Role::Agent, &m.id, &[])?),
+            (None, None) => None,
         };
-        let text = text + &pki::config_section(&tls);
+        let text = with_tls(text, tls.as_ref());
         fs::write(&config, text)?;
         let mut cmd = Command::new(bin("drc-agent"));
         cmd.arg("--config").arg(&config);
@@ -531,7 +549,7 @@ impl Lab {
         m.agent_pid = pid;
         m.agent_config = config;
         m.agent_log = log;
-        m.agent_tls = Some(tls);
+        m.agent_tls = tls;
         Ok(())
     }
 
@@ -539,10 +557,16 @@ impl Lab {
         for cluster in [PG_CLUSTER, REDIS_CLUSTER] {
             let port = free_port();
             let log = self.info.dir.join(format!("forwarder-{cluster}.log"));
-            let tls = self.pki()?.issue(Role::Viewer, &format!("proxy-{cluster}"), &[])?;
+            let tls = match &self.info.tls {
+                Some(_) => Some(self.pki()?.issue(Role::Viewer, &format!("proxy-{cluster}"), &[])?),
+                None => None,
+            };
             let mut cmd = Command::new(bin("drc-proxy"));
             cmd.args(["--cluster", cluster, "--listen", &format!("127.0.0.1:{port}"), "--endpoints", &self.info.endpoints]);
-            cmd.args(pki::drctl_args(&tls));
+            match &tls {
+                Some(t) => cmd.args(pki::drctl_args(t)),
+                None => cmd.arg("--insecure"),
+            };
             let pid = spawn_detached(&mut cmd, &log)?;
             self.info.forwarders.push(ForwarderInfo {
                 cluster: cluster.into(),
@@ -550,7 +574,7 @@ impl Lab {
                 port,
                 pid,
                 log: log.clone(),
-                tls: Some(tls),
+                tls,
             });
             wait_for(&format!("the forwarder of {cluster} to know the primary"), Duration::from_secs(20), || {
                 fs::read_to_string(&log).ok().filter(|t| t.contains("primary is")).map(|_| ())
