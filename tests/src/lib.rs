@@ -416,6 +416,25 @@ pub fn json_output(out: Output) -> anyhow::Result<Value> {
     serde_json::from_slice(&out.stdout).with_context(|| format!("drctl printed no JSON: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// A small topology for tests that need no databases: one Redis cluster
+/// `cache` of `redis-a` (region a) and `redis-b` (region b).
+pub const CACHE_TOPOLOGY: &str = r#"
+[regions.a]
+[regions.b]
+[clusters.cache]
+kind = "redis"
+[[members]]
+id = "redis-a"
+cluster = "cache"
+region = "a"
+address = "127.0.0.1:16379"
+[[members]]
+id = "redis-b"
+cluster = "cache"
+region = "b"
+address = "127.0.0.1:16380"
+"#;
+
 /// An example three-region topology whose region `a` priority is `version`,
 /// so that successive calls produce distinct writes.
 pub fn example_topology(version: u32) -> String {

@@ -10,22 +10,7 @@ use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::{PauseRequest, WatchRequest};
 use drc_tests::{drctl, json_output, wait_for, Cluster, ClusterOpts};
 
-const TOPOLOGY: &str = r#"
-[regions.a]
-[regions.b]
-[clusters.cache]
-kind = "redis"
-[[members]]
-id = "redis-a"
-cluster = "cache"
-region = "a"
-address = "127.0.0.1:16379"
-[[members]]
-id = "redis-b"
-cluster = "cache"
-region = "b"
-address = "127.0.0.1:16380"
-"#;
+use drc_tests::CACHE_TOPOLOGY as TOPOLOGY;
 
 fn entries(v: &serde_json::Value) -> Vec<AuditEntry> {
     serde_json::from_value(v["entries"].clone()).expect("audit entries")

@@ -19,22 +19,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use tonic::transport::Channel;
 
-const TOPOLOGY: &str = r#"
-[regions.a]
-[regions.b]
-[clusters.cache]
-kind = "redis"
-[[members]]
-id = "redis-a"
-cluster = "cache"
-region = "a"
-address = "127.0.0.1:16379"
-[[members]]
-id = "redis-b"
-cluster = "cache"
-region = "b"
-address = "127.0.0.1:16380"
-"#;
+use drc_tests::CACHE_TOPOLOGY as TOPOLOGY;
 
 /// A string: one a coordinator knows, or random characters.
 fn text() -> impl Strategy<Value = String> {

@@ -13,22 +13,7 @@ use drc_tls::{Identity, Role, Security, TlsFiles};
 use tonic::transport::Channel;
 use tonic::Code;
 
-const TOPOLOGY: &str = r#"
-[regions.a]
-[regions.b]
-[clusters.cache]
-kind = "redis"
-[[members]]
-id = "redis-a"
-cluster = "cache"
-region = "a"
-address = "127.0.0.1:16379"
-[[members]]
-id = "redis-b"
-cluster = "cache"
-region = "b"
-address = "127.0.0.1:16380"
-"#;
+use drc_tests::CACHE_TOPOLOGY as TOPOLOGY;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
