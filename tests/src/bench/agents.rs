@@ -322,6 +322,14 @@ pub async fn run(counts: Vec<usize>, seconds: u64, tick_interval: &'static str, 
         );
         let elections: usize = cluster.nodes.values().map(|node| node.log_text().matches("became leader").count()).sum();
         println!("N = {n}: leader elections during the run: {}", elections.saturating_sub(1));
+        if elections > 1 {
+            // Why: what each node logged about terms and elections.
+            for node in cluster.nodes.values() {
+                for line in node.log_text().lines().filter(|l| ["became", "election", "lost", "WARN"].iter().any(|w| l.contains(w))) {
+                    println!("  node {}: {line}", node.id);
+                }
+            }
+        }
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             t.abort();
