@@ -26,16 +26,20 @@ struct Pool {
     per: usize,
     channels: Arc<Mutex<HashMap<(String, usize), Channel>>>,
     tls: Option<Arc<HashMap<String, Security>>>,
+    /// How often each agent sends a sample.
+    every: Duration,
 }
 
 impl Pool {
     async fn client(&self, endpoint: &str, agent: usize, member: &str) -> Result<AgentServiceClient<Channel>, String> {
+        // Connections as real agents make them: keepalive pings, no delay.
+        let real = |e: Endpoint| drc_proto::keepalive::endpoint(e.tcp_nodelay(true));
         if let Some(tls) = &self.tls {
             let security = tls.get(member).ok_or_else(|| format!("no certificate for {member}"))?;
-            let target = Security::endpoint(endpoint).map_err(|e| format!("bad endpoint: {e}"))?;
+            let target = real(Security::endpoint(endpoint).map_err(|e| format!("bad endpoint: {e}"))?);
             return Ok(AgentServiceClient::new(security.connect(target).await.map_err(|e| format!("cannot connect: {e}"))?));
         }
-        let target = Endpoint::from_shared(endpoint.to_string()).map_err(|e| format!("bad endpoint: {e}"))?;
+        let target = real(Endpoint::from_shared(endpoint.to_string()).map_err(|e| format!("bad endpoint: {e}"))?);
         if self.per == 1 {
             return Ok(AgentServiceClient::new(target.connect().await.map_err(|e| format!("cannot connect: {e}"))?));
         }
@@ -99,7 +103,7 @@ async fn agent(pool: Pool, endpoint: String, member: String, cluster: String, re
     let slot = if member.starts_with('p') { usize::MAX / 2 + index * pool.per } else { index };
     let role = if (member.starts_with('m') && index.is_multiple_of(5)) || member == "p0" { "primary" } else { "replica" };
     // Spread the agents over the second.
-    let jitter = member.bytes().map(u64::from).sum::<u64>() * 7919 % 1000;
+    let jitter = member.bytes().map(u64::from).sum::<u64>() * 7919 % (pool.every.as_millis() as u64).max(1);
     let mut seq = 0u64;
     let mut failures = 0u32;
     let mut endpoint = endpoint;
@@ -161,7 +165,7 @@ async fn stream(
         }
     });
     tokio::time::sleep(Duration::from_millis(jitter)).await;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(pool.every);
     let result = loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(None);
@@ -213,12 +217,20 @@ async fn term(admin: &mut AdminServiceClient<Channel>) -> anyhow::Result<u64> {
     Ok(s.nodes.iter().map(|n| n.term).max().unwrap_or(0))
 }
 
-pub async fn run(counts: Vec<usize>, seconds: u64, tick_interval: &'static str, per: usize, tls: bool) -> anyhow::Result<()> {
+pub async fn run(
+    counts: Vec<usize>,
+    seconds: u64,
+    tick_interval: &'static str,
+    per: usize,
+    tls: bool,
+    every: Duration,
+) -> anyhow::Result<()> {
     // A certificate names one member, so agents cannot share a connection.
     let per = if tls { 1 } else { per };
     let mode = if tls { "mutual TLS, a certificate per agent" } else { "plaintext" };
     println!(
-        "agents benchmark: 3 coordinators on loopback ({mode}; raft tick {tick_interval}), one gRPC stream per agent, {per} stream(s) per HTTP/2 connection, 1 sample/s each"
+        "agents benchmark: 3 coordinators on loopback ({mode}; raft tick {tick_interval}), one gRPC stream per agent, {per} stream(s) per HTTP/2 connection, a sample every {} each, keepalive as real agents",
+        humantime::format_duration(every)
     );
     for n in counts {
         let cluster = Cluster::start(ClusterOpts { write_timeout: "30s", tick_interval, insecure: !tls, ..Default::default() })?;
@@ -235,7 +247,7 @@ pub async fn run(counts: Vec<usize>, seconds: u64, tick_interval: &'static str, 
             }
             _ => None,
         };
-        let pool = Pool { per, channels: Arc::default(), tls: certificates };
+        let pool = Pool { per, channels: Arc::default(), tls: certificates, every };
         let leader_id = cluster.wait_leader(Duration::from_secs(30))?;
         let leader = cluster.nodes[&leader_id].address.clone();
         let pid = cluster.nodes[&leader_id].pid().unwrap_or(0);

@@ -60,6 +60,10 @@ enum Bench {
         /// connection of its own), the admin client with an operator's.
         #[arg(long)]
         tls: bool,
+        /// How often each agent sends a sample (real agents: their
+        /// probe_interval, 250ms by default).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        sample_interval: std::time::Duration,
     },
     /// Random schedules of gray and clean faults against a lab in network
     /// namespaces (root only), with writers through the stable endpoint and
@@ -124,7 +128,7 @@ fn main() -> anyhow::Result<()> {
         }
         Bench::Chaos { trials, seed, faults } => chaos::run(trials, seed, faults),
         Bench::Backup { scale, trials } => backup::run(scale, trials),
-        Bench::Agents { counts, seconds, tick_interval, streams_per_connection, tls } => {
+        Bench::Agents { counts, seconds, tick_interval, streams_per_connection, tls, sample_interval } => {
             let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(
                 counts,
@@ -132,6 +136,7 @@ fn main() -> anyhow::Result<()> {
                 tick,
                 streams_per_connection.max(1),
                 tls,
+                sample_interval,
             ))
         }
     }
