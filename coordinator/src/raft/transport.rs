@@ -93,7 +93,7 @@ impl Transport {
     }
 
     /// Sets the size of the pieces large messages are sent in
-    /// (`raft.piece_size`, checked by the configuration).
+    /// (`raft.piece_bytes`, checked by the configuration).
     pub fn set_piece_bytes(&self, bytes: usize) {
         self.piece_bytes.store(bytes, Ordering::Relaxed);
     }
