@@ -9,7 +9,7 @@ use drc_proto::MessagePiece;
 /// Upper bound of one gRPC message of the Raft transport. Batches stay
 /// under half of it; a larger message is sent in pieces.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-/// The default size of a piece, and the bounds of `raft.piece_size`.
+/// The default size of a piece, and the bounds of `raft.piece_bytes`.
 pub const DEFAULT_PIECE_BYTES: usize = 4 * 1024 * 1024;
 pub const MIN_PIECE_BYTES: usize = 1024;
 pub const MAX_PIECE_BYTES: usize = MAX_MESSAGE_BYTES / 2;
