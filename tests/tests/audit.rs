@@ -86,6 +86,19 @@ fn every_state_changing_command_leaves_one_entry_with_its_caller_node_and_outcom
     assert!(future.is_empty());
     let text = String::from_utf8_lossy(&c.drctl(&["audit"]).stdout).to_string();
     assert!(text.contains("transfer_leadership") && text.contains(&caller), "{text}");
+    // A reader that went away (`drctl audit | head`): a quiet end, no panic.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(drc_tests::bin("drctl"))
+        .args(["--endpoints", &c.endpoints(), "audit"])
+        .args(c.creds.drctl_args())
+        .env_remove("DRC_INSECURE")
+        .stdout(writer)
+        .output()
+        .expect("drctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 
     // Every node writes the whole trail to its file, each entry once, in order.
     for node in c.nodes.values() {
