@@ -229,9 +229,12 @@ pub(super) fn primary_address(s: &FailoverStep) -> Result<(&str, u16), String> {
 }
 
 /// The position a catch-up waits for; a catch-up without one is refused,
-/// never taken as 0 (which every replica has reached).
+/// never taken as 0 (which every replica has reached) unless the
+/// coordinator says the demoted primary did end at 0.
 pub(super) fn catch_up_target(s: &FailoverStep) -> Result<u64, String> {
-    (s.catch_up_to > 0).then_some(s.catch_up_to).ok_or_else(|| "catch-up: the demoted primary's final position is not known".to_string())
+    (s.catch_up_known || s.catch_up_to > 0)
+        .then_some(s.catch_up_to)
+        .ok_or_else(|| "catch-up: the demoted primary's final position is not known".to_string())
 }
 
 #[cfg(test)]
@@ -280,7 +283,9 @@ mod tests {
     #[test]
     fn a_step_missing_what_it_needs_is_refused_not_defaulted() {
         let step = FailoverStep { primary_member: "pg-b".into(), ..Default::default() };
-        assert!(catch_up_target(&step).expect_err("no target").contains("final position"), "0 is never a target");
+        assert!(catch_up_target(&step).expect_err("no target").contains("final position"), "an unknown 0 is never a target");
+        let known = FailoverStep { catch_up_known: true, ..step.clone() };
+        assert_eq!(catch_up_target(&known), Ok(0), "a primary that never wrote ended at 0");
         assert!(primary_address(&step).expect_err("no address").contains("pg-b"));
         let step = FailoverStep { primary_host: "10.0.0.2".into(), primary_port: 70_000, catch_up_to: 9, ..step };
         assert!(primary_address(&step).is_err(), "a port beyond 65535");

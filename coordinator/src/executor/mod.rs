@@ -605,6 +605,7 @@ fn failover_step(d: &Decision, i: usize, t: &Topology) -> FailoverStep {
         slots: t.members.iter().filter(|(id, m)| in_cluster(m) && **id != d.to).map(|(id, _)| drc_proto::slot_name(id)).collect(),
         old_primary_fenced: fenced,
         catch_up_to: if step.action == StepAction::CatchUp { demoted_at.unwrap_or(0) } else { 0 },
+        catch_up_known: step.action == StepAction::CatchUp && demoted_at.is_some(),
         lease: (step.action == StepAction::Promote).then(|| LeaseGrant {
             replicas: t.members.values().filter(|m| in_cluster(m)).count().saturating_sub(1) as u32,
             ..Default::default()
@@ -673,6 +674,11 @@ mod tests {
         // which the agent refuses rather than taking as reached.
         let mut unknown = d.clone();
         unknown.steps[0].args.position = None;
-        assert_eq!(failover_step(&unknown, 1, &t).catch_up_to, 0);
+        assert_eq!((failover_step(&unknown, 1, &t).catch_up_to, failover_step(&unknown, 1, &t).catch_up_known), (0, false));
+        // A primary that never wrote anything ended at 0, and says so.
+        let mut empty = d.clone();
+        empty.steps[0].args.position = Some(0);
+        assert_eq!((failover_step(&empty, 1, &t).catch_up_to, failover_step(&empty, 1, &t).catch_up_known), (0, true));
+        assert!(catch_up.catch_up_known && !promote.catch_up_known);
     }
 }
