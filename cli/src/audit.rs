@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use drc_model::audit::{AuditEntry, AuditOutcome};
+use drc_model::audit::AuditEntry;
 use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::AuditRequest;
 use serde_json::json;
@@ -46,12 +46,7 @@ fn audit_text(entries: &[AuditEntry]) -> String {
                 .map(|(k, v)| if k == "sha256" { format!("{k}={}", short(v, 12)) } else { format!("{k}={v}") })
                 .collect::<Vec<_>>()
                 .join(" ");
-            let outcome = match &e.outcome {
-                AuditOutcome::Pending => "pending".to_string(),
-                AuditOutcome::Done { detail } => format!("done: {detail}"),
-                AuditOutcome::Refused { code, reason } => format!("refused ({code}): {reason}"),
-                AuditOutcome::Unknown { reason } => format!("unknown: {reason}"),
-            };
+            let outcome = e.outcome.to_string();
             let via = if e.via == e.ran_on { e.ran_on.to_string() } else { format!("{} -> {}", e.via, e.ran_on) };
             vec![e.id.to_string(), at(e.at), e.caller.clone(), via, e.action.to_string(), request, short(&outcome, 120)]
         })

@@ -88,6 +88,18 @@ impl AuditOutcome {
     }
 }
 
+/// One line, as `drctl audit` and `drctl watch` show it.
+impl std::fmt::Display for AuditOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuditOutcome::Pending => f.write_str("pending"),
+            AuditOutcome::Done { detail } => write!(f, "done: {detail}"),
+            AuditOutcome::Refused { code, reason } => write!(f, "refused ({code}): {reason}"),
+            AuditOutcome::Unknown { reason } => write!(f, "unknown: {reason}"),
+        }
+    }
+}
+
 /// One audited request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {

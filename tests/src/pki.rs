@@ -87,22 +87,8 @@ impl Pki {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, id.uri());
         params.subject_alt_names.push(SanType::URI(id.uri().as_str().try_into()?));
-        for h in hosts {
-            params.subject_alt_names.push(match h.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName((*h).try_into()?),
-            });
-        }
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer()?)?;
-        let files = TlsFiles { ca: self.ca(), cert: self.dir.join(format!("{file}.pem")), key: self.dir.join(format!("{file}.key")) };
-        // The key first: a process that reloads when the certificate
-        // changes then finds the matching key.
-        write_private(&files.key, &key.serialize_pem())?;
-        fs::write(&files.cert, cert.pem())?;
-        Ok(files)
+        self.sign(params, hosts, file)
     }
 
     /// A database server's certificate: only the hosts it is reached at
@@ -110,6 +96,13 @@ impl Pki {
     pub fn server(&self, hosts: &[&str], file: &str) -> anyhow::Result<TlsFiles> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, hosts.first().copied().unwrap_or("server"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params, hosts, file)
+    }
+
+    /// Adds `hosts` (IP or DNS names) to `params`, signs them with a new key
+    /// and writes both.
+    fn sign(&self, mut params: CertificateParams, hosts: &[&str], file: &str) -> anyhow::Result<TlsFiles> {
         for h in hosts {
             params.subject_alt_names.push(match h.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
@@ -117,10 +110,11 @@ impl Pki {
             });
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer()?)?;
         let files = TlsFiles { ca: self.ca(), cert: self.dir.join(format!("{file}.pem")), key: self.dir.join(format!("{file}.key")) };
+        // The key first: a process that reloads when the certificate
+        // changes then finds the matching key.
         write_private(&files.key, &key.serialize_pem())?;
         fs::write(&files.cert, cert.pem())?;
         Ok(files)

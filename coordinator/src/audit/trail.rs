@@ -76,12 +76,7 @@ fn ready(from: u64, entries: &[AuditEntry]) -> impl Iterator<Item = &AuditEntry>
 
 /// One line for `drctl watch`.
 fn describe(e: &AuditEntry) -> String {
-    let outcome = match &e.outcome {
-        AuditOutcome::Pending => "pending".to_string(),
-        AuditOutcome::Done { detail } => format!("done: {detail}"),
-        AuditOutcome::Refused { code, reason } => format!("refused ({code}): {reason}"),
-        AuditOutcome::Unknown { reason } => format!("unknown: {reason}"),
-    };
+    let outcome = &e.outcome;
     let via = if e.via != e.ran_on { format!(" via node {}", e.via) } else { String::new() };
     format!("#{} {} {}{via}: {outcome}", e.id, e.caller, e.action)
 }
