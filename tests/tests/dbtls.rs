@@ -131,10 +131,9 @@ fn redis_agents_speak_rediss_and_a_switchover_repoints_replication_over_tls() {
     ))
     .expect("apply");
     let dir = c.dir.path().to_path_buf();
-    let mut pids = vec![redis_tls(&dir, "redis-a", pa, &server, None), redis_tls(&dir, "redis-b", pb, &server, Some(pa))];
     let endpoints = c.nodes.values().map(|n| format!("{:?}", n.address)).collect::<Vec<_>>().join(", ");
-    for (member, region, port) in [("redis-a", "a", pa), ("redis-b", "b", pb)] {
-        let agent = pki.client(Role::Agent, member, member).expect("agent certificate");
+    let agent = |member: &str, region: &str, port: u16| -> anyhow::Result<u32> {
+        let agent = pki.client(Role::Agent, member, member)?;
         let config = dir.join(format!("agent-{member}.toml"));
         std::fs::write(
             &config,
@@ -146,20 +145,36 @@ fn redis_agents_speak_rediss_and_a_switchover_repoints_replication_over_tls() {
                 server.ca.display().to_string(),
                 drc_tests::pki::config_section(&agent)
             ),
-        )
-        .expect("agent config");
+        )?;
         let mut cmd = Command::new(drc_tests::bin("drc-agent"));
         cmd.arg("--config").arg(&config);
-        pids.push(spawn_detached(&mut cmd, &dir.join(format!("agent-{member}.log"))).expect("agent"));
-    }
+        spawn_detached(&mut cmd, &dir.join(format!("agent-{member}.log")))
+    };
+    let mut pids = vec![redis_tls(&dir, "redis-a", pa, &server, None)];
     let healthy = |primary: &str| {
         let status = c.json(&["status"]).ok()?;
         let (a, b) = (member_health(&status, "redis-a"), member_health(&status, "redis-b"));
         let roles = (a["role"].as_str()?.to_string(), b["role"].as_str()?.to_string());
         let want = if primary == "redis-a" { ("primary", "replica") } else { ("replica", "primary") };
-        (a["healthy"] == true && b["healthy"] == true && roles == (want.0.to_string(), want.1.to_string())).then_some(())
+        // The replica's link to its primary is up: it replicates over TLS.
+        let replica = if primary == "redis-a" { &b } else { &a };
+        (a["healthy"] == true
+            && b["healthy"] == true
+            && roles == (want.0.to_string(), want.1.to_string())
+            && replica["replication_connected"] == true)
+            .then_some(())
     };
     let result = (|| -> anyhow::Result<()> {
+        // redis-a is adopted before it has a replica: Redis gives it a new
+        // replication id when redis-b first connects, which the coordinator
+        // must learn rather than refuse both agents as foreign.
+        pids.push(agent("redis-a", "a", pa)?);
+        wait_for("redis-a adopted as the primary", Duration::from_secs(60), || {
+            let status = c.json(&["status"]).ok()?;
+            status["clusters"].as_array()?.iter().any(|c| c["name"] == "cache" && c["primary"] == "redis-a").then_some(())
+        })?;
+        pids.push(redis_tls(&dir, "redis-b", pb, &server, Some(pa)));
+        pids.push(agent("redis-b", "b", pb)?);
         // No write yet: the primary ends its demotion at offset 0, which
         // the catch-up must take as reached, not as unknown.
         wait_for("both Redis members healthy over TLS", Duration::from_secs(60), || healthy("redis-a"))?;

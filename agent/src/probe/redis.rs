@@ -24,6 +24,18 @@ pub struct RedisProber {
 }
 
 /// Parses the `key:value` lines of an INFO section.
+/// The replication id that names this member's dataset, or empty while it
+/// has none that lasts: a primary without a replication backlog takes a new
+/// id, and forgets the old one, when its first replica connects.
+pub fn settled_replid(info: &HashMap<&str, &str>) -> String {
+    let backlog = info.get("repl_backlog_active").is_none_or(|v| *v != "0");
+    let role_master = info.get("role").is_some_and(|r| *r == "master");
+    if role_master && !backlog {
+        return String::new();
+    }
+    info.get("master_replid").copied().unwrap_or_default().to_string()
+}
+
 pub fn parse_info(text: &str) -> HashMap<&str, &str> {
     text.lines().filter_map(|l| l.trim_end().split_once(':')).collect()
 }
@@ -77,7 +89,7 @@ impl RedisProber {
         self.local = Some(con);
         let info = parse_info(&text);
         let num = |k: &str| info.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let dataset_id = info.get("master_replid").copied().unwrap_or_default().to_string();
+        let dataset_id = settled_replid(&info);
         // A promotion gives the member a new replication id and keeps the
         // old one as master_replid2: the same dataset, one step on.
         let previous = info.get("master_replid2").copied().filter(|r| !r.is_empty() && r.bytes().any(|b| b != b'0')).unwrap_or_default();
@@ -225,5 +237,15 @@ mod tests {
         let info = super::parse_info(primary);
         assert_eq!(super::acked_by(&info, 7001), Some((90, std::time::Duration::from_secs(3))));
         assert_eq!(super::acked_by(&info, 7002), None);
+    }
+
+    #[test]
+    fn a_primary_without_a_backlog_names_no_dataset_until_its_first_replica() {
+        let fresh = super::parse_info("role:master\r\nmaster_replid:aaa\r\nrepl_backlog_active:0\r\n");
+        assert_eq!(super::settled_replid(&fresh), "", "Redis takes a new id when the backlog is created");
+        let serving = super::parse_info("role:master\r\nmaster_replid:bbb\r\nrepl_backlog_active:1\r\n");
+        assert_eq!(super::settled_replid(&serving), "bbb");
+        let replica = super::parse_info("role:slave\r\nmaster_replid:bbb\r\nrepl_backlog_active:0\r\n");
+        assert_eq!(super::settled_replid(&replica), "bbb", "a replica's id is its primary's");
     }
 }

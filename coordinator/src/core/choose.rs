@@ -44,19 +44,33 @@ pub(super) fn preferred_region(w: &Situation, cluster: &str, failing_region: &st
     now.chain(recorded).filter_map(|m| w.topology.members.get(&m)).map(|m| m.region.clone()).find(|r| r != failing_region)
 }
 
+/// What a promotion asks of its candidate, beyond the policy.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Ask<'a> {
+    /// The operator named the member (`--to`).
+    pub only: Option<&'a str>,
+    /// `--force`: the RPO budget does not count.
+    pub force: bool,
+    /// A region that wins ties in position (a failover group's).
+    pub preferred_region: Option<&'a str>,
+    /// A planned move (switchover): the primary serves and the candidate
+    /// must catch up with it, so it must stream from it now. A replica that
+    /// does not (a Redis replica that never synchronised reports a position
+    /// of its own) would otherwise look caught up.
+    pub planned: bool,
+}
+
 /// The best member to promote: eligible members ranked by position, then
 /// the preferred region, region priority, member priority and id.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn choose(
     w: &Situation,
     rec: &ClusterRecord,
     policy: &Policy,
     members: &[(&String, Observation)],
     known_primary_position: u64,
-    only: Option<&str>,
-    force: bool,
-    preferred_region: Option<&str>,
+    ask: Ask,
 ) -> Result<(String, String), String> {
+    let Ask { only, force, preferred_region, planned } = ask;
     let mut eligible = Vec::new();
     let mut refused = Vec::new();
     for (id, o) in members {
@@ -73,6 +87,8 @@ pub(super) fn choose(
             Some(format!("role is {}", o.role))
         } else if !rec.holds(&o.dataset, &o.previous_dataset) {
             Some(format!("holds dataset {} instead of {}", o.dataset, rec.dataset))
+        } else if planned && !o.streaming {
+            Some(format!("it does not stream from the primary {}, so it cannot catch up with it", rec.primary))
         } else if decl.priority == 0 && only.is_none() {
             Some("priority 0 (never promoted automatically)".to_string())
         } else if force {

@@ -7,7 +7,7 @@
 use drc_model::topology::Policy;
 use drc_model::{ClusterRecord, DecisionKind, Millis, Role, StepAction, Trigger};
 
-use super::choose::{choose, decision, partners, preferred_region};
+use super::choose::{choose, decision, partners, preferred_region, Ask};
 use super::lease::{bound_lease, lease_action};
 use super::{is_primary, observed, Action, Core, Countdown, Observation, Situation};
 
@@ -51,6 +51,9 @@ impl Core {
         let lease = self.lease;
         let primary_id = rec.primary.clone();
         let p = members.iter().find(|(id, _)| **id == primary_id).map(|(_, o)| o.clone()).unwrap_or_default();
+        if rec.dataset.is_empty() && !p.dataset.is_empty() && is_primary(&p) && rec.in_progress.is_none() {
+            out.push(Action::Identify { cluster: name.to_string(), primary: primary_id.clone(), dataset: p.dataset.clone() });
+        }
         let track = self.track(w, name, rec, p.position);
         // A renewal counts from the newest sample it answers, as the agent
         // counts it: a lease never outlasts the evidence it was granted on
@@ -212,7 +215,7 @@ impl Core {
         }
         let known = track.primary_position;
         let preferred = preferred_region(w, name, &primary_region, out);
-        match choose(w, rec, policy, members, known, None, false, preferred.as_deref()) {
+        match choose(w, rec, policy, members, known, Ask { preferred_region: preferred.as_deref(), ..Ask::default() }) {
             Ok((to, why)) => {
                 let gone = if confirm < window { " (its agent saw its server process gone)" } else { "" };
                 let reason = format!("primary {primary_id} down for {} ms{gone}, confirmed from another region; {why}", now - since);
@@ -253,7 +256,7 @@ impl Core {
             }
             let known = self.tracks.get(name).map(|t| t.primary_position).unwrap_or(0);
             let region = pm.region.clone();
-            match choose(w, rec, policy, members, known, None, false, Some(&region)) {
+            match choose(w, rec, policy, members, known, Ask { preferred_region: Some(&region), planned: true, ..Ask::default() }) {
                 Ok((to, why)) if w.topology.members.get(&to).is_some_and(|m| m.region == region) => {
                     let reason = format!("failover group: {partner} moved to region {region}; {why}");
                     let trigger = Trigger::Group { leader_cluster: partner.clone() };

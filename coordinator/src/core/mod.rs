@@ -105,6 +105,9 @@ pub enum Countdown {
 pub enum Action {
     /// Record the first primary of a cluster (epoch 1).
     Adopt { cluster: String, primary: String, dataset: String },
+    /// Record the dataset id the recorded primary now reports, the record
+    /// having none ([`crate::state::Command::Identify`]).
+    Identify { cluster: String, primary: String, dataset: String },
     /// Commit this decision to Raft, then carry out its steps.
     Decide(Box<Decision>),
     /// Grant (renew) the primary's lease for `ttl` from now. `sync`: what
@@ -251,7 +254,7 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use super::choose::choose;
+    use super::choose::{choose, Ask};
     use super::*;
     use drc_model::topology::parse::parse_topology;
 
@@ -367,7 +370,26 @@ mod tests {
         let members = observed(&w, ids.iter());
         let rec = ClusterRecord { epoch: 1, primary: "pg-a".into(), dataset: "ds".into(), ..Default::default() };
         let policy = t.clusters["pg"].policy.clone();
-        let (to, why) = choose(&w, &rec, &policy, &members, 1_100, None, false, None).expect("a candidate");
+        let (to, why) = choose(&w, &rec, &policy, &members, 1_100, Ask::default()).expect("a candidate");
         assert_eq!(to, "pg-c", "{why}");
+    }
+
+    #[test]
+    fn a_switchover_refuses_a_replica_that_does_not_stream_which_a_failover_may_still_take() {
+        let t = topology(1);
+        // rd-b never synchronised: its link is down and it reports an offset
+        // of its own, ahead of a primary that never wrote.
+        let obs = BTreeMap::from([("rd-b".to_string(), Observation { dataset: String::new(), ..replica(false, 1, 0) })]);
+        let records = BTreeMap::new();
+        let w = Situation { now: 0, mono: 0, topology: &t, records: &records, global_paused: false, observations: &obs };
+        let ids: Vec<String> = t.members_of("rd").map(|(id, _)| id.clone()).collect();
+        let members = observed(&w, ids.iter());
+        let rec = ClusterRecord { epoch: 1, primary: "rd-a".into(), dataset: "ds".into(), ..Default::default() };
+        let policy = t.clusters["rd"].policy.clone();
+        let planned = choose(&w, &rec, &policy, &members, 0, Ask { planned: true, ..Ask::default() });
+        let why = planned.expect_err("a planned move needs a streaming candidate");
+        assert!(why.contains("rd-b: it does not stream from the primary rd-a"), "{why}");
+        // With the primary gone, no replica streams: the RPO budget decides.
+        assert_eq!(choose(&w, &rec, &policy, &members, 0, Ask::default()).map(|(to, _)| to), Ok("rd-b".to_string()));
     }
 }

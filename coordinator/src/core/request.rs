@@ -4,7 +4,7 @@
 
 use drc_model::{Decision, DecisionKind, Role, Trigger};
 
-use super::choose::{choose, decision};
+use super::choose::{choose, decision, Ask};
 use super::lease::bound_lease;
 use super::{is_primary, observed, Core, Observation, Situation};
 
@@ -144,6 +144,7 @@ impl Core {
             }
             _ => {}
         }
+        let ask = Ask { only: to.as_deref(), force, preferred_region: None, planned: kind == DecisionKind::Switchover };
         let (chosen, why) = match preferred.as_deref() {
             // An evacuation keeps a failover group together: the region its
             // partner has just moved to wins over a more advanced member
@@ -154,9 +155,9 @@ impl Core {
             Some(region) => {
                 let there: Vec<(&String, Observation)> =
                     members.iter().filter(|(id, _)| **id == rec.primary || region_of(id) == region).cloned().collect();
-                choose(w, &rec, &policy, &there, known, to.as_deref(), force, Some(region))
+                choose(w, &rec, &policy, &there, known, Ask { preferred_region: Some(region), ..ask })
                     .or_else(|none_there| {
-                        let (chosen, why) = choose(w, &rec, &policy, &members, known, to.as_deref(), force, None)?;
+                        let (chosen, why) = choose(w, &rec, &policy, &members, known, ask)?;
                         Ok::<_, String>((
                             chosen,
                             format!("{why}; its failover group is in region {region}, but no member there can take over: {none_there}"),
@@ -164,7 +165,7 @@ impl Core {
                     })
                     .map_err(Refusal::NotNow)?
             }
-            None => choose(w, &rec, &policy, &members, known, to.as_deref(), force, None).map_err(Refusal::NotNow)?,
+            None => choose(w, &rec, &policy, &members, known, ask).map_err(Refusal::NotNow)?,
         };
         let trigger = Trigger::Operator { force };
         let reason = match (kind, req) {

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -355,18 +356,30 @@ impl Executor {
         // round trips (thousands of clusters are adopted when a topology
         // first meets its agents).
         let adopts = actions.iter().filter_map(|a| match a {
-            Action::Adopt { cluster, primary, dataset } => Some(async move {
-                let cmd = Command::Adopt { cluster: cluster.clone(), primary: primary.clone(), dataset: dataset.clone() };
-                if self.propose(cmd).await.is_some() {
-                    tracing::info!(%cluster, %primary, "adopted primary");
-                    self.agents.events.emit(
-                        EventKind::Failover,
-                        cluster,
-                        primary,
-                        format!("{primary} adopted as the primary of {cluster} (epoch 1)"),
-                    );
+            Action::Adopt { cluster, primary, dataset } => Some(
+                async move {
+                    let cmd = Command::Adopt { cluster: cluster.clone(), primary: primary.clone(), dataset: dataset.clone() };
+                    if self.propose(cmd).await.is_some() {
+                        tracing::info!(%cluster, %primary, "adopted primary");
+                        self.agents.events.emit(
+                            EventKind::Failover,
+                            cluster,
+                            primary,
+                            format!("{primary} adopted as the primary of {cluster} (epoch 1)"),
+                        );
+                    }
                 }
-            }),
+                .boxed(),
+            ),
+            Action::Identify { cluster, primary, dataset } => Some(
+                async move {
+                    let cmd = Command::Identify { cluster: cluster.clone(), primary: primary.clone(), dataset: dataset.clone() };
+                    if self.propose(cmd).await.is_some() {
+                        tracing::info!(%cluster, %primary, %dataset, "recorded the primary's dataset id");
+                    }
+                }
+                .boxed(),
+            ),
             _ => None,
         });
         futures::future::join_all(adopts).await;
@@ -376,7 +389,7 @@ impl Executor {
         let mut held = 0usize;
         for a in actions {
             match a {
-                Action::Adopt { .. } => {}
+                Action::Adopt { .. } | Action::Identify { .. } => {}
                 Action::Decide(d) => {
                     let cluster = d.cluster.clone();
                     if let Err(reason) = self.commit(*d).await {

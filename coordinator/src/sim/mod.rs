@@ -301,6 +301,9 @@ impl Sim {
                         self.say(format!("adopt {primary} as primary of {cluster}"));
                         self.sm.apply(Command::Adopt { cluster, primary, dataset });
                     }
+                    Action::Identify { cluster, primary, dataset } => {
+                        self.sm.apply(Command::Identify { cluster, primary, dataset });
+                    }
                     Action::Decide(d) => self.commit(*d),
                     Action::Lease { member, epoch, ttl, sync, .. } => {
                         let now = self.now;

@@ -223,8 +223,10 @@ fn a_request_right_after_a_promotion_waits_until_the_new_primary_reports_as_one(
     let refused = refused.to_string();
     assert!(refused.contains("rd-b was promoted") && refused.contains("not reported as the primary yet"), "{refused}");
     assert!(core.settling(&world, "rd").is_some());
-    // Once it reports, the same request is a planned move, not a failover.
+    // Once it reports, and rd-c streams from it, the same request is a
+    // planned move, not a failover.
     obs.get_mut("rd-b").expect("rd-b").role = Role::Primary;
+    obs.get_mut("rd-c").expect("rd-c").streaming = true;
     let world = Situation {
         now: sim.now,
         mono: sim.now,

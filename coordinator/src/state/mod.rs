@@ -33,6 +33,11 @@ pub enum Command {
     /// Record the first primary of a cluster (epoch 1). Ignored once a
     /// cluster has a primary.
     Adopt { cluster: String, primary: String, dataset: String },
+    /// The dataset id of a primary adopted or promoted before it had one
+    /// that lasts (a Redis primary takes a new replication id when its first
+    /// replica connects): applied only while the record has none and
+    /// `primary` is still the primary.
+    Identify { cluster: String, primary: String, dataset: String },
     /// Start a change of primary: applied only if it starts the epoch right
     /// after the recorded one and nothing else is in progress
     /// (compare-and-set, so a stale or repeated proposal changes nothing).
@@ -224,6 +229,13 @@ impl StateMachine {
                 let rec = Arc::make_mut(&mut self.records).entry(cluster).or_default();
                 if rec.primary.is_empty() {
                     *rec = ClusterRecord { epoch: rec.epoch.max(1), primary, dataset, ..rec.clone() };
+                }
+                Outcome::Done
+            }
+            Command::Identify { cluster, primary, dataset } => {
+                let known = self.records.get(&cluster).is_some_and(|r| r.primary == primary && r.dataset.is_empty());
+                if known && !dataset.is_empty() {
+                    Arc::make_mut(&mut self.records).entry(cluster).or_default().dataset = dataset;
                 }
                 Outcome::Done
             }
@@ -457,6 +469,22 @@ mod tests {
         let once = sm.clone();
         sm.apply_membership(4, Some(NodeAddress::shared("h:1")));
         assert_eq!(sm, once);
+    }
+
+    #[test]
+    fn a_primary_adopted_without_a_dataset_id_is_identified_once_and_only_while_it_is_the_primary() {
+        let mut sm = StateMachine::default();
+        sm.apply(Command::Adopt { cluster: "c".into(), primary: "m1".into(), dataset: String::new() });
+        let identify =
+            |primary: &str, dataset: &str| Command::Identify { cluster: "c".into(), primary: primary.into(), dataset: dataset.into() };
+        sm.apply(identify("m2", "B"));
+        assert_eq!(sm.records["c"].dataset, "", "m2 is not the primary");
+        sm.apply(identify("m1", "A"));
+        assert_eq!(sm.records["c"].dataset, "A");
+        sm.apply(identify("m1", "A2"));
+        assert_eq!(sm.records["c"].dataset, "A", "a recorded id is changed only by a promotion");
+        sm.apply(identify("x", "X"));
+        assert!(!sm.records.contains_key("x"), "no record for an unknown cluster");
     }
 
     #[test]
