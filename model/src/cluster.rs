@@ -57,10 +57,8 @@ impl ClusterRecord {
     }
 
     /// A promotion that started a new dataset id (Redis) makes it current.
-    /// An empty one (the new primary's id does not last yet) leaves the
-    /// record without a current id until the primary reports one.
     pub fn advance_dataset(&mut self, id: &str) {
-        if id == self.dataset {
+        if id.is_empty() || id == self.dataset {
             return;
         }
         if !self.dataset.is_empty() && !self.lineage.contains(&self.dataset) {
@@ -87,9 +85,5 @@ mod tests {
         assert!(!rec.holds("Y", "Z"));
         rec.advance_dataset("X2");
         assert_eq!(rec.lineage.len(), 1, "idempotent");
-        // A primary without a backlog: no id yet, the older ones still hold.
-        rec.advance_dataset("");
-        assert_eq!((rec.dataset.as_str(), rec.lineage.len()), ("", 2));
-        assert!(rec.holds("X2", "") && rec.holds("anything", ""), "no current id: nothing is refused");
     }
 }

@@ -11,7 +11,7 @@ use super::postgres::{pg_err, quote};
 use super::redis::redis_cmd;
 use super::{lock, now_ms, Actor};
 use crate::config::Kind;
-use crate::probe::redis::{parse_info, settled_replid};
+use crate::probe::redis::parse_info;
 
 /// How long a standby that stopped streaming still counts as one a commit
 /// may wait for: a reconnection takes well under it.
@@ -157,10 +157,10 @@ impl Actor {
                 redis_cmd(&mut c, ::redis::cmd("REPLICAOF").arg("NO").arg("ONE")).await?;
                 let _ = redis_cmd(&mut c, ::redis::cmd("CLIENT").arg("UNPAUSE")).await;
                 // The promotion started a new replication id: the coordinator
-                // records it as the cluster's dataset from now on (empty: none
-                // that lasts yet, and the coordinator learns it later).
+                // records it as the cluster's dataset from now on.
                 let info: String = ::redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
-                Ok(HashMap::from([("dataset_id".to_string(), settled_replid(&parse_info(&info)))]))
+                let replid = parse_info(&info).get("master_replid").map(|r| r.to_string()).unwrap_or_default();
+                Ok(HashMap::from([("dataset_id".to_string(), replid)]))
             }
         }
     }

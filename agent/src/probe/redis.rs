@@ -21,21 +21,44 @@ pub struct RedisProber {
     timeout: Duration,
     local: Option<MultiplexedConnection>,
     primary: Option<(String, MultiplexedConnection)>,
+    lineage: Lineage,
+}
+
+/// Redis gives a primary without a replication backlog a new replication id
+/// when its first replica connects, and keeps nothing of the old one (its
+/// `master_replid2` stays zero). The probe saw the old id and keeps it as the
+/// new one's predecessor, as Redis itself keeps the old id after a promotion,
+/// so that the coordinator knows the dataset moved on, not away.
+#[derive(Default)]
+struct Lineage {
+    /// The id of the primary's last reading, and whether it had a backlog.
+    last: Option<(String, bool)>,
+    /// (new id, the id it replaced) of the last such change seen.
+    derived: Option<(String, String)>,
+}
+
+impl Lineage {
+    /// The predecessor of `replid`, the primary's id now ("" if none known).
+    fn primary(&mut self, replid: &str, replid2: &str, backlog: bool) -> String {
+        if let Some((old, false)) = &self.last {
+            if backlog && old != replid && replid2.is_empty() {
+                self.derived = Some((replid.to_string(), old.clone()));
+            }
+        }
+        self.last = Some((replid.to_string(), backlog));
+        match &self.derived {
+            _ if !replid2.is_empty() => replid2.to_string(),
+            Some((new, old)) if new == replid => old.clone(),
+            _ => String::new(),
+        }
+    }
+
+    fn replica(&mut self) {
+        self.last = None;
+    }
 }
 
 /// Parses the `key:value` lines of an INFO section.
-/// The replication id that names this member's dataset, or empty while it
-/// has none that lasts: a primary without a replication backlog takes a new
-/// id, and forgets the old one, when its first replica connects.
-pub fn settled_replid(info: &HashMap<&str, &str>) -> String {
-    let backlog = info.get("repl_backlog_active").is_none_or(|v| *v != "0");
-    let role_master = info.get("role").is_some_and(|r| *r == "master");
-    if role_master && !backlog {
-        return String::new();
-    }
-    info.get("master_replid").copied().unwrap_or_default().to_string()
-}
-
 pub fn parse_info(text: &str) -> HashMap<&str, &str> {
     text.lines().filter_map(|l| l.trim_end().split_once(':')).collect()
 }
@@ -51,6 +74,7 @@ impl RedisProber {
             timeout,
             local: None,
             primary: None,
+            lineage: Lineage::default(),
         })
     }
 
@@ -89,13 +113,15 @@ impl RedisProber {
         self.local = Some(con);
         let info = parse_info(&text);
         let num = |k: &str| info.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let dataset_id = settled_replid(&info);
+        let dataset_id = info.get("master_replid").copied().unwrap_or_default().to_string();
         // A promotion gives the member a new replication id and keeps the
         // old one as master_replid2: the same dataset, one step on.
         let previous = info.get("master_replid2").copied().filter(|r| !r.is_empty() && r.bytes().any(|b| b != b'0')).unwrap_or_default();
-        let previous_dataset_id = previous.to_string();
+        let mut previous_dataset_id = previous.to_string();
         match info.get("role").copied() {
             Some("master") => {
+                let backlog = info.get("repl_backlog_active").is_none_or(|v| *v != "0");
+                previous_dataset_id = self.lineage.primary(&dataset_id, &previous_dataset_id, backlog);
                 let pos = num("master_repl_offset");
                 Ok(Reading {
                     reachable: true,
@@ -108,6 +134,7 @@ impl RedisProber {
                 })
             }
             Some("slave") => {
+                self.lineage.replica();
                 let link = info.get("master_link_status").copied().unwrap_or("down").to_string();
                 let pos = num("slave_repl_offset");
                 // Until its first sync a replica carries a replication id of
@@ -240,12 +267,18 @@ mod tests {
     }
 
     #[test]
-    fn a_primary_without_a_backlog_names_no_dataset_until_its_first_replica() {
-        let fresh = super::parse_info("role:master\r\nmaster_replid:aaa\r\nrepl_backlog_active:0\r\n");
-        assert_eq!(super::settled_replid(&fresh), "", "Redis takes a new id when the backlog is created");
-        let serving = super::parse_info("role:master\r\nmaster_replid:bbb\r\nrepl_backlog_active:1\r\n");
-        assert_eq!(super::settled_replid(&serving), "bbb");
-        let replica = super::parse_info("role:slave\r\nmaster_replid:bbb\r\nrepl_backlog_active:0\r\n");
-        assert_eq!(super::settled_replid(&replica), "bbb", "a replica's id is its primary's");
+    fn a_primary_that_takes_a_new_id_for_its_first_replica_names_the_old_one_as_its_predecessor() {
+        let mut l = super::Lineage::default();
+        assert_eq!(l.primary("A", "", false), "", "a fresh primary: no predecessor");
+        assert_eq!(l.primary("A", "", false), "");
+        assert_eq!(l.primary("B", "", true), "A", "its first replica connected: new id, backlog created");
+        assert_eq!(l.primary("B", "", true), "A", "remembered");
+        assert_eq!(l.primary("C", "B", true), "B", "a promotion: Redis names the predecessor itself");
+        // A restart without a backlog, then a replica: the same rule.
+        assert_eq!(l.primary("D", "", false), "");
+        assert_eq!(l.primary("E", "", true), "D");
+        // Once a replica, the memory of the primary's last id is gone.
+        l.replica();
+        assert_eq!(l.primary("F", "", true), "", "nothing seen before it as a primary");
     }
 }

@@ -197,4 +197,9 @@ impl SampleBoard {
         let b = lock(&self.state);
         b.datasets.get(cluster)?.iter().filter(|(m, _)| m.as_str() != except).min().map(|(m, d)| (m.clone(), d.clone()))
     }
+
+    /// The (dataset, previous) `member` of `cluster` reported last.
+    pub fn dataset_reported(&self, cluster: &str, member: &str) -> Option<(String, String)> {
+        lock(&self.state).datasets.get(cluster)?.get(member).cloned()
+    }
 }

@@ -126,7 +126,11 @@ impl AgentApi {
         // promotion starts a new replication id); before, the other members.
         let recorded = self.node.store().with_state(|sm| sm.records.get(cluster).filter(|r| !r.dataset.is_empty()).cloned());
         if let Some(rec) = recorded {
-            return if rec.holds(dataset, previous) { Ok(()) } else { foreign(&rec.dataset, "as recorded".into()) };
+            // Or the id the recorded primary reports now, derived from the
+            // recorded one, before the record has caught up with it.
+            let primary_now = self.agents.board.dataset_reported(cluster, &rec.primary);
+            let moved_on = primary_now.is_some_and(|(now, before)| now == dataset && !before.is_empty() && rec.holds(&before, ""));
+            return if moved_on || rec.holds(dataset, previous) { Ok(()) } else { foreign(&rec.dataset, "as recorded".into()) };
         }
         match self.agents.board.dataset_of(cluster, member) {
             Some((other, (theirs, their_previous)))

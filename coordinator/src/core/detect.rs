@@ -51,8 +51,14 @@ impl Core {
         let lease = self.lease;
         let primary_id = rec.primary.clone();
         let p = members.iter().find(|(id, _)| **id == primary_id).map(|(_, o)| o.clone()).unwrap_or_default();
-        if rec.dataset.is_empty() && !p.dataset.is_empty() && is_primary(&p) && rec.in_progress.is_none() {
-            out.push(Action::Identify { cluster: name.to_string(), primary: primary_id.clone(), dataset: p.dataset.clone() });
+        let moved_on = !p.dataset.is_empty() && p.dataset != rec.dataset && (rec.dataset.is_empty() || p.previous_dataset == rec.dataset);
+        if moved_on && is_primary(&p) && rec.in_progress.is_none() {
+            out.push(Action::AdvanceDataset {
+                cluster: name.to_string(),
+                primary: primary_id.clone(),
+                dataset: p.dataset.clone(),
+                previous: p.previous_dataset.clone(),
+            });
         }
         let track = self.track(w, name, rec, p.position);
         // A renewal counts from the newest sample it answers, as the agent

@@ -105,9 +105,9 @@ pub enum Countdown {
 pub enum Action {
     /// Record the first primary of a cluster (epoch 1).
     Adopt { cluster: String, primary: String, dataset: String },
-    /// Record the dataset id the recorded primary now reports, the record
-    /// having none ([`crate::state::Command::Identify`]).
-    Identify { cluster: String, primary: String, dataset: String },
+    /// Record the dataset id the recorded primary now reports, derived from
+    /// the recorded one ([`crate::state::Command::AdvanceDataset`]).
+    AdvanceDataset { cluster: String, primary: String, dataset: String, previous: String },
     /// Commit this decision to Raft, then carry out its steps.
     Decide(Box<Decision>),
     /// Grant (renew) the primary's lease for `ttl` from now. `sync`: what

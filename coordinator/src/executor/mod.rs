@@ -371,11 +371,16 @@ impl Executor {
                 }
                 .boxed(),
             ),
-            Action::Identify { cluster, primary, dataset } => Some(
+            Action::AdvanceDataset { cluster, primary, dataset, previous } => Some(
                 async move {
-                    let cmd = Command::Identify { cluster: cluster.clone(), primary: primary.clone(), dataset: dataset.clone() };
+                    let cmd = Command::AdvanceDataset {
+                        cluster: cluster.clone(),
+                        primary: primary.clone(),
+                        dataset: dataset.clone(),
+                        previous: previous.clone(),
+                    };
                     if self.propose(cmd).await.is_some() {
-                        tracing::info!(%cluster, %primary, %dataset, "recorded the primary's dataset id");
+                        tracing::info!(%cluster, %primary, %dataset, %previous, "the primary's dataset id moved on");
                     }
                 }
                 .boxed(),
@@ -389,7 +394,7 @@ impl Executor {
         let mut held = 0usize;
         for a in actions {
             match a {
-                Action::Adopt { .. } | Action::Identify { .. } => {}
+                Action::Adopt { .. } | Action::AdvanceDataset { .. } => {}
                 Action::Decide(d) => {
                     let cluster = d.cluster.clone();
                     if let Err(reason) = self.commit(*d).await {

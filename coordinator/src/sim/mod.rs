@@ -301,8 +301,8 @@ impl Sim {
                         self.say(format!("adopt {primary} as primary of {cluster}"));
                         self.sm.apply(Command::Adopt { cluster, primary, dataset });
                     }
-                    Action::Identify { cluster, primary, dataset } => {
-                        self.sm.apply(Command::Identify { cluster, primary, dataset });
+                    Action::AdvanceDataset { cluster, primary, dataset, previous } => {
+                        self.sm.apply(Command::AdvanceDataset { cluster, primary, dataset, previous });
                     }
                     Action::Decide(d) => self.commit(*d),
                     Action::Lease { member, epoch, ttl, sync, .. } => {

@@ -33,11 +33,11 @@ pub enum Command {
     /// Record the first primary of a cluster (epoch 1). Ignored once a
     /// cluster has a primary.
     Adopt { cluster: String, primary: String, dataset: String },
-    /// The dataset id of a primary adopted or promoted before it had one
-    /// that lasts (a Redis primary takes a new replication id when its first
-    /// replica connects): applied only while the record has none and
-    /// `primary` is still the primary.
-    Identify { cluster: String, primary: String, dataset: String },
+    /// The recorded primary's dataset id moved on without a promotion (a
+    /// Redis primary takes a new replication id when its first replica
+    /// connects, or when it restarts): applied only while `primary` is still
+    /// the primary and `previous` is the recorded id (or none is recorded).
+    AdvanceDataset { cluster: String, primary: String, dataset: String, previous: String },
     /// Start a change of primary: applied only if it starts the epoch right
     /// after the recorded one and nothing else is in progress
     /// (compare-and-set, so a stale or repeated proposal changes nothing).
@@ -232,10 +232,10 @@ impl StateMachine {
                 }
                 Outcome::Done
             }
-            Command::Identify { cluster, primary, dataset } => {
-                let known = self.records.get(&cluster).is_some_and(|r| r.primary == primary && r.dataset.is_empty());
-                if known && !dataset.is_empty() {
-                    Arc::make_mut(&mut self.records).entry(cluster).or_default().dataset = dataset;
+            Command::AdvanceDataset { cluster, primary, dataset, previous } => {
+                let from_recorded = |r: &ClusterRecord| r.primary == primary && (r.dataset.is_empty() || r.dataset == previous);
+                if self.records.get(&cluster).is_some_and(from_recorded) {
+                    Arc::make_mut(&mut self.records).entry(cluster).or_default().advance_dataset(&dataset);
                 }
                 Outcome::Done
             }
@@ -472,18 +472,26 @@ mod tests {
     }
 
     #[test]
-    fn a_primary_adopted_without_a_dataset_id_is_identified_once_and_only_while_it_is_the_primary() {
+    fn the_primarys_dataset_id_moves_on_only_from_the_recorded_one_and_only_while_it_is_the_primary() {
         let mut sm = StateMachine::default();
-        sm.apply(Command::Adopt { cluster: "c".into(), primary: "m1".into(), dataset: String::new() });
-        let identify =
-            |primary: &str, dataset: &str| Command::Identify { cluster: "c".into(), primary: primary.into(), dataset: dataset.into() };
-        sm.apply(identify("m2", "B"));
-        assert_eq!(sm.records["c"].dataset, "", "m2 is not the primary");
-        sm.apply(identify("m1", "A"));
-        assert_eq!(sm.records["c"].dataset, "A");
-        sm.apply(identify("m1", "A2"));
-        assert_eq!(sm.records["c"].dataset, "A", "a recorded id is changed only by a promotion");
-        sm.apply(identify("x", "X"));
+        sm.apply(Command::Adopt { cluster: "c".into(), primary: "m1".into(), dataset: "A".into() });
+        let advance = |primary: &str, dataset: &str, previous: &str| Command::AdvanceDataset {
+            cluster: "c".into(),
+            primary: primary.into(),
+            dataset: dataset.into(),
+            previous: previous.into(),
+        };
+        sm.apply(advance("m2", "B", "A"));
+        assert_eq!(sm.records["c"].dataset, "A", "m2 is not the primary");
+        sm.apply(advance("m1", "B", "Z"));
+        assert_eq!(sm.records["c"].dataset, "A", "not derived from the recorded id");
+        sm.apply(advance("m1", "B", "A"));
+        assert_eq!((sm.records["c"].dataset.as_str(), sm.records["c"].lineage.as_slice()), ("B", &["A".to_string()][..]));
+        let once = sm.clone();
+        sm.apply(advance("m1", "B", "A"));
+        assert_eq!(sm, once, "applied twice, changed once");
+        assert!(sm.records["c"].holds("A", ""), "a replica still on the older id");
+        sm.apply(Command::AdvanceDataset { cluster: "x".into(), primary: "m1".into(), dataset: "X".into(), previous: String::new() });
         assert!(!sm.records.contains_key("x"), "no record for an unknown cluster");
     }
 
