@@ -224,6 +224,7 @@ pub async fn run(
     per: usize,
     tls: bool,
     every: Duration,
+    nice: i32,
 ) -> anyhow::Result<()> {
     // A certificate names one member, so agents cannot share a connection.
     let per = if tls { 1 } else { per };
@@ -248,6 +249,10 @@ pub async fn run(
             _ => None,
         };
         let pool = Pool { per, channels: Arc::default(), tls: certificates, every };
+        // After the coordinators started: they keep their own priority.
+        if nice != 0 {
+            renice_self(nice)?;
+        }
         let leader_id = cluster.wait_leader(Duration::from_secs(30))?;
         let leader = cluster.nodes[&leader_id].address.clone();
         let pid = cluster.nodes[&leader_id].pid().unwrap_or(0);
@@ -358,6 +363,22 @@ pub async fn run(
         }
         drop(pool);
         drop(cluster);
+        if nice != 0 {
+            // Back before the next count's coordinators (root only).
+            renice_self(0)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the niceness of every thread of this process (Linux applies it per
+/// thread), so that coordinators started later are not lowered with it.
+fn renice_self(nice: i32) -> anyhow::Result<()> {
+    let tasks = std::fs::read_dir("/proc/self/task")?;
+    let tids: Vec<String> = tasks.filter_map(|t| t.ok()).map(|t| t.file_name().to_string_lossy().into_owned()).collect();
+    let out = std::process::Command::new("renice").args(["-n", &nice.to_string(), "-p"]).args(&tids).output()?;
+    if !out.status.success() {
+        anyhow::bail!("renice -n {nice} of the load generator failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }

@@ -64,6 +64,11 @@ enum Bench {
         /// probe_interval, 250ms by default).
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         sample_interval: std::time::Duration,
+        /// Lower the load generator's priority by this much (renice, once the
+        /// coordinators run) so that the leader's CPU shows what it needs,
+        /// not what a saturated machine leaves it. 0: as before.
+        #[arg(long, default_value_t = 0)]
+        generator_nice: i32,
     },
     /// Random schedules of gray and clean faults against a lab in network
     /// namespaces (root only), with writers through the stable endpoint and
@@ -128,7 +133,7 @@ fn main() -> anyhow::Result<()> {
         }
         Bench::Chaos { trials, seed, faults } => chaos::run(trials, seed, faults),
         Bench::Backup { scale, trials } => backup::run(scale, trials),
-        Bench::Agents { counts, seconds, tick_interval, streams_per_connection, tls, sample_interval } => {
+        Bench::Agents { counts, seconds, tick_interval, streams_per_connection, tls, sample_interval, generator_nice } => {
             let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(
                 counts,
@@ -137,6 +142,7 @@ fn main() -> anyhow::Result<()> {
                 streams_per_connection.max(1),
                 tls,
                 sample_interval,
+                generator_nice,
             ))
         }
     }
