@@ -227,7 +227,7 @@ async fn session(
     let connect_timeout = if quick { QUICK_SETUP } else { Duration::from_secs(1) };
     let Dial { security, address } = dial;
     let endpoint = match Security::endpoint(address) {
-        Ok(e) => drc_proto::keepalive::endpoint(e.connect_timeout(connect_timeout).tcp_nodelay(true)),
+        Ok(e) => drc_proto::keepalive::agent_endpoint(e.connect_timeout(connect_timeout).tcp_nodelay(true)),
         Err(e) => return Ok(End::Retry(format!("bad address: {e}"))),
     };
     let (tx, rx) = mpsc::channel::<AgentMessage>(64);

@@ -35,15 +35,27 @@ impl Connector {
     }
 }
 
-/// Dials `uri` and checks who answers.
-async fn dial(tls: Arc<Tls>, uri: Uri) -> io::Result<TokioIo<TlsStream<TcpStream>>> {
+/// The host and port `uri` names.
+fn host_port(uri: &Uri) -> io::Result<(String, u16)> {
     let host = uri.host().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: no host")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let port = uri.port_u16().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: no port")))?;
+    Ok((host, port))
+}
+
+/// A TCP connection to `host:port`, tuned ([`crate::socket::tune`]).
+async fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
+    let tcp = TcpStream::connect((host, port)).await?;
+    crate::socket::tune(&tcp);
+    Ok(tcp)
+}
+
+/// Dials `uri` and checks who answers.
+async fn dial(tls: Arc<Tls>, uri: Uri) -> io::Result<TokioIo<TlsStream<TcpStream>>> {
+    let (host, port) = host_port(&uri)?;
     let name = ServerName::try_from(host.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
     let material = tls.material();
-    let tcp = TcpStream::connect((host.as_str(), port)).await?;
-    let _ = tcp.set_nodelay(true);
+    let tcp = tcp(&host, port).await?;
     let stream = tokio_rustls::TlsConnector::from(Arc::clone(&material.client)).connect(name, tcp).await?;
     let own = &material.identity;
     let server = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|leaf| Identity::from_certificate(leaf));
@@ -69,5 +81,27 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         Box::pin(dial(Arc::clone(&self.tls), uri))
+    }
+}
+
+/// The plaintext connector (`insecure = true`): TCP alone, tuned as the TLS
+/// one is.
+#[derive(Clone, Copy)]
+pub struct Plain;
+
+impl tower_service::Service<Uri> for Plain {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(async move {
+            let (host, port) = host_port(&uri)?;
+            Ok(TokioIo::new(tcp(&host, port).await?))
+        })
     }
 }

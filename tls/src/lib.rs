@@ -12,6 +12,7 @@ pub mod client;
 pub mod files;
 pub mod identity;
 pub mod server;
+pub mod socket;
 
 use std::sync::Arc;
 
@@ -116,7 +117,7 @@ impl Security {
     pub async fn connect(&self, endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
         match self {
             Security::Tls(t) => endpoint.connect_with_connector(client::Connector::new(Arc::clone(t))).await,
-            Security::Insecure => endpoint.connect().await,
+            Security::Insecure => endpoint.connect_with_connector(client::Plain).await,
         }
     }
 
@@ -124,7 +125,7 @@ impl Security {
     pub fn connect_lazy(&self, endpoint: Endpoint) -> Channel {
         match self {
             Security::Tls(t) => endpoint.connect_with_connector_lazy(client::Connector::new(Arc::clone(t))),
-            Security::Insecure => endpoint.connect_lazy(),
+            Security::Insecure => endpoint.connect_with_connector_lazy(client::Plain),
         }
     }
 }

@@ -126,7 +126,7 @@ fn caller_of(stream: &TlsStream<TcpStream>) -> Caller {
 }
 
 async fn accept_one(stream: TcpStream, remote: SocketAddr, security: &Security) -> io::Result<Conn> {
-    let _ = stream.set_nodelay(true);
+    crate::socket::tune(&stream);
     match security {
         Security::Insecure => Ok(Conn { io: Io::Plain(stream), info: PeerInfo { remote: Some(remote), caller: Caller::Insecure } }),
         Security::Tls(tls) => {

@@ -33,7 +33,7 @@ struct Pool {
 impl Pool {
     async fn client(&self, endpoint: &str, agent: usize, member: &str) -> Result<AgentServiceClient<Channel>, String> {
         // Connections as real agents make them: keepalive pings, no delay.
-        let real = |e: Endpoint| drc_proto::keepalive::endpoint(e.tcp_nodelay(true));
+        let real = |e: Endpoint| drc_proto::keepalive::agent_endpoint(e.tcp_nodelay(true));
         if let Some(tls) = &self.tls {
             let security = tls.get(member).ok_or_else(|| format!("no certificate for {member}"))?;
             let target = real(Security::endpoint(endpoint).map_err(|e| format!("bad endpoint: {e}"))?);
@@ -41,10 +41,10 @@ impl Pool {
         }
         let target = real(Endpoint::from_shared(endpoint.to_string()).map_err(|e| format!("bad endpoint: {e}"))?);
         if self.per == 1 {
-            return Ok(AgentServiceClient::new(target.connect().await.map_err(|e| format!("cannot connect: {e}"))?));
+            return Ok(AgentServiceClient::new(Security::Insecure.connect(target).await.map_err(|e| format!("cannot connect: {e}"))?));
         }
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let channel = channels.entry((endpoint.to_string(), agent / self.per)).or_insert_with(|| target.connect_lazy());
+        let channel = channels.entry((endpoint.to_string(), agent / self.per)).or_insert_with(|| Security::Insecure.connect_lazy(target));
         Ok(AgentServiceClient::new(channel.clone()))
     }
 }
@@ -225,6 +225,7 @@ pub async fn run(
     tls: bool,
     every: Duration,
     nice: i32,
+    pin: bool,
 ) -> anyhow::Result<()> {
     // A certificate names one member, so agents cannot share a connection.
     let per = if tls { 1 } else { per };
@@ -252,6 +253,10 @@ pub async fn run(
         // After the coordinators started: they keep their own priority.
         if nice != 0 {
             renice_self(nice)?;
+        }
+        if pin {
+            let pids: Vec<u32> = cluster.nodes.values().filter_map(|node| node.pid()).collect();
+            pin_apart(&pids)?;
         }
         let leader_id = cluster.wait_leader(Duration::from_secs(30))?;
         let leader = cluster.nodes[&leader_id].address.clone();
@@ -367,6 +372,20 @@ pub async fn run(
             // Back before the next count's coordinators (root only).
             renice_self(0)?;
         }
+    }
+    Ok(())
+}
+
+/// The load generator (every thread of this process) on CPU 0, `others`
+/// (every thread of each) on the remaining CPUs.
+fn pin_apart(others: &[u32]) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    anyhow::ensure!(cpus >= 2, "--pin needs at least 2 CPUs, this machine has {cpus}");
+    let rest = format!("1-{}", cpus - 1);
+    let me = std::process::id();
+    for (pid, list) in std::iter::once((me, "0")).chain(others.iter().map(|p| (*p, rest.as_str()))) {
+        let out = std::process::Command::new("taskset").args(["-a", "-p", "-c", list, &pid.to_string()]).output()?;
+        anyhow::ensure!(out.status.success(), "taskset -c {list} of {pid} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }

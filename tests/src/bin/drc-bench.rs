@@ -69,6 +69,11 @@ enum Bench {
         /// not what a saturated machine leaves it. 0: as before.
         #[arg(long, default_value_t = 0)]
         generator_nice: i32,
+        /// Keep the load generator on CPU 0 and the coordinators on the
+        /// others (taskset), so that the leader's figures are its own, not
+        /// those of a core it shares with 10,000 TLS clients.
+        #[arg(long)]
+        pin: bool,
     },
     /// Random schedules of gray and clean faults against a lab in network
     /// namespaces (root only), with writers through the stable endpoint and
@@ -133,7 +138,7 @@ fn main() -> anyhow::Result<()> {
         }
         Bench::Chaos { trials, seed, faults } => chaos::run(trials, seed, faults),
         Bench::Backup { scale, trials } => backup::run(scale, trials),
-        Bench::Agents { counts, seconds, tick_interval, streams_per_connection, tls, sample_interval, generator_nice } => {
+        Bench::Agents { counts, seconds, tick_interval, streams_per_connection, tls, sample_interval, generator_nice, pin } => {
             let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(
                 counts,
@@ -143,6 +148,7 @@ fn main() -> anyhow::Result<()> {
                 tls,
                 sample_interval,
                 generator_nice,
+                pin,
             ))
         }
     }
