@@ -217,16 +217,25 @@ async fn term(admin: &mut AdminServiceClient<Channel>) -> anyhow::Result<u64> {
     Ok(s.nodes.iter().map(|n| n.term).max().unwrap_or(0))
 }
 
-pub async fn run(
-    counts: Vec<usize>,
-    seconds: u64,
-    tick_interval: &'static str,
-    per: usize,
-    tls: bool,
-    every: Duration,
-    nice: i32,
-    pin: bool,
-) -> anyhow::Result<()> {
+/// What `drc-bench agents` runs (its flags).
+pub struct Options {
+    pub counts: Vec<usize>,
+    /// Measurement window per count, in seconds.
+    pub seconds: u64,
+    pub tick_interval: &'static str,
+    /// Agent streams per HTTP/2 connection (plaintext only).
+    pub per: usize,
+    pub tls: bool,
+    /// How often each agent samples.
+    pub every: Duration,
+    /// The load generator's niceness once the coordinators run.
+    pub nice: i32,
+    /// The load generator on CPU 0, the coordinators on the others.
+    pub pin: bool,
+}
+
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    let Options { counts, seconds, tick_interval, per, tls, every, nice, pin } = o;
     // A certificate names one member, so agents cannot share a connection.
     let per = if tls { 1 } else { per };
     let mode = if tls { "mutual TLS, a certificate per agent" } else { "plaintext" };

@@ -140,16 +140,16 @@ fn main() -> anyhow::Result<()> {
         Bench::Backup { scale, trials } => backup::run(scale, trials),
         Bench::Agents { counts, seconds, tick_interval, streams_per_connection, tls, sample_interval, generator_nice, pin } => {
             let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(agents::Options {
                 counts,
                 seconds,
-                tick,
-                streams_per_connection.max(1),
+                tick_interval: tick,
+                per: streams_per_connection.max(1),
                 tls,
-                sample_interval,
-                generator_nice,
+                every: sample_interval,
+                nice: generator_nice,
                 pin,
-            ))
+            }))
         }
     }
 }
