@@ -12,6 +12,7 @@
 //! * [`decision`] and [`step`] — a change of primary and its steps.
 //! * [`job`] — backups, recovery tests and schedules.
 //! * [`time`] — wall-clock milliseconds, for what is replicated or shown.
+//! * [`wal`] — PostgreSQL WAL positions and file names.
 
 pub mod audit;
 pub mod cluster;
@@ -21,6 +22,7 @@ pub mod role;
 pub mod step;
 pub mod time;
 pub mod topology;
+pub mod wal;
 
 pub use cluster::ClusterRecord;
 pub use decision::{Decision, DecisionKind, MemberEvidence, Trigger};
