@@ -5,4 +5,5 @@ pub mod agent;
 pub mod auth;
 pub mod error;
 pub mod forward;
+mod jobs;
 mod watch;
