@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -346,48 +345,49 @@ impl Executor {
         }
     }
 
+    /// Says what a record of a cluster's primary, just committed, changed.
+    fn recorded(&self, cmd: &Command) {
+        match cmd {
+            Command::Adopt { cluster, primary, .. } => {
+                tracing::info!(%cluster, %primary, "adopted primary");
+                let what = format!("{primary} adopted as the primary of {cluster} (epoch 1)");
+                self.agents.events.emit(EventKind::Failover, cluster, primary, what);
+            }
+            Command::AdvanceDataset { cluster, primary, dataset, previous } => {
+                tracing::info!(%cluster, %primary, %dataset, %previous, "the primary's dataset id moved on");
+            }
+            _ => {}
+        }
+    }
+
     /// `now` is the core's clock of this tick and `at` the same instant on
     /// the monotonic clock: the leases it granted end at `now + ttl`, and the
     /// agents are told that instant, the ttl, and how long after the newest
     /// sample received from them it is.
     async fn act(&self, t: &Topology, actions: Vec<Action>, now: Millis, at: Instant) {
         let mut waits = BTreeMap::new();
-        // Adoptions are independent: proposed together, they share Raft
-        // round trips (thousands of clusters are adopted when a topology
-        // first meets its agents).
-        let adopts = actions.iter().filter_map(|a| match a {
-            Action::Adopt { cluster, primary, dataset } => Some(
-                async move {
-                    let cmd = Command::Adopt { cluster: cluster.clone(), primary: primary.clone(), dataset: dataset.clone() };
-                    if self.propose(cmd).await.is_some() {
-                        tracing::info!(%cluster, %primary, "adopted primary");
-                        self.agents.events.emit(
-                            EventKind::Failover,
-                            cluster,
-                            primary,
-                            format!("{primary} adopted as the primary of {cluster} (epoch 1)"),
-                        );
-                    }
-                }
-                .boxed(),
-            ),
-            Action::AdvanceDataset { cluster, primary, dataset, previous } => Some(
-                async move {
-                    let cmd = Command::AdvanceDataset {
-                        cluster: cluster.clone(),
-                        primary: primary.clone(),
-                        dataset: dataset.clone(),
-                        previous: previous.clone(),
-                    };
-                    if self.propose(cmd).await.is_some() {
-                        tracing::info!(%cluster, %primary, %dataset, %previous, "the primary's dataset id moved on");
-                    }
-                }
-                .boxed(),
-            ),
+        // Records of a cluster's primary (adoptions, dataset ids) are
+        // independent: proposed together, they share Raft round trips
+        // (thousands of clusters are adopted when a topology first meets
+        // its agents).
+        let records = actions.iter().filter_map(|a| match a {
+            Action::Adopt { cluster, primary, dataset } => {
+                Some(Command::Adopt { cluster: cluster.clone(), primary: primary.clone(), dataset: dataset.clone() })
+            }
+            Action::AdvanceDataset { cluster, primary, dataset, previous } => Some(Command::AdvanceDataset {
+                cluster: cluster.clone(),
+                primary: primary.clone(),
+                dataset: dataset.clone(),
+                previous: previous.clone(),
+            }),
             _ => None,
         });
-        futures::future::join_all(adopts).await;
+        futures::future::join_all(records.map(|cmd| async move {
+            if self.propose(cmd.clone()).await.is_some() {
+                self.recorded(&cmd);
+            }
+        }))
+        .await;
         // Checked after `at`, the instant the leases count from: a leader
         // that cannot show no successor exists renews nothing.
         let may_renew = self.node.may_renew();
