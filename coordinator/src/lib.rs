@@ -33,9 +33,11 @@
 pub mod agents;
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod core;
 pub mod executor;
+pub mod forward;
 pub mod jobs;
 pub mod lock;
 pub mod raft;

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::{run_monitor, Agents};
 use crate::api::admin::AdminApi;
 use crate::api::agent::AgentApi;
-use crate::api::auth::Authorize;
 use crate::audit::trail::AuditFile;
+use crate::auth::Authorize;
 use crate::config::CoordinatorConfig;
 use crate::core::LeaseConfig;
 use crate::executor::{Executor, Hook, Waits};
@@ -208,7 +208,7 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     let raft = raft_service(Arc::clone(&transport));
 
     let server_cancel = cancel.clone();
-    // Every service sits behind the one authorisation layer (api::auth).
+    // Every service sits behind the one authorisation layer (crate::auth).
     let server = drc_proto::keepalive::server()
         .layer(Authorize::new(&cfg.cluster_id))
         .add_service(raft)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use drc_coordinator::api::auth::{Permission, RPCS};
+use drc_coordinator::auth::{Permission, RPCS};
 use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::agent_service_client::AgentServiceClient;
 use drc_proto::raft_transport_client::RaftTransportClient;
@@ -358,7 +358,7 @@ fn a_rotated_certificate_serves_new_connections_without_a_restart_and_a_broken_o
 
 #[test]
 fn a_coordinator_serves_a_bounded_number_of_watches_and_a_client_that_leaves_frees_its_slot() {
-    use drc_coordinator::api::admin::MAX_WATCHES;
+    use drc_coordinator::api::watch::MAX_WATCHES;
     let c = Cluster::start(ClusterOpts::default()).expect("cluster");
     c.apply(TOPOLOGY).expect("apply");
     let rt = runtime();

@@ -36,17 +36,6 @@ pub(super) struct EpochRecord {
     pub(super) lease_fenced: bool,
 }
 
-/// Why the local member's replication could not be read.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum Unread {
-    /// It did not answer in time: worth no second wait.
-    #[error("no answer within {} ms", .0.as_millis())]
-    NoAnswer(Duration),
-    /// The read failed (a closed connection, a server error).
-    #[error("{0}")]
-    Failed(String),
-}
-
 /// How often the agent checks its lease.
 const LEASE_CHECK: Duration = Duration::from_millis(50);
 /// How much of a renewed lease must be left to restart a primary fenced for

@@ -10,7 +10,6 @@
 
 mod lease;
 mod postgres;
-pub(crate) use postgres::pg_err;
 mod promote;
 mod redis;
 mod vouch;

@@ -9,6 +9,7 @@ use drc_proto::{FailoverAction, FailoverStep};
 use tokio_postgres::{Client, Config};
 
 use super::{catch_up_target, lock, primary_address, Actor};
+use crate::probe::postgres::pg_err;
 use crate::process::{postmaster_alive, run_as};
 
 impl Actor {
@@ -219,25 +220,6 @@ impl Actor {
         let c = Arc::new(self.pg_connect(&self.cfg.connection.host, self.cfg.connection.port).await?);
         *cached = Some(Arc::clone(&c));
         Ok(c)
-    }
-}
-
-/// A PostgreSQL error with the server's message (tokio-postgres's Display
-/// says only "db error").
-pub(crate) fn pg_err(e: tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.severity(), db.message()),
-        // With its causes: "error performing TLS handshake" alone does not
-        // say that the server's certificate was refused.
-        None => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            text
-        }
     }
 }
 

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use drc_proto::FailoverStep;
 
 use super::lease::lease_end;
-use super::postgres::{pg_err, quote};
+use super::postgres::quote;
 use super::redis::redis_cmd;
 use super::{lock, now_ms, Actor};
 use crate::config::Kind;
+use crate::probe::postgres::pg_err;
 use crate::probe::redis::parse_info;
 
 /// How long a standby that stopped streaming still counts as one a commit

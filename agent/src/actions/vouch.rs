@@ -12,12 +12,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::lease::Unread;
-use super::postgres::pg_err;
 use super::redis::redis_cmd;
 use super::{lock, Actor};
 use crate::config::Kind;
+use crate::probe::postgres::pg_err;
 use crate::probe::redis::parse_info;
+
+/// Why the local member's replication could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unread {
+    /// It did not answer in time: worth no second wait.
+    #[error("no answer within {} ms", .0.as_millis())]
+    NoAnswer(Duration),
+    /// The read failed (a closed connection, a server error).
+    #[error("{0}")]
+    Failed(String),
+}
 
 /// A primary starts writing heartbeats this long before its lease ends, so
 /// that its replicas' answers to them are there when it does.

@@ -56,7 +56,7 @@ impl PgProber {
         tokio::time::timeout(self.timeout, crate::dbtls::pg_connect(cfg, self.tls.as_ref()))
             .await
             .map_err(|_| "connect timed out".to_string())?
-            .map_err(crate::actions::pg_err)
+            .map_err(pg_err)
     }
 
     pub async fn local(&mut self) -> Reading {
@@ -144,5 +144,24 @@ impl PgProber {
             .map_err(|_| "query timed out".to_string())?
             .map_err(|e| e.to_string())?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+}
+
+/// A PostgreSQL error with the server's message (tokio-postgres's Display
+/// says only "db error").
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        // With its causes: "error performing TLS handshake" alone does not
+        // say that the server's certificate was refused.
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The AdminService: what on-call engineers and scripts use through drctl.
 //!
 //! Reads are served from the node asked (its applied state); writes are
-//! routed to the leader (see [`super::forward`]).
+//! routed to the leader (see [`crate::forward`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,7 +31,8 @@ use crate::agents::Agents;
 use crate::audit::Auditor;
 
 use super::error::ApiError;
-use super::forward::{admin_client, forwarded_copy, mark_forwarded, on_leader, route, Route};
+use super::watch::{WatchPrimaryStream, WatchStream, Watches};
+use crate::forward::{admin_client, forwarded_copy, mark_forwarded, on_leader, route, Route};
 use crate::raft::transport::Transport;
 use crate::raft::{MembershipChange, NodeHandle, NodeStatus, ProposeError, Role};
 use crate::state::{Command, NodeAddress, Outcome};
@@ -40,10 +41,6 @@ use drc_model::topology::{diff::diff, parse::parse_topology, parse::valid_addres
 /// How long `Status` waits for each other node.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// Watches (`Watch`, `WatchPrimary`) one coordinator serves at once; each
-/// holds a task and a subscription for as long as its client likes.
-pub const MAX_WATCHES: usize = 1024;
-
 pub struct AdminApi {
     pub(super) node: NodeHandle,
     pub(super) transport: Arc<Transport>,
@@ -51,7 +48,7 @@ pub struct AdminApi {
     pub(super) write_timeout: Duration,
     pub(super) executor: Arc<Executor>,
     pub(super) jobs: Arc<crate::jobs::Jobs>,
-    pub(super) watches: Arc<tokio::sync::Semaphore>,
+    watches: Watches,
     pub(super) audit: Arc<Auditor>,
 }
 
@@ -65,21 +62,13 @@ impl AdminApi {
         jobs: Arc<crate::jobs::Jobs>,
     ) -> Self {
         let audit = Arc::new(Auditor::new(node.clone(), Arc::clone(&transport), write_timeout));
-        let watches = Arc::new(tokio::sync::Semaphore::new(MAX_WATCHES));
+        let watches = Watches::new(node.clone(), Arc::clone(&transport), Arc::clone(&agents.events), write_timeout);
         AdminApi { node, transport, agents, write_timeout, executor, jobs, watches, audit }
     }
 
     /// The auditor, which the trail follower shares.
     pub fn auditor(&self) -> Arc<Auditor> {
         Arc::clone(&self.audit)
-    }
-
-    /// A slot for one more watch, held until its stream ends.
-    #[allow(clippy::result_large_err)]
-    pub(super) fn watch_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        Arc::clone(&self.watches).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!("this coordinator already serves {MAX_WATCHES} watches; try another, or later"))
-        })
     }
 
     /// Health of the clusters, with why each is (not) failing over.
@@ -482,16 +471,16 @@ impl AdminService for AdminApi {
         Ok(Response::new(HealthResponse { clusters: self.local_clusters(&topology, &records, only), leader_id: self.node.status().id }))
     }
 
-    type WatchStream = super::watch::WatchStream;
+    type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        self.watch_events(req).await
+        self.watches.watch_events(req).await
     }
 
-    type WatchPrimaryStream = super::watch::WatchPrimaryStream;
+    type WatchPrimaryStream = WatchPrimaryStream;
 
     async fn watch_primary(&self, req: Request<WatchPrimaryRequest>) -> Result<Response<Self::WatchPrimaryStream>, Status> {
-        self.watch_primary_endpoint(req).await
+        self.watches.watch_primary_endpoint(req).await
     }
 
     async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {

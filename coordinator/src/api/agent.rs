@@ -21,7 +21,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::agents::Agents;
-use crate::api::auth::{principal, Principal};
+use crate::auth::{principal, Principal};
 use crate::raft::transport::Transport;
 use crate::raft::{NodeHandle, Role};
 use drc_model::topology::Topology;

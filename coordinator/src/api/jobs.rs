@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::admin::{said, AdminApi};
 use super::error::ApiError;
-use super::forward::on_leader;
+use crate::forward::on_leader;
 use crate::state::Command;
 
 impl AdminApi {

@@ -2,8 +2,6 @@
 
 pub mod admin;
 pub mod agent;
-pub mod auth;
 pub mod error;
-pub mod forward;
 mod jobs;
-mod watch;
+pub mod watch;

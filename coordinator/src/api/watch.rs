@@ -6,17 +6,47 @@ use drc_proto::{PrimaryEndpoint, WatchEvent, WatchPrimaryRequest, WatchRequest};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::admin::AdminApi;
-use super::forward::on_leader;
-use crate::agents::EventKind;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::agents::{EventBus, EventKind};
+use crate::forward::on_leader;
+use crate::raft::transport::Transport;
 use crate::raft::{NodeHandle, Role};
+
+/// Watches one coordinator serves at once; each holds a task and a
+/// subscription for as long as its client likes.
+pub const MAX_WATCHES: usize = 1024;
 
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 pub type WatchPrimaryStream = Pin<Box<dyn Stream<Item = Result<PrimaryEndpoint, Status>> + Send>>;
 
-impl AdminApi {
+/// Serves the watch streams, at most [`MAX_WATCHES`] at once.
+pub struct Watches {
+    node: NodeHandle,
+    transport: Arc<Transport>,
+    events: Arc<EventBus>,
+    write_timeout: Duration,
+    slots: Arc<Semaphore>,
+}
+
+impl Watches {
+    pub fn new(node: NodeHandle, transport: Arc<Transport>, events: Arc<EventBus>, write_timeout: Duration) -> Self {
+        Watches { node, transport, events, write_timeout, slots: Arc::new(Semaphore::new(MAX_WATCHES)) }
+    }
+
+    /// A slot for one more watch, held until its stream ends.
+    #[allow(clippy::result_large_err)]
+    fn slot(&self) -> Result<OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("this coordinator already serves {MAX_WATCHES} watches; try another, or later"))
+        })
+    }
+
     pub(super) async fn watch_events(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        let slot = self.watch_slot()?;
+        let slot = self.slot()?;
         let forwarded =
             on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.watch(r).await }).await?;
         if let Some(remote) = forwarded {
@@ -27,7 +57,7 @@ impl AdminApi {
                 e
             }))));
         }
-        let mut events = self.agents.events.subscribe();
+        let mut events = self.events.subscribe();
         let mut status = self.node.watch_status();
         let me = status.borrow().clone();
         let first = WatchEvent {
@@ -66,7 +96,7 @@ impl AdminApi {
     }
 
     pub(super) async fn watch_primary_endpoint(&self, req: Request<WatchPrimaryRequest>) -> Result<Response<WatchPrimaryStream>, Status> {
-        let slot = self.watch_slot()?;
+        let slot = self.slot()?;
         let cluster = req.into_inner().cluster;
         let node = self.node.clone();
         let first = published(&node, &cluster).ok_or_else(|| Status::not_found(format!("unknown cluster {cluster:?}")))?;

@@ -21,8 +21,8 @@ use drc_model::time::wall_now_ms;
 use drc_proto::RecordAuditRequest;
 use tonic::{Request, Status};
 
-use crate::api::auth::{principal, ForwardedBy, Principal};
-use crate::api::forward::on_leader;
+use crate::auth::{principal, ForwardedBy, Principal};
+use crate::forward::on_leader;
 use crate::raft::transport::Transport;
 use crate::raft::{NodeHandle, Role};
 use crate::state::{Command, Outcome};

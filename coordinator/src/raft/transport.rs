@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::input::NodeInput;
 use super::pieces::{split, Assembler, BATCH_BYTES, DEFAULT_PIECE_BYTES, MAX_MESSAGE_BYTES};
-use crate::api::auth::{principal, Principal};
+use crate::auth::{principal, Principal};
 use crate::lock;
 use crate::state::NodeAddress;
 

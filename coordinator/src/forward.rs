@@ -9,12 +9,9 @@ use drc_tls::Security;
 use tonic::transport::Channel;
 use tonic::Status;
 
-use super::auth::{principal, Principal, ON_BEHALF_OF, VIA};
+use crate::auth::{principal, Principal, FORWARDED, ON_BEHALF_OF, VIA};
 use crate::raft::transport::Transport;
 use crate::raft::{NodeHandle, Role};
-
-/// Metadata key marking a forwarded request, so it is never forwarded twice.
-pub const FORWARDED: &str = "x-drc-forwarded";
 
 /// Where a write must run.
 pub enum Route {

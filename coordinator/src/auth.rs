@@ -23,6 +23,9 @@ pub const ON_BEHALF_OF: &str = "x-drc-on-behalf-of";
 /// without TLS (with it, the forwarding peer's certificate names the node).
 pub const VIA: &str = "x-drc-via";
 
+/// Metadata key marking a forwarded request, so it is never forwarded twice.
+pub const FORWARDED: &str = "x-drc-forwarded";
+
 /// The coordinator that forwarded a request here, as the request's
 /// extension; absent when the caller reached this node directly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,7 +194,7 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let header = |name: &str| req.headers().get(name);
         let on_behalf_of = header(ON_BEHALF_OF).map(|v| v.to_str().unwrap_or("(not text)"));
-        let forwarded = header(super::forward::FORWARDED).is_some();
+        let forwarded = header(FORWARDED).is_some();
         let via_header = header(VIA).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         let (decided, via) = match req.extensions().get::<PeerInfo>() {
             Some(info) => {
@@ -231,7 +234,7 @@ mod tests {
 
     /// Every RPC the .proto declares, as gRPC paths.
     fn declared_rpcs() -> Vec<String> {
-        let proto = include_str!("../../../proto/proto/drc.proto");
+        let proto = include_str!("../../proto/proto/drc.proto");
         let package = proto.lines().find_map(|l| l.trim().strip_prefix("package ")).expect("package").trim_end_matches(';').trim();
         let mut service = None;
         let mut paths = Vec::new();
