@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use drc_model::job::{BackupRecord, JobState, RecoveryTest};
+use drc_model::job::{BackupRecord, JobKind, JobState, RecoveryTest, Schedule};
 use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::*;
 use serde_json::json;
@@ -24,25 +24,28 @@ pub(crate) async fn run(client: &mut AdminServiceClient<Channel>, command: Comma
                     .await
                     .map_err(status_err)?
                     .into_inner();
-                let job: serde_json::Value = serde_json::from_str(&r.job_json)?;
-                let id = job["id"].as_u64().unwrap_or(0);
+                let Some(job_reply::Job::Backup(b)) = r.job else {
+                    anyhow::bail!("the coordinator answered without the backup it started")
+                };
+                let b = BackupRecord::try_from(b)?;
                 if !json_out {
-                    println!("backup {id} started: {} -> {} ({})", job["member"], job["destination"], job["prefix"]);
+                    println!("backup {} started: {} -> {} ({})", b.id, b.member, b.destination, b.prefix);
                 }
-                let job = if no_wait { job } else { wait_job(client, Job::Backup, id, !json_out).await? };
-                job_out(&job, json_out, backup_text, true)?;
+                let job = if no_wait { Listed { record: b, progress: None } } else { wait_job(client, b.id, !json_out).await? };
+                job_out(&job, json_out, true)?;
             }
             BackupCommand::List { cluster } => {
-                let jobs = list_jobs(client, Job::Backup, cluster.unwrap_or_default()).await?;
+                let jobs = BackupRecord::list(client, cluster.unwrap_or_default()).await?;
                 if json_out {
+                    let jobs: Vec<_> = jobs.iter().map(Listed::json).collect::<Result<_, _>>()?;
                     println!("{}", serde_json::to_string_pretty(&json!({ "backups": jobs }))?);
                 } else {
                     print!("{}", backups_table(&jobs));
                 }
             }
             BackupCommand::Show { id } => {
-                let job = find_job(client, Job::Backup, id).await?;
-                job_out(&job, json_out, backup_text, false)?;
+                let job = find_job::<BackupRecord>(client, id).await?;
+                job_out(&job, json_out, false)?;
             }
         },
         Command::RecoveryTest { command } => match command {
@@ -52,50 +55,55 @@ pub(crate) async fn run(client: &mut AdminServiceClient<Channel>, command: Comma
                     .await
                     .map_err(status_err)?
                     .into_inner();
-                let job: serde_json::Value = serde_json::from_str(&r.job_json)?;
-                let id = job["id"].as_u64().unwrap_or(0);
+                let Some(job_reply::Job::RecoveryTest(t)) = r.job else {
+                    anyhow::bail!("the coordinator answered without the recovery test it started")
+                };
+                let t = RecoveryTest::try_from(t)?;
                 if !json_out {
-                    println!(
-                        "recovery test {id} started: backup {} on {} (region {})",
-                        job["backup_id"], job["member"], job["member_region"]
-                    );
+                    println!("recovery test {} started: backup {} on {} (region {})", t.id, t.backup_id, t.member, t.member_region);
                 }
-                let job = if no_wait { job } else { wait_job(client, Job::RecoveryTest, id, !json_out).await? };
-                job_out(&job, json_out, test_text, true)?;
+                let job = if no_wait { Listed { record: t, progress: None } } else { wait_job(client, t.id, !json_out).await? };
+                job_out(&job, json_out, true)?;
             }
             RecoveryTestCommand::List { cluster } => {
-                let jobs = list_jobs(client, Job::RecoveryTest, cluster.unwrap_or_default()).await?;
+                let jobs = RecoveryTest::list(client, cluster.unwrap_or_default()).await?;
                 if json_out {
+                    let jobs: Vec<_> = jobs.iter().map(Listed::json).collect::<Result<_, _>>()?;
                     println!("{}", serde_json::to_string_pretty(&json!({ "recovery_tests": jobs }))?);
                 } else {
                     for t in &jobs {
-                        println!("{}", test_text(t));
+                        println!("{}", t.text());
                     }
                 }
             }
             RecoveryTestCommand::Show { id } => {
-                let job = find_job(client, Job::RecoveryTest, id).await?;
-                job_out(&job, json_out, test_text, false)?;
+                let job = find_job::<RecoveryTest>(client, id).await?;
+                job_out(&job, json_out, false)?;
             }
         },
         Command::Schedule { command } => match command {
             ScheduleCommand::List { cluster } => {
                 let r =
                     client.list_schedules(ListJobsRequest { cluster: cluster.unwrap_or_default() }).await.map_err(status_err)?.into_inner();
-                let items: Vec<serde_json::Value> = serde_json::from_str(&r.jobs_json)?;
+                let mut items = Vec::new();
+                for entry in r.schedules {
+                    let next_at = entry.next_at;
+                    items.push((Schedule::try_from(entry)?, next_at));
+                }
                 if json_out {
-                    println!("{}", serde_json::to_string_pretty(&json!({ "schedules": items }))?);
+                    let mut out = Vec::new();
+                    for (s, next_at) in &items {
+                        let mut v = serde_json::to_value(s)?;
+                        v["next_at"] = json!(next_at);
+                        out.push(v);
+                    }
+                    println!("{}", serde_json::to_string_pretty(&json!({ "schedules": out }))?);
                 } else {
                     let rows: Vec<Vec<String>> = items
                         .iter()
-                        .map(|s| {
-                            vec![
-                                s["cluster"].as_str().unwrap_or("").to_string(),
-                                s["job"].as_str().unwrap_or("").to_string(),
-                                s["cron"].as_str().unwrap_or("").to_string(),
-                                s["last_fired"].to_string(),
-                                s["next_at"].to_string(),
-                            ]
+                        .map(|(s, next_at)| {
+                            let next = next_at.map_or_else(|| "-".to_string(), |n| n.to_string());
+                            vec![s.cluster.clone(), s.job.to_string(), s.cron.clone(), s.last_fired.to_string(), next]
                         })
                         .collect();
                     print!("{}", table::render(&["CLUSTER", "JOB", "CRON (UTC)", "LAST FIRED (ms)", "NEXT (ms)"], &rows));
@@ -105,11 +113,11 @@ pub(crate) async fn run(client: &mut AdminServiceClient<Channel>, command: Comma
                 if backup.is_none() && recovery_test.is_none() {
                     anyhow::bail!("nothing to set: give --backup and/or --recovery-test (\"off\" removes one)");
                 }
-                for (job, cron) in [("backup", backup), ("recovery-test", recovery_test)] {
+                for (job, cron) in [(JobKind::Backup, backup), (JobKind::RecoveryTest, recovery_test)] {
                     let Some(cron) = cron else { continue };
                     let cron = if cron == "off" { String::new() } else { cron };
                     let r = client
-                        .set_schedule(SetScheduleRequest { cluster: cluster.clone(), job: job.into(), cron })
+                        .set_schedule(SetScheduleRequest { cluster: cluster.clone(), job: job.as_str().into(), cron })
                         .await
                         .map_err(status_err)?
                         .into_inner();
@@ -122,85 +130,138 @@ pub(crate) async fn run(client: &mut AdminServiceClient<Channel>, command: Comma
     Ok(())
 }
 
-#[derive(Clone, Copy)]
-pub(crate) enum Job {
-    Backup,
-    RecoveryTest,
+/// A job as the coordinator lists it: its record and, while the leader
+/// runs it, how far it has got.
+pub(crate) struct Listed<T> {
+    pub record: T,
+    pub progress: Option<JobProgress>,
 }
 
-pub(crate) async fn list_jobs(
-    client: &mut AdminServiceClient<Channel>,
-    job: Job,
-    cluster: String,
-) -> anyhow::Result<Vec<serde_json::Value>> {
-    let request = ListJobsRequest { cluster };
-    let r = match job {
-        Job::Backup => client.list_backups(request).await,
-        Job::RecoveryTest => client.list_recovery_tests(request).await,
+/// What drctl does alike with backups and recovery tests.
+pub(crate) trait JobRecord: serde::Serialize + Sized {
+    const WHAT: &'static str;
+    fn id(&self) -> u64;
+    fn state(&self) -> JobState;
+    fn error(&self) -> &str;
+    /// Its lines in `show` and `run`; `progress` while it runs.
+    fn text(&self, progress: Option<&JobProgress>) -> String;
+    /// The catalog, newest first, of one cluster or (empty) all.
+    fn list(
+        client: &mut AdminServiceClient<Channel>,
+        cluster: String,
+    ) -> impl std::future::Future<Output = anyhow::Result<Vec<Listed<Self>>>> + Send;
+}
+
+impl<T: JobRecord> Listed<T> {
+    /// As `-o json` prints it: the record's fields, and `progress` while the
+    /// job runs.
+    pub(crate) fn json(&self) -> serde_json::Result<serde_json::Value> {
+        let mut v = serde_json::to_value(&self.record)?;
+        if let Some(p) = &self.progress {
+            v["progress"] = json!({
+                "phase": p.phase,
+                "bytes_done": p.bytes_done,
+                "bytes_total": p.bytes_total,
+                "rate_bytes_per_s": p.rate_bytes_per_s,
+                "eta_s": p.eta_s,
+                "elapsed_ms": p.elapsed_ms,
+                "text": p.text,
+            });
+        }
+        Ok(v)
     }
-    .map_err(status_err)?
-    .into_inner();
-    Ok(serde_json::from_str(&r.jobs_json)?)
+
+    pub(crate) fn text(&self) -> String {
+        self.record.text(self.progress.as_ref())
+    }
 }
 
-pub(crate) async fn find_job(client: &mut AdminServiceClient<Channel>, job: Job, id: u64) -> anyhow::Result<serde_json::Value> {
-    let what = match job {
-        Job::Backup => "backup",
-        Job::RecoveryTest => "recovery test",
-    };
-    list_jobs(client, job, String::new()).await?.into_iter().find(|j| j["id"] == id).ok_or_else(|| anyhow::anyhow!("no {what} {id}"))
+/// Reads listed entries into their records and progress.
+fn listed<E, T>(entries: Vec<E>, progress: impl Fn(&mut E) -> Option<JobProgress>) -> anyhow::Result<Vec<Listed<T>>>
+where
+    T: TryFrom<E, Error = drc_proto::jobs::JobError>,
+{
+    let mut out = Vec::with_capacity(entries.len());
+    for mut e in entries {
+        let progress = progress(&mut e);
+        out.push(Listed { record: T::try_from(e)?, progress });
+    }
+    Ok(out)
+}
+
+impl JobRecord for BackupRecord {
+    const WHAT: &'static str = "backup";
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn state(&self) -> JobState {
+        self.state
+    }
+    fn error(&self) -> &str {
+        &self.error
+    }
+    fn text(&self, progress: Option<&JobProgress>) -> String {
+        backup_text(self, progress)
+    }
+    async fn list(client: &mut AdminServiceClient<Channel>, cluster: String) -> anyhow::Result<Vec<Listed<Self>>> {
+        let r = client.list_backups(ListJobsRequest { cluster }).await.map_err(status_err)?.into_inner();
+        listed(r.backups, |e| e.progress.take())
+    }
+}
+
+impl JobRecord for RecoveryTest {
+    const WHAT: &'static str = "recovery test";
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn state(&self) -> JobState {
+        self.state
+    }
+    fn error(&self) -> &str {
+        &self.error
+    }
+    fn text(&self, progress: Option<&JobProgress>) -> String {
+        test_text(self, progress)
+    }
+    async fn list(client: &mut AdminServiceClient<Channel>, cluster: String) -> anyhow::Result<Vec<Listed<Self>>> {
+        let r = client.list_recovery_tests(ListJobsRequest { cluster }).await.map_err(status_err)?.into_inner();
+        listed(r.recovery_tests, |e| e.progress.take())
+    }
+}
+
+pub(crate) async fn find_job<T: JobRecord>(client: &mut AdminServiceClient<Channel>, id: u64) -> anyhow::Result<Listed<T>> {
+    T::list(client, String::new()).await?.into_iter().find(|j| j.record.id() == id).ok_or_else(|| anyhow::anyhow!("no {} {id}", T::WHAT))
 }
 
 /// Polls until the job is no longer running; with `show`, prints its
 /// progress (to stderr) every few seconds.
-pub(crate) async fn wait_job(client: &mut AdminServiceClient<Channel>, job: Job, id: u64, show: bool) -> anyhow::Result<serde_json::Value> {
+pub(crate) async fn wait_job<T: JobRecord>(client: &mut AdminServiceClient<Channel>, id: u64, show: bool) -> anyhow::Result<Listed<T>> {
     let mut shown = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         // A leader change in between is not the job's failure: ask again.
-        let Ok(j) = find_job(client, job, id).await else { continue };
-        if j["state"] != "running" {
+        let Ok(j) = find_job::<T>(client, id).await else { continue };
+        if j.record.state() != JobState::Running {
             return Ok(j);
         }
-        if let Some(p) = j["progress"]["text"].as_str().filter(|_| show && shown.elapsed() >= Duration::from_secs(2)) {
-            eprintln!("  {p}");
+        if let Some(p) = j.progress.as_ref().filter(|_| show && shown.elapsed() >= Duration::from_secs(2)) {
+            eprintln!("  {}", p.text);
             shown = tokio::time::Instant::now();
         }
     }
 }
 
 /// Prints a job; `run` (not `show`) fails when the job failed.
-pub(crate) fn job_out(job: &serde_json::Value, json_out: bool, text: fn(&serde_json::Value) -> String, run: bool) -> anyhow::Result<()> {
+pub(crate) fn job_out<T: JobRecord>(job: &Listed<T>, json_out: bool, run: bool) -> anyhow::Result<()> {
     if json_out {
-        println!("{}", serde_json::to_string_pretty(job)?);
+        println!("{}", serde_json::to_string_pretty(&job.json()?)?);
     } else {
-        println!("{}", text(job));
+        println!("{}", job.text());
     }
-    if run && job["state"] == "failed" {
-        anyhow::bail!("{}", job["error"].as_str().unwrap_or("failed"));
+    if run && job.record.state() == JobState::Failed {
+        anyhow::bail!("{}", if job.record.error().is_empty() { "failed" } else { job.record.error() });
     }
     Ok(())
-}
-
-/// A job as the coordinator lists it: its record and, while the leader
-/// runs it, how far it has got.
-#[derive(serde::Deserialize)]
-struct Listed<T> {
-    #[serde(flatten)]
-    record: T,
-    #[serde(default)]
-    progress: Option<ListedProgress>,
-}
-
-#[derive(serde::Deserialize)]
-struct ListedProgress {
-    #[serde(default)]
-    text: String,
-}
-
-/// Reads a listed job into its typed record, or says why it cannot.
-fn read<T: serde::de::DeserializeOwned>(v: &serde_json::Value, what: &str) -> Result<Listed<T>, String> {
-    serde_json::from_value(v.clone()).map_err(|e| format!("(a {what} record this drctl cannot read: {e})"))
 }
 
 fn mib(bytes: u64) -> String {
@@ -208,7 +269,7 @@ fn mib(bytes: u64) -> String {
 }
 
 /// The progress and error lines every job shows.
-fn tail_lines(progress: Option<ListedProgress>, error: &str) -> String {
+fn tail_lines(progress: Option<&JobProgress>, error: &str) -> String {
     let mut s = String::new();
     if let Some(p) = progress.filter(|p| !p.text.is_empty()) {
         s += &format!("\n  progress: {}", p.text);
@@ -219,11 +280,7 @@ fn tail_lines(progress: Option<ListedProgress>, error: &str) -> String {
     s
 }
 
-pub(crate) fn backup_text(v: &serde_json::Value) -> String {
-    let Listed { record: b, progress } = match read::<BackupRecord>(v, "backup") {
-        Ok(l) => l,
-        Err(e) => return e,
-    };
+fn backup_text(b: &BackupRecord, progress: Option<&JobProgress>) -> String {
     let mut s = format!(
         "backup {} of {} ({}): {}\n  from {} (region {}) to {} (region {})\n  objects under {}",
         b.id,
@@ -247,31 +304,26 @@ pub(crate) fn backup_text(v: &serde_json::Value) -> String {
     s + &tail_lines(progress, &b.error)
 }
 
-pub(crate) fn backups_table(jobs: &[serde_json::Value]) -> String {
+fn backups_table(jobs: &[Listed<BackupRecord>]) -> String {
     let rows = jobs
         .iter()
-        .map(|v| match read::<BackupRecord>(v, "backup") {
-            Ok(Listed { record: b, .. }) => vec![
+        .map(|Listed { record: b, .. }| {
+            vec![
                 b.id.to_string(),
-                b.cluster,
+                b.cluster.clone(),
                 b.state.as_str().to_string(),
-                b.member,
-                b.destination,
+                b.member.clone(),
+                b.destination.clone(),
                 mib(b.raw_bytes),
                 mib(b.stored_bytes),
                 b.started_at.to_string(),
-            ],
-            Err(e) => vec![v["id"].to_string(), e],
+            ]
         })
         .collect::<Vec<_>>();
     table::render(&["ID", "CLUSTER", "STATE", "FROM", "TO", "RAW", "STORED", "STARTED"], &rows)
 }
 
-pub(crate) fn test_text(v: &serde_json::Value) -> String {
-    let Listed { record: t, progress } = match read::<RecoveryTest>(v, "recovery test") {
-        Ok(l) => l,
-        Err(e) => return e,
-    };
+fn test_text(t: &RecoveryTest, progress: Option<&JobProgress>) -> String {
     let mut s = format!(
         "recovery test {} of {}: {} (backup {}, restored on {} in region {})",
         t.id,
@@ -294,20 +346,52 @@ pub(crate) fn test_text(v: &serde_json::Value) -> String {
 mod tests {
     use super::*;
 
+    fn done_backup() -> BackupRecord {
+        BackupRecord {
+            id: 3,
+            cluster: "app-pg".into(),
+            kind: "postgres".into(),
+            member: "pg-b".into(),
+            member_region: "b".into(),
+            destination: "s3-c".into(),
+            destination_region: "c".into(),
+            prefix: "drc/app-pg/1".into(),
+            state: JobState::Done,
+            trigger: "operator".into(),
+            started_at: 1000,
+            finished_at: 3500,
+            sha256: "ab".into(),
+            raw_bytes: 10485760,
+            stored_bytes: 1048576,
+            manifest: json!({"lsn_start": "0/2000028", "lsn_end": "0/2000100"}),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn a_listed_backup_reads_with_its_sizes_wal_range_and_progress() {
-        let done = serde_json::json!({"id": 3, "cluster": "app-pg", "kind": "postgres", "member": "pg-b", "member_region": "b",
-            "destination": "s3-c", "destination_region": "c", "prefix": "drc/app-pg/1", "state": "done", "trigger": "operator",
-            "started_at": 1000, "finished_at": 3500, "error": "", "data_key": "k", "manifest_key": "m", "sha256": "ab",
-            "raw_bytes": 10485760, "stored_bytes": 1048576, "manifest": {"lsn_start": "0/2000028", "lsn_end": "0/2000100"}});
-        let text = backup_text(&done);
+        let done = Listed { record: done_backup(), progress: None };
+        let text = done.text();
         assert!(text.starts_with("backup 3 of app-pg (postgres): done\n  from pg-b (region b) to s3-c (region c)"), "{text}");
         assert!(text.contains("10.0 MiB raw, 1.0 MiB stored, 2.5 s; sha256 ab") && text.contains("WAL 0/2000028 .. 0/2000100"), "{text}");
-        let mut running = done.clone();
-        running["state"] = "running".into();
-        running["progress"] = serde_json::json!({"text": "upload: 1.0 MiB"});
-        assert!(backup_text(&running).ends_with("\n  progress: upload: 1.0 MiB"));
-        assert!(backup_text(&serde_json::json!({"id": "x"})).contains("cannot read"), "an unreadable record is said so");
+        let progress = JobProgress { phase: "upload".into(), text: "upload: 1.0 MiB".into(), ..Default::default() };
+        let running = Listed { record: BackupRecord { state: JobState::Running, ..done_backup() }, progress: Some(progress) };
+        assert!(running.text().ends_with("\n  progress: upload: 1.0 MiB"));
         assert!(backups_table(&[done]).contains("10.0 MiB"));
+    }
+
+    #[test]
+    fn the_json_of_a_job_has_the_records_fields_and_progress_only_while_it_runs() -> anyhow::Result<()> {
+        let done = Listed { record: done_backup(), progress: None }.json()?;
+        assert_eq!(done["state"], "done");
+        assert_eq!(done["manifest"]["lsn_start"], "0/2000028");
+        assert_eq!(done["member_region"], "b");
+        assert!(done.get("progress").is_none());
+        let progress = JobProgress { phase: "download".into(), bytes_done: 5, eta_s: None, ..Default::default() };
+        let running = Listed { record: BackupRecord { state: JobState::Running, ..done_backup() }, progress: Some(progress) }.json()?;
+        assert_eq!(running["progress"]["phase"], "download");
+        assert_eq!(running["progress"]["bytes_done"], 5);
+        assert!(running["progress"]["eta_s"].is_null());
+        Ok(())
     }
 }

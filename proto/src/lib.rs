@@ -11,11 +11,12 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod jobs;
 pub mod keepalive;
 
 /// The command protocol this release speaks (`AgentHello.command_protocol`):
-/// 2 since commands are typed messages.
-pub const COMMAND_PROTOCOL: u32 = 2;
+/// 2 since commands are typed messages, 3 since their results are.
+pub const COMMAND_PROTOCOL: u32 = 3;
 
 /// The physical replication slot a member streams from on its primary: the
 /// coordinator names it when it promotes, the agent when it repoints or

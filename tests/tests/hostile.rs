@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::agent_service_client::AgentServiceClient;
+use drc_proto::command_result::Found;
 use drc_proto::raft_transport_client::RaftTransportClient;
 use drc_proto::*;
 use drc_tests::{Cluster, ClusterOpts, Creds};
@@ -137,8 +138,14 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
             })
         },
     );
-    let result = (number(), any::<bool>(), text(), text(), text()).prop_map(|(command_id, ok, error, k, v)| {
-        agent_message::Body::Result(CommandResult { command_id, ok, error, output: [(k, v)].into(), ..Default::default() })
+    let result = (number(), any::<bool>(), text(), text(), proptest::option::of(number())).prop_map(|(command_id, ok, error, k, n)| {
+        let found = match command_id % 4 {
+            0 => None,
+            1 => Some(Found::Step(StepFound { position: n, dataset_id: k, ..Default::default() })),
+            2 => Some(Found::Backup(BackupMade { manifest_json: k, raw_bytes: n.unwrap_or(0), ..Default::default() })),
+            _ => Some(Found::RecoveryTest(RecoveryTestFound { rpo_ms: n, checks: [(k, error.clone())].into(), ..Default::default() })),
+        };
+        agent_message::Body::Result(CommandResult { command_id, ok, error, found, ..Default::default() })
     });
     let progress = (number(), text(), number(), number()).prop_map(|(command_id, phase, bytes_done, bytes_total)| {
         agent_message::Body::Progress(Progress { command_id, phase, bytes_done, bytes_total, elapsed_ms: 0 })

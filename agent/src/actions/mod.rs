@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use drc_proto::command::Body;
-use drc_proto::{Command, CommandResult, FailoverAction, FailoverStep};
+use drc_proto::command_result::Found;
+use drc_proto::{Command, CommandResult, FailoverAction, FailoverStep, StepFound};
 
 use crate::config::{AgentConfig, Kind};
 use lease::{EpochRecord, TAKEN_KEPT};
@@ -148,17 +149,21 @@ impl Actor {
                 return result;
             }
             // Backups and recovery tests are not failover actions: no epoch.
-            Some(Body::Backup(job)) => ("backup", crate::backup::backup(&self.cfg, job, meter, self.data_size().await).await),
-            Some(Body::RecoveryTest(job)) => ("recovery_test", crate::backup::recovery_test(&self.cfg, job, meter).await),
-            Some(Body::DeleteBackup(job)) => ("delete_backup", crate::backup::delete(&self.cfg, job).await),
+            Some(Body::Backup(job)) => {
+                ("backup", crate::backup::backup(&self.cfg, job, meter, self.data_size().await).await.map(|b| Some(Found::Backup(b))))
+            }
+            Some(Body::RecoveryTest(job)) => {
+                ("recovery_test", crate::backup::recovery_test(&self.cfg, job, meter).await.map(|t| Some(Found::RecoveryTest(t))))
+            }
+            Some(Body::DeleteBackup(job)) => ("delete_backup", crate::backup::delete(&self.cfg, job).await.map(|()| None)),
             Some(Body::Step(step)) => {
                 let action = FailoverAction::try_from(step.action).unwrap_or(FailoverAction::Unspecified);
-                (action.as_str_name(), self.step(cmd.epoch, action, step).await)
+                (action.as_str_name(), self.step(cmd.epoch, action, step).await.map(|s| Some(Found::Step(s))))
             }
             None => ("none", Err("a command without a body: is the coordinator of another release?".into())),
         };
         match outcome {
-            Ok(output) => result.output = output,
+            Ok(found) => result.found = found,
             Err(e) => {
                 result.ok = false;
                 result.error = e;
@@ -170,7 +175,7 @@ impl Actor {
     }
 
     /// A failover step, refused when its epoch is older than one already seen.
-    async fn step(&self, epoch: u64, action: FailoverAction, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
+    async fn step(&self, epoch: u64, action: FailoverAction, s: &FailoverStep) -> Result<StepFound, String> {
         // A malformed step teaches nothing, not even its epoch.
         if action == FailoverAction::Unspecified || s.primary_member.is_empty() {
             return Err(format!("a failover step without an action or a new primary (action {})", s.action));

@@ -1,11 +1,10 @@
 //! The failover steps on PostgreSQL: fence, demote, catch-up, repoint and
 //! rejoin (through pg_rewind), and the connections and tools they use.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drc_proto::{FailoverAction, FailoverStep};
+use drc_proto::{FailoverAction, FailoverStep, StepFound};
 use tokio_postgres::{Client, Config};
 
 use super::{catch_up_target, lock, primary_address, Actor};
@@ -13,7 +12,7 @@ use crate::probe::postgres::pg_err;
 use crate::process::{postmaster_alive, run_as};
 
 impl Actor {
-    pub(super) async fn postgres(&self, action: FailoverAction, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
+    pub(super) async fn postgres(&self, action: FailoverAction, s: &FailoverStep) -> Result<StepFound, String> {
         let pg = self
             .cfg
             .postgres
@@ -22,16 +21,16 @@ impl Actor {
         match action {
             // A postmaster that is gone is fenced already: no pg_ctl (~250 ms).
             FailoverAction::Fence if !postmaster_alive(&pg.data_dir) => {
-                Ok(HashMap::from([("already".to_string(), "not running".to_string())]))
+                Ok(StepFound { already: "not running".into(), ..Default::default() })
             }
-            FailoverAction::Fence => self.stop_now().await.map(|_| HashMap::new()),
+            FailoverAction::Fence => self.stop_now().await.map(|_| StepFound::default()),
             FailoverAction::Demote => {
                 self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]).await?;
                 let out = run_as(&pg.run_as, &pg.bin_dir.join("pg_controldata"), &[pg.data_dir.to_string_lossy().as_ref()]).await?;
                 let lsn =
                     out.lines().find(|l| l.starts_with("Latest checkpoint location:")).and_then(|l| l.split(':').nth(1)).map(str::trim);
                 let position = lsn.and_then(parse_lsn).ok_or("cannot read the final position from pg_controldata")?;
-                Ok([("position".to_string(), position.to_string())].into())
+                Ok(StepFound { position: Some(position), ..Default::default() })
             }
             FailoverAction::CatchUp => {
                 let target = catch_up_target(s)?;
@@ -44,7 +43,7 @@ impl Actor {
                         .map_err(pg_err)?;
                     let pos = row.get::<_, i64>(0) as u64;
                     if pos >= target {
-                        return Ok([("position".to_string(), pos.to_string())].into());
+                        return Ok(StepFound { position: Some(pos), ..Default::default() });
                     }
                     if Instant::now() > deadline {
                         return Err(format!("received up to {pos}, the old primary ended at {target}"));
@@ -75,7 +74,7 @@ impl Actor {
                 ] {
                     c.batch_execute(&sql).await.map_err(|e| format!("{sql}: {}", pg_err(e)))?;
                 }
-                Ok(HashMap::new())
+                Ok(StepFound::default())
             }
             FailoverAction::Rejoin => self.pg_rejoin(s).await,
             FailoverAction::Promote | FailoverAction::Unspecified => Err(format!("{} is not a PostgreSQL step", action.as_str_name())),
@@ -84,7 +83,7 @@ impl Actor {
 
     /// Brings the old primary back as a standby of the new one: stop it,
     /// CHECKPOINT on the new primary, pg_rewind, standby settings, start.
-    pub(super) async fn pg_rejoin(&self, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
+    pub(super) async fn pg_rejoin(&self, s: &FailoverStep) -> Result<StepFound, String> {
         let pg = self.cfg.postgres.as_ref().ok_or("no [postgres] section")?;
         if let Ok(c) = self.pg_local().await {
             let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(pg_err)?.get(0);
@@ -131,7 +130,7 @@ impl Actor {
         std::fs::write(pg.data_dir.join("standby.signal"), "").map_err(|e| format!("standby.signal: {e}"))?;
         self.pg_ctl(&["start", "-w", "-t", "60"]).await?;
         *lock(&self.fenced) = false;
-        Ok(HashMap::new())
+        Ok(StepFound::default())
     }
 
     /// `primary_conninfo` for a standby of `s`'s primary: TLS as the

@@ -1,10 +1,9 @@
 //! Promotion: the new primary of an epoch, under the lease its promotion
 //! grants, and what its commits wait for.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use drc_proto::FailoverStep;
+use drc_proto::{FailoverStep, StepFound};
 
 use super::lease::lease_end;
 use super::postgres::quote;
@@ -19,7 +18,7 @@ use crate::probe::redis::parse_info;
 const STANDBY_GRACE: Duration = Duration::from_millis(1_500);
 
 impl Actor {
-    pub(super) async fn promote(&self, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
+    pub(super) async fn promote(&self, s: &FailoverStep) -> Result<StepFound, String> {
         let fenced = s.old_primary_fenced;
         let grant = s.lease.as_ref().filter(|l| l.ttl_ms > 0).ok_or("promote: no lease granted with the promotion")?;
         let lease = self.cfg.lease_vouch_period;
@@ -112,7 +111,7 @@ impl Actor {
         Ok(())
     }
 
-    pub(super) async fn promote_member(&self, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
+    pub(super) async fn promote_member(&self, s: &FailoverStep) -> Result<StepFound, String> {
         match self.cfg.kind {
             Kind::Postgres => {
                 let c = self.pg_local().await?;
@@ -151,7 +150,7 @@ impl Actor {
                     .await
                     .map_err(|e| format!("creating slot {slot}: {}", pg_err(e)))?;
                 }
-                Ok(HashMap::new())
+                Ok(StepFound::default())
             }
             Kind::Redis => {
                 let mut c = self.redis_local().await?;
@@ -161,7 +160,7 @@ impl Actor {
                 // records it as the cluster's dataset from now on.
                 let info: String = ::redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
                 let replid = parse_info(&info).get("master_replid").map(|r| r.to_string()).unwrap_or_default();
-                Ok(HashMap::from([("dataset_id".to_string(), replid)]))
+                Ok(StepFound { dataset_id: replid, ..Default::default() })
             }
         }
     }

@@ -1,16 +1,15 @@
 //! The failover steps on Redis: every member but the new primary becomes
 //! its replica; demotion pauses writes and reports the final offset.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use drc_proto::{FailoverAction, FailoverStep};
+use drc_proto::{FailoverAction, FailoverStep, StepFound};
 
 use super::{catch_up_target, lock, primary_address, Actor};
 use crate::probe::redis::parse_info;
 
 impl Actor {
-    pub(super) async fn redis(&self, action: FailoverAction, s: &FailoverStep) -> Result<HashMap<String, String>, String> {
+    pub(super) async fn redis(&self, action: FailoverAction, s: &FailoverStep) -> Result<StepFound, String> {
         let mut c = self.redis_local().await?;
         match action {
             // Fencing, repointing and rejoining a Redis member all make it a
@@ -20,7 +19,7 @@ impl Actor {
                 redis_cmd(&mut c, ::redis::cmd("REPLICAOF").arg(host).arg(port)).await?;
                 let _ = redis_cmd(&mut c, ::redis::cmd("CLIENT").arg("UNPAUSE")).await;
                 *lock(&self.fenced) = false;
-                Ok(HashMap::new())
+                Ok(StepFound::default())
             }
             FailoverAction::Demote => {
                 redis_cmd(&mut c, ::redis::cmd("CLIENT").arg("PAUSE").arg(60_000).arg("WRITE")).await?;
@@ -29,7 +28,7 @@ impl Actor {
                     .get("master_repl_offset")
                     .and_then(|o| o.parse::<u64>().ok())
                     .ok_or("demote: INFO replication has no master_repl_offset")?;
-                Ok([("position".to_string(), offset.to_string())].into())
+                Ok(StepFound { position: Some(offset), ..Default::default() })
             }
             FailoverAction::CatchUp => {
                 let target = catch_up_target(s)?;
@@ -38,7 +37,7 @@ impl Actor {
                     let info: String = ::redis::cmd("INFO").arg("replication").query_async(&mut c).await.map_err(|e| e.to_string())?;
                     let pos: u64 = parse_info(&info).get("slave_repl_offset").and_then(|p| p.parse().ok()).unwrap_or(0);
                     if pos >= target {
-                        return Ok([("position".to_string(), pos.to_string())].into());
+                        return Ok(StepFound { position: Some(pos), ..Default::default() });
                     }
                     if Instant::now() > deadline {
                         return Err(format!("replicated up to {pos}, the old primary ended at {target}"));

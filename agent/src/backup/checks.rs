@@ -33,7 +33,7 @@ pub(super) async fn check_postgres(
     port: u16,
     user_checks: &[RestoreCheck],
     started: Instant,
-) -> Result<Output, String> {
+) -> Result<(Output, Duration), String> {
     let pg = cfg.postgres.as_ref().ok_or("recovery test: this agent has no [postgres] section")?;
     let data = scratch.join("data");
     let sock = scratch.join("sock");
@@ -87,7 +87,7 @@ pub(super) async fn check_postgres(
         });
         judge(&mut out, c, got)?;
     }
-    out.insert("rto_ms".into(), started.elapsed().as_millis().to_string());
+    let rto = started.elapsed();
     // Every page, after the RTO point. Where the data carries checksums, a
     // clean stop writes out every page recovery repaired (a base backup
     // copies pages mid-write; the WAL's full-page images mend them), and
@@ -129,7 +129,7 @@ pub(super) async fn check_postgres(
     } else {
         out.insert("amcheck".into(), "not available".into());
     }
-    Ok(out)
+    Ok((out, rto))
 }
 
 pub(super) fn tail_file(p: &Path) -> String {

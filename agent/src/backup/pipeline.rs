@@ -4,7 +4,7 @@
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use drc_proto::{BackupJob, DeleteBackup};
+use drc_proto::{BackupJob, BackupMade, DeleteBackup};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -14,7 +14,7 @@ use crate::config::Kind;
 
 /// Takes a backup of the local member and uploads it; see the module doc.
 /// `estimate`: the member's data size, for progress (0 when unknown).
-pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate: u64) -> Result<Output, String> {
+pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate: u64) -> Result<BackupMade, String> {
     let dest = destination(cfg, required(&job.destination, "destination")?)?;
     let prefix = required(&job.prefix, "key prefix")?.trim_end_matches('/').to_string();
     let recipients: Vec<&str> = job.recipients.iter().map(String::as_str).filter(|r| !r.is_empty()).collect();
@@ -214,15 +214,15 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
         .await
         .map_err(|e| s3_error("writing the manifest", dest, e))?;
     tracing::info!(key = %data_key, raw_bytes, stored, ms = finished - started, "backup uploaded");
-    Ok(HashMap::from([
-        ("manifest".to_string(), catalog_manifest),
-        ("data_key".to_string(), data_key),
-        ("manifest_key".to_string(), manifest_key),
-        ("sha256".to_string(), sha256),
-        ("raw_bytes".to_string(), raw_bytes.to_string()),
-        ("stored_bytes".to_string(), stored.to_string()),
-        ("finished_at_ms".to_string(), finished.to_string()),
-    ]))
+    Ok(BackupMade {
+        manifest_json: catalog_manifest,
+        data_key,
+        manifest_key,
+        sha256,
+        raw_bytes,
+        stored_bytes: stored,
+        finished_at_ms: finished,
+    })
 }
 
 pub(super) async fn redis_offset(cfg: &AgentConfig) -> Option<String> {
@@ -249,13 +249,13 @@ pub(super) fn wal_point(log: &str, which: &str) -> String {
 }
 
 /// Deletes a backup's objects (retention); missing objects are fine.
-pub async fn delete(cfg: &AgentConfig, job: &DeleteBackup) -> Result<Output, String> {
+pub async fn delete(cfg: &AgentConfig, job: &DeleteBackup) -> Result<(), String> {
     let dest = destination(cfg, required(&job.destination, "destination")?)?;
     let client = client(dest)?;
     for key in job.keys.iter().filter(|k| !k.is_empty()) {
         client.delete_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("deleting {key}"), dest, e))?;
     }
-    Ok(HashMap::new())
+    Ok(())
 }
 
 /// The SHA-256 of the parts' SHA-256 (hex), one per line: what the catalog

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use drc_proto::RecoveryTestJob;
+use drc_proto::{RecoveryTestFound, RecoveryTestJob};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -15,7 +15,7 @@ use super::*;
 
 /// Restores a backup into a scratch instance, checks it, measures RTO and
 /// RPO, and removes the instance whatever happened.
-pub async fn recovery_test(cfg: &AgentConfig, job: &RecoveryTestJob, meter: &Meter) -> Result<Output, String> {
+pub async fn recovery_test(cfg: &AgentConfig, job: &RecoveryTestJob, meter: &Meter) -> Result<RecoveryTestFound, String> {
     let scratch = cfg.backup.scratch_dir.join(format!("drc-restore-{}", job.test_id));
     let result = restore_and_check(cfg, job, &scratch, meter).await;
     remove_scratch(cfg, &scratch).await;
@@ -180,7 +180,12 @@ pub(super) fn disk_full(e: String, scratch: &Path) -> String {
     }
 }
 
-pub(super) async fn restore_and_check(cfg: &AgentConfig, job: &RecoveryTestJob, scratch: &Path, meter: &Meter) -> Result<Output, String> {
+pub(super) async fn restore_and_check(
+    cfg: &AgentConfig,
+    job: &RecoveryTestJob,
+    scratch: &Path,
+    meter: &Meter,
+) -> Result<RecoveryTestFound, String> {
     restore_and_check_inner(cfg, job, scratch, meter).await.map_err(|e| disk_full(e, scratch))
 }
 
@@ -189,7 +194,7 @@ pub(super) async fn restore_and_check_inner(
     job: &RecoveryTestJob,
     scratch: &Path,
     meter: &Meter,
-) -> Result<Output, String> {
+) -> Result<RecoveryTestFound, String> {
     let started = Instant::now();
     let started_ms = now_ms();
     let dest = destination(cfg, required(&job.destination, "destination")?)?;
@@ -355,22 +360,22 @@ pub(super) async fn restore_and_check_inner(
         ("sha256".to_string(), got),
     ]);
     let user = &job.checks;
-    let checks = if kind == "postgres" {
-        check_postgres(cfg, &job.check_tables, scratch, port, user, started).await?
-    } else {
-        check_redis(scratch, port, user).await?
-    };
     // RTO ends when the instance accepts connections and passed the checks
     // an application depends on; PostgreSQL's full scan (pg_amcheck) runs
     // after it and is timed on its own.
-    let rto = checks.get("rto_ms").and_then(|v| v.parse().ok()).map(Duration::from_millis).unwrap_or_else(|| started.elapsed());
+    let (checks, rto) = if kind == "postgres" {
+        check_postgres(cfg, &job.check_tables, scratch, port, user, started).await?
+    } else {
+        let checks = check_redis(scratch, port, user).await?;
+        (checks, started.elapsed())
+    };
     out.extend(checks);
-    out.insert("rto_ms".into(), rto.as_millis().to_string());
     out.insert("total_ms".into(), started.elapsed().as_millis().to_string());
-    if let Some(at) = Some(job.data_time_ms).filter(|t| *t > 0) {
-        out.insert("rpo_ms".into(), started_ms.saturating_sub(at).to_string());
-    }
-    Ok(out)
+    Ok(RecoveryTestFound {
+        rto_ms: rto.as_millis() as u64,
+        rpo_ms: Some(job.data_time_ms).filter(|t| *t > 0).map(|at| started_ms.saturating_sub(at)),
+        checks: out.into_iter().collect(),
+    })
 }
 
 #[cfg(test)]

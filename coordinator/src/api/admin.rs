@@ -17,10 +17,13 @@ use std::time::Instant;
 
 use drc_proto::{AuditReply, AuditRequest, RecordAuditReply, RecordAuditRequest};
 use drc_proto::{
+    BackupsReply, JobReply, ListJobsRequest, RecoveryTestsReply, SchedulesReply, SetScheduleRequest, StartBackupRequest,
+    StartRecoveryTestRequest,
+};
+use drc_proto::{
     ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRegionReply, FailoverRegionRequest, FailoverRequest, HealthRequest,
     HealthResponse, HistoryReply, HistoryRequest, PauseReply, PauseRequest, SwitchoverRequest, WatchPrimaryRequest, WatchRequest,
 };
-use drc_proto::{JobReply, JobsReply, ListJobsRequest, SetScheduleRequest, StartBackupRequest, StartRecoveryTestRequest};
 use drc_proto::{TransferLeadershipReply, TransferLeadershipRequest};
 
 use crate::core::Request as FailoverAsk;
@@ -345,7 +348,7 @@ impl AdminService for AdminApi {
         self.run_backup(req).await
     }
 
-    async fn list_backups(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
+    async fn list_backups(&self, req: Request<ListJobsRequest>) -> Result<Response<BackupsReply>, Status> {
         self.backups(req).await
     }
 
@@ -353,7 +356,7 @@ impl AdminService for AdminApi {
         self.run_recovery_test(req).await
     }
 
-    async fn list_recovery_tests(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
+    async fn list_recovery_tests(&self, req: Request<ListJobsRequest>) -> Result<Response<RecoveryTestsReply>, Status> {
         self.recovery_tests(req).await
     }
 
@@ -361,7 +364,7 @@ impl AdminService for AdminApi {
         self.schedule(req).await
     }
 
-    async fn list_schedules(&self, req: Request<ListJobsRequest>) -> Result<Response<JobsReply>, Status> {
+    async fn list_schedules(&self, req: Request<ListJobsRequest>) -> Result<Response<SchedulesReply>, Status> {
         self.schedules(req).await
     }
 

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use drc_model::time::wall_now_ms;
 use drc_model::topology::Topology;
 use drc_model::{Decision, Millis, StepAction, StepArgs, StepState};
+use drc_proto::command_result::Found;
 use drc_proto::{FailoverAction, FailoverStep, LeaseGrant};
 
 use crate::agents::{Agents, EventKind};
@@ -567,7 +568,7 @@ impl Executor {
                 };
                 let bound = steps::attempt_bound(d, i, wall_now_ms(), since.elapsed().as_millis() as u64, &self.lease);
                 match self.agents.hub.command(&step.member, cmd, ms(bound)).await {
-                    Ok(r) if r.ok => Ok(StepArgs::reported(r.output)),
+                    Ok(r) if r.ok => Ok(found_args(r.found)),
                     Ok(r) => Err(r.error),
                     Err(e) => Err(e.to_string()),
                 }
@@ -575,6 +576,16 @@ impl Executor {
         };
         steps::judge(d, i, answer, wall_now_ms(), since.elapsed().as_millis() as u64, &self.lease)
     }
+}
+
+/// What an agent's step found, as the step's arguments.
+fn found_args(found: Option<Found>) -> StepArgs {
+    let Some(Found::Step(f)) = found else { return StepArgs::default() };
+    let mut args = StepArgs { position: f.position, dataset_id: Some(f.dataset_id).filter(|d| !d.is_empty()), ..Default::default() };
+    if !f.already.is_empty() {
+        args.other.insert("already".into(), f.already);
+    }
+    args
 }
 
 /// Whether a cluster's wait is news for `drctl watch`: a new reason is; a

@@ -10,6 +10,7 @@ use drc_model::Millis;
 
 use crate::agents::EventKind;
 use crate::state::Command;
+use drc_proto::command_result::Found;
 use drc_proto::{command, BackupJob};
 
 use super::{JobError, Jobs};
@@ -81,14 +82,24 @@ impl Jobs {
             let mut done = job.clone();
             done.finished_at = wall_now_ms();
             match result {
-                Ok(out) => {
-                    done.state = JobState::Done;
-                    done.data_key = out.get("data_key").cloned().unwrap_or_default();
-                    done.manifest_key = out.get("manifest_key").cloned().unwrap_or_default();
-                    done.sha256 = out.get("sha256").cloned().unwrap_or_default();
-                    done.raw_bytes = out.get("raw_bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    done.stored_bytes = out.get("stored_bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    done.manifest = out.get("manifest").and_then(|m| serde_json::from_str(m).ok()).unwrap_or_default();
+                Ok(Some(Found::Backup(made))) => match serde_json::from_str(&made.manifest_json) {
+                    Ok(manifest) => {
+                        done.state = JobState::Done;
+                        done.manifest = manifest;
+                        done.data_key = made.data_key;
+                        done.manifest_key = made.manifest_key;
+                        done.sha256 = made.sha256;
+                        done.raw_bytes = made.raw_bytes;
+                        done.stored_bytes = made.stored_bytes;
+                    }
+                    Err(e) => {
+                        done.state = JobState::Failed;
+                        done.error = format!("the agent reported a manifest that is not JSON: {e}");
+                    }
+                },
+                Ok(other) => {
+                    done.state = JobState::Failed;
+                    done.error = format!("the agent reported no backup (found {other:?}): is it of another release?");
                 }
                 Err(e) => {
                     done.state = JobState::Failed;

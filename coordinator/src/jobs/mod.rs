@@ -16,7 +16,7 @@ mod recovery;
 mod retention;
 mod schedule;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use crate::lock::lock;
 use crate::raft::{NodeHandle, Role};
 use crate::state::{Command, Outcome};
 use drc_proto::command;
+use drc_proto::command_result::Found;
 
 pub use error::JobError;
 pub use schedule::{next, parse_cron};
@@ -75,19 +76,19 @@ impl Jobs {
 
     /// How far a running job of this node has got: phase, bytes done and
     /// expected, rate, ETA.
-    pub fn progress(&self, job: JobKind, id: u64) -> Option<serde_json::Value> {
+    pub fn progress(&self, job: JobKind, id: u64) -> Option<drc_proto::JobProgress> {
         let command = *self.running().get(&(job, id))?;
         let p = self.agents.hub.progress_of(command)?;
         let (rate, eta) = progress::rate_and_eta(&p);
-        Some(serde_json::json!({
-            "phase": p.phase,
-            "bytes_done": p.bytes_done,
-            "bytes_total": p.bytes_total,
-            "rate_bytes_per_s": rate,
-            "eta_s": eta,
-            "elapsed_ms": p.elapsed_ms,
-            "text": progress::describe_progress(&p),
-        }))
+        Some(drc_proto::JobProgress {
+            text: progress::describe_progress(&p),
+            phase: p.phase,
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
+            rate_bytes_per_s: rate,
+            eta_s: eta,
+            elapsed_ms: p.elapsed_ms,
+        })
     }
 
     async fn record(&self, cmd: Command) -> Result<u64, JobError> {
@@ -104,14 +105,14 @@ impl Jobs {
         member: &str,
         cluster: &str,
         body: command::Body,
-    ) -> Result<BTreeMap<String, String>, String> {
+    ) -> Result<Option<Found>, String> {
         let command_id = self.agents.hub.command_id();
         if let Some(job) = job {
             self.running().insert(job, command_id);
         }
         let cmd = drc_proto::Command { command_id, cluster: cluster.to_string(), epoch: 0, body: Some(body) };
         match self.agents.hub.command(member, cmd, JOB_TIMEOUT).await {
-            Ok(r) if r.ok => Ok(r.output.into_iter().collect()),
+            Ok(r) if r.ok => Ok(r.found),
             Ok(r) => Err(r.error),
             Err(e) => Err(format!("agent of {member}: {e}")),
         }

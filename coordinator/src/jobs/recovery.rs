@@ -8,6 +8,7 @@ use drc_model::time::wall_now_ms;
 
 use crate::agents::EventKind;
 use crate::state::Command;
+use drc_proto::command_result::Found;
 use drc_proto::{command, RecoveryTestJob, RestoreCheck};
 
 use super::{JobError, Jobs};
@@ -103,11 +104,15 @@ impl Jobs {
             let mut done = job.clone();
             done.finished_at = wall_now_ms();
             match result {
-                Ok(out) => {
+                Ok(Some(Found::RecoveryTest(found))) => {
                     done.state = JobState::Done;
-                    done.rto_ms = out.get("rto_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    done.rpo_ms = out.get("rpo_ms").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    done.checks = out.into_iter().filter(|(k, _)| k != "rto_ms" && k != "rpo_ms").collect();
+                    done.rto_ms = found.rto_ms;
+                    done.rpo_ms = found.rpo_ms.unwrap_or(0);
+                    done.checks = found.checks.into_iter().collect();
+                }
+                Ok(other) => {
+                    done.state = JobState::Failed;
+                    done.error = format!("the agent reported no recovery test (found {other:?}): is it of another release?");
                 }
                 Err(e) => {
                     done.state = JobState::Failed;
