@@ -133,6 +133,8 @@ pub struct AgentConfig {
     pub destinations: Vec<DestinationConfig>,
     #[serde(default)]
     pub backup: BackupConfig,
+    #[serde(default)]
+    pub archive: ArchiveConfig,
     /// The agent's CA, certificate and key; required unless `insecure`.
     #[serde(default)]
     pub tls: Option<drc_tls::TlsFiles>,
@@ -191,6 +193,9 @@ impl AgentConfig {
         }
         if self.max_buffered_samples == 0 {
             p.push("max_buffered_samples: must be greater than 0".into());
+        }
+        if self.archive.upload_every.is_zero() {
+            p.push("archive.upload_every: must be greater than zero".into());
         }
         if self.connection.password_env.is_some() && self.connection.password_file.is_some() {
             p.push("connection: set password_env or password_file, not both".into());
@@ -272,6 +277,31 @@ pub struct DestinationConfig {
 
 fn default_s3_region() -> String {
     "us-east-1".into()
+}
+
+/// `[archive]`: where the WAL archiver keeps what it streams until it is
+/// uploaded, and how often it uploads.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    #[serde(default = "default_wal_dir")]
+    pub dir: PathBuf,
+    #[serde(default = "default_upload_every", with = "humantime_serde")]
+    pub upload_every: Duration,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig { dir: default_wal_dir(), upload_every: default_upload_every() }
+    }
+}
+
+fn default_wal_dir() -> PathBuf {
+    std::env::temp_dir().join("drc-wal")
+}
+
+fn default_upload_every() -> Duration {
+    Duration::from_millis(500)
 }
 
 /// `[backup]` in the agent's configuration.

@@ -8,6 +8,7 @@
 //! coordinator refuses the agent (unknown member, another cluster's dataset).
 
 mod actions;
+mod archive;
 mod backup;
 mod config;
 mod dbtls;
@@ -38,6 +39,27 @@ struct Args {
     /// Coordinator addresses, comma-separated (replaces the file's list).
     #[arg(long, env = "DRC_ENDPOINTS", value_delimiter = ',')]
     endpoints: Vec<String>,
+    #[command(subcommand)]
+    tool: Option<Tool>,
+}
+
+/// One-shot tools; without one, the agent runs.
+#[derive(clap::Subcommand, Debug)]
+enum Tool {
+    /// PostgreSQL's restore_command: writes FILE (%f) from the WAL archive
+    /// to PATH (%p). Exit 0: written; 1: not in the archive; 126: the
+    /// archive cannot be read (recovery stops with the message).
+    WalFetch {
+        /// A destination holding the archive (a name in [[destinations]]);
+        /// repeat it to look in several, in order.
+        #[arg(long = "destination", required = true)]
+        destinations: Vec<String>,
+        /// The archive's key, `<prefix>/<system id>` (see `drctl status`).
+        #[arg(long)]
+        archive: String,
+        file: String,
+        path: PathBuf,
+    },
 }
 
 fn load(args: &Args) -> anyhow::Result<AgentConfig> {
@@ -55,6 +77,9 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let args = Args::parse();
+    if let Some(tool) = &args.tool {
+        return run_tool(&args, tool);
+    }
     let cfg = match load(&args) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -70,6 +95,39 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cfg))
+}
+
+/// A tool needs only the destinations and keys of the configuration.
+fn run_tool(args: &Args, tool: &Tool) -> ExitCode {
+    let cfg = match std::fs::read_to_string(&args.config)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.config.display()))
+        .and_then(|text| AgentConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display())))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("drc-agent: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("drc-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tool {
+        Tool::WalFetch { destinations, archive, file, path } => {
+            let fetch = archive::fetch::Fetch { cfg: &cfg, destinations, root: archive };
+            match runtime.block_on(fetch.fetch(file, path)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("drc-agent wal-fetch {file}: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+    }
 }
 
 async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
@@ -99,7 +157,8 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
 
     backup::clean_leftovers(&cfg).await;
     let buffer = Arc::new(SampleBuffer::new(cfg.max_buffered_samples));
-    let actor = match actions::Actor::new(Arc::clone(&cfg)) {
+    let archiver = archive::Archiver::new(Arc::clone(&cfg));
+    let actor = match actions::Actor::new(Arc::clone(&cfg), Arc::clone(&archiver)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("drc-agent: {e:#}");
@@ -113,12 +172,14 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
     let (dataset_tx, dataset_rx) = watch::channel((first.dataset_id.clone(), first.previous_dataset_id.clone()));
     tracing::info!(member = %cfg.member_id, kind = cfg.kind.as_str(), role = first.role, reachable = first.reachable, "agent starting");
 
+    tokio::spawn(Arc::clone(&archiver).run(views_rx.clone(), dataset_rx.clone(), cancel.clone()));
     let probes = tokio::spawn(sampler::run(
         Arc::clone(&cfg),
         local,
         cross,
         first,
         Arc::clone(&actor),
+        archiver,
         Arc::clone(&buffer),
         views_rx,
         dataset_tx,

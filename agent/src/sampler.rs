@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::Actor;
+use crate::archive::Archiver;
 use crate::config::AgentConfig;
 use crate::probe::{PrimaryReading, Probe, Prober, Reading};
 use crate::session::SampleBuffer;
@@ -30,6 +31,7 @@ pub async fn run(
     cross: Probe,
     first: Reading,
     actor: Arc<Actor>,
+    archiver: Arc<Archiver>,
     buffer: Arc<SampleBuffer>,
     views: watch::Receiver<Option<drc_proto::ClusterView>>,
     dataset: watch::Sender<(String, String)>,
@@ -62,6 +64,7 @@ pub async fn run(
         let epoch = actor.epoch().max(view.as_ref().map(|v| v.epoch).unwrap_or(0));
         let mut sample = prober.sample(&cfg.member_id, &local, primary.as_ref(), epoch, drc_model::time::wall_now_ms());
         actor.stamp(&mut sample);
+        archiver.stamp(&mut sample);
         sample.server_gone = !local.reachable && cfg.postgres.as_ref().is_some_and(|pg| !crate::process::postmaster_alive(&pg.data_dir));
         if !local.dataset_id.is_empty() {
             let now = (local.dataset_id.clone(), local.previous_dataset_id.clone());

@@ -143,7 +143,42 @@ pub(crate) fn cluster_json(c: &ClusterHealth) -> serde_json::Value {
         "blocked_until_ms": c.blocked_until_ms,
         "decision_in_progress": c.decision_in_progress,
         "members": c.members.iter().map(member_json).collect::<Vec<_>>(),
+        "wal_archive": c.wal_archive.as_ref().map(|a| json!({
+            "archiver": a.archiver,
+            "destination": a.destination,
+            "key": a.key,
+            "timeline": a.timeline,
+            "end": a.end,
+            "end_lsn": a.end_lsn,
+            "lag_bytes": a.lag_bytes,
+            "lag_ms": a.lag_ms,
+            "pending_bytes": a.pending_bytes,
+            "error": a.error,
+            "gaps": a.gaps,
+        })),
     })
+}
+
+/// The WAL archive line of a cluster, and its gaps and error.
+fn wal_archive_text(a: &WalArchiveHealth) -> String {
+    let mut s = format!(
+        "  WAL archive: {} up to {} (timeline {}), lag {:.1} s / {} bytes, by {} into {} ({})\n",
+        if a.error.is_empty() { "streaming" } else { "STUCK" },
+        a.end_lsn,
+        a.timeline,
+        a.lag_ms as f64 / 1000.0,
+        a.lag_bytes,
+        a.archiver,
+        a.destination,
+        a.key
+    );
+    if !a.error.is_empty() {
+        s += &format!("    error: {}\n", a.error);
+    }
+    for g in &a.gaps {
+        s += &format!("    GAP: {g}\n");
+    }
+    s
 }
 
 pub(crate) fn clusters_text(clusters: &[ClusterHealth]) -> String {
@@ -159,6 +194,9 @@ pub(crate) fn clusters_text(clusters: &[ClusterHealth]) -> String {
         }
         if let Some(p) = c.members.iter().find(|m| m.id == c.primary && m.has_sample && !m.sync_standbys.is_empty()) {
             out.push_str(&format!("  commits wait for: {}\n", p.sync_standbys));
+        }
+        if let Some(a) = &c.wal_archive {
+            out.push_str(&wal_archive_text(a));
         }
         let rows: Vec<Vec<String>> = c
             .members

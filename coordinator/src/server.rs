@@ -188,6 +188,7 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     tokio::spawn(Arc::clone(&executor).run(cancel.child_token()));
     let jobs = crate::jobs::Jobs::new(handle.clone(), Arc::clone(&agents), cfg.raft.write_timeout);
     tokio::spawn(Arc::clone(&jobs).run(cancel.child_token()));
+    tokio::spawn(Arc::clone(&jobs).drive_archivers(cancel.child_token()));
     let admin_api =
         AdminApi::new(handle.clone(), Arc::clone(&transport), Arc::clone(&agents), cfg.raft.write_timeout, Arc::clone(&executor), jobs);
     let audit_file = match &cfg.audit_log {

@@ -14,6 +14,7 @@
 //! * [`time`] — wall-clock milliseconds, for what is replicated or shown.
 //! * [`wal`] — PostgreSQL WAL positions and file names.
 
+pub mod archive;
 pub mod audit;
 pub mod cluster;
 pub mod decision;

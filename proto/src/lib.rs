@@ -18,6 +18,11 @@ pub mod keepalive;
 /// 2 since commands are typed messages, 3 since their results are.
 pub const COMMAND_PROTOCOL: u32 = 3;
 
+/// The physical replication slot the WAL archiver streams from on the
+/// primary; a promotion creates it, so that the new timeline is kept from
+/// its first byte until the archiver has it.
+pub const ARCHIVE_SLOT: &str = "drc_archive";
+
 /// The physical replication slot a member streams from on its primary: the
 /// coordinator names it when it promotes, the agent when it repoints or
 /// rejoins, so both sides must agree.

@@ -433,7 +433,7 @@ mod tests {
         ))
         .expect("config");
         let cfg = Arc::new(cfg);
-        let actor = Actor::new(Arc::clone(&cfg)).expect("actor");
+        let actor = Actor::new(Arc::clone(&cfg), crate::archive::Archiver::new(Arc::clone(&cfg))).expect("actor");
         let mut first = drc_proto::Sample::default();
         actor.stamp(&mut first);
         assert!(actor.taken_at(first.seq).is_some());
@@ -446,7 +446,7 @@ mod tests {
         assert_eq!(actor.taken_at(first.seq), None, "forgotten once {TAKEN_KEPT} newer ones were taken");
         // A restarted agent numbers above its predecessor.
         std::thread::sleep(Duration::from_millis(2));
-        let again = Actor::new(cfg).expect("actor");
+        let again = Actor::new(Arc::clone(&cfg), crate::archive::Archiver::new(cfg)).expect("actor");
         let mut next = drc_proto::Sample::default();
         again.stamp(&mut next);
         assert!(next.seq > last.seq);

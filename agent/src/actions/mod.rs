@@ -22,6 +22,7 @@ use drc_proto::command::Body;
 use drc_proto::command_result::Found;
 use drc_proto::{Command, CommandResult, FailoverAction, FailoverStep, StepFound};
 
+use crate::archive::Archiver;
 use crate::config::{AgentConfig, Kind};
 use lease::{EpochRecord, TAKEN_KEPT};
 use tokio_postgres::Client;
@@ -30,6 +31,8 @@ use crate::probe::redis::parse_info;
 
 pub struct Actor {
     cfg: Arc<AgentConfig>,
+    /// Takes the leader's WAL archiving assignments.
+    archiver: Arc<Archiver>,
     known: Mutex<EpochRecord>,
     lease_until: Mutex<Option<Instant>>,
     /// The next sample's sequence number.
@@ -76,7 +79,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Actor {
     /// The agent's actor, with the epoch it recorded before a restart; a
     /// record that cannot be read is an error.
-    pub fn new(cfg: Arc<AgentConfig>) -> anyhow::Result<Arc<Actor>> {
+    pub fn new(cfg: Arc<AgentConfig>, archiver: Arc<Archiver>) -> anyhow::Result<Arc<Actor>> {
         let known = match cfg.state_file() {
             Some(p) => lease::load_record(&p)?,
             None => EpochRecord::default(),
@@ -84,6 +87,7 @@ impl Actor {
         // A lease held before a restart is treated as lapsed at once.
         Ok(Arc::new(Actor {
             cfg,
+            archiver,
             known: Mutex::new(known.clone()),
             lease_until: Mutex::new(None),
             // Above every number an earlier process of this agent used.
@@ -156,6 +160,7 @@ impl Actor {
                 ("recovery_test", crate::backup::recovery_test(&self.cfg, job, meter).await.map(|t| Some(Found::RecoveryTest(t))))
             }
             Some(Body::DeleteBackup(job)) => ("delete_backup", crate::backup::delete(&self.cfg, job).await.map(|()| None)),
+            Some(Body::Archive(a)) => ("archive", self.archiver.assign(a).map(|()| None)),
             Some(Body::Step(step)) => {
                 let action = FailoverAction::try_from(step.action).unwrap_or(FailoverAction::Unspecified);
                 (action.as_str_name(), self.step(cmd.epoch, action, step).await.map(|s| Some(Found::Step(s))))
@@ -269,7 +274,8 @@ mod tests {
             dir.path()
         ))
         .expect("config");
-        let actor = Actor::new(Arc::new(cfg)).expect("actor");
+        let cfg = Arc::new(cfg);
+        let actor = Actor::new(Arc::clone(&cfg), crate::archive::Archiver::new(cfg)).expect("actor");
         let meter = crate::backup::Meter::default();
         let command = |body| Command { command_id: 7, cluster: "pg".into(), epoch: 9, body };
         let r = actor.handle(command(None), &meter).await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drc_proto::{FailoverAction, FailoverStep, StepFound};
-use tokio_postgres::{Client, Config};
+use tokio_postgres::Client;
 
 use super::{catch_up_target, lock, primary_address, Actor};
 use crate::probe::postgres::pg_err;
@@ -195,19 +195,7 @@ impl Actor {
     }
 
     pub(super) async fn pg_connect(&self, host: &str, port: u16) -> Result<Client, String> {
-        let conn = &self.cfg.connection;
-        let mut cfg = Config::new();
-        cfg.host(host)
-            .port(port)
-            .user(conn.user.as_deref().unwrap_or("postgres"))
-            .dbname(conn.dbname.as_deref().unwrap_or("postgres"))
-            .connect_timeout(Duration::from_secs(3))
-            .application_name("drc-agent-action");
-        if let Some(p) = conn.password().map_err(|e| e.to_string())? {
-            cfg.password(p);
-        }
-        let tls = conn.tls.as_ref().map(|t| t.postgres().map(Arc::new)).transpose()?;
-        crate::dbtls::pg_connect(&cfg, tls.as_ref()).await.map_err(|e| format!("connecting to {host}:{port}: {}", pg_err(e)))
+        crate::probe::postgres::connect(&self.cfg.connection, host, port, "drc-agent-action").await
     }
 
     pub(super) async fn pg_local(&self) -> Result<Arc<Client>, String> {

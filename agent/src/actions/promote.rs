@@ -143,9 +143,12 @@ impl Actor {
                 // rejoin of the old primary runs one before pg_rewind.
                 let mine = drc_proto::slot_name(&self.cfg.member_id);
                 for slot in s.slots.iter().filter(|slot| !slot.is_empty() && **slot != mine) {
+                    // The archiver's slot keeps the new timeline from now on,
+                    // before an archiver connects.
+                    let reserve = slot == drc_proto::ARCHIVE_SLOT;
                     c.execute(
-                        "SELECT pg_create_physical_replication_slot($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                        &[&slot],
+                        "SELECT pg_create_physical_replication_slot($1, $2) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                        &[&slot, &reserve],
                     )
                     .await
                     .map_err(|e| format!("creating slot {slot}: {}", pg_err(e)))?;

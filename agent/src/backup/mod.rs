@@ -32,6 +32,23 @@ use crate::config::{AgentConfig, DestinationConfig};
 
 pub use pipeline::{backup, delete};
 pub use restore::{clean_leftovers, recovery_test};
+pub(crate) use s3::{client, s3_error};
+
+/// The environment a libpq tool (pg_basebackup, pg_receivewal) needs for a
+/// replication connection to the cluster: the password, TLS settings, and
+/// the replication role's passfile.
+pub(crate) fn libpq_env(cfg: &AgentConfig, c: &mut Command) {
+    let conn = &cfg.connection;
+    if let Ok(Some(p)) = conn.password() {
+        c.env("PGPASSWORD", p);
+    }
+    if let Some(t) = &conn.tls {
+        c.envs(t.libpq_env());
+    }
+    if let Some(f) = cfg.postgres.as_ref().and_then(|pg| pg.replication_passfile.as_ref()) {
+        c.env("PGPASSFILE", f);
+    }
+}
 
 pub(super) type Output = HashMap<String, String>;
 
@@ -84,7 +101,7 @@ impl Meter {
 
 pub(super) use drc_model::time::wall_now_ms as now_ms;
 
-pub(super) fn destination<'a>(cfg: &'a AgentConfig, name: &str) -> Result<&'a DestinationConfig, String> {
+pub(crate) fn destination<'a>(cfg: &'a AgentConfig, name: &str) -> Result<&'a DestinationConfig, String> {
     cfg.destinations
         .iter()
         .find(|d| d.name == name)
@@ -122,7 +139,7 @@ pub(super) async fn fill(r: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> st
 /// A pipeline stage: the process and its stderr, drained as it is written
 /// (a stage that writes more than a pipe holds, such as tar reporting every
 /// file it cannot write to a full disk, would otherwise block forever).
-pub(super) struct Proc {
+pub(crate) struct Proc {
     child: Child,
     stderr: Option<tokio::task::JoinHandle<String>>,
 }
@@ -155,7 +172,7 @@ pub(super) async fn drain(mut e: tokio::process::ChildStderr) -> String {
 }
 
 /// A stage's stderr (the end of it, for an error message: last 5 lines).
-pub(super) async fn stderr_of(p: &mut Proc) -> String {
+pub(crate) async fn stderr_of(p: &mut Proc) -> String {
     let s = stderr_text(p).await;
     s.trim().lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ")
 }
@@ -168,7 +185,7 @@ pub(super) async fn stderr_text(p: &mut Proc) -> String {
     }
 }
 
-pub(super) fn spawn(cmd: &mut Command, what: &str) -> Result<Proc, String> {
+pub(crate) fn spawn(cmd: &mut Command, what: &str) -> Result<Proc, String> {
     let mut child = cmd.kill_on_drop(true).spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
     let stderr = child.stderr.take().map(|e| tokio::spawn(drain(e)));
     Ok(Proc { child, stderr })

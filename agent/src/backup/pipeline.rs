@@ -32,16 +32,8 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
                 let mut c = Command::new(&bin);
                 c.args(["-h", &conn.host, "-p", &conn.port.to_string(), "-U", &pg.replication_user, "-D", "-", "-Ft", "-X", "fetch"])
                     .args(["--checkpoint=fast", "--no-password", "-v"]);
-                if let Some(p) = conn.password().map_err(|e| e.to_string())? {
-                    c.env("PGPASSWORD", p);
-                }
-                if let Some(t) = &conn.tls {
-                    c.envs(t.libpq_env());
-                }
-                // A replication connection: the replication role's password.
-                if let Some(f) = &pg.replication_passfile {
-                    c.env("PGPASSFILE", f);
-                }
+                conn.password().map_err(|e| e.to_string())?;
+                libpq_env(cfg, &mut c);
                 (c, "base.tar.zst.age", version(&bin.to_string_lossy(), "--version").await)
             }
             Kind::Redis => {

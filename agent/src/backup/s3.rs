@@ -22,7 +22,7 @@ fn secret(d: &DestinationConfig) -> Result<String, String> {
 
 /// A client of the destination: bounded retries and time-outs, so that a
 /// destination that is down fails the job with the reason.
-pub(super) fn client(d: &DestinationConfig) -> Result<aws_sdk_s3::Client, String> {
+pub(crate) fn client(d: &DestinationConfig) -> Result<aws_sdk_s3::Client, String> {
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
     use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
     let creds = Credentials::new(&d.access_key, secret(d)?, None, None, "drc-agent");
@@ -46,7 +46,7 @@ pub(super) fn client(d: &DestinationConfig) -> Result<aws_sdk_s3::Client, String
     Ok(aws_sdk_s3::Client::from_conf(conf))
 }
 
-pub(super) fn s3_error<E, R>(what: &str, d: &DestinationConfig, e: aws_sdk_s3::error::SdkError<E, R>) -> String
+pub(crate) fn s3_error<E, R>(what: &str, d: &DestinationConfig, e: aws_sdk_s3::error::SdkError<E, R>) -> String
 where
     E: std::error::Error + 'static,
     R: std::fmt::Debug,

@@ -230,6 +230,8 @@ impl Prober {
             server_gone: false,
             seq: 0,
             sync_standbys: local.sync_standbys.clone(),
+            // The archiver's, added by the caller.
+            archive: None,
         }
     }
 }

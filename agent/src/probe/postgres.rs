@@ -147,6 +147,23 @@ impl PgProber {
     }
 }
 
+/// A connection to the PostgreSQL at `host:port` with the agent's
+/// credentials and TLS settings.
+pub async fn connect(conn: &Connection, host: &str, port: u16, application: &str) -> Result<Client, String> {
+    let mut cfg = Config::new();
+    cfg.host(host)
+        .port(port)
+        .user(conn.user.as_deref().unwrap_or("postgres"))
+        .dbname(conn.dbname.as_deref().unwrap_or("postgres"))
+        .connect_timeout(Duration::from_secs(3))
+        .application_name(application);
+    if let Some(p) = conn.password().map_err(|e| e.to_string())? {
+        cfg.password(p);
+    }
+    let tls = conn.tls.as_ref().map(|t| t.postgres().map(Arc::new)).transpose()?;
+    crate::dbtls::pg_connect(&cfg, tls.as_ref()).await.map_err(|e| format!("connecting to {host}:{port}: {}", pg_err(e)))
+}
+
 /// A PostgreSQL error with the server's message (tokio-postgres's Display
 /// says only "db error").
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> String {

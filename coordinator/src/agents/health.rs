@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use drc_model::topology::Topology;
 use drc_model::{ClusterRecord, Role};
-use drc_proto::{ClusterHealth, ClusterView, MemberHealth, Sample};
+use drc_proto::{ClusterHealth, ClusterView, MemberHealth, Sample, WalArchiveHealth};
 use tokio::sync::watch;
 
 use super::board::{MemberSeen, SampleBoard};
@@ -78,6 +78,7 @@ impl HealthViews {
                     for m in &mut members {
                         m.primary_reachable_from = reach.iter().map(|(k, v)| (k.clone(), *v)).collect();
                     }
+                    let wal_archive = wal_archive(&members, &primary, |id| seen.get(id).sample.and_then(|s| s.archive.as_ref()));
                     ClusterHealth {
                         name: name.clone(),
                         kind: cluster.kind.as_str().to_string(),
@@ -88,6 +89,7 @@ impl HealthViews {
                         paused: cluster.policy.paused || rec.is_some_and(|r| r.paused),
                         blocked_until_ms: rec.map(|r| r.blocked_until).unwrap_or(0),
                         decision_in_progress: rec.and_then(|r| r.in_progress).unwrap_or(0),
+                        wal_archive,
                     }
                 })
                 .collect()
@@ -254,4 +256,27 @@ fn primary_of(members: &[MemberHealth]) -> String {
         .max_by_key(|m| (m.timeline, m.position))
         .map(|m| m.id.clone())
         .unwrap_or_default()
+}
+
+/// The WAL archive of a cluster: the fresh member whose agent archives.
+fn wal_archive<'a>(
+    members: &[MemberHealth],
+    primary: &str,
+    archive_of: impl Fn(&str) -> Option<&'a drc_proto::ArchiveStatus>,
+) -> Option<WalArchiveHealth> {
+    let (archiver, s) = members.iter().filter(|m| m.healthy).find_map(|m| Some((m, archive_of(&m.id).filter(|s| s.running)?)))?;
+    let primary_position = members.iter().find(|m| m.id == primary).map_or(0, |m| m.position);
+    Some(WalArchiveHealth {
+        archiver: archiver.id.clone(),
+        destination: s.destination.clone(),
+        key: s.prefix.clone(),
+        timeline: s.timeline,
+        end: s.end,
+        end_lsn: drc_model::wal::Lsn(s.end).to_string(),
+        lag_bytes: primary_position.saturating_sub(s.end),
+        lag_ms: s.lag_ms,
+        pending_bytes: s.pending_bytes,
+        error: s.error.clone(),
+        gaps: Vec::new(),
+    })
 }

@@ -84,6 +84,11 @@ impl AdminApi {
         let mut clusters = self.agents.health.clusters(topology, records, only, Instant::now());
         for c in &mut clusters {
             c.failover_state = self.executor.wait_reason(&c.name);
+            if let Some(a) = c.wal_archive.as_mut() {
+                a.gaps = self.node.store().with_state(|sm| {
+                    sm.wal_archives.get(&drc_model::archive::WalArchive::catalog_key(&a.destination, &a.key)).map(gaps).unwrap_or_default()
+                });
+            }
         }
         clusters
     }
@@ -626,6 +631,11 @@ fn check_region_move(t: &drc_model::topology::Topology, r: &FailoverRegionReques
         return Err(Status::invalid_argument("--to must differ from --from"));
     }
     Ok(())
+}
+
+/// The holes of an archive, as `drctl status` shows them.
+fn gaps(a: &drc_model::archive::WalArchive) -> Vec<String> {
+    a.gaps().iter().map(|g| format!("timeline {}: {} to {}", g.timeline, g.from, g.to)).collect()
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 //!   (rule 5); pause stops automatic decisions, not operators;
 //! - clusters of a failover group end up in one region.
 
+mod archive;
 mod choose;
 mod detect;
 mod lease;
@@ -33,6 +34,7 @@ use std::collections::BTreeMap;
 use drc_model::topology::Topology;
 use drc_model::{ClusterRecord, Decision, Millis, Role};
 
+pub use archive::{archive_plan, wal_prefix, ArchivePlan, Current};
 pub use lease::LeaseConfig;
 pub use placement::{placement_targets, Coordinators, PLACEMENT_CALM};
 pub use request::{Refusal, Request};

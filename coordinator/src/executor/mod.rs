@@ -602,6 +602,14 @@ fn ms(n: Millis) -> Duration {
     Duration::from_millis(n)
 }
 
+/// Whether `cluster`'s WAL is archived (its new primaries keep the
+/// archiver's slot).
+fn archives_wal(t: &Topology, cluster: &str) -> bool {
+    t.clusters
+        .get(cluster)
+        .is_some_and(|c| c.kind == drc_model::topology::ClusterKind::Postgres && c.backup.archive_wal && !c.backup.destinations.is_empty())
+}
+
 /// What an agent needs to carry out step `i` of `d`: the new primary and
 /// where it listens, the old primary, the replication slots, whether the
 /// old primary is fenced; for a promotion the lease it grants (its times
@@ -631,7 +639,13 @@ fn failover_step(d: &Decision, i: usize, t: &Topology) -> FailoverStep {
         primary_port: port,
         old_primary: d.from.clone(),
         old_primary_address: address(&d.from),
-        slots: t.members.iter().filter(|(id, m)| in_cluster(m) && **id != d.to).map(|(id, _)| drc_proto::slot_name(id)).collect(),
+        slots: t
+            .members
+            .iter()
+            .filter(|(id, m)| in_cluster(m) && **id != d.to)
+            .map(|(id, _)| drc_proto::slot_name(id))
+            .chain(archives_wal(t, &d.cluster).then(|| drc_proto::ARCHIVE_SLOT.to_string()))
+            .collect(),
         old_primary_fenced: fenced,
         catch_up_to: if step.action == StepAction::CatchUp { demoted_at.unwrap_or(0) } else { 0 },
         catch_up_known: step.action == StepAction::CatchUp && demoted_at.is_some(),

@@ -10,6 +10,7 @@
 //! A job whose leader lost leadership is recorded as interrupted by the next
 //! leader: nothing is left "running" forever.
 
+mod archive;
 mod backup;
 mod error;
 mod recovery;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use drc_model::audit::{AuditEntry, AuditOutcome};
 use drc_model::job::{JobKind, JobState};
+use drc_model::wal::Lsn;
 use drc_model::{ClusterRecord, Decision, DecisionKind, Millis, StepArgs, StepState};
 
 use crate::core::steps;
@@ -71,6 +72,9 @@ pub enum Command {
     Fire { cluster: String, job: JobKind, at: Millis },
     /// Retention deleted a backup's objects: drop it from the catalog.
     ForgetBackup { id: u64 },
+    /// WAL of `timeline` from `begin` to `end` is in the archive `key`
+    /// (`<prefix>/<system id>`) at `destination`.
+    WalArchived { cluster: String, destination: String, key: String, system_id: String, timeline: u32, begin: u64, end: u64, at: Millis },
     /// A state-changing request, recorded before it runs (its outcome
     /// pending) or, refused before it could run, with its outcome. It gets
     /// the next id.
@@ -204,6 +208,9 @@ pub struct StateMachine {
     /// The audit trail, by id.
     #[serde(default)]
     pub audit: BTreeMap<u64, AuditEntry>,
+    /// The WAL archive catalog, by `WalArchive::catalog_key`.
+    #[serde(default)]
+    pub wal_archives: BTreeMap<String, drc_model::archive::WalArchive>,
     #[serde(default)]
     pub last_ids: LastIds,
 }
@@ -275,6 +282,17 @@ impl StateMachine {
             },
             Command::ForgetBackup { id } => {
                 self.backups.remove(&id);
+                Outcome::Done
+            }
+            Command::WalArchived { cluster, destination, key, system_id, timeline, begin, end, at } => {
+                let archive = self
+                    .wal_archives
+                    .entry(drc_model::archive::WalArchive::catalog_key(&destination, &key))
+                    .or_insert_with(|| drc_model::archive::WalArchive { cluster, destination, system_id, ..Default::default() });
+                let range = drc_model::archive::WalRange { begin: Lsn(begin), end: Lsn(end) };
+                if archive.record(timeline, range) {
+                    archive.updated_at = at;
+                }
                 Outcome::Done
             }
             Command::RecoveryTest { record } => {

@@ -128,6 +128,15 @@ pub struct BackupPolicy {
     /// recovery test restored) is never deleted, nor the newest one at all.
     #[serde(default, with = "humantime_serde::option")]
     pub max_age: Option<Duration>,
+    /// PostgreSQL: archive the WAL continuously to the first destination
+    /// outside the primary's region (point-in-time recovery). On unless
+    /// the topology says `archive_wal = false`.
+    #[serde(default = "archive_by_default")]
+    pub archive_wal: bool,
+}
+
+fn archive_by_default() -> bool {
+    true
 }
 
 /// A check of a recovery test: `query` (SQL for PostgreSQL, a command such as

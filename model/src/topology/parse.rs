@@ -365,7 +365,7 @@ impl Walker {
                 self.unknown_keys(
                     b,
                     &bpath,
-                    &["destinations", "recipients", "allow_primary", "check_tables", "checks", "keep_last", "max_age"],
+                    &["destinations", "recipients", "allow_primary", "check_tables", "checks", "keep_last", "max_age", "archive_wal"],
                 );
                 backup.destinations = self.strings(b, &bpath, "destinations");
                 for (i, d) in backup.destinations.iter().enumerate() {
@@ -390,6 +390,7 @@ impl Walker {
                 backup.checks = self.checks(b, &bpath);
                 backup.keep_last = self.unsigned(b, &bpath, "keep_last", u32::MAX as u64).unwrap_or(0) as u32;
                 backup.max_age = self.duration(b, &bpath, "max_age");
+                backup.archive_wal = self.boolean(b, &bpath, "archive_wal").unwrap_or(true);
             }
         }
         Some(Cluster { kind: kind?, policy, backup })

@@ -36,6 +36,7 @@ pub fn to_toml(t: &Topology) -> String {
             let _ = writeln!(s, "destinations = [{}]\nrecipients = [{}]", list(&b.destinations), list(&b.recipients));
             let _ =
                 writeln!(s, "allow_primary = {}\ncheck_tables = [{}]\nkeep_last = {}", b.allow_primary, list(&b.check_tables), b.keep_last);
+            let _ = writeln!(s, "archive_wal = {}", b.archive_wal);
             if let Some(age) = b.max_age {
                 let _ = writeln!(s, "max_age = {}", q(&humantime::format_duration(age).to_string()));
             }

@@ -123,7 +123,7 @@ pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>, tls: Opti
             }
             writeln!(
                 conf,
-                "listen_addresses = '{}'\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nhot_standby = on\nwal_log_hints = on\nfsync = off\nsynchronous_commit = on\nfull_page_writes = on\nwal_keep_size = '64MB'\nshared_buffers = '32MB'\nhot_standby_feedback = on\nwal_receiver_status_interval = '1s'",
+                "listen_addresses = '{}'\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\nhot_standby = on\nwal_log_hints = on\nfsync = off\nsynchronous_commit = on\nfull_page_writes = on\nwal_keep_size = '64MB'\nmax_slot_wal_keep_size = '1GB'\ntrack_commit_timestamp = on\nshared_buffers = '32MB'\nhot_standby_feedback = on\nwal_receiver_status_interval = '1s'",
                 // In its own namespace a node has its own address only.
                 if net.is_some() { "*" } else { "127.0.0.1" }
             )?;

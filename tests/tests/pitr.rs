@@ -1,0 +1,291 @@
+//! Point-in-time recovery from the continuous WAL archive, through the lab:
+//! a steady writer records each acknowledged commit with its WAL position
+//! and commit time; the primary's region is killed; a base backup and the
+//! archive in another region's bucket are restored with PostgreSQL's own
+//! recovery, `drc-agent wal-fetch` as its `restore_command`.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drc_tests::lab::postgres::psql;
+use drc_tests::lab::{kill_tree, signal, Lab};
+use drc_tests::wait_for;
+use serde_json::Value;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// One acknowledged commit: its id, the WAL position after it, its commit
+/// time (µs since the epoch, the primary's clock).
+#[derive(Clone, Copy, Debug)]
+struct Acked {
+    id: u64,
+    lsn: u64,
+    committed_us: i64,
+}
+
+/// Inserts ids into `pitr` on `port` until `stop`, each in its own
+/// transaction, then reads the position and commit time it got.
+fn writer(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Acked>> {
+    std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut id = 0;
+        while !stop.load(Ordering::SeqCst) {
+            id += 1;
+            let out = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-At"])
+                .args(["-c", &format!("INSERT INTO pitr VALUES ({id})")])
+                .args([
+                    "-c",
+                    &format!(
+                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, \
+                     (extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000000)::bigint FROM pitr WHERE id = {id}"
+                    ),
+                ])
+                .env("PGCONNECT_TIMEOUT", "2")
+                .output();
+            let Some(out) = out.ok().filter(|o| o.status.success()) else { break };
+            let text = String::from_utf8_lossy(&out.stdout);
+            let row = text.lines().find(|l| l.contains('|')).unwrap_or("");
+            let mut cols = row.split('|').map(|c| c.trim().parse::<i64>().unwrap_or(0));
+            let (lsn, committed_us) = (cols.next().unwrap_or(0), cols.next().unwrap_or(0));
+            acked.push(Acked { id, lsn: lsn as u64, committed_us });
+        }
+        acked
+    })
+}
+
+fn archive(lab: &Lab) -> Option<Value> {
+    let s = lab.status().ok()?;
+    let c = s["clusters"].as_array()?.iter().find(|c| c["name"] == "app-pg")?.clone();
+    Some(c["wal_archive"].clone()).filter(|a| !a.is_null())
+}
+
+fn run(mut c: Command, what: &str) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn as_postgres(program: &str) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")]);
+    c
+}
+
+/// A base backup plus the archive, restored into `dir` by PostgreSQL's own
+/// recovery and started on a free port, which is returned once the copy
+/// has finished recovery and accepts writes.
+fn restore(lab: &Lab, backup: &Value, key: &str, destinations: &[String], dir: &Path, target: &str) -> u16 {
+    let s3 = lab.info.s3.iter().find(|s| s.region == backup["destination_region"]).expect("the backup's bucket");
+    std::fs::create_dir_all(dir.join("data")).expect("restore dir");
+    let object = dir.join("base.age");
+    let mut cp = Command::new("aws");
+    cp.args(["--endpoint-url", &s3.endpoint, "s3", "cp", &format!("s3://{}/{}", s3.bucket, backup["data_key"].as_str().unwrap_or(""))])
+        .arg(&object)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("AWS_DEFAULT_REGION", "us-east-1");
+    run(cp, "downloading the base backup");
+    let unpack = format!("age -d -i {:?} {:?} | zstd -d | tar -x -C {:?}", lab.info.backup.identity_file, object, dir.join("data"));
+    run(
+        {
+            let mut c = Command::new("bash");
+            c.args(["-c", &unpack]);
+            c
+        },
+        "unpacking the base backup",
+    );
+
+    // wal-fetch runs as postgres: its configuration, keys and secrets are
+    // copies that user may read.
+    let mut config = std::fs::read_to_string(lab.info.dir.join("agent-pg-c.toml")).expect("agent config");
+    let mut copy = |from: &Path, name: &str| {
+        let to = dir.join(name);
+        std::fs::copy(from, &to).expect("copy");
+        config = config.replace(&format!("{:?}", from.display().to_string()), &format!("{:?}", to.display().to_string()));
+    };
+    copy(&lab.info.backup.identity_file, "backup.key");
+    for s in &lab.info.s3 {
+        copy(&lab.info.dir.join(format!("s3-{}.secret", s.region)), &format!("s3-{}.secret", s.region));
+    }
+    std::fs::write(dir.join("fetch.toml"), config).expect("fetch.toml");
+    let data = dir.join("data");
+    for f in ["standby.signal", "postmaster.pid"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    std::fs::write(data.join("recovery.signal"), "").expect("recovery.signal");
+    let fetch = format!(
+        "{} --config {} wal-fetch {} --archive {key} %f %p",
+        drc_tests::bin("drc-agent").display(),
+        dir.join("fetch.toml").display(),
+        destinations.iter().map(|d| format!("--destination {d}")).collect::<Vec<_>>().join(" ")
+    );
+    let conf = format!("\nprimary_conninfo = ''\nrestore_command = '{fetch}'\nrecovery_target_action = 'promote'\n{target}\n");
+    let auto = data.join("postgresql.auto.conf");
+    let before = std::fs::read_to_string(&auto).unwrap_or_default();
+    std::fs::write(&auto, before + &conf).expect("recovery settings");
+    run(
+        {
+            let mut c = Command::new("chown");
+            c.args(["-R", "postgres:postgres"]).arg(dir);
+            c
+        },
+        "chown",
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+    let port = drc_tests::free_port();
+    let log = dir.join("postgres.log");
+    let mut start = as_postgres("pg_ctl");
+    start
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "120", "-o"])
+        .arg(format!("-p {port} -k {}", dir.display()))
+        .arg("start");
+    let started = start.output().expect("pg_ctl");
+    if !started.status.success() {
+        panic!("the restored server did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    wait_for("the restore to finish recovery", Duration::from_secs(120), || {
+        (psql(port, "SELECT pg_is_in_recovery()").ok()? == "f").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
+    port
+}
+
+fn stop(dir: &Path) {
+    let mut c = as_postgres("pg_ctl");
+    c.arg("-D").arg(dir.join("data")).args(["-m", "immediate", "stop"]);
+    let _ = c.output();
+}
+
+fn restored_ids(port: u16) -> std::collections::BTreeSet<u64> {
+    psql(port, "SELECT id FROM pitr ORDER BY id").expect("ids").lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+#[test]
+fn a_restore_from_the_archive_after_the_primary_region_is_lost_holds_every_archived_commit_and_a_restore_to_a_time_exactly_those_before_it()
+{
+    let dir = tempfile::Builder::new().prefix("drc-pitr-test-").tempdir().expect("tempdir");
+    let lab = Lab::up(dir.path()).expect("lab up");
+    let pa = lab.member("pg-a").expect("pg-a").clone();
+    psql(pa.port, "CREATE TABLE pitr (id bigint PRIMARY KEY)").expect("table");
+    let first = wait_for("the archiver to stream", Duration::from_secs(60), || {
+        archive(&lab).filter(|a| a["error"] == "" && a["end"].as_u64().unwrap_or(0) > 0)
+    })
+    .expect("archiving");
+    println!("archive: {first}");
+    let (key, archive_dest) = (first["key"].as_str().expect("key").to_string(), first["destination"].as_str().expect("dest").to_string());
+    assert_ne!(archive_dest, "s3-a", "the archive lives outside the primary's region");
+
+    // A base backup, in a bucket outside region a, then a steady writer.
+    let backup = lab.drctl_json(&["backup", "run", "--cluster", "app-pg", "--destination", "s3-c"]).expect("backup");
+    assert_eq!(backup["state"], "done", "{backup}");
+    let stop_writing = Arc::new(AtomicBool::new(false));
+    let w = writer(pa.port, Arc::clone(&stop_writing));
+    wait_for("a few hundred commits", Duration::from_secs(60), || {
+        psql(pa.port, "SELECT count(*) FROM pitr").ok()?.parse::<u64>().ok().filter(|n| *n >= 300)
+    })
+    .expect("writes");
+
+    // Region a dies whole: its database, agents, coordinator and bucket.
+    let before = archive(&lab).expect("archive before the fault");
+    let coordinator = lab.info.coordinators.iter().find(|c| c.region == "a").expect("coordinator a").pid;
+    let s3a = lab.info.s3.iter().find(|s| s.region == "a").expect("s3 a").pid;
+    for m in lab.info.members.iter().filter(|m| m.region == "a") {
+        signal(m.agent_pid, libc::SIGKILL);
+        kill_tree(m.pid);
+    }
+    signal(coordinator, libc::SIGKILL);
+    signal(s3a, libc::SIGKILL);
+    stop_writing.store(true, Ordering::SeqCst);
+    let acked = w.join().expect("writer");
+    assert!(acked.len() >= 300, "{} commits acknowledged", acked.len());
+    println!(
+        "{} commits acknowledged; the archive reported {} with lag {} ms just before the fault",
+        acked.len(),
+        before["end_lsn"],
+        before["lag_ms"]
+    );
+
+    let end = before["end"].as_u64().expect("end");
+
+    // 1. To the end of the lost primary's timeline: every commit the
+    // archive had reached before the fault is there.
+    let destinations = vec![archive_dest.clone(), "s3-c".to_string()];
+    let latest = lab.info.dir.join("pitr-latest");
+    let port = restore(&lab, &backup, &key, &destinations, &latest, "recovery_target_timeline = 'current'");
+    let ids = restored_ids(port);
+    stop(&latest);
+    let missing: Vec<&Acked> = acked.iter().filter(|a| !ids.contains(&a.id)).collect();
+    let covered_but_missing: Vec<&Acked> = missing.iter().copied().filter(|a| a.lsn <= end).collect();
+    assert!(covered_but_missing.is_empty(), "commits inside the archive ({}) missing from the restore: {covered_but_missing:?}", end);
+    let last_ack = acked.last().map_or(0, |a| a.committed_us);
+    let lost_window_ms = missing.first().map_or(0, |a| (last_ack - a.committed_us) / 1000);
+    println!(
+        "restore to latest: {} of {} acknowledged commits, {} lost (committed in the last {lost_window_ms} ms before the fault)",
+        ids.len(),
+        acked.len(),
+        missing.len()
+    );
+    assert!(
+        ids.iter().all(|id| acked.iter().any(|a| a.id == *id) || *id == acked.len() as u64 + 1),
+        "nothing restored that was not written"
+    );
+
+    // 2. To a time in the middle: exactly the commits at or before it.
+    let middle = acked[acked.len() / 2];
+    let at = chrono_free_timestamp(middle.committed_us);
+    let expected: Vec<u64> = acked.iter().filter(|a| a.committed_us <= middle.committed_us).map(|a| a.id).collect();
+    let to_time = lab.info.dir.join("pitr-time");
+    let port = restore(&lab, &backup, &key, &destinations, &to_time, &format!("recovery_target_time = '{at}'"));
+    let ids = restored_ids(port);
+    stop(&to_time);
+    assert_eq!(ids.iter().copied().collect::<Vec<_>>(), expected, "a restore to {at} holds exactly the commits at or before it");
+    println!("restore to {at}: {} commits, as acknowledged at or before it", ids.len());
+
+    // 3. Archiving goes on after the failover, on the new timeline: a
+    // commit on the new primary is restored by following the timelines.
+    let c = wait_for("a new primary", Duration::from_secs(60), || {
+        let s = lab.status().ok()?;
+        let c = s["clusters"].as_array()?.iter().find(|c| c["name"] == "app-pg")?.clone();
+        (c["epoch"].as_u64()? >= 2 && c["decision_in_progress"] == 0).then_some(c)
+    })
+    .expect("failover");
+    let primary = lab.member(c["primary"].as_str().expect("primary")).expect("member").clone();
+    psql(primary.port, "INSERT INTO pitr VALUES (1000000)").expect("a write on the new primary");
+    let after: u64 = psql(primary.port, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").expect("lsn").parse().expect("lsn");
+    let moved = wait_for("the archive to hold the new primary's write", Duration::from_secs(60), || {
+        archive(&lab).filter(|a| a["timeline"].as_u64().unwrap_or(0) >= 2 && a["end"].as_u64().unwrap_or(0) >= after)
+    })
+    .expect("archiving on the new timeline");
+    println!("after the failover: {moved}");
+    let mut destinations = destinations;
+    destinations.push(moved["destination"].as_str().expect("destination").to_string());
+    let newest = lab.info.dir.join("pitr-newest");
+    let port = restore(&lab, &backup, &key, &destinations, &newest, "recovery_target_timeline = 'latest'");
+    let ids = restored_ids(port);
+    stop(&newest);
+    assert!(
+        ids.contains(&1_000_000),
+        "the new timeline's write is not restored:\n{}",
+        std::fs::read_to_string(newest.join("postgres.log")).unwrap_or_default()
+    );
+    let _ = lab.down();
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff+00` for µs since the epoch, via date(1).
+fn chrono_free_timestamp(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let frac = us.rem_euclid(1_000_000);
+    let out = Command::new("date").args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d %H:%M:%S"]).output().expect("date");
+    format!("{}.{frac:06}+00", String::from_utf8_lossy(&out.stdout).trim())
+}
