@@ -148,6 +148,21 @@ fn default_vouch() -> Duration {
 }
 
 impl AgentConfig {
+    /// The environment a libpq tool (pg_basebackup, pg_receivewal) needs
+    /// for a replication connection to the cluster: the password, TLS
+    /// settings, and the replication role's passfile.
+    pub fn libpq_env(&self, c: &mut tokio::process::Command) {
+        if let Ok(Some(p)) = self.connection.password() {
+            c.env("PGPASSWORD", p);
+        }
+        if let Some(t) = &self.connection.tls {
+            c.envs(t.libpq_env());
+        }
+        if let Some(f) = self.postgres.as_ref().and_then(|pg| pg.replication_passfile.as_ref()) {
+            c.env("PGPASSFILE", f);
+        }
+    }
+
     /// How the agent reaches the coordinators: its certificate must name
     /// this member's agent.
     pub fn security(&self) -> anyhow::Result<drc_tls::Security> {

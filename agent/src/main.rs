@@ -14,6 +14,7 @@ mod config;
 mod dbtls;
 mod probe;
 mod process;
+mod s3;
 mod sampler;
 mod session;
 

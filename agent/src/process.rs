@@ -1,5 +1,9 @@
 //! The processes the agent looks after: whether a postmaster still runs,
-//! and running PostgreSQL's tools as their OS user.
+//! running PostgreSQL's tools as their OS user, and the stages of a
+//! pipeline (a backup, the WAL archive) with their stderr kept.
+
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
 
 /// Whether the postmaster named by `data_dir/postmaster.pid` still runs.
 /// Unsure (unreadable file, no /proc) counts as running, so that the caller
@@ -84,6 +88,71 @@ pub(crate) async fn run_as(user: &str, program: &std::path::Path, args: &[&str])
     } else {
         Err(format!("{} failed ({}): {}", program.display(), out.status, text.trim()))
     }
+}
+
+/// A child process of a pipeline stage, with its stderr drained in the
+/// background (a full pipe would block it).
+pub(crate) struct Proc {
+    child: Child,
+    stderr: Option<tokio::task::JoinHandle<String>>,
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+/// The first 256 KiB of what a stage wrote to stderr, read to its end.
+async fn drain(mut e: tokio::process::ChildStderr) -> String {
+    const KEEP: usize = 256 * 1024;
+    let (mut kept, mut buf) = (Vec::new(), vec![0u8; 16 * 1024]);
+    while let Ok(n) = e.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = KEEP.saturating_sub(kept.len()).min(n);
+        kept.extend_from_slice(&buf[..room]);
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// A stage's stderr (the end of it, for an error message: last 5 lines).
+pub(crate) async fn stderr_of(p: &mut Proc) -> String {
+    let s = stderr_text(p).await;
+    s.trim().lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ")
+}
+
+/// The whole captured stderr of a stage.
+pub(crate) async fn stderr_text(p: &mut Proc) -> String {
+    match p.stderr.take() {
+        Some(h) => h.await.unwrap_or_default(),
+        None => String::new(),
+    }
+}
+
+pub(crate) fn spawn(cmd: &mut Command, what: &str) -> Result<Proc, String> {
+    let mut child = cmd.kill_on_drop(true).spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
+    let stderr = child.stderr.take().map(|e| tokio::spawn(drain(e)));
+    Ok(Proc { child, stderr })
+}
+
+/// Every process must have succeeded, or the output is not a backup.
+pub(crate) async fn wait_all(children: &mut [(&str, &mut Proc)]) -> Result<(), String> {
+    for (what, c) in children.iter_mut() {
+        let s = c.wait().await.map_err(|e| e.to_string())?;
+        if !s.success() {
+            return Err(format!("{what} failed ({s}): {}", stderr_of(c).await));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

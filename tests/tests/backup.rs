@@ -121,14 +121,26 @@ fn a_backup_lands_in_another_region_and_a_recovery_test_restores_it_with_the_rig
     let head = std::fs::read(&data).expect("object");
     assert!(head.starts_with(b"age-encryption.org/v1"), "the object is age-encrypted");
 
-    // The recovery test restores it elsewhere and counts the rows.
+    // Rows written after the backup reach the WAL archive.
+    psql(pa.port, &format!("INSERT INTO {CHECK_TABLE} (item) SELECT 'late order ' || g FROM generate_series(1, 25) g")).expect("rows");
+    let written: u64 = psql(pa.port, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").expect("lsn").parse().expect("lsn");
+    wait_for("the WAL archive to hold the late rows", Duration::from_secs(60), || {
+        let s = lab.status().ok()?;
+        let pg = s["clusters"].as_array()?.iter().find(|c| c["name"] == "app-pg")?.clone();
+        (pg["wal_archive"]["end"].as_u64()? >= written).then_some(())
+    })
+    .expect("archived");
+
+    // The recovery test restores the backup elsewhere, replays the archived
+    // WAL and counts the rows: the late ones too.
     let t = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg"]).expect("recovery test");
     println!("recovery test: {t}");
     assert_eq!(t["state"], "done", "{t}");
     assert_eq!(t["backup_id"], b["id"]);
     assert_ne!(region_of(&lab, t["member"].as_str().expect("member")), "a", "restored outside the primary's region: {t}");
     let counts: Value = serde_json::from_str(t["checks"]["row_counts"].as_str().expect("row counts")).expect("json");
-    assert_eq!(counts[CHECK_TABLE], 500, "{t}");
+    assert_eq!(counts[CHECK_TABLE], 525, "the backup's rows and the archived ones: {t}");
+    assert!(t["checks"]["wal_replayed"].as_str().is_some_and(|w| !w.starts_with("0 files")), "{t}");
     assert_eq!(t["checks"]["check:lab schema"], "ok", "the topology's own check ran: {t}");
     assert_eq!(t["checks"]["checksums"], "ok", "the lab's data carries checksums: every page was read back: {t}");
     assert!(t["rto_ms"].as_u64().expect("rto") > 0);

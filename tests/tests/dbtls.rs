@@ -38,24 +38,26 @@ fn postgres_agents_and_standbys_speak_tls_checked_against_the_ca_and_standbys_re
     let tls = lab.info.db_tls.clone().expect("db tls");
     let pa = lab.member("pg-a").expect("pg-a").clone();
 
-    // The agents' probes and the standbys' streams are TLS.
-    let ok = wait_for("agents and standbys on TLS", Duration::from_secs(30), || {
+    // The agents' probes, the standbys' and the WAL archiver's streams are TLS.
+    let ok = wait_for("agents, standbys and the archiver on TLS", Duration::from_secs(30), || {
         let clients = sessions(pa.port, "client backend");
         let streams = sessions(pa.port, "walsender");
         let agents = clients.iter().filter(|(a, _)| a == "drc-agent").count();
-        (agents >= 3 && streams.len() == 2).then_some((clients, streams))
+        let names: Vec<&str> = streams.iter().map(|(a, _)| a.as_str()).collect();
+        (agents >= 3 && names == ["pg-b", "pg-c", "pg_receivewal"]).then_some((clients, streams))
     })
     .expect("sessions");
     assert!(ok.0.iter().filter(|(a, _)| a == "drc-agent").all(|(_, ssl)| *ssl), "every agent probe is TLS: {:?}", ok.0);
-    assert!(ok.1.iter().all(|(_, ssl)| *ssl), "every standby streams over TLS: {:?}", ok.1);
+    assert!(ok.1.iter().all(|(_, ssl)| *ssl), "every standby and the archiver stream over TLS: {:?}", ok.1);
 
     // A switchover: the demoted primary streams again, over TLS, with the
     // password from the passfile (replication needs scram here).
     let d = lab.drctl_json(&["switchover", "--cluster", "app-pg", "--to", "pg-b"]).expect("switchover");
     println!("switchover: {d}");
     let pb = lab.member("pg-b").expect("pg-b").clone();
+    // By name: the WAL archiver streams from the primary too.
     let streams = wait_for("pg-a and pg-c streaming from pg-b", Duration::from_secs(60), || {
-        let s = sessions(pb.port, "walsender");
+        let s: Vec<_> = sessions(pb.port, "walsender").into_iter().filter(|(name, _)| name == "pg-a" || name == "pg-c").collect();
         (s.len() == 2).then_some(s)
     })
     .expect("streams");

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use super::layout::{chunk_offset, Layout, Local};
 use super::seal::open;
-use crate::backup::s3_error;
 use crate::config::{AgentConfig, DestinationConfig};
+use crate::s3::s3_error;
 
 /// Why a fetch found nothing, or failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,20 +51,7 @@ impl Fetch<'_> {
     /// another). A destination that cannot be read is passed over, but if
     /// the file is found nowhere, its error is the answer.
     pub async fn fetch(&self, file: &str, to: &Path) -> Result<(), FetchError> {
-        let identity = self
-            .cfg
-            .backup
-            .identity_file
-            .clone()
-            .ok_or_else(|| FetchError::Unreadable("[backup] identity_file is not set: this agent cannot decrypt the archive".into()))?;
-        let mut sources = Vec::new();
-        let mut unreadable = None;
-        for name in self.destinations {
-            match crate::backup::destination(self.cfg, name).and_then(|d| Ok((d, crate::backup::client(d)?))) {
-                Ok((dest, client)) => sources.push(Source { client, dest, identity: identity.clone(), layout: Layout::at(self.root) }),
-                Err(e) => unreadable = unreadable.or(Some(FetchError::Unreadable(e))),
-            }
-        }
+        let (sources, mut unreadable) = self.sources()?;
         let whole = match Local::of(file) {
             Some(Local::History(name)) => Some(name),
             Some(Local::Segment(name)) => Some(name),
@@ -87,6 +74,40 @@ impl Fetch<'_> {
             }
         }
         Err(unreadable.unwrap_or_else(|| FetchError::Missing(format!("{file} (under {})", self.root))))
+    }
+}
+
+impl<'a> Fetch<'a> {
+    /// A source per destination that is configured; the error of one that
+    /// is not.
+    fn sources(&self) -> Result<(Vec<Source<'a>>, Option<FetchError>), FetchError> {
+        let identity = self
+            .cfg
+            .backup
+            .identity_file
+            .clone()
+            .ok_or_else(|| FetchError::Unreadable("[backup] identity_file is not set: this agent cannot decrypt the archive".into()))?;
+        let mut sources = Vec::new();
+        let mut unreadable = None;
+        for name in self.destinations {
+            match crate::s3::destination(self.cfg, name).and_then(|d| Ok((d, crate::s3::client(d)?))) {
+                Ok((dest, client)) => sources.push(Source { client, dest, identity: identity.clone(), layout: Layout::at(self.root) }),
+                Err(e) => unreadable = unreadable.or(Some(FetchError::Unreadable(e))),
+            }
+        }
+        Ok((sources, unreadable))
+    }
+
+    /// The archive's segment size, from the first destination that says.
+    pub async fn segment_size(&self) -> Result<u64, FetchError> {
+        let (sources, mut failed) = self.sources()?;
+        for source in &sources {
+            match source.segment_size().await {
+                Ok(size) => return Ok(size),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        Err(failed.unwrap_or_else(|| FetchError::Missing(format!("{}/wal.json", self.root))))
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod fetch;
 pub mod layout;
 mod receiver;
+pub mod replay;
 pub mod seal;
 mod upload;
 
@@ -55,7 +56,7 @@ impl Archiver {
             if self.cfg.postgres.is_none() {
                 return Err("WAL archiving: this agent has no [postgres] section (bin_dir, replication_user)".into());
             }
-            crate::backup::destination(&self.cfg, &a.destination)?;
+            crate::s3::destination(&self.cfg, &a.destination)?;
             if a.prefix.is_empty() || a.recipients.iter().all(String::is_empty) {
                 return Err("WAL archiving needs a key prefix and an age recipient".into());
             }

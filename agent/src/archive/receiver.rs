@@ -12,8 +12,8 @@ use tokio::process::Command;
 use super::layout::Layout;
 use super::upload::Uploader;
 use super::{Archiver, SLOT};
-use crate::backup::{spawn, stderr_of};
 use crate::config::AgentConfig;
+use crate::process::{spawn, stderr_of};
 
 /// Where the archiver streams from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,8 +126,8 @@ impl Run<'_> {
     }
 
     fn uploader(&self, layout: Layout) -> Result<Uploader, String> {
-        let dest = crate::backup::destination(self.cfg, &self.job.destination)?.clone();
-        let client = crate::backup::client(&dest)?;
+        let dest = crate::s3::destination(self.cfg, &self.job.destination)?.clone();
+        let client = crate::s3::client(&dest)?;
         let recipients = self.job.recipients.iter().filter(|r| !r.is_empty()).cloned().collect();
         Ok(Uploader::new(dest, client, layout, recipients, self.cfg.backup.zstd_level))
     }
@@ -140,7 +140,7 @@ impl Run<'_> {
         let mut c = Command::new(bin);
         c.args(["-h", &self.source.host, "-p", &self.source.port.to_string(), "-U", &user, "-S", SLOT, "--no-password", "-n", "-s", "1"]);
         c.args(args);
-        crate::backup::libpq_env(self.cfg, &mut c);
+        self.cfg.libpq_env(&mut c);
         c.kill_on_drop(true);
         c
     }

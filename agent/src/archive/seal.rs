@@ -8,7 +8,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use crate::backup::{spawn, stderr_of, Proc};
+use crate::process::{spawn, stderr_of, Proc};
 
 /// Compresses `data` at `level` and encrypts it to every recipient.
 pub async fn seal(data: Vec<u8>, recipients: &[String], level: i32) -> Result<Vec<u8>, String> {

@@ -11,8 +11,8 @@ use aws_sdk_s3::primitives::ByteStream;
 
 use super::layout::{timeline_of, Layout, Local};
 use super::seal::seal;
-use crate::backup::s3_error;
 use crate::config::DestinationConfig;
+use crate::s3::s3_error;
 
 /// WAL page size: every written page starts with a non-zero header.
 const PAGE: u64 = 8192;

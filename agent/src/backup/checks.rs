@@ -26,6 +26,36 @@ pub(super) fn judge(out: &mut Output, c: &RestoreCheck, got: Result<String, Stri
     }
 }
 
+/// What the checks of a restored copy found, when it was ready (the RTO),
+/// and the time of the newest commit it holds, when WAL was replayed.
+pub(super) struct Checked {
+    pub found: Output,
+    pub rto: Duration,
+    pub newest_commit_ms: Option<u64>,
+}
+
+/// Waits until the copy has replayed the archived WAL and promoted itself;
+/// the time of the last commit it replayed.
+async fn replayed(client: &tokio_postgres::Client, log: &Path) -> Result<Option<u64>, String> {
+    const REPLAY_LIMIT: Duration = Duration::from_secs(3600);
+    let deadline = Instant::now() + REPLAY_LIMIT;
+    loop {
+        let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| format!("the copy replaying WAL: {e}"))?;
+        if !row.get::<_, bool>(0) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the copy was still replaying WAL after {} s; log: {}", REPLAY_LIMIT.as_secs(), tail_file(log)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let row = client
+        .query_one("SELECT (extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000)::bigint", &[])
+        .await
+        .map_err(|e| format!("reading the last replayed commit: {e}"))?;
+    Ok(row.get::<_, Option<i64>>(0).map(|ms| ms.max(0) as u64))
+}
+
 pub(super) async fn check_postgres(
     cfg: &AgentConfig,
     check_tables: &[String],
@@ -33,13 +63,17 @@ pub(super) async fn check_postgres(
     port: u16,
     user_checks: &[RestoreCheck],
     started: Instant,
-) -> Result<(Output, Duration), String> {
+    replay: bool,
+) -> Result<Checked, String> {
     let pg = cfg.postgres.as_ref().ok_or("recovery test: this agent has no [postgres] section")?;
     let data = scratch.join("data");
     let sock = scratch.join("sock");
     std::fs::create_dir_all(&sock).map_err(|e| e.to_string())?;
-    // A copy of a standby must start as a primary of its own.
-    for f in ["standby.signal", "recovery.signal", "postmaster.pid"] {
+    // A copy of a standby must start as a primary of its own, after the
+    // archived WAL when it replays some.
+    let signals: &[&str] =
+        if replay { &["standby.signal", "postmaster.pid"] } else { &["standby.signal", "recovery.signal", "postmaster.pid"] };
+    for f in signals {
         let _ = std::fs::remove_file(data.join(f));
     }
     if !pg.run_as.is_empty() {
@@ -68,6 +102,7 @@ pub(super) async fn check_postgres(
     tokio::spawn(connection);
     let mut out = Output::new();
     client.simple_query("SELECT 1").await.map_err(|e| format!("SELECT 1 on the scratch PostgreSQL: {e}"))?;
+    let newest_commit_ms = if replay { replayed(&client, &scratch.join("postgres.log")).await? } else { None };
     let mut counts = serde_json::Map::new();
     for t in check_tables.iter().filter(|t| !t.is_empty()) {
         let ident = table_ident(t).ok_or_else(|| format!("check table {t:?}: expected schema.table of plain identifiers"))?;
@@ -129,7 +164,7 @@ pub(super) async fn check_postgres(
     } else {
         out.insert("amcheck".into(), "not available".into());
     }
-    Ok((out, rto))
+    Ok(Checked { found: out, rto, newest_commit_ms })
 }
 
 pub(super) fn tail_file(p: &Path) -> String {

@@ -17,7 +17,6 @@
 mod checks;
 mod pipeline;
 mod restore;
-mod s3;
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -26,29 +25,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::config::{AgentConfig, DestinationConfig};
 
+use crate::process::{spawn, stderr_of, stderr_text, wait_all};
+use crate::s3::destination;
 pub use pipeline::{backup, delete};
 pub use restore::{clean_leftovers, recovery_test};
-pub(crate) use s3::{client, s3_error};
-
-/// The environment a libpq tool (pg_basebackup, pg_receivewal) needs for a
-/// replication connection to the cluster: the password, TLS settings, and
-/// the replication role's passfile.
-pub(crate) fn libpq_env(cfg: &AgentConfig, c: &mut Command) {
-    let conn = &cfg.connection;
-    if let Ok(Some(p)) = conn.password() {
-        c.env("PGPASSWORD", p);
-    }
-    if let Some(t) = &conn.tls {
-        c.envs(t.libpq_env());
-    }
-    if let Some(f) = cfg.postgres.as_ref().and_then(|pg| pg.replication_passfile.as_ref()) {
-        c.env("PGPASSFILE", f);
-    }
-}
 
 pub(super) type Output = HashMap<String, String>;
 
@@ -101,13 +85,6 @@ impl Meter {
 
 pub(super) use drc_model::time::wall_now_ms as now_ms;
 
-pub(crate) fn destination<'a>(cfg: &'a AgentConfig, name: &str) -> Result<&'a DestinationConfig, String> {
-    cfg.destinations
-        .iter()
-        .find(|d| d.name == name)
-        .ok_or_else(|| format!("destination {name:?} is not configured on agent {} (add [[destinations]] name = {name:?})", cfg.member_id))
-}
-
 /// A field a job cannot do without: empty means the command is malformed.
 pub(super) fn required<'a>(value: &'a str, what: &str) -> Result<&'a str, String> {
     Some(value).filter(|v| !v.is_empty()).ok_or_else(|| format!("the job names no {what}"))
@@ -139,69 +116,6 @@ pub(super) async fn fill(r: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> st
 /// A pipeline stage: the process and its stderr, drained as it is written
 /// (a stage that writes more than a pipe holds, such as tar reporting every
 /// file it cannot write to a full disk, would otherwise block forever).
-pub(crate) struct Proc {
-    child: Child,
-    stderr: Option<tokio::task::JoinHandle<String>>,
-}
-
-impl std::ops::Deref for Proc {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.child
-    }
-}
-
-impl std::ops::DerefMut for Proc {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.child
-    }
-}
-
-/// The first 256 KiB of what a stage wrote to stderr, read to its end.
-pub(super) async fn drain(mut e: tokio::process::ChildStderr) -> String {
-    const KEEP: usize = 256 * 1024;
-    let (mut kept, mut buf) = (Vec::new(), vec![0u8; 16 * 1024]);
-    while let Ok(n) = e.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        let room = KEEP.saturating_sub(kept.len()).min(n);
-        kept.extend_from_slice(&buf[..room]);
-    }
-    String::from_utf8_lossy(&kept).into_owned()
-}
-
-/// A stage's stderr (the end of it, for an error message: last 5 lines).
-pub(crate) async fn stderr_of(p: &mut Proc) -> String {
-    let s = stderr_text(p).await;
-    s.trim().lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ")
-}
-
-/// The whole captured stderr of a stage.
-pub(super) async fn stderr_text(p: &mut Proc) -> String {
-    match p.stderr.take() {
-        Some(h) => h.await.unwrap_or_default(),
-        None => String::new(),
-    }
-}
-
-pub(crate) fn spawn(cmd: &mut Command, what: &str) -> Result<Proc, String> {
-    let mut child = cmd.kill_on_drop(true).spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
-    let stderr = child.stderr.take().map(|e| tokio::spawn(drain(e)));
-    Ok(Proc { child, stderr })
-}
-
-/// Every process must have succeeded, or the output is not a backup.
-pub(super) async fn wait_all(children: &mut [(&str, &mut Proc)]) -> Result<(), String> {
-    for (what, c) in children.iter_mut() {
-        let s = c.wait().await.map_err(|e| e.to_string())?;
-        if !s.success() {
-            return Err(format!("{what} failed ({s}): {}", stderr_of(c).await));
-        }
-    }
-    Ok(())
-}
-
 pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

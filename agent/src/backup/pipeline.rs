@@ -8,9 +8,9 @@ use drc_proto::{BackupJob, BackupMade, DeleteBackup};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::s3::{abort, client, joined, s3_error};
 use super::*;
 use crate::config::Kind;
+use crate::s3::{abort, client, joined, s3_error};
 
 /// Takes a backup of the local member and uploads it; see the module doc.
 /// `estimate`: the member's data size, for progress (0 when unknown).
@@ -33,7 +33,7 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
                 c.args(["-h", &conn.host, "-p", &conn.port.to_string(), "-U", &pg.replication_user, "-D", "-", "-Ft", "-X", "fetch"])
                     .args(["--checkpoint=fast", "--no-password", "-v"]);
                 conn.password().map_err(|e| e.to_string())?;
-                libpq_env(cfg, &mut c);
+                cfg.libpq_env(&mut c);
                 (c, "base.tar.zst.age", version(&bin.to_string_lossy(), "--version").await)
             }
             Kind::Redis => {

@@ -9,9 +9,9 @@ use drc_proto::{RecoveryTestFound, RecoveryTestJob};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::checks::{check_postgres, check_redis};
-use super::s3::{client, s3_error, Ranged};
+use super::checks::{check_postgres, check_redis, Checked};
 use super::*;
+use crate::s3::{client, s3_error, Ranged};
 
 /// Restores a backup into a scratch instance, checks it, measures RTO and
 /// RPO, and removes the instance whatever happened.
@@ -95,7 +95,7 @@ async fn part_hashes(
     if got.content_length().unwrap_or(0) > MAX_MANIFEST_BYTES {
         return Err(format!("the manifest s3://{}/{key} is over {} MiB", dest.bucket, MAX_MANIFEST_BYTES >> 20));
     }
-    let body = got.body.collect().await.map_err(|e| super::s3::s3_error_plain(&format!("reading {key}"), dest, e))?.into_bytes();
+    let body = got.body.collect().await.map_err(|e| crate::s3::s3_error_plain(&format!("reading {key}"), dest, e))?.into_bytes();
     let manifest: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| format!("the manifest s3://{}/{key} is not JSON: {e}", dest.bucket))?;
     let parts: Vec<String> = manifest["objects"][0]["parts_sha256"]
@@ -350,6 +350,19 @@ pub(super) async fn restore_and_check_inner(
     // pg_basebackup never includes one; a restored one names no process of
     // ours (and would stop the scratch server from starting).
     let _ = std::fs::remove_file(data.join("postmaster.pid"));
+    // PostgreSQL: the archived WAL after the backup, replayed to the end of
+    // the archive; the copy then promotes itself.
+    let replay = if kind == "postgres" && !job.wal_key.is_empty() {
+        meter.phase("wal", 0);
+        let wal = scratch.join("wal");
+        let got = crate::archive::replay::prefetch(cfg, &job.wal_destinations, &job.wal_key, job.wal_start, &wal)
+            .await
+            .map_err(|e| format!("fetching the archived WAL: {e}"))?;
+        replay_settings(&data, &wal)?;
+        Some(got)
+    } else {
+        None
+    };
     let restored_at = started.elapsed();
     meter.phase("checks", 0);
 
@@ -363,19 +376,40 @@ pub(super) async fn restore_and_check_inner(
     // RTO ends when the instance accepts connections and passed the checks
     // an application depends on; PostgreSQL's full scan (pg_amcheck) runs
     // after it and is timed on its own.
-    let (checks, rto) = if kind == "postgres" {
-        check_postgres(cfg, &job.check_tables, scratch, port, user, started).await?
+    let checked = if kind == "postgres" {
+        check_postgres(cfg, &job.check_tables, scratch, port, user, started, replay.is_some()).await?
     } else {
-        let checks = check_redis(scratch, port, user).await?;
-        (checks, started.elapsed())
+        Checked { found: check_redis(scratch, port, user).await?, rto: started.elapsed(), newest_commit_ms: None }
     };
-    out.extend(checks);
+    out.extend(checked.found);
     out.insert("total_ms".into(), started.elapsed().as_millis().to_string());
+    if let Some(r) = &replay {
+        out.insert("wal_replayed".into(), format!("{} files, {:.1} MiB", r.files, r.bytes as f64 / 1048576.0));
+    }
+    // The RPO: how old the newest commit the copy holds was when the test
+    // started; without replay, the backup's end stands for it.
+    let newest = checked.newest_commit_ms.or(Some(job.data_time_ms).filter(|t| *t > 0));
     Ok(RecoveryTestFound {
-        rto_ms: rto.as_millis() as u64,
-        rpo_ms: Some(job.data_time_ms).filter(|t| *t > 0).map(|at| started_ms.saturating_sub(at)),
+        rto_ms: checked.rto.as_millis() as u64,
+        rpo_ms: newest.map(|at| started_ms.saturating_sub(at)),
         checks: out.into_iter().collect(),
     })
+}
+
+/// Recovery settings that replay the WAL in `wal` to its end (the newest
+/// timeline), then promote.
+fn replay_settings(data: &Path, wal: &Path) -> Result<(), String> {
+    let dir = wal.to_string_lossy().replace('\'', "''");
+    let settings = format!(
+        "\n# drc recovery test: replay the archived WAL\nprimary_conninfo = ''\nrestore_command = 'cp \"{dir}/%f\" \"%p\"'\n\
+         recovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\n"
+    );
+    let auto = data.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    text.push_str(&settings);
+    std::fs::write(&auto, text)
+        .and_then(|()| std::fs::write(data.join("recovery.signal"), ""))
+        .map_err(|e| format!("recovery settings: {e}"))
 }
 
 #[cfg(test)]

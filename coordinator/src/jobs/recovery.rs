@@ -96,6 +96,7 @@ impl Jobs {
             manifest_key: backup.manifest_key.clone(),
             part_size: backup.manifest["objects"][0]["part_size"].as_u64().unwrap_or(0),
             parts_root: backup.manifest["objects"][0]["parts_root"].as_str().unwrap_or_default().to_string(),
+            ..wal_replay(&self.node, cluster, &backup)
         });
         let this = Arc::clone(self);
         let job = rec.clone();
@@ -131,4 +132,27 @@ impl Jobs {
         });
         Ok(rec)
     }
+}
+
+/// The archived WAL a recovery test of `backup` replays: this database's
+/// archive in every bucket holding some of it, from the backup's start on.
+fn wal_replay(node: &crate::raft::NodeHandle, cluster: &str, backup: &drc_model::job::BackupRecord) -> RecoveryTestJob {
+    let start = backup.manifest["lsn_start"].as_str().and_then(|l| l.parse::<drc_model::wal::Lsn>().ok());
+    let (Some(start), true) = (start, backup.kind == "postgres") else { return RecoveryTestJob::default() };
+    node.store().with_state(|sm| {
+        let dataset = sm.records.get(cluster).map(|r| r.dataset.clone()).unwrap_or_default();
+        let key = format!("{}/{dataset}", crate::core::wal_prefix(cluster));
+        let mut held: Vec<&drc_model::archive::WalArchive> =
+            sm.wal_archives.values().filter(|a| a.cluster == cluster && a.system_id == dataset && !dataset.is_empty()).collect();
+        held.sort_by_key(|a| std::cmp::Reverse(a.updated_at));
+        if held.is_empty() {
+            return RecoveryTestJob::default();
+        }
+        RecoveryTestJob {
+            wal_key: key,
+            wal_destinations: held.iter().map(|a| a.destination.clone()).collect(),
+            wal_start: start.0,
+            ..Default::default()
+        }
+    })
 }

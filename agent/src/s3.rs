@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::types::CompletedPart;
 
-use crate::config::DestinationConfig;
+use crate::config::{AgentConfig, DestinationConfig};
 
 /// The destination's secret key, from the environment or a file.
 fn secret(d: &DestinationConfig) -> Result<String, String> {
@@ -146,4 +146,11 @@ impl Drop for Ranged {
 
 pub(super) fn s3_error_plain(what: &str, d: &DestinationConfig, e: impl std::fmt::Display) -> String {
     format!("{what} at destination {} ({}/{}): {e}", d.name, d.endpoint, d.bucket)
+}
+
+pub(crate) fn destination<'a>(cfg: &'a AgentConfig, name: &str) -> Result<&'a DestinationConfig, String> {
+    cfg.destinations
+        .iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| format!("destination {name:?} is not configured on agent {} (add [[destinations]] name = {name:?})", cfg.member_id))
 }

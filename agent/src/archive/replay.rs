@@ -1,0 +1,123 @@
+//! The archived WAL a restore replays, fetched ahead into a directory that
+//! PostgreSQL's `restore_command` copies from (`cp DIR/%f %p`): the server
+//! restoring never needs the archive's keys or the bucket's credentials.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::fetch::{Fetch, FetchError};
+use super::layout::{timeline_of, Local};
+use crate::config::AgentConfig;
+use crate::s3::s3_error;
+
+/// What was fetched.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Every history file of the archive `root`, and every segment of every
+/// timeline from the one holding `start` on, into `dir`.
+pub async fn prefetch(cfg: &AgentConfig, destinations: &[String], root: &str, start: u64, dir: &Path) -> Result<Fetched, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mut names = BTreeSet::new();
+    for name in destinations {
+        names.extend(listed(cfg, name, root).await?);
+    }
+    let fetch = Fetch { cfg, destinations, root };
+    let mut fetched = Fetched::default();
+    let mut segment_size = 0;
+    for name in &names {
+        let wanted = match Local::of(name) {
+            Some(Local::History(_)) => true,
+            Some(Local::Segment(seg)) => {
+                if segment_size == 0 {
+                    segment_size = fetch.segment_size().await.map_err(|e| e.to_string())?;
+                }
+                segment_number(&seg, segment_size).is_some_and(|n| n >= start / segment_size)
+            }
+            _ => false,
+        };
+        if !wanted {
+            continue;
+        }
+        let to = dir.join(name);
+        match fetch.fetch(name, &to).await {
+            Ok(()) => {
+                fetched.files += 1;
+                fetched.bytes += std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0);
+            }
+            Err(FetchError::Missing(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(fetched)
+}
+
+/// The file names (`<segment>`, `<TL>.history`) the archive has at one
+/// destination, whole or in chunks.
+async fn listed(cfg: &AgentConfig, destination: &str, root: &str) -> Result<BTreeSet<String>, String> {
+    let dest = crate::s3::destination(cfg, destination)?;
+    let client = crate::s3::client(dest)?;
+    let prefix = format!("{}/", root.trim_end_matches('/'));
+    let mut names = BTreeSet::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(&dest.bucket)
+            .prefix(&prefix)
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("listing {prefix}"), dest, e))?;
+        for key in page.contents().iter().filter_map(|o| o.key()) {
+            if let Some(name) = file_of(&key[prefix.len()..]) {
+                names.insert(name);
+            }
+        }
+        match page.next_continuation_token() {
+            Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok(names)
+}
+
+/// The file a key (below the archive's root) holds, or is a chunk of.
+fn file_of(rest: &str) -> Option<String> {
+    let mut parts = rest.split('/');
+    let first = parts.next()?;
+    if let (Some(Local::History(h)), None) = (Local::of(first), parts.clone().next()) {
+        return Some(h);
+    }
+    let second = parts.next()?;
+    let name = second.strip_suffix(".chunks").unwrap_or(second);
+    match Local::of(name) {
+        Some(Local::Segment(seg)) if timeline_of(&seg) == timeline_of(first) => Some(seg),
+        _ => None,
+    }
+}
+
+fn segment_number(name: &str, segment_size: u64) -> Option<u64> {
+    let hi = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+    let lo = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+    Some(hi * (0x1_0000_0000 / segment_size) + lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_the_files_a_restore_asks_for() {
+        assert_eq!(file_of("00000002.history"), Some("00000002.history".into()));
+        assert_eq!(file_of("00000001/000000010000000000000004"), Some("000000010000000000000004".into()));
+        assert_eq!(file_of("00000001/000000010000000000000004.chunks/00002000"), Some("000000010000000000000004".into()));
+        assert_eq!(file_of("00000001/000000010000000000000004.partial"), None, "a timeline's last partial segment is never asked for");
+        assert_eq!(file_of("wal.json"), None);
+        assert_eq!(file_of("00000002/000000010000000000000004"), None, "a segment under another timeline's folder");
+        assert_eq!(segment_number("000000010000000100000002", 16 << 20), Some(256 + 2));
+    }
+}
