@@ -209,8 +209,8 @@ impl AgentConfig {
         if self.max_buffered_samples == 0 {
             p.push("max_buffered_samples: must be greater than 0".into());
         }
-        if self.archive.upload_every.is_zero() {
-            p.push("archive.upload_every: must be greater than zero".into());
+        if self.archive.upload_every.is_zero() || self.archive.upload_timeout.is_zero() {
+            p.push("archive.upload_every and archive.upload_timeout: must be greater than zero".into());
         }
         if self.connection.password_env.is_some() && self.connection.password_file.is_some() {
             p.push("connection: set password_env or password_file, not both".into());
@@ -303,11 +303,15 @@ pub struct ArchiveConfig {
     pub dir: PathBuf,
     #[serde(default = "default_upload_every", with = "humantime_serde")]
     pub upload_every: Duration,
+    /// An upload that takes longer fails, says why in `drctl status`, and is
+    /// tried again on the next pass.
+    #[serde(default = "default_upload_timeout", with = "humantime_serde")]
+    pub upload_timeout: Duration,
 }
 
 impl Default for ArchiveConfig {
     fn default() -> Self {
-        ArchiveConfig { dir: default_wal_dir(), upload_every: default_upload_every() }
+        ArchiveConfig { dir: default_wal_dir(), upload_every: default_upload_every(), upload_timeout: default_upload_timeout() }
     }
 }
 
@@ -317,6 +321,10 @@ fn default_wal_dir() -> PathBuf {
 
 fn default_upload_every() -> Duration {
     Duration::from_millis(500)
+}
+
+fn default_upload_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `[backup]` in the agent's configuration.

@@ -23,13 +23,19 @@ fn secret(d: &DestinationConfig) -> Result<String, String> {
 /// A client of the destination: bounded retries and time-outs, so that a
 /// destination that is down fails the job with the reason.
 pub(crate) fn client(d: &DestinationConfig) -> Result<aws_sdk_s3::Client, String> {
+    client_with(d, Duration::from_secs(120), 3)
+}
+
+/// A client that gives up on a request after `attempts` of at most
+/// `attempt` each.
+pub(crate) fn client_with(d: &DestinationConfig, attempt: Duration, attempts: u32) -> Result<aws_sdk_s3::Client, String> {
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
     use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
     let creds = Credentials::new(&d.access_key, secret(d)?, None, None, "drc-agent");
     let http = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https();
     let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
-        .operation_attempt_timeout(Duration::from_secs(120))
+        .operation_attempt_timeout(attempt)
         .build();
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -38,9 +44,9 @@ pub(crate) fn client(d: &DestinationConfig) -> Result<aws_sdk_s3::Client, String
         .credentials_provider(creds)
         .force_path_style(true)
         .http_client(http)
-        // Bounded: a destination that is down fails the backup after
-        // three attempts per request, with the reason.
-        .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(3))
+        // Bounded: a destination that is down fails the request, with the
+        // reason, after a few attempts.
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(attempts.max(1)))
         .timeout_config(timeouts)
         .build();
     Ok(aws_sdk_s3::Client::from_conf(conf))

@@ -289,3 +289,87 @@ fn chrono_free_timestamp(us: i64) -> String {
     let out = Command::new("date").args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d %H:%M:%S"]).output().expect("date");
     format!("{}.{frac:06}+00", String::from_utf8_lossy(&out.stdout).trim())
 }
+
+#[test]
+fn a_hung_bucket_delays_archiving_without_loss_and_a_corrupt_or_missing_wal_object_is_named() {
+    let dir = tempfile::Builder::new().prefix("drc-pitr-outage-").tempdir().expect("tempdir");
+    let lab = Lab::up(dir.path()).expect("lab up");
+    let pa = lab.member("pg-a").expect("pg-a").clone();
+    let first = wait_for("the archiver to stream", Duration::from_secs(60), || {
+        archive(&lab).filter(|a| a["error"] == "" && a["end"].as_u64().unwrap_or(0) > 0)
+    })
+    .expect("archiving");
+    let (key, dest) = (first["key"].as_str().expect("key").to_string(), first["destination"].as_str().expect("dest").to_string());
+    let s3 = lab.info.s3.iter().find(|s| format!("s3-{}", s.region) == dest).expect("the archive's bucket").clone();
+    let backup = lab.drctl_json(&["backup", "run", "--cluster", "app-pg"]).expect("backup");
+    assert_eq!(backup["state"], "done", "{backup}");
+
+    // The archive's bucket hangs: commits go on, the archive says it is stuck
+    // and claims nothing it does not hold.
+    signal(s3.pid, libc::SIGSTOP);
+    for i in 0..20 {
+        psql(
+            pa.port,
+            &format!(
+                "INSERT INTO {} (item) SELECT 'during the outage {i}.' || g FROM generate_series(1, 10) g",
+                drc_tests::lab::CHECK_TABLE
+            ),
+        )
+        .expect("a commit while the bucket hangs");
+    }
+    let written: u64 = psql(pa.port, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").expect("lsn").parse().expect("lsn");
+    let stuck = wait_for("the archive to say it is stuck", Duration::from_secs(60), || archive(&lab).filter(|a| a["error"] != ""));
+    signal(s3.pid, libc::SIGCONT);
+    let stuck = stuck.expect("an error while the bucket hangs");
+    println!("while the bucket hung: {stuck}");
+    assert!(stuck["end"].as_u64().unwrap_or(0) < written, "the archive claims no WAL it could not upload: {stuck}");
+
+    // It catches up, and a recovery test that replays it holds every row.
+    let caught = wait_for("the archive to catch up", Duration::from_secs(60), || {
+        archive(&lab).filter(|a| a["error"] == "" && a["end"].as_u64().unwrap_or(0) >= written)
+    })
+    .expect("caught up");
+    println!("after the bucket came back: {caught}");
+    let t = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg"]).expect("recovery test");
+    assert_eq!(t["state"], "done", "{t}");
+    let counts: Value = serde_json::from_str(t["checks"]["row_counts"].as_str().expect("row counts")).expect("json");
+    assert_eq!(counts[drc_tests::lab::CHECK_TABLE], 200, "every commit made while the bucket hung is restored: {t}");
+
+    // A corrupt object and a missing one: wal-fetch names them.
+    // The oldest segment of timeline 1, whole or in chunks (a backup from a
+    // standby switches no segment, so a quiet lab may have none whole).
+    let tl1 = s3.root.join(&s3.bucket).join(&key).join("00000001");
+    let mut objects: Vec<String> = std::fs::read_dir(&tl1)
+        .expect("timeline 1 in the bucket")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    objects.sort();
+    let first = objects.first().expect("an object of timeline 1").clone();
+    let segment = first.trim_end_matches(".chunks").to_string();
+    let object = if first.ends_with(".chunks") {
+        std::fs::read_dir(tl1.join(&first)).expect("chunks").filter_map(|e| e.ok()).map(|e| e.path()).min().expect("a chunk")
+    } else {
+        tl1.join(&first)
+    };
+    let object_key = object.strip_prefix(s3.root.join(&s3.bucket)).expect("a key").display().to_string();
+    let fetch = |name: &str| {
+        let out = Command::new(drc_tests::bin("drc-agent"))
+            .arg("--config")
+            .arg(lab.info.dir.join("agent-pg-c.toml"))
+            .args(["wal-fetch", "--destination", &dest, "--archive", &key, name])
+            .arg(dir.path().join("fetched"))
+            .output()
+            .expect("wal-fetch");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(fetch(&segment).0, Some(0), "the intact segment");
+    std::fs::write(&object, b"not what was archived").expect("corrupt the object");
+    let (code, said) = fetch(&segment);
+    assert_eq!(code, Some(126), "recovery must stop on a corrupt object: {said}");
+    assert!(said.contains(&object_key), "the message names the object {object_key}: {said}");
+    let (code, said) = fetch("0000000100000000000000FF");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("0000000100000000000000FF") && said.contains("not in the archive"), "{said}");
+    let _ = lab.down();
+}

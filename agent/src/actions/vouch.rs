@@ -37,9 +37,12 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 /// How long a primary that has written no heartbeat lately waits for its
 /// replicas to write a new one.
 const HEARTBEAT_WAIT: Duration = Duration::from_millis(250);
-/// Where each streaming replica has written to.
+/// Where each streaming replica has written to. The WAL archiver streams
+/// too, on its own slot, but it is no replica: it could not be promoted,
+/// so it vouches for nothing.
 const WRITTEN: &str = "SELECT ARRAY(SELECT pg_wal_lsn_diff(write_lsn, '0/0')::bigint FROM pg_stat_replication \
-     WHERE state = 'streaming' AND write_lsn IS NOT NULL)";
+     WHERE state = 'streaming' AND write_lsn IS NOT NULL \
+     AND pid NOT IN (SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'drc_archive' AND active_pid IS NOT NULL))";
 
 impl Actor {
     /// None if the local member is not a writable primary; otherwise how
@@ -144,7 +147,8 @@ impl Actor {
         let c = self.pg_local().await.map_err(Unread::Failed)?;
         let query = c.query_one(
             "SELECT pg_is_in_recovery(), ARRAY(SELECT pg_wal_lsn_diff(write_lsn, '0/0')::bigint FROM pg_stat_replication \
-             WHERE state = 'streaming' AND write_lsn IS NOT NULL)",
+             WHERE state = 'streaming' AND write_lsn IS NOT NULL \
+             AND pid NOT IN (SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'drc_archive' AND active_pid IS NOT NULL))",
             &[],
         );
         // A connection that hangs is as good as none, and is replaced.

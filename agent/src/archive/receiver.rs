@@ -127,7 +127,8 @@ impl Run<'_> {
 
     fn uploader(&self, layout: Layout) -> Result<Uploader, String> {
         let dest = crate::s3::destination(self.cfg, &self.job.destination)?.clone();
-        let client = crate::s3::client(&dest)?;
+        // One attempt per pass: the next pass is the retry.
+        let client = crate::s3::client_with(&dest, self.cfg.archive.upload_timeout, 1)?;
         let recipients = self.job.recipients.iter().filter(|r| !r.is_empty()).cloned().collect();
         Ok(Uploader::new(dest, client, layout, recipients, self.cfg.backup.zstd_level))
     }

@@ -204,6 +204,14 @@ impl AgentHub {
     /// An agent's answer to a command, from `member`'s stream `session`;
     /// an answer to a command sent elsewhere is dropped.
     pub fn complete(&self, member: &str, session: u64, result: CommandResult) {
+        // The answer to a notification (sent without an id): only a refusal
+        // is news.
+        if result.command_id == 0 {
+            if !result.ok {
+                tracing::warn!(member, error = %result.error, "an agent refused a notification");
+            }
+            return;
+        }
         let mut s = lock(&self.state);
         if !s.pending.get(&result.command_id).is_some_and(|p| p.member == member && p.session == session) {
             tracing::warn!(member, command = result.command_id, "dropped an answer to a command not sent on this stream");

@@ -2,6 +2,7 @@
 //! on time. One file per benchmark; the statistics in [`stats`].
 
 pub mod agents;
+pub mod archive;
 pub mod backup;
 pub mod chaos;
 pub mod failover;

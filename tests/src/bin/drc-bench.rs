@@ -20,7 +20,7 @@
 //! Build in release for meaningful numbers:
 //! `cargo build --release --workspace --bins && target/release/drc-bench raft`
 use clap::{Parser, Subcommand};
-use drc_tests::bench::{agents, backup, chaos, failover, raft};
+use drc_tests::bench::{agents, archive, backup, chaos, failover, raft};
 
 #[derive(Parser)]
 struct Args {
@@ -118,6 +118,18 @@ enum Bench {
         #[arg(long)]
         insecure: bool,
     },
+    /// WAL archive lag under a steady write load, per commit rate.
+    Archive {
+        /// How long each rate runs.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Commits per second, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "50,500,2000")]
+        rates: Vec<u32>,
+        /// Bytes of each row written.
+        #[arg(long, default_value_t = 200)]
+        row_bytes: usize,
+    },
     /// Backup throughput and recovery-test time against plain pipelines.
     Backup {
         /// pgbench scale factor (about 15 MiB each).
@@ -138,6 +150,7 @@ fn main() -> anyhow::Result<()> {
         }
         Bench::Chaos { trials, seed, faults } => chaos::run(trials, seed, faults),
         Bench::Backup { scale, trials } => backup::run(scale, trials),
+        Bench::Archive { seconds, rates, row_bytes } => archive::run(seconds, &rates, row_bytes),
         Bench::Agents { counts, seconds, tick_interval, streams_per_connection, tls, sample_interval, generator_nice, pin } => {
             let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(agents::Options {

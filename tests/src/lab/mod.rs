@@ -525,7 +525,10 @@ impl Lab {
             self.info.dir.join("scratch").display().to_string()
         ));
         // The WAL archiver's directory, one per member.
-        storage.push_str(&format!("[archive]\ndir = {:?}\n", self.info.dir.join(format!("{}.wal", m.id)).display().to_string()));
+        storage.push_str(&format!(
+            "[archive]\ndir = {:?}\nupload_timeout = \"5s\"\n",
+            self.info.dir.join(format!("{}.wal", m.id)).display().to_string()
+        ));
         let text = format!(
             "member_id = {:?}\ncluster = {:?}\nregion = {:?}\nkind = {:?}\nendpoints = [{endpoints}]\nprobe_interval = \"200ms\"\nprobe_timeout = \"1s\"\nstate_dir = {:?}\n[connection]\nhost = {:?}\nport = {}\n{user}{control}{storage}",
             m.id,
