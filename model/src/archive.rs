@@ -67,6 +67,32 @@ impl WalArchive {
         true
     }
 
+    /// Forgets what lies before `from`, on every timeline (retention
+    /// deleted it); false when nothing was.
+    pub fn forget_before(&mut self, from: Lsn) -> bool {
+        let mut changed = false;
+        for ranges in self.timelines.values_mut() {
+            ranges.retain_mut(|r| {
+                if r.end <= from {
+                    changed = true;
+                    return false;
+                }
+                if r.begin < from {
+                    r.begin = from;
+                    changed = true;
+                }
+                true
+            });
+        }
+        self.timelines.retain(|_, ranges| !ranges.is_empty());
+        changed
+    }
+
+    /// Where the archive begins: its oldest range's start.
+    pub fn begins(&self) -> Option<Lsn> {
+        self.timelines.values().filter_map(|r| r.first()).map(|r| r.begin).min()
+    }
+
     /// The newest timeline and where its archive ends.
     pub fn reach(&self) -> Option<(u32, Lsn)> {
         self.timelines.iter().next_back().and_then(|(tl, ranges)| Some((*tl, ranges.last()?.end)))
@@ -107,6 +133,23 @@ mod tests {
         assert!(a.record(2, r(480, 600)));
         assert_eq!(a.reach(), Some((2, Lsn(600))), "the newest timeline");
         assert!(!a.record(2, r(700, 700)), "an empty range says nothing");
+    }
+
+    #[test]
+    fn retention_forgets_whole_ranges_before_the_horizon_and_trims_the_one_across_it() {
+        let mut a = WalArchive::default();
+        a.record(1, r(100, 200));
+        a.record(1, r(300, 500));
+        a.record(2, r(500, 700));
+        assert_eq!(a.begins(), Some(Lsn(100)));
+        assert!(a.forget_before(Lsn(400)));
+        assert_eq!(a.timelines[&1], vec![r(400, 500)]);
+        assert_eq!(a.timelines[&2], vec![r(500, 700)]);
+        assert!(a.gaps().is_empty(), "the gap before the horizon went with it");
+        assert!(!a.forget_before(Lsn(400)), "nothing more to forget");
+        assert!(a.forget_before(Lsn(600)));
+        assert!(!a.timelines.contains_key(&1), "an emptied timeline goes");
+        assert_eq!(a.begins(), Some(Lsn(600)));
     }
 
     #[test]

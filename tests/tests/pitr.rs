@@ -373,3 +373,88 @@ fn a_hung_bucket_delays_archiving_without_loss_and_a_corrupt_or_missing_wal_obje
     assert!(said.contains("0000000100000000000000FF") && said.contains("not in the archive"), "{said}");
     let _ = lab.down();
 }
+
+/// The segment number of an object name in the bucket (`<segment>`,
+/// `<segment>.chunks`, `<segment>.partial`), 16 MiB segments.
+fn segment_of(name: &str) -> Option<u64> {
+    let seg = name.split('.').next()?;
+    (seg.len() == 24).then(|| Some(u64::from_str_radix(&seg[8..16], 16).ok()? * 256 + u64::from_str_radix(&seg[16..24], 16).ok()?))?
+}
+
+#[test]
+fn retention_deletes_the_archived_wal_no_kept_backup_needs_and_the_oldest_kept_one_still_replays() {
+    let dir = tempfile::Builder::new().prefix("drc-pitr-retention-").tempdir().expect("tempdir");
+    let lab = Lab::up(dir.path()).expect("lab up");
+    let pa = lab.member("pg-a").expect("pg-a").clone();
+    let first = wait_for("the archiver to stream", Duration::from_secs(60), || {
+        archive(&lab).filter(|a| a["error"] == "" && a["end"].as_u64().unwrap_or(0) > 0)
+    })
+    .expect("archiving");
+    let (key, dest) = (first["key"].as_str().expect("key").to_string(), first["destination"].as_str().expect("dest").to_string());
+    let s3 = lab.info.s3.iter().find(|s| format!("s3-{}", s.region) == dest).expect("the archive's bucket").clone();
+
+    // The segments of timeline 1 in the bucket; a chunks folder the store
+    // left empty holds nothing.
+    let tl1 = s3.root.join(&s3.bucket).join(&key).join("00000001");
+    let segments = || -> Vec<u64> {
+        let holds = |p: &Path| !p.is_dir() || std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some());
+        let mut v: Vec<u64> = std::fs::read_dir(&tl1)
+            .map(|d| {
+                d.filter_map(|e| e.ok()).filter(|e| holds(&e.path())).filter_map(|e| segment_of(&e.file_name().to_string_lossy())).collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+
+    // Four rounds of rows, a checkpoint (a backup from a standby starts at
+    // the newest one it replayed), a new segment and a backup; the lab
+    // keeps 3 backups.
+    let mut backups = Vec::new();
+    let mut first_segment = None;
+    for round in 0..4 {
+        let rows = format!("INSERT INTO {} (item) SELECT 'round {round} ' || g FROM generate_series(1, 50) g", drc_tests::lab::CHECK_TABLE);
+        psql(pa.port, &rows).expect("rows");
+        psql(pa.port, "CHECKPOINT").expect("checkpoint");
+        psql(pa.port, "SELECT pg_switch_wal()").expect("switch");
+        let written: u64 = psql(pa.port, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").expect("lsn").parse().expect("lsn");
+        wait_for("the archive to hold the round", Duration::from_secs(60), || {
+            archive(&lab).filter(|a| a["end"].as_u64().unwrap_or(0) >= written)
+        })
+        .expect("archived");
+        first_segment = first_segment.or_else(|| segments().first().copied());
+        let b = lab.drctl_json(&["backup", "run", "--cluster", "app-pg", "--destination", "s3-c"]).expect("backup");
+        assert_eq!(b["state"], "done", "{b}");
+        backups.push(b);
+    }
+    let listed = wait_for("retention to drop the oldest backup", Duration::from_secs(60), || {
+        let l = lab.drctl_json(&["backup", "list", "--cluster", "app-pg"]).ok()?;
+        (l["backups"].as_array()?.len() == 3).then_some(l)
+    })
+    .expect("three backups kept");
+    let oldest = listed["backups"].as_array().expect("backups").last().expect("oldest").clone();
+    assert_eq!(oldest["id"], backups[1]["id"], "the second backup is the oldest kept");
+    let start = oldest["manifest"]["lsn_start"].as_str().expect("lsn_start");
+    let (hi, lo) = start.split_once('/').expect("an LSN");
+    let horizon = (u64::from_str_radix(hi, 16).expect("hex") << 32) + u64::from_str_radix(lo, 16).expect("hex");
+    let horizon_segment = horizon >> 24;
+
+    // The bucket keeps the segments from the oldest kept backup's on.
+    let kept = wait_for("the WAL before the oldest kept backup to go", Duration::from_secs(60), || {
+        let s = segments();
+        (s.first().is_some_and(|first| *first >= horizon_segment)).then_some(s)
+    })
+    .unwrap_or_else(|e| panic!("{e}: segments {:?}, horizon segment {horizon_segment}", segments()));
+    println!(
+        "segments kept: {kept:?}; the oldest kept backup starts in segment {horizon_segment}; the first archived was {first_segment:?}"
+    );
+    assert!(first_segment.is_some_and(|f| f < horizon_segment), "retention had WAL to delete: {first_segment:?}, {horizon_segment}");
+    assert!(kept.contains(&horizon_segment), "the segment the oldest kept backup starts in stays: {kept:?}");
+
+    // That backup still restores, with every row written after it.
+    let t = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg", "--backup", &oldest["id"].to_string()]).expect("recovery test");
+    assert_eq!(t["state"], "done", "{t}");
+    let counts: Value = serde_json::from_str(t["checks"]["row_counts"].as_str().expect("row counts")).expect("json");
+    assert_eq!(counts[drc_tests::lab::CHECK_TABLE], 200, "the oldest kept backup and the WAL after it: {t}");
+    let _ = lab.down();
+}

@@ -161,6 +161,7 @@ impl Actor {
             }
             Some(Body::DeleteBackup(job)) => ("delete_backup", crate::backup::delete(&self.cfg, job).await.map(|()| None)),
             Some(Body::Archive(a)) => ("archive", self.archiver.assign(a).map(|()| None)),
+            Some(Body::PruneWal(p)) => ("prune_wal", crate::archive::prune::prune(&self.cfg, p).await.map(|w| Some(Found::WalPruned(w)))),
             Some(Body::Step(step)) => {
                 let action = FailoverAction::try_from(step.action).unwrap_or(FailoverAction::Unspecified);
                 (action.as_str_name(), self.step(cmd.epoch, action, step).await.map(|s| Some(Found::Step(s))))

@@ -8,6 +8,7 @@
 
 pub mod fetch;
 pub mod layout;
+pub mod prune;
 mod receiver;
 pub mod replay;
 pub mod seal;

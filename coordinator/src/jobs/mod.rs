@@ -46,11 +46,13 @@ pub struct Jobs {
     /// Jobs this node runs: (kind, id) -> the id of the agent command
     /// carrying it out (0 before it is sent), to follow its progress.
     running: Mutex<HashMap<(JobKind, u64), u64>>,
+    /// Per WAL archive (catalog key), the horizon it was last pruned to.
+    pruned: Mutex<HashMap<String, u64>>,
 }
 
 impl Jobs {
     pub fn new(node: NodeHandle, agents: Arc<Agents>, write_timeout: Duration) -> Arc<Jobs> {
-        Arc::new(Jobs { node, agents, write_timeout, running: Mutex::new(HashMap::new()) })
+        Arc::new(Jobs { node, agents, write_timeout, running: Mutex::new(HashMap::new()), pruned: Mutex::new(HashMap::new()) })
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<(JobKind, u64), u64>> {

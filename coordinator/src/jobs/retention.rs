@@ -9,8 +9,11 @@ use drc_model::time::wall_now_ms;
 use drc_model::Millis;
 
 use crate::agents::EventKind;
+use crate::lock::lock;
 use crate::state::Command;
-use drc_proto::{command, DeleteBackup};
+use drc_model::wal::Lsn;
+use drc_proto::command_result::Found;
+use drc_proto::{command, DeleteBackup, PruneWal};
 
 use super::Jobs;
 
@@ -51,18 +54,18 @@ impl Jobs {
             )
         });
         let Some(policy) = policy else { return };
-        if policy.keep_last == 0 && policy.max_age.is_none() {
-            return;
-        }
         let refs: Vec<&BackupRecord> = backups.iter().collect();
         let max_age = policy.max_age.map(|d| d.as_millis() as Millis);
-        let doomed = expired(&refs, &verified, policy.keep_last, max_age, wall_now_ms());
-        if doomed.is_empty() {
-            return;
-        }
+        let doomed = if policy.keep_last == 0 && policy.max_age.is_none() {
+            Vec::new()
+        } else {
+            expired(&refs, &verified, policy.keep_last, max_age, wall_now_ms())
+        };
         let obs = self.agents.board.observations(&topology, Instant::now());
         let agents: Vec<String> =
             topology.members_of(cluster).filter(|(id, _)| obs.get(*id).is_some_and(|o| o.fresh)).map(|(id, _)| id.clone()).collect();
+        let kept: Vec<&BackupRecord> = refs.iter().copied().filter(|b| b.state == JobState::Done && !doomed.contains(&b.id)).collect();
+        self.prune_wal(cluster, &kept, &agents).await;
         for id in doomed {
             let Some(b) = backups.iter().find(|b| b.id == id) else { continue };
             let keys = [&b.data_key, &b.manifest_key].into_iter().filter(|k| !k.is_empty()).cloned().collect();
@@ -82,6 +85,50 @@ impl Jobs {
             }
         }
     }
+
+    /// Deletes the archived WAL that no backup still kept can use: what lies
+    /// before the oldest one's start. Without a completed backup, all WAL
+    /// stays.
+    async fn prune_wal(self: &Arc<Self>, cluster: &str, kept: &[&BackupRecord], agents: &[String]) {
+        let Some(horizon) = wal_horizon(kept) else { return };
+        let archives: Vec<(String, String)> = self.node.store().with_state(|sm| {
+            sm.wal_archives
+                .iter()
+                .filter(|(_, a)| a.cluster == cluster && a.begins().is_some_and(|b| b < horizon))
+                .filter_map(|(k, a)| Some((a.destination.clone(), k.split_once(':')?.1.to_string())))
+                .collect()
+        });
+        for (destination, key) in archives {
+            // Once per archive and horizon: the archive keeps the whole
+            // segment the horizon falls in.
+            let catalog_key = drc_model::archive::WalArchive::catalog_key(&destination, &key);
+            if lock(&self.pruned).get(&catalog_key) == Some(&horizon.0) {
+                continue;
+            }
+            let job = PruneWal { destination: destination.clone(), archive: key.clone(), before: horizon.0 };
+            for agent in agents {
+                match self.command(None, agent, cluster, command::Body::PruneWal(job.clone())).await {
+                    Ok(Some(Found::WalPruned(p))) => {
+                        let cmd = Command::WalPruned { destination: destination.clone(), key: key.clone(), from: p.kept_from };
+                        lock(&self.pruned).insert(catalog_key.clone(), horizon.0);
+                        if self.node.propose(cmd, self.write_timeout).await.is_ok() && p.objects_deleted > 0 {
+                            let what = format!("retention deleted {} WAL objects of {key} before {}", p.objects_deleted, Lsn(p.kept_from));
+                            self.agents.events.emit(EventKind::Backup, cluster, "", what);
+                        }
+                        break;
+                    }
+                    Ok(other) => tracing::warn!(%agent, ?other, "retention: the agent did not prune the WAL archive"),
+                    Err(e) => tracing::warn!(%agent, error = %e, "retention: pruning the WAL archive failed; trying another agent"),
+                }
+            }
+        }
+    }
+}
+
+/// Where the oldest of `kept` starts its WAL: archived WAL before it serves
+/// no restore. None without a completed PostgreSQL backup.
+pub fn wal_horizon(kept: &[&BackupRecord]) -> Option<Lsn> {
+    kept.iter().filter(|b| b.state == JobState::Done).filter_map(|b| b.manifest["lsn_start"].as_str()?.parse::<Lsn>().ok()).min()
 }
 
 #[cfg(test)]

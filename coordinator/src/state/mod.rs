@@ -75,6 +75,8 @@ pub enum Command {
     /// WAL of `timeline` from `begin` to `end` is in the archive `key`
     /// (`<prefix>/<system id>`) at `destination`.
     WalArchived { cluster: String, destination: String, key: String, system_id: String, timeline: u32, begin: u64, end: u64, at: Millis },
+    /// Retention deleted the archive's WAL before `from` at `destination`.
+    WalPruned { destination: String, key: String, from: u64 },
     /// A state-changing request, recorded before it runs (its outcome
     /// pending) or, refused before it could run, with its outcome. It gets
     /// the next id.
@@ -292,6 +294,12 @@ impl StateMachine {
                 let range = drc_model::archive::WalRange { begin: Lsn(begin), end: Lsn(end) };
                 if archive.record(timeline, range) {
                     archive.updated_at = at;
+                }
+                Outcome::Done
+            }
+            Command::WalPruned { destination, key, from } => {
+                if let Some(a) = self.wal_archives.get_mut(&drc_model::archive::WalArchive::catalog_key(&destination, &key)) {
+                    a.forget_before(Lsn(from));
                 }
                 Outcome::Done
             }
