@@ -160,3 +160,25 @@ pub(crate) fn destination<'a>(cfg: &'a AgentConfig, name: &str) -> Result<&'a De
         .find(|d| d.name == name)
         .ok_or_else(|| format!("destination {name:?} is not configured on agent {} (add [[destinations]] name = {name:?})", cfg.member_id))
 }
+
+/// Every key under `prefix` at the destination, through all pages of the
+/// listing.
+pub(crate) async fn list_keys(client: &aws_sdk_s3::Client, d: &DestinationConfig, prefix: &str) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(&d.bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("listing {prefix}"), d, e))?;
+        keys.extend(page.contents().iter().filter_map(|o| o.key()).map(str::to_string));
+        match page.next_continuation_token() {
+            Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+            _ => return Ok(keys),
+        }
+    }
+}

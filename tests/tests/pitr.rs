@@ -290,17 +290,32 @@ fn chrono_free_timestamp(us: i64) -> String {
     format!("{}.{frac:06}+00", String::from_utf8_lossy(&out.stdout).trim())
 }
 
-#[test]
-fn a_hung_bucket_delays_archiving_without_loss_and_a_corrupt_or_missing_wal_object_is_named() {
-    let dir = tempfile::Builder::new().prefix("drc-pitr-outage-").tempdir().expect("tempdir");
+/// A lab whose WAL archiver streams, and where: the primary, the archive's
+/// key, its destination and that destination's bucket.
+struct Archiving {
+    primary: drc_tests::lab::MemberInfo,
+    key: String,
+    destination: String,
+    bucket: drc_tests::lab::S3Info,
+}
+
+fn archiving_lab(prefix: &str) -> (tempfile::TempDir, Lab, Archiving) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir");
     let lab = Lab::up(dir.path()).expect("lab up");
-    let pa = lab.member("pg-a").expect("pg-a").clone();
+    let primary = lab.member("pg-a").expect("pg-a").clone();
     let first = wait_for("the archiver to stream", Duration::from_secs(60), || {
         archive(&lab).filter(|a| a["error"] == "" && a["end"].as_u64().unwrap_or(0) > 0)
     })
     .expect("archiving");
-    let (key, dest) = (first["key"].as_str().expect("key").to_string(), first["destination"].as_str().expect("dest").to_string());
-    let s3 = lab.info.s3.iter().find(|s| format!("s3-{}", s.region) == dest).expect("the archive's bucket").clone();
+    let (key, destination) = (first["key"].as_str().expect("key").to_string(), first["destination"].as_str().expect("dest").to_string());
+    let bucket = lab.info.s3.iter().find(|s| format!("s3-{}", s.region) == destination).expect("the archive's bucket").clone();
+    (dir, lab, Archiving { primary, key, destination, bucket })
+}
+
+#[test]
+fn a_hung_bucket_delays_archiving_without_loss_and_a_corrupt_or_missing_wal_object_is_named() {
+    let (dir, lab, a) = archiving_lab("drc-pitr-outage-");
+    let (pa, key, dest, s3) = (a.primary, a.key, a.destination, a.bucket);
     let backup = lab.drctl_json(&["backup", "run", "--cluster", "app-pg"]).expect("backup");
     assert_eq!(backup["state"], "done", "{backup}");
 
@@ -383,15 +398,8 @@ fn segment_of(name: &str) -> Option<u64> {
 
 #[test]
 fn retention_deletes_the_archived_wal_no_kept_backup_needs_and_the_oldest_kept_one_still_replays() {
-    let dir = tempfile::Builder::new().prefix("drc-pitr-retention-").tempdir().expect("tempdir");
-    let lab = Lab::up(dir.path()).expect("lab up");
-    let pa = lab.member("pg-a").expect("pg-a").clone();
-    let first = wait_for("the archiver to stream", Duration::from_secs(60), || {
-        archive(&lab).filter(|a| a["error"] == "" && a["end"].as_u64().unwrap_or(0) > 0)
-    })
-    .expect("archiving");
-    let (key, dest) = (first["key"].as_str().expect("key").to_string(), first["destination"].as_str().expect("dest").to_string());
-    let s3 = lab.info.s3.iter().find(|s| format!("s3-{}", s.region) == dest).expect("the archive's bucket").clone();
+    let (_dir, lab, a) = archiving_lab("drc-pitr-retention-");
+    let (pa, key, s3) = (a.primary, a.key, a.bucket);
 
     // The segments of timeline 1 in the bucket; a chunks folder the store
     // left empty holds nothing.

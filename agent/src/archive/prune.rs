@@ -17,27 +17,11 @@ pub async fn prune(cfg: &AgentConfig, job: &PruneWal) -> Result<WalPruned, Strin
     let size = Fetch { cfg, destinations: &destinations, root: &job.archive }.segment_size().await.map_err(|e| e.to_string())?;
     let kept_from = job.before / size * size;
     let prefix = format!("{}/", job.archive.trim_end_matches('/'));
-    let mut doomed = Vec::new();
-    let mut token = None;
-    loop {
-        let page = client
-            .list_objects_v2()
-            .bucket(&dest.bucket)
-            .prefix(&prefix)
-            .set_continuation_token(token.take())
-            .send()
-            .await
-            .map_err(|e| s3_error(&format!("listing {prefix}"), dest, e))?;
-        for key in page.contents().iter().filter_map(|o| o.key()) {
-            if segment_start(&key[prefix.len()..], size).is_some_and(|start| start + size <= kept_from) {
-                doomed.push(key.to_string());
-            }
-        }
-        match page.next_continuation_token() {
-            Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-            _ => break,
-        }
-    }
+    let doomed: Vec<String> = crate::s3::list_keys(&client, dest, &prefix)
+        .await?
+        .into_iter()
+        .filter(|key| segment_start(&key[prefix.len()..], size).is_some_and(|start| start + size <= kept_from))
+        .collect();
     for key in &doomed {
         client.delete_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("deleting {key}"), dest, e))?;
     }

@@ -8,7 +8,6 @@ use std::path::Path;
 use super::fetch::{Fetch, FetchError};
 use super::layout::{timeline_of, Local};
 use crate::config::AgentConfig;
-use crate::s3::s3_error;
 
 /// What was fetched.
 #[derive(Debug, Default)]
@@ -61,28 +60,7 @@ async fn listed(cfg: &AgentConfig, destination: &str, root: &str) -> Result<BTre
     let dest = crate::s3::destination(cfg, destination)?;
     let client = crate::s3::client(dest)?;
     let prefix = format!("{}/", root.trim_end_matches('/'));
-    let mut names = BTreeSet::new();
-    let mut token = None;
-    loop {
-        let page = client
-            .list_objects_v2()
-            .bucket(&dest.bucket)
-            .prefix(&prefix)
-            .set_continuation_token(token.take())
-            .send()
-            .await
-            .map_err(|e| s3_error(&format!("listing {prefix}"), dest, e))?;
-        for key in page.contents().iter().filter_map(|o| o.key()) {
-            if let Some(name) = file_of(&key[prefix.len()..]) {
-                names.insert(name);
-            }
-        }
-        match page.next_continuation_token() {
-            Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-            _ => break,
-        }
-    }
-    Ok(names)
+    Ok(crate::s3::list_keys(&client, dest, &prefix).await?.iter().filter_map(|key| file_of(&key[prefix.len()..])).collect())
 }
 
 /// The file a key (below the archive's root) holds, or is a chunk of.

@@ -98,7 +98,16 @@ async fn write(port: u16, rate: u32, row_bytes: usize, commits: Arc<Mutex<Vec<Co
     tokio::spawn(conn);
     let insert = client.prepare("INSERT INTO bench_archive (v) VALUES ($1)").await?;
     let lsn = client.prepare("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").await?;
-    let value: String = (0..row_bytes).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+    // Letters in no pattern pglz can shorten: every byte reaches the WAL.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let value: String = (0..row_bytes)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect();
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let mut next = tokio::time::Instant::now();
     let mut made = 0;
