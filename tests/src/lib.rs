@@ -494,3 +494,27 @@ clusters = ["n8n-pg", "n8n-redis"]
 pub fn show(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// The code blocks of `runbooks/<file>` fenced as ```` ```<tag> ````, in
+/// order: what a test runs verbatim.
+pub fn runbook_blocks(file: &str, tag: &str) -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runbooks").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut blocks = Vec::new();
+    let mut inside: Option<String> = None;
+    for line in text.lines() {
+        match inside.as_mut() {
+            Some(block) if line.starts_with("```") => {
+                blocks.push(std::mem::take(block));
+                inside = None;
+            }
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None if line.strip_prefix("```") == Some(tag) => inside = Some(String::new()),
+            None => {}
+        }
+    }
+    blocks
+}

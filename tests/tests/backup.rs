@@ -240,20 +240,7 @@ fn a_backup_lands_in_another_region_and_a_recovery_test_restores_it_with_the_rig
 
 /// The `sh` blocks of the restore-by-hand runbook, in order.
 fn runbook_steps() -> String {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../runbooks/restore-by-hand.md")).expect("runbook");
-    let mut out = String::new();
-    let mut inside = false;
-    for line in text.lines() {
-        if inside && line.starts_with("```") {
-            inside = false;
-        } else if inside {
-            out.push_str(line);
-            out.push('\n');
-        } else if line == "```sh" {
-            inside = true;
-        }
-    }
-    out
+    drc_tests::runbook_blocks("restore-by-hand.md", "sh").concat()
 }
 
 #[test]

@@ -466,3 +466,60 @@ fn retention_deletes_the_archived_wal_no_kept_backup_needs_and_the_oldest_kept_o
     assert_eq!(counts[drc_tests::lab::CHECK_TABLE], 200, "the oldest kept backup and the WAL after it: {t}");
     let _ = lab.down();
 }
+
+#[test]
+fn a_restore_to_a_time_by_hand_with_standard_tools_follows_the_runbook() {
+    let (dir, lab, a) = archiving_lab("drc-pitr-by-hand-");
+    let pa = a.primary.clone();
+    let backup = lab.drctl_json(&["backup", "run", "--cluster", "app-pg", "--destination", "s3-c"]).expect("backup");
+    assert_eq!(backup["state"], "done", "{backup}");
+    let table = drc_tests::lab::CHECK_TABLE;
+    psql(pa.port, &format!("INSERT INTO {table} (item) SELECT 'before ' || g FROM generate_series(1, 30) g")).expect("rows before");
+    let target = psql(pa.port, "SELECT clock_timestamp()").expect("a time between the two");
+    psql(pa.port, &format!("INSERT INTO {table} (item) SELECT 'after ' || g FROM generate_series(1, 20) g")).expect("rows after");
+    let written: u64 = psql(pa.port, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").expect("lsn").parse().expect("lsn");
+    wait_for("the archive to hold every row", Duration::from_secs(60), || {
+        archive(&lab).filter(|s| s["end"].as_u64().unwrap_or(0) >= written)
+    })
+    .expect("archived");
+
+    // drc is down: the buckets, the identity file and standard tools.
+    let backups = lab.info.s3.iter().find(|s| s.region == "c").expect("s3 c");
+    let restore = dir.path().join("by-hand");
+    let port = drc_tests::free_port();
+    let steps = drc_tests::runbook_blocks("restore-by-hand.md", "sh");
+    let script =
+        format!("set -euo pipefail\n{}{}", steps[..3].concat(), drc_tests::runbook_blocks("restore-by-hand.md", "sh pitr").concat());
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("AWS_ACCESS_KEY_ID", &backups.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &backups.secret_key)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("ENDPOINT", &backups.endpoint)
+        .env("BUCKET", &backups.bucket)
+        .env("CLUSTER", "app-pg")
+        .env("IDENTITY", &lab.info.backup.identity_file)
+        .env("RESTORE", &restore)
+        .env("PORT", port.to_string())
+        .env("WAL_ENDPOINT", &a.bucket.endpoint)
+        .env("WAL_BUCKET", &a.bucket.bucket)
+        .env("WAL_ACCESS_KEY", &a.bucket.access_key)
+        .env("WAL_SECRET_KEY", &a.bucket.secret_key)
+        .env("ARCHIVE", &a.key)
+        .env("TARGET_TIME", &target)
+        .output()
+        .expect("bash");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("runbook stdout:\n{stdout}\nrunbook stderr:\n{stderr}");
+    let count = psql(port, &format!("SELECT count(*) FROM {table}"));
+    stop(&restore);
+    assert!(
+        out.status.success(),
+        "the runbook's steps failed: {}",
+        std::fs::read_to_string(restore.join("postgres.log")).unwrap_or_default()
+    );
+    assert!(stdout.contains("recovered to "), "{stdout}");
+    assert_eq!(count.expect("count"), "30", "the rows committed before {target}, and none after");
+    let _ = lab.down();
+}
