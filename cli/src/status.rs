@@ -161,17 +161,13 @@ pub(crate) fn cluster_json(c: &ClusterHealth) -> serde_json::Value {
 
 /// The WAL archive line of a cluster, and its gaps and error.
 fn wal_archive_text(a: &WalArchiveHealth) -> String {
-    let mut s = format!(
-        "  WAL archive: {} up to {} (timeline {}), lag {:.1} s / {} bytes, by {} into {} ({})\n",
-        if a.error.is_empty() { "streaming" } else { "STUCK" },
-        a.end_lsn,
-        a.timeline,
-        a.lag_ms as f64 / 1000.0,
-        a.lag_bytes,
-        a.archiver,
-        a.destination,
-        a.key
-    );
+    let state = if a.error.is_empty() { "streaming" } else { "STUCK" };
+    let reach = if a.timeline == 0 {
+        format!("{state}, nothing uploaded yet")
+    } else {
+        format!("{state} up to {} (timeline {}), lag {:.1} s / {} bytes", a.end_lsn, a.timeline, a.lag_ms as f64 / 1000.0, a.lag_bytes)
+    };
+    let mut s = format!("  WAL archive: {reach}, by {} into {} ({})\n", a.archiver, a.destination, a.key);
     if !a.error.is_empty() {
         s += &format!("    error: {}\n", a.error);
     }
@@ -298,5 +294,26 @@ mod tests {
         assert!(text.contains("UNHEALTHY (no agent)"), "{text}");
         let none = ClusterHealth { name: "x".into(), kind: "redis".into(), ..Default::default() };
         assert!(clusters_text(&[none]).contains("primary: none"));
+    }
+
+    #[test]
+    fn the_wal_archive_line_says_how_far_it_reaches_or_that_nothing_is_uploaded_yet_and_every_gap() {
+        let mut a = WalArchiveHealth {
+            archiver: "pg-b".into(),
+            destination: "s3-b".into(),
+            key: "drc-wal/app-pg/7312".into(),
+            lag_bytes: 67299792,
+            ..Default::default()
+        };
+        assert_eq!(wal_archive_text(&a), "  WAL archive: streaming, nothing uploaded yet, by pg-b into s3-b (drc-wal/app-pg/7312)\n");
+        (a.timeline, a.end_lsn, a.lag_ms, a.lag_bytes) = (2, "0/46BC201".into(), 400, 1024);
+        a.error = "uploading x: timed out".into();
+        a.gaps = vec!["timeline 1: 0/5000000 to 0/6000000".into()];
+        let text = wal_archive_text(&a);
+        assert!(text.starts_with("  WAL archive: STUCK up to 0/46BC201 (timeline 2), lag 0.4 s / 1024 bytes, by pg-b"), "{text}");
+        assert!(
+            text.contains("    error: uploading x: timed out\n") && text.ends_with("    GAP: timeline 1: 0/5000000 to 0/6000000\n"),
+            "{text}"
+        );
     }
 }
