@@ -42,7 +42,7 @@ const HEARTBEAT_WAIT: Duration = Duration::from_millis(250);
 /// so it vouches for nothing.
 const WRITTEN: &str = "SELECT ARRAY(SELECT pg_wal_lsn_diff(write_lsn, '0/0')::bigint FROM pg_stat_replication \
      WHERE state = 'streaming' AND write_lsn IS NOT NULL \
-     AND pid NOT IN (SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'drc_archive' AND active_pid IS NOT NULL))";
+     AND pid NOT IN (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL))";
 
 impl Actor {
     /// None if the local member is not a writable primary; otherwise how
@@ -148,8 +148,8 @@ impl Actor {
         let query = c.query_one(
             "SELECT pg_is_in_recovery(), ARRAY(SELECT pg_wal_lsn_diff(write_lsn, '0/0')::bigint FROM pg_stat_replication \
              WHERE state = 'streaming' AND write_lsn IS NOT NULL \
-             AND pid NOT IN (SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'drc_archive' AND active_pid IS NOT NULL))",
-            &[],
+             AND pid NOT IN (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL))",
+            &[&drc_proto::ARCHIVE_SLOT],
         );
         // A connection that hangs is as good as none, and is replaced.
         let Ok(row) = tokio::time::timeout(self.cfg.probe_timeout, query).await else {
@@ -179,7 +179,7 @@ impl Actor {
             && !self.superseded()
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            let row = c.query_one(WRITTEN, &[]).await.map_err(|e| Unread::Failed(pg_err(e)))?;
+            let row = c.query_one(WRITTEN, &[&drc_proto::ARCHIVE_SLOT]).await.map_err(|e| Unread::Failed(pg_err(e)))?;
             written = row.get(0);
         }
         Ok(Some(round_trips(&lock(&self.heartbeats), &written, fresh, Instant::now())))

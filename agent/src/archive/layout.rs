@@ -15,6 +15,8 @@
 //!
 //! Every object is `age(zstd(bytes))`.
 
+use drc_model::wal::{Segment, SegmentSize};
+
 /// A database's WAL in a bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -93,6 +95,13 @@ impl Local {
     }
 }
 
+/// Where segment `name` starts (an LSN as an integer), as PostgreSQL names
+/// segments of `size` bytes; none for another name or size.
+pub fn segment_start(name: &str, size: u64) -> Option<u64> {
+    let size = SegmentSize::new(size).ok()?;
+    Some(Segment::parse(name, size).ok()?.start(size).0)
+}
+
 /// The timeline a segment name starts with.
 pub fn timeline_of(name: &str) -> u32 {
     name.get(..8).and_then(|t| u32::from_str_radix(t, 16).ok()).unwrap_or(0)
@@ -113,6 +122,9 @@ mod tests {
         assert_eq!(l.partial(seg), "drc-wal/app-pg/7312/00000002/000000020000000000000005.partial");
         assert_eq!(l.history("00000002.history"), "drc-wal/app-pg/7312/00000002.history");
         assert_eq!(timeline_of(seg), 2);
+        assert_eq!(segment_start(seg, 16 << 20), Some(5 * (16 << 20)));
+        assert_eq!(segment_start("000000010000000100000002", 16 << 20), Some((256 + 2) * (16 << 20)));
+        assert_eq!(segment_start("00000002.history", 16 << 20), None);
     }
 
     #[test]

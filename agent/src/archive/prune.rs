@@ -20,7 +20,7 @@ pub async fn prune(cfg: &AgentConfig, job: &PruneWal) -> Result<WalPruned, Strin
     let doomed: Vec<String> = crate::s3::list_keys(&client, dest, &prefix)
         .await?
         .into_iter()
-        .filter(|key| segment_start(&key[prefix.len()..], size).is_some_and(|start| start + size <= kept_from))
+        .filter(|key| start_of_key(&key[prefix.len()..], size).is_some_and(|start| start + size <= kept_from))
         .collect();
     for key in &doomed {
         client.delete_object().bucket(&dest.bucket).key(key).send().await.map_err(|e| s3_error(&format!("deleting {key}"), dest, e))?;
@@ -31,16 +31,12 @@ pub async fn prune(cfg: &AgentConfig, job: &PruneWal) -> Result<WalPruned, Strin
 
 /// Where the segment an object below the archive's root holds begins:
 /// `<TL>/<segment>`, `<TL>/<segment>.partial`, `<TL>/<segment>.chunks/<offset>`.
-fn segment_start(rest: &str, size: u64) -> Option<u64> {
+fn start_of_key(rest: &str, size: u64) -> Option<u64> {
     let (tl, file) = rest.split_once('/')?;
     let name = file.split('/').next()?;
     let name = name.strip_suffix(".chunks").or_else(|| name.strip_suffix(".partial")).unwrap_or(name);
     match Local::of(name) {
-        Some(Local::Segment(seg)) if format!("{:08X}", timeline_of(&seg)) == tl => {
-            let hi = u64::from_str_radix(seg.get(8..16)?, 16).ok()?;
-            let lo = u64::from_str_radix(seg.get(16..24)?, 16).ok()?;
-            Some((hi * (0x1_0000_0000 / size) + lo) * size)
-        }
+        Some(Local::Segment(seg)) if format!("{:08X}", timeline_of(&seg)) == tl => super::layout::segment_start(&seg, size),
         _ => None,
     }
 }
@@ -52,12 +48,12 @@ mod tests {
     #[test]
     fn segments_whole_chunked_and_partial_are_found_and_history_files_are_not() {
         let mb16 = 16 << 20;
-        assert_eq!(segment_start("00000001/000000010000000000000003", mb16), Some(3 * mb16));
-        assert_eq!(segment_start("00000002/000000020000000000000004.chunks/0002e000", mb16), Some(4 * mb16));
-        assert_eq!(segment_start("00000001/000000010000000000000004.partial", mb16), Some(4 * mb16));
-        assert_eq!(segment_start("00000001/000000010000000100000000", mb16), Some(256 * mb16));
-        assert_eq!(segment_start("00000002.history", mb16), None);
-        assert_eq!(segment_start("wal.json", mb16), None);
-        assert_eq!(segment_start("00000002/000000010000000000000003", mb16), None, "a segment in another timeline's folder");
+        assert_eq!(start_of_key("00000001/000000010000000000000003", mb16), Some(3 * mb16));
+        assert_eq!(start_of_key("00000002/000000020000000000000004.chunks/0002e000", mb16), Some(4 * mb16));
+        assert_eq!(start_of_key("00000001/000000010000000000000004.partial", mb16), Some(4 * mb16));
+        assert_eq!(start_of_key("00000001/000000010000000100000000", mb16), Some(256 * mb16));
+        assert_eq!(start_of_key("00000002.history", mb16), None);
+        assert_eq!(start_of_key("wal.json", mb16), None);
+        assert_eq!(start_of_key("00000002/000000010000000000000003", mb16), None, "a segment in another timeline's folder");
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::fetch::{Fetch, FetchError};
-use super::layout::{timeline_of, Local};
+use super::layout::{segment_start, timeline_of, Local};
 use crate::config::AgentConfig;
 
 /// What was fetched.
@@ -34,7 +34,7 @@ pub async fn prefetch(cfg: &AgentConfig, destinations: &[String], root: &str, st
                 if segment_size == 0 {
                     segment_size = fetch.segment_size().await.map_err(|e| e.to_string())?;
                 }
-                segment_number(&seg, segment_size).is_some_and(|n| n >= start / segment_size)
+                segment_start(&seg, segment_size).is_some_and(|s| s + segment_size > start)
             }
             _ => false,
         };
@@ -78,12 +78,6 @@ fn file_of(rest: &str) -> Option<String> {
     }
 }
 
-fn segment_number(name: &str, segment_size: u64) -> Option<u64> {
-    let hi = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
-    let lo = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
-    Some(hi * (0x1_0000_0000 / segment_size) + lo)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +90,5 @@ mod tests {
         assert_eq!(file_of("00000001/000000010000000000000004.partial"), None, "a timeline's last partial segment is never asked for");
         assert_eq!(file_of("wal.json"), None);
         assert_eq!(file_of("00000002/000000010000000000000004"), None, "a segment under another timeline's folder");
-        assert_eq!(segment_number("000000010000000100000002", 16 << 20), Some(256 + 2));
     }
 }

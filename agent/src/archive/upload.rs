@@ -9,7 +9,7 @@ use std::path::Path;
 
 use aws_sdk_s3::primitives::ByteStream;
 
-use super::layout::{timeline_of, Layout, Local};
+use super::layout::{segment_start, timeline_of, Layout, Local};
 use super::seal::seal;
 use crate::config::DestinationConfig;
 use crate::s3::s3_error;
@@ -134,12 +134,7 @@ impl Uploader {
     }
 
     fn segment_start(&self, name: &str) -> Option<u64> {
-        if self.segment_size == 0 {
-            return None;
-        }
-        let hi = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
-        let lo = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
-        Some((hi * (0x1_0000_0000 / self.segment_size) + lo) * self.segment_size)
+        segment_start(name, self.segment_size)
     }
 
     /// The segment size, from the first segment file; recorded beside the
