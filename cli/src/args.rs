@@ -149,6 +149,16 @@ pub enum Command {
         #[command(subcommand)]
         command: RecoveryTestCommand,
     },
+    /// Restore a PostgreSQL cluster to a point in time (a base backup plus the archived WAL) into a
+    /// new data directory on an agent's host, and leave it running there, apart from the cluster;
+    /// `restore list` and `restore show ID` read the restores done.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Restore {
+        #[command(subcommand)]
+        command: Option<RestoreCommand>,
+        #[command(flatten)]
+        run: RestoreRun,
+    },
     /// Cron schedules of backups and recovery tests (UTC; 5 fields, or 6 with seconds first).
     Schedule {
         #[command(subcommand)]
@@ -218,6 +228,58 @@ pub enum RecoveryTestCommand {
     Show { id: u64 },
 }
 
+#[derive(clap::Args, Debug)]
+#[group(id = "point", multiple = false)]
+pub struct RestoreRun {
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// To the end of the archived WAL.
+    #[arg(long, group = "point")]
+    pub latest: bool,
+    /// To the last commit at or before this time: RFC 3339 (2026-12-07T01:02:03.25Z) or as
+    /// PostgreSQL prints it (2026-12-07 01:02:03.250000+00).
+    #[arg(long, group = "point", value_parser = parse_time_us)]
+    pub to_time: Option<i64>,
+    /// To this WAL position (e.g. 0/5000060), inclusive.
+    #[arg(long, group = "point")]
+    pub to_lsn: Option<drc_model::wal::Lsn>,
+    /// latest (through every failover), current (the base backup's) or a timeline id.
+    #[arg(long, default_value = "latest")]
+    pub timeline: drc_model::job::Timeline,
+    /// The member whose agent restores, on its host.
+    #[arg(long)]
+    pub on: Option<String>,
+    /// The new data directory on that host: absolute, missing or empty.
+    #[arg(long)]
+    pub dir: Option<String>,
+    /// The port the restored server listens on (127.0.0.1); default: a free one.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Answer once started instead of waiting for the end.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RestoreCommand {
+    /// Restores, newest first.
+    List {
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// One restore and the point it reached.
+    Show { id: u64 },
+}
+
+/// A time as µs since the Unix epoch: RFC 3339, or PostgreSQL's
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]`.
+pub fn parse_time_us(s: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z"))
+        .map(|t| t.timestamp_micros())
+        .map_err(|_| format!("{s:?} is not a time: give RFC 3339 (2026-12-07T01:02:03.25Z) or 2026-12-07 01:02:03.25+00"))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum TopologyCommand {
     /// Print the topology (TOML that `drctl apply` accepts; JSON with -o json).
@@ -253,6 +315,23 @@ pub enum MembersCommand {
 }
 
 /// `--since`: an RFC 3339 time or a duration before now, as Unix milliseconds.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_time_reads_as_rfc_3339_or_as_postgresql_prints_it() {
+        assert_eq!(parse_time_us("2026-12-06T23:33:20.123456Z"), Ok(1_796_600_000_123_456));
+        assert_eq!(parse_time_us("2026-12-06 23:33:20.123456+00"), Ok(1_796_600_000_123_456));
+        assert_eq!(parse_time_us("2026-12-07 00:33:20+01:00"), Ok(1_796_600_000_000_000));
+        assert!(parse_time_us("yesterday").is_err_and(|e| e.contains("RFC 3339")));
+        let cli = Cli::try_parse_from(["drctl", "restore", "--cluster", "c", "--latest", "--to-lsn", "0/1", "--on", "m", "--dir", "/d"]);
+        assert!(cli.is_err(), "two points at once");
+        let cli = Cli::try_parse_from(["drctl", "restore", "list", "--cluster", "c"]).map(|c| c.command);
+        assert!(matches!(cli, Ok(Command::Restore { command: Some(RestoreCommand::List { .. }), .. })), "{cli:?}");
+    }
+}
+
 pub fn parse_since(s: &str) -> Result<u64, String> {
     let at = match humantime::parse_rfc3339_weak(s) {
         Ok(t) => t,

@@ -177,7 +177,7 @@ impl<T: JobRecord> Listed<T> {
 }
 
 /// Reads listed entries into their records and progress.
-fn listed<E, T>(entries: Vec<E>, progress: impl Fn(&mut E) -> Option<JobProgress>) -> anyhow::Result<Vec<Listed<T>>>
+pub(crate) fn listed<E, T>(entries: Vec<E>, progress: impl Fn(&mut E) -> Option<JobProgress>) -> anyhow::Result<Vec<Listed<T>>>
 where
     T: TryFrom<E, Error = drc_proto::jobs::JobError>,
 {
@@ -264,12 +264,12 @@ pub(crate) fn job_out<T: JobRecord>(job: &Listed<T>, json_out: bool, run: bool) 
     Ok(())
 }
 
-fn mib(bytes: u64) -> String {
+pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1048576.0)
 }
 
 /// The progress and error lines every job shows.
-fn tail_lines(progress: Option<&JobProgress>, error: &str) -> String {
+pub(crate) fn tail_lines(progress: Option<&JobProgress>, error: &str) -> String {
     let mut s = String::new();
     if let Some(p) = progress.filter(|p| !p.text.is_empty()) {
         s += &format!("\n  progress: {}", p.text);

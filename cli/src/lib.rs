@@ -10,6 +10,7 @@ mod connect;
 mod failover;
 mod jobs;
 mod members;
+mod restore;
 mod status;
 pub mod table;
 mod topology;
@@ -27,6 +28,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         command @ (Command::Status | Command::Watch) => status::run(c, command, json_out, &cli.endpoints, cli.timeout, &security).await,
         command @ (Command::Apply { .. } | Command::Topology { .. }) => topology::run(c, command, json_out).await,
         command @ Command::Members { .. } => members::run(c, command, json_out).await,
+        Command::Restore { command, run } => restore::run(c, command, run, json_out).await,
         Command::Audit { cluster, since, limit } => audit::run(c, cluster, since, limit, json_out).await,
         command @ (Command::Backup { .. } | Command::RecoveryTest { .. } | Command::Schedule { .. }) => {
             jobs::run(c, command, json_out).await

@@ -81,6 +81,8 @@ pub const RPCS: &[(&str, Permission)] = &[
     ("/drc.v1.AdminService/ListBackups", Permission::View),
     ("/drc.v1.AdminService/StartRecoveryTest", Permission::Operate),
     ("/drc.v1.AdminService/ListRecoveryTests", Permission::View),
+    ("/drc.v1.AdminService/StartRestore", Permission::Operate),
+    ("/drc.v1.AdminService/ListRestores", Permission::View),
     ("/drc.v1.AdminService/SetSchedule", Permission::Operate),
     ("/drc.v1.AdminService/ListSchedules", Permission::View),
     // Entries hold no secrets (requests are redacted): whoever may read the

@@ -24,10 +24,11 @@ pub enum AuditAction {
     StartBackup,
     StartRecoveryTest,
     SetSchedule,
+    StartRestore,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 12] = [
+    pub const ALL: [AuditAction; 13] = [
         AuditAction::ApplyTopology,
         AuditAction::Failover,
         AuditAction::Switchover,
@@ -40,6 +41,7 @@ impl AuditAction {
         AuditAction::StartBackup,
         AuditAction::StartRecoveryTest,
         AuditAction::SetSchedule,
+        AuditAction::StartRestore,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +58,7 @@ impl AuditAction {
             AuditAction::StartBackup => "start_backup",
             AuditAction::StartRecoveryTest => "start_recovery_test",
             AuditAction::SetSchedule => "set_schedule",
+            AuditAction::StartRestore => "start_restore",
         }
     }
 }

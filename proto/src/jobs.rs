@@ -2,9 +2,10 @@
 //! records ([`drc_model::job`]) as typed messages, and drctl reads them back
 //! into the same records, so both print and check one type.
 
-use drc_model::job::{BackupRecord, JobState as State, RecoveryTest, Schedule};
+use drc_model::job::{BackupRecord, JobState as State, RecoveryTest, Restore, RestorePoint as Point, Schedule, Timeline};
+use drc_model::wal::Lsn;
 
-use crate::v1::{BackupEntry, JobState, RecoveryTestEntry, ScheduleEntry};
+use crate::v1::{restore_point, BackupEntry, JobState, RecoveryTestEntry, RestoreEntry, RestorePoint, ScheduleEntry};
 
 /// A message that does not make a record.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +16,8 @@ pub enum JobError {
     Manifest { id: u64, error: String },
     #[error("schedule of {cluster}: {error}")]
     Kind { cluster: String, error: String },
+    #[error("{0}")]
+    Point(String),
 }
 
 fn state_out(s: State) -> JobState {
@@ -137,6 +140,85 @@ impl TryFrom<RecoveryTestEntry> for RecoveryTest {
     }
 }
 
+/// A restore's point and timeline on the wire.
+pub fn point_out(point: Point, timeline: Timeline) -> RestorePoint {
+    let point = match point {
+        Point::Latest => restore_point::Point::Latest(true),
+        Point::Time { time_us } => restore_point::Point::TimeUs(time_us),
+        Point::Lsn { lsn } => restore_point::Point::Lsn(lsn.0),
+    };
+    RestorePoint { point: Some(point), timeline: timeline.to_string() }
+}
+
+/// A restore's point and timeline from the wire: one of them named, a
+/// timeline drc can name to PostgreSQL.
+pub fn point_in(p: Option<&RestorePoint>) -> Result<(Point, Timeline), JobError> {
+    let p = p.ok_or_else(|| JobError::Point("no point to restore to: latest, a time or an LSN".into()))?;
+    let point = match p.point {
+        Some(restore_point::Point::Latest(true)) => Point::Latest,
+        Some(restore_point::Point::TimeUs(time_us)) => Point::Time { time_us },
+        Some(restore_point::Point::Lsn(lsn)) => Point::Lsn { lsn: Lsn(lsn) },
+        Some(restore_point::Point::Latest(false)) | None => {
+            return Err(JobError::Point("no point to restore to: latest, a time or an LSN".into()))
+        }
+    };
+    Ok((point, p.timeline.parse().map_err(JobError::Point)?))
+}
+
+impl From<&Restore> for RestoreEntry {
+    fn from(r: &Restore) -> Self {
+        RestoreEntry {
+            id: r.id,
+            cluster: r.cluster.clone(),
+            backup_id: r.backup_id,
+            member: r.member.clone(),
+            member_region: r.member_region.clone(),
+            dir: r.dir.clone(),
+            port: u32::from(r.port),
+            point: Some(point_out(r.point, r.timeline)),
+            state: state_out(r.state).into(),
+            trigger: r.trigger.clone(),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            error: r.error.clone(),
+            reached_lsn: r.reached_lsn.0,
+            reached_commit_us: r.reached_commit_us,
+            reached_timeline: r.reached_timeline,
+            wal_files: r.wal_files,
+            wal_bytes: r.wal_bytes,
+            progress: None,
+        }
+    }
+}
+
+impl TryFrom<RestoreEntry> for Restore {
+    type Error = JobError;
+    fn try_from(r: RestoreEntry) -> Result<Self, JobError> {
+        let (point, timeline) = point_in(r.point.as_ref()).map_err(|e| JobError::Point(format!("restore {}: {e}", r.id)))?;
+        Ok(Restore {
+            id: r.id,
+            state: state_in("restore", r.id, r.state)?,
+            cluster: r.cluster,
+            backup_id: r.backup_id,
+            member: r.member,
+            member_region: r.member_region,
+            dir: r.dir,
+            port: u16::try_from(r.port).map_err(|_| JobError::Point(format!("restore {}: port {} is out of range", r.id, r.port)))?,
+            point,
+            timeline,
+            trigger: r.trigger,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            error: r.error,
+            reached_lsn: Lsn(r.reached_lsn),
+            reached_commit_us: r.reached_commit_us,
+            reached_timeline: r.reached_timeline,
+            wal_files: r.wal_files,
+            wal_bytes: r.wal_bytes,
+        })
+    }
+}
+
 impl From<&Schedule> for ScheduleEntry {
     fn from(s: &Schedule) -> Self {
         ScheduleEntry {
@@ -183,6 +265,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Schedule::try_from(ScheduleEntry::from(&schedule)).ok(), Some(schedule));
+        for (point, timeline) in [
+            (Point::Latest, Timeline::Latest),
+            (Point::Time { time_us: 1_796_600_000_123_456 }, Timeline::Current),
+            (Point::Lsn { lsn: Lsn(0x3_0000_0060) }, Timeline::Id(2)),
+        ] {
+            let restore = Restore { id: 5, point, timeline, port: 5433, reached_commit_us: 7, ..Default::default() };
+            assert_eq!(Restore::try_from(RestoreEntry::from(&restore)).ok(), Some(restore));
+        }
+    }
+
+    #[test]
+    fn a_restore_without_a_point_or_with_a_bad_timeline_is_refused() {
+        assert!(point_in(None).is_err());
+        assert!(point_in(Some(&RestorePoint { point: Some(restore_point::Point::Latest(false)), timeline: String::new() })).is_err());
+        let bad = RestorePoint { point: Some(restore_point::Point::Latest(true)), timeline: "newest".into() };
+        assert!(point_in(Some(&bad)).is_err_and(|e| e.to_string().contains("latest, current or a timeline id")));
     }
 
     #[test]

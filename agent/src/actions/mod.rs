@@ -159,6 +159,9 @@ impl Actor {
             Some(Body::RecoveryTest(job)) => {
                 ("recovery_test", crate::backup::recovery_test(&self.cfg, job, meter).await.map(|t| Some(Found::RecoveryTest(t))))
             }
+            Some(Body::Restore(job)) => {
+                ("restore", crate::backup::restore_to_point(&self.cfg, job, meter).await.map(|r| Some(Found::Restore(r))))
+            }
             Some(Body::DeleteBackup(job)) => ("delete_backup", crate::backup::delete(&self.cfg, job).await.map(|()| None)),
             Some(Body::Archive(a)) => ("archive", self.archiver.assign(a).map(|()| None)),
             Some(Body::PruneWal(p)) => ("prune_wal", crate::archive::prune::prune(&self.cfg, p).await.map(|w| Some(Found::WalPruned(w)))),

@@ -56,6 +56,21 @@ async fn replayed(client: &tokio_postgres::Client, log: &Path) -> Result<Option<
     Ok(row.get::<_, Option<i64>>(0).map(|ms| ms.max(0) as u64))
 }
 
+/// A connection to a restored server on this host's loopback `port`, as the
+/// agent's own user.
+pub(super) async fn connect_restored(cfg: &AgentConfig, port: u16) -> Result<tokio_postgres::Client, String> {
+    let user = cfg.connection.user.clone().unwrap_or_else(|| "postgres".into());
+    let mut c = tokio_postgres::Config::new();
+    c.host("127.0.0.1").port(port).user(&user).dbname(cfg.connection.dbname.as_deref().unwrap_or("postgres"));
+    if let Some(p) = cfg.connection.password().map_err(|e| e.to_string())? {
+        c.password(p);
+    }
+    c.connect_timeout(Duration::from_secs(10));
+    let (client, connection) = c.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
 pub(super) async fn check_postgres(
     cfg: &AgentConfig,
     check_tables: &[String],
@@ -91,15 +106,7 @@ pub(super) async fn check_postgres(
     crate::process::run_as(&pg.run_as, &pg.bin_dir.join("pg_ctl"), &["-D", &d, "-o", &opts, "-l", &log, "-w", "-t", "300", "start"])
         .await
         .map_err(|e| format!("the scratch PostgreSQL did not start: {e}; log: {}", tail_file(&scratch.join("postgres.log"))))?;
-    let user = cfg.connection.user.clone().unwrap_or_else(|| "postgres".into());
-    let mut c = tokio_postgres::Config::new();
-    c.host("127.0.0.1").port(port).user(&user).dbname(cfg.connection.dbname.as_deref().unwrap_or("postgres"));
-    if let Some(p) = cfg.connection.password().map_err(|e| e.to_string())? {
-        c.password(p);
-    }
-    c.connect_timeout(Duration::from_secs(10));
-    let (client, connection) = c.connect(tokio_postgres::NoTls).await.map_err(|e| format!("connecting to the scratch PostgreSQL: {e}"))?;
-    tokio::spawn(connection);
+    let client = connect_restored(cfg, port).await.map_err(|e| format!("connecting to the scratch PostgreSQL: {e}"))?;
     let mut out = Output::new();
     client.simple_query("SELECT 1").await.map_err(|e| format!("SELECT 1 on the scratch PostgreSQL: {e}"))?;
     let newest_commit_ms = if replay { replayed(&client, &scratch.join("postgres.log")).await? } else { None };
@@ -147,6 +154,7 @@ pub(super) async fn check_postgres(
         }
     } else if amcheck.exists() {
         let p = port.to_string();
+        let user = cfg.connection.user.clone().unwrap_or_else(|| "postgres".into());
         let t = Instant::now();
         match crate::process::run_as(
             &pg.run_as,

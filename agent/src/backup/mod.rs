@@ -16,6 +16,7 @@
 
 mod checks;
 mod pipeline;
+mod point;
 mod restore;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use crate::config::{AgentConfig, DestinationConfig};
 use crate::process::{spawn, stderr_of, stderr_text, wait_all};
 use crate::s3::destination;
 pub use pipeline::{backup, delete};
+pub use point::restore as restore_to_point;
 pub use restore::{clean_leftovers, recovery_test};
 
 pub(super) type Output = HashMap<String, String>;
@@ -66,6 +68,10 @@ impl Meter {
         self.0.done.store(0, Ordering::Relaxed);
     }
 
+    fn set(&self, n: u64) {
+        self.0.done.store(n, Ordering::Relaxed);
+    }
+
     fn add(&self, n: u64) {
         self.0.done.fetch_add(n, Ordering::Relaxed);
     }
@@ -84,6 +90,20 @@ impl Meter {
 }
 
 pub(super) use drc_model::time::wall_now_ms as now_ms;
+
+/// Appends `settings` to a restored data directory's `postgresql.auto.conf`
+/// (the last value of a setting wins) and, for archive recovery, makes
+/// `recovery.signal`.
+pub(super) fn append_settings(data: &std::path::Path, settings: &str, recovery: bool) -> Result<(), String> {
+    let auto = data.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    text.push_str(settings);
+    std::fs::write(&auto, text).map_err(|e| format!("{}: {e}", auto.display()))?;
+    if recovery {
+        std::fs::write(data.join("recovery.signal"), "").map_err(|e| format!("recovery.signal: {e}"))?;
+    }
+    Ok(())
+}
 
 /// A field a job cannot do without: empty means the command is malformed.
 pub(super) fn required<'a>(value: &'a str, what: &str) -> Result<&'a str, String> {

@@ -29,7 +29,7 @@ pub async fn recovery_test(cfg: &AgentConfig, job: &RecoveryTestJob, meter: &Met
 /// only if that process runs in `data` (a postmaster's working directory is
 /// its data directory): restored data may carry a `postmaster.pid` that
 /// names any process, a production server's included.
-fn scratch_postmaster(data: &Path) -> Option<i32> {
+pub(super) fn scratch_postmaster(data: &Path) -> Option<i32> {
     let pid = crate::process::postmaster_pid(data).filter(|p| *p > 0)?;
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
     (cwd == data.canonicalize().ok()?).then_some(pid)
@@ -197,6 +197,60 @@ pub(super) async fn restore_and_check_inner(
 ) -> Result<RecoveryTestFound, String> {
     let started = Instant::now();
     let started_ms = now_ms();
+    let data = prepare_scratch(&cfg.backup.scratch_dir, scratch)?;
+    let got = unpack(cfg, job, &data, meter).await?;
+    let kind = job.kind.as_str();
+    // PostgreSQL: the archived WAL after the backup, replayed to the end of
+    // the archive; the copy then promotes itself.
+    let replay = if kind == "postgres" && !job.wal_key.is_empty() {
+        meter.phase("wal", 0);
+        let wal = scratch.join("wal");
+        let got = crate::archive::replay::prefetch(cfg, &job.wal_destinations, &job.wal_key, job.wal_start, &wal)
+            .await
+            .map_err(|e| format!("fetching the archived WAL: {e}"))?;
+        replay_settings(&data, &wal)?;
+        Some(got)
+    } else {
+        None
+    };
+    let restored_at = started.elapsed();
+    meter.phase("checks", 0);
+
+    let port = free_port()?;
+    let mut out = HashMap::from([
+        ("restore_ms".to_string(), restored_at.as_millis().to_string()),
+        ("scratch_port".to_string(), port.to_string()),
+        ("sha256".to_string(), got),
+    ]);
+    let user = &job.checks;
+    // RTO ends when the instance accepts connections and passed the checks
+    // an application depends on; PostgreSQL's full scan (pg_amcheck) runs
+    // after it and is timed on its own.
+    let checked = if kind == "postgres" {
+        check_postgres(cfg, &job.check_tables, scratch, port, user, started, replay.is_some()).await?
+    } else {
+        Checked { found: check_redis(scratch, port, user).await?, rto: started.elapsed(), newest_commit_ms: None }
+    };
+    out.extend(checked.found);
+    out.insert("total_ms".into(), started.elapsed().as_millis().to_string());
+    if let Some(r) = &replay {
+        out.insert("wal_replayed".into(), format!("{} files, {:.1} MiB", r.files, r.bytes as f64 / 1048576.0));
+    }
+    // The RPO: how old the newest commit the copy holds was when the test
+    // started; without replay, the backup's end stands for it.
+    let newest = checked.newest_commit_ms.or(Some(job.data_time_ms).filter(|t| *t > 0));
+    Ok(RecoveryTestFound {
+        rto_ms: checked.rto.as_millis() as u64,
+        rpo_ms: newest.map(|at| started_ms.saturating_sub(at)),
+        checks: out.into_iter().collect(),
+    })
+}
+
+/// Streams a backup's data object back into the empty directory `data`:
+/// every part checked against its recorded hash before any of it is passed
+/// on, decrypted, decompressed and (PostgreSQL) unpacked as the server's OS
+/// user. Returns the object's SHA-256.
+pub(super) async fn unpack(cfg: &AgentConfig, job: &RecoveryTestJob, data: &Path, meter: &Meter) -> Result<String, String> {
     let dest = destination(cfg, required(&job.destination, "destination")?)?;
     let key = required(&job.data_key, "data key")?;
     let expected = required(&job.sha256, "SHA-256")?;
@@ -209,7 +263,6 @@ pub(super) async fn restore_and_check_inner(
     if !identity.exists() {
         return Err(format!("age identity file {} does not exist", identity.display()));
     }
-    let data = prepare_scratch(&cfg.backup.scratch_dir, scratch)?;
     let run_as = cfg.postgres.as_ref().map(|p| p.run_as.clone()).filter(|u| !u.is_empty() && kind == "postgres");
     if let Some(user) = &run_as {
         // tar runs as the PostgreSQL OS user, not as the agent's (often root).
@@ -221,14 +274,9 @@ pub(super) async fn restore_and_check_inner(
     // The restored data is about the backup's raw size: refuse at once when
     // it cannot fit, rather than after downloading most of it.
     let raw = job.raw_bytes;
-    let free = free_space(scratch)?;
+    let free = free_space(data)?;
     if raw > free {
-        return Err(format!(
-            "disk full: the scratch directory {} has {} MiB free, the backup needs {} MiB",
-            cfg.backup.scratch_dir.display(),
-            free >> 20,
-            raw.div_ceil(1 << 20)
-        ));
+        return Err(format!("disk full: {} has {} MiB free, the backup needs {} MiB", data.display(), free >> 20, raw.div_ceil(1 << 20)));
     }
     meter.phase("download", job.stored_bytes);
     let client = client(dest)?;
@@ -258,7 +306,7 @@ pub(super) async fn restore_and_check_inner(
         };
         // GNU tar already refuses absolute and `..` member names and
         // defers links that point outside; owners and modes are not taken.
-        tar.args(["-x", "--no-same-owner", "--no-same-permissions", "-C"]).arg(&data);
+        tar.args(["-x", "--no-same-owner", "--no-same-permissions", "-C"]).arg(data);
         let tar = spawn(tar.stdin(zout).stderr(Stdio::piped()), "tar")?;
         vec![("zstd", zstd), ("tar", tar)]
     } else {
@@ -350,50 +398,7 @@ pub(super) async fn restore_and_check_inner(
     // pg_basebackup never includes one; a restored one names no process of
     // ours (and would stop the scratch server from starting).
     let _ = std::fs::remove_file(data.join("postmaster.pid"));
-    // PostgreSQL: the archived WAL after the backup, replayed to the end of
-    // the archive; the copy then promotes itself.
-    let replay = if kind == "postgres" && !job.wal_key.is_empty() {
-        meter.phase("wal", 0);
-        let wal = scratch.join("wal");
-        let got = crate::archive::replay::prefetch(cfg, &job.wal_destinations, &job.wal_key, job.wal_start, &wal)
-            .await
-            .map_err(|e| format!("fetching the archived WAL: {e}"))?;
-        replay_settings(&data, &wal)?;
-        Some(got)
-    } else {
-        None
-    };
-    let restored_at = started.elapsed();
-    meter.phase("checks", 0);
-
-    let port = free_port()?;
-    let mut out = HashMap::from([
-        ("restore_ms".to_string(), restored_at.as_millis().to_string()),
-        ("scratch_port".to_string(), port.to_string()),
-        ("sha256".to_string(), got),
-    ]);
-    let user = &job.checks;
-    // RTO ends when the instance accepts connections and passed the checks
-    // an application depends on; PostgreSQL's full scan (pg_amcheck) runs
-    // after it and is timed on its own.
-    let checked = if kind == "postgres" {
-        check_postgres(cfg, &job.check_tables, scratch, port, user, started, replay.is_some()).await?
-    } else {
-        Checked { found: check_redis(scratch, port, user).await?, rto: started.elapsed(), newest_commit_ms: None }
-    };
-    out.extend(checked.found);
-    out.insert("total_ms".into(), started.elapsed().as_millis().to_string());
-    if let Some(r) = &replay {
-        out.insert("wal_replayed".into(), format!("{} files, {:.1} MiB", r.files, r.bytes as f64 / 1048576.0));
-    }
-    // The RPO: how old the newest commit the copy holds was when the test
-    // started; without replay, the backup's end stands for it.
-    let newest = checked.newest_commit_ms.or(Some(job.data_time_ms).filter(|t| *t > 0));
-    Ok(RecoveryTestFound {
-        rto_ms: checked.rto.as_millis() as u64,
-        rpo_ms: newest.map(|at| started_ms.saturating_sub(at)),
-        checks: out.into_iter().collect(),
-    })
+    Ok(got)
 }
 
 /// Recovery settings that replay the WAL in `wal` to its end (the newest
@@ -404,12 +409,7 @@ fn replay_settings(data: &Path, wal: &Path) -> Result<(), String> {
         "\n# drc recovery test: replay the archived WAL\nprimary_conninfo = ''\nrestore_command = 'cp \"{dir}/%f\" \"%p\"'\n\
          recovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\n"
     );
-    let auto = data.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    text.push_str(&settings);
-    std::fs::write(&auto, text)
-        .and_then(|()| std::fs::write(data.join("recovery.signal"), ""))
-        .map_err(|e| format!("recovery settings: {e}"))
+    append_settings(data, &settings, true)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub enum EventKind {
     Leader,
     Backup,
     RecoveryTest,
+    Restore,
     /// How far a long command (a backup, a restore) has got.
     Progress,
     /// The first event of every watch: from here on, nothing is missed.
@@ -46,6 +47,7 @@ impl EventKind {
             EventKind::Leader => "leader",
             EventKind::Backup => "backup",
             EventKind::RecoveryTest => "recovery_test",
+            EventKind::Restore => "restore",
             EventKind::Progress => "progress",
             EventKind::Watching => "watching",
             EventKind::Lagged => "lagged",

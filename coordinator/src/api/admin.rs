@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use drc_proto::{AuditReply, AuditRequest, RecordAuditReply, RecordAuditRequest};
 use drc_proto::{
-    BackupsReply, JobReply, ListJobsRequest, RecoveryTestsReply, SchedulesReply, SetScheduleRequest, StartBackupRequest,
-    StartRecoveryTestRequest,
+    BackupsReply, JobReply, ListJobsRequest, RecoveryTestsReply, RestoresReply, SchedulesReply, SetScheduleRequest, StartBackupRequest,
+    StartRecoveryTestRequest, StartRestoreRequest,
 };
 use drc_proto::{
     ClearBlockRequest, ClusterHealth, DecisionReply, FailoverRegionReply, FailoverRegionRequest, FailoverRequest, HealthRequest,
@@ -363,6 +363,14 @@ impl AdminService for AdminApi {
 
     async fn list_recovery_tests(&self, req: Request<ListJobsRequest>) -> Result<Response<RecoveryTestsReply>, Status> {
         self.recovery_tests(req).await
+    }
+
+    async fn start_restore(&self, req: Request<StartRestoreRequest>) -> Result<Response<JobReply>, Status> {
+        self.run_restore(req).await
+    }
+
+    async fn list_restores(&self, req: Request<ListJobsRequest>) -> Result<Response<RestoresReply>, Status> {
+        self.restores(req).await
     }
 
     async fn set_schedule(&self, req: Request<SetScheduleRequest>) -> Result<Response<PauseReply>, Status> {

@@ -33,14 +33,20 @@ impl From<ProposeError> for Status {
 impl From<JobError> for Status {
     fn from(e: JobError) -> Status {
         match e {
-            JobError::UnknownCluster(_) | JobError::UnknownDestination(_) | JobError::UnknownBackup(_) => Status::not_found(e.to_string()),
-            JobError::OtherCluster { .. } => Status::invalid_argument(e.to_string()),
+            JobError::UnknownCluster(_) | JobError::UnknownDestination(_) | JobError::UnknownBackup(_) | JobError::UnknownMember(_) => {
+                Status::not_found(e.to_string())
+            }
+            JobError::OtherCluster { .. } | JobError::BadRestore(_) => Status::invalid_argument(e.to_string()),
             JobError::NoDestinations(_)
             | JobError::NoBackupYet(_)
             | JobError::NotDone { .. }
             | JobError::NoSource { .. }
             | JobError::NoRestorer { .. }
             | JobError::Busy { .. }
+            | JobError::AgentDown(_)
+            | JobError::NoBaseBefore { .. }
+            | JobError::NoArchive { .. }
+            | JobError::BeyondArchive { .. }
             | JobError::Refused(_) => Status::failed_precondition(e.to_string()),
             JobError::Propose(e) => e.into(),
         }

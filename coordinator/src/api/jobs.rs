@@ -6,13 +6,15 @@ use std::time::Duration;
 use drc_model::job::JobKind;
 use drc_proto::{
     job_reply, BackupEntry, BackupsReply, JobReply, JobState, ListJobsRequest, PauseReply, RecoveryTestEntry, RecoveryTestsReply,
-    ScheduleEntry, SchedulesReply, SetScheduleRequest, StartBackupRequest, StartRecoveryTestRequest,
+    RestoreEntry, RestoresReply, ScheduleEntry, SchedulesReply, SetScheduleRequest, StartBackupRequest, StartRecoveryTestRequest,
+    StartRestoreRequest,
 };
 use tonic::{Request, Response, Status};
 
 use super::admin::{said, AdminApi};
 use super::error::ApiError;
 use crate::forward::on_leader;
+use crate::jobs::RestoreRequest;
 use crate::state::Command;
 
 impl AdminApi {
@@ -87,9 +89,49 @@ impl AdminApi {
         Ok(Response::new(RecoveryTestsReply { recovery_tests }))
     }
 
+    pub(super) async fn run_restore(&self, req: Request<StartRestoreRequest>) -> Result<Response<JobReply>, Status> {
+        let (point, timeline) = match drc_proto::jobs::point_in(req.get_ref().point.as_ref()) {
+            Ok(p) => p,
+            Err(e) => return Err(self.audit.refused(&req, Status::invalid_argument(e.to_string())).await),
+        };
+        let Ok(port) = u16::try_from(req.get_ref().port) else {
+            let e = format!("port {} is out of range", req.get_ref().port);
+            return Err(self.audit.refused(&req, Status::invalid_argument(e)).await);
+        };
+        if let Some(answer) =
+            on_leader(&self.node, &self.transport, &req, self.write_timeout, |mut c, r| async move { c.start_restore(r).await }).await?
+        {
+            return Ok(answer);
+        }
+        let ticket = self.audit.begin(&req).await?;
+        let r = req.into_inner();
+        let ask = RestoreRequest { cluster: r.cluster, point, timeline, on: r.on, dir: r.dir, port };
+        let started = self.jobs.start_restore(ask, "operator").await.map_err(ApiError::from).map_err(Status::from);
+        let started = started.map(|rec| Response::new(JobReply { job: Some(job_reply::Job::Restore(RestoreEntry::from(&rec))) }));
+        ticket.finish(started, |r| job_detail("restore", r)).await
+    }
+
+    pub(super) async fn restores(&self, req: Request<ListJobsRequest>) -> Result<Response<RestoresReply>, Status> {
+        if let Ok(Some(answer)) =
+            on_leader(&self.node, &self.transport, &req, LIST_ON_LEADER, |mut c, r| async move { c.list_restores(r).await }).await
+        {
+            return Ok(answer);
+        }
+        let mut restores =
+            self.list(&req.into_inner().cluster, |sm| sm.restores.values().map(|t| (t.cluster.clone(), RestoreEntry::from(t))).collect())?;
+        for t in restores.iter_mut().filter(|t| t.state() == JobState::Running) {
+            t.progress = self.jobs.progress(JobKind::Restore, t.id);
+        }
+        Ok(Response::new(RestoresReply { restores }))
+    }
+
     pub(super) async fn schedule(&self, req: Request<SetScheduleRequest>) -> Result<Response<PauseReply>, Status> {
         let r = req.get_ref();
         let job: JobKind = match r.job.parse() {
+            Ok(JobKind::Restore) => {
+                let e = "job: restores are never scheduled (recovery tests are: --recovery-test)";
+                return Err(self.audit.refused(&req, Status::invalid_argument(e)).await);
+            }
             Ok(job) => job,
             Err(e) => return Err(self.audit.refused(&req, Status::invalid_argument(format!("job: {e}"))).await),
         };
@@ -132,6 +174,7 @@ fn job_detail(what: &str, r: &Response<JobReply>) -> String {
     let id = match &r.get_ref().job {
         Some(job_reply::Job::Backup(b)) => b.id,
         Some(job_reply::Job::RecoveryTest(t)) => t.id,
+        Some(job_reply::Job::Restore(t)) => t.id,
         None => 0,
     };
     format!("{what} {id} started")

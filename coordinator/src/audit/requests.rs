@@ -4,7 +4,7 @@
 use drc_model::audit::AuditAction;
 use drc_proto::{
     AddNodeRequest, ApplyTopologyRequest, ClearBlockRequest, FailoverRegionRequest, FailoverRequest, PauseRequest, RemoveNodeRequest,
-    SetScheduleRequest, StartBackupRequest, StartRecoveryTestRequest, SwitchoverRequest, TransferLeadershipRequest,
+    SetScheduleRequest, StartBackupRequest, StartRecoveryTestRequest, StartRestoreRequest, SwitchoverRequest, TransferLeadershipRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -44,6 +44,14 @@ audited!(RemoveNodeRequest, RemoveNode, |r| "", ["id" => r.id]);
 audited!(TransferLeadershipRequest, TransferLeadership, |r| "", ["id" => r.id]);
 audited!(StartBackupRequest, StartBackup, |r| &r.cluster, ["cluster" => r.cluster, "destination" => r.destination]);
 audited!(StartRecoveryTestRequest, StartRecoveryTest, |r| &r.cluster, ["cluster" => r.cluster, "backup_id" => r.backup_id]);
+audited!(StartRestoreRequest, StartRestore, |r| &r.cluster, [
+    "cluster" => r.cluster,
+    "point" => r.point.as_ref().and_then(|p| drc_proto::jobs::point_in(Some(p)).ok()).map(|(p, _)| p.to_string()).unwrap_or_default(),
+    "timeline" => r.point.as_ref().map(|p| p.timeline.clone()).unwrap_or_default(),
+    "on" => r.on,
+    "dir" => r.dir,
+    "port" => r.port,
+]);
 audited!(SetScheduleRequest, SetSchedule, |r| &r.cluster, ["cluster" => r.cluster, "job" => r.job, "cron" => r.cron]);
 // The document itself can be large: its digest and size identify it, and
 // the outcome holds the diff it made.

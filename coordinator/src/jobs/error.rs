@@ -1,4 +1,4 @@
-//! Why a backup or recovery test could not start.
+//! Why a backup, recovery test or restore could not start.
 
 use drc_model::job::JobState;
 
@@ -26,6 +26,18 @@ pub enum JobError {
     NoRestorer { cluster: String, region: String },
     #[error("{what} {id} of {cluster} is still running: one at a time per cluster (drctl {command} show {id})")]
     Busy { what: &'static str, command: &'static str, id: u64, cluster: String },
+    #[error("unknown member {0:?}")]
+    UnknownMember(String),
+    #[error("the agent of {0} is not connected")]
+    AgentDown(String),
+    #[error("{0}")]
+    BadRestore(String),
+    #[error("cluster {cluster} has no completed backup consistent before {point}")]
+    NoBaseBefore { cluster: String, point: String },
+    #[error("cluster {cluster} has no WAL archive: only its newest base backup can be restored (--latest)")]
+    NoArchive { cluster: String },
+    #[error("{point} lies beyond the WAL archived so far ({reach})")]
+    BeyondArchive { point: String, reach: String },
     #[error(transparent)]
     Propose(#[from] ProposeError),
     /// The state machine refused the record.

@@ -14,6 +14,7 @@ mod archive;
 mod backup;
 mod error;
 mod recovery;
+mod restore;
 mod retention;
 mod schedule;
 
@@ -33,6 +34,7 @@ use drc_proto::command;
 use drc_proto::command_result::Found;
 
 pub use error::JobError;
+pub use restore::RestoreRequest;
 pub use schedule::{next, parse_cron};
 
 /// A backup may run this long.
@@ -67,6 +69,7 @@ impl Jobs {
             JobKind::RecoveryTest => {
                 sm.recovery_tests.values().find(|t| t.cluster == cluster && t.state == JobState::Running).map(|t| t.id)
             }
+            JobKind::Restore => sm.restores.values().find(|t| t.cluster == cluster && t.state == JobState::Running).map(|t| t.id),
         });
         match (running, job) {
             (None, _) => Ok(()),
@@ -74,6 +77,7 @@ impl Jobs {
             (Some(id), JobKind::RecoveryTest) => {
                 Err(JobError::Busy { what: "recovery test", command: "recovery-test", id, cluster: cluster.into() })
             }
+            (Some(id), JobKind::Restore) => Err(JobError::Busy { what: "restore", command: "restore", id, cluster: cluster.into() }),
         }
     }
 
@@ -141,10 +145,11 @@ impl Jobs {
             if since.elapsed() < Duration::from_secs(2) {
                 continue;
             }
-            let (backups, tests) = self.node.store().with_state(|sm| {
+            let (backups, tests, restores) = self.node.store().with_state(|sm| {
                 (
                     sm.backups.values().filter(|b| b.state == JobState::Running).cloned().collect::<Vec<_>>(),
                     sm.recovery_tests.values().filter(|t| t.state == JobState::Running).cloned().collect::<Vec<_>>(),
+                    sm.restores.values().filter(|t| t.state == JobState::Running).cloned().collect::<Vec<_>>(),
                 )
             });
             self.fire_schedules().await;
@@ -165,6 +170,13 @@ impl Jobs {
                     let _ = self.record(Command::RecoveryTest { record: Box::new(t) }).await;
                 }
             }
+            for mut r in restores {
+                if !self.running().contains_key(&(JobKind::Restore, r.id)) && wall_now_ms().saturating_sub(r.started_at) > 5_000 {
+                    (r.state, r.finished_at) = (JobState::Failed, wall_now_ms());
+                    r.error = format!("{why}; the agent may still finish it: look in {} on {}", r.dir, r.member);
+                    let _ = self.record(Command::Restore { record: Box::new(r) }).await;
+                }
+            }
         }
     }
 }
@@ -174,5 +186,6 @@ fn event_kind(job: JobKind) -> EventKind {
     match job {
         JobKind::Backup => EventKind::Backup,
         JobKind::RecoveryTest => EventKind::RecoveryTest,
+        JobKind::Restore => EventKind::Restore,
     }
 }

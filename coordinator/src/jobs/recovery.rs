@@ -76,28 +76,7 @@ impl Jobs {
             member,
             format!("recovery test {} started: backup {} on {member}", rec.id, backup.id),
         );
-        let data_time = backup.manifest.get("finished_at_ms").and_then(|v| v.as_u64()).unwrap_or(backup.finished_at);
-        let body = command::Body::RecoveryTest(RecoveryTestJob {
-            test_id: rec.id,
-            destination: backup.destination.clone(),
-            data_key: backup.data_key.clone(),
-            sha256: backup.sha256.clone(),
-            kind: c.kind.as_str().to_string(),
-            check_tables: c.backup.check_tables.clone(),
-            checks: c
-                .backup
-                .checks
-                .iter()
-                .map(|k| RestoreCheck { name: k.name.clone(), query: k.query.clone(), expect: k.expect.clone() })
-                .collect(),
-            raw_bytes: backup.raw_bytes,
-            stored_bytes: backup.stored_bytes,
-            data_time_ms: data_time,
-            manifest_key: backup.manifest_key.clone(),
-            part_size: backup.manifest["objects"][0]["part_size"].as_u64().unwrap_or(0),
-            parts_root: backup.manifest["objects"][0]["parts_root"].as_str().unwrap_or_default().to_string(),
-            ..wal_replay(&self.node, cluster, &backup)
-        });
+        let body = command::Body::RecoveryTest(RecoveryTestJob { test_id: rec.id, ..source_of(&self.node, c, &backup) });
         let this = Arc::clone(self);
         let job = rec.clone();
         tokio::spawn(async move {
@@ -131,6 +110,36 @@ impl Jobs {
             this.running().remove(&(JobKind::RecoveryTest, done.id));
         });
         Ok(rec)
+    }
+}
+
+/// What a restore of `backup` needs: its objects and hashes, the cluster's
+/// checks, and the archived WAL after it.
+pub(super) fn source_of(
+    node: &crate::raft::NodeHandle,
+    c: &drc_model::topology::Cluster,
+    backup: &drc_model::job::BackupRecord,
+) -> RecoveryTestJob {
+    let data_time = backup.manifest.get("finished_at_ms").and_then(|v| v.as_u64()).unwrap_or(backup.finished_at);
+    RecoveryTestJob {
+        destination: backup.destination.clone(),
+        data_key: backup.data_key.clone(),
+        sha256: backup.sha256.clone(),
+        kind: c.kind.as_str().to_string(),
+        check_tables: c.backup.check_tables.clone(),
+        checks: c
+            .backup
+            .checks
+            .iter()
+            .map(|k| RestoreCheck { name: k.name.clone(), query: k.query.clone(), expect: k.expect.clone() })
+            .collect(),
+        raw_bytes: backup.raw_bytes,
+        stored_bytes: backup.stored_bytes,
+        data_time_ms: data_time,
+        manifest_key: backup.manifest_key.clone(),
+        part_size: backup.manifest["objects"][0]["part_size"].as_u64().unwrap_or(0),
+        parts_root: backup.manifest["objects"][0]["parts_root"].as_str().unwrap_or_default().to_string(),
+        ..wal_replay(node, &backup.cluster, backup)
     }
 }
 

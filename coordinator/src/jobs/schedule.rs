@@ -9,7 +9,7 @@ use drc_model::Millis;
 
 use crate::state::{Command, Outcome};
 
-use super::{event_kind, Jobs};
+use super::{event_kind, JobError, Jobs};
 
 /// Parses a cron expression (5 fields, or 6 with seconds first).
 pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
@@ -84,6 +84,7 @@ impl Jobs {
             let started = match s.job {
                 JobKind::Backup => self.start_backup(&s.cluster, None, occurrence).await.map(|b| b.id),
                 JobKind::RecoveryTest => self.start_recovery_test(&s.cluster, None, "schedule").await.map(|t| t.id),
+                JobKind::Restore => Err(JobError::BadRestore("restores are never scheduled".into())),
             };
             match started {
                 Ok(id) => tracing::info!(cluster = %s.cluster, job = %s.job, id, occurrence, "scheduled job started"),

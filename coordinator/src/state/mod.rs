@@ -63,6 +63,8 @@ pub enum Command {
     Backup { record: Box<drc_model::job::BackupRecord> },
     /// Add (id 0) or update a recovery test.
     RecoveryTest { record: Box<drc_model::job::RecoveryTest> },
+    /// Add (id 0) or update a restore to a point.
+    Restore { record: Box<drc_model::job::Restore> },
     /// Set (or, with an empty cron expression, remove) a cluster's schedule
     /// of `job`, from `at` on.
     SetSchedule { cluster: String, job: JobKind, cron: String, at: Millis },
@@ -204,6 +206,9 @@ pub struct StateMachine {
     /// Recovery tests, by id.
     #[serde(default)]
     pub recovery_tests: BTreeMap<u64, drc_model::job::RecoveryTest>,
+    /// Restores to a point, by id.
+    #[serde(default)]
+    pub restores: BTreeMap<u64, drc_model::job::Restore>,
     /// Backup and recovery-test schedules, by "cluster/job".
     #[serde(default)]
     pub schedules: BTreeMap<String, drc_model::job::Schedule>,
@@ -265,6 +270,9 @@ impl StateMachine {
                 if !self.topology.clusters.contains_key(&cluster) {
                     return Outcome::Refused { reason: format!("unknown cluster {cluster:?}") };
                 }
+                if job == JobKind::Restore {
+                    return Outcome::Refused { reason: "restores are never scheduled".into() };
+                }
                 let key = format!("{cluster}/{job}");
                 if cron.is_empty() {
                     self.schedules.remove(&key);
@@ -312,6 +320,18 @@ impl StateMachine {
                 }
                 let (id, now) = (r.id, r.finished_at.max(r.started_at));
                 self.recovery_tests.insert(id, r);
+                self.retain(now);
+                Outcome::Recorded { id }
+            }
+            Command::Restore { record } => {
+                let mut r = *record;
+                if r.id == 0 {
+                    r.id = next_id(&mut self.last_ids.restore);
+                } else if !self.restores.contains_key(&r.id) {
+                    return Outcome::Refused { reason: format!("no restore {}", r.id) };
+                }
+                let (id, now) = (r.id, r.finished_at.max(r.started_at));
+                self.restores.insert(id, r);
                 self.retain(now);
                 Outcome::Recorded { id }
             }
@@ -364,6 +384,7 @@ impl StateMachine {
         prune(&mut self.history, r.decisions, age, now, |d| d.finished_at);
         prune(&mut self.audit, r.audit, age, now, |e| (!e.outcome.is_pending()).then_some(e.finished_at.max(e.at)));
         prune(&mut self.recovery_tests, r.jobs, age, now, |t| (t.state != JobState::Running).then_some(t.finished_at));
+        prune(&mut self.restores, r.jobs, age, now, |t| (t.state != JobState::Running).then_some(t.finished_at));
         // Completed backups follow their cluster's backup retention, which
         // deletes their objects first.
         prune(&mut self.backups, r.jobs, age, now, |b| (b.state == JobState::Failed).then_some(b.finished_at));
@@ -473,6 +494,7 @@ impl StateMachine {
         }
         let mut sm: Self = serde_json::from_slice(bytes)?;
         sm.last_ids.catch_up(&sm.history, &sm.backups, &sm.recovery_tests, &sm.audit);
+        sm.last_ids.restore = sm.last_ids.restore.max(sm.restores.keys().next_back().copied().unwrap_or(0));
         Ok(sm)
     }
 }

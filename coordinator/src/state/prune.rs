@@ -16,6 +16,8 @@ pub struct LastIds {
     pub backup: u64,
     pub recovery_test: u64,
     pub audit: u64,
+    #[serde(default)]
+    pub restore: u64,
 }
 
 impl LastIds {
