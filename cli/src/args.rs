@@ -229,19 +229,19 @@ pub enum RecoveryTestCommand {
 }
 
 #[derive(clap::Args, Debug)]
-#[group(id = "point", multiple = false)]
 pub struct RestoreRun {
+    /// The PostgreSQL cluster.
     #[arg(long)]
     pub cluster: Option<String>,
     /// To the end of the archived WAL.
-    #[arg(long, group = "point")]
+    #[arg(long, conflicts_with_all = ["to_time", "to_lsn"])]
     pub latest: bool,
     /// To the last commit at or before this time: RFC 3339 (2026-12-07T01:02:03.25Z) or as
     /// PostgreSQL prints it (2026-12-07 01:02:03.250000+00).
-    #[arg(long, group = "point", value_parser = parse_time_us)]
+    #[arg(long, conflicts_with = "to_lsn", value_parser = parse_time_us)]
     pub to_time: Option<i64>,
     /// To this WAL position (e.g. 0/5000060), inclusive.
-    #[arg(long, group = "point")]
+    #[arg(long)]
     pub to_lsn: Option<drc_model::wal::Lsn>,
     /// latest (through every failover), current (the base backup's) or a timeline id.
     #[arg(long, default_value = "latest")]
@@ -327,6 +327,8 @@ mod tests {
         assert!(parse_time_us("yesterday").is_err_and(|e| e.contains("RFC 3339")));
         let cli = Cli::try_parse_from(["drctl", "restore", "--cluster", "c", "--latest", "--to-lsn", "0/1", "--on", "m", "--dir", "/d"]);
         assert!(cli.is_err(), "two points at once");
+        let cli = Cli::try_parse_from(["drctl", "restore", "--cluster", "c", "--latest", "--timeline", "2", "--on", "m", "--dir", "/d"]);
+        assert!(matches!(cli.map(|c| c.command), Ok(Command::Restore { command: None, .. })));
         let cli = Cli::try_parse_from(["drctl", "restore", "list", "--cluster", "c"]).map(|c| c.command);
         assert!(matches!(cli, Ok(Command::Restore { command: Some(RestoreCommand::List { .. }), .. })), "{cli:?}");
     }

@@ -1,8 +1,9 @@
 //! Point-in-time recovery from the continuous WAL archive, through the lab:
 //! a steady writer records each acknowledged commit with its WAL position
-//! and commit time; the primary's region is killed; a base backup and the
-//! archive in another region's bucket are restored with PostgreSQL's own
-//! recovery, `drc-agent wal-fetch` as its `restore_command`.
+//! and commit time; the primary's region is killed; `drctl restore` brings
+//! back a base backup and the archive in another region's bucket on an
+//! agent of a surviving region. The runbook's restore by hand uses
+//! PostgreSQL's own recovery with standard tools alone.
 
 use std::path::Path;
 use std::process::Command;
@@ -63,102 +64,38 @@ fn archive(lab: &Lab) -> Option<Value> {
     Some(c["wal_archive"].clone()).filter(|a| !a.is_null())
 }
 
-fn run(mut c: Command, what: &str) -> String {
-    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn as_postgres(program: &str) -> Command {
     let mut c = Command::new("runuser");
     c.args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")]);
     c
 }
 
-/// A base backup plus the archive, restored into `dir` by PostgreSQL's own
-/// recovery and started on a free port, which is returned once the copy
-/// has finished recovery and accepts writes.
-fn restore(lab: &Lab, backup: &Value, key: &str, destinations: &[String], dir: &Path, target: &str) -> u16 {
-    let s3 = lab.info.s3.iter().find(|s| s.region == backup["destination_region"]).expect("the backup's bucket");
-    std::fs::create_dir_all(dir.join("data")).expect("restore dir");
-    let object = dir.join("base.age");
-    let mut cp = Command::new("aws");
-    cp.args(["--endpoint-url", &s3.endpoint, "s3", "cp", &format!("s3://{}/{}", s3.bucket, backup["data_key"].as_str().unwrap_or(""))])
-        .arg(&object)
-        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-        .env("AWS_DEFAULT_REGION", "us-east-1");
-    run(cp, "downloading the base backup");
-    let unpack = format!("age -d -i {:?} {:?} | zstd -d | tar -x -C {:?}", lab.info.backup.identity_file, object, dir.join("data"));
-    run(
-        {
-            let mut c = Command::new("bash");
-            c.args(["-c", &unpack]);
-            c
-        },
-        "unpacking the base backup",
-    );
+/// A server `drctl restore` left running, stopped when dropped (also when
+/// the test fails).
+struct Restored {
+    dir: std::path::PathBuf,
+    record: Value,
+    port: u16,
+}
 
-    // wal-fetch runs as postgres: its configuration, keys and secrets are
-    // copies that user may read.
-    let mut config = std::fs::read_to_string(lab.info.dir.join("agent-pg-c.toml")).expect("agent config");
-    let mut copy = |from: &Path, name: &str| {
-        let to = dir.join(name);
-        std::fs::copy(from, &to).expect("copy");
-        config = config.replace(&format!("{:?}", from.display().to_string()), &format!("{:?}", to.display().to_string()));
-    };
-    copy(&lab.info.backup.identity_file, "backup.key");
-    for s in &lab.info.s3 {
-        copy(&lab.info.dir.join(format!("s3-{}.secret", s.region)), &format!("s3-{}.secret", s.region));
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let mut c = as_postgres("pg_ctl");
+        c.arg("-D").arg(&self.dir).args(["-m", "immediate", "-w", "stop"]);
+        let _ = c.output();
     }
-    std::fs::write(dir.join("fetch.toml"), config).expect("fetch.toml");
-    let data = dir.join("data");
-    for f in ["standby.signal", "postmaster.pid"] {
-        let _ = std::fs::remove_file(data.join(f));
-    }
-    std::fs::write(data.join("recovery.signal"), "").expect("recovery.signal");
-    let fetch = format!(
-        "{} --config {} wal-fetch {} --archive {key} %f %p",
-        drc_tests::bin("drc-agent").display(),
-        dir.join("fetch.toml").display(),
-        destinations.iter().map(|d| format!("--destination {d}")).collect::<Vec<_>>().join(" ")
-    );
-    let conf = format!("\nprimary_conninfo = ''\nrestore_command = '{fetch}'\nrecovery_target_action = 'promote'\n{target}\n");
-    let auto = data.join("postgresql.auto.conf");
-    let before = std::fs::read_to_string(&auto).unwrap_or_default();
-    std::fs::write(&auto, before + &conf).expect("recovery settings");
-    run(
-        {
-            let mut c = Command::new("chown");
-            c.args(["-R", "postgres:postgres"]).arg(dir);
-            c
-        },
-        "chown",
-    );
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    }
-    let port = drc_tests::free_port();
-    let log = dir.join("postgres.log");
-    let mut start = as_postgres("pg_ctl");
-    start
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(&log)
-        .args(["-w", "-t", "120", "-o"])
-        .arg(format!("-p {port} -k {}", dir.display()))
-        .arg("start");
-    let started = start.output().expect("pg_ctl");
-    if !started.status.success() {
-        panic!("the restored server did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
-    }
-    wait_for("the restore to finish recovery", Duration::from_secs(120), || {
-        (psql(port, "SELECT pg_is_in_recovery()").ok()? == "f").then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
-    port
+}
+
+/// `drctl restore` of app-pg on pg-c's host into `dir`, to `point`.
+fn drctl_restore(lab: &Lab, dir: &Path, point: &[&str]) -> Restored {
+    let d = dir.display().to_string();
+    let mut args = vec!["restore", "--cluster", "app-pg", "--on", "pg-c", "--dir", &d];
+    args.extend_from_slice(point);
+    let record = lab.drctl_json(&args).unwrap_or_else(|e| panic!("drctl restore {point:?}: {e}"));
+    println!("restore {point:?}: {record}");
+    assert_eq!(record["state"], "done", "{record}");
+    let port = record["port"].as_u64().and_then(|p| u16::try_from(p).ok()).expect("the port it runs on");
+    Restored { dir: dir.to_path_buf(), record, port }
 }
 
 fn stop(dir: &Path) {
@@ -183,7 +120,7 @@ fn a_restore_from_the_archive_after_the_primary_region_is_lost_holds_every_archi
     })
     .expect("archiving");
     println!("archive: {first}");
-    let (key, archive_dest) = (first["key"].as_str().expect("key").to_string(), first["destination"].as_str().expect("dest").to_string());
+    let archive_dest = first["destination"].as_str().expect("dest").to_string();
     assert_ne!(archive_dest, "s3-a", "the archive lives outside the primary's region");
 
     // A base backup, in a bucket outside region a, then a steady writer.
@@ -219,15 +156,17 @@ fn a_restore_from_the_archive_after_the_primary_region_is_lost_holds_every_archi
     let end = before["end"].as_u64().expect("end");
 
     // 1. To the end of the lost primary's timeline: every commit the
-    // archive had reached before the fault is there.
-    let destinations = vec![archive_dest.clone(), "s3-c".to_string()];
-    let latest = lab.info.dir.join("pitr-latest");
-    let port = restore(&lab, &backup, &key, &destinations, &latest, "recovery_target_timeline = 'current'");
-    let ids = restored_ids(port);
-    stop(&latest);
+    // archive had reached before the fault is there, and the restore says
+    // where it stopped.
+    let latest = drctl_restore(&lab, &lab.info.dir.join("pitr-latest"), &["--latest", "--timeline", "current"]);
+    let ids = restored_ids(latest.port);
     let missing: Vec<&Acked> = acked.iter().filter(|a| !ids.contains(&a.id)).collect();
     let covered_but_missing: Vec<&Acked> = missing.iter().copied().filter(|a| a.lsn <= end).collect();
     assert!(covered_but_missing.is_empty(), "commits inside the archive ({}) missing from the restore: {covered_but_missing:?}", end);
+    let newest = acked.iter().filter(|a| ids.contains(&a.id)).last().expect("some commits restored");
+    assert!(latest.record["reached_lsn"].as_u64().unwrap_or(0) >= newest.lsn.min(end), "{}", latest.record);
+    assert!(latest.record["reached_commit_us"].as_i64().unwrap_or(0) >= newest.committed_us, "{}", latest.record);
+    assert_eq!(latest.record["point"]["kind"], "latest");
     let last_ack = acked.last().map_or(0, |a| a.committed_us);
     let lost_window_ms = missing.first().map_or(0, |a| (last_ack - a.committed_us) / 1000);
     println!(
@@ -240,17 +179,36 @@ fn a_restore_from_the_archive_after_the_primary_region_is_lost_holds_every_archi
         ids.iter().all(|id| acked.iter().any(|a| a.id == *id) || *id == acked.len() as u64 + 1),
         "nothing restored that was not written"
     );
+    drop(latest);
 
-    // 2. To a time in the middle: exactly the commits at or before it.
+    // 2. To a time in the middle, as PostgreSQL prints times: exactly the
+    // commits at or before it, and no commit after it replayed.
     let middle = acked[acked.len() / 2];
     let at = chrono_free_timestamp(middle.committed_us);
     let expected: Vec<u64> = acked.iter().filter(|a| a.committed_us <= middle.committed_us).map(|a| a.id).collect();
-    let to_time = lab.info.dir.join("pitr-time");
-    let port = restore(&lab, &backup, &key, &destinations, &to_time, &format!("recovery_target_time = '{at}'"));
-    let ids = restored_ids(port);
-    stop(&to_time);
+    let to_time = drctl_restore(&lab, &lab.info.dir.join("pitr-time"), &["--to-time", &at]);
+    let ids = restored_ids(to_time.port);
     assert_eq!(ids.iter().copied().collect::<Vec<_>>(), expected, "a restore to {at} holds exactly the commits at or before it");
+    let reached = to_time.record["reached_commit_us"].as_i64().unwrap_or(0);
+    let before_middle = acked[acked.len() / 2 - 1].committed_us;
+    assert!(before_middle <= reached && reached <= middle.committed_us, "last commit replayed {reached}: {}", to_time.record);
     println!("restore to {at}: {} commits, as acknowledged at or before it", ids.len());
+    drop(to_time);
+
+    // Refused before anything is done: a position beyond the archive, an
+    // unknown member. A directory that holds anything is never written.
+    let beyond = format!("{:X}/0", (end >> 32) + 16);
+    let e = lab.drctl_json(&["restore", "--cluster", "app-pg", "--to-lsn", &beyond, "--on", "pg-c", "--dir", "/nonexistent/r"]);
+    assert!(e.as_ref().is_err_and(|e| e.to_string().contains("beyond the WAL archived")), "{e:?}");
+    let e = lab.drctl_json(&["restore", "--cluster", "app-pg", "--latest", "--on", "pg-z", "--dir", "/nonexistent/r"]);
+    assert!(e.as_ref().is_err_and(|e| e.to_string().contains("unknown member")), "{e:?}");
+    let occupied = lab.info.dir.join("pitr-occupied");
+    std::fs::create_dir_all(&occupied).expect("dir");
+    std::fs::write(occupied.join("keep"), "precious").expect("file");
+    let d = occupied.display().to_string();
+    let e = lab.drctl_json(&["restore", "--cluster", "app-pg", "--latest", "--on", "pg-c", "--dir", &d]);
+    assert!(e.as_ref().is_err_and(|e| e.to_string().contains("is not empty")), "{e:?}");
+    assert_eq!(std::fs::read_to_string(occupied.join("keep")).ok().as_deref(), Some("precious"));
 
     // 3. Archiving goes on after the failover, on the new timeline: a
     // commit on the new primary is restored by following the timelines.
@@ -268,17 +226,14 @@ fn a_restore_from_the_archive_after_the_primary_region_is_lost_holds_every_archi
     })
     .expect("archiving on the new timeline");
     println!("after the failover: {moved}");
-    let mut destinations = destinations;
-    destinations.push(moved["destination"].as_str().expect("destination").to_string());
-    let newest = lab.info.dir.join("pitr-newest");
-    let port = restore(&lab, &backup, &key, &destinations, &newest, "recovery_target_timeline = 'latest'");
-    let ids = restored_ids(port);
-    stop(&newest);
-    assert!(
-        ids.contains(&1_000_000),
-        "the new timeline's write is not restored:\n{}",
-        std::fs::read_to_string(newest.join("postgres.log")).unwrap_or_default()
-    );
+    let newest = drctl_restore(&lab, &lab.info.dir.join("pitr-newest"), &["--latest"]);
+    let ids = restored_ids(newest.port);
+    assert!(ids.contains(&1_000_000), "the new timeline's write is not restored: {}", newest.record);
+    assert!(newest.record["reached_timeline"].as_u64().unwrap_or(0) > moved["timeline"].as_u64().unwrap_or(0), "{}", newest.record);
+    let listed = lab.drctl_json(&["restore", "list", "--cluster", "app-pg"]).expect("restore list");
+    let states: Vec<&str> = listed["restores"].as_array().expect("restores").iter().filter_map(|r| r["state"].as_str()).collect();
+    assert_eq!(states, ["done", "failed", "done", "done"], "newest first: {listed}");
+    drop(newest);
     let _ = lab.down();
 }
 
