@@ -214,8 +214,12 @@ pub enum RecoveryTestCommand {
     Run {
         #[arg(long)]
         cluster: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "random_point")]
         backup: Option<u64>,
+        /// Replay the archived WAL to a random position between the oldest backup and the end of the
+        /// archive (from the newest backup before it), instead of to the end.
+        #[arg(long)]
+        random_point: bool,
         #[arg(long)]
         no_wait: bool,
     },

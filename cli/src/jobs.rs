@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use drc_model::job::{BackupRecord, JobKind, JobState, RecoveryTest, Schedule};
+use drc_model::job::{BackupRecord, JobKind, JobState, RecoveryTest, RestorePoint, Schedule};
 use drc_proto::admin_service_client::AdminServiceClient;
 use drc_proto::*;
 use serde_json::json;
@@ -49,9 +49,9 @@ pub(crate) async fn run(client: &mut AdminServiceClient<Channel>, command: Comma
             }
         },
         Command::RecoveryTest { command } => match command {
-            RecoveryTestCommand::Run { cluster, backup, no_wait } => {
+            RecoveryTestCommand::Run { cluster, backup, random_point, no_wait } => {
                 let r = client
-                    .start_recovery_test(StartRecoveryTestRequest { cluster, backup_id: backup.unwrap_or(0) })
+                    .start_recovery_test(StartRecoveryTestRequest { cluster, backup_id: backup.unwrap_or(0), random_point })
                     .await
                     .map_err(status_err)?
                     .into_inner();
@@ -60,7 +60,7 @@ pub(crate) async fn run(client: &mut AdminServiceClient<Channel>, command: Comma
                 };
                 let t = RecoveryTest::try_from(t)?;
                 if !json_out {
-                    println!("recovery test {} started: backup {} on {} (region {})", t.id, t.backup_id, t.member, t.member_region);
+                    println!("recovery test {} started: backup {} on {} (region {}), to {}", t.id, t.backup_id, t.member, t.member_region, t.point);
                 }
                 let job = if no_wait { Listed { record: t, progress: None } } else { wait_job(client, t.id, !json_out).await? };
                 job_out(&job, json_out, true)?;
@@ -333,6 +333,9 @@ fn test_text(t: &RecoveryTest, progress: Option<&JobProgress>) -> String {
         t.member,
         t.member_region
     );
+    if t.point != RestorePoint::Latest {
+        s += &format!("\n  to {}", t.point);
+    }
     if t.state == JobState::Done {
         s += &format!("\n  RTO {} ms, RPO {} ms", t.rto_ms, t.rpo_ms);
         for (k, v) in &t.checks {

@@ -128,6 +128,10 @@ pub struct RecoveryTest {
     pub rpo_ms: u64,
     /// What the checks found (row counts, key counts, amcheck, timings).
     pub checks: BTreeMap<String, String>,
+    /// Where the replay of the archived WAL stopped: its end, or a random
+    /// position on request.
+    #[serde(default)]
+    pub point: RestorePoint,
 }
 
 /// Where a restore's recovery stops.

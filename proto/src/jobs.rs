@@ -115,6 +115,7 @@ impl From<&RecoveryTest> for RecoveryTestEntry {
             rpo_ms: t.rpo_ms,
             checks: t.checks.clone().into_iter().collect(),
             progress: None,
+            point: Some(point_out(t.point, Timeline::Latest)),
         }
     }
 }
@@ -136,6 +137,10 @@ impl TryFrom<RecoveryTestEntry> for RecoveryTest {
             rto_ms: t.rto_ms,
             rpo_ms: t.rpo_ms,
             checks: t.checks.into_iter().collect(),
+            point: match t.point.as_ref() {
+                None => Point::Latest,
+                Some(p) => point_in(Some(p)).map_err(|e| JobError::Point(format!("recovery test {}: {e}", t.id)))?.0,
+            },
         })
     }
 }

@@ -52,6 +52,7 @@ enum Admin {
     Backup(StartBackupRequest),
     Test(StartRecoveryTestRequest),
     Schedule(SetScheduleRequest),
+    Restore(StartRestoreRequest),
     Lists(ListJobsRequest),
     History(HistoryRequest),
     Health(HealthRequest),
@@ -59,6 +60,16 @@ enum Admin {
     Transfer(TransferLeadershipRequest),
     Remove(RemoveNodeRequest),
     Add(AddNodeRequest),
+}
+
+/// Any point, or none; any timeline text.
+fn restore_point() -> impl Strategy<Value = Option<RestorePoint>> {
+    let point = prop_oneof![
+        any::<bool>().prop_map(restore_point::Point::Latest),
+        any::<i64>().prop_map(restore_point::Point::TimeUs),
+        any::<u64>().prop_map(restore_point::Point::Lsn),
+    ];
+    proptest::option::of((proptest::option::of(point), text()).prop_map(|(point, timeline)| RestorePoint { point, timeline }))
 }
 
 fn admin() -> impl Strategy<Value = Admin> {
@@ -71,7 +82,10 @@ fn admin() -> impl Strategy<Value = Admin> {
         (text(), any::<bool>()).prop_map(|(cluster, paused)| Admin::Pause(PauseRequest { cluster, paused })),
         text().prop_map(|cluster| Admin::ClearBlock(ClearBlockRequest { cluster })),
         (text(), text()).prop_map(|(cluster, destination)| Admin::Backup(StartBackupRequest { cluster, destination })),
-        (text(), number()).prop_map(|(cluster, backup_id)| Admin::Test(StartRecoveryTestRequest { cluster, backup_id })),
+        (text(), number(), any::<bool>())
+            .prop_map(|(cluster, backup_id, random_point)| Admin::Test(StartRecoveryTestRequest { cluster, backup_id, random_point })),
+        (text(), restore_point(), text(), text(), any::<u32>())
+            .prop_map(|(cluster, point, on, dir, port)| Admin::Restore(StartRestoreRequest { cluster, point, on, dir, port })),
         (text(), text(), text()).prop_map(|(cluster, job, cron)| Admin::Schedule(SetScheduleRequest { cluster, job, cron })),
         text().prop_map(|cluster| Admin::Lists(ListJobsRequest { cluster })),
         text().prop_map(|cluster| Admin::History(HistoryRequest { cluster })),
@@ -94,10 +108,12 @@ async fn call_admin(c: &mut AdminServiceClient<Channel>, a: Admin) -> Result<(),
         Admin::ClearBlock(r) => c.clear_block(r).await.map(drop),
         Admin::Backup(r) => c.start_backup(r).await.map(drop),
         Admin::Test(r) => c.start_recovery_test(r).await.map(drop),
+        Admin::Restore(r) => c.start_restore(r).await.map(drop),
         Admin::Schedule(r) => c.set_schedule(r).await.map(drop),
         Admin::Lists(r) => {
             c.list_backups(r.clone()).await?;
             c.list_recovery_tests(r.clone()).await?;
+            c.list_restores(r.clone()).await?;
             c.list_schedules(r).await.map(drop)
         }
         Admin::History(r) => c.history(r).await.map(drop),
@@ -139,10 +155,16 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
         },
     );
     let result = (number(), any::<bool>(), text(), text(), proptest::option::of(number())).prop_map(|(command_id, ok, error, k, n)| {
-        let found = match command_id % 4 {
+        let found = match command_id % 5 {
             0 => None,
             1 => Some(Found::Step(StepFound { position: n, dataset_id: k, ..Default::default() })),
             2 => Some(Found::Backup(BackupMade { manifest_json: k, raw_bytes: n.unwrap_or(0), ..Default::default() })),
+            3 => Some(Found::Restore(RestoreFound {
+                port: n.unwrap_or(0) as u32,
+                reached_lsn: n.unwrap_or(0),
+                reached_commit_us: n.map(|n| n as i64),
+                ..Default::default()
+            })),
             _ => Some(Found::RecoveryTest(RecoveryTestFound { rpo_ms: n, checks: [(k, error.clone())].into(), ..Default::default() })),
         };
         agent_message::Body::Result(CommandResult { command_id, ok, error, found, ..Default::default() })

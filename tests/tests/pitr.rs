@@ -398,8 +398,7 @@ fn retention_deletes_the_archived_wal_no_kept_backup_needs_and_the_oldest_kept_o
     let oldest = listed["backups"].as_array().expect("backups").last().expect("oldest").clone();
     assert_eq!(oldest["id"], backups[1]["id"], "the second backup is the oldest kept");
     let start = oldest["manifest"]["lsn_start"].as_str().expect("lsn_start");
-    let (hi, lo) = start.split_once('/').expect("an LSN");
-    let horizon = (u64::from_str_radix(hi, 16).expect("hex") << 32) + u64::from_str_radix(lo, 16).expect("hex");
+    let horizon = start.parse::<drc_model::wal::Lsn>().expect("an LSN").0;
     let horizon_segment = horizon >> 24;
 
     // The bucket keeps the segments from the oldest kept backup's on.
@@ -419,6 +418,19 @@ fn retention_deletes_the_archived_wal_no_kept_backup_needs_and_the_oldest_kept_o
     assert_eq!(t["state"], "done", "{t}");
     let counts: Value = serde_json::from_str(t["checks"]["row_counts"].as_str().expect("row counts")).expect("json");
     assert_eq!(counts[drc_tests::lab::CHECK_TABLE], 200, "the oldest kept backup and the WAL after it: {t}");
+
+    // On request, to a random position in the window: from the newest backup
+    // ending before it, replayed at least to it.
+    let t = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg", "--random-point"]).expect("recovery test to a random point");
+    assert_eq!(t["state"], "done", "{t}");
+    assert_eq!(t["point"]["kind"], "lsn", "{t}");
+    let target = t["point"]["lsn"].as_u64().expect("lsn");
+    let lsn = |s: &str| s.parse::<drc_model::wal::Lsn>().expect("an LSN").0;
+    let reached = lsn(t["checks"]["reached_lsn"].as_str().expect("reached_lsn"));
+    assert!(reached >= target, "replayed to {reached}, short of {target}: {t}");
+    let base = listed["backups"].as_array().expect("backups").iter().find(|b| b["id"] == t["backup_id"]).expect("a kept backup").clone();
+    assert!(lsn(base["manifest"]["lsn_end"].as_str().expect("lsn_end")) <= target, "the base ends before the point: {base}");
+    println!("random point {target}: replayed to {reached} from backup {}", base["id"]);
     let _ = lab.down();
 }
 

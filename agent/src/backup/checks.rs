@@ -32,11 +32,13 @@ pub(super) struct Checked {
     pub found: Output,
     pub rto: Duration,
     pub newest_commit_ms: Option<u64>,
+    /// The last WAL position replayed, when WAL was replayed.
+    pub reached_lsn: Option<u64>,
 }
 
 /// Waits until the copy has replayed the archived WAL and promoted itself;
-/// the time of the last commit it replayed.
-async fn replayed(client: &tokio_postgres::Client, log: &Path) -> Result<Option<u64>, String> {
+/// the time of the last commit it replayed, and the last position.
+async fn replayed(client: &tokio_postgres::Client, log: &Path) -> Result<(Option<u64>, Option<u64>), String> {
     const REPLAY_LIMIT: Duration = Duration::from_secs(3600);
     let deadline = Instant::now() + REPLAY_LIMIT;
     loop {
@@ -50,10 +52,15 @@ async fn replayed(client: &tokio_postgres::Client, log: &Path) -> Result<Option<
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let row = client
-        .query_one("SELECT (extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000)::bigint", &[])
+        .query_one(
+            "SELECT (extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000)::bigint, \
+             pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint",
+            &[],
+        )
         .await
         .map_err(|e| format!("reading the last replayed commit: {e}"))?;
-    Ok(row.get::<_, Option<i64>>(0).map(|ms| ms.max(0) as u64))
+    let at_least_0 = |v: Option<i64>| v.map(|n| n.max(0) as u64);
+    Ok((at_least_0(row.get(0)), at_least_0(row.get(1))))
 }
 
 /// A connection to a restored server on this host's loopback `port`, as the
@@ -109,7 +116,7 @@ pub(super) async fn check_postgres(
     let client = connect_restored(cfg, port).await.map_err(|e| format!("connecting to the scratch PostgreSQL: {e}"))?;
     let mut out = Output::new();
     client.simple_query("SELECT 1").await.map_err(|e| format!("SELECT 1 on the scratch PostgreSQL: {e}"))?;
-    let newest_commit_ms = if replay { replayed(&client, &scratch.join("postgres.log")).await? } else { None };
+    let (newest_commit_ms, reached_lsn) = if replay { replayed(&client, &scratch.join("postgres.log")).await? } else { (None, None) };
     let mut counts = serde_json::Map::new();
     for t in check_tables.iter().filter(|t| !t.is_empty()) {
         let ident = table_ident(t).ok_or_else(|| format!("check table {t:?}: expected schema.table of plain identifiers"))?;
@@ -172,7 +179,7 @@ pub(super) async fn check_postgres(
     } else {
         out.insert("amcheck".into(), "not available".into());
     }
-    Ok(Checked { found: out, rto, newest_commit_ms })
+    Ok(Checked { found: out, rto, newest_commit_ms, reached_lsn })
 }
 
 pub(super) fn tail_file(p: &Path) -> String {

@@ -18,6 +18,7 @@ mod checks;
 mod pipeline;
 mod point;
 mod restore;
+mod target;
 
 use std::collections::HashMap;
 use std::process::Stdio;

@@ -8,10 +8,10 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use drc_model::job::{RestorePoint, Timeline};
-use drc_model::wal::Lsn;
-use drc_proto::{restore_point, RecoveryTestJob, RestoreFound, RestoreJob};
+use drc_proto::{RecoveryTestJob, RestoreFound, RestoreJob};
 
 use super::checks::{connect_restored, tail_file};
+use super::target::{point_of, recovery_settings};
 use super::restore::{free_port, unpack};
 use super::*;
 use crate::config::PostgresControl;
@@ -32,7 +32,7 @@ pub async fn restore(cfg: &AgentConfig, job: &RestoreJob, meter: &Meter) -> Resu
         .postgres
         .as_ref()
         .ok_or_else(|| format!("agent {} has no [postgres] section: it cannot run a restored PostgreSQL", cfg.member_id))?;
-    let (point, timeline) = target(job)?;
+    let (point, timeline) = point_of(job.point.as_ref())?;
     if point != RestorePoint::Latest && source.wal_key.is_empty() {
         return Err("this cluster has no WAL archive: only the newest base backup can be restored (--latest)".into());
     }
@@ -44,18 +44,6 @@ pub async fn restore(cfg: &AgentConfig, job: &RestoreJob, meter: &Meter) -> Resu
         discard(pg, &dir, made).await;
     }
     result.map_err(|e| super::restore::disk_full(e, &dir))
-}
-
-/// The point and timeline a job names.
-fn target(job: &RestoreJob) -> Result<(RestorePoint, Timeline), String> {
-    let p = job.point.as_ref().ok_or("the restore names no point")?;
-    let point = match p.point {
-        Some(restore_point::Point::Latest(_)) => RestorePoint::Latest,
-        Some(restore_point::Point::TimeUs(time_us)) => RestorePoint::Time { time_us },
-        Some(restore_point::Point::Lsn(lsn)) => RestorePoint::Lsn { lsn: Lsn(lsn) },
-        None => return Err("the restore names no point".into()),
-    };
-    Ok((point, p.timeline.parse()?))
 }
 
 /// Checks `dir` (absolute, plain, apart from this agent's own data, archive
@@ -221,24 +209,6 @@ async fn restore_into(
     Ok(reached)
 }
 
-/// PostgreSQL's recovery settings for a target: replay from `wal` until
-/// the point, on the timeline, then promote.
-fn recovery_settings(wal: &Path, point: RestorePoint, timeline: Timeline) -> String {
-    let wal = wal.to_string_lossy().replace('\'', "''");
-    let mut s = format!("restore_command = 'cp \"{wal}/%f\" \"%p\"'\nrecovery_target_timeline = '{timeline}'\n");
-    match point {
-        RestorePoint::Latest => {}
-        RestorePoint::Time { time_us } => s += &format!("recovery_target_time = '{}'\n", pg_timestamp(time_us)),
-        RestorePoint::Lsn { lsn } => s += &format!("recovery_target_lsn = '{lsn}'\n"),
-    }
-    s + "recovery_target_action = 'promote'\n"
-}
-
-/// `YYYY-MM-DD HH:MM:SS.ffffff+00`, as PostgreSQL reads a timestamptz.
-fn pg_timestamp(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us).unwrap_or_default().format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
-}
-
 /// Waits until the server in `dir` has finished recovery and promoted,
 /// reporting how far the replay has got; fails, with its log, if the server
 /// stops (PostgreSQL stops when the target lies beyond the archived WAL).
@@ -264,22 +234,4 @@ async fn promoted(cfg: &AgentConfig, dir: &Path, port: u16, start: u64, meter: &
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     client.ok_or_else(stopped)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_point_becomes_postgresql_recovery_settings() {
-        let wal = Path::new("/r/drc_restore_wal");
-        let latest = recovery_settings(wal, RestorePoint::Latest, Timeline::Latest);
-        assert!(latest.contains("recovery_target_timeline = 'latest'") && !latest.contains("recovery_target_time ="), "{latest}");
-        let time = recovery_settings(wal, RestorePoint::Time { time_us: 1_796_600_000_123_456 }, Timeline::Current);
-        assert!(time.contains("recovery_target_time = '2026-12-06 23:33:20.123456+00'"), "{time}");
-        assert!(time.contains("recovery_target_timeline = 'current'"), "{time}");
-        let lsn = recovery_settings(wal, RestorePoint::Lsn { lsn: Lsn(0x3_0000_0060) }, Timeline::Id(2));
-        assert!(lsn.contains("recovery_target_lsn = '3/60'") && lsn.contains("recovery_target_timeline = '2'"), "{lsn}");
-        assert!(lsn.contains("restore_command = 'cp \"/r/drc_restore_wal/%f\" \"%p\"'"), "{lsn}");
-    }
 }

@@ -201,14 +201,19 @@ pub(super) async fn restore_and_check_inner(
     let got = unpack(cfg, job, &data, meter).await?;
     let kind = job.kind.as_str();
     // PostgreSQL: the archived WAL after the backup, replayed to the end of
-    // the archive; the copy then promotes itself.
+    // the archive (or to the job's point); the copy then promotes itself.
+    let (point, timeline) = super::target::point_of(job.point.as_ref())?;
     let replay = if kind == "postgres" && !job.wal_key.is_empty() {
         meter.phase("wal", 0);
         let wal = scratch.join("wal");
         let got = crate::archive::replay::prefetch(cfg, &job.wal_destinations, &job.wal_key, job.wal_start, &wal)
             .await
             .map_err(|e| format!("fetching the archived WAL: {e}"))?;
-        replay_settings(&data, &wal)?;
+        let settings = format!(
+            "\n# drc recovery test: replay the archived WAL\nprimary_conninfo = ''\n{}",
+            super::target::recovery_settings(&wal, point, timeline)
+        );
+        append_settings(&data, &settings, true)?;
         Some(got)
     } else {
         None
@@ -229,12 +234,16 @@ pub(super) async fn restore_and_check_inner(
     let checked = if kind == "postgres" {
         check_postgres(cfg, &job.check_tables, scratch, port, user, started, replay.is_some()).await?
     } else {
-        Checked { found: check_redis(scratch, port, user).await?, rto: started.elapsed(), newest_commit_ms: None }
+        Checked { found: check_redis(scratch, port, user).await?, rto: started.elapsed(), newest_commit_ms: None, reached_lsn: None }
     };
     out.extend(checked.found);
     out.insert("total_ms".into(), started.elapsed().as_millis().to_string());
     if let Some(r) = &replay {
         out.insert("wal_replayed".into(), format!("{} files, {:.1} MiB", r.files, r.bytes as f64 / 1048576.0));
+        out.insert("target".into(), point.to_string());
+    }
+    if let Some(lsn) = checked.reached_lsn {
+        out.insert("reached_lsn".into(), drc_model::wal::Lsn(lsn).to_string());
     }
     // The RPO: how old the newest commit the copy holds was when the test
     // started; without replay, the backup's end stands for it.
@@ -399,17 +408,6 @@ pub(super) async fn unpack(cfg: &AgentConfig, job: &RecoveryTestJob, data: &Path
     // ours (and would stop the scratch server from starting).
     let _ = std::fs::remove_file(data.join("postmaster.pid"));
     Ok(got)
-}
-
-/// Recovery settings that replay the WAL in `wal` to its end (the newest
-/// timeline), then promote.
-fn replay_settings(data: &Path, wal: &Path) -> Result<(), String> {
-    let dir = wal.to_string_lossy().replace('\'', "''");
-    let settings = format!(
-        "\n# drc recovery test: replay the archived WAL\nprimary_conninfo = ''\nrestore_command = 'cp \"{dir}/%f\" \"%p\"'\n\
-         recovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\n"
-    );
-    append_settings(data, &settings, true)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::admin::{said, AdminApi};
 use super::error::ApiError;
 use crate::forward::on_leader;
-use crate::jobs::RestoreRequest;
+use crate::jobs::{RestoreRequest, TestOf};
 use crate::state::Command;
 
 impl AdminApi {
@@ -68,8 +68,13 @@ impl AdminApi {
         }
         let ticket = self.audit.begin(&req).await?;
         let r = req.into_inner();
-        let backup = (r.backup_id != 0).then_some(r.backup_id);
-        let started = self.jobs.start_recovery_test(&r.cluster, backup, "operator").await.map_err(ApiError::from).map_err(Status::from);
+        let of = match (r.backup_id, r.random_point) {
+            (0, false) => TestOf::Newest,
+            (0, true) => TestOf::RandomPoint,
+            (id, false) => TestOf::Backup(id),
+            (_, true) => return ticket.finish(Err(Status::invalid_argument("a backup or a random point, not both")), |_| String::new()).await,
+        };
+        let started = self.jobs.start_recovery_test(&r.cluster, of, "operator").await.map_err(ApiError::from).map_err(Status::from);
         let started = started.map(|rec| Response::new(JobReply { job: Some(job_reply::Job::RecoveryTest(RecoveryTestEntry::from(&rec))) }));
         ticket.finish(started, |r| job_detail("recovery test", r)).await
     }

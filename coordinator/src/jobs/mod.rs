@@ -34,6 +34,7 @@ use drc_proto::command;
 use drc_proto::command_result::Found;
 
 pub use error::JobError;
+pub use recovery::TestOf;
 pub use restore::RestoreRequest;
 pub use schedule::{next, parse_cron};
 

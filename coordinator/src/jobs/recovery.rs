@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use drc_model::job::{JobKind, JobState, RecoveryTest};
+use std::collections::hash_map::RandomState;
+
+use drc_model::job::{BackupRecord, JobKind, JobState, RecoveryTest, RestorePoint, Timeline};
 use drc_model::time::wall_now_ms;
 
 use crate::agents::EventKind;
@@ -11,24 +13,54 @@ use crate::state::Command;
 use drc_proto::command_result::Found;
 use drc_proto::{command, RecoveryTestJob, RestoreCheck};
 
+use super::restore::{base_for, random_point};
 use super::{JobError, Jobs};
 
+/// Which backup a recovery test restores, and how far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestOf {
+    /// The newest completed backup, to the end of the archive.
+    Newest,
+    Backup(u64),
+    /// A random position in the window the archive and the backups cover.
+    RandomPoint,
+}
+
 impl Jobs {
-    /// Starts a recovery test of `cluster` (newest completed backup unless
-    /// `backup_id`); returns its record (state running).
+    /// Starts a recovery test of `cluster`: of the newest completed backup,
+    /// of `backup_id`, or to a random point (from the newest backup before
+    /// it); returns its record (state running).
     pub async fn start_recovery_test(
         self: &Arc<Self>,
         cluster: &str,
-        backup_id: Option<u64>,
+        of: TestOf,
         trigger: &str,
     ) -> Result<RecoveryTest, JobError> {
-        let (topology, primary, backup) = self.node.store().with_state(|sm| {
-            let backup = match backup_id {
-                Some(id) => sm.backups.get(&id).cloned(),
-                None => sm.backups.values().rev().find(|b| b.cluster == cluster && b.state == JobState::Done).cloned(),
+        let (topology, primary, backup, point) = self.node.store().with_state(|sm| {
+            let (backup, point) = match of {
+                TestOf::Backup(id) => (sm.backups.get(&id).cloned(), RestorePoint::Latest),
+                TestOf::Newest => {
+                    (sm.backups.values().rev().find(|b| b.cluster == cluster && b.state == JobState::Done).cloned(), RestorePoint::Latest)
+                }
+                TestOf::RandomPoint => {
+                    let backups: Vec<BackupRecord> = sm.backups.values().filter(|b| b.cluster == cluster).cloned().collect();
+                    let dataset = sm.records.get(cluster).map(|r| r.dataset.as_str()).unwrap_or_default();
+                    let reach = sm
+                        .wal_archives
+                        .values()
+                        .filter(|a| a.cluster == cluster && a.system_id == dataset)
+                        .filter_map(|a| Some(a.reach()?.1))
+                        .max();
+                    let point = random_point(&backups, reach, std::hash::BuildHasher::hash_one(&RandomState::new(), cluster));
+                    (base_for(&backups, cluster, point).ok().cloned(), point)
+                }
             };
-            (sm.topology.clone(), sm.records.get(cluster).map(|r| r.primary.clone()).unwrap_or_default(), backup)
+            (sm.topology.clone(), sm.records.get(cluster).map(|r| r.primary.clone()).unwrap_or_default(), backup, point)
         });
+        let backup_id = match of {
+            TestOf::Backup(id) => Some(id),
+            _ => None,
+        };
         let c = topology.clusters.get(cluster).ok_or_else(|| JobError::UnknownCluster(cluster.into()))?;
         let backup = backup.ok_or_else(|| match backup_id {
             Some(id) => JobError::UnknownBackup(id),
@@ -61,6 +93,7 @@ impl Jobs {
             state: JobState::Running,
             trigger: trigger.to_string(),
             started_at,
+            point,
             ..Default::default()
         };
         rec.id = {
@@ -76,7 +109,15 @@ impl Jobs {
             member,
             format!("recovery test {} started: backup {} on {member}", rec.id, backup.id),
         );
-        let body = command::Body::RecoveryTest(RecoveryTestJob { test_id: rec.id, ..source_of(&self.node, c, &backup) });
+        let source = source_of(&self.node, c, &backup);
+        if point != RestorePoint::Latest && source.wal_key.is_empty() {
+            return Err(JobError::NoArchive { cluster: cluster.into() });
+        }
+        let body = command::Body::RecoveryTest(RecoveryTestJob {
+            test_id: rec.id,
+            point: Some(drc_proto::jobs::point_out(point, Timeline::Latest)),
+            ..source
+        });
         let this = Arc::clone(self);
         let job = rec.clone();
         tokio::spawn(async move {

@@ -160,6 +160,25 @@ pub fn base_for<'a>(backups: &'a [BackupRecord], cluster: &str, point: RestorePo
         })
 }
 
+/// A random WAL position in the window a restore can reach, from the end of
+/// the oldest completed backup to the end of the archive, less the last MiB
+/// (a position recovery must find a record at or after); the end of the
+/// archive when the window is narrower than that. `random` picks it.
+pub fn random_point(backups: &[BackupRecord], reach: Option<Lsn>, random: u64) -> RestorePoint {
+    const MARGIN: u64 = 1 << 20;
+    let start = backups
+        .iter()
+        .filter(|b| b.state == JobState::Done && b.kind == "postgres")
+        .filter_map(|b| b.manifest["lsn_end"].as_str()?.parse::<Lsn>().ok())
+        .min();
+    match (start, reach) {
+        (Some(start), Some(end)) if end.0 > start.0 + MARGIN => {
+            RestorePoint::Lsn { lsn: Lsn(start.0 + random % (end.0 - MARGIN - start.0 + 1)) }
+        }
+        _ => RestorePoint::Latest,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +212,20 @@ mod tests {
         let none = base_for(&backups, "app-pg", RestorePoint::Time { time_us: 999_999 }).err().map(|e| e.to_string());
         assert_eq!(none.as_deref(), Some("cluster app-pg has no completed backup consistent before 1970-01-01T00:00:00.999999Z"));
         assert!(matches!(base_for(&backups, "other", RestorePoint::Latest), Err(JobError::NoBackupYet(_))));
+    }
+
+    #[test]
+    fn a_random_point_lies_between_the_oldest_backup_and_the_end_of_the_archive_and_has_a_base() {
+        let backups = [backup(1, JobState::Done, 1_000, "0/3000000"), backup(2, JobState::Done, 2_000, "0/5000000")];
+        let end = Lsn(0x700_0000);
+        for random in [0, 1, 0x1234_5678, u64::MAX] {
+            let p = random_point(&backups, Some(end), random);
+            let RestorePoint::Lsn { lsn } = p else { panic!("{p:?}") };
+            assert!(Lsn(0x300_0000) <= lsn && lsn.0 <= end.0 - (1 << 20), "{lsn}");
+            assert!(base_for(&backups, "app-pg", p).is_ok(), "{lsn} has a base backup");
+        }
+        assert_eq!(random_point(&backups, Some(Lsn(0x300_0000 + 1000)), 7), RestorePoint::Latest, "a window under a MiB");
+        assert_eq!(random_point(&backups, None, 7), RestorePoint::Latest, "no archive");
+        assert_eq!(random_point(&[], Some(end), 7), RestorePoint::Latest, "no backup");
     }
 }

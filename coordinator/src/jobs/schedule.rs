@@ -83,7 +83,7 @@ impl Jobs {
             }
             let started = match s.job {
                 JobKind::Backup => self.start_backup(&s.cluster, None, occurrence).await.map(|b| b.id),
-                JobKind::RecoveryTest => self.start_recovery_test(&s.cluster, None, "schedule").await.map(|t| t.id),
+                JobKind::RecoveryTest => self.start_recovery_test(&s.cluster, super::TestOf::Newest, "schedule").await.map(|t| t.id),
                 JobKind::Restore => Err(JobError::BadRestore("restores are never scheduled".into())),
             };
             match started {
