@@ -60,7 +60,10 @@ pub(crate) async fn run(client: &mut AdminServiceClient<Channel>, command: Comma
                 };
                 let t = RecoveryTest::try_from(t)?;
                 if !json_out {
-                    println!("recovery test {} started: backup {} on {} (region {}), to {}", t.id, t.backup_id, t.member, t.member_region, t.point);
+                    println!(
+                        "recovery test {} started: backup {} on {} (region {}), to {}",
+                        t.id, t.backup_id, t.member, t.member_region, t.point
+                    );
                 }
                 let job = if no_wait { Listed { record: t, progress: None } } else { wait_job(client, t.id, !json_out).await? };
                 job_out(&job, json_out, true)?;

@@ -102,6 +102,9 @@ impl JobRecord for Restore {
                 self.dir
             );
         }
+        if self.stopped_at_end {
+            s += "\n  the archive holds no commit after the point: restored to its end";
+        }
         s + &tail_lines(progress, &self.error)
     }
     async fn list(client: &mut AdminServiceClient<Channel>, cluster: String) -> anyhow::Result<Vec<Listed<Self>>> {

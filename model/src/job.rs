@@ -265,4 +265,7 @@ pub struct Restore {
     /// Archived WAL fetched for the replay.
     pub wal_files: u64,
     pub wal_bytes: u64,
+    /// The archive held no commit after the point: recovery went to its end.
+    #[serde(default)]
+    pub stopped_at_end: bool,
 }

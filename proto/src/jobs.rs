@@ -192,6 +192,7 @@ impl From<&Restore> for RestoreEntry {
             wal_files: r.wal_files,
             wal_bytes: r.wal_bytes,
             progress: None,
+            stopped_at_end: r.stopped_at_end,
         }
     }
 }
@@ -220,6 +221,7 @@ impl TryFrom<RestoreEntry> for Restore {
             reached_timeline: r.reached_timeline,
             wal_files: r.wal_files,
             wal_bytes: r.wal_bytes,
+            stopped_at_end: r.stopped_at_end,
         })
     }
 }

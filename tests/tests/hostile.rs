@@ -82,8 +82,11 @@ fn admin() -> impl Strategy<Value = Admin> {
         (text(), any::<bool>()).prop_map(|(cluster, paused)| Admin::Pause(PauseRequest { cluster, paused })),
         text().prop_map(|cluster| Admin::ClearBlock(ClearBlockRequest { cluster })),
         (text(), text()).prop_map(|(cluster, destination)| Admin::Backup(StartBackupRequest { cluster, destination })),
-        (text(), number(), any::<bool>())
-            .prop_map(|(cluster, backup_id, random_point)| Admin::Test(StartRecoveryTestRequest { cluster, backup_id, random_point })),
+        (text(), number(), any::<bool>()).prop_map(|(cluster, backup_id, random_point)| Admin::Test(StartRecoveryTestRequest {
+            cluster,
+            backup_id,
+            random_point
+        })),
         (text(), restore_point(), text(), text(), any::<u32>())
             .prop_map(|(cluster, point, on, dir, port)| Admin::Restore(StartRestoreRequest { cluster, point, on, dir, port })),
         (text(), text(), text()).prop_map(|(cluster, job, cron)| Admin::Schedule(SetScheduleRequest { cluster, job, cron })),

@@ -181,6 +181,13 @@ fn a_restore_from_the_archive_after_the_primary_region_is_lost_holds_every_archi
     );
     drop(latest);
 
+    // A time after the last archived commit: the end of the archive, said so.
+    let future = chrono_free_timestamp(last_ack + 3_600_000_000);
+    let past = drctl_restore(&lab, &lab.info.dir.join("pitr-future"), &["--to-time", &future, "--timeline", "current"]);
+    assert_eq!(restored_ids(past.port), ids, "a point past the archive's end restores all of it");
+    assert_eq!(past.record["stopped_at_end"], true, "{}", past.record);
+    drop(past);
+
     // 2. To a time in the middle, as PostgreSQL prints times: exactly the
     // commits at or before it, and no commit after it replayed.
     let middle = acked[acked.len() / 2];
@@ -232,7 +239,7 @@ fn a_restore_from_the_archive_after_the_primary_region_is_lost_holds_every_archi
     assert!(newest.record["reached_timeline"].as_u64().unwrap_or(0) > moved["timeline"].as_u64().unwrap_or(0), "{}", newest.record);
     let listed = lab.drctl_json(&["restore", "list", "--cluster", "app-pg"]).expect("restore list");
     let states: Vec<&str> = listed["restores"].as_array().expect("restores").iter().filter_map(|r| r["state"].as_str()).collect();
-    assert_eq!(states, ["done", "failed", "done", "done"], "newest first: {listed}");
+    assert_eq!(states, ["done", "failed", "done", "done", "done"], "newest first: {listed}");
     drop(newest);
     let _ = lab.down();
 }

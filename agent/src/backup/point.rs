@@ -11,8 +11,8 @@ use drc_model::job::{RestorePoint, Timeline};
 use drc_proto::{RecoveryTestJob, RestoreFound, RestoreJob};
 
 use super::checks::{connect_restored, tail_file};
-use super::target::{point_of, recovery_settings};
 use super::restore::{free_port, unpack};
+use super::target::{point_of, recovery_settings};
 use super::*;
 use crate::config::PostgresControl;
 
@@ -166,21 +166,25 @@ async fn restore_into(
             return Err(format!("chown -R {} {}: failed", pg.run_as, dir.display()));
         }
     }
-    let (d, log) = (dir.to_string_lossy().to_string(), dir.join(LOG));
     meter.phase("replay", 0);
-    let started = crate::process::run_as(
-        &pg.run_as,
-        &pg.bin_dir.join("pg_ctl"),
-        &["-D", &d, "-l", &log.to_string_lossy(), "-w", "-t", "300", "start"],
-    )
-    .await;
-    if let Err(e) = started {
-        // Still starting (a long replay before it is consistent) is no failure.
-        if super::restore::scratch_postmaster(dir).is_none() {
-            return Err(format!("the restored server did not start: {e}; log: {}", tail_file(&log)));
+    let mut stopped_at_end = false;
+    let recovered = match start(pg, dir).await {
+        Ok(()) => promoted(cfg, dir, port, source.wal_start, meter).await,
+        Err(e) => Err(e),
+    };
+    let client = match recovered {
+        Ok(c) => c,
+        // Every commit archived lies before the point: recovery ends at the
+        // end of the archive, which is the point as far as it holds.
+        Err(_) if point != RestorePoint::Latest && logged(dir, TARGET_NOT_REACHED) => {
+            tracing::info!(dir = %dir.display(), "the point lies past the archive's last commit: recovering to its end");
+            drop_target(dir)?;
+            stopped_at_end = true;
+            start(pg, dir).await?;
+            promoted(cfg, dir, port, source.wal_start, meter).await?
         }
-    }
-    let client = promoted(cfg, dir, port, source.wal_start, meter).await?;
+        Err(e) => return Err(e),
+    };
     let row = client
         .query_one(
             "SELECT pg_wal_lsn_diff(coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn()), '0/0')::bigint, \
@@ -197,6 +201,7 @@ async fn restore_into(
         port: u32::from(port),
         wal_files: fetched.as_ref().map_or(0, |f| f.files as u64),
         wal_bytes: fetched.as_ref().map_or(0, |f| f.bytes),
+        stopped_at_end,
     };
     // Recovery is over: its settings and the fetched WAL go.
     for name in ["restore_command", "recovery_target_timeline", "recovery_target_time", "recovery_target_lsn", "recovery_target_action"] {
@@ -207,6 +212,44 @@ async fn restore_into(
     let _ = client.batch_execute("SELECT pg_reload_conf()").await;
     let _ = std::fs::remove_dir_all(&wal);
     Ok(reached)
+}
+
+/// What PostgreSQL logs when the WAL ends before the recovery target.
+const TARGET_NOT_REACHED: &str = "recovery ended before configured recovery target was reached";
+
+/// Starts the restored server; one still replaying towards consistency
+/// after pg_ctl gave up waiting is no failure.
+async fn start(pg: &PostgresControl, dir: &Path) -> Result<(), String> {
+    let (d, log) = (dir.to_string_lossy().to_string(), dir.join(LOG));
+    let started = crate::process::run_as(
+        &pg.run_as,
+        &pg.bin_dir.join("pg_ctl"),
+        &["-D", &d, "-l", &log.to_string_lossy(), "-w", "-t", "300", "start"],
+    )
+    .await;
+    match started {
+        Err(e) if super::restore::scratch_postmaster(dir).is_none() => {
+            Err(format!("the restored server did not start: {e}; log: {}", tail_file(&log)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether the restored server's log says `what`.
+fn logged(dir: &Path, what: &str) -> bool {
+    std::fs::read_to_string(dir.join(LOG)).is_ok_and(|log| log.contains(what))
+}
+
+/// Removes the time or position to stop at from the recovery settings.
+fn drop_target(dir: &Path) -> Result<(), String> {
+    let auto = dir.join("postgresql.auto.conf");
+    let text = std::fs::read_to_string(&auto).map_err(|e| format!("{}: {e}", auto.display()))?;
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.starts_with("recovery_target_time") && !l.starts_with("recovery_target_lsn"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&auto, kept).map_err(|e| format!("{}: {e}", auto.display()))
 }
 
 /// Waits until the server in `dir` has finished recovery and promoted,

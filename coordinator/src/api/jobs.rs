@@ -72,7 +72,9 @@ impl AdminApi {
             (0, false) => TestOf::Newest,
             (0, true) => TestOf::RandomPoint,
             (id, false) => TestOf::Backup(id),
-            (_, true) => return ticket.finish(Err(Status::invalid_argument("a backup or a random point, not both")), |_| String::new()).await,
+            (_, true) => {
+                return ticket.finish(Err(Status::invalid_argument("a backup or a random point, not both")), |_| String::new()).await
+            }
         };
         let started = self.jobs.start_recovery_test(&r.cluster, of, "operator").await.map_err(ApiError::from).map_err(Status::from);
         let started = started.map(|rec| Response::new(JobReply { job: Some(job_reply::Job::RecoveryTest(RecoveryTestEntry::from(&rec))) }));

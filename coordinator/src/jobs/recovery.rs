@@ -30,12 +30,7 @@ impl Jobs {
     /// Starts a recovery test of `cluster`: of the newest completed backup,
     /// of `backup_id`, or to a random point (from the newest backup before
     /// it); returns its record (state running).
-    pub async fn start_recovery_test(
-        self: &Arc<Self>,
-        cluster: &str,
-        of: TestOf,
-        trigger: &str,
-    ) -> Result<RecoveryTest, JobError> {
+    pub async fn start_recovery_test(self: &Arc<Self>, cluster: &str, of: TestOf, trigger: &str) -> Result<RecoveryTest, JobError> {
         let (topology, primary, backup, point) = self.node.store().with_state(|sm| {
             let (backup, point) = match of {
                 TestOf::Backup(id) => (sm.backups.get(&id).cloned(), RestorePoint::Latest),

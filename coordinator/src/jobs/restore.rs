@@ -110,6 +110,7 @@ impl Jobs {
                     done.reached_timeline = found.timeline;
                     done.wal_files = found.wal_files;
                     done.wal_bytes = found.wal_bytes;
+                    done.stopped_at_end = found.stopped_at_end;
                 }
                 Ok(other) => {
                     done.state = JobState::Failed;
