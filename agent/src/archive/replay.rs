@@ -17,8 +17,16 @@ pub struct Fetched {
 }
 
 /// Every history file of the archive `root`, and every segment of every
-/// timeline from the one holding `start` on, into `dir`.
-pub async fn prefetch(cfg: &AgentConfig, destinations: &[String], root: &str, start: u64, dir: &Path) -> Result<Fetched, String> {
+/// timeline from the one holding `start` on, into `dir`; `fetched_one` hears
+/// the size of each file as it lands.
+pub async fn prefetch(
+    cfg: &AgentConfig,
+    destinations: &[String],
+    root: &str,
+    start: u64,
+    dir: &Path,
+    fetched_one: impl Fn(u64),
+) -> Result<Fetched, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut names = BTreeSet::new();
     for name in destinations {
@@ -44,8 +52,10 @@ pub async fn prefetch(cfg: &AgentConfig, destinations: &[String], root: &str, st
         let to = dir.join(name);
         match fetch.fetch(name, &to).await {
             Ok(()) => {
+                let size = std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0);
                 fetched.files += 1;
-                fetched.bytes += std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0);
+                fetched.bytes += size;
+                fetched_one(size);
             }
             Err(FetchError::Missing(_)) => {}
             Err(e) => return Err(e.to_string()),

@@ -139,9 +139,10 @@ async fn restore_into(
         None
     } else {
         meter.phase("wal", 0);
-        let got = crate::archive::replay::prefetch(cfg, &source.wal_destinations, &source.wal_key, source.wal_start, &wal)
-            .await
-            .map_err(|e| format!("fetching the archived WAL: {e}"))?;
+        let got =
+            crate::archive::replay::prefetch(cfg, &source.wal_destinations, &source.wal_key, source.wal_start, &wal, |n| meter.add(n))
+                .await
+                .map_err(|e| format!("fetching the archived WAL: {e}"))?;
         Some(got)
     };
     let port = match u16::try_from(job.port) {

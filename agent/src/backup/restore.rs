@@ -206,7 +206,7 @@ pub(super) async fn restore_and_check_inner(
     let replay = if kind == "postgres" && !job.wal_key.is_empty() {
         meter.phase("wal", 0);
         let wal = scratch.join("wal");
-        let got = crate::archive::replay::prefetch(cfg, &job.wal_destinations, &job.wal_key, job.wal_start, &wal)
+        let got = crate::archive::replay::prefetch(cfg, &job.wal_destinations, &job.wal_key, job.wal_start, &wal, |n| meter.add(n))
             .await
             .map_err(|e| format!("fetching the archived WAL: {e}"))?;
         let settings = format!(
