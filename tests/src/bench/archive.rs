@@ -19,10 +19,11 @@ use super::stats::percentile;
 use crate::lab::Lab;
 use crate::wait_for;
 
-/// One acknowledged commit: the WAL position after it, and when.
-struct Commit {
-    lsn: u64,
-    at: Instant,
+/// One acknowledged commit: its row's id, the WAL position after it, and when.
+pub(super) struct Commit {
+    pub id: i64,
+    pub lsn: u64,
+    pub at: Instant,
 }
 
 pub fn run(seconds: u64, rates: &[u32], row_bytes: usize) -> anyhow::Result<()> {
@@ -85,18 +86,24 @@ pub fn run(seconds: u64, rates: &[u32], row_bytes: usize) -> anyhow::Result<()> 
 }
 
 /// The archive's reach (LSN as an integer) as `drctl status` shows it.
-fn reach(lab: &Lab) -> Option<u64> {
+pub(super) fn reach(lab: &Lab) -> Option<u64> {
     let s = lab.status().ok()?;
     let pg = s["clusters"].as_array()?.iter().find(|c| c["name"] == "app-pg")?.clone();
     pg["wal_archive"]["end"].as_u64()
 }
 
 /// Commits `rate` rows a second until `stop`; how many it made.
-async fn write(port: u16, rate: u32, row_bytes: usize, commits: Arc<Mutex<Vec<Commit>>>, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
+pub(super) async fn write(
+    port: u16,
+    rate: u32,
+    row_bytes: usize,
+    commits: Arc<Mutex<Vec<Commit>>>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<u64> {
     let (client, conn) =
         tokio_postgres::connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    let insert = client.prepare("INSERT INTO bench_archive (v) VALUES ($1)").await?;
+    let insert = client.prepare("INSERT INTO bench_archive (v) VALUES ($1) RETURNING id").await?;
     let lsn = client.prepare("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").await?;
     // Letters in no pattern pglz can shorten: every byte reaches the WAL.
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -112,10 +119,10 @@ async fn write(port: u16, rate: u32, row_bytes: usize, commits: Arc<Mutex<Vec<Co
     let mut next = tokio::time::Instant::now();
     let mut made = 0;
     while !stop.load(Ordering::SeqCst) {
-        client.execute(&insert, &[&value]).await?;
+        let id: i64 = client.query_one(&insert, &[&value]).await?.get(0);
         let at = Instant::now();
         let row = client.query_one(&lsn, &[]).await?;
-        commits.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(Commit { lsn: row.get::<_, i64>(0).max(0) as u64, at });
+        commits.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(Commit { id, lsn: row.get::<_, i64>(0).max(0) as u64, at });
         made += 1;
         next += period;
         tokio::time::sleep_until(next).await;

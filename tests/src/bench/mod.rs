@@ -6,5 +6,6 @@ pub mod archive;
 pub mod backup;
 pub mod chaos;
 pub mod failover;
+pub mod pgbackrest;
 pub mod raft;
 pub mod stats;

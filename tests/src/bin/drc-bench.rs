@@ -20,7 +20,7 @@
 //! Build in release for meaningful numbers:
 //! `cargo build --release --workspace --bins && target/release/drc-bench raft`
 use clap::{Parser, Subcommand};
-use drc_tests::bench::{agents, archive, backup, chaos, failover, raft};
+use drc_tests::bench::{agents, archive, backup, chaos, failover, pgbackrest, raft};
 
 #[derive(Parser)]
 struct Args {
@@ -130,6 +130,23 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         row_bytes: usize,
     },
+    /// drc and pgBackRest side by side on one primary: full backup, archive lag per rate, restore to a time.
+    Pgbackrest {
+        /// How long each rate runs.
+        #[arg(long, default_value_t = 90)]
+        seconds: u64,
+        /// Commits per second, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "50,500,2000")]
+        rates: Vec<u32>,
+        #[arg(long, default_value_t = 200)]
+        row_bytes: usize,
+        /// pgbench scale of the database backed up.
+        #[arg(long, default_value_t = 30)]
+        scale: u32,
+        /// pgBackRest's process-max.
+        #[arg(long, default_value_t = 2)]
+        process_max: u32,
+    },
     /// Backup throughput and recovery-test time against plain pipelines.
     Backup {
         /// pgbench scale factor (about 15 MiB each).
@@ -151,6 +168,9 @@ fn main() -> anyhow::Result<()> {
         Bench::Chaos { trials, seed, faults } => chaos::run(trials, seed, faults),
         Bench::Backup { scale, trials } => backup::run(scale, trials),
         Bench::Archive { seconds, rates, row_bytes } => archive::run(seconds, &rates, row_bytes),
+        Bench::Pgbackrest { seconds, rates, row_bytes, scale, process_max } => {
+            pgbackrest::run_bench(pgbackrest::Options { seconds, rates, row_bytes, scale, process_max })
+        }
         Bench::Agents { counts, seconds, tick_interval, streams_per_connection, tls, sample_interval, generator_nice, pin } => {
             let tick: &'static str = Box::leak(tick_interval.into_boxed_str());
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(agents::run(agents::Options {

@@ -34,6 +34,12 @@ struct Args {
     /// Directory holding the buckets.
     #[arg(long)]
     root: PathBuf,
+    /// Serve HTTPS with this certificate chain (PEM) and --tls-key, for
+    /// clients that speak S3 only over TLS (pgBackRest before 2.58).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +68,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut builder = S3ServiceBuilder::new(fs);
     builder.set_auth(SimpleAuth::from_single(args.access_key, args.secret_key));
     let service = builder.build();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
     println!("listening on {}", listener.local_addr()?);
     let http = ConnBuilder::new(TokioExecutor::new());
@@ -78,9 +88,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
-        let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+        let (http, service, tls) = (http.clone(), service.clone(), tls.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            match tls {
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(socket).await {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(socket), service).await;
+                }
+            }
         });
     }
+}
+
+/// TLS with ring (already in the tree), no client certificates.
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
