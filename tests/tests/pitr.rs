@@ -438,6 +438,24 @@ fn retention_deletes_the_archived_wal_no_kept_backup_needs_and_the_oldest_kept_o
     let base = listed["backups"].as_array().expect("backups").iter().find(|b| b["id"] == t["backup_id"]).expect("a kept backup").clone();
     assert!(lsn(base["manifest"]["lsn_end"].as_str().expect("lsn_end")) <= target, "the base ends before the point: {base}");
     println!("random point {target}: replayed to {reached} from backup {}", base["id"]);
+
+    // A backup may leave its WAL to the archive: done once the archive holds
+    // it, without it in its object, and restored from the archive.
+    let doc = lab.topology().replacen("keep_last = 3\n", "keep_last = 3\nwal = \"archive\"\n", 1);
+    let file = lab.info.dir.join("topology-wal-archive.toml");
+    std::fs::write(&file, doc).expect("topology");
+    lab.drctl_json(&["apply", "-f", &file.display().to_string()]).expect("apply");
+    psql(pa.port, &format!("INSERT INTO {} (item) SELECT 'round 4 ' || g FROM generate_series(1, 25) g", drc_tests::lab::CHECK_TABLE))
+        .expect("rows");
+    let b = lab.drctl_json(&["backup", "run", "--cluster", "app-pg", "--destination", "s3-c"]).expect("backup");
+    assert_eq!(b["state"], "done", "{b}");
+    assert_eq!(b["manifest"]["wal"], "archive", "{b}");
+    println!("backup without its WAL: {}", b["manifest"]);
+    assert!(b["manifest"]["pipeline"].as_str().is_some_and(|p| p.contains("-X none")), "{b}");
+    let t = lab.drctl_json(&["recovery-test", "run", "--cluster", "app-pg", "--backup", &b["id"].to_string()]).expect("recovery test");
+    assert_eq!(t["state"], "done", "{t}");
+    let counts: Value = serde_json::from_str(t["checks"]["row_counts"].as_str().expect("row counts")).expect("json");
+    assert_eq!(counts[drc_tests::lab::CHECK_TABLE], 225, "a backup without its WAL, restored with the archive's: {t}");
     let _ = lab.down();
 }
 

@@ -23,29 +23,38 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
     }
     let client = client(dest)?;
     let started = now_ms();
+    // pg_basebackup -X none logs no start point either: the redo point of
+    // the source's last checkpoint before the backup is at or before it.
+    let redo_before = match (cfg.kind, job.wal_from_archive) {
+        (Kind::Postgres, true) => Some(position(cfg, "SELECT redo_lsn::text FROM pg_control_checkpoint()").await?),
+        _ => None,
+    };
     let conn = &cfg.connection;
-    let (mut source, object, source_tool) =
-        match cfg.kind {
-            Kind::Postgres => {
-                let pg = cfg.postgres.as_ref().ok_or("backup: this agent has no [postgres] section")?;
-                let bin = pg.bin_dir.join("pg_basebackup");
-                let mut c = Command::new(&bin);
-                c.args(["-h", &conn.host, "-p", &conn.port.to_string(), "-U", &pg.replication_user, "-D", "-", "-Ft", "-X", "fetch"])
-                    .args(["--checkpoint=fast", "--no-password", "-v"]);
-                conn.password().map_err(|e| e.to_string())?;
-                cfg.libpq_env(&mut c);
-                (c, "base.tar.zst.age", version(&bin.to_string_lossy(), "--version").await)
+    let (mut source, object, source_tool) = match cfg.kind {
+        Kind::Postgres => {
+            let pg = cfg.postgres.as_ref().ok_or("backup: this agent has no [postgres] section")?;
+            let bin = pg.bin_dir.join("pg_basebackup");
+            let mut c = Command::new(&bin);
+            let wal = if job.wal_from_archive { "none" } else { "fetch" };
+            c.args(["-h", &conn.host, "-p", &conn.port.to_string(), "-U", &pg.replication_user, "-D", "-", "-Ft", "-X", wal]).args([
+                "--checkpoint=fast",
+                "--no-password",
+                "-v",
+            ]);
+            conn.password().map_err(|e| e.to_string())?;
+            cfg.libpq_env(&mut c);
+            (c, "base.tar.zst.age", version(&bin.to_string_lossy(), "--version").await)
+        }
+        Kind::Redis => {
+            let mut c = Command::new("redis-cli");
+            c.args(["-h", &conn.host, "-p", &conn.port.to_string(), "--rdb", "-"]);
+            c.args(conn.tls.as_ref().map(|t| t.redis_cli_args()).unwrap_or_default());
+            if let Some(p) = conn.password().map_err(|e| e.to_string())? {
+                c.env("REDISCLI_AUTH", p);
             }
-            Kind::Redis => {
-                let mut c = Command::new("redis-cli");
-                c.args(["-h", &conn.host, "-p", &conn.port.to_string(), "--rdb", "-"]);
-                c.args(conn.tls.as_ref().map(|t| t.redis_cli_args()).unwrap_or_default());
-                if let Some(p) = conn.password().map_err(|e| e.to_string())? {
-                    c.env("REDISCLI_AUTH", p);
-                }
-                (c, "dump.rdb.zst.age", version("redis-cli", "--version").await)
-            }
-        };
+            (c, "dump.rdb.zst.age", version("redis-cli", "--version").await)
+        }
+    };
     let redis_offset = if cfg.kind == Kind::Redis { redis_offset(cfg).await.unwrap_or_default() } else { String::new() };
     let data_key = format!("{prefix}/{object}");
     let manifest_key = format!("{prefix}/manifest.json");
@@ -167,7 +176,13 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
     let finished = now_ms();
     let sha256 = hex(&hash.finalize());
     let log = stderr_text(&mut source).await;
-    let (lsn_start, lsn_end) = (wal_point(&log, "start point"), wal_point(&log, "end point"));
+    let (mut lsn_start, mut lsn_end) = (wal_point(&log, "start point"), wal_point(&log, "end point"));
+    if let Some(redo) = redo_before {
+        // Nor an end point: the source's position now is at or past it, and
+        // is what the archive must reach.
+        const NOW: &str = "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
+        (lsn_start, lsn_end) = (redo, position(cfg, NOW).await?);
+    }
     let parts_root = parts_root(&part_hashes);
     let mut manifest = serde_json::json!({
         "format": 1,
@@ -184,7 +199,14 @@ pub async fn backup(cfg: &AgentConfig, job: &BackupJob, meter: &Meter, estimate:
         "raw_bytes": raw_bytes,
         "stored_bytes": stored,
         "objects": [{ "key": data_key, "bytes": stored, "sha256": sha256, "part_size": part_size, "parts_root": parts_root }],
-        "pipeline": match cfg.kind { Kind::Postgres => "pg_basebackup -Ft -X fetch | zstd | age", Kind::Redis => "redis-cli --rdb | zstd | age" },
+        "pipeline": match (cfg.kind, job.wal_from_archive) {
+            (Kind::Postgres, false) => "pg_basebackup -Ft -X fetch | zstd | age",
+            (Kind::Postgres, true) => "pg_basebackup -Ft -X none | zstd | age",
+            (Kind::Redis, _) => "redis-cli --rdb | zstd | age",
+        },
+        // Where the WAL that makes it consistent is: in the backup, or in
+        // the continuous archive.
+        "wal": if job.wal_from_archive { "archive" } else { "included" },
         "tools": {
             "source": source_tool,
             "zstd": version("zstd", "--version").await,
@@ -228,6 +250,13 @@ pub(super) async fn redis_offset(cfg: &AgentConfig) -> Option<String> {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     text.lines()
         .find_map(|l| l.strip_prefix("master_repl_offset:").or_else(|| l.strip_prefix("slave_repl_offset:")).map(|v| v.trim().to_string()))
+}
+
+/// A WAL position the source server reports (`query` answers an LSN as text).
+async fn position(cfg: &AgentConfig, query: &str) -> Result<String, String> {
+    let c = crate::probe::postgres::connect(&cfg.connection, &cfg.connection.host, cfg.connection.port, "drc-backup").await?;
+    let row = c.query_one(query, &[]).await.map_err(|e| format!("reading the source's WAL position ({query}): {e}"))?;
+    Ok(row.get(0))
 }
 
 /// "pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1".

@@ -150,7 +150,10 @@ async fn restore_into(
         Ok(p) if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() => p,
         _ => return Err(format!("port {} is not free on this host", job.port)),
     };
+    // Its socket in its directory, unless the path is too long for one
+    // (107 bytes with `/.s.PGSQL.PORT`): then TCP only.
     let sock = dir.to_string_lossy().replace('\'', "''");
+    let sock = if sock.len() + 18 > 107 { String::new() } else { sock };
     let mut settings = format!(
         "\n# drc restore {}: a copy apart from its cluster\nport = {port}\nlisten_addresses = '127.0.0.1'\n\
          unix_socket_directories = '{sock}'\narchive_mode = 'off'\nprimary_conninfo = ''\nprimary_slot_name = ''\n\

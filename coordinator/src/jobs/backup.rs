@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use drc_model::job::{BackupRecord, JobKind, JobState};
 use drc_model::time::wall_now_ms;
-use drc_model::topology::Topology;
+use drc_model::topology::{BackupWal, ClusterKind, Topology};
+use drc_model::wal::Lsn;
 use drc_model::Millis;
 
 use crate::agents::EventKind;
@@ -14,6 +15,9 @@ use drc_proto::command_result::Found;
 use drc_proto::{command, BackupJob};
 
 use super::{JobError, Jobs};
+
+/// How long a backup that left its WAL to the archive waits for it there.
+const ARCHIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Jobs {
     /// Starts a backup of `cluster`; returns its record (state running).
@@ -70,6 +74,7 @@ impl Jobs {
         );
         let this = Arc::clone(self);
         let recipients = policy.recipients.clone();
+        let wal_from_archive = policy.wal == BackupWal::Archive && c.kind == ClusterKind::Postgres;
         let job = rec.clone();
         tokio::spawn(async move {
             let body = command::Body::Backup(BackupJob {
@@ -77,6 +82,7 @@ impl Jobs {
                 destination: job.destination.clone(),
                 prefix: job.prefix.clone(),
                 recipients,
+                wal_from_archive,
             });
             let result = this.command(Some((JobKind::Backup, job.id)), &job.member, &job.cluster, body).await;
             let mut done = job.clone();
@@ -91,6 +97,12 @@ impl Jobs {
                         done.sha256 = made.sha256;
                         done.raw_bytes = made.raw_bytes;
                         done.stored_bytes = made.stored_bytes;
+                        if wal_from_archive {
+                            if let Err(e) = this.archived_through(&done).await {
+                                done.state = JobState::Failed;
+                                done.error = e;
+                            }
+                        }
                     }
                     Err(e) => {
                         done.state = JobState::Failed;
@@ -120,6 +132,35 @@ impl Jobs {
             }
         });
         Ok(rec)
+    }
+
+    /// A backup that left its WAL to the archive is done once the archive
+    /// holds that WAL, to the backup's end.
+    async fn archived_through(&self, b: &BackupRecord) -> Result<(), String> {
+        let end = b.manifest["lsn_end"].as_str().and_then(|l| l.parse::<Lsn>().ok()).ok_or("the backup reported no end LSN")?;
+        let deadline = Instant::now() + ARCHIVE_WAIT;
+        loop {
+            let reach = self.node.store().with_state(|sm| {
+                let dataset = sm.records.get(&b.cluster).map(|r| r.dataset.clone()).unwrap_or_default();
+                sm.wal_archives
+                    .values()
+                    .filter(|a| a.cluster == b.cluster && a.system_id == dataset)
+                    .filter_map(|a| a.reach())
+                    .map(|r| r.1)
+                    .max()
+            });
+            if reach.is_some_and(|r| r >= end) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let at = reach.map_or_else(|| "holds nothing of this dataset".to_string(), |r| format!("reaches {r}"));
+                return Err(format!(
+                    "the backup left its WAL to the archive (wal = \"archive\"), which did not reach its end {end} within {} s: the archive {at}",
+                    ARCHIVE_WAIT.as_secs()
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
 
     /// The member to back up and the destination: a healthy replica (least

@@ -34,7 +34,7 @@ pub enum JobError {
     BadRestore(String),
     #[error("cluster {cluster} has no completed backup consistent before {point}")]
     NoBaseBefore { cluster: String, point: String },
-    #[error("cluster {cluster} has no WAL archive: only its newest base backup can be restored (--latest)")]
+    #[error("cluster {cluster} has no WAL archive for this: a restore to a point, or of a backup that left its WAL to the archive (wal = \"archive\"), needs it")]
     NoArchive { cluster: String },
     #[error("{point} lies beyond the WAL archived so far ({reach})")]
     BeyondArchive { point: String, reach: String },

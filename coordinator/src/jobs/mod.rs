@@ -13,6 +13,7 @@
 mod archive;
 mod backup;
 mod error;
+mod point;
 mod recovery;
 mod restore;
 mod retention;

@@ -13,7 +13,7 @@ use crate::state::Command;
 use drc_proto::command_result::Found;
 use drc_proto::{command, RecoveryTestJob, RestoreCheck};
 
-use super::restore::{base_for, random_point};
+use super::point::{base_for, random_point};
 use super::{JobError, Jobs};
 
 /// Which backup a recovery test restores, and how far.
@@ -105,7 +105,7 @@ impl Jobs {
             format!("recovery test {} started: backup {} on {member}", rec.id, backup.id),
         );
         let source = source_of(&self.node, c, &backup);
-        if point != RestorePoint::Latest && source.wal_key.is_empty() {
+        if (point != RestorePoint::Latest || needs_archive(&backup)) && source.wal_key.is_empty() {
             return Err(JobError::NoArchive { cluster: cluster.into() });
         }
         let body = command::Body::RecoveryTest(RecoveryTestJob {
@@ -147,6 +147,11 @@ impl Jobs {
         });
         Ok(rec)
     }
+}
+
+/// Whether `backup` left its WAL to the archive: it restores only with it.
+pub(super) fn needs_archive(backup: &drc_model::job::BackupRecord) -> bool {
+    backup.manifest["wal"] == "archive"
 }
 
 /// What a restore of `backup` needs: its objects and hashes, the cluster's

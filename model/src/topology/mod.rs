@@ -133,6 +133,32 @@ pub struct BackupPolicy {
     /// the topology says `archive_wal = false`.
     #[serde(default = "archive_by_default")]
     pub archive_wal: bool,
+    /// PostgreSQL: where a base backup's own WAL comes from.
+    #[serde(default)]
+    pub wal: BackupWal,
+}
+
+/// Where a PostgreSQL base backup gets the WAL that makes it consistent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupWal {
+    /// Fetched into the backup (`pg_basebackup -X fetch`): it restores on
+    /// its own, by hand with standard tools alone.
+    #[default]
+    Included,
+    /// Left to the continuous archive (`-X none`): a smaller backup that
+    /// is done only once the archive holds its WAL; restoring it needs the
+    /// archive.
+    Archive,
+}
+
+impl BackupWal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupWal::Included => "included",
+            BackupWal::Archive => "archive",
+        }
+    }
 }
 
 fn archive_by_default() -> bool {

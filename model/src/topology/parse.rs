@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use super::{BackupPolicy, Check, Cluster, ClusterKind, Destination, FailoverGroup, Member, Policy, Region, Topology};
+use super::{BackupPolicy, BackupWal, Check, Cluster, ClusterKind, Destination, FailoverGroup, Member, Policy, Region, Topology};
 
 /// Default priority of a region or member that does not declare one.
 pub const DEFAULT_PRIORITY: u32 = 100;
@@ -365,7 +365,17 @@ impl Walker {
                 self.unknown_keys(
                     b,
                     &bpath,
-                    &["destinations", "recipients", "allow_primary", "check_tables", "checks", "keep_last", "max_age", "archive_wal"],
+                    &[
+                        "destinations",
+                        "recipients",
+                        "allow_primary",
+                        "check_tables",
+                        "checks",
+                        "keep_last",
+                        "max_age",
+                        "archive_wal",
+                        "wal",
+                    ],
                 );
                 backup.destinations = self.strings(b, &bpath, "destinations");
                 for (i, d) in backup.destinations.iter().enumerate() {
@@ -391,6 +401,18 @@ impl Walker {
                 backup.keep_last = self.unsigned(b, &bpath, "keep_last", u32::MAX as u64).unwrap_or(0) as u32;
                 backup.max_age = self.duration(b, &bpath, "max_age");
                 backup.archive_wal = self.boolean(b, &bpath, "archive_wal").unwrap_or(true);
+                backup.wal = match self.string(b, &bpath, "wal", false).as_deref() {
+                    None | Some("included") => BackupWal::Included,
+                    Some("archive") if backup.archive_wal && kind == Some(ClusterKind::Postgres) => BackupWal::Archive,
+                    Some("archive") => {
+                        self.problem(join(&bpath, "wal"), "\"archive\" needs a PostgreSQL cluster whose WAL is archived (archive_wal)");
+                        BackupWal::Included
+                    }
+                    Some(other) => {
+                        self.problem(join(&bpath, "wal"), format!("expected \"included\" or \"archive\", found {other:?}"));
+                        BackupWal::Included
+                    }
+                };
             }
         }
         Some(Cluster { kind: kind?, policy, backup })
@@ -682,6 +704,19 @@ clusters = ["pg", "cache"]
             "[clusters.cache]\nkind = \"redis\"\n[clusters.cache.policy]\nsynchronous_replicas = 1",
         );
         assert!(keys(&redis).contains(&"clusters.cache.policy.synchronous_replicas".to_string()));
+    }
+
+    #[test]
+    fn backups_leave_their_wal_to_the_archive_only_where_there_is_one() {
+        let doc = |extra: &str| {
+            format!("[regions.a]\n[destinations.s3a]\nregion='a'\n[clusters.pg]\nkind='postgres'\n[clusters.pg.backup]\ndestinations=['s3a']\nrecipients=['age1x']\n{extra}")
+        };
+        let t = parse_topology(&doc("wal = 'archive'")).expect("valid");
+        assert_eq!(t.clusters["pg"].backup.wal, BackupWal::Archive);
+        assert_eq!(parse_topology(&crate::topology::render::to_toml(&t)).ok(), Some(t), "it survives `topology get`");
+        assert_eq!(keys(&doc("wal = 'archive'\narchive_wal = false")), ["clusters.pg.backup.wal"]);
+        assert_eq!(keys(&doc("wal = 'none'")), ["clusters.pg.backup.wal"]);
+        assert_eq!(parse_topology(&doc("")).map(|t| t.clusters["pg"].backup.wal).ok(), Some(BackupWal::Included));
     }
 
     #[test]

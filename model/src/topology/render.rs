@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::Topology;
+use super::{BackupWal, Topology};
 
 /// The canonical TOML form of a topology.
 pub fn to_toml(t: &Topology) -> String {
@@ -37,6 +37,9 @@ pub fn to_toml(t: &Topology) -> String {
             let _ =
                 writeln!(s, "allow_primary = {}\ncheck_tables = [{}]\nkeep_last = {}", b.allow_primary, list(&b.check_tables), b.keep_last);
             let _ = writeln!(s, "archive_wal = {}", b.archive_wal);
+            if b.wal != BackupWal::Included {
+                let _ = writeln!(s, "wal = {}", q(b.wal.as_str()));
+            }
             if let Some(age) = b.max_age {
                 let _ = writeln!(s, "max_age = {}", q(&humantime::format_duration(age).to_string()));
             }
