@@ -319,6 +319,18 @@ pub enum MembersCommand {
 }
 
 /// `--since`: an RFC 3339 time or a duration before now, as Unix milliseconds.
+pub fn parse_since(s: &str) -> Result<u64, String> {
+    let at = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let ago =
+                humantime::parse_duration(s).map_err(|_| format!("{s:?} is neither a time (2026-12-06T17:00:00Z) nor a duration (2h)"))?;
+            std::time::SystemTime::now().checked_sub(ago).ok_or_else(|| format!("{s:?} reaches before 1970"))?
+        }
+    };
+    Ok(at.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("{s:?} is before 1970"))?.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,16 +348,4 @@ mod tests {
         let cli = Cli::try_parse_from(["drctl", "restore", "list", "--cluster", "c"]).map(|c| c.command);
         assert!(matches!(cli, Ok(Command::Restore { command: Some(RestoreCommand::List { .. }), .. })), "{cli:?}");
     }
-}
-
-pub fn parse_since(s: &str) -> Result<u64, String> {
-    let at = match humantime::parse_rfc3339_weak(s) {
-        Ok(t) => t,
-        Err(_) => {
-            let ago =
-                humantime::parse_duration(s).map_err(|_| format!("{s:?} is neither a time (2026-12-06T17:00:00Z) nor a duration (2h)"))?;
-            std::time::SystemTime::now().checked_sub(ago).ok_or_else(|| format!("{s:?} reaches before 1970"))?
-        }
-    };
-    Ok(at.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("{s:?} is before 1970"))?.as_millis() as u64)
 }

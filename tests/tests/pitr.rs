@@ -163,7 +163,7 @@ fn a_restore_from_the_archive_after_the_primary_region_is_lost_holds_every_archi
     let missing: Vec<&Acked> = acked.iter().filter(|a| !ids.contains(&a.id)).collect();
     let covered_but_missing: Vec<&Acked> = missing.iter().copied().filter(|a| a.lsn <= end).collect();
     assert!(covered_but_missing.is_empty(), "commits inside the archive ({}) missing from the restore: {covered_but_missing:?}", end);
-    let newest = acked.iter().filter(|a| ids.contains(&a.id)).last().expect("some commits restored");
+    let newest = acked.iter().rfind(|a| ids.contains(&a.id)).expect("some commits restored");
     assert!(latest.record["reached_lsn"].as_u64().unwrap_or(0) >= newest.lsn.min(end), "{}", latest.record);
     assert!(latest.record["reached_commit_us"].as_i64().unwrap_or(0) >= newest.committed_us, "{}", latest.record);
     assert_eq!(latest.record["point"]["kind"], "latest");

@@ -275,7 +275,7 @@ pub(super) async fn unpack(cfg: &AgentConfig, job: &RecoveryTestJob, data: &Path
     let run_as = cfg.postgres.as_ref().map(|p| p.run_as.clone()).filter(|u| !u.is_empty() && kind == "postgres");
     if let Some(user) = &run_as {
         // tar runs as the PostgreSQL OS user, not as the agent's (often root).
-        let owner = Command::new("chown").arg(user).arg(&data).status().await.map_err(|e| format!("chown {user}: {e}"))?;
+        let owner = Command::new("chown").arg(user).arg(data).status().await.map_err(|e| format!("chown {user}: {e}"))?;
         if !owner.success() {
             return Err(format!("chown {user} {}: failed", data.display()));
         }

@@ -32,6 +32,9 @@ use crate::lab::{Lab, PG_CLUSTER};
 use crate::wait_for;
 
 const STANZA: &str = "bench";
+
+/// An archive's reach (LSN as an integer) and when it was read.
+type Readings = Vec<(Instant, u64)>;
 const SEGMENT: u64 = 16 << 20;
 
 pub struct Options {
@@ -188,8 +191,8 @@ pub fn run_bench(o: Options) -> anyhow::Result<()> {
         let stop = Arc::new(AtomicBool::new(false));
         let writer = rt.spawn(write(pa.port, *rate, o.row_bytes, Arc::clone(&commits), Arc::clone(&stop)));
         let started = Instant::now();
-        let (mut drc, mut pgbr): (Vec<(Instant, u64)>, Vec<(Instant, u64)>) = (Vec::new(), Vec::new());
-        let read = |drc: &mut Vec<(Instant, u64)>, pgbr: &mut Vec<(Instant, u64)>| {
+        let (mut drc, mut pgbr): (Readings, Readings) = (Vec::new(), Vec::new());
+        let read = |drc: &mut Readings, pgbr: &mut Readings| {
             if let Some(r) = reach(&lab) {
                 drc.push((Instant::now(), r));
             }
@@ -282,7 +285,7 @@ fn archived(repo: &Path) -> u64 {
 
 /// p50 / p99 / max of each commit's lag: from its acknowledgement to the
 /// first reading at or past its position.
-fn lags(commits: &[Commit], readings: &[(Instant, u64)]) -> String {
+fn lags(commits: &[Commit], readings: &Readings) -> String {
     let mut lags = Vec::new();
     let mut never = 0;
     for c in commits {
