@@ -43,6 +43,7 @@ fn every_state_changing_command_leaves_one_entry_with_its_caller_node_and_outcom
         (AuditAction::FailoverRegion, vec!["failover-region", "--from", "a"], false),
         (AuditAction::StartBackup, vec!["backup", "run", "--cluster", "cache", "--no-wait"], false),
         (AuditAction::StartRecoveryTest, vec!["recovery-test", "run", "--cluster", "cache", "--no-wait"], false),
+        (AuditAction::StartRestore, vec!["restore", "--cluster", "cache", "--latest", "--on", "redis-a", "--dir", "/nonexistent/r"], false),
         (AuditAction::AddNode, vec!["members", "add", "--id", "9", "--address", "127.0.0.1:1"], true),
         (AuditAction::RemoveNode, vec!["members", "remove", "--id", "9"], true),
     ];

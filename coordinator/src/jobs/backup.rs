@@ -14,7 +14,7 @@ use crate::state::Command;
 use drc_proto::command_result::Found;
 use drc_proto::{command, BackupJob};
 
-use super::{JobError, Jobs};
+use super::{answer, JobError, Jobs};
 
 /// How long a backup that left its WAL to the archive waits for it there.
 const ARCHIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -87,46 +87,38 @@ impl Jobs {
             let result = this.command(Some((JobKind::Backup, job.id)), &job.member, &job.cluster, body).await;
             let mut done = job.clone();
             done.finished_at = wall_now_ms();
-            match result {
-                Ok(Some(Found::Backup(made))) => match serde_json::from_str(&made.manifest_json) {
-                    Ok(manifest) => {
-                        done.state = JobState::Done;
-                        done.manifest = manifest;
-                        done.data_key = made.data_key;
-                        done.manifest_key = made.manifest_key;
-                        done.sha256 = made.sha256;
-                        done.raw_bytes = made.raw_bytes;
-                        done.stored_bytes = made.stored_bytes;
-                        if wal_from_archive {
-                            if let Err(e) = this.archived_through(&done).await {
-                                done.state = JobState::Failed;
-                                done.error = e;
-                            }
+            let made = answer(result, JobKind::Backup, |f| match f {
+                Found::Backup(made) => Ok(made),
+                other => Err(other),
+            });
+            let made = made.and_then(|m| {
+                let manifest =
+                    serde_json::from_str(&m.manifest_json).map_err(|e| format!("the agent reported a manifest that is not JSON: {e}"))?;
+                Ok((m, manifest))
+            });
+            match made {
+                Ok((made, manifest)) => {
+                    done.state = JobState::Done;
+                    done.manifest = manifest;
+                    done.data_key = made.data_key;
+                    done.manifest_key = made.manifest_key;
+                    done.sha256 = made.sha256;
+                    done.raw_bytes = made.raw_bytes;
+                    done.stored_bytes = made.stored_bytes;
+                    if wal_from_archive {
+                        if let Err(e) = this.archived_through(&done).await {
+                            (done.state, done.error) = (JobState::Failed, e);
                         }
                     }
-                    Err(e) => {
-                        done.state = JobState::Failed;
-                        done.error = format!("the agent reported a manifest that is not JSON: {e}");
-                    }
-                },
-                Ok(other) => {
-                    done.state = JobState::Failed;
-                    done.error = format!("the agent reported no backup (found {other:?}): is it of another release?");
                 }
-                Err(e) => {
-                    done.state = JobState::Failed;
-                    done.error = e;
-                }
+                Err(e) => (done.state, done.error) = (JobState::Failed, e),
             }
             let what = match done.state {
                 JobState::Done => format!("backup {} done: {} bytes raw, {} stored", done.id, done.raw_bytes, done.stored_bytes),
                 _ => format!("backup {} failed: {}", done.id, done.error),
             };
-            if let Err(e) = this.record(Command::Backup { record: Box::new(done.clone()) }).await {
-                tracing::warn!(id = done.id, error = %e, "cannot record the end of a backup");
-            }
-            this.agents.events.emit(EventKind::Backup, &done.cluster, &done.member, what);
-            this.running().remove(&(JobKind::Backup, done.id));
+            let record = Command::Backup { record: Box::new(done.clone()) };
+            this.end((JobKind::Backup, done.id), record, &done.cluster, &done.member, what).await;
             if done.state == JobState::Done {
                 this.retain(&done.cluster).await;
             }

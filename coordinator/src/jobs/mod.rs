@@ -127,6 +127,15 @@ impl Jobs {
         }
     }
 
+    /// Records a job's end, says so to watchers and forgets it.
+    async fn end(&self, job: (JobKind, u64), cmd: Command, cluster: &str, member: &str, what: String) {
+        if let Err(e) = self.record(cmd).await {
+            tracing::warn!(job = %job.0, id = job.1, error = %e, "cannot record the end of a job");
+        }
+        self.agents.events.emit(event_kind(job.0), cluster, member, what);
+        self.running().remove(&job);
+    }
+
     /// On the leader, every few seconds: jobs recorded as running that no
     /// live job of this node owns were interrupted by a leader change.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
@@ -180,6 +189,16 @@ impl Jobs {
                 }
             }
         }
+    }
+}
+
+/// What a job's command found, as the kind `pick` takes, or why not: the
+/// agent's error, or a result of another kind (an agent of another release).
+fn answer<T>(result: Result<Option<Found>, String>, job: JobKind, pick: impl FnOnce(Found) -> Result<T, Found>) -> Result<T, String> {
+    match result?.map(pick) {
+        Some(Ok(found)) => Ok(found),
+        Some(Err(other)) => Err(format!("the agent reported no {job} but {other:?}: is it of another release?")),
+        None => Err(format!("the agent reported no {job}: is it of another release?")),
     }
 }
 

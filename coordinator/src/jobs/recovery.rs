@@ -14,7 +14,7 @@ use drc_proto::command_result::Found;
 use drc_proto::{command, RecoveryTestJob, RestoreCheck};
 
 use super::point::{base_for, random_point};
-use super::{JobError, Jobs};
+use super::{answer, JobError, Jobs};
 
 /// Which backup a recovery test restores, and how far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,31 +119,25 @@ impl Jobs {
             let result = this.command(Some((JobKind::RecoveryTest, job.id)), &job.member, &job.cluster, body).await;
             let mut done = job.clone();
             done.finished_at = wall_now_ms();
-            match result {
-                Ok(Some(Found::RecoveryTest(found))) => {
+            let found = answer(result, JobKind::RecoveryTest, |f| match f {
+                Found::RecoveryTest(found) => Ok(found),
+                other => Err(other),
+            });
+            match found {
+                Ok(found) => {
                     done.state = JobState::Done;
                     done.rto_ms = found.rto_ms;
                     done.rpo_ms = found.rpo_ms.unwrap_or(0);
                     done.checks = found.checks.into_iter().collect();
                 }
-                Ok(other) => {
-                    done.state = JobState::Failed;
-                    done.error = format!("the agent reported no recovery test (found {other:?}): is it of another release?");
-                }
-                Err(e) => {
-                    done.state = JobState::Failed;
-                    done.error = e;
-                }
+                Err(e) => (done.state, done.error) = (JobState::Failed, e),
             }
             let what = match done.state {
                 JobState::Done => format!("recovery test {} passed: RTO {} ms, RPO {} ms", done.id, done.rto_ms, done.rpo_ms),
                 _ => format!("recovery test {} failed: {}", done.id, done.error),
             };
-            if let Err(e) = this.record(Command::RecoveryTest { record: Box::new(done.clone()) }).await {
-                tracing::warn!(id = done.id, error = %e, "cannot record the end of a recovery test");
-            }
-            this.agents.events.emit(EventKind::RecoveryTest, &done.cluster, &done.member, what);
-            this.running().remove(&(JobKind::RecoveryTest, done.id));
+            let record = Command::RecoveryTest { record: Box::new(done.clone()) };
+            this.end((JobKind::RecoveryTest, done.id), record, &done.cluster, &done.member, what).await;
         });
         Ok(rec)
     }

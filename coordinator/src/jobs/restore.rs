@@ -16,7 +16,7 @@ use drc_proto::{command, RestoreJob};
 
 use super::point::base_for;
 use super::recovery::{needs_archive, source_of};
-use super::{JobError, Jobs};
+use super::{answer, JobError, Jobs};
 
 /// What an operator asked to restore, and where.
 #[derive(Clone, Debug)]
@@ -102,8 +102,12 @@ impl Jobs {
             let result = this.command(Some((JobKind::Restore, job.id)), &job.member, &job.cluster, body).await;
             let mut done = job.clone();
             done.finished_at = wall_now_ms();
-            match result {
-                Ok(Some(Found::Restore(found))) => {
+            let found = answer(result, JobKind::Restore, |f| match f {
+                Found::Restore(found) => Ok(found),
+                other => Err(other),
+            });
+            match found {
+                Ok(found) => {
                     done.state = JobState::Done;
                     done.port = u16::try_from(found.port).unwrap_or(0);
                     done.reached_lsn = Lsn(found.reached_lsn);
@@ -113,14 +117,7 @@ impl Jobs {
                     done.wal_bytes = found.wal_bytes;
                     done.stopped_at_end = found.stopped_at_end;
                 }
-                Ok(other) => {
-                    done.state = JobState::Failed;
-                    done.error = format!("the agent reported no restore (found {other:?}): is it of another release?");
-                }
-                Err(e) => {
-                    done.state = JobState::Failed;
-                    done.error = e;
-                }
+                Err(e) => (done.state, done.error) = (JobState::Failed, e),
             }
             let what = match done.state {
                 JobState::Done => format!(
@@ -129,11 +126,8 @@ impl Jobs {
                 ),
                 _ => format!("restore {} failed: {}", done.id, done.error),
             };
-            if let Err(e) = this.record(Command::Restore { record: Box::new(done.clone()) }).await {
-                tracing::warn!(id = done.id, error = %e, "cannot record the end of a restore");
-            }
-            this.agents.events.emit(EventKind::Restore, &done.cluster, &done.member, what);
-            this.running().remove(&(JobKind::Restore, done.id));
+            let record = Command::Restore { record: Box::new(done.clone()) };
+            this.end((JobKind::Restore, done.id), record, &done.cluster, &done.member, what).await;
         });
         Ok(rec)
     }
