@@ -84,6 +84,8 @@ async fn call(security: &Security, cluster: &Cluster, path: &str) -> tonic::Stat
             admin.start_recovery_test(StartRecoveryTestRequest { cluster: "nope".into(), ..Default::default() }).await.map(ok)
         }
         "ListRecoveryTests" => admin.list_recovery_tests(ListJobsRequest::default()).await.map(ok),
+        "StartRestore" => admin.start_restore(StartRestoreRequest { cluster: "nope".into(), ..Default::default() }).await.map(ok),
+        "ListRestores" => admin.list_restores(ListJobsRequest::default()).await.map(ok),
         "SetSchedule" => admin.set_schedule(SetScheduleRequest { cluster: "nope".into(), ..Default::default() }).await.map(ok),
         "ListSchedules" => admin.list_schedules(ListJobsRequest::default()).await.map(ok),
         "Audit" => admin.audit(AuditRequest::default()).await.map(ok),
