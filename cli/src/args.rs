@@ -56,7 +56,14 @@ pub enum Output {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Every coordinator's role and Raft indexes, member health and lag, and a topology summary.
-    Status,
+    Status {
+        /// Refresh in place, like `watch drctl status`, until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        every: std::time::Duration,
+    },
     /// Stream health changes (members turning healthy or not, roles, primaries) as they happen.
     Watch,
     /// Validate a topology file and make it the replicated topology.

@@ -102,14 +102,15 @@ pub(crate) async fn run(client: &mut AdminServiceClient<Channel>, command: Comma
                     }
                     println!("{}", serde_json::to_string_pretty(&json!({ "schedules": out }))?);
                 } else {
+                    let now = drc_model::time::wall_now_ms();
                     let rows: Vec<Vec<String>> = items
                         .iter()
                         .map(|(s, next_at)| {
-                            let next = next_at.map_or_else(|| "-".to_string(), |n| n.to_string());
-                            vec![s.cluster.clone(), s.job.to_string(), s.cron.clone(), s.last_fired.to_string(), next]
+                            let (last, next) = (table::when(s.last_fired, now), table::when(next_at.unwrap_or(0), now));
+                            vec![s.cluster.clone(), s.job.to_string(), s.cron.clone(), last, next]
                         })
                         .collect();
-                    print!("{}", table::render(&["CLUSTER", "JOB", "CRON (UTC)", "LAST FIRED (ms)", "NEXT (ms)"], &rows));
+                    print!("{}", table::render(&["CLUSTER", "JOB", "CRON (UTC)", "LAST FIRED", "NEXT"], &rows));
                 }
             }
             ScheduleCommand::Set { cluster, backup, recovery_test } => {
@@ -285,7 +286,7 @@ pub(crate) fn tail_lines(progress: Option<&JobProgress>, error: &str) -> String 
 
 fn backup_text(b: &BackupRecord, progress: Option<&JobProgress>) -> String {
     let mut s = format!(
-        "backup {} of {} ({}): {}\n  from {} (region {}) to {} (region {})\n  objects under {}",
+        "backup {} of {} ({}): {}\n  from {} (region {}) to {} (region {})\n  objects under {}\n  started {}",
         b.id,
         b.cluster,
         b.kind,
@@ -295,6 +296,7 @@ fn backup_text(b: &BackupRecord, progress: Option<&JobProgress>) -> String {
         b.destination,
         b.destination_region,
         b.prefix,
+        table::when(b.started_at, drc_model::time::wall_now_ms()),
     );
     if b.state == JobState::Done {
         let took = b.finished_at.saturating_sub(b.started_at);
@@ -308,6 +310,7 @@ fn backup_text(b: &BackupRecord, progress: Option<&JobProgress>) -> String {
 }
 
 fn backups_table(jobs: &[Listed<BackupRecord>]) -> String {
+    let now = drc_model::time::wall_now_ms();
     let rows = jobs
         .iter()
         .map(|Listed { record: b, .. }| {
@@ -319,7 +322,7 @@ fn backups_table(jobs: &[Listed<BackupRecord>]) -> String {
                 b.destination.clone(),
                 mib(b.raw_bytes),
                 mib(b.stored_bytes),
-                b.started_at.to_string(),
+                table::when(b.started_at, now),
             ]
         })
         .collect::<Vec<_>>();
@@ -336,6 +339,7 @@ fn test_text(t: &RecoveryTest, progress: Option<&JobProgress>) -> String {
         t.member,
         t.member_region
     );
+    s += &format!("\n  started {}", table::when(t.started_at, drc_model::time::wall_now_ms()));
     if t.point != RestorePoint::Latest {
         s += &format!("\n  to {}", t.point);
     }

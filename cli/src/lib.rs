@@ -25,7 +25,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let json_out = cli.output == Output::Json;
     let c = &mut client;
     let result = match cli.command {
-        command @ (Command::Status | Command::Watch) => status::run(c, command, json_out, &cli.endpoints, cli.timeout, &security).await,
+        command @ (Command::Status { .. } | Command::Watch) => {
+            status::run(c, command, json_out, &cli.endpoints, cli.timeout, &security).await
+        }
         command @ (Command::Apply { .. } | Command::Topology { .. }) => topology::run(c, command, json_out).await,
         command @ Command::Members { .. } => members::run(c, command, json_out).await,
         Command::Restore { command, run } => restore::run(c, command, run, json_out).await,

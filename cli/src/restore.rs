@@ -76,13 +76,14 @@ impl JobRecord for Restore {
     }
     fn text(&self, progress: Option<&JobProgress>) -> String {
         let mut s = format!(
-            "restore {} of {}: {} (backup {}, on {} in region {})\n  to {} on timeline {}, into {}",
+            "restore {} of {}: {} (backup {}, on {} in region {})\n  started {}\n  to {} on timeline {}, into {}",
             self.id,
             self.cluster,
             self.state.as_str(),
             self.backup_id,
             self.member,
             self.member_region,
+            table::when(self.started_at, drc_model::time::wall_now_ms()),
             self.point,
             self.timeline,
             self.dir

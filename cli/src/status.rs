@@ -21,56 +21,25 @@ pub(crate) async fn run(
     security: &drc_tls::Security,
 ) -> anyhow::Result<()> {
     match command {
-        Command::Status => {
-            let mut s = client.status(StatusRequest {}).await.map_err(status_err)?.into_inner();
-            // A coordinator cut off from the leader knows no member's
-            // health: another that reaches the leader answers instead.
-            if s.clusters.is_empty() && s.topology.as_ref().is_some_and(|t| t.clusters > 0) {
-                for e in endpoints {
-                    let Ok(mut other) = crate::connect::connect(std::slice::from_ref(e), timeout, security).await else { continue };
-                    match other.status(StatusRequest {}).await {
-                        Ok(r) if !r.get_ref().clusters.is_empty() => {
-                            s = r.into_inner();
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            let t = s.topology.unwrap_or_default();
-            if json_out {
-                let v = json!({
-                    "leader_id": s.leader_id,
-                    "answered_by": s.answered_by,
-                    "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>(),
-                    "clusters": s.clusters.iter().map(cluster_json).collect::<Vec<_>>(),
-                    "topology": {
-                        "version": t.version,
-                        "regions": t.regions,
-                        "clusters": t.clusters,
-                        "members": t.members,
-                        "failover_groups": t.failover_groups,
-                    },
-                });
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let leader = if s.leader_id == 0 { "none (no quorum?)".to_string() } else { s.leader_id.to_string() };
-                println!("coordinators (leader: {leader}, answered by node {})", s.answered_by);
-                print!("{}", nodes_table(&s.nodes, s.leader_id));
-                let insecure: Vec<String> = s.nodes.iter().filter(|n| n.reachable && n.insecure).map(|n| n.id.to_string()).collect();
-                if !insecure.is_empty() {
-                    println!(
-                        "WARNING: node(s) {} run with insecure = true: plaintext, and anyone who reaches them can act as any role",
-                        insecure.join(", ")
-                    );
-                }
-                print!("{}", clusters_text(&s.clusters));
+        Command::Status { watch, every } => loop {
+            if watch && !json_out {
+                // Clear the screen and go home, as watch(1) does.
+                print!("\x1b[H\x1b[2J");
                 println!(
-                    "\ntopology v{}: {} regions, {} clusters, {} members, {} failover groups",
-                    t.version, t.regions, t.clusters, t.members, t.failover_groups
+                    "every {}: drctl status        {}\n",
+                    humantime::format_duration(every),
+                    table::utc(drc_model::time::wall_now_ms()).unwrap_or_default()
                 );
             }
-        }
+            match status_once(client, json_out, endpoints, timeout, security).await {
+                Err(e) if watch => println!("error: {e:#}"),
+                other => other?,
+            }
+            if !watch {
+                return Ok(());
+            }
+            tokio::time::sleep(every).await;
+        },
         Command::Watch => {
             let mut stream = client.watch(WatchRequest {}).await.map_err(status_err)?.into_inner();
             while let Some(e) = stream.message().await.map_err(status_err)? {
@@ -84,6 +53,65 @@ pub(crate) async fn run(
             }
         }
         other => return Err(anyhow::anyhow!("{other:?} is not handled here")),
+    }
+    Ok(())
+}
+
+/// One `drctl status`, printed.
+async fn status_once(
+    client: &mut AdminServiceClient<Channel>,
+    json_out: bool,
+    endpoints: &[String],
+    timeout: Duration,
+    security: &drc_tls::Security,
+) -> anyhow::Result<()> {
+    let mut s = client.status(StatusRequest {}).await.map_err(status_err)?.into_inner();
+    // A coordinator cut off from the leader knows no member's
+    // health: another that reaches the leader answers instead.
+    if s.clusters.is_empty() && s.topology.as_ref().is_some_and(|t| t.clusters > 0) {
+        for e in endpoints {
+            let Ok(mut other) = crate::connect::connect(std::slice::from_ref(e), timeout, security).await else { continue };
+            match other.status(StatusRequest {}).await {
+                Ok(r) if !r.get_ref().clusters.is_empty() => {
+                    s = r.into_inner();
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    let t = s.topology.unwrap_or_default();
+    if json_out {
+        let v = json!({
+            "leader_id": s.leader_id,
+            "answered_by": s.answered_by,
+            "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>(),
+            "clusters": s.clusters.iter().map(cluster_json).collect::<Vec<_>>(),
+            "topology": {
+                "version": t.version,
+                "regions": t.regions,
+                "clusters": t.clusters,
+                "members": t.members,
+                "failover_groups": t.failover_groups,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let leader = if s.leader_id == 0 { "none (no quorum?)".to_string() } else { s.leader_id.to_string() };
+        println!("coordinators (leader: {leader}, answered by node {})", s.answered_by);
+        print!("{}", nodes_table(&s.nodes, s.leader_id));
+        let insecure: Vec<String> = s.nodes.iter().filter(|n| n.reachable && n.insecure).map(|n| n.id.to_string()).collect();
+        if !insecure.is_empty() {
+            println!(
+                "WARNING: node(s) {} run with insecure = true: plaintext, and anyone who reaches them can act as any role",
+                insecure.join(", ")
+            );
+        }
+        print!("{}", clusters_text(&s.clusters));
+        println!(
+            "\ntopology v{}: {} regions, {} clusters, {} members, {} failover groups",
+            t.version, t.regions, t.clusters, t.members, t.failover_groups
+        );
     }
     Ok(())
 }
