@@ -193,45 +193,38 @@ where
     Ok(out)
 }
 
-impl JobRecord for BackupRecord {
-    const WHAT: &'static str = "backup";
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn state(&self) -> JobState {
-        self.state
-    }
-    fn error(&self) -> &str {
-        &self.error
-    }
-    fn text(&self, progress: Option<&JobProgress>) -> String {
-        backup_text(self, progress)
-    }
-    async fn list(client: &mut AdminServiceClient<Channel>, cluster: String) -> anyhow::Result<Vec<Listed<Self>>> {
-        let r = client.list_backups(ListJobsRequest { cluster }).await.map_err(status_err)?.into_inner();
-        listed(r.backups, |e| e.progress.take())
-    }
+/// A catalog record drctl lists and follows: its label, its text, and the
+/// listing RPC and reply field that carry it.
+macro_rules! job_record {
+    ($ty:ty, $what:literal, $text:path, $list:ident, $field:ident) => {
+        impl $crate::jobs::JobRecord for $ty {
+            const WHAT: &'static str = $what;
+            fn id(&self) -> u64 {
+                self.id
+            }
+            fn state(&self) -> drc_model::job::JobState {
+                self.state
+            }
+            fn error(&self) -> &str {
+                &self.error
+            }
+            fn text(&self, progress: Option<&drc_proto::JobProgress>) -> String {
+                $text(self, progress)
+            }
+            async fn list(
+                client: &mut drc_proto::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+                cluster: String,
+            ) -> anyhow::Result<Vec<$crate::jobs::Listed<Self>>> {
+                let r = client.$list(drc_proto::ListJobsRequest { cluster }).await.map_err($crate::connect::status_err)?.into_inner();
+                $crate::jobs::listed(r.$field, |e| e.progress.take())
+            }
+        }
+    };
 }
+pub(crate) use job_record;
 
-impl JobRecord for RecoveryTest {
-    const WHAT: &'static str = "recovery test";
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn state(&self) -> JobState {
-        self.state
-    }
-    fn error(&self) -> &str {
-        &self.error
-    }
-    fn text(&self, progress: Option<&JobProgress>) -> String {
-        test_text(self, progress)
-    }
-    async fn list(client: &mut AdminServiceClient<Channel>, cluster: String) -> anyhow::Result<Vec<Listed<Self>>> {
-        let r = client.list_recovery_tests(ListJobsRequest { cluster }).await.map_err(status_err)?.into_inner();
-        listed(r.recovery_tests, |e| e.progress.take())
-    }
-}
+job_record!(BackupRecord, "backup", backup_text, list_backups, backups);
+job_record!(RecoveryTest, "recovery test", test_text, list_recovery_tests, recovery_tests);
 
 pub(crate) async fn find_job<T: JobRecord>(client: &mut AdminServiceClient<Channel>, id: u64) -> anyhow::Result<Listed<T>> {
     T::list(client, String::new()).await?.into_iter().find(|j| j.record.id() == id).ok_or_else(|| anyhow::anyhow!("no {} {id}", T::WHAT))

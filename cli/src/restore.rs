@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 
 use crate::args::{RestoreCommand, RestoreRun};
 use crate::connect::status_err;
-use crate::jobs::{find_job, job_out, listed, mib, tail_lines, wait_job, JobRecord, Listed};
+use crate::jobs::{find_job, job_out, job_record, mib, tail_lines, wait_job, JobRecord, Listed};
 use crate::table;
 
 pub(crate) async fn run(
@@ -63,55 +63,41 @@ async fn start(client: &mut AdminServiceClient<Channel>, ask: RestoreRun, json_o
     job_out(&job, json_out, true)
 }
 
-impl JobRecord for Restore {
-    const WHAT: &'static str = "restore";
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn state(&self) -> JobState {
-        self.state
-    }
-    fn error(&self) -> &str {
-        &self.error
-    }
-    fn text(&self, progress: Option<&JobProgress>) -> String {
-        let mut s = format!(
-            "restore {} of {}: {} (backup {}, on {} in region {})\n  started {}\n  to {} on timeline {}, into {}",
-            self.id,
-            self.cluster,
-            self.state.as_str(),
-            self.backup_id,
-            self.member,
-            self.member_region,
-            table::when(self.started_at, drc_model::time::wall_now_ms()),
-            self.point,
-            self.timeline,
-            self.dir
+job_record!(Restore, "restore", restore_text, list_restores, restores);
+
+fn restore_text(r: &Restore, progress: Option<&JobProgress>) -> String {
+    let mut s = format!(
+        "restore {} of {}: {} (backup {}, on {} in region {})\n  started {}\n  to {} on timeline {}, into {}",
+        r.id,
+        r.cluster,
+        r.state.as_str(),
+        r.backup_id,
+        r.member,
+        r.member_region,
+        table::when(r.started_at, drc_model::time::wall_now_ms()),
+        r.point,
+        r.timeline,
+        r.dir
+    );
+    if r.state == JobState::Done {
+        let commit = match r.reached_commit_us {
+            0 => "no commit replayed".to_string(),
+            us => format!("last commit {}", drc_model::job::time_text(us)),
+        };
+        s += &format!(
+            "\n  reached LSN {} ({commit}), now timeline {}; {} WAL files ({}) replayed\n  running on 127.0.0.1:{}; stop it with pg_ctl -D {} stop",
+            r.reached_lsn,
+            r.reached_timeline,
+            r.wal_files,
+            mib(r.wal_bytes),
+            r.port,
+            r.dir
         );
-        if self.state == JobState::Done {
-            let commit = match self.reached_commit_us {
-                0 => "no commit replayed".to_string(),
-                us => format!("last commit {}", drc_model::job::time_text(us)),
-            };
-            s += &format!(
-                "\n  reached LSN {} ({commit}), now timeline {}; {} WAL files ({}) replayed\n  running on 127.0.0.1:{}; stop it with pg_ctl -D {} stop",
-                self.reached_lsn,
-                self.reached_timeline,
-                self.wal_files,
-                mib(self.wal_bytes),
-                self.port,
-                self.dir
-            );
-        }
-        if self.stopped_at_end {
-            s += "\n  the archive holds no commit after the point: restored to its end";
-        }
-        s + &tail_lines(progress, &self.error)
     }
-    async fn list(client: &mut AdminServiceClient<Channel>, cluster: String) -> anyhow::Result<Vec<Listed<Self>>> {
-        let r = client.list_restores(ListJobsRequest { cluster }).await.map_err(status_err)?.into_inner();
-        listed(r.restores, |e| e.progress.take())
+    if r.stopped_at_end {
+        s += "\n  the archive holds no commit after the point: restored to its end";
     }
+    s + &tail_lines(progress, &r.error)
 }
 
 fn restores_table(jobs: &[Listed<Restore>]) -> String {
