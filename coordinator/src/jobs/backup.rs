@@ -132,15 +132,7 @@ impl Jobs {
         let end = b.manifest["lsn_end"].as_str().and_then(|l| l.parse::<Lsn>().ok()).ok_or("the backup reported no end LSN")?;
         let deadline = Instant::now() + ARCHIVE_WAIT;
         loop {
-            let reach = self.node.store().with_state(|sm| {
-                let dataset = sm.records.get(&b.cluster).map(|r| r.dataset.clone()).unwrap_or_default();
-                sm.wal_archives
-                    .values()
-                    .filter(|a| a.cluster == b.cluster && a.system_id == dataset)
-                    .filter_map(|a| a.reach())
-                    .map(|r| r.1)
-                    .max()
-            });
+            let reach = self.node.store().with_state(|sm| sm.archive_reach(&b.cluster));
             if reach.is_some_and(|r| r >= end) {
                 return Ok(());
             }

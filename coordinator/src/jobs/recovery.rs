@@ -39,13 +39,7 @@ impl Jobs {
                 }
                 TestOf::RandomPoint => {
                     let backups: Vec<BackupRecord> = sm.backups.values().filter(|b| b.cluster == cluster).cloned().collect();
-                    let dataset = sm.records.get(cluster).map(|r| r.dataset.as_str()).unwrap_or_default();
-                    let reach = sm
-                        .wal_archives
-                        .values()
-                        .filter(|a| a.cluster == cluster && a.system_id == dataset)
-                        .filter_map(|a| Some(a.reach()?.1))
-                        .max();
+                    let reach = sm.archive_reach(cluster);
                     let point = random_point(&backups, reach, std::hash::BuildHasher::hash_one(&RandomState::new(), cluster));
                     (base_for(&backups, cluster, point).ok().cloned(), point)
                 }
@@ -66,6 +60,11 @@ impl Jobs {
         }
         if backup.state != JobState::Done {
             return Err(JobError::NotDone { id: backup.id, state: backup.state });
+        }
+        // Refused before anything is recorded: a replay the archive cannot feed.
+        let source = source_of(&self.node, c, &backup);
+        if (point != RestorePoint::Latest || needs_archive(&backup)) && source.wal_key.is_empty() {
+            return Err(JobError::NoArchive { cluster: cluster.into() });
         }
         let primary_region = topology.members.get(&primary).map(|m| m.region.clone()).unwrap_or_default();
         let obs = self.agents.board.observations(&topology, Instant::now());
@@ -104,10 +103,6 @@ impl Jobs {
             member,
             format!("recovery test {} started: backup {} on {member}", rec.id, backup.id),
         );
-        let source = source_of(&self.node, c, &backup);
-        if (point != RestorePoint::Latest || needs_archive(&backup)) && source.wal_key.is_empty() {
-            return Err(JobError::NoArchive { cluster: cluster.into() });
-        }
         let body = command::Body::RecoveryTest(RecoveryTestJob {
             test_id: rec.id,
             point: Some(drc_proto::jobs::point_out(point, Timeline::Latest)),

@@ -37,12 +37,10 @@ impl Jobs {
         if !req.dir.starts_with('/') {
             return Err(JobError::BadRestore(format!("the restore directory {:?} must be an absolute path", req.dir)));
         }
-        let (topology, backups, archives, dataset) = self.node.store().with_state(|sm| {
-            let archives: Vec<Lsn> =
-                sm.wal_archives.values().filter(|a| a.cluster == req.cluster).filter_map(|a| Some(a.reach()?.1)).collect();
+        let (topology, backups, reach, dataset) = self.node.store().with_state(|sm| {
             let backups: Vec<BackupRecord> = sm.backups.values().filter(|b| b.cluster == req.cluster).cloned().collect();
             let dataset = sm.records.get(&req.cluster).map(|r| r.dataset.clone()).unwrap_or_default();
-            (sm.topology.clone(), backups, archives, dataset)
+            (sm.topology.clone(), backups, sm.archive_reach(&req.cluster), dataset)
         });
         let c = topology.clusters.get(&req.cluster).ok_or_else(|| JobError::UnknownCluster(req.cluster.clone()))?;
         if c.kind != ClusterKind::Postgres {
@@ -62,8 +60,8 @@ impl Jobs {
         if source.wal_key.is_empty() && (req.point != RestorePoint::Latest || needs_archive(&backup)) {
             return Err(JobError::NoArchive { cluster: req.cluster.clone() });
         }
-        if let (RestorePoint::Lsn { lsn }, Some(reach)) = (req.point, archives.iter().max()) {
-            if lsn > *reach {
+        if let (RestorePoint::Lsn { lsn }, Some(reach)) = (req.point, reach) {
+            if lsn > reach {
                 return Err(JobError::BeyondArchive { point: req.point.to_string(), reach: format!("to {reach} for dataset {dataset}") });
             }
         }

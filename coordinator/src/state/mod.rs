@@ -484,6 +484,13 @@ impl StateMachine {
         }
     }
 
+    /// How far the WAL archive of `cluster`'s current dataset reaches, at
+    /// its best bucket (the newest timeline's end); none before any.
+    pub fn archive_reach(&self, cluster: &str) -> Option<Lsn> {
+        let dataset = self.records.get(cluster).map(|r| r.dataset.as_str()).unwrap_or_default();
+        self.wal_archives.values().filter(|a| a.cluster == cluster && a.system_id == dataset).filter_map(|a| Some(a.reach()?.1)).max()
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
