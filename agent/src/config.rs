@@ -141,6 +141,13 @@ pub struct AgentConfig {
     /// Talk to the coordinators in plaintext, unauthenticated.
     #[serde(default)]
     pub insecure: bool,
+    /// Where to serve HTTP: `/healthz`, `/readyz` (the stream to the
+    /// leader is up) and `/metrics`, with the TLS settings above.
+    #[serde(default)]
+    pub http_listen: Option<String>,
+    /// `text` (default) or `json`, one object per line.
+    #[serde(default)]
+    pub log_format: drc_ops::log::LogFormat,
 }
 
 fn default_vouch() -> Duration {
@@ -196,6 +203,9 @@ impl AgentConfig {
             if v.trim().is_empty() {
                 p.push(format!("{key}: must not be empty"));
             }
+        }
+        if self.http_listen.as_deref().is_some_and(|a| !drc_model::topology::parse::valid_address(a)) {
+            p.push(format!("http_listen: invalid address {:?}, expected host:port", self.http_listen.as_deref().unwrap_or_default()));
         }
         if self.endpoints.is_empty() {
             p.push("endpoints: list at least one coordinator".into());

@@ -17,6 +17,7 @@ mod process;
 mod s3;
 mod sampler;
 mod session;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,12 +74,12 @@ fn load(args: &Args) -> anyhow::Result<AgentConfig> {
     Ok(cfg)
 }
 
+const LOG_FILTER: &str = "info,h2=warn,tower=warn,hyper=warn";
+
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let args = Args::parse();
     if let Some(tool) = &args.tool {
+        drc_ops::log::init(LOG_FILTER, drc_ops::log::LogFormat::Text);
         return run_tool(&args, tool);
     }
     let cfg = match load(&args) {
@@ -88,6 +89,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    drc_ops::log::init(LOG_FILTER, cfg.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -167,6 +169,13 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
         }
     };
     tokio::spawn(Arc::clone(&actor).watch_lease(cancel.clone()));
+    if let Some(address) = &cfg.http_listen {
+        let site = stats::AgentSite::new(Arc::clone(&actor.stats), Arc::clone(&buffer), &cfg);
+        if let Err(e) = drc_ops::http::listen(address, security.clone(), Arc::new(site), cancel.clone()).await {
+            eprintln!("drc-agent: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let (views_tx, views_rx) = watch::channel::<Option<drc_proto::ClusterView>>(None);
     // Probe once before connecting, so that the Hello carries the dataset id.
     let first = local.local().await;

@@ -74,6 +74,7 @@ pub async fn run(
                 changed
             });
         }
+        actor.stats.sampled(&sample);
         buffer.push(sample);
     }
 }

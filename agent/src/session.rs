@@ -147,6 +147,7 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             end = session(Dial { security: &security, address: &address }, hello, &buffer, &views, &actor, &mut established, std::mem::take(&mut quick)) => end,
         };
+        actor.stats.stream(false);
         if established {
             // A stream that worked starts the pauses afresh.
             delays = builder.build();
@@ -269,6 +270,7 @@ async fn session(
                     Some(coordinator_message::Body::Redirect(r)) => return Ok(End::Redirect(r.leader_address)),
                     Some(coordinator_message::Body::View(v)) => {
                         *established = true;
+                        actor.stats.stream(true);
                         tracing::info!(primary = %v.primary_member, address = %v.primary_address, epoch = v.epoch, "cluster view");
                         actor.view(v.epoch, &v.primary_member);
                         views.send_replace(Some(v));

@@ -42,6 +42,8 @@ pub enum Permission {
     View,
     /// Changing state: operators only.
     Operate,
+    /// `grpc.health.v1`: anyone of this cluster.
+    Probe,
 }
 
 impl Permission {
@@ -49,8 +51,9 @@ impl Permission {
         match self {
             Permission::Raft => role == Role::Peer,
             Permission::AgentSession => role == Role::Agent,
-            Permission::View => matches!(role, Role::Peer | Role::Operator | Role::Viewer),
+            Permission::View => role.reads_state(),
             Permission::Operate => role == Role::Operator,
+            Permission::Probe => true,
         }
     }
 }
@@ -91,8 +94,17 @@ pub const RPCS: &[(&str, Permission)] = &[
     ("/drc.v1.AdminService/RecordAudit", Permission::Raft),
 ];
 
+/// The standard gRPC services every coordinator also serves: health
+/// checks, and reflection (which lists the services and their messages).
+pub const STANDARD_RPCS: &[(&str, Permission)] = &[
+    ("/grpc.health.v1.Health/Check", Permission::Probe),
+    ("/grpc.health.v1.Health/Watch", Permission::Probe),
+    ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Permission::View),
+    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", Permission::View),
+];
+
 pub fn permission_of(path: &str) -> Option<Permission> {
-    RPCS.iter().find(|(p, _)| *p == path).map(|(_, perm)| *perm)
+    RPCS.iter().chain(STANDARD_RPCS).find(|(p, _)| *p == path).map(|(_, perm)| *perm)
 }
 
 /// On whose behalf a request runs, after authorisation.

@@ -26,6 +26,8 @@
 //! heartbeat_ticks = 2
 //!
 //! audit_log = "/var/log/drc/audit.jsonl"   # optional: the audit trail for a SIEM
+//! http_listen = "10.0.1.5:7480"  # optional: /healthz, /readyz, /metrics
+//! log_format = "json"            # optional: one JSON object per line (default "text")
 //!
 //! [tls]                   # or insecure = true, for plaintext on a trusted network
 //! ca = "/etc/drc/ca.pem"
@@ -176,6 +178,13 @@ pub struct CoordinatorConfig {
     /// line, for a SIEM to ship (every node writes the whole trail).
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
+    /// Where to serve HTTP: `/healthz`, `/readyz`, `/metrics` (with the
+    /// TLS settings above; see `drc_ops::http`). Unset: no HTTP listener.
+    #[serde(default)]
+    pub http_listen: Option<String>,
+    /// `text` (default) or `json`, one object per line.
+    #[serde(default)]
+    pub log_format: drc_ops::log::LogFormat,
 }
 
 /// A configuration that cannot be used, with every problem found.
@@ -233,7 +242,12 @@ impl CoordinatorConfig {
         if !valid_address(&self.listen) {
             p.push(format!("listen: invalid address {:?}, expected host:port", self.listen));
         }
-        for (key, value) in [("advertise", &self.advertise), ("raft_listen", &self.raft_listen), ("raft_advertise", &self.raft_advertise)] {
+        for (key, value) in [
+            ("advertise", &self.advertise),
+            ("raft_listen", &self.raft_listen),
+            ("raft_advertise", &self.raft_advertise),
+            ("http_listen", &self.http_listen),
+        ] {
             if let Some(a) = value {
                 if !valid_address(a) {
                     p.push(format!("{key}: invalid address {a:?}, expected host:port"));

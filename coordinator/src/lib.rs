@@ -11,6 +11,7 @@
 //! * [`raft`] — storage, the node task and the transport.
 //! * [`api`] — the gRPC services; `api::error` maps every error to its code.
 //! * [`audit`] — the audit trail of every state-changing request.
+//! * [`metrics`] — `/readyz` and `/metrics` on the HTTP listener.
 //! * [`server`] — how one coordinator process is put together.
 //!
 //! # Where each rule lives
@@ -40,15 +41,9 @@ pub mod executor;
 pub mod forward;
 pub mod jobs;
 pub mod lock;
+pub mod metrics;
 pub mod raft;
 pub mod server;
 #[cfg(test)]
 mod sim;
 pub mod state;
-
-/// Sets up `tracing` output on stderr, filtered by `RUST_LOG` (default
-/// `info`). raft-rs's own logs arrive under the `raft` target.
-pub fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true).try_init();
-}

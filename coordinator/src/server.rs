@@ -203,6 +203,17 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
         cancel.child_token(),
     ));
     let admin = AdminServiceServer::new(admin_api);
+    if let Some(address) = &cfg.http_listen {
+        let site = crate::metrics::CoordinatorSite::new(handle.clone(), Arc::clone(&agents), Arc::clone(&executor));
+        drc_ops::http::listen(address, security.clone(), Arc::new(site), cancel.child_token()).await.map_err(anyhow::Error::msg)?;
+    }
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(health, handle.clone(), cancel.child_token()));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(drc_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("gRPC reflection")?;
     let agent = AgentServiceServer::new(AgentApi::new(handle.clone(), Arc::clone(&transport), agents));
     // Raft also stays on the shared listener when it has its own, so that a
     // peer configured with only the client address still reaches it.
@@ -215,6 +226,8 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
         .add_service(raft)
         .add_service(agent)
         .add_service(admin)
+        .add_service(health_service)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(drc_tls::incoming(listener, security), async move { server_cancel.cancelled().await });
     let mut server = tokio::spawn(server);
 
@@ -248,6 +261,26 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     };
     tracing::info!(node = cfg.node_id, "coordinator stopped");
     outcome
+}
+
+/// `grpc.health.v1`: the whole server, and the admin service, serve while
+/// this node is ready (the rule of `/readyz`, [`crate::metrics::readiness`]).
+async fn report_health(health: tonic_health::server::HealthReporter, node: crate::raft::NodeHandle, cancel: CancellationToken) {
+    let mut status = node.watch_status();
+    let mut last = None;
+    loop {
+        let ready = crate::metrics::readiness(&status.borrow_and_update()).is_ok();
+        if last != Some(ready) {
+            let state = if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+            health.set_service_status("", state).await;
+            health.set_service_status("drc.v1.AdminService", state).await;
+            last = Some(ready);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = status.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 #[cfg(test)]

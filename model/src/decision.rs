@@ -19,13 +19,24 @@ pub enum Trigger {
     Group { leader_cluster: String },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecisionKind {
     /// Unplanned: the old primary is gone or fenced.
     Failover,
     /// Planned: the old primary hands over without losing a write.
     Switchover,
+}
+
+impl DecisionKind {
+    pub const ALL: [DecisionKind; 2] = [DecisionKind::Failover, DecisionKind::Switchover];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionKind::Failover => "failover",
+            DecisionKind::Switchover => "switchover",
+        }
+    }
 }
 
 /// One member as the leader saw it when it decided.

@@ -11,6 +11,9 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The compiled `drc.proto`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/drc_descriptor.bin"));
+
 pub mod jobs;
 pub mod keepalive;
 

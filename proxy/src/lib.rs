@@ -20,6 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub mod stats;
+use stats::{Carrying, ProxyStats};
+
 /// Where connections go now; `None` refuses them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -88,7 +91,7 @@ async fn follow(security: Security, endpoint: String, cluster: String, updates: 
 }
 
 /// Merges the coordinators' answers into the current target.
-async fn select(mut updates: mpsc::Receiver<PrimaryEndpoint>, target: watch::Sender<Option<Target>>) {
+async fn select(mut updates: mpsc::Receiver<PrimaryEndpoint>, target: watch::Sender<Option<Target>>, stats: Arc<ProxyStats>) {
     let mut best: Option<PrimaryEndpoint> = None;
     while let Some(u) = updates.recv().await {
         if !newer(&u, best.as_ref()) {
@@ -106,32 +109,38 @@ async fn select(mut updates: mpsc::Receiver<PrimaryEndpoint>, target: watch::Sen
             None => tracing::info!(epoch = u.epoch, node = u.node_id, "no writable primary: connections refused"),
         }
         best = Some(u);
-        target.send_if_modified(|t| {
+        if target.send_if_modified(|t| {
             let changed = *t != next;
             *t = next;
             changed
-        });
+        }) {
+            stats.switches.inc();
+        }
     }
 }
 
 /// Carries one client connection to the current target until either side
 /// closes or the target changes.
-async fn carry(mut client: TcpStream, mut target: watch::Receiver<Option<Target>>, connect_timeout: Duration) {
+async fn carry(mut client: TcpStream, mut target: watch::Receiver<Option<Target>>, connect_timeout: Duration, stats: Arc<ProxyStats>) {
     let Some(t) = target.borrow_and_update().clone() else {
+        stats.refuse("no_primary");
         let _ = client.shutdown().await;
         return;
     };
     let mut upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(&t.address)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            stats.refuse("unreachable");
             tracing::warn!(primary = %t.member, address = %t.address, "cannot reach the primary: {e}");
             return;
         }
         Err(_) => {
+            stats.refuse("unreachable");
             tracing::warn!(primary = %t.member, address = %t.address, "cannot reach the primary: timed out");
             return;
         }
     };
+    let _carrying = Carrying::new(Arc::clone(&stats));
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
     tokio::select! {
@@ -143,17 +152,20 @@ async fn carry(mut client: TcpStream, mut target: watch::Receiver<Option<Target>
                 }
             }
         } => {
+            stats.cut.inc();
             tracing::info!(old = %t.member, "closing a connection to a primary that is no longer current");
         }
     }
 }
 
-/// Serves `listener` for `cluster` until `cancel` fires.
+/// Serves `listener` for `cluster` until `cancel` fires; with `http`, also
+/// `/healthz`, `/readyz` and `/metrics` there.
 pub async fn run(
     listener: TcpListener,
     cluster: String,
     endpoints: Vec<String>,
     security: Security,
+    http: Option<TcpListener>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(!endpoints.is_empty(), "no coordinator endpoints given");
@@ -164,7 +176,12 @@ pub async fn run(
     }
     drop(updates_tx);
     let (target_tx, target_rx) = watch::channel(None);
-    tokio::spawn(select(updates_rx, target_tx));
+    let stats = Arc::new(ProxyStats::default());
+    if let Some(http) = http {
+        let site = stats::ProxySite::new(&stats, target_rx.clone(), &cluster);
+        tokio::spawn(drc_ops::http::serve(http, security.clone(), Arc::new(site), cancel.child_token()));
+    }
+    tokio::spawn(select(updates_rx, target_tx, Arc::clone(&stats)));
     let target_rx = Arc::new(target_rx);
     loop {
         let (client, peer) = tokio::select! {
@@ -172,7 +189,8 @@ pub async fn run(
             r = listener.accept() => r?,
         };
         tracing::debug!(%peer, "client connected");
-        tokio::spawn(carry(client, (*target_rx).clone(), Duration::from_secs(2)));
+        stats.accepted.inc();
+        tokio::spawn(carry(client, (*target_rx).clone(), Duration::from_secs(2), Arc::clone(&stats)));
     }
 }
 

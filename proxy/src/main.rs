@@ -31,6 +31,13 @@ struct Args {
     /// Talk plaintext, to coordinators configured with insecure = true.
     #[arg(long, env = "DRC_INSECURE")]
     insecure: bool,
+    /// host:port to serve /healthz, /readyz and /metrics on (TLS with
+    /// --cert and --key, unless --insecure).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// How to write log lines.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: drc_ops::log::LogFormat,
 }
 
 impl Args {
@@ -45,10 +52,8 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let args = Args::parse();
+    drc_ops::log::init("info,h2=warn,tower=warn,hyper=warn", args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -60,6 +65,12 @@ fn main() -> ExitCode {
         let security = args.security()?;
         let listener =
             tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        let http = match &args.http_listen {
+            Some(a) => {
+                Some(tokio::net::TcpListener::bind(a).await.map_err(|e| anyhow::anyhow!("cannot listen on {a} (--http-listen): {e}"))?)
+            }
+            None => None,
+        };
         tracing::info!(cluster = %args.cluster, listen = %args.listen, "drc-proxy starting");
         let cancel = CancellationToken::new();
         let signals = cancel.clone();
@@ -73,7 +84,7 @@ fn main() -> ExitCode {
             term.recv().await;
             stop.cancel();
         });
-        drc_proxy::run(listener, args.cluster, args.endpoints, security, cancel).await
+        drc_proxy::run(listener, args.cluster, args.endpoints, security, http, cancel).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

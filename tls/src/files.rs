@@ -47,6 +47,11 @@ pub enum TlsError {
 /// What a process makes its connections with.
 pub struct Material {
     pub server: Arc<ServerConfig>,
+    /// The HTTP listener's (health, metrics, status page): a client
+    /// certificate is checked when one is given, but not demanded, so that
+    /// a load balancer's or kubelet's probe can ask whether the process is
+    /// alive; what else it may read is decided per request.
+    pub http: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
     /// Who this process is, from its own certificate.
     pub identity: Identity,
@@ -101,13 +106,22 @@ fn build(files: &TlsFiles) -> Result<Material, TlsError> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())?;
     server.alpn_protocols = vec![b"h2".to_vec()];
+    let optional = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut http = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&versions)?
+        .with_client_cert_verifier(optional)
+        .with_single_cert(chain.clone(), key.clone_key())?;
+    http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 
     let mut client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
     client.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Material { server: Arc::new(server), client: Arc::new(client), identity })
+    Ok(Material { server: Arc::new(server), http: Arc::new(http), client: Arc::new(client), identity })
 }
 
 /// A process's TLS material, reloaded when its files change.

@@ -40,6 +40,12 @@ impl Role {
             Role::Viewer => "viewer",
         }
     }
+
+    /// Whether this role may read the cluster's state: status, history,
+    /// lists, metrics and the status page.
+    pub fn reads_state(self) -> bool {
+        matches!(self, Role::Peer | Role::Operator | Role::Viewer)
+    }
 }
 
 impl fmt::Display for Role {

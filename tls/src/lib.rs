@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use files::{Tls, TlsError, TlsFiles};
 pub use identity::{Identity, IdentityError, Role};
-pub use server::{incoming, Caller, Conn, PeerInfo};
+pub use server::{incoming, incoming_for, Caller, Conn, PeerInfo, Purpose};
 
 /// How a process makes and takes its connections.
 #[derive(Clone)]

@@ -120,17 +120,33 @@ fn caller_of(stream: &TlsStream<TcpStream>) -> Caller {
             Ok(id) => Caller::Known(id),
             Err(e) => Caller::Unnamed(e),
         },
-        // The verifier demands a certificate; this is only defensive.
+        // The gRPC verifier demands a certificate; the HTTP one does not.
         None => Caller::Unnamed(IdentityError::Missing),
     }
 }
 
-async fn accept_one(stream: TcpStream, remote: SocketAddr, security: &Security) -> io::Result<Conn> {
+/// What a listener serves, which decides whether a client certificate is
+/// demanded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// gRPC: every caller shows a certificate the CA signed.
+    Grpc,
+    /// Health, metrics and the status page: a certificate is checked when
+    /// given; without one only the health endpoints answer.
+    Http,
+}
+
+async fn accept_one(stream: TcpStream, remote: SocketAddr, security: &Security, purpose: Purpose) -> io::Result<Conn> {
     crate::socket::tune(&stream);
     match security {
         Security::Insecure => Ok(Conn { io: Io::Plain(stream), info: PeerInfo { remote: Some(remote), caller: Caller::Insecure } }),
         Security::Tls(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.material().server));
+            let material = tls.material();
+            let config = match purpose {
+                Purpose::Grpc => &material.server,
+                Purpose::Http => &material.http,
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
             let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
@@ -144,6 +160,11 @@ async fn accept_one(stream: TcpStream, remote: SocketAddr, security: &Security) 
 /// `serve_with_incoming`. Failed handshakes are logged and skipped; the
 /// stream ends when its receiver is dropped.
 pub fn incoming(listener: TcpListener, security: Security) -> ReceiverStream<io::Result<Conn>> {
+    incoming_for(listener, security, Purpose::Grpc)
+}
+
+/// [`incoming`] for a listener that serves `purpose`.
+pub fn incoming_for(listener: TcpListener, security: Security, purpose: Purpose) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES));
     tokio::spawn(async move {
@@ -165,7 +186,7 @@ pub fn incoming(listener: TcpListener, security: Security) -> ReceiverStream<io:
             let tx = tx.clone();
             let security = security.clone();
             tokio::spawn(async move {
-                let conn = accept_one(stream, remote, &security).await;
+                let conn = accept_one(stream, remote, &security, purpose).await;
                 drop(permit);
                 match conn {
                     Ok(conn) => {

@@ -31,6 +31,8 @@ use crate::probe::redis::parse_info;
 
 pub struct Actor {
     cfg: Arc<AgentConfig>,
+    /// What `/metrics` shows.
+    pub stats: Arc<crate::stats::AgentStats>,
     /// Takes the leader's WAL archiving assignments.
     archiver: Arc<Archiver>,
     known: Mutex<EpochRecord>,
@@ -87,6 +89,7 @@ impl Actor {
         // A lease held before a restart is treated as lapsed at once.
         Ok(Arc::new(Actor {
             cfg,
+            stats: Arc::default(),
             archiver,
             known: Mutex::new(known.clone()),
             lease_until: Mutex::new(None),
@@ -179,6 +182,7 @@ impl Actor {
             }
         }
         result.duration_ms = start.elapsed().as_millis() as u64;
+        self.stats.ran(what, result.ok);
         tracing::info!(action = what, epoch = cmd.epoch, ok = result.ok, error = %result.error, ms = result.duration_ms, "command");
         result
     }

@@ -50,6 +50,7 @@ pub struct AgentHub {
     /// whatever its stream's TCP state says: a frozen agent or a link that
     /// drops packets keeps the stream open and silent.
     silent_after: Duration,
+    pub stats: CommandStats,
 }
 
 /// How often a command's wait checks that its agent still samples.
@@ -70,13 +71,51 @@ pub enum CommandError {
     Silent { member: String, silent: Duration },
 }
 
+impl CommandError {
+    /// The bounded name of what happened, a label of `/metrics`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CommandError::NotConnected(_) => "not_connected",
+            CommandError::StreamFull(_) => "stream_full",
+            CommandError::WentAway(_) => "went_away",
+            CommandError::NoAnswer { .. } => "no_answer",
+            CommandError::Silent { .. } => "silent",
+        }
+    }
+}
+
+/// What the hub counts of its commands (lease renewals are not commands).
+#[derive(Clone, Debug, Default)]
+pub struct CommandStats {
+    pub sent: prometheus_client::metrics::counter::Counter,
+    /// By outcome: `ok`, `failed` (the agent answered with an error) or a
+    /// [`CommandError::label`].
+    pub ended: prometheus_client::metrics::family::Family<[(&'static str, &'static str); 1], prometheus_client::metrics::counter::Counter>,
+}
+
+impl CommandStats {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register("agent_commands_sent", "Commands this node sent to agents (fence, promote, backup, ...)", self.sent.clone());
+        registry.register("agent_commands_ended", "Commands this node sent to agents, by how they ended", self.ended.clone());
+    }
+
+    fn end(&self, outcome: &Result<CommandResult, CommandError>) {
+        let label = match outcome {
+            Ok(r) if r.ok => "ok",
+            Ok(_) => "failed",
+            Err(e) => e.label(),
+        };
+        self.ended.get_or_create(&[("outcome", label)]).inc();
+    }
+}
+
 fn command_message(cmd: drc_proto::Command) -> Result<CoordinatorMessage, tonic::Status> {
     Ok(CoordinatorMessage { body: Some(coordinator_message::Body::Command(cmd)) })
 }
 
 impl AgentHub {
     pub fn new(board: Arc<SampleBoard>, events: Arc<EventBus>, silent_after: Duration) -> Self {
-        AgentHub { state: Mutex::default(), board, events, silent_after }
+        AgentHub { state: Mutex::default(), board, events, silent_after, stats: CommandStats::default() }
     }
 
     /// How long the member's agent has been silent, if longer than
@@ -158,8 +197,11 @@ impl AgentHub {
         let id = cmd.command_id;
         if sender.try_send(command_message(cmd)).is_err() {
             lock(&self.state).pending.remove(&id);
-            return Err(CommandError::StreamFull(member.into()));
+            let full = Err(CommandError::StreamFull(member.into()));
+            self.stats.end(&full);
+            return full;
         }
+        self.stats.sent.inc();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut check = tokio::time::interval(SILENCE_CHECK);
         let out = loop {
@@ -177,6 +219,7 @@ impl AgentHub {
         s.pending.remove(&id);
         s.progress.remove(&id);
         drop(s);
+        self.stats.end(&out);
         out
     }
 

@@ -40,6 +40,12 @@ struct Args {
     /// Append the audit trail to this file, one JSON object per line.
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// host:port to serve /healthz, /readyz and /metrics on.
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// How to write log lines (text or json).
+    #[arg(long, value_enum)]
+    log_format: Option<drc_ops::log::LogFormat>,
 }
 
 fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
@@ -63,6 +69,8 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
             tls: None,
             insecure: false,
             audit_log: None,
+            http_listen: None,
+            log_format: Default::default(),
         },
     };
     if let Some(v) = args.cluster_id {
@@ -89,6 +97,12 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
     if let Some(v) = args.audit_log {
         cfg.audit_log = Some(v);
     }
+    if let Some(v) = args.http_listen {
+        cfg.http_listen = Some(v);
+    }
+    if let Some(v) = args.log_format {
+        cfg.log_format = v;
+    }
     if !args.peers.is_empty() {
         cfg.peers = args
             .peers
@@ -109,7 +123,6 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
 }
 
 fn main() -> ExitCode {
-    drc_coordinator::init_tracing("info,raft=info,h2=warn,tower=warn,hyper=warn");
     let cfg = match load(Args::parse()) {
         Ok(c) => c,
         Err(e) => {
@@ -117,6 +130,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    drc_ops::log::init("info,raft=info,h2=warn,tower=warn,hyper=warn", cfg.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -9,7 +9,7 @@ use drc_model::{ClusterRecord, DecisionKind, Millis, Role, StepAction, Trigger};
 
 use super::choose::{choose, decision, partners, preferred_region, Ask};
 use super::lease::{bound_lease, lease_action};
-use super::{is_primary, observed, Action, Core, Countdown, Observation, Situation};
+use super::{is_primary, observed, Action, Core, Observation, Situation, WaitKind};
 
 /// How often a failover waiting for newer samples looks again.
 const SAMPLE_POLL: Millis = 50;
@@ -31,7 +31,7 @@ impl Core {
     /// bring it back), or, when the primary looks down, [`Self::primary_down`].
     pub(super) fn tick_cluster(&mut self, w: &Situation, name: &str, ids: &[String], out: &mut Vec<Action>, wake: &mut Option<Millis>) {
         let wait =
-            |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, countdown: Countdown::No });
+            |out: &mut Vec<Action>, kind: WaitKind, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, kind });
         let Some(policy) = w.topology.clusters.get(name).map(|c| c.policy.clone()) else { return };
         let members = observed(w, ids.iter());
         let default_rec = ClusterRecord::default();
@@ -41,8 +41,8 @@ impl Core {
             let primaries: Vec<&(&String, Observation)> = members.iter().filter(|(_, o)| is_primary(o)).collect();
             match primaries.as_slice() {
                 [(id, o)] => out.push(Action::Adopt { cluster: name.to_string(), primary: id.to_string(), dataset: o.dataset.clone() }),
-                [] => wait(out, "no primary seen yet".into()),
-                many => wait(out, format!("{} members claim to be primary; waiting for one", many.len())),
+                [] => wait(out, WaitKind::NoPrimarySeen, "no primary seen yet".into()),
+                many => wait(out, WaitKind::ManyPrimaries, format!("{} members claim to be primary; waiting for one", many.len())),
             }
             return;
         }
@@ -86,7 +86,7 @@ impl Core {
             if (is_primary(&p) || restartable) && ttl > 0 {
                 out.push(lease_action(w, name, &primary_id, rec.epoch, ttl, &members));
             }
-            wait(out, format!("decision {id} is being carried out"));
+            wait(out, WaitKind::DecisionInProgress, format!("decision {id} is being carried out"));
             return;
         }
         track.see(&p, &members);
@@ -96,7 +96,11 @@ impl Core {
                 track.lease_until = track.lease_until.max(now + ttl);
                 out.push(lease_action(w, name, &primary_id, rec.epoch, ttl, &members));
             }
-            wait(out, format!("primary {primary_id} was fenced by its agent when its lease lapsed; a new lease brings it back"));
+            wait(
+                out,
+                WaitKind::FencedPrimary,
+                format!("primary {primary_id} was fenced by its agent when its lease lapsed; a new lease brings it back"),
+            );
             return;
         }
         if is_primary(&p) {
@@ -123,9 +127,7 @@ impl Core {
     fn primary_down(&mut self, w: &Situation, c: &Cluster, out: &mut Vec<Action>, wake: &mut Option<Millis>) {
         let Cluster { name, rec, policy, members, primary: p } = *c;
         let wait =
-            |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, countdown: Countdown::No });
-        let count_down =
-            |out: &mut Vec<Action>, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, countdown: Countdown::Yes });
+            |out: &mut Vec<Action>, kind: WaitKind, reason: String| out.push(Action::Wait { cluster: name.to_string(), reason, kind });
         let mut wake_at = |at: Millis| *wake = Some(wake.map_or(at, |w: Millis| w.min(at)));
         let now = w.mono;
         let lease = self.lease;
@@ -150,12 +152,16 @@ impl Core {
                 track.lease_until = track.lease_until.max(now + ttl);
                 out.push(lease_action(w, name, &primary_id, rec.epoch, ttl, members));
             }
-            wait(out, format!("primary {primary_id} looks down to its own agent, but {who} (region {}) still reaches it", region_of(who)));
+            wait(
+                out,
+                WaitKind::StillReachable,
+                format!("primary {primary_id} looks down to its own agent, but {who} (region {}) still reaches it", region_of(who)),
+            );
             return;
         }
         if !observers.iter().any(|(id, o)| region_of(id) != primary_region && !o.primary_reachable) {
             track.down_since = None;
-            wait(out, format!("primary {primary_id} looks down, but no agent in another region can confirm it"));
+            wait(out, WaitKind::Unconfirmed, format!("primary {primary_id} looks down, but no agent in another region can confirm it"));
             return;
         }
         // A silent agent has shown no sign of life since its newest sample:
@@ -175,12 +181,12 @@ impl Core {
         if now < since + confirm {
             wake_at(since + confirm);
             let what = if confirm < window { "its agent sees its server process gone; " } else { "" };
-            count_down(out, format!("primary {primary_id} down for {} ms, {what}confirming for {confirm} ms", now - since));
+            wait(out, WaitKind::Confirming, format!("primary {primary_id} down for {} ms, {what}confirming for {confirm} ms", now - since));
             return;
         }
         if now < leader_since + window {
             wake_at(leader_since + window);
-            wait(out, format!("new leader: collecting {window} ms of fresh samples before deciding"));
+            wait(out, WaitKind::NewLeader, format!("new leader: collecting {window} ms of fresh samples before deciding"));
             return;
         }
         let lease_end = track.lease_until + lease.drift_margin;
@@ -191,16 +197,17 @@ impl Core {
         let agent_fences = p.fresh;
         if now < lease_end && !agent_fences {
             wake_at(lease_end);
-            count_down(out, format!("waiting {} ms for the old primary's lease to expire", lease_end - now));
+            wait(out, WaitKind::LeaseRunningOut, format!("waiting {} ms for the old primary's lease to expire", lease_end - now));
             return;
         }
         if policy.paused || rec.paused || w.global_paused {
-            wait(out, format!("primary {primary_id} is down, but automatic failover is paused"));
+            wait(out, WaitKind::Paused, format!("primary {primary_id} is down, but automatic failover is paused"));
             return;
         }
         if w.now < rec.blocked_until {
-            count_down(
+            wait(
                 out,
+                WaitKind::AntiFlap,
                 format!("primary {primary_id} is down, but automatic failover is blocked for {} ms (anti-flap)", rec.blocked_until - w.now),
             );
             return;
@@ -216,7 +223,11 @@ impl Core {
             .collect();
         if !behind.is_empty() && now < since + window {
             wake_at((now + SAMPLE_POLL).min(since + window));
-            wait(out, format!("primary {primary_id} is down; waiting for samples of {} taken since", behind.join(", ")));
+            wait(
+                out,
+                WaitKind::AwaitingSamples,
+                format!("primary {primary_id} is down; waiting for samples of {} taken since", behind.join(", ")),
+            );
             return;
         }
         let known = track.primary_position;
@@ -235,7 +246,7 @@ impl Core {
                 }
                 out.push(Action::Decide(Box::new(d)));
             }
-            Err(why) => wait(out, format!("primary {primary_id} is down, but no member can be promoted: {why}")),
+            Err(why) => wait(out, WaitKind::NoCandidate, format!("primary {primary_id} is down, but no member can be promoted: {why}")),
         }
     }
 
@@ -281,7 +292,7 @@ impl Core {
                 Ok(_) | Err(_) => out.push(Action::Wait {
                     cluster: name.to_string(),
                     reason: format!("failover group: {partner} is in region {region}, but no member there can take over yet"),
-                    countdown: Countdown::No,
+                    kind: WaitKind::GroupWaiting,
                 }),
             }
             return;

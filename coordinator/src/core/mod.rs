@@ -28,6 +28,7 @@ mod placement;
 mod request;
 pub mod steps;
 mod sync;
+mod wait;
 
 use std::collections::BTreeMap;
 
@@ -39,6 +40,7 @@ pub use lease::LeaseConfig;
 pub use placement::{placement_targets, Coordinators, PLACEMENT_CALM};
 pub use request::{Refusal, Request};
 pub use sync::{sync_standbys, SyncStandbys};
+pub use wait::WaitKind;
 
 /// One member as the leader sees it now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -93,15 +95,6 @@ pub struct Situation<'a> {
     pub observations: &'a BTreeMap<String, Observation>,
 }
 
-/// Whether a wait's reason counts down to an instant (a window, a lease, a
-/// block): its text then changes on every tick, and only its start is worth
-/// announcing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Countdown {
-    No,
-    Yes,
-}
-
 /// What the leader should do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -116,7 +109,7 @@ pub enum Action {
     /// a PostgreSQL primary's commits wait for (see [`sync_standbys`]).
     Lease { cluster: String, member: String, epoch: u64, ttl: Millis, sync: Option<SyncStandbys> },
     /// Nothing happens to this cluster, and why (shown in status).
-    Wait { cluster: String, reason: String, countdown: Countdown },
+    Wait { cluster: String, reason: String, kind: WaitKind },
 }
 
 #[derive(Clone, Debug, Default)]

@@ -24,7 +24,7 @@ use drc_proto::{FailoverAction, FailoverStep, LeaseGrant};
 use crate::agents::{Agents, EventKind};
 use crate::core::steps::{self, Verdict};
 use crate::core::{
-    placement_targets, Action, Coordinators, Core, Countdown, LeaseConfig, Refusal, Request, Situation, SyncStandbys, PLACEMENT_CALM,
+    placement_targets, Action, Coordinators, Core, LeaseConfig, Refusal, Request, Situation, SyncStandbys, WaitKind, PLACEMENT_CALM,
 };
 use crate::lock::lock;
 use crate::raft::{NodeHandle, ProposeError, Role};
@@ -48,7 +48,7 @@ const PLACEMENT_PACE: Duration = Duration::from_millis(PLACEMENT_CALM);
 const FIRST_SAMPLE_SPACING: Duration = Duration::from_millis(50);
 
 /// Why each cluster is not failing over right now, for `drctl status`.
-pub type Waits = Arc<Mutex<BTreeMap<String, (String, Countdown)>>>;
+pub type Waits = Arc<Mutex<BTreeMap<String, (String, WaitKind)>>>;
 
 pub struct Executor {
     node: NodeHandle,
@@ -160,6 +160,11 @@ impl Executor {
     /// Why nothing happens to `cluster` right now.
     pub fn wait_reason(&self, cluster: &str) -> String {
         lock(&self.waits).get(cluster).map(|(reason, _)| reason.clone()).unwrap_or_default()
+    }
+
+    /// What each cluster waits for now (leader only; empty elsewhere).
+    pub fn waits(&self) -> BTreeMap<String, WaitKind> {
+        lock(&self.waits).iter().map(|(c, (_, k))| (c.clone(), *k)).collect()
     }
 
     fn is_leader(&self) -> bool {
@@ -413,8 +418,8 @@ impl Executor {
                     }
                     self.agents.hub.renew(&member, &cluster, epoch, grant, at + Duration::from_millis(ttl));
                 }
-                Action::Wait { cluster, reason, countdown } => {
-                    waits.insert(cluster, (reason, countdown));
+                Action::Wait { cluster, reason, kind } => {
+                    waits.insert(cluster, (reason, kind));
                 }
             }
         }
@@ -435,8 +440,8 @@ impl Executor {
         }
         drop(held_since);
         let mut current = lock(&self.waits);
-        for (cluster, (reason, countdown)) in &waits {
-            if announce(current.get(cluster), reason, *countdown) {
+        for (cluster, (reason, kind)) in &waits {
+            if announce(current.get(cluster), reason, *kind) {
                 self.agents.events.emit(EventKind::Failover, cluster, "", reason.clone());
             }
         }
@@ -590,11 +595,11 @@ fn found_args(found: Option<Found>) -> StepArgs {
 
 /// Whether a cluster's wait is news for `drctl watch`: a new reason is; a
 /// countdown is when it starts, not on every tick.
-fn announce(before: Option<&(String, Countdown)>, reason: &str, countdown: Countdown) -> bool {
-    match (before, countdown) {
-        (Some((_, Countdown::Yes)), Countdown::Yes) => false,
-        (Some((earlier, _)), _) => earlier != reason,
-        (None, _) => true,
+fn announce(before: Option<&(String, WaitKind)>, reason: &str, kind: WaitKind) -> bool {
+    match before {
+        Some((_, was)) if *was == kind && kind.counts_down() => false,
+        Some((earlier, _)) => earlier != reason,
+        None => true,
     }
 }
 
@@ -665,13 +670,14 @@ mod tests {
 
     #[test]
     fn a_wait_is_announced_when_its_reason_changes_and_a_countdown_only_when_it_starts() {
-        let quiet = ("paused".to_string(), Countdown::No);
-        let counting = ("down for 100 ms".to_string(), Countdown::Yes);
-        assert!(announce(None, "paused", Countdown::No));
-        assert!(!announce(Some(&quiet), "paused", Countdown::No));
-        assert!(announce(Some(&quiet), "down for 0 ms", Countdown::Yes), "a countdown starts");
-        assert!(!announce(Some(&counting), "down for 300 ms", Countdown::Yes), "and goes on quietly");
-        assert!(announce(Some(&counting), "paused", Countdown::No));
+        let quiet = ("paused".to_string(), WaitKind::Paused);
+        let counting = ("down for 100 ms".to_string(), WaitKind::Confirming);
+        assert!(announce(None, "paused", WaitKind::Paused));
+        assert!(!announce(Some(&quiet), "paused", WaitKind::Paused));
+        assert!(announce(Some(&quiet), "down for 0 ms", WaitKind::Confirming), "a countdown starts");
+        assert!(!announce(Some(&counting), "down for 300 ms", WaitKind::Confirming), "and goes on quietly");
+        assert!(announce(Some(&counting), "waiting 200 ms for the lease", WaitKind::LeaseRunningOut), "another countdown starts");
+        assert!(announce(Some(&counting), "paused", WaitKind::Paused));
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod point;
 mod recovery;
 mod restore;
 mod retention;
-mod schedule;
+pub mod schedule;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -61,6 +61,7 @@ pub struct NodeHandle {
     /// Held while a job (backup, recovery test) is recorded as started, and
     /// while leader placement decides to move: see [`Self::hold_leadership`].
     pub(super) moves: Arc<tokio::sync::Mutex<()>>,
+    pub(super) stats: super::stats::RaftStats,
 }
 
 impl NodeHandle {
@@ -97,10 +98,20 @@ impl NodeHandle {
         &self.store
     }
 
+    /// What the node counts, for `/metrics`.
+    pub fn stats(&self) -> &super::stats::RaftStats {
+        &self.stats
+    }
+
     /// Proposes a command and waits until it is applied, or fails with
     /// [`ProposeError::NoQuorum`] after `timeout`.
     pub async fn propose(&self, cmd: Command, timeout: Duration) -> Result<Outcome, ProposeError> {
-        self.request(|reply| NodeInput::Propose { cmd, reply }, timeout).await
+        let started = Instant::now();
+        let outcome = self.request(|reply| NodeInput::Propose { cmd, reply }, timeout).await;
+        if outcome.is_ok() {
+            self.stats.commit_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        outcome
     }
 
     pub async fn change_membership(&self, change: MembershipChange, timeout: Duration) -> Result<Outcome, ProposeError> {

@@ -1,13 +1,14 @@
 //! The coordinator's Raft layer: durable storage ([`storage`]), the task that
 //! owns the `RawNode` ([`node`]), its inputs ([`input`]) and the handle the
-//! rest of the coordinator holds on it ([`handle`]), and the gRPC transport
-//! between coordinators ([`transport`]).
+//! rest of the coordinator holds on it ([`handle`]), the gRPC transport
+//! between coordinators ([`transport`]), and what it counts ([`stats`]).
 
 pub mod handle;
 pub mod input;
 pub mod logger;
 pub mod node;
 pub mod pieces;
+pub mod stats;
 pub mod storage;
 pub mod transport;
 

@@ -67,6 +67,7 @@ pub struct Node {
     last_role: (StateRole, u64),
     /// Shared with the handles: until when leases may be renewed.
     renew_until: Arc<std::sync::Mutex<Option<Instant>>>,
+    stats: super::stats::RaftStats,
     /// ReadIndex rounds in flight: context number and when it was asked.
     confirming: std::collections::VecDeque<(u64, Instant)>,
     next_confirm: u64,
@@ -113,6 +114,7 @@ impl Node {
         let (role_tx, role_rx) = watch::channel(status.role);
         let (status_tx, status_rx) = watch::channel(status);
         let renew_until = Arc::new(std::sync::Mutex::new(None));
+        let stats = super::stats::RaftStats::default();
         let handle = NodeHandle {
             tx,
             status: status_rx,
@@ -120,6 +122,7 @@ impl Node {
             store: store.clone(),
             renew_until: Arc::clone(&renew_until),
             moves: Arc::default(),
+            stats: stats.clone(),
         };
         let last_role = (raw.raft.state, raw.raft.term);
         transport.set_members(&store.with_state(|sm| sm.nodes.clone()));
@@ -136,6 +139,7 @@ impl Node {
                 started: std::time::Instant::now(),
                 last_role,
                 renew_until,
+                stats,
                 confirming: std::collections::VecDeque::new(),
                 next_confirm: 0,
                 confirm_after: None,
@@ -467,6 +471,10 @@ impl Node {
     /// already sees the new role (and can say "no quorum" when no leader is left).
     fn after_step(&mut self) {
         let status = status_of(&self.raw);
+        self.stats.in_flight.set(self.pending.len() as i64);
+        if status.leader_id != 0 && status.leader_id != self.status_tx.borrow().leader_id {
+            self.stats.leader_changes.inc();
+        }
         self.role_tx.send_if_modified(|r| std::mem::replace(r, status.role) != status.role);
         self.status_tx.send_if_modified(|s| {
             if *s != status {
@@ -484,6 +492,9 @@ impl Node {
             }
             if now.0 == StateRole::Leader {
                 tracing::info!(term = now.1, "became leader");
+            }
+            if now.0 == StateRole::Candidate && self.last_role.0 != StateRole::Candidate {
+                self.stats.elections.inc();
             }
             self.last_role = now;
         }

@@ -122,6 +122,9 @@ pub struct RaftStore {
     db: Arc<Database>,
     dir: PathBuf,
     core: Arc<RwLock<Core>>,
+    /// Size of the newest checkpoint of the state machine: what a snapshot
+    /// sends a follower that fell behind.
+    checkpoint_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn enc<M: protobuf::Message>(m: &M) -> Vec<u8> {
@@ -155,7 +158,12 @@ impl RaftStore {
             }
             Err(e) => return Err(StorageError::Db { dir: dir.to_path_buf(), source: Box::new(e) }),
         };
-        let store = RaftStore { db: Arc::new(db), dir: dir.to_path_buf(), core: Arc::new(RwLock::new(Core::default())) };
+        let store = RaftStore {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+            core: Arc::new(RwLock::new(Core::default())),
+            checkpoint_bytes: Arc::default(),
+        };
         let want = Identity { cluster_id: cluster_id.to_string(), node_id };
         let found = store.read_meta("identity")?;
         match found {
@@ -384,7 +392,9 @@ impl RaftStore {
     /// must always be on disk as of the same applied index.
     fn write_checkpoint(&self, tx: &redb::WriteTransaction, core: &Core) -> Result<(), StorageError> {
         let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
-        meta.insert("state_machine", core.sm.encode().as_slice()).map_err(|e| self.db_err(e))?;
+        let state = core.sm.encode();
+        self.checkpoint_bytes.store(state.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        meta.insert("state_machine", state.as_slice()).map_err(|e| self.db_err(e))?;
         meta.insert("applied", serde_json::to_vec(&core.applied).unwrap_or_default().as_slice()).map_err(|e| self.db_err(e))?;
         meta.insert("hard_state", enc(&core.hard_state).as_slice()).map_err(|e| self.db_err(e))?;
         meta.insert("conf_state", enc(&core.conf_state).as_slice()).map_err(|e| self.db_err(e))?;
@@ -425,6 +435,12 @@ impl RaftStore {
     /// Runs `f` on the current (applied) state machine.
     pub fn with_state<R>(&self, f: impl FnOnce(&StateMachine) -> R) -> R {
         f(&self.read().sm)
+    }
+
+    /// Bytes of the newest checkpoint of the state machine written by this
+    /// process (0 before the first).
+    pub fn checkpoint_bytes(&self) -> u64 {
+        self.checkpoint_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// (first index, last index, compaction point) of the log.

@@ -21,8 +21,10 @@ use crate::core::steps;
 use drc_model::topology::Topology;
 
 mod prune;
+pub mod tally;
 pub use prune::LastIds;
 use prune::{next_id, prune};
+use tally::Tally;
 
 /// A change proposed through Raft. Serialised as JSON into the entry data;
 /// variants are only ever added, so old logs stay readable.
@@ -220,6 +222,9 @@ pub struct StateMachine {
     pub wal_archives: BTreeMap<String, drc_model::archive::WalArchive>,
     #[serde(default)]
     pub last_ids: LastIds,
+    /// What ended, counted for `/metrics`.
+    #[serde(default)]
+    pub tally: Tally,
 }
 
 impl StateMachine {
@@ -262,6 +267,7 @@ impl StateMachine {
                     return Outcome::Refused { reason: format!("no backup {}", r.id) };
                 }
                 let (id, now) = (r.id, r.finished_at.max(r.started_at));
+                self.tally.job_ended(&r.cluster, JobKind::Backup, self.backups.get(&id).map(|b| b.state), r.state);
                 self.backups.insert(id, r);
                 self.retain(now);
                 Outcome::Recorded { id }
@@ -319,6 +325,7 @@ impl StateMachine {
                     return Outcome::Refused { reason: format!("no recovery test {}", r.id) };
                 }
                 let (id, now) = (r.id, r.finished_at.max(r.started_at));
+                self.tally.job_ended(&r.cluster, JobKind::RecoveryTest, self.recovery_tests.get(&id).map(|t| t.state), r.state);
                 self.recovery_tests.insert(id, r);
                 self.retain(now);
                 Outcome::Recorded { id }
@@ -331,6 +338,7 @@ impl StateMachine {
                     return Outcome::Refused { reason: format!("no restore {}", r.id) };
                 }
                 let (id, now) = (r.id, r.finished_at.max(r.started_at));
+                self.tally.job_ended(&r.cluster, JobKind::Restore, self.restores.get(&id).map(|t| t.state), r.state);
                 self.restores.insert(id, r);
                 self.retain(now);
                 Outcome::Recorded { id }
@@ -420,6 +428,7 @@ impl StateMachine {
             old.finished_at = Some(d.decided_at);
             if old.outcome.is_empty() {
                 old.outcome = format!("superseded by decision {id}");
+                self.tally.decision_ended(old, true);
             }
         }
         rec.epoch = d.epoch;
@@ -454,7 +463,14 @@ impl StateMachine {
             return Outcome::Refused { reason: format!("decision {id} has no step {index}") };
         }
         let rec = Arc::make_mut(&mut self.records).get_mut(&d.cluster);
+        let (was, had_outcome) = (d.steps[index].state, !d.outcome.is_empty());
         steps::record_outcome(d, rec, index, state, started, finished, error, output);
+        if was == StepState::Pending && state != StepState::Pending {
+            self.tally.step_ended(d, index);
+        }
+        if !had_outcome && !d.outcome.is_empty() {
+            self.tally.decision_ended(d, false);
+        }
         Outcome::Done
     }
 
