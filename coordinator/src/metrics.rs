@@ -143,7 +143,7 @@ impl Scraped {
             "1 for the reason nothing happens to a cluster now (leader only)",
             labels.iter().map(|l| (&l[..], 1.0)),
         )?;
-        let blocked: Vec<[(&str, &str); 1]> = waits.iter().map(|(c, _)| [("cluster", c.as_str())]).collect();
+        let blocked: Vec<[(&str, &str); 1]> = waits.keys().map(|c| [("cluster", c.as_str())]).collect();
         f.gauge(
             "failover_blocked",
             "1: the cluster's primary is down and nothing will replace it until someone acts or a block ends",
@@ -293,7 +293,9 @@ fn jobs(f: &mut Families, sm: &StateMachine) -> fmt::Result {
 /// Each schedule's last and next firing, and the time between two.
 fn schedules(f: &mut Families, sm: &StateMachine) -> fmt::Result {
     let now = drc_model::time::wall_now_ms();
-    let rows: Vec<([(&str, &str); 2], &drc_model::job::Schedule, Option<(u64, u64)>)> = sm
+    // (labels, schedule, (next firing, interval)).
+    type Row<'a> = ([(&'a str, &'a str); 2], &'a drc_model::job::Schedule, Option<(u64, u64)>);
+    let rows: Vec<Row> = sm
         .schedules
         .values()
         .map(|s| {

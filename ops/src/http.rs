@@ -58,15 +58,15 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
 
 /// Whether `caller` may read what this process knows; `cluster` is the drc
 /// cluster of its own certificate.
-fn may_read(caller: &Caller, cluster: Option<&str>) -> Result<(), Response<Body>> {
+fn may_read(caller: &Caller, cluster: Option<&str>) -> Result<(), (StatusCode, String)> {
     match caller {
         Caller::Insecure => Ok(()),
-        Caller::Unnamed(e) => Err(text(StatusCode::UNAUTHORIZED, format!("a client certificate of this drc cluster is needed: {e}"))),
+        Caller::Unnamed(e) => Err((StatusCode::UNAUTHORIZED, format!("a client certificate of this drc cluster is needed: {e}"))),
         Caller::Known(id) if Some(id.cluster.as_str()) != cluster => {
-            Err(text(StatusCode::FORBIDDEN, format!("{id} belongs to another drc cluster")))
+            Err((StatusCode::FORBIDDEN, format!("{id} belongs to another drc cluster")))
         }
         Caller::Known(id) if !id.role.reads_state() => {
-            Err(text(StatusCode::FORBIDDEN, format!("{id} ({}) may not read this; it needs the role viewer, operator or peer", id.role)))
+            Err((StatusCode::FORBIDDEN, format!("{id} ({}) may not read this; it needs the role viewer, operator or peer", id.role)))
         }
         Caller::Known(_) => Ok(()),
     }
@@ -85,8 +85,8 @@ async fn handle(site: Arc<dyn Site>, caller: Caller, cluster: Option<Arc<str>>, 
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
         },
         _ => {
-            if let Err(refused) = may_read(&caller, cluster.as_deref()) {
-                return refused;
+            if let Err((status, why)) = may_read(&caller, cluster.as_deref()) {
+                return text(status, why);
             }
             if path == "/metrics" {
                 // A large topology's scrape takes a moment of CPU: off the

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod bench;
+pub mod http;
 pub mod lab;
 pub mod pki;
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use drc_model::time::wall_now_ms;
 use drc_model::topology::Topology;
@@ -304,10 +305,17 @@ impl Executor {
                 if fresh {
                     let this = Arc::clone(&self);
                     let cancel = cancel.clone();
-                    tokio::spawn(async move {
-                        this.carry_out(id, cancel).await;
-                        lock(&this.running).remove(&id);
-                    });
+                    // Every line logged while it runs carries the decision,
+                    // its cluster and the member it promotes.
+                    let (cluster, to) = self.decision(id).map(|(d, _)| (d.cluster, d.to)).unwrap_or_default();
+                    let span = tracing::info_span!("decision", decision = id, cluster = %cluster, member = %to);
+                    tokio::spawn(
+                        async move {
+                            this.carry_out(id, cancel).await;
+                            lock(&this.running).remove(&id);
+                        }
+                        .instrument(span),
+                    );
                 }
             }
         }
@@ -336,7 +344,7 @@ impl Executor {
         match self.node.propose(Command::Decide { decision: Box::new(d.clone()) }, self.write_timeout).await {
             Ok(Outcome::Decided { id }) => {
                 d.id = id;
-                tracing::warn!(cluster = %d.cluster, from = %d.from, to = %d.to, id, reason = %d.reason, "failover decided");
+                tracing::warn!(decision = id, cluster = %d.cluster, member = %d.to, from = %d.from, kind = d.kind.as_str(), reason = %d.reason, "failover decided");
                 self.agents.events.emit(
                     EventKind::Failover,
                     &d.cluster,
@@ -544,7 +552,7 @@ impl Executor {
             state,
             if error.is_empty() { String::new() } else { format!(": {error}") }
         );
-        tracing::info!("{what}");
+        tracing::info!(step = %s.action, step_member = %s.member, "{what}");
         self.agents.events.emit(EventKind::Failover, &d.cluster, &s.member, what);
         true
     }

@@ -707,6 +707,15 @@ mod tests {
         // so live states agree).
         assert_eq!((sm.last_ids.backup, stored.last_ids.backup), (2, 1));
         sm.last_ids.backup = 1;
+        // So is the tally: replaying the log counts what ended, while the
+        // older snapshot starts counting from nothing, as a counter does.
+        let ended = &sm.tally.decisions["n8n-pg"];
+        assert_eq!((ended[&DecisionKind::Failover].superseded, ended[&DecisionKind::Switchover].failed), (1, 1));
+        assert_eq!(sm.tally.promoted_in[&DecisionKind::Failover].sum_ms, 1201, "detected at 1000 ms, promoted at 2201 ms");
+        assert_eq!(sm.tally.jobs["n8n-pg"][&JobKind::Backup].done, 1);
+        assert_eq!(sm.tally.jobs["n8n-pg"][&JobKind::RecoveryTest].failed, 1);
+        assert_eq!(stored.tally, Tally::default());
+        sm.tally = Tally::default();
         assert_eq!(sm, stored, "replaying the log gives the snapshot");
         assert_eq!(StateMachine::decode(&stored.encode()).expect("re-encoded"), stored);
         let failover = &stored.history[&1];

@@ -19,6 +19,10 @@ pub struct CoordinatorInfo {
     /// host:port where it takes Raft messages from its peers.
     #[serde(default)]
     pub raft_endpoint: String,
+    /// host:port of its HTTP listener: /healthz, /readyz, /metrics
+    /// (https when the lab has TLS; a viewer's certificate reads metrics).
+    #[serde(default)]
+    pub http_endpoint: String,
     pub pid: u32,
     pub data_dir: PathBuf,
     pub config: PathBuf,
@@ -50,6 +54,9 @@ pub struct MemberInfo {
     /// Its agent's certificate (drc://lab/agent/ID) and key.
     #[serde(default)]
     pub agent_tls: Option<TlsFiles>,
+    /// host:port of its agent's HTTP listener: /healthz, /readyz, /metrics.
+    #[serde(default)]
+    pub agent_http_endpoint: String,
 }
 
 /// One S3-compatible server in `lab.json`.
@@ -78,6 +85,9 @@ pub struct ForwarderInfo {
     /// Its certificate (drc://lab/viewer/proxy-CLUSTER) and key.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// host:port of its HTTP listener: /healthz, /readyz, /metrics.
+    #[serde(default)]
+    pub http_endpoint: String,
 }
 
 /// The lab's certificates in `lab.json`: its CA, and client certificates

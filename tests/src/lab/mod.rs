@@ -72,11 +72,13 @@ pub struct LabOptions {
     /// drc's own connections in plaintext (`insecure = true`), to measure
     /// what TLS costs; no CA, and `tls` absent from lab.json.
     pub insecure: bool,
+    /// The coordinators write JSON log lines (`log_format = "json"`).
+    pub json_logs: bool,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { leader_placement: true, synchronous_replicas: 0, netns: false, db_tls: false, insecure: false }
+        LabOptions { leader_placement: true, synchronous_replicas: 0, netns: false, db_tls: false, insecure: false, json_logs: false }
     }
 }
 
@@ -255,6 +257,7 @@ impl Lab {
         let hosts: Vec<String> = REGIONS.iter().map(|r| self.host(&format!("coord-{r}"))).collect();
         let addrs: Vec<String> = hosts.iter().map(|h| format!("{h}:{}", free_port())).collect();
         let raft: Vec<String> = hosts.iter().map(|h| format!("{h}:{}", free_port())).collect();
+        let http: Vec<String> = hosts.iter().map(|h| format!("{h}:{}", free_port())).collect();
         for (i, region) in REGIONS.iter().enumerate() {
             let id = i as u64 + 1;
             let data_dir = self.info.dir.join(format!("coordinator-{region}"));
@@ -262,12 +265,16 @@ impl Lab {
             let log = self.info.dir.join(format!("coordinator-{region}.log"));
             let audit_log = self.info.dir.join(format!("coordinator-{region}.audit.jsonl"));
             let mut text = format!(
-                "cluster_id = \"lab\"\nnode_id = {id}\nlisten = {:?}\nraft_listen = {:?}\ndata_dir = {:?}\naudit_log = {:?}\n",
+                "cluster_id = \"lab\"\nnode_id = {id}\nlisten = {:?}\nraft_listen = {:?}\nhttp_listen = {:?}\ndata_dir = {:?}\naudit_log = {:?}\n",
                 addrs[i],
                 raft[i],
+                http[i],
                 data_dir.display().to_string(),
                 audit_log.display().to_string()
             );
+            if opts.json_logs {
+                text.push_str("log_format = \"json\"\n");
+            }
             // Every promotion appends the new endpoint to hooks.log.
             let hooks = self.info.dir.join("hooks.log");
             let line = format!("echo \"$DRC_CLUSTER $DRC_EPOCH $DRC_PRIMARY $DRC_PRIMARY_ADDRESS $DRC_KIND\" >> {}", hooks.display());
@@ -292,6 +299,7 @@ impl Lab {
                 region: region.to_string(),
                 endpoint: addrs[i].clone(),
                 raft_endpoint: raft[i].clone(),
+                http_endpoint: http[i].clone(),
                 pid,
                 data_dir,
                 config,
@@ -529,8 +537,10 @@ impl Lab {
             "[archive]\ndir = {:?}\nupload_timeout = \"5s\"\n",
             self.info.dir.join(format!("{}.wal", m.id)).display().to_string()
         ));
+        // Kept across restarts, like the certificate.
+        let http = if m.agent_http_endpoint.is_empty() { format!("{}:{}", m.host, free_port()) } else { m.agent_http_endpoint.clone() };
         let text = format!(
-            "member_id = {:?}\ncluster = {:?}\nregion = {:?}\nkind = {:?}\nendpoints = [{endpoints}]\nprobe_interval = \"200ms\"\nprobe_timeout = \"1s\"\nstate_dir = {:?}\n[connection]\nhost = {:?}\nport = {}\n{user}{control}{storage}",
+            "member_id = {:?}\ncluster = {:?}\nregion = {:?}\nkind = {:?}\nendpoints = [{endpoints}]\nprobe_interval = \"200ms\"\nprobe_timeout = \"1s\"\nstate_dir = {:?}\nhttp_listen = {http:?}\n[connection]\nhost = {:?}\nport = {}\n{user}{control}{storage}",
             m.id,
             m.cluster,
             m.region,
@@ -542,7 +552,7 @@ impl Lab {
         // The certificate is issued once and kept across restarts.
         let tls = match (&m.agent_tls, &self.info.tls) {
             (Some(t), _) => Some(t.clone()),
-            (None, Some(_)) => Some(self.pki()?.issue(Role::Agent, &m.id, &[])?),
+            (None, Some(_)) => Some(self.pki()?.issue(Role::Agent, &m.id, &[&m.host, "127.0.0.1"])?),
             (None, None) => None,
         };
         let text = with_tls(text, tls.as_ref());
@@ -555,19 +565,22 @@ impl Lab {
         m.agent_config = config;
         m.agent_log = log;
         m.agent_tls = tls;
+        m.agent_http_endpoint = http;
         Ok(())
     }
 
     fn start_forwarders(&mut self) -> anyhow::Result<()> {
         for cluster in [PG_CLUSTER, REDIS_CLUSTER] {
             let port = free_port();
+            let http = format!("127.0.0.1:{}", free_port());
             let log = self.info.dir.join(format!("forwarder-{cluster}.log"));
             let tls = match &self.info.tls {
-                Some(_) => Some(self.pki()?.issue(Role::Viewer, &format!("proxy-{cluster}"), &[])?),
+                Some(_) => Some(self.pki()?.issue(Role::Viewer, &format!("proxy-{cluster}"), &["127.0.0.1"])?),
                 None => None,
             };
             let mut cmd = Command::new(bin("drc-proxy"));
             cmd.args(["--cluster", cluster, "--listen", &format!("127.0.0.1:{port}"), "--endpoints", &self.info.endpoints]);
+            cmd.args(["--http-listen", &http]);
             match &tls {
                 Some(t) => cmd.args(pki::drctl_args(t)),
                 None => cmd.arg("--insecure"),
@@ -580,6 +593,7 @@ impl Lab {
                 pid,
                 log: log.clone(),
                 tls,
+                http_endpoint: http,
             });
             wait_for(&format!("the forwarder of {cluster} to know the primary"), Duration::from_secs(20), || {
                 fs::read_to_string(&log).ok().filter(|t| t.contains("primary is")).map(|_| ())

@@ -88,6 +88,7 @@ pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>) -> anyhow
             agent_config: PathBuf::new(),
             agent_log: PathBuf::new(),
             agent_tls: None,
+            agent_http_endpoint: String::new(),
         });
     }
     Ok(members)
