@@ -170,7 +170,7 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
     };
     tokio::spawn(Arc::clone(&actor).watch_lease(cancel.clone()));
     if let Some(address) = &cfg.http_listen {
-        let site = stats::AgentSite::new(Arc::clone(&actor.stats), Arc::clone(&buffer), &cfg);
+        let site = stats::AgentSite::new(Arc::clone(&actor.stats), Arc::clone(&buffer), &cfg, &security);
         if let Err(e) = drc_ops::http::listen(address, security.clone(), Arc::new(site), cancel.clone()).await {
             eprintln!("drc-agent: {e}");
             return ExitCode::from(2);

@@ -102,8 +102,9 @@ pub struct AgentSite {
 }
 
 impl AgentSite {
-    pub fn new(stats: Arc<AgentStats>, buffer: Arc<SampleBuffer>, cfg: &crate::config::AgentConfig) -> Self {
+    pub fn new(stats: Arc<AgentStats>, buffer: Arc<SampleBuffer>, cfg: &crate::config::AgentConfig, security: &drc_tls::Security) -> Self {
         let mut registry = Registry::with_prefix("drc");
+        drc_ops::scrape::register_process(&mut registry, security);
         registry.register("agent_connected", "1: the agent's stream to the coordinator leader is up", stats.connected.clone());
         registry.register("agent_streams_opened", "Streams to a coordinator leader that came up", stats.streams_opened.clone());
         registry.register("agent_samples", "Samples the agent took of its member", stats.samples.clone());

@@ -5,7 +5,8 @@
 //! time; aggregate it with `max without (instance)`. What only the leader
 //! sees (members' samples, why a cluster waits) only the leader exports.
 //! Counters of this node's own work (Raft, agent commands) come from
-//! prometheus-client's atomics.
+//! prometheus-client's atomics. A job's kind is the label `kind`: `job` is
+//! the label Prometheus gives every target.
 
 use std::fmt;
 use std::sync::Arc;
@@ -46,17 +47,16 @@ impl Collector for Scraped {
         let mut f = Families::new(&mut encoder);
         self.raft(&mut f)?;
         let leader = self.node.status().role == Role::Leader;
-        self.node.store().with_state(|sm| -> fmt::Result {
+        let (topology, records) = self.node.store().with_state(|sm| -> Result<_, fmt::Error> {
             clusters(&mut f, sm)?;
             decisions(&mut f, sm)?;
             jobs(&mut f, sm)?;
             schedules(&mut f, sm)?;
-            if leader {
-                self.members(&mut f, sm)?;
-            }
-            Ok(())
+            Ok((Arc::clone(&sm.topology), Arc::clone(&sm.records)))
         })?;
+        // Outside the state's lock: the board has its own.
         if leader {
+            self.members(&mut f, &topology, &records)?;
             self.waits(&mut f)?;
         }
         Ok(())
@@ -85,8 +85,13 @@ impl Scraped {
     }
 
     /// The leader's view of every member: health, role, lag, leases.
-    fn members(&self, f: &mut Families, sm: &StateMachine) -> fmt::Result {
-        let clusters = self.agents.health.clusters(&sm.topology, &sm.records, None, Instant::now());
+    fn members(
+        &self,
+        f: &mut Families,
+        topology: &drc_model::topology::Topology,
+        records: &std::collections::BTreeMap<String, drc_model::ClusterRecord>,
+    ) -> fmt::Result {
+        let clusters = self.agents.health.clusters(topology, records, None, Instant::now());
         let rows: Vec<(Vec<(&str, &str)>, &drc_proto::MemberHealth)> = clusters
             .iter()
             .flat_map(|c| {
@@ -170,6 +175,19 @@ fn clusters(f: &mut Families, sm: &StateMachine) -> fmt::Result {
         each(|r| secs(r.promoted_at)),
     )?;
     f.gauge1("failover_paused_all", "1: automatic failover of every cluster is paused", flag(sm.global_paused))?;
+    let policy = |value: fn(&drc_model::topology::Policy) -> f64| {
+        sm.topology.clusters.values().zip(&names).map(move |(c, l)| (&l[..], value(&c.policy)))
+    };
+    f.gauge(
+        "cluster_rpo_max_lag_bytes",
+        "The cluster's RPO budget: a replica further behind is not promoted",
+        policy(|p| p.rpo_max_lag_bytes as f64),
+    )?;
+    f.gauge(
+        "cluster_rpo_max_lag_seconds",
+        "The cluster's RPO budget in time: a replica further behind is not promoted",
+        policy(|p| p.rpo_max_lag_time.as_secs_f64()),
+    )?;
     let primaries: Vec<[(&str, &str); 2]> = sm
         .topology
         .clusters
@@ -215,7 +233,7 @@ fn jobs(f: &mut Families, sm: &StateMachine) -> fmt::Result {
     for (cluster, kinds) in &sm.tally.jobs {
         for (kind, e) in kinds {
             for (result, n) in [("done", e.done), ("failed", e.failed)] {
-                rows.push(([("cluster", cluster.as_str()), ("job", kind.as_str()), ("result", result)], n));
+                rows.push(([("cluster", cluster.as_str()), ("kind", kind.as_str()), ("result", result)], n));
             }
         }
     }
@@ -284,7 +302,7 @@ fn jobs(f: &mut Families, sm: &StateMachine) -> fmt::Result {
                 JobKind::RecoveryTest => sm.recovery_tests.values().filter(|t| t.state == JobState::Running).count(),
                 JobKind::Restore => sm.restores.values().filter(|t| t.state == JobState::Running).count(),
             };
-            ([("job", k.as_str())], n as f64)
+            ([("kind", k.as_str())], n as f64)
         })
         .collect();
     f.gauge("jobs_running", "Jobs recorded as running", running.iter().map(|(l, v)| (&l[..], *v)))
@@ -304,7 +322,7 @@ fn schedules(f: &mut Families, sm: &StateMachine) -> fmt::Result {
                 let second = crate::jobs::schedule::next(&cron, first)?;
                 Some((first, second.saturating_sub(first)))
             });
-            ([("cluster", s.cluster.as_str()), ("job", s.job.as_str())], s, next)
+            ([("cluster", s.cluster.as_str()), ("kind", s.job.as_str())], s, next)
         })
         .collect();
     f.gauge(
@@ -331,8 +349,9 @@ pub struct CoordinatorSite {
 }
 
 impl CoordinatorSite {
-    pub fn new(node: NodeHandle, agents: Arc<Agents>, executor: Arc<Executor>) -> Self {
+    pub fn new(node: NodeHandle, agents: Arc<Agents>, executor: Arc<Executor>, security: &drc_tls::Security) -> Self {
         let mut registry = Registry::with_prefix("drc");
+        drc_ops::scrape::register_process(&mut registry, security);
         node.stats().register(&mut registry);
         agents.hub.stats.register(&mut registry);
         registry.register_collector(Box::new(Scraped { node: node.clone(), agents, executor }));
@@ -359,5 +378,69 @@ impl drc_ops::http::Site for CoordinatorSite {
 
     fn metrics(&self) -> String {
         render(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The families every coordinator exports from `sm`, rendered.
+    fn rendered(sm: StateMachine) -> String {
+        #[derive(Debug)]
+        struct Of(StateMachine);
+        impl Collector for Of {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+                let mut f = Families::new(&mut encoder);
+                clusters(&mut f, &self.0)?;
+                decisions(&mut f, &self.0)?;
+                jobs(&mut f, &self.0)?;
+                schedules(&mut f, &self.0)
+            }
+        }
+        let mut registry = Registry::with_prefix("drc");
+        registry.register_collector(Box::new(Of(sm)));
+        render(&registry)
+    }
+
+    #[test]
+    fn the_replicated_state_renders_as_counters_by_outcome_and_per_cluster_gauges() {
+        let topology = drc_model::topology::parse::parse_topology(
+            "[regions.a]\n[regions.b]\n[clusters.pg]\nkind = \"postgres\"\n\
+             [[members]]\nid = \"pg-a\"\ncluster = \"pg\"\nregion = \"a\"\naddress = \"10.0.0.1:5432\"\n\
+             [[members]]\nid = \"pg-b\"\ncluster = \"pg\"\nregion = \"b\"\naddress = \"10.0.0.2:5432\"\n",
+        )
+        .expect("topology");
+        let mut sm = StateMachine { topology: Arc::new(topology), ..Default::default() };
+        sm.tally.job_ended("pg", JobKind::Backup, None, JobState::Failed);
+        let mut rec = drc_model::ClusterRecord { epoch: 3, primary: "pg-b".into(), ..Default::default() };
+        rec.paused = true;
+        sm.records = Arc::new([("pg".to_string(), rec)].into());
+        let text = rendered(sm);
+        assert!(text.contains("drc_cluster_primary{cluster=\"pg\",member=\"pg-b\"} 1"), "{text}");
+        assert!(text.contains("drc_cluster_epoch{cluster=\"pg\"} 3"), "{text}");
+        assert!(text.contains("drc_cluster_paused{cluster=\"pg\"} 1"), "{text}");
+        assert!(text.contains("drc_cluster_rpo_max_lag_bytes{cluster=\"pg\"} 16777216"), "{text}");
+        assert!(text.contains("drc_jobs_total{cluster=\"pg\",kind=\"backup\",result=\"failed\"} 1"), "{text}");
+        assert!(text.contains("# TYPE drc_failover_promoted_seconds histogram"), "declared before any failover: {text}");
+    }
+
+    #[test]
+    fn a_coordinator_is_ready_with_a_leader_and_everything_it_knows_committed_applied() {
+        let status = |leader_id, commit_index, applied_index| crate::raft::NodeStatus {
+            id: 2,
+            role: Role::Follower,
+            term: 4,
+            leader_id,
+            commit_index,
+            applied_index,
+            first_index: 1,
+            last_index: commit_index,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+        };
+        assert!(readiness(&status(1, 10, 10)).is_ok());
+        assert!(readiness(&status(0, 10, 10)).expect_err("no leader").contains("no leader"));
+        assert!(readiness(&status(1, 10, 7)).expect_err("behind").contains("applied 7 of 10"));
     }
 }

@@ -204,7 +204,7 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
     ));
     let admin = AdminServiceServer::new(admin_api);
     if let Some(address) = &cfg.http_listen {
-        let site = crate::metrics::CoordinatorSite::new(handle.clone(), Arc::clone(&agents), Arc::clone(&executor));
+        let site = crate::metrics::CoordinatorSite::new(handle.clone(), Arc::clone(&agents), Arc::clone(&executor), &security);
         drc_ops::http::listen(address, security.clone(), Arc::new(site), cancel.child_token()).await.map_err(anyhow::Error::msg)?;
     }
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -84,6 +84,36 @@ impl<'a, 'b> Families<'a, 'b> {
     }
 }
 
+/// What every drc process exports of itself: its wall clock (Prometheus
+/// compares it with its own to find drift, which leases must stay within)
+/// and when its TLS certificate expires.
+struct Process {
+    security: drc_tls::Security,
+}
+
+impl fmt::Debug for Process {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("process metrics")
+    }
+}
+
+impl Collector for Process {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let mut f = Families::new(&mut encoder);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        f.gauge1("process_time_seconds", "This process's wall clock at the scrape", now)?;
+        if let drc_tls::Security::Tls(tls) = &self.security {
+            f.gauge1("tls_certificate_expiry_timestamp_seconds", "When this process's TLS certificate expires", tls.not_after() as f64)?;
+        }
+        Ok(())
+    }
+}
+
+/// Registers what every process exports of itself (see [`Process`]).
+pub fn register_process(registry: &mut Registry, security: &drc_tls::Security) {
+    registry.register_collector(Box::new(Process { security: security.clone() }));
+}
+
 /// The registry as OpenMetrics text (its collectors run now).
 pub fn render(registry: &Registry) -> String {
     let mut text = String::new();

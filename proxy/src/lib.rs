@@ -178,7 +178,7 @@ pub async fn run(
     let (target_tx, target_rx) = watch::channel(None);
     let stats = Arc::new(ProxyStats::default());
     if let Some(http) = http {
-        let site = stats::ProxySite::new(&stats, target_rx.clone(), &cluster);
+        let site = stats::ProxySite::new(&stats, target_rx.clone(), &cluster, &security);
         tokio::spawn(drc_ops::http::serve(http, security.clone(), Arc::new(site), cancel.child_token()));
     }
     tokio::spawn(select(updates_rx, target_tx, Arc::clone(&stats)));

@@ -64,8 +64,9 @@ pub struct ProxySite {
 }
 
 impl ProxySite {
-    pub fn new(stats: &ProxyStats, target: watch::Receiver<Option<Target>>, cluster: &str) -> Self {
+    pub fn new(stats: &ProxyStats, target: watch::Receiver<Option<Target>>, cluster: &str, security: &drc_tls::Security) -> Self {
         let mut registry = Registry::with_prefix("drc");
+        drc_ops::scrape::register_process(&mut registry, security);
         registry.register("proxy_connections_accepted", "Client connections accepted", stats.accepted.clone());
         registry.register("proxy_connections_open", "Client connections being carried", stats.open.clone());
         registry.register("proxy_connections_refused", "Client connections not carried, by reason", stats.refused.clone());

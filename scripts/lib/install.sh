@@ -35,6 +35,9 @@ need_cmd zstd || apt_need="$apt_need zstd"
 need_cmd age || apt_need="$apt_need age"
 need_cmd tar || apt_need="$apt_need tar"
 need_cmd aws || apt_need="$apt_need awscli"
+# Alerting rules are unit-tested with promtool, and the lab can start a real
+# Prometheus that scrapes every component (drc-lab up --prometheus).
+need_cmd promtool || apt_need="$apt_need prometheus"
 if [ -n "$apt_need" ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

@@ -161,6 +161,8 @@ pub struct Node {
     pub log: PathBuf,
     /// The node's audit trail file (`audit_log`).
     pub audit_log: PathBuf,
+    /// Its HTTP listener (`http_listen`): /healthz, /readyz, /metrics.
+    pub http_address: String,
     child: Option<Child>,
 }
 
@@ -241,6 +243,8 @@ impl Cluster {
         if let Some(raft) = &me.raft_address {
             text.push_str(&format!("raft_listen = {raft:?}\n"));
         }
+        let http_address = format!("127.0.0.1:{}", free_port());
+        text.push_str(&format!("http_listen = {http_address:?}\n"));
         for p in peers {
             text.push_str(&format!("\n[[peers]]\nid = {}\naddress = {:?}\n", p.id, p.address));
             if let Some(raft) = &p.raft_address {
@@ -261,7 +265,17 @@ impl Cluster {
         fs::write(&config, text)?;
         self.nodes.insert(
             id,
-            Node { id, address: address.to_string(), raft_address: me.raft_address.clone(), data_dir, config, log, audit_log, child: None },
+            Node {
+                id,
+                address: address.to_string(),
+                raft_address: me.raft_address.clone(),
+                data_dir,
+                config,
+                log,
+                audit_log,
+                http_address,
+                child: None,
+            },
         );
         Ok(())
     }

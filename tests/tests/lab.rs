@@ -216,9 +216,14 @@ fn agents_follow_a_new_leader_and_bad_agents_or_messages_are_refused() {
         .expect("foreign redis");
     wait_for("foreign redis", LONG, || cli(foreign_port, &["PING"]).ok().filter(|p| p == "PONG")).expect("ping");
     let rc = lab.member("redis-c").expect("redis-c");
-    let cfg = std::fs::read_to_string(&rc.agent_config)
+    // Beside the real agent: without its HTTP listener.
+    let cfg: String = std::fs::read_to_string(&rc.agent_config)
         .expect("config")
-        .replace(&format!("port = {}", rc.port), &format!("port = {foreign_port}"));
+        .replace(&format!("port = {}", rc.port), &format!("port = {foreign_port}"))
+        .lines()
+        .filter(|l| !l.starts_with("http_listen"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let path = dir.path().join("foreign-agent.toml");
     std::fs::write(&path, cfg).expect("write");
     let log = dir.path().join("foreign-agent.log");

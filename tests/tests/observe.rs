@@ -1,15 +1,37 @@
 //! What operators and their tools see of a running lab: health endpoints
 //! and Prometheus metrics on every coordinator, agent and proxy, gRPC
-//! health and reflection, and JSON log lines that name the decision.
+//! health and reflection, JSON log lines that name the decision, drc's
+//! alerting rules and Grafana dashboard against a real Prometheus.
 
 use std::time::Duration;
 
 use drc_tests::http::{get, sample, Asker};
-use drc_tests::lab::{Lab, LabOptions, PG_CLUSTER};
+use std::collections::BTreeSet;
+
+use drc_tests::lab::prometheus::{query, unhealthy_rules, value};
+use drc_tests::lab::{Lab, LabOptions, PG_CLUSTER, REDIS_CLUSTER};
 use drc_tests::wait_for;
 use drc_tls::Security;
 
 const LONG: Duration = Duration::from_secs(60);
+
+/// The drc metric and recording-rule names a PromQL expression uses.
+fn metric_names(promql: &str) -> Vec<String> {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut names = Vec::new();
+    let mut rest = promql;
+    while let Some(at) = rest.find("drc") {
+        let before = rest[..at].chars().last();
+        let tail = &rest[at..];
+        let len = tail.find(|c: char| !word(c)).unwrap_or(tail.len());
+        let token = &tail[..len];
+        if before.is_none_or(|c| !word(c)) && (token.starts_with("drc_") || token.starts_with("drc:")) {
+            names.push(token.to_string());
+        }
+        rest = &tail[len.max(1)..];
+    }
+    names
+}
 
 fn metrics(endpoint: &str, asker: &Asker) -> Option<String> {
     get(endpoint, "/metrics", asker).ok().filter(|(code, _)| *code == 200).map(|(_, body)| body)
@@ -18,7 +40,8 @@ fn metrics(endpoint: &str, asker: &Asker) -> Option<String> {
 #[test]
 fn every_component_serves_health_and_metrics_and_a_switchover_moves_the_counters() {
     let dir = tempfile::Builder::new().prefix("drc-observe-test-").tempdir().expect("tempdir");
-    let lab = Lab::up_with(dir.path(), LabOptions { json_logs: true, ..Default::default() }).expect("lab up");
+    let lab = Lab::up_with(dir.path(), LabOptions { json_logs: true, prometheus: true, ..Default::default() }).expect("lab up");
+    let prom = lab.info.prometheus.clone().expect("the lab's Prometheus");
     let tls = lab.info.tls.clone().expect("the lab has TLS");
     let viewer = Asker::As(&tls.viewer);
     let probe = Asker::Anonymous { ca: &tls.ca };
@@ -120,6 +143,72 @@ fn every_component_serves_health_and_metrics_and_a_switchover_moves_the_counters
         .then_some(())
     })
     .expect("proxy switched");
+
+    // Prometheus saw the counter move, and every rule of drc.rules.yml
+    // evaluates against what the lab exports.
+    let counted = r#"max(drc_decisions_total{cluster="app-pg",kind="switchover",outcome="done"})"#;
+    wait_for("Prometheus to see the switchover counted", LONG, || (value(&prom, counted)? == 1.0).then_some(())).expect("scraped");
+    wait_for("every rule to evaluate without error", LONG, || unhealthy_rules(&prom).ok().filter(|bad| bad.is_empty()))
+        .unwrap_or_else(|e| panic!("{e}: {:?}", unhealthy_rules(&prom)));
+
+    // A scheduled backup made to fail (every bucket refuses the agents'
+    // credentials) fires DrcBackupFailed.
+    let secrets: Vec<(std::path::PathBuf, Vec<u8>)> = lab
+        .info
+        .s3
+        .iter()
+        .map(|s| {
+            let path = lab.info.dir.join(format!("s3-{}.secret", s.region));
+            let good = std::fs::read(&path).expect("secret");
+            std::fs::write(&path, "not-the-secret").expect("wrong secret");
+            (path, good)
+        })
+        .collect();
+    lab.drctl_json(&["schedule", "set", "--cluster", REDIS_CLUSTER, "--backup", "*/2 * * * * *"]).expect("schedule");
+    wait_for("a scheduled backup to fail", LONG, || {
+        let listed = lab.drctl_json(&["backup", "list", "--cluster", REDIS_CLUSTER]).ok()?;
+        listed["backups"].as_array()?.iter().any(|b| b["state"] == "failed").then_some(())
+    })
+    .expect("failed backup");
+    lab.drctl_json(&["schedule", "set", "--cluster", REDIS_CLUSTER, "--backup", "off"]).expect("schedule off");
+    let firing = r#"max(ALERTS{alertname="DrcBackupFailed",cluster="app-redis",alertstate="firing"})"#;
+    wait_for("DrcBackupFailed to fire", LONG, || (value(&prom, firing)? == 1.0).then_some(())).expect("alert");
+    for (path, good) in secrets {
+        std::fs::write(path, good).expect("restore secret");
+    }
+
+    // Every query of the Grafana dashboard runs, and names only metrics drc
+    // exports (or drc's recording rules).
+    let mut exported: BTreeSet<String> =
+        drc_tests::lab::prometheus::RULES.lines().filter_map(|l| l.trim().strip_prefix("- record: ").map(str::to_string)).collect();
+    let endpoints = lab
+        .info
+        .coordinators
+        .iter()
+        .map(|c| c.http_endpoint.clone())
+        .chain(lab.info.members.iter().map(|m| m.agent_http_endpoint.clone()))
+        .chain(lab.info.forwarders.iter().map(|f| f.http_endpoint.clone()));
+    for e in endpoints {
+        let text = metrics(&e, &viewer).expect("metrics");
+        exported.extend(text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next().map(str::to_string)));
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(include_str!("../../deploy/grafana/drc.json")).expect("dashboard JSON");
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(queries.len() >= 30, "{queries:?}");
+    for q in &queries {
+        let promql = q.replace("$__rate_interval", "1m").replace("$cluster", ".+");
+        query(&prom, &promql).unwrap_or_else(|e| panic!("dashboard query {q}: {e}"));
+        for name in metric_names(q) {
+            let family = ["_total", "_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+            assert!(exported.contains(&name) || exported.contains(family), "dashboard query {q} names {name}, which drc does not export");
+        }
+    }
 
     // Every JSON log line about the decision names it, its cluster and the
     // member it promoted (whichever coordinator carried it out).

@@ -55,6 +55,8 @@ pub struct Material {
     pub client: Arc<ClientConfig>,
     /// Who this process is, from its own certificate.
     pub identity: Identity,
+    /// When its certificate expires, in seconds since the Unix epoch.
+    pub not_after: u64,
 }
 
 /// When the files last changed, as far as `stat` tells.
@@ -94,6 +96,7 @@ fn build(files: &TlsFiles) -> Result<Material, TlsError> {
     let roots = Arc::new(roots);
     let chain = certificates(&files.cert)?;
     let identity = Identity::from_certificate(&chain[0]).map_err(|source| TlsError::Identity { path: files.cert.clone(), source })?;
+    let not_after = crate::identity::not_after(&chain[0]).map_err(|source| TlsError::Identity { path: files.cert.clone(), source })?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_error(&files.key, e))?;
     let provider = provider();
     let versions = [&rustls::version::TLS13];
@@ -121,7 +124,7 @@ fn build(files: &TlsFiles) -> Result<Material, TlsError> {
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
     client.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Material { server: Arc::new(server), http: Arc::new(http), client: Arc::new(client), identity })
+    Ok(Material { server: Arc::new(server), http: Arc::new(http), client: Arc::new(client), identity, not_after })
 }
 
 /// A process's TLS material, reloaded when its files change.
@@ -145,6 +148,12 @@ impl Tls {
     /// Who this process is.
     pub fn identity(&self) -> Identity {
         self.lock().1.identity.clone()
+    }
+
+    /// When the certificate in use expires (seconds since the Unix epoch);
+    /// after a rotation, the new one's.
+    pub fn not_after(&self) -> u64 {
+        self.material().not_after
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Stamp, Arc<Material>)> {

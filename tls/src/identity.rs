@@ -62,6 +62,12 @@ impl FromStr for Role {
     }
 }
 
+/// When a DER certificate expires, in seconds since the Unix epoch.
+pub fn not_after(der: &[u8]) -> Result<u64, IdentityError> {
+    let cert = Certificate::from_der(der).map_err(|e| IdentityError::Certificate(e.to_string()))?;
+    Ok(cert.tbs_certificate.validity.not_after.to_unix_duration().as_secs())
+}
+
 /// Why a certificate or URI names no drc identity.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {

@@ -360,6 +360,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             super::stats::percentile_ms(&mut staleness, 0.5),
             super::stats::percentile_ms(&mut staleness, 0.99)
         );
+        scrape_cost(&cluster, pid, seconds, cpu, n).await?;
         let term_after = term(&mut admin).await?;
         let elections = term_after.saturating_sub(term_before);
         println!("N = {n}: leader elections during the run: {elections} (term {term_before} -> {term_after})");
@@ -382,6 +383,53 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             renice_self(0)?;
         }
     }
+    Ok(())
+}
+
+/// What scraping the leader's `/metrics` costs it at this size: one scrape
+/// a second for `seconds` (Prometheus scrapes every 15 s by default), the
+/// leader's CPU then against `idle_cpu` without scrapes.
+async fn scrape_cost(cluster: &Cluster, pid: u32, seconds: u64, idle_cpu: f64, n: usize) -> anyhow::Result<()> {
+    let Some(node) = cluster.nodes.values().find(|node| node.pid() == Some(pid)) else { return Ok(()) };
+    let address = node.http_address.clone();
+    let viewer = match &cluster.pki {
+        Some(pki) => Some(pki.issue(Role::Viewer, "scraper", &[])?),
+        None => None,
+    };
+    let ticks0 = cpu_ticks(pid);
+    let t0 = Instant::now();
+    let mut took = Vec::new();
+    let mut size = (0, 0);
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        let start = Instant::now();
+        let (address, viewer) = (address.clone(), viewer.clone());
+        let (code, body) = tokio::task::spawn_blocking(move || {
+            let asker = match &viewer {
+                Some(files) => crate::http::Asker::As(files),
+                None => crate::http::Asker::Plain,
+            };
+            crate::http::get(&address, "/metrics", &asker)
+        })
+        .await??;
+        anyhow::ensure!(code == 200, "/metrics answered {code}: {body}");
+        took.push(start.elapsed());
+        size = (body.len(), body.lines().filter(|l| !l.starts_with('#')).count());
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(start.elapsed())).await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(pid) - ticks0) as f64 / 100.0 / elapsed * 100.0;
+    let per_scrape = (cpu - idle_cpu).max(0.0) / 100.0 * elapsed / took.len().max(1) as f64;
+    println!(
+        "N = {n}: /metrics {} KiB, {} series; {} scrapes, p50 {:.1} ms, p99 {:.1} ms; leader CPU {cpu:.1} % scraped every second against {idle_cpu:.1} %: {:.0} ms of CPU a scrape, {:.2} % of one core at a 15 s interval ({:.1} % of the leader's own use)",
+        size.0 / 1024,
+        size.1,
+        took.len(),
+        super::stats::percentile_ms(&mut took.clone(), 0.5),
+        super::stats::percentile_ms(&mut took, 0.99),
+        per_scrape * 1000.0,
+        per_scrape / 15.0 * 100.0,
+        if idle_cpu > 0.0 { per_scrape / 15.0 * 100.0 / idle_cpu * 100.0 } else { 0.0 }
+    );
     Ok(())
 }
 

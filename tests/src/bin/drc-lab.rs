@@ -48,6 +48,10 @@ enum Cmd {
         /// certificates; for measuring what TLS costs.
         #[arg(long, conflicts_with = "db_tls")]
         insecure: bool,
+        /// Also start a real Prometheus (Debian's `prometheus`) scraping
+        /// every component, with drc's alerting rules (`prometheus` in lab.json).
+        #[arg(long)]
+        prometheus: bool,
     },
     /// Apply a network fault to a lab started with --netns (on top of any
     /// other; `heal` removes them all).
@@ -106,6 +110,9 @@ enum Cmd {
         /// As for `up`.
         #[arg(long, conflicts_with = "db_tls")]
         insecure: bool,
+        /// As for `up`.
+        #[arg(long)]
+        prometheus: bool,
     },
 }
 
@@ -227,18 +234,23 @@ fn print_summary(lab: &Lab) {
         println!("  s3 {:<6} {}  bucket {}  access key {}", s.region, s.endpoint, s.bucket, s.access_key);
     }
     println!("\nexplore:  eval \"$(drc-lab env --dir {})\"; {} status", i.dir.display(), i.drctl.display());
+    if let Some(p) = &i.prometheus {
+        println!("metrics:  {} (Prometheus; alerts at {}/alerts)", p.url, p.url);
+    }
     println!("stop:     drc-lab down --dir {}", i.dir.display());
 }
 
 fn main() -> ExitCode {
     let result = match Args::parse().command {
-        Cmd::Up { dir, synchronous_replicas, netns, db_tls, insecure } => {
-            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, insecure, ..Default::default() }).map(|lab| {
-                if let Some(lab) = lab {
-                    print_summary(&lab);
-                    lab.detach();
-                }
-            })
+        Cmd::Up { dir, synchronous_replicas, netns, db_tls, insecure, prometheus } => {
+            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, insecure, prometheus, ..Default::default() }).map(
+                |lab| {
+                    if let Some(lab) = lab {
+                        print_summary(&lab);
+                        lab.detach();
+                    }
+                },
+            )
         }
         Cmd::Env { dir, role } => Lab::attach(&dir).and_then(|lab| print_env(&lab, role)),
         Cmd::Down { dir } => Lab::attach(&dir).and_then(|lab| lab.down()).map(|()| println!("lab in {} stopped", dir.display())),
@@ -270,16 +282,18 @@ fn main() -> ExitCode {
             }
         }),
         Cmd::Heal { dir } => Lab::attach(&dir).and_then(|lab| lab.heal()).map(|()| println!("every fault removed")),
-        Cmd::Run { dir, synchronous_replicas, netns, db_tls, insecure } => {
-            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, insecure, ..Default::default() }).and_then(|lab| {
-                let Some(lab) = lab else { return Ok(()) };
-                print_summary(&lab);
-                println!("\nrunning; Ctrl-C stops the lab");
-                interrupted().block_on(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                });
-                lab.down()
-            })
+        Cmd::Run { dir, synchronous_replicas, netns, db_tls, insecure, prometheus } => {
+            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, insecure, prometheus, ..Default::default() }).and_then(
+                |lab| {
+                    let Some(lab) = lab else { return Ok(()) };
+                    print_summary(&lab);
+                    println!("\nrunning; Ctrl-C stops the lab");
+                    interrupted().block_on(async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    });
+                    lab.down()
+                },
+            )
         }
     };
     match result {

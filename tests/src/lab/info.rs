@@ -142,6 +142,9 @@ pub struct LabInfo {
     /// password from `passfile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_tls: Option<DbTlsInfo>,
+    /// With `--prometheus`: a real Prometheus scraping every component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<super::prometheus::PrometheusInfo>,
 }
 
 pub(super) fn loopback() -> String {

@@ -17,6 +17,7 @@ pub mod netcut;
 pub mod netns;
 pub mod postgres;
 mod process;
+pub mod prometheus;
 pub mod redis;
 mod report;
 pub mod writer;
@@ -74,11 +75,21 @@ pub struct LabOptions {
     pub insecure: bool,
     /// The coordinators write JSON log lines (`log_format = "json"`).
     pub json_logs: bool,
+    /// A real Prometheus scrapes every component, with drc's rules.
+    pub prometheus: bool,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { leader_placement: true, synchronous_replicas: 0, netns: false, db_tls: false, insecure: false, json_logs: false }
+        LabOptions {
+            leader_placement: true,
+            synchronous_replicas: 0,
+            netns: false,
+            db_tls: false,
+            insecure: false,
+            json_logs: false,
+            prometheus: false,
+        }
     }
 }
 
@@ -126,6 +137,7 @@ impl Lab {
                 net: None,
                 tls: None,
                 db_tls: None,
+                prometheus: None,
             },
             owned: true,
         };
@@ -157,6 +169,10 @@ impl Lab {
         }
         lab.start_forwarders()?;
         lab.write_info()?;
+        if opts.prometheus {
+            lab.info.prometheus = Some(prometheus::start(&lab.info)?);
+            lab.write_info()?;
+        }
         Ok(lab)
     }
 
@@ -673,6 +689,9 @@ impl Lab {
 
     /// Stops every process of the lab. Idempotent.
     pub fn down(&self) -> anyhow::Result<()> {
+        if let Some(p) = &self.info.prometheus {
+            stop_pid(p.pid, Duration::from_secs(5));
+        }
         for f in &self.info.forwarders {
             stop_pid(f.pid, Duration::from_secs(3));
         }
@@ -721,6 +740,7 @@ impl Lab {
         }
         p.extend(self.info.s3.iter().map(|s| s.pid));
         p.extend(self.info.forwarders.iter().map(|f| f.pid));
+        p.extend(self.info.prometheus.iter().map(|f| f.pid));
         p.retain(|p| *p != 0);
         p
     }
