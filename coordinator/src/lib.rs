@@ -11,7 +11,7 @@
 //! * [`raft`] — storage, the node task and the transport.
 //! * [`api`] — the gRPC services; `api::error` maps every error to its code.
 //! * [`audit`] — the audit trail of every state-changing request.
-//! * [`metrics`] — `/readyz` and `/metrics` on the HTTP listener.
+//! * [`metrics`] — `/readyz` and `/metrics` on the HTTP listener; [`status_page`] — its live status page.
 //! * [`server`] — how one coordinator process is put together.
 //!
 //! # Where each rule lives
@@ -47,3 +47,4 @@ pub mod server;
 #[cfg(test)]
 mod sim;
 pub mod state;
+pub mod status_page;

@@ -346,16 +346,23 @@ fn schedules(f: &mut Families, sm: &StateMachine) -> fmt::Result {
 pub struct CoordinatorSite {
     registry: Registry,
     node: NodeHandle,
+    page: crate::status_page::StatusPage,
 }
 
 impl CoordinatorSite {
-    pub fn new(node: NodeHandle, agents: Arc<Agents>, executor: Arc<Executor>, security: &drc_tls::Security) -> Self {
+    pub fn new(
+        node: NodeHandle,
+        agents: Arc<Agents>,
+        executor: Arc<Executor>,
+        security: &drc_tls::Security,
+        page: crate::status_page::StatusPage,
+    ) -> Self {
         let mut registry = Registry::with_prefix("drc");
         drc_ops::scrape::register_process(&mut registry, security);
         node.stats().register(&mut registry);
         agents.hub.stats.register(&mut registry);
         registry.register_collector(Box::new(Scraped { node: node.clone(), agents, executor }));
-        CoordinatorSite { registry, node }
+        CoordinatorSite { registry, node, page }
     }
 }
 
@@ -378,6 +385,20 @@ impl drc_ops::http::Site for CoordinatorSite {
 
     fn metrics(&self) -> String {
         render(&self.registry)
+    }
+
+    /// The status page and its data.
+    fn page(&self, path: &str) -> Option<futures::future::BoxFuture<'_, hyper::Response<drc_ops::http::Body>>> {
+        use drc_ops::http::respond;
+        use hyper::StatusCode;
+        match path {
+            "/" | "/index.html" => Some(Box::pin(async { respond(StatusCode::OK, "text/html; charset=utf-8", crate::status_page::PAGE) })),
+            "/api/status" => Some(Box::pin(async {
+                let body = serde_json::to_vec(&self.page.snapshot().await).unwrap_or_default();
+                respond(StatusCode::OK, "application/json", body)
+            })),
+            _ => None,
+        }
     }
 }
 

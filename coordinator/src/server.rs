@@ -202,9 +202,11 @@ pub async fn run(cfg: CoordinatorConfig, cancel: CancellationToken) -> anyhow::R
         audit_file,
         cancel.child_token(),
     ));
-    let admin = AdminServiceServer::new(admin_api);
+    let admin_api = Arc::new(admin_api);
+    let admin = AdminServiceServer::from_arc(Arc::clone(&admin_api));
     if let Some(address) = &cfg.http_listen {
-        let site = crate::metrics::CoordinatorSite::new(handle.clone(), Arc::clone(&agents), Arc::clone(&executor), &security);
+        let page = crate::status_page::StatusPage { api: admin_api, node: handle.clone(), cluster_id: cfg.cluster_id.clone() };
+        let site = crate::metrics::CoordinatorSite::new(handle.clone(), Arc::clone(&agents), Arc::clone(&executor), &security, page);
         drc_ops::http::listen(address, security.clone(), Arc::new(site), cancel.child_token()).await.map_err(anyhow::Error::msg)?;
     }
     let (health, health_service) = tonic_health::server::health_reporter();

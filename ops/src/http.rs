@@ -34,7 +34,7 @@ pub trait Site: Send + Sync + 'static {
     /// Its metrics as OpenMetrics text (see [`crate::scrape::render`]).
     fn metrics(&self) -> String;
     /// Any other GET path, for a caller who may read the state; None: 404.
-    fn page(&self, _path: &str, _query: &str) -> Option<Response<Body>> {
+    fn page(&self, _path: &str) -> Option<futures::future::BoxFuture<'_, Response<Body>>> {
         None
     }
 }
@@ -77,7 +77,6 @@ async fn handle(site: Arc<dyn Site>, caller: Caller, cluster: Option<Arc<str>>, 
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
     }
     let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or_default().to_string();
     match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok"),
         "/readyz" => match site.ready() {
@@ -97,7 +96,10 @@ async fn handle(site: Arc<dyn Site>, caller: Caller, cluster: Option<Arc<str>>, 
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics failed: {e}")),
                 }
             } else {
-                site.page(&path, &query).unwrap_or_else(|| text(StatusCode::NOT_FOUND, format!("nothing at {path}")))
+                match site.page(&path) {
+                    Some(page) => page.await,
+                    None => text(StatusCode::NOT_FOUND, format!("nothing at {path}")),
+                }
             }
         }
     }

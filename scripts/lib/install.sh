@@ -38,6 +38,8 @@ need_cmd aws || apt_need="$apt_need awscli"
 # Alerting rules are unit-tested with promtool, and the lab can start a real
 # Prometheus that scrapes every component (drc-lab up --prometheus).
 need_cmd promtool || apt_need="$apt_need prometheus"
+# The status page is tested in headless Chromium.
+{ need_cmd chromium || need_cmd chromium-browser; } || apt_need="$apt_need chromium"
 if [ -n "$apt_need" ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

@@ -187,7 +187,7 @@ impl AdminApi {
 
     /// Member health from the leader: locally when leading, else asked of
     /// the leader with a short timeout; empty when there is no leader.
-    async fn leader_health(&self) -> Vec<ClusterHealth> {
+    pub async fn leader_health(&self) -> Vec<ClusterHealth> {
         let s = self.node.status();
         if s.role == Role::Leader {
             let (topology, records) = self.node.store().with_state(|sm| (sm.topology.clone(), sm.records.clone()));
