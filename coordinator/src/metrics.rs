@@ -78,6 +78,11 @@ impl Scraped {
         )?;
         f.gauge1("raft_voters", "Voters in the Raft configuration", s.voters.len() as f64)?;
         f.gauge1(
+            "raft_renews_leases",
+            "1: this node leads and a quorum confirmed it recently enough to renew leases",
+            flag(self.node.may_renew()),
+        )?;
+        f.gauge1(
             "raft_snapshot_bytes",
             "Size of this node's newest checkpoint of the state (what a snapshot sends)",
             self.node.store().checkpoint_bytes() as f64,
@@ -113,6 +118,20 @@ impl Scraped {
         f.gauge("member_lease_remaining_seconds", "A primary's lease left when its agent sampled it", each(|m| secs(m.lease_ms)))?;
         f.gauge("member_fenced", "1: the member's agent fenced it because its lease lapsed", each(|m| flag(m.lease_fenced)))?;
         f.gauge("member_timeline", "The member's PostgreSQL timeline", each(|m| f64::from(m.timeline)))?;
+        f.gauge("member_position", "The member's WAL position (PostgreSQL) or replication offset (Redis)", each(|m| m.position as f64))?;
+        f.gauge("member_replication_connected", "1: the replica's link to its primary is up", each(|m| flag(m.replication_connected)))?;
+        f.gauge("member_server_gone", "1: unreachable, and its agent found its server process gone", each(|m| flag(m.server_gone)))?;
+        // The same for every member of a cluster: once per cluster.
+        let reach: Vec<([(&str, &str); 2], bool)> = clusters
+            .iter()
+            .filter_map(|c| c.members.first().map(|m| (c.name.as_str(), m)))
+            .flat_map(|(c, m)| m.primary_reachable_from.iter().map(move |(from, ok)| ([("cluster", c), ("from", from.as_str())], *ok)))
+            .collect();
+        f.gauge(
+            "cluster_primary_reachable_from",
+            "1: agents in region `from` reach the cluster's primary (leader only)",
+            reach.iter().map(|(l, ok)| (&l[..], flag(*ok))),
+        )?;
         let roles: Vec<Vec<(&str, &str)>> = rows
             .iter()
             .map(|(l, m)| {
@@ -132,6 +151,7 @@ impl Scraped {
         f.gauge("wal_archive_pending_bytes", "WAL the archiver received and has not uploaded", arch(|a| a.pending_bytes as f64))?;
         f.gauge("wal_archive_failing", "1: the archiver reports an error", arch(|a| flag(!a.error.is_empty())))?;
         f.gauge("wal_archive_end_lsn", "Everything before this WAL position is in the archive", arch(|a| a.end as f64))?;
+        f.gauge("wal_archive_gaps", "Ranges of WAL missing from the archive's catalog", arch(|a| a.gaps.len() as f64))?;
         f.gauge(
             "agent_streams",
             "Agent streams open to this node",
@@ -361,6 +381,11 @@ impl CoordinatorSite {
         drc_ops::scrape::register_process(&mut registry, security);
         node.stats().register(&mut registry);
         agents.hub.stats.register(&mut registry);
+        registry.register(
+            "failover_requests_refused",
+            "Operators' failovers and switchovers this node refused, by reason (not_now, invalid, unknown_cluster, stale, no_quorum, ...)",
+            executor.refusals(),
+        );
         registry.register_collector(Box::new(Scraped { node: node.clone(), agents, executor }));
         CoordinatorSite { registry, node, page }
     }

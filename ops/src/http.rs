@@ -149,3 +149,22 @@ pub async fn listen(address: &str, security: Security, site: Arc<dyn Site>, canc
     tokio::spawn(serve(listener, security, site, cancel));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drc_tls::{Identity, IdentityError, Role};
+
+    #[test]
+    fn metrics_and_pages_need_a_certificate_of_this_cluster_whose_role_reads_state() {
+        let known = |cluster: &str, role| Caller::Known(Identity::new(cluster, role, "1").expect("identity"));
+        let lab = Some("lab");
+        assert!(may_read(&Caller::Insecure, None).is_ok(), "plaintext: nobody is known");
+        for role in [Role::Viewer, Role::Operator, Role::Peer] {
+            assert!(may_read(&known("lab", role), lab).is_ok(), "{role}");
+        }
+        assert_eq!(may_read(&Caller::Unnamed(IdentityError::Missing), lab).map_err(|e| e.0), Err(StatusCode::UNAUTHORIZED));
+        assert_eq!(may_read(&known("lab", Role::Agent), lab).map_err(|e| e.0), Err(StatusCode::FORBIDDEN));
+        assert_eq!(may_read(&known("other", Role::Viewer), lab).map_err(|e| e.0), Err(StatusCode::FORBIDDEN));
+    }
+}

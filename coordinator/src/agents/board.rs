@@ -155,11 +155,22 @@ impl SampleBoard {
     /// its stream is open and its newest sample is within the detection
     /// window.
     pub fn observations(&self, topology: &Topology, now: Instant) -> BTreeMap<String, Observation> {
+        self.observations_of(topology, topology.members.keys(), now)
+    }
+
+    /// [`Self::observations`] of the members `ids` only (one cluster's, say:
+    /// a per-cluster pass over every member would cost clusters × members).
+    pub fn observations_of<'a>(
+        &self,
+        topology: &Topology,
+        ids: impl Iterator<Item = &'a String>,
+        now: Instant,
+    ) -> BTreeMap<String, Observation> {
         let b = lock(&self.state);
-        let mut out = Vec::with_capacity(topology.members.len());
+        let mut out = Vec::with_capacity(ids.size_hint().0);
         let mut windows: HashMap<&str, Duration> = HashMap::new();
         // In id order, so that collecting into the map needs no sorting.
-        for (id, decl) in &topology.members {
+        for (id, decl) in ids.filter_map(|id| topology.members.get_key_value(id)) {
             let Some(state) = b.members.get(id) else { continue };
             let Some(s) = &state.sample else { continue };
             let window = *windows

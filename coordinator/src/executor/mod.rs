@@ -70,6 +70,8 @@ pub struct Executor {
     sync: Mutex<BTreeMap<String, String>>,
     /// The origin of the core's monotonic clock.
     started: Instant,
+    /// Operators' requests refused, for `/metrics`.
+    refused: Refusals,
 }
 
 /// Why an operator's request was not decided.
@@ -87,6 +89,25 @@ pub enum RequestError {
     #[error("{0}")]
     Stale(String),
 }
+
+impl RequestError {
+    /// The bounded name of why, a label of `/metrics`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RequestError::NotLeader => "not_leader",
+            RequestError::ShuttingDown => "shutting_down",
+            RequestError::Refused(Refusal::UnknownCluster(_)) => "unknown_cluster",
+            RequestError::Refused(Refusal::Invalid(_)) => "invalid",
+            RequestError::Refused(Refusal::NotNow(_)) => "not_now",
+            RequestError::Propose(_) => "no_quorum",
+            RequestError::Stale(_) => "stale",
+        }
+    }
+}
+
+/// Counts of refused requests, by [`RequestError::label`].
+pub type Refusals =
+    prometheus_client::metrics::family::Family<[(&'static str, &'static str); 1], prometheus_client::metrics::counter::Counter>;
 
 /// An operator's request and where its answer goes.
 type Asked = (Request, oneshot::Sender<Result<Decision, RequestError>>);
@@ -116,6 +137,7 @@ impl Executor {
             placement,
             sync: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
+            refused: Refusals::default(),
         })
     }
 
@@ -149,7 +171,16 @@ impl Executor {
     pub async fn request(&self, req: Request) -> Result<Decision, RequestError> {
         let (tx, rx) = oneshot::channel();
         self.requests.send((req, tx)).await.map_err(|_| RequestError::ShuttingDown)?;
-        rx.await.map_err(|_| RequestError::ShuttingDown)?
+        let answer = rx.await.map_err(|_| RequestError::ShuttingDown)?;
+        if let Err(e) = &answer {
+            self.refused.get_or_create(&[("reason", e.label())]).inc();
+        }
+        answer
+    }
+
+    /// Operators' failovers and switchovers this node refused, by reason.
+    pub fn refusals(&self) -> Refusals {
+        self.refused.clone()
     }
 
     /// `at` on the core's monotonic clock: milliseconds since this executor

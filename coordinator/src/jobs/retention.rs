@@ -61,7 +61,7 @@ impl Jobs {
         } else {
             expired(&refs, &verified, policy.keep_last, max_age, wall_now_ms())
         };
-        let obs = self.agents.board.observations(&topology, Instant::now());
+        let obs = self.agents.board.observations_of(&topology, topology.members_of(cluster).map(|(id, _)| id), Instant::now());
         let agents: Vec<String> =
             topology.members_of(cluster).filter(|(id, _)| obs.get(*id).is_some_and(|o| o.fresh)).map(|(id, _)| id.clone()).collect();
         let kept: Vec<&BackupRecord> = refs.iter().copied().filter(|b| b.state == JobState::Done && !doomed.contains(&b.id)).collect();
