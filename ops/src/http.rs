@@ -18,11 +18,14 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected as _;
+
+/// An HTTP/1 request whose headers take longer is dropped.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A response body: whole, or streamed (server-sent events).
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -130,7 +133,9 @@ pub async fn serve(listener: TcpListener, security: Security, site: Arc<dyn Site
                 let (site, caller, cluster) = (Arc::clone(&site), caller.clone(), cluster.clone());
                 async move { Ok::<_, Infallible>(handle(site, caller, cluster, req).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A client that sends its request slowly holds a connection no longer.
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
             let served = builder.serve_connection(TokioIo::new(conn), service);
             tokio::select! {
                 _ = cancel.cancelled() => {}

@@ -38,7 +38,7 @@ fn metrics(endpoint: &str, asker: &Asker) -> Option<String> {
 }
 
 #[test]
-fn every_component_serves_health_and_metrics_and_a_switchover_moves_the_counters() {
+fn every_component_serves_health_and_metrics_and_a_failover_moves_the_counters() {
     let dir = tempfile::Builder::new().prefix("drc-observe-test-").tempdir().expect("tempdir");
     let lab = Lab::up_with(dir.path(), LabOptions { json_logs: true, prometheus: true, ..Default::default() }).expect("lab up");
     let prom = lab.info.prometheus.clone().expect("the lab's Prometheus");
@@ -118,16 +118,16 @@ fn every_component_serves_health_and_metrics_and_a_switchover_moves_the_counters
         }
     });
 
-    // A switchover moves the counters on every coordinator and the proxy.
-    let out = lab.drctl_json(&["switchover", "--cluster", PG_CLUSTER, "--to", "pg-b"]).expect("switchover");
+    // A failover (an operator's, forced past the healthy primary) moves the
+    // counters on every coordinator and the proxy.
+    let out = lab.drctl_json(&["failover", "--cluster", PG_CLUSTER, "--to", "pg-b", "--force"]).expect("failover");
     let id = out["decision_id"].as_u64().expect("decision id");
     for c in &lab.info.coordinators {
-        wait_for("every coordinator to count the switchover as done", LONG, || {
+        wait_for("every coordinator to count the failover as done", LONG, || {
             let text = metrics(&c.http_endpoint, &viewer)?;
-            let done = sample(&text, "drc_decisions_total", &[("cluster", PG_CLUSTER), ("kind", "switchover"), ("outcome", "done")]);
-            let timed = sample(&text, "drc_failover_promoted_seconds_count", &[("kind", "switchover")]);
-            // Its failover group's Redis cluster followed: one or two promotions.
-            (done == Some(1.0) && timed.is_some_and(|n| n >= 1.0)).then_some(())
+            let done = sample(&text, "drc_decisions_total", &[("cluster", PG_CLUSTER), ("kind", "failover"), ("outcome", "done")]);
+            let timed = sample(&text, "drc_failover_promoted_seconds_count", &[("kind", "failover")]);
+            (done == Some(1.0) && timed == Some(1.0)).then_some(())
         })
         .unwrap_or_else(|e| {
             let text = metrics(&c.http_endpoint, &viewer).unwrap_or_default();
@@ -146,8 +146,8 @@ fn every_component_serves_health_and_metrics_and_a_switchover_moves_the_counters
 
     // Prometheus saw the counter move, and every rule of drc.rules.yml
     // evaluates against what the lab exports.
-    let counted = r#"max(drc_decisions_total{cluster="app-pg",kind="switchover",outcome="done"})"#;
-    wait_for("Prometheus to see the switchover counted", LONG, || (value(&prom, counted)? == 1.0).then_some(())).expect("scraped");
+    let counted = r#"max(drc_decisions_total{cluster="app-pg",kind="failover",outcome="done"})"#;
+    wait_for("Prometheus to see the failover counted", LONG, || (value(&prom, counted)? == 1.0).then_some(())).expect("scraped");
     wait_for("every rule to evaluate without error", LONG, || unhealthy_rules(&prom).ok().filter(|bad| bad.is_empty()))
         .unwrap_or_else(|e| panic!("{e}: {:?}", unhealthy_rules(&prom)));
 

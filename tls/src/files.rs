@@ -101,23 +101,21 @@ fn build(files: &TlsFiles) -> Result<Material, TlsError> {
     let provider = provider();
     let versions = [&rustls::version::TLS13];
 
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let mut server = ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&versions)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain.clone(), key.clone_key())?;
-    server.alpn_protocols = vec![b"h2".to_vec()];
-    let optional = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let mut http = ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&versions)?
-        .with_client_cert_verifier(optional)
-        .with_single_cert(chain.clone(), key.clone_key())?;
-    http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // gRPC demands a client certificate; the HTTP listener checks one when
+    // given (see `Material::http`).
+    let server_config = |demand: bool, alpn: &[&[u8]]| -> Result<ServerConfig, TlsError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider));
+        let verifier = if demand { verifier } else { verifier.allow_unauthenticated() };
+        let verifier = verifier.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&versions)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    };
+    let server = server_config(true, &[b"h2"])?;
+    let http = server_config(false, &[b"h2", b"http/1.1"])?;
 
     let mut client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)?
