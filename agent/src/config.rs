@@ -148,6 +148,37 @@ pub struct AgentConfig {
     /// `text` (default) or `json`, one object per line.
     #[serde(default)]
     pub log_format: drc_ops::log::LogFormat,
+    /// The agent starts its database itself and owns it: see [`SuperviseConfig`].
+    #[serde(default)]
+    pub supervise: Option<SuperviseConfig>,
+}
+
+/// `[supervise]`: the agent starts the database as its own child, only in
+/// the role its epoch and lease allow, restarts it after a crash, and stops
+/// it when the agent stops. PostgreSQL needs nothing here (`[postgres]`
+/// says where and how); Redis needs its command.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuperviseConfig {
+    /// Redis only: the server's command, e.g. `["redis-server",
+    /// "/etc/redis/redis.conf"]`; the agent adds the port settings.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The server's OS user; by default `postgres.run_as` for PostgreSQL
+    /// and the agent's own user for Redis.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// Where the server's output is appended; by default `postgres.log_file`,
+    /// else the agent's own output (a container's log).
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    /// How long a stop may take before the server is killed.
+    #[serde(default = "default_stop_timeout", with = "humantime_serde")]
+    pub stop_timeout: Duration,
+}
+
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_vouch() -> Duration {
@@ -237,6 +268,19 @@ impl AgentConfig {
         if let Some(f) = self.postgres.as_ref().and_then(|p| p.replication_passfile.as_ref()) {
             if !f.is_absolute() {
                 p.push(format!("postgres.replication_passfile: {} must be an absolute path", f.display()));
+            }
+        }
+        if let Some(sv) = &self.supervise {
+            if self.state_dir.is_none() {
+                p.push("supervise: needs state_dir, where the epoch that decides the server's role is kept".into());
+            }
+            match self.kind {
+                Kind::Postgres if self.postgres.is_none() => p.push("supervise: PostgreSQL needs a [postgres] section".into()),
+                Kind::Postgres if !sv.command.is_empty() => {
+                    p.push("supervise.command: only for Redis; PostgreSQL starts from [postgres] (bin_dir, data_dir, start_options)".into())
+                }
+                Kind::Redis if sv.command.is_empty() => p.push("supervise.command: the Redis server's command is needed".into()),
+                _ => {}
             }
         }
         if p.is_empty() {

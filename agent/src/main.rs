@@ -18,6 +18,7 @@ mod s3;
 mod sampler;
 mod session;
 mod stats;
+mod supervise;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -169,6 +170,7 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
         }
     };
     tokio::spawn(Arc::clone(&actor).watch_lease(cancel.clone()));
+    let supervisor = tokio::spawn(Arc::clone(&actor).supervise(cancel.clone()));
     if let Some(address) = &cfg.http_listen {
         let site = stats::AgentSite::new(Arc::clone(&actor.stats), Arc::clone(&buffer), &cfg, &security);
         if let Err(e) = drc_ops::http::listen(address, security.clone(), Arc::new(site), cancel.clone()).await {
@@ -199,6 +201,8 @@ async fn run(cfg: Arc<AgentConfig>) -> ExitCode {
     session::run(Arc::clone(&cfg), security, actor, buffer, views_tx, dataset_rx, cancel.clone()).await;
     cancel.cancel();
     let _ = probes.await;
+    // A supervised server stops before the agent exits.
+    let _ = supervisor.await;
     tracing::info!("agent stopped");
     ExitCode::SUCCESS
 }

@@ -51,7 +51,8 @@ pub async fn run(
             _ = tokio::time::sleep_until(last + cfg.probe_interval * 3 / 2) => {}
         }
         last = tokio::time::Instant::now();
-        let local = local_rx.borrow_and_update().current(cfg.probe_timeout / 2);
+        let mut local = local_rx.borrow_and_update().current(cfg.probe_timeout / 2);
+        actor.lineage(&mut local);
         let view = views.borrow().clone();
         let target = view.as_ref().filter(|v| v.primary_member != cfg.member_id && !v.primary_address.is_empty());
         let primary = target.and_then(|v| current(cross_rx.borrow().as_ref(), &v.primary_address, cfg.probe_timeout));

@@ -272,7 +272,7 @@ async fn session(
                         *established = true;
                         actor.stats.stream(true);
                         tracing::info!(primary = %v.primary_member, address = %v.primary_address, epoch = v.epoch, "cluster view");
-                        actor.view(v.epoch, &v.primary_member);
+                        actor.view(v.epoch, &v.primary_member, &v.primary_address);
                         views.send_replace(Some(v));
                     }
                     Some(coordinator_message::Body::Command(c)) => {

@@ -34,6 +34,15 @@ pub(super) struct EpochRecord {
     /// brings it back. Persisted, so that a restarted agent still can.
     #[serde(default)]
     pub(super) lease_fenced: bool,
+    /// Where `primary` listens (host:port), as the coordinators said: a
+    /// supervised Redis restarts as its replica.
+    #[serde(default)]
+    pub(super) primary_address: String,
+    /// Redis: the replication id of the dataset this member served as the
+    /// primary, under a lease (kept by a supervising agent): a server
+    /// restarted from its own persistence gets a new id and continues it.
+    #[serde(default)]
+    pub(super) dataset: String,
 }
 
 /// How often the agent checks its lease.
@@ -154,6 +163,9 @@ impl Actor {
         if epoch > k.epoch || (!primary.is_empty() && k.primary != primary) {
             k.epoch = epoch;
             if !primary.is_empty() {
+                if k.primary != primary {
+                    k.primary_address.clear();
+                }
                 k.primary = primary.to_string();
             }
             k.held_lease = k.held_lease && k.primary == self.cfg.member_id;
@@ -174,9 +186,17 @@ impl Actor {
         }
     }
 
-    /// The cluster view from the coordinator: who is primary in which epoch.
-    pub fn view(&self, epoch: u64, primary: &str) {
-        self.learn(epoch, primary);
+    /// The cluster view from the coordinator: who is primary in which
+    /// epoch, and where it listens.
+    pub fn view(&self, epoch: u64, primary: &str, address: &str) {
+        if self.learn(epoch, primary) {
+            let mut k = lock(&self.known);
+            if k.epoch == epoch && k.primary == primary && k.primary_address != address {
+                k.primary_address = address.to_string();
+                self.save(&k);
+            }
+        }
+        self.views.send_replace(Some(epoch));
     }
 
     /// A lease renewal: a new lease of the epoch's primary, replacing the
@@ -263,9 +283,10 @@ impl Actor {
                 // After the fence that may still be stopping it.
                 let _one = self.control.lock().await;
                 if !postmaster_alive(&pg.data_dir) {
-                    self.pg_ctl(&["start", "-w", "-t", "60"]).await.map_err(|e| format!("restarting the fenced primary: {e}"))?;
+                    self.start_postgres().await.map_err(|e| format!("restarting the fenced primary: {e}"))?;
                 }
             }
+            Kind::Redis if self.supervisor.as_ref().is_some_and(|s| s.closed()) => self.reopen_held_redis().await?,
             Kind::Redis => {
                 let mut c = self.redis_local().await?;
                 redis_cmd(&mut c, ::redis::cmd("CLIENT").arg("UNPAUSE")).await?;

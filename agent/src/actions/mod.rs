@@ -12,6 +12,7 @@ mod lease;
 mod postgres;
 mod promote;
 mod redis;
+mod supervised;
 mod vouch;
 
 use std::collections::HashMap;
@@ -70,6 +71,14 @@ pub struct Actor {
     /// One connection to the local PostgreSQL, reused: the lease check runs
     /// every 50 ms, and a promotion should not pay for new connections.
     local_pg: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// The database's supervisor, when the agent starts it (`[supervise]`).
+    supervisor: Option<Arc<crate::supervise::Supervisor>>,
+    /// The epoch of the newest cluster view from the coordinators (None:
+    /// none yet).
+    views: tokio::sync::watch::Sender<Option<u64>>,
+    /// Redis: the dataset a supervised server restarted from its own
+    /// persistence continues (see `lineage`).
+    inherited: Mutex<Option<String>>,
 }
 
 pub(super) use drc_model::time::wall_now_ms as now_ms;
@@ -88,7 +97,6 @@ impl Actor {
         };
         // A lease held before a restart is treated as lapsed at once.
         Ok(Arc::new(Actor {
-            cfg,
             stats: Arc::default(),
             archiver,
             known: Mutex::new(known.clone()),
@@ -111,6 +119,10 @@ impl Actor {
             heartbeats: Mutex::new(std::collections::VecDeque::new()),
             redis_beating: Arc::new(tokio::sync::Mutex::new(())),
             local_pg: tokio::sync::Mutex::new(None),
+            supervisor: cfg.supervise.as_ref().map(|_| Arc::new(crate::supervise::Supervisor::new(Arc::clone(&cfg)))),
+            views: tokio::sync::watch::channel(None).0,
+            inherited: Mutex::new(None),
+            cfg,
         }))
     }
 

@@ -128,7 +128,7 @@ impl Actor {
         ));
         std::fs::write(&auto, text).map_err(|e| format!("{}: {e}", auto.display()))?;
         std::fs::write(pg.data_dir.join("standby.signal"), "").map_err(|e| format!("standby.signal: {e}"))?;
-        self.pg_ctl(&["start", "-w", "-t", "60"]).await?;
+        self.start_postgres().await?;
         *lock(&self.fenced) = false;
         Ok(StepFound::default())
     }
@@ -171,6 +171,9 @@ impl Actor {
 
     pub(super) async fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
         let pg = self.cfg.postgres.as_ref().ok_or("no [postgres] section")?;
+        if let (Some(s), Some(&"stop")) = (&self.supervisor, args.first()) {
+            s.release();
+        }
         let data = pg.data_dir.to_string_lossy().to_string();
         let mut all: Vec<&str> = vec!["-D", &data];
         let log = pg.log_file.as_ref().map(|p| p.to_string_lossy().to_string());

@@ -18,6 +18,10 @@ impl Actor {
                 let (host, port) = primary_address(s)?;
                 redis_cmd(&mut c, ::redis::cmd("REPLICAOF").arg(host).arg(port)).await?;
                 let _ = redis_cmd(&mut c, ::redis::cmd("CLIENT").arg("UNPAUSE")).await;
+                // A supervised server held off the network serves again, as a replica.
+                if let Some(s) = &self.supervisor {
+                    s.open_port(&mut c).await?;
+                }
                 *lock(&self.fenced) = false;
                 Ok(StepFound::default())
             }
@@ -51,6 +55,9 @@ impl Actor {
 
     pub(super) async fn redis_local(&self) -> Result<redis::aio::MultiplexedConnection, String> {
         let conn = &self.cfg.connection;
+        if let Some(s) = &self.supervisor {
+            return crate::supervise::redis::connect(&s.redis_socket(), conn).await;
+        }
         let info = crate::probe::redis::connection_info(&conn.host, conn.port, conn)?;
         let client = crate::probe::redis::client(info, conn.tls.as_ref())?;
         tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection())

@@ -57,6 +57,10 @@ pub struct MemberInfo {
     /// host:port of its agent's HTTP listener: /healthz, /readyz, /metrics.
     #[serde(default)]
     pub agent_http_endpoint: String,
+    /// Its agent starts and owns the database (`[supervise]`); `pid` is
+    /// then 0: the server is the agent's child and dies with it.
+    #[serde(default)]
+    pub supervised: bool,
 }
 
 /// One S3-compatible server in `lab.json`.

@@ -183,6 +183,7 @@ pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>, tls: Opti
             agent_log: PathBuf::new(),
             agent_tls: None,
             agent_http_endpoint: String::new(),
+            supervised: false,
         });
         wait_for(&format!("pg-{region} to accept connections"), Duration::from_secs(30), || psql_at(&host, port, "SELECT 1").ok())?;
         if let (Some(t), "a") = (tls, region) {

@@ -89,6 +89,7 @@ pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>) -> anyhow
             agent_log: PathBuf::new(),
             agent_tls: None,
             agent_http_endpoint: String::new(),
+            supervised: false,
         });
     }
     Ok(members)
