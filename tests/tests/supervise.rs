@@ -76,6 +76,27 @@ fn supervise_primary(lab: &mut Lab, cluster: &str, member: &str, writable: impl 
     lab.supervise(member).expect("supervise");
     wait_for(&format!("{member} to take writes under its supervising agent"), LONG, || writable().then_some(())).expect("back");
     println!("{member} restarted under its agent and took writes again after {:.2} s", at.elapsed().as_secs_f64());
+    // A crash of the server alone: its agent starts it again by the same rule.
+    let server = lab.server_pid(member).expect("the supervised server runs");
+    let at = Instant::now();
+    kill_tree(server);
+    wait_for(&format!("{member} to take writes after its server crashed"), LONG, || {
+        (lab.server_pid(member).is_some_and(|p| p != server) && writable()).then_some(())
+    })
+    .expect("restarted after the crash");
+    println!("{member}'s server, killed, was started again by its agent and took writes after {:.2} s", at.elapsed().as_secs_f64());
+    // The coordinators take it for the same dataset (a restarted Redis has
+    // a new replication id), and its agent stays connected.
+    let dataset = |lab: &Lab| lab.members_health().ok()?.get(member).cloned();
+    let seen = wait_for(&format!("the leader to see {member} serve again"), LONG, || {
+        dataset(lab).filter(|m| m["healthy"] == true && m["role"] == "primary" && m["agent_connected"] == true)
+    })
+    .expect("healthy");
+    drc_tests::holds_for(&format!("{member}'s agent to stay connected"), Duration::from_secs(2), || {
+        let m = dataset(lab)?;
+        Some(if m["agent_connected"] == true && m["dataset_id"] == seen["dataset_id"] { Ok(()) } else { Err(m.to_string()) })
+    })
+    .expect("still connected");
     lab.drctl_json(&["resume", "--cluster", cluster]).expect("resume");
 }
 

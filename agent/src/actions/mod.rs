@@ -109,8 +109,9 @@ impl Actor {
             replicas: Mutex::new(known.replicas),
             link_up_at: Mutex::new(None),
             // Not `known.lease_fenced`: a server restarted behind a
-            // restarted agent's back must be found and fenced again.
-            fenced: Mutex::new(false),
+            // restarted agent's back must be found and fenced again. A
+            // supervised server is held until its supervisor starts it.
+            fenced: Mutex::new(cfg.supervise.is_some()),
             restarting: tokio::sync::Mutex::new(()),
             control: tokio::sync::Mutex::new(()),
             sync_standbys: Mutex::new(None),

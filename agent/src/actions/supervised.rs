@@ -143,6 +143,13 @@ impl Actor {
         let Some(sup) = &self.supervisor else { return Ok(()) };
         let mut c = self.redis_local().await?;
         match boot {
+            // The primary under a lease it still holds, after a crash: as a
+            // held one coming back.
+            Boot::AsConfigured if self.epoch() > 0 => {
+                self.reopen_held_redis().await?;
+                *lock(&self.fenced) = false;
+                return Ok(());
+            }
             Boot::AsConfigured | Boot::AskFirst => *lock(&self.fenced) = false,
             Boot::HoldForLease => {
                 self.hold_for_lease();
