@@ -46,6 +46,88 @@ struct Args {
     /// How to write log lines (text or json).
     #[arg(long, value_enum)]
     log_format: Option<drc_ops::log::LogFormat>,
+    #[command(subcommand)]
+    tool: Option<Tool>,
+}
+
+/// Tools on a stopped node's data dir; without one, the node runs.
+#[derive(clap::Subcommand, Debug)]
+enum Tool {
+    /// After a majority of the coordinators is lost for good: makes this
+    /// stopped node's data a one-node cluster, keeping everything it knew
+    /// committed (as etcd's --force-new-cluster). Start the node as usual
+    /// afterwards, then add members back with `drctl members add`, each
+    /// with an empty data dir; never start a lost node on its old data.
+    Recover {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// What a stopped node's data dir holds: identity, term, commit and
+    /// applied index, voters, and the formats of its log and snapshot.
+    Inspect {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// Runs a tool; exit 0 on success, 1 when the data dir cannot be used.
+fn run_tool(tool: Tool) -> ExitCode {
+    use drc_coordinator::raft::RaftStore;
+    let (dir, output) = match &tool {
+        Tool::Recover { data_dir, output } | Tool::Inspect { data_dir, output } => (data_dir, *output),
+    };
+    let result = RaftStore::open_existing(dir).and_then(|store| match tool {
+        Tool::Recover { .. } => store.force_new_cluster().map(|r| {
+            let text = format!(
+                "node {} of this data dir is now the only voter, with everything it knew committed (index {}, term {}); dropped {} uncommitted entries; removed nodes {:?} (voters were {:?}).\nNext: start this coordinator as usual, then add members back with `drctl members add --id ID --address HOST:PORT`, each started with `join = true` and an empty data dir. Never start a removed node on its old data.",
+                r.node_id, r.applied_index, r.term, r.dropped_entries, r.removed, r.voters_before
+            );
+            (serde_json::to_value(&r), text)
+        }),
+        Tool::Inspect { .. } => store.describe().map(|d| {
+            let text = format!(
+                "cluster {:?} node {}\nterm {} (voted for {}), commit {}, applied {}, log {}..{}\nvoters {:?}, learners {:?}\nmembers {:?}\nsnapshot format {}, entries by format {:?}; this release reads formats up to {}",
+                d.cluster_id,
+                d.node_id,
+                d.term,
+                d.vote,
+                d.commit_index,
+                d.applied_index,
+                d.first_index,
+                d.last_index,
+                d.voters,
+                d.learners,
+                d.members,
+                d.snapshot_format.map_or("none".to_string(), |f| f.to_string()),
+                d.entry_formats,
+                d.supported_format
+            );
+            (serde_json::to_value(&d), text)
+        }),
+    });
+    match result {
+        Ok((json, text)) => {
+            match (output, json) {
+                (Output::Json, Ok(v)) => println!("{v:#}"),
+                _ => println!("{text}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("drc-coordinator: {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
@@ -123,7 +205,11 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
 }
 
 fn main() -> ExitCode {
-    let cfg = match load(Args::parse()) {
+    let mut args = Args::parse();
+    if let Some(tool) = args.tool.take() {
+        return run_tool(tool);
+    }
+    let cfg = match load(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("drc-coordinator: {e:#}");

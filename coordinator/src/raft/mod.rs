@@ -3,6 +3,7 @@
 //! rest of the coordinator holds on it ([`handle`]), the gRPC transport
 //! between coordinators ([`transport`]), and what it counts ([`stats`]).
 
+pub mod entry;
 pub mod handle;
 pub mod input;
 pub mod logger;

@@ -22,19 +22,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::entry::{decode_command, decode_conf_change};
 use super::handle::{NodeHandle, NodeStatus, Role};
 use super::input::{MembershipChange, NodeInput, ProposeError, Reply};
 use super::logger::raft_logger;
 use super::storage::{RaftStore, StorageError};
 use super::transport::Transport;
 use crate::lock::lock;
-use crate::state::{Command, NodeAddress, Outcome};
+use crate::state::Outcome;
 
 /// Tuning of the Raft node.
 #[derive(Clone, Debug)]
@@ -205,6 +205,15 @@ impl Node {
                     // `LeaseConfig::handover`).
                     return;
                 }
+                // A node outside a configuration this node has (one removed,
+                // or lost and started again on its old data after a
+                // recovery) must not disturb it, e.g. depose its leader.
+                let conf = self.raw.raft.prs().conf();
+                let known = conf.voters().ids().iter().any(|id| id == m.from) || conf.learners().contains(&m.from);
+                if !known && !conf.voters().ids().is_empty() {
+                    tracing::debug!(from = m.from, "dropped a raft message from a node outside the configuration");
+                    return;
+                }
                 if let Some(why) = impossible(&m, self.raw.raft.raft_log.last_index()) {
                     // raft-rs would panic on it; no honest peer sends it.
                     tracing::warn!(from = m.from, "dropped a raft message: {why}");
@@ -224,7 +233,7 @@ impl Node {
                     let _ = reply.send(Err(e));
                     return;
                 }
-                let data = match serde_json::to_vec(&cmd) {
+                let data = match crate::state::format::encode(&cmd) {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = reply.send(Err(ProposeError::Rejected(format!("cannot encode command: {e}"))));
@@ -507,41 +516,6 @@ impl Node {
     }
 }
 
-/// A committed command. One this version cannot decode stops the node
-/// (nothing of its batch is applied): skipping it would make this node's
-/// state differ from that of the nodes that applied it.
-fn decode_command(e: &Entry) -> Result<Command, StorageError> {
-    serde_json::from_slice::<Command>(&e.data).map_err(|err| {
-        StorageError::Corrupt(format!(
-            "committed entry {} cannot be decoded by this version ({err}); stopping rather than diverging from the other nodes: run a release that reads it",
-            e.index
-        ))
-    })
-}
-
-/// A decoded conf change entry: what raft-rs must apply, which node it is
-/// about, and that node's address when it is added.
-struct DecodedChange {
-    v1: Option<ConfChange>,
-    v2: Option<ConfChangeV2>,
-    id: u64,
-    address: Option<NodeAddress>,
-}
-
-fn decode_conf_change(e: &Entry) -> Result<DecodedChange, protobuf::ProtobufError> {
-    if e.get_entry_type() == EntryType::EntryConfChangeV2 {
-        let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
-        let (id, add) =
-            cc.get_changes().first().map(|c| (c.node_id, c.get_change_type() != ConfChangeType::RemoveNode)).unwrap_or((0, false));
-        let address = add.then(|| NodeAddress::from_context(&cc.context));
-        return Ok(DecodedChange { v1: None, v2: Some(cc), id, address });
-    }
-    let cc = ConfChange::parse_from_bytes(&e.data)?;
-    let id = cc.node_id;
-    let address = (cc.get_change_type() != ConfChangeType::RemoveNode).then(|| NodeAddress::from_context(&cc.context));
-    Ok(DecodedChange { v1: Some(cc), v2: None, id, address })
-}
-
 fn status_of(raw: &RawNode<RaftStore>) -> NodeStatus {
     let r = &raw.raft;
     let conf = r.prs().conf();
@@ -576,8 +550,8 @@ fn impossible(m: &Message, last_index: u64) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
+    use crate::state::NodeAddress;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restarted_node_votes_for_nobody_for_one_election_timeout() {
@@ -623,14 +597,6 @@ mod tests {
         let mut status = handle.watch_status();
         tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.term == 6)).await.expect("heeded").expect("status");
         cancel.cancel();
-    }
-
-    #[test]
-    fn a_committed_entry_this_version_cannot_decode_stops_the_node_instead_of_being_skipped() {
-        let e = Entry { index: 7, data: br#"{"SomeFutureCommand":{}}"#.to_vec().into(), ..Default::default() };
-        let err = decode_command(&e).expect_err("undecodable");
-        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
-        assert!(err.to_string().contains("committed entry 7"), "{err}");
     }
 
     /// One in-process node of a test cluster, with its Raft server on a

@@ -20,6 +20,7 @@ use drc_model::{ClusterRecord, Decision, DecisionKind, Millis, StepArgs, StepSta
 use crate::core::steps;
 use drc_model::topology::Topology;
 
+pub mod format;
 mod prune;
 pub mod tally;
 pub use prune::LastIds;
@@ -507,15 +508,17 @@ impl StateMachine {
         self.wal_archives.values().filter(|a| a.cluster == cluster && a.system_id == dataset).filter_map(|a| Some(a.reach()?.1)).max()
     }
 
+    /// The state as a snapshot: stamped with the format (see [`format`]).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        format::encode(self).unwrap_or_default()
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+    /// Reads a snapshot of this format or an older one.
+    pub fn decode(bytes: &[u8]) -> Result<Self, format::FormatError> {
         if bytes.is_empty() {
             return Ok(Self::default());
         }
-        let mut sm: Self = serde_json::from_slice(bytes)?;
+        let mut sm: Self = format::decode(bytes, "the state machine snapshot")?;
         sm.last_ids.catch_up(&sm.history, &sm.backups, &sm.recovery_tests, &sm.audit);
         sm.last_ids.restore = sm.last_ids.restore.max(sm.restores.keys().next_back().copied().unwrap_or(0));
         Ok(sm)

@@ -37,6 +37,11 @@ use serde::{Deserialize, Serialize};
 use crate::lock;
 use crate::state::{NodeAddress, StateMachine};
 
+mod inspect;
+mod recover;
+pub use inspect::Described;
+pub use recover::Recovered;
+
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -62,6 +67,9 @@ pub enum StorageError {
     Db { dir: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("corrupt storage: {0}")]
     Corrupt(String),
+    /// Written by a release this one cannot read (or not at all decodable).
+    #[error("{0}")]
+    Format(#[from] crate::state::format::FormatError),
 }
 
 /// What the data dir belongs to; written once, checked at every start.
@@ -148,22 +156,7 @@ impl RaftStore {
     /// configuration and waits for the leader's snapshot. An existing dir
     /// must carry the same identity.
     pub fn open(dir: &Path, cluster_id: &str, node_id: u64, founders: Option<&BTreeMap<u64, NodeAddress>>) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageError::Db { dir: dir.to_path_buf(), source: Box::new(e) })?;
-        let path = dir.join("raft.redb");
-        let db = match Database::create(&path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StorageError::InUse { dir: dir.to_path_buf() }),
-            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(StorageError::InUse { dir: dir.to_path_buf() })
-            }
-            Err(e) => return Err(StorageError::Db { dir: dir.to_path_buf(), source: Box::new(e) }),
-        };
-        let store = RaftStore {
-            db: Arc::new(db),
-            dir: dir.to_path_buf(),
-            core: Arc::new(RwLock::new(Core::default())),
-            checkpoint_bytes: Arc::default(),
-        };
+        let store = RaftStore::open_db(dir)?;
         let want = Identity { cluster_id: cluster_id.to_string(), node_id };
         let found = store.read_meta("identity")?;
         match found {
@@ -185,6 +178,33 @@ impl RaftStore {
         Ok(store)
     }
 
+    /// Opens an existing data dir as the node it belongs to (the tools
+    /// that work on a stopped node's data: `recover`, `inspect`).
+    pub fn open_existing(dir: &Path) -> Result<Self, StorageError> {
+        if !dir.join("raft.redb").exists() {
+            return Err(StorageError::Corrupt(format!("{} holds no coordinator data (no raft.redb)", dir.display())));
+        }
+        let (cluster_id, node_id) = {
+            let probe = RaftStore::open_db(dir)?;
+            let bytes =
+                probe.read_meta("identity")?.ok_or_else(|| StorageError::Corrupt(format!("{} was never initialised", dir.display())))?;
+            let id: Identity = serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("identity: {e}")))?;
+            (id.cluster_id, id.node_id)
+        };
+        RaftStore::open(dir, &cluster_id, node_id, None)
+    }
+
+    /// The drc cluster and node this data dir belongs to.
+    pub fn identity(&self) -> Result<(String, u64), StorageError> {
+        let bytes = self.read_meta("identity")?.ok_or_else(|| StorageError::Corrupt("no identity".into()))?;
+        let id: Identity = serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("identity: {e}")))?;
+        Ok((id.cluster_id, id.node_id))
+    }
+
+    fn node_id(&self) -> Result<u64, StorageError> {
+        self.identity().map(|(_, id)| id)
+    }
+
     fn db_err(&self, e: impl std::error::Error + Send + Sync + 'static) -> StorageError {
         StorageError::Db { dir: self.dir.clone(), source: Box::new(e) }
     }
@@ -198,6 +218,25 @@ impl RaftStore {
         };
         let v = table.get(key).map_err(|e| self.db_err(e))?;
         Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    /// The database in `dir`, created if missing, nothing loaded yet.
+    fn open_db(dir: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::Db { dir: dir.to_path_buf(), source: Box::new(e) })?;
+        let db = match Database::create(dir.join("raft.redb")) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StorageError::InUse { dir: dir.to_path_buf() }),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(StorageError::InUse { dir: dir.to_path_buf() })
+            }
+            Err(e) => return Err(StorageError::Db { dir: dir.to_path_buf(), source: Box::new(e) }),
+        };
+        Ok(RaftStore {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+            core: Arc::new(RwLock::new(Core::default())),
+            checkpoint_bytes: Arc::default(),
+        })
     }
 
     /// Stamps a new data dir. A founding node starts from a snapshot at
@@ -245,7 +284,7 @@ impl RaftStore {
             core.applied = pair(&b)?;
         }
         if let Some(b) = get("state_machine")? {
-            core.sm = StateMachine::decode(&b).map_err(|e| StorageError::Corrupt(format!("state machine: {e}")))?;
+            core.sm = StateMachine::decode(&b)?;
         }
         let entries = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
         let first = core.compacted.0 + 1;
@@ -291,7 +330,7 @@ impl RaftStore {
         let sync = sync || snapshot.is_some() || !entries.is_empty();
         let mut core = lock::write(&self.core);
         let snap_sm = match snapshot {
-            Some(s) => Some(StateMachine::decode(&s.data).map_err(|e| StorageError::Corrupt(format!("snapshot from leader: {e}")))?),
+            Some(s) => Some(StateMachine::decode(&s.data)?),
             None => None,
         };
         let mut tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
