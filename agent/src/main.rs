@@ -4,8 +4,11 @@
 //! current primary from its own region, and streams samples to the
 //! coordinator leader over one long-lived gRPC stream.
 //!
-//! Exit codes: 0 on SIGTERM/SIGINT, 2 for a bad configuration, 3 when the
-//! coordinator refuses the agent (unknown member, another cluster's dataset).
+//! Exit codes: 0 on SIGTERM/SIGINT; 1 the process could not start at all;
+//! 2 a bad configuration (also a certificate that names another member, or
+//! an HTTP address in use). Coordinators that refuse the agent (an unknown
+//! member, another cluster's dataset) are no exit: it logs why and tries
+//! again, after 1 s doubling up to 30 s.
 
 mod actions;
 mod archive;

@@ -86,7 +86,9 @@ fn raft_service(transport: Arc<Transport>) -> RaftTransportServer<RaftService> {
 }
 
 /// How this node secures its connections: its certificate must name it.
-fn security(cfg: &CoordinatorConfig) -> anyhow::Result<Security> {
+/// The node's TLS material, checked against its configuration: the
+/// certificate must name this node of this cluster.
+pub fn security(cfg: &CoordinatorConfig) -> anyhow::Result<Security> {
     let security = Security::new(cfg.tls.clone(), cfg.insecure).context("tls")?;
     match security.identity() {
         None => tracing::warn!(node = cfg.node_id, "{}", drc_tls::INSECURE_WARNING),

@@ -13,12 +13,28 @@ if ! need_cmd cargo; then
     exit 1
   fi
 fi
+# rust-toolchain.toml pins the compiler. A machine whose installed stable is
+# that very release but cannot download it uses it under the pinned name.
+pinned="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$(dirname "${BASH_SOURCE[0]}")/../../rust-toolchain.toml")"
+if need_cmd rustup && ! grep -q "^$pinned" <<< "$(rustup toolchain list)"; then
+  stable_rustc="$(rustup which --toolchain stable rustc 2>/dev/null || true)"
+  if [ -n "$stable_rustc" ] && "$stable_rustc" --version | grep -q "^rustc $pinned "; then
+    # rustup refuses `toolchain link` for a release's name: the same link by hand.
+    stable_dir="$(dirname "$(dirname "$stable_rustc")")"
+    host="$("$stable_rustc" -vV | sed -n 's/^host: //p')"
+    ln -sfn "$stable_dir" "$(dirname "$stable_dir")/$pinned-$host"
+  else
+    rustup toolchain install "$pinned" --profile minimal --component rustfmt,clippy
+  fi
+fi
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
 # Debian packages: the lab and the end-to-end tests run real PostgreSQL 15
 # and Redis servers.
 apt_need=""
+# A C compiler: ring (TLS) and other crates build C code.
+need_cmd cc || apt_need="$apt_need gcc libc6-dev"
 need_cmd curl || apt_need="$apt_need curl"
 need_cmd python3 || apt_need="$apt_need python3"
 [ -x /usr/lib/postgresql/15/bin/pg_ctl ] || apt_need="$apt_need postgresql-15"
@@ -38,6 +54,8 @@ need_cmd aws || apt_need="$apt_need awscli"
 # Alerting rules are unit-tested with promtool, and the lab can start a real
 # Prometheus that scrapes every component (drc-lab up --prometheus).
 need_cmd promtool || apt_need="$apt_need prometheus"
+# The systemd units are checked with systemd-analyze verify.
+need_cmd systemd-analyze || apt_need="$apt_need systemd"
 # The status page is tested in headless Chromium.
 { need_cmd chromium || need_cmd chromium-browser; } || apt_need="$apt_need chromium"
 if [ -n "$apt_need" ]; then

@@ -264,7 +264,7 @@ fn bad_endpoints_configs_and_data_dirs_are_refused_clearly() {
     // With its own certificate, it is refused for its certificate first.
     fs::write(&foreign, &renamed).expect("write");
     let out = std::process::Command::new(bin("drc-coordinator")).arg("--config").arg(&foreign).output().expect("run");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a configuration error");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tls.cert names") && err.contains("drc://someone-else/peer/1"), "{err}");
     // With a certificate of that cluster, for its data dir.
@@ -277,7 +277,7 @@ fn bad_endpoints_configs_and_data_dirs_are_refused_clearly() {
         .replace(&own.key.display().to_string(), &other.key.display().to_string());
     fs::write(&foreign, renamed).expect("write");
     let out = std::process::Command::new(bin("drc-coordinator")).arg("--config").arg(&foreign).output().expect("run");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3), "a data dir that needs a human");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("belongs to drc cluster"), "{err}");
 
@@ -295,14 +295,14 @@ fn bad_endpoints_configs_and_data_dirs_are_refused_clearly() {
         ])
         .output()
         .expect("run");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "a port in use may be free on the next try");
     assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // A malformed config file.
     let bad = c.dir.path().join("bad.toml");
     fs::write(&bad, "cluster_id = 'x'\nnode_id = 'one'\n").expect("write");
     let out = std::process::Command::new(bin("drc-coordinator")).arg("--config").arg(&bad).output().expect("run");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("node_id"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // The stopped node comes back with its own config.

@@ -1,4 +1,9 @@
 //! `drc-coordinator`: one node of drc's Raft-replicated coordinator.
+//!
+//! Exit codes: 0 stopped by SIGTERM/SIGINT; 1 failed while running (the
+//! Raft thread panicked, a listener died: a restart may help); 2 a bad
+//! configuration; 3 the data dir cannot be used as it is (another node's,
+//! in use, corrupt, or written in a newer format): a human must look.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -201,6 +206,9 @@ fn load(args: Args) -> anyhow::Result<CoordinatorConfig> {
             .collect::<anyhow::Result<_>>()?;
     }
     cfg.validate()?;
+    // Certificates that cannot be read, or name another node, are a
+    // configuration error too (exit 2), found before anything starts.
+    drc_coordinator::server::security(&cfg)?;
     Ok(cfg)
 }
 
@@ -239,7 +247,8 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("drc-coordinator: {e:#}");
-            ExitCode::FAILURE
+            let data_dir = e.chain().any(|c| c.downcast_ref::<drc_coordinator::raft::StorageError>().is_some_and(|s| s.needs_operator()));
+            ExitCode::from(if data_dir { 3 } else { 1 })
         }
     }
 }

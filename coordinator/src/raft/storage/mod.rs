@@ -72,6 +72,13 @@ pub enum StorageError {
     Format(#[from] crate::state::format::FormatError),
 }
 
+impl StorageError {
+    /// The data dir cannot be used as it is: restarting will not help.
+    pub fn needs_operator(&self) -> bool {
+        !matches!(self, StorageError::Db { .. })
+    }
+}
+
 /// What the data dir belongs to; written once, checked at every start.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Identity {
