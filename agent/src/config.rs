@@ -227,8 +227,15 @@ impl AgentConfig {
         toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
     }
 
-    /// Every problem at once.
+    /// Every problem at once, reading the files and variables it names
+    /// (passwords, the database's CA).
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.validate_with(true)
+    }
+
+    /// Every problem at once; with `files` false, only what the file itself
+    /// says (a configuration checked away from the host it is for).
+    pub fn validate_with(&self, files: bool) -> anyhow::Result<()> {
         let mut p = Vec::new();
         for (key, v) in [("member_id", &self.member_id), ("cluster", &self.cluster), ("region", &self.region)] {
             if v.trim().is_empty() {
@@ -256,13 +263,13 @@ impl AgentConfig {
         if self.connection.password_env.is_some() && self.connection.password_file.is_some() {
             p.push("connection: set password_env or password_file, not both".into());
         }
-        if let Err(e) = self.connection.password() {
+        if let Some(Err(e)) = files.then(|| self.connection.password()) {
             p.push(e.to_string());
         }
         if let Err(e) = drc_tls::check_choice(self.tls.as_ref(), self.insecure) {
             p.push(format!("tls: {e}"));
         }
-        if let Some(Err(e)) = self.connection.tls.as_ref().map(|t| t.check()) {
+        if let Some(Err(e)) = self.connection.tls.as_ref().filter(|_| files).map(|t| t.check()) {
             p.push(e);
         }
         if let Some(f) = self.postgres.as_ref().and_then(|p| p.replication_passfile.as_ref()) {

@@ -52,6 +52,13 @@ struct Args {
 /// One-shot tools; without one, the agent runs.
 #[derive(clap::Subcommand, Debug)]
 enum Tool {
+    /// Checks the configuration and exits: 0 valid, 2 not (every problem
+    /// printed). With --offline, only what the file says: the passwords and
+    /// certificates it names are not read (a file checked away from its host).
+    Check {
+        #[arg(long)]
+        offline: bool,
+    },
     /// PostgreSQL's restore_command: writes FILE (%f) from the WAL archive
     /// to PATH (%p). Exit 0: written; 1: not in the archive; 126: the
     /// archive cannot be read (recovery stops with the message).
@@ -124,6 +131,16 @@ fn run_tool(args: &Args, tool: &Tool) -> ExitCode {
         }
     };
     match tool {
+        Tool::Check { offline } => match cfg.validate_with(!offline) {
+            Ok(()) => {
+                println!("{}: valid", args.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("drc-agent: {}: {e:#}", args.config.display());
+                ExitCode::from(2)
+            }
+        },
         Tool::WalFetch { destinations, archive, file, path } => {
             let fetch = archive::fetch::Fetch { cfg: &cfg, destinations, root: archive };
             match runtime.block_on(fetch.fetch(file, path)) {

