@@ -510,6 +510,27 @@ pub fn show(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// Runs one runbook block with bash (`set -euo pipefail`), drc's binaries
+/// first on the PATH, drctl's endpoints and credentials in its environment
+/// and `vars`; panics with the block and its output unless it succeeds.
+/// Returns its stdout.
+pub fn run_runbook_block(block: &str, endpoints: &str, creds: &Creds, vars: &[(&str, String)]) -> String {
+    let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c").arg(format!("set -euo pipefail\n{block}")).env("PATH", path).env("DRC_ENDPOINTS", endpoints);
+    match creds {
+        Creds::Tls(f) => cmd.env("DRC_CA", &f.ca).env("DRC_CERT", &f.cert).env("DRC_KEY", &f.key),
+        Creds::Insecure => cmd.env("DRC_INSECURE", "true"),
+    };
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("bash");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "runbook block failed:\n{block}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
+
 /// The code blocks of `runbooks/<file>` fenced as ```` ```<tag> ````, in
 /// order: what a test runs verbatim.
 pub fn runbook_blocks(file: &str, tag: &str) -> Vec<String> {

@@ -5,36 +5,14 @@
 //! with an empty data dir. The lost nodes, started again on their old data,
 //! do not disturb the recovered group.
 
-use std::process::Command;
 use std::time::Duration;
 
-use drc_tests::{bin, drctl, example_topology, holds_for, runbook_blocks, wait_for, Cluster, ClusterOpts};
+use drc_tests::{drctl, example_topology, holds_for, run_runbook_block, runbook_blocks, wait_for, Cluster, ClusterOpts};
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// Runs one `sh` block of the runbook with `vars`, drc's binaries first on
-/// the PATH and the operator's credentials in drctl's environment.
 fn run_block(c: &Cluster, block: &str, vars: &[(&str, String)]) -> String {
-    let bins = std::path::Path::new(&bin("drctl")).parent().expect("bin dir").to_path_buf();
-    let path = format!("{}:{}", bins.display(), std::env::var("PATH").unwrap_or_default());
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(format!("set -euo pipefail\n{block}")).env("PATH", path).env("DRC_ENDPOINTS", c.endpoints());
-    let args: Vec<String> = c.creds.drctl_args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    for pair in args.chunks(2) {
-        match pair {
-            [flag, value] if flag == "--ca" => cmd.env("DRC_CA", value),
-            [flag, value] if flag == "--cert" => cmd.env("DRC_CERT", value),
-            [flag, value] if flag == "--key" => cmd.env("DRC_KEY", value),
-            _ => cmd.env("DRC_INSECURE", "true"),
-        };
-    }
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("bash");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "runbook block failed:\n{block}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    stdout
+    run_runbook_block(block, &c.endpoints(), &c.creds, vars)
 }
 
 fn paused(c: &Cluster, id: u64) -> Option<bool> {
