@@ -5,14 +5,14 @@
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
 
-use super::storage::StorageError;
+use crate::state::format::FormatError;
 use crate::state::{Command, NodeAddress};
 
 /// A committed command. One this version cannot decode stops the node
 /// (nothing of its batch is applied): skipping it would make this node's
 /// state differ from that of the nodes that applied it.
-pub fn decode_command(e: &Entry) -> Result<Command, StorageError> {
-    crate::state::format::decode::<Command>(&e.data, &format!("committed entry {}", e.index)).map_err(StorageError::Format)
+pub fn decode_command(e: &Entry) -> Result<Command, FormatError> {
+    crate::state::format::decode::<Command>(&e.data, &format!("committed entry {}", e.index))
 }
 
 /// A decoded conf change entry: what raft-rs must apply, which node it is
@@ -46,7 +46,7 @@ mod tests {
     fn a_committed_entry_this_version_cannot_decode_stops_the_node_instead_of_being_skipped() {
         let e = Entry { index: 7, data: br#"{"SomeFutureCommand":{}}"#.to_vec().into(), ..Default::default() };
         let err = decode_command(&e).expect_err("undecodable");
-        assert!(matches!(err, StorageError::Format(_)), "{err}");
+        assert!(matches!(err, FormatError::Malformed { .. }), "{err}");
         assert!(err.to_string().contains("committed entry 7"), "{err}");
         let newer = Entry { index: 8, data: br#"{"format":99,"type":"clear_block","cluster":"pg"}"#.to_vec().into(), ..Default::default() };
         let err = decode_command(&newer).expect_err("newer format");

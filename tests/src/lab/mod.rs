@@ -20,6 +20,7 @@ mod process;
 pub mod prometheus;
 pub mod redis;
 mod report;
+mod supervise;
 pub mod writer;
 
 use std::fs;
@@ -492,39 +493,6 @@ impl Lab {
             c.pid = pid;
         }
         self.write_info()
-    }
-
-    /// Hands member `id`'s database to its agent (`[supervise]`), as a
-    /// container whose main process is the agent: stops the agent and the
-    /// server (Redis saving its data first), then starts the agent, which
-    /// starts the server in the role its rule allows.
-    pub fn supervise(&mut self, id: &str) -> anyhow::Result<()> {
-        let index = self.info.members.iter().position(|m| m.id == id).ok_or_else(|| anyhow!("no member {id}"))?;
-        let m = self.info.members[index].clone();
-        stop_pid(m.agent_pid, Duration::from_secs(5));
-        match m.kind.as_str() {
-            "postgres" => postgres::stop(&m)?,
-            _ => {
-                redis::cli_at(&m.host, m.port, &["SHUTDOWN", "SAVE"]).ok();
-                stop_pid(m.pid, Duration::from_secs(5));
-            }
-        }
-        self.info.members[index].supervised = true;
-        self.info.members[index].pid = 0;
-        self.start_agent_via(index, None)?;
-        self.write_info()
-    }
-
-    /// The pid of member `id`'s server now, if it runs.
-    pub fn server_pid(&self, id: &str) -> Option<u32> {
-        let m = self.member(id).ok()?;
-        match m.kind.as_str() {
-            "postgres" => postgres::postmaster_pid(&m.data_dir).ok().filter(|p| alive(*p)),
-            _ => {
-                let info = redis::cli_at(&m.host, m.port, &["INFO", "server"]).ok()?;
-                info.lines().find_map(|l| l.strip_prefix("process_id:")).and_then(|p| p.trim().parse().ok())
-            }
-        }
     }
 
     pub fn restart_agent_via(&mut self, id: &str, via: &str) -> anyhow::Result<()> {
