@@ -175,6 +175,12 @@ pub struct SuperviseConfig {
     /// How long a stop may take before the server is killed.
     #[serde(default = "default_stop_timeout", with = "humantime_serde")]
     pub stop_timeout: Duration,
+    /// The member that starts as the primary of a cluster no coordinator
+    /// has adopted yet; the others wait for it to claim the cluster and
+    /// follow it. Needed for Redis, which starts as a master whatever it
+    /// was; PostgreSQL's data says it (`standby.signal`).
+    #[serde(default)]
+    pub first_primary: Option<String>,
 }
 
 fn default_stop_timeout() -> Duration {

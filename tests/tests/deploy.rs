@@ -466,6 +466,17 @@ fn the_regions_agree_on_the_coordinators_the_topology_and_the_proxies() {
             "{id}: Service {service} has no port {port}"
         );
     }
+    // Every agent supervises its member, and names as the first primary a
+    // member of its own cluster in the topology.
+    for r in &all {
+        for kind in ["pg", "redis"] {
+            let (w, path) = config_of(r, &format!("{kind}-{}", r.name));
+            let agent: toml::Value = toml::from_str(&file_text(r, &w, &path)).expect("agent.toml");
+            let first = agent["supervise"]["first_primary"].as_str().unwrap_or_else(|| panic!("{}: no supervise.first_primary", w.what));
+            let member = topology.members.get(first).unwrap_or_else(|| panic!("{}: first_primary {first} is no member", w.what));
+            assert_eq!(Some(member.cluster.as_str()), agent["cluster"].as_str(), "{}: first_primary of another cluster", w.what);
+        }
+    }
     for r in &all {
         for w in r.workloads().iter().filter(|w| w.what.starts_with("Deployment drc-proxy")) {
             let args: Vec<&str> = w.pod.containers[0].command.iter().flatten().map(String::as_str).collect();

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use drc_tests::lab::writer::{stop_writer, writer, writes_beyond, Written};
-use drc_tests::lab::{kill_tree, postgres::psql, redis::cli, signal, signal_tree, Lab};
+use drc_tests::lab::{kill_tree, postgres::psql, redis::cli, signal, signal_tree, Lab, LabOptions};
 use drc_tests::wait_for;
 use serde_json::Value;
 
@@ -52,6 +52,10 @@ impl Hammer {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.thread.join().expect("hammer")
     }
+}
+
+fn cluster_of(lab: &Lab, name: &str) -> Value {
+    cluster(lab, name).unwrap_or_else(|| panic!("no cluster {name}"))
 }
 
 fn cluster(lab: &Lab, name: &str) -> Option<Value> {
@@ -194,4 +198,31 @@ fn a_supervised_redis_primary_restarted_after_its_replacement_takes_no_write_and
     let new_port = lab.member(&new).expect("new primary").port;
     assert_eq!(cli(new_port, &["EXISTS", "direct"]).expect("exists").trim(), "0");
     assert_eq!(cli(ra.port, &["GET", "after"]).expect("get").trim(), "1", "redis-a holds the new primary's data");
+}
+
+#[test]
+fn a_lab_whose_every_agent_supervises_its_database_comes_up_from_cold_with_one_primary_each() {
+    // The lab makes the data and stops every server; the agents start
+    // them, with nothing recorded: the first primaries start and are
+    // adopted, the other members follow them.
+    let dir = tempfile::Builder::new().prefix("drc-supervise-test-").tempdir().expect("tempdir");
+    let at = Instant::now();
+    let lab =
+        Lab::up_with(dir.path(), LabOptions { supervise: true, ..Default::default() }).expect("lab up, every member healthy in its role");
+    wait_for("both clusters adopted", LONG, || (epoch(&lab, "app-pg")? >= 1 && epoch(&lab, "app-redis")? >= 1).then_some(()))
+        .expect("adopted");
+    println!("a supervised lab came up from cold in {:.2} s", at.elapsed().as_secs_f64());
+    for (cluster, primary) in [("app-pg", "pg-a"), ("app-redis", "redis-a")] {
+        assert_eq!(cluster_of(&lab, cluster)["primary"], primary);
+    }
+    for m in &lab.info.members {
+        assert!(m.supervised && lab.server_pid(&m.id).is_some(), "{} runs as its agent's child", m.id);
+    }
+    let endpoint = port_of(&lab.forwarder("app-redis").expect("forwarder"));
+    wait_for("a write through the Redis endpoint", LONG, || cli(endpoint, &["SET", "cold", "1"]).ok().filter(|o| o.contains("OK")))
+        .expect("write");
+    let rc = lab.member("redis-c").expect("redis-c").port;
+    wait_for("redis-c to hold it", LONG, || cli(rc, &["GET", "cold"]).ok().filter(|v| v == "1")).expect("replicated");
+    let pg = port_of(&lab.forwarder("app-pg").expect("forwarder"));
+    psql(pg, "CREATE TABLE cold (id int)").expect("a write through the PostgreSQL endpoint");
 }

@@ -80,8 +80,15 @@ impl Actor {
     fn boot_rule(&self, after_crash: bool, asked: bool) -> Boot {
         let k = lock(&self.known).clone();
         let lease_valid = after_crash && lock(&self.lease_until).is_some_and(|t| Instant::now() < t);
-        let known =
-            Known { me: &self.cfg.member_id, epoch: k.epoch, primary: &k.primary, primary_address: &k.primary_address, lease_valid };
+        let first_primary = self.cfg.supervise.as_ref().and_then(|s| s.first_primary.as_deref());
+        let known = Known {
+            me: &self.cfg.member_id,
+            epoch: k.epoch,
+            primary: &k.primary,
+            primary_address: &k.primary_address,
+            lease_valid,
+            first_primary,
+        };
         if asked {
             rule::after_asking(self.data(), &known)
         } else {
@@ -109,11 +116,25 @@ impl Actor {
         if boot == Boot::AskFirst {
             tracing::info!("no epoch recorded yet: the server starts once the coordinators say which epoch the cluster is in");
             let mut views = self.views.subscribe();
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = views.wait_for(Option::is_some) => {}
+            let mut seen = false;
+            while boot == Boot::AskFirst {
+                let next = async {
+                    if seen {
+                        views.changed().await
+                    } else {
+                        views.wait_for(Option::is_some).await.map(|_| ())
+                    }
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    r = next => if r.is_err() { return Ok(()) },
+                }
+                seen = true;
+                boot = self.boot_rule(after_crash, true);
+                if boot == Boot::AskFirst {
+                    tracing::info!("the cluster has no primary yet: waiting for its first primary to claim it");
+                }
             }
-            boot = self.boot_rule(after_crash, true);
         }
         tracing::info!(?boot, epoch = self.epoch(), "supervised start");
         match (self.cfg.kind, boot) {

@@ -13,6 +13,9 @@ pub struct Known<'a> {
     /// This agent holds a lease of the newest epoch now (only after a
     /// crash of the server; never right after the agent started).
     pub lease_valid: bool,
+    /// The member that starts writable when no coordinator has adopted a
+    /// primary yet (`supervise.first_primary`); any member when unset.
+    pub first_primary: Option<&'a str>,
 }
 
 /// What the data says the server would start as.
@@ -62,14 +65,17 @@ pub fn boot(data: Data, k: &Known) -> Boot {
 }
 
 /// Once the coordinators answered [`Boot::AskFirst`]: the cluster's epoch
-/// and primary as they see it.
+/// and primary as they see it. [`Boot::AskFirst`] again: wait for the next
+/// answer (the first primary has not claimed the cluster yet).
 pub fn after_asking(data: Data, k: &Known) -> Boot {
     if k.epoch == 0 {
         // No coordinator ever adopted a primary of this cluster: it adopts
-        // the one member that claims to be primary, so this one must start,
-        // unless another claims it already.
+        // the one member that claims to be primary. The first primary
+        // starts and claims it; another member follows the claimant, or
+        // waits for one.
         return match k.primary {
-            "" => Boot::AsConfigured,
+            "" if k.first_primary.is_none_or(|f| f == k.me) => Boot::AsConfigured,
+            "" => Boot::AskFirst,
             p if p == k.me => Boot::AsConfigured,
             _ => Boot::Follow { address: k.primary_address.to_string() },
         };
@@ -85,7 +91,7 @@ mod tests {
     use super::*;
 
     fn known<'a>(epoch: u64, primary: &'a str, lease_valid: bool) -> Known<'a> {
-        Known { me: "pg-a", epoch, primary, primary_address: "10.0.0.2:5432", lease_valid }
+        Known { me: "pg-a", epoch, primary, primary_address: "10.0.0.2:5432", lease_valid, first_primary: None }
     }
 
     #[test]
@@ -113,6 +119,12 @@ mod tests {
         assert_eq!(after_asking(Data::Writable, &known(0, "pg-a", false)), Boot::AsConfigured);
         assert_eq!(after_asking(Data::Writable, &known(0, "pg-b", false)), Boot::Follow { address: "10.0.0.2:5432".into() });
         assert_eq!(after_asking(Data::Writable, &known(3, "pg-a", false)), Boot::HoldForLease);
+        // With a first primary named, the others wait for its claim.
+        let named = |me| Known { me, first_primary: Some("pg-b"), ..known(0, "", false) };
+        assert_eq!(after_asking(Data::Writable, &named("pg-a")), Boot::AskFirst);
+        assert_eq!(after_asking(Data::Writable, &named("pg-b")), Boot::AsConfigured);
+        let claimed = Known { primary: "pg-b", ..named("pg-a") };
+        assert_eq!(after_asking(Data::Writable, &claimed), Boot::Follow { address: "10.0.0.2:5432".into() });
         assert_eq!(after_asking(Data::Writable, &known(3, "pg-b", false)), Boot::Follow { address: "10.0.0.2:5432".into() });
     }
 }

@@ -52,6 +52,10 @@ enum Cmd {
         /// every component, with drc's alerting rules (`prometheus` in lab.json).
         #[arg(long)]
         prometheus: bool,
+        /// Every agent starts and supervises its database (`[supervise]`):
+        /// the lab makes the data, the agents start the servers.
+        #[arg(long)]
+        supervise: bool,
     },
     /// Apply a network fault to a lab started with --netns (on top of any
     /// other; `heal` removes them all).
@@ -113,6 +117,9 @@ enum Cmd {
         /// As for `up`.
         #[arg(long)]
         prometheus: bool,
+        /// As for `up`.
+        #[arg(long)]
+        supervise: bool,
     },
 }
 
@@ -242,15 +249,14 @@ fn print_summary(lab: &Lab) {
 
 fn main() -> ExitCode {
     let result = match Args::parse().command {
-        Cmd::Up { dir, synchronous_replicas, netns, db_tls, insecure, prometheus } => {
-            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, insecure, prometheus, ..Default::default() }).map(
-                |lab| {
+        Cmd::Up { dir, synchronous_replicas, netns, db_tls, insecure, prometheus, supervise } => {
+            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, insecure, prometheus, supervise, ..Default::default() })
+                .map(|lab| {
                     if let Some(lab) = lab {
                         print_summary(&lab);
                         lab.detach();
                     }
-                },
-            )
+                })
         }
         Cmd::Env { dir, role } => Lab::attach(&dir).and_then(|lab| print_env(&lab, role)),
         Cmd::Down { dir } => Lab::attach(&dir).and_then(|lab| lab.down()).map(|()| println!("lab in {} stopped", dir.display())),
@@ -282,9 +288,9 @@ fn main() -> ExitCode {
             }
         }),
         Cmd::Heal { dir } => Lab::attach(&dir).and_then(|lab| lab.heal()).map(|()| println!("every fault removed")),
-        Cmd::Run { dir, synchronous_replicas, netns, db_tls, insecure, prometheus } => {
-            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, insecure, prometheus, ..Default::default() }).and_then(
-                |lab| {
+        Cmd::Run { dir, synchronous_replicas, netns, db_tls, insecure, prometheus, supervise } => {
+            up_or_interrupt(dir, LabOptions { synchronous_replicas, netns, db_tls, insecure, prometheus, supervise, ..Default::default() })
+                .and_then(|lab| {
                     let Some(lab) = lab else { return Ok(()) };
                     print_summary(&lab);
                     println!("\nrunning; Ctrl-C stops the lab");
@@ -292,8 +298,7 @@ fn main() -> ExitCode {
                         let _ = tokio::signal::ctrl_c().await;
                     });
                     lab.down()
-                },
-            )
+                })
         }
     };
     match result {

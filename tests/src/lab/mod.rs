@@ -78,6 +78,9 @@ pub struct LabOptions {
     pub json_logs: bool,
     /// A real Prometheus scrapes every component, with drc's rules.
     pub prometheus: bool,
+    /// Every agent supervises its database: the lab makes the data and
+    /// stops the servers, the agents start them (`[supervise]`).
+    pub supervise: bool,
 }
 
 impl Default for LabOptions {
@@ -90,6 +93,7 @@ impl Default for LabOptions {
             insecure: false,
             json_logs: false,
             prometheus: false,
+            supervise: false,
         }
     }
 }
@@ -161,6 +165,9 @@ impl Lab {
         lab.start_databases()?;
         lab.write_info()?;
         lab.apply_topology()?;
+        if opts.supervise {
+            lab.hand_servers_to_agents()?;
+        }
         lab.start_agents()?;
         lab.write_info()?;
         lab.wait_healthy(Duration::from_secs(60))?;
@@ -532,11 +539,13 @@ impl Lab {
         };
         // The agent starts the server itself: PostgreSQL from [postgres],
         // Redis with the lab's own command line.
+        // The cluster's member in region a is its first primary.
+        let first = format!("first_primary = \"{}-{}\"\n", if m.kind == "postgres" { "pg" } else { "redis" }, REGIONS[0]);
         let control = match (m.supervised, m.kind.as_str()) {
             (false, _) => control,
-            (true, "postgres") => format!("{control}[supervise]\n"),
+            (true, "postgres") => format!("{control}[supervise]\n{first}"),
             (true, _) => format!(
-                "{control}[supervise]\nlog_file = {:?}\ncommand = [\"redis-server\", \"--bind\", {:?}, \"--save\", \"\", \"--appendonly\", \"no\", \"--dir\", {:?}, \"--repl-diskless-sync-delay\", \"0\", \"--protected-mode\", \"no\"]\n",
+                "{control}[supervise]\n{first}log_file = {:?}\ncommand = [\"redis-server\", \"--bind\", {:?}, \"--save\", \"\", \"--appendonly\", \"no\", \"--dir\", {:?}, \"--repl-diskless-sync-delay\", \"0\", \"--protected-mode\", \"no\"]\n",
                 m.log.display().to_string(),
                 m.host,
                 m.data_dir.display().to_string()

@@ -196,6 +196,15 @@ pub fn start_cluster(dir: &Path, cluster: &str, net: Option<&NetInfo>, tls: Opti
     Ok(members)
 }
 
+/// Stops a member cleanly (`pg_ctl stop -m fast`: a shutdown checkpoint, so
+/// that it starts again without crash recovery).
+pub fn stop_clean(m: &MemberInfo) -> anyhow::Result<()> {
+    let mut c = as_postgres("pg_ctl");
+    c.arg("-D").arg(&m.data_dir).args(["-m", "fast", "-w", "-t", "20", "stop"]);
+    run(c, "pg_ctl stop -m fast")?;
+    Ok(())
+}
+
 /// Stops a member at once (`pg_ctl stop -m immediate`); falls back to SIGKILL.
 pub fn stop(m: &MemberInfo) -> anyhow::Result<()> {
     if m.data_dir.join("postmaster.pid").exists() {

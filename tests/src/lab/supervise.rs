@@ -29,6 +29,24 @@ impl Lab {
         self.write_info()
     }
 
+    /// Before any agent runs: stops every server the lab made (Redis
+    /// saving its data), so that the agents start them (`--supervise`).
+    pub(super) fn hand_servers_to_agents(&mut self) -> anyhow::Result<()> {
+        for index in 0..self.info.members.len() {
+            let m = self.info.members[index].clone();
+            match m.kind.as_str() {
+                "postgres" => postgres::stop_clean(&m)?,
+                _ => {
+                    redis::cli_at(&m.host, m.port, &["SHUTDOWN", "SAVE"]).ok();
+                    stop_pid(m.pid, Duration::from_secs(5));
+                }
+            }
+            self.info.members[index].supervised = true;
+            self.info.members[index].pid = 0;
+        }
+        self.write_info()
+    }
+
     /// The pid of member `id`'s server now, if it runs.
     pub fn server_pid(&self, id: &str) -> Option<u32> {
         let m = self.member(id).ok()?;
