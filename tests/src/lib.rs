@@ -510,6 +510,11 @@ pub fn show(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// The port of a host:port address.
+pub fn port_of(address: &str) -> u16 {
+    address.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("a port")
+}
+
 /// Runs one runbook block with bash (`set -euo pipefail`), drc's binaries
 /// first on the PATH, drctl's endpoints and credentials in its environment
 /// and `vars`; panics with the block and its output unless it succeeds.

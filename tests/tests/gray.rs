@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use drc_tests::lab::writer::{stop_writer, writer, writes_beyond, Written};
 use drc_tests::lab::{postgres::postmaster_pid, postgres::psql, redis::cli, signal, signal_tree, Lab};
-use drc_tests::{holds_for, wait_for};
-use serde_json::Value;
+use drc_tests::{holds_for, port_of, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -16,8 +15,7 @@ const LONG: Duration = Duration::from_secs(90);
 fn lab() -> (tempfile::TempDir, Lab) {
     let dir = tempfile::Builder::new().prefix("drc-gray-test-").tempdir().expect("tempdir");
     let lab = Lab::up(dir.path()).expect("lab up");
-    wait_for("both clusters adopted", LONG, || (epoch(&lab, "app-pg")? >= 1 && epoch(&lab, "app-redis")? >= 1).then_some(()))
-        .expect("adopted");
+    wait_for("both clusters adopted", LONG, || (lab.epoch("app-pg")? >= 1 && lab.epoch("app-redis")? >= 1).then_some(())).expect("adopted");
     (dir, lab)
 }
 
@@ -29,18 +27,6 @@ fn writing(lab: &Lab) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, std::th
     let w = writer(endpoint, std::sync::Arc::clone(&stop));
     writes_beyond(lab.member("pg-a").expect("pg-a").port, 20);
     (stop, w)
-}
-
-fn cluster(lab: &Lab, name: &str) -> Option<Value> {
-    lab.status().ok()?["clusters"].as_array()?.iter().find(|c| c["name"] == name).cloned()
-}
-
-fn epoch(lab: &Lab, name: &str) -> Option<u64> {
-    cluster(lab, name)?["epoch"].as_u64()
-}
-
-fn port_of(address: &str) -> u16 {
-    address.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("a port")
 }
 
 /// Processes stopped by a test, woken when it ends however it ends.
@@ -71,7 +57,7 @@ fn a_frozen_postgres_node_is_replaced_and_once_woken_takes_no_write_and_rejoins(
     let mut frozen = Frozen(vec![pa.agent_pid]);
     frozen.0.extend(signal_tree(postmaster_pid(&pa.data_dir).expect("postmaster"), libc::SIGSTOP));
     let at = Instant::now();
-    let c = wait_for("a failover away from the frozen pg-a", LONG, || cluster(&lab, "app-pg").filter(|c| c["epoch"].as_u64() >= Some(2)))
+    let c = wait_for("a failover away from the frozen pg-a", LONG, || lab.cluster("app-pg").filter(|c| c["epoch"].as_u64() >= Some(2)))
         .expect("failover");
     let new = c["primary"].as_str().expect("primary").to_string();
     assert_ne!(new, "pg-a");
@@ -120,7 +106,7 @@ fn a_frozen_redis_node_is_replaced_and_once_woken_takes_no_write() {
     }
     let at = Instant::now();
     let c =
-        wait_for("a failover away from the frozen redis-a", LONG, || cluster(&lab, "app-redis").filter(|c| c["epoch"].as_u64() >= Some(2)))
+        wait_for("a failover away from the frozen redis-a", LONG, || lab.cluster("app-redis").filter(|c| c["epoch"].as_u64() >= Some(2)))
             .expect("failover");
     let new = c["primary"].as_str().expect("primary").to_string();
     assert_ne!(new, "redis-a");
@@ -154,7 +140,7 @@ fn a_primary_whose_agent_alone_freezes_keeps_serving_and_nothing_fails_over() {
     std::thread::sleep(Duration::from_secs(3));
     frozen.wake();
     holds_for("pg-a to stay the primary of epoch 1", Duration::from_secs(5), || {
-        let c = cluster(&lab, "app-pg")?;
+        let c = lab.cluster("app-pg")?;
         Some(match (c["epoch"].as_u64(), c["primary"].as_str()) {
             (Some(1), Some("pg-a")) => Ok(()),
             _ => Err(format!("the cluster moved: {c}")),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use drc_tests::lab::writer::{stop_writer, writer, writes_beyond, Written};
 use drc_tests::lab::{kill_tree, postgres::psql, redis::cli, signal, signal_tree, Lab, LabOptions};
-use drc_tests::wait_for;
+use drc_tests::{port_of, wait_for};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -19,8 +19,7 @@ const LONG: Duration = Duration::from_secs(90);
 fn lab() -> (tempfile::TempDir, Lab) {
     let dir = tempfile::Builder::new().prefix("drc-supervise-test-").tempdir().expect("tempdir");
     let lab = Lab::up(dir.path()).expect("lab up");
-    wait_for("both clusters adopted", LONG, || (epoch(&lab, "app-pg")? >= 1 && epoch(&lab, "app-redis")? >= 1).then_some(()))
-        .expect("adopted");
+    wait_for("both clusters adopted", LONG, || (lab.epoch("app-pg")? >= 1 && lab.epoch("app-redis")? >= 1).then_some(())).expect("adopted");
     (dir, lab)
 }
 
@@ -55,19 +54,7 @@ impl Hammer {
 }
 
 fn cluster_of(lab: &Lab, name: &str) -> Value {
-    cluster(lab, name).unwrap_or_else(|| panic!("no cluster {name}"))
-}
-
-fn cluster(lab: &Lab, name: &str) -> Option<Value> {
-    lab.status().ok()?["clusters"].as_array()?.iter().find(|c| c["name"] == name).cloned()
-}
-
-fn epoch(lab: &Lab, name: &str) -> Option<u64> {
-    cluster(lab, name)?["epoch"].as_u64()
-}
-
-fn port_of(address: &str) -> u16 {
-    address.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("a port")
+    lab.cluster(name).unwrap_or_else(|| panic!("no cluster {name}"))
 }
 
 /// Hands `member` (its cluster's primary) to its agent with failover
@@ -110,13 +97,13 @@ fn supervise_primary(lab: &mut Lab, cluster: &str, member: &str, writable: impl 
 fn freeze_until_replaced_then_kill(lab: &Lab, cluster_name: &str, member: &str) -> String {
     let m = lab.member(member).expect("member").clone();
     let server = lab.server_pid(member).expect("the supervised server runs");
-    let before = epoch(lab, cluster_name).expect("epoch");
+    let before = lab.epoch(cluster_name).expect("epoch");
     signal(m.agent_pid, libc::SIGSTOP);
     let mut frozen = vec![m.agent_pid];
     frozen.extend(signal_tree(server, libc::SIGSTOP));
     let at = Instant::now();
     let c = wait_for(&format!("a failover away from the frozen {member}"), LONG, || {
-        cluster(lab, cluster_name).filter(|c| c["epoch"].as_u64() > Some(before))
+        lab.cluster(cluster_name).filter(|c| c["epoch"].as_u64() > Some(before))
     });
     // However the wait ended, nothing stays frozen behind the test.
     kill_tree(m.agent_pid);
@@ -209,8 +196,7 @@ fn a_lab_whose_every_agent_supervises_its_database_comes_up_from_cold_with_one_p
     let at = Instant::now();
     let lab =
         Lab::up_with(dir.path(), LabOptions { supervise: true, ..Default::default() }).expect("lab up, every member healthy in its role");
-    wait_for("both clusters adopted", LONG, || (epoch(&lab, "app-pg")? >= 1 && epoch(&lab, "app-redis")? >= 1).then_some(()))
-        .expect("adopted");
+    wait_for("both clusters adopted", LONG, || (lab.epoch("app-pg")? >= 1 && lab.epoch("app-redis")? >= 1).then_some(())).expect("adopted");
     println!("a supervised lab came up from cold in {:.2} s", at.elapsed().as_secs_f64());
     for (cluster, primary) in [("app-pg", "pg-a"), ("app-redis", "redis-a")] {
         assert_eq!(cluster_of(&lab, cluster)["primary"], primary);

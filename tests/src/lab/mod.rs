@@ -690,6 +690,16 @@ impl Lab {
         Ok(out)
     }
 
+    /// Cluster `name` as `drctl status` shows it, if it can be read.
+    pub fn cluster(&self, name: &str) -> Option<Value> {
+        self.status().ok()?["clusters"].as_array()?.iter().find(|c| c["name"] == name).cloned()
+    }
+
+    /// The epoch of cluster `name`, if it can be read.
+    pub fn epoch(&self, name: &str) -> Option<u64> {
+        self.cluster(name)?["epoch"].as_u64()
+    }
+
     /// Waits until every member is healthy with the role the lab gave it.
     pub fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
         let mut last = String::new();

@@ -14,17 +14,8 @@ impl Lab {
     /// starts the server in the role its rule allows.
     pub fn supervise(&mut self, id: &str) -> anyhow::Result<()> {
         let index = self.info.members.iter().position(|m| m.id == id).ok_or_else(|| anyhow!("no member {id}"))?;
-        let m = self.info.members[index].clone();
-        stop_pid(m.agent_pid, Duration::from_secs(5));
-        match m.kind.as_str() {
-            "postgres" => postgres::stop(&m)?,
-            _ => {
-                redis::cli_at(&m.host, m.port, &["SHUTDOWN", "SAVE"]).ok();
-                stop_pid(m.pid, Duration::from_secs(5));
-            }
-        }
-        self.info.members[index].supervised = true;
-        self.info.members[index].pid = 0;
+        stop_pid(self.info.members[index].agent_pid, Duration::from_secs(5));
+        self.hand_over(index, postgres::stop)?;
         self.start_agent_via(index, None)?;
         self.write_info()
     }
@@ -33,18 +24,25 @@ impl Lab {
     /// saving its data), so that the agents start them (`--supervise`).
     pub(super) fn hand_servers_to_agents(&mut self) -> anyhow::Result<()> {
         for index in 0..self.info.members.len() {
-            let m = self.info.members[index].clone();
-            match m.kind.as_str() {
-                "postgres" => postgres::stop_clean(&m)?,
-                _ => {
-                    redis::cli_at(&m.host, m.port, &["SHUTDOWN", "SAVE"]).ok();
-                    stop_pid(m.pid, Duration::from_secs(5));
-                }
-            }
-            self.info.members[index].supervised = true;
-            self.info.members[index].pid = 0;
+            self.hand_over(index, postgres::stop_clean)?;
         }
         self.write_info()
+    }
+
+    /// Stops member `index`'s server (PostgreSQL with `stop_postgres`,
+    /// Redis saving its data) and marks it supervised.
+    fn hand_over(&mut self, index: usize, stop_postgres: fn(&super::MemberInfo) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let m = self.info.members[index].clone();
+        match m.kind.as_str() {
+            "postgres" => stop_postgres(&m)?,
+            _ => {
+                redis::cli_at(&m.host, m.port, &["SHUTDOWN", "SAVE"]).ok();
+                stop_pid(m.pid, Duration::from_secs(5));
+            }
+        }
+        self.info.members[index].supervised = true;
+        self.info.members[index].pid = 0;
+        Ok(())
     }
 
     /// The pid of member `id`'s server now, if it runs.
