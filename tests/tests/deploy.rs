@@ -426,6 +426,13 @@ fn the_drc_configuration_in_each_config_map_passes_drcs_own_parser_and_matches_i
             }
             let cert = agent["tls"]["cert"].as_str().expect("cert");
             assert_eq!(identity_at(&r, &w, cert), format!("drc://{CLUSTER}/agent/{member}"));
+            // The epoch that decides the supervised server's role lives on
+            // the data's own claim: it survives exactly as long as the data.
+            let state = format!("{}/{member}.state.json", agent["state_dir"].as_str().expect("state_dir"));
+            match source_of(w.pod, &w.pod.containers[0], &state) {
+                Ok(Source::Other(v)) if v == "claim data" => {}
+                other => panic!("{workload}: state_dir is not on the data's volume: {other:?}"),
+            }
         }
     }
 }

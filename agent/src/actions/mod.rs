@@ -91,6 +91,16 @@ impl Actor {
     /// The agent's actor, with the epoch it recorded before a restart; a
     /// record that cannot be read is an error.
     pub fn new(cfg: Arc<AgentConfig>, archiver: Arc<Archiver>) -> anyhow::Result<Arc<Actor>> {
+        // A state dir on a fresh volume: made here, private to the agent,
+        // so that the first epoch learnt is kept.
+        if let Some(dir) = &cfg.state_dir {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| anyhow::anyhow!("state_dir {}: {e}", dir.display()))?;
+        }
         let known = match cfg.state_file() {
             Some(p) => lease::load_record(&p)?,
             None => EpochRecord::default(),
@@ -309,6 +319,23 @@ mod tests {
         let no_ttl = drc_proto::LeaseGrant::default();
         assert!(!actor.handle(command(Some(Body::Lease(no_ttl))), &meter).await.ok, "a lease without a duration");
         assert_eq!(actor.epoch(), 0, "epoch 9 was never learned from malformed commands");
+    }
+
+    #[test]
+    fn a_state_dir_that_does_not_exist_yet_is_made_and_keeps_the_epoch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("fresh/volume/drc");
+        let cfg = Arc::new(
+            AgentConfig::from_toml(&format!(
+                "member_id = \"pg-a\"\ncluster = \"pg\"\nregion = \"a\"\nkind = \"postgres\"\nendpoints = [\"127.0.0.1:1\"]\nstate_dir = {state:?}\n[connection]\nport = 1\n"
+            ))
+            .expect("config"),
+        );
+        let actor = Actor::new(Arc::clone(&cfg), crate::archive::Archiver::new(Arc::clone(&cfg))).expect("actor");
+        assert!(state.is_dir());
+        actor.view(3, "pg-b", "10.0.0.2:5432");
+        let again = Actor::new(Arc::clone(&cfg), crate::archive::Archiver::new(cfg)).expect("actor");
+        assert_eq!(again.epoch(), 3, "the epoch survives the restart");
     }
 
     #[test]
