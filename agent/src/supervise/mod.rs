@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::actions::lock;
 use crate::config::{AgentConfig, Kind};
 
 /// How long a start may take before it counts as failed (as `pg_ctl -t 60`).
@@ -39,10 +40,6 @@ struct Running {
     pid: u32,
     /// `Some(status)` once the process has exited (and was reaped).
     done: watch::Receiver<Option<String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Supervisor {

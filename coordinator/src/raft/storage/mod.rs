@@ -165,10 +165,8 @@ impl RaftStore {
     pub fn open(dir: &Path, cluster_id: &str, node_id: u64, founders: Option<&BTreeMap<u64, NodeAddress>>) -> Result<Self, StorageError> {
         let store = RaftStore::open_db(dir)?;
         let want = Identity { cluster_id: cluster_id.to_string(), node_id };
-        let found = store.read_meta("identity")?;
-        match found {
-            Some(bytes) => {
-                let found: Identity = serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("identity: {e}")))?;
+        match store.stored_identity()? {
+            Some(found) => {
                 if found != want {
                     return Err(StorageError::ForeignDataDir {
                         dir: dir.to_path_buf(),
@@ -191,25 +189,22 @@ impl RaftStore {
         if !dir.join("raft.redb").exists() {
             return Err(StorageError::Corrupt(format!("{} holds no coordinator data (no raft.redb)", dir.display())));
         }
-        let (cluster_id, node_id) = {
-            let probe = RaftStore::open_db(dir)?;
-            let bytes =
-                probe.read_meta("identity")?.ok_or_else(|| StorageError::Corrupt(format!("{} was never initialised", dir.display())))?;
-            let id: Identity = serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("identity: {e}")))?;
-            (id.cluster_id, id.node_id)
-        };
-        RaftStore::open(dir, &cluster_id, node_id, None)
+        let id = RaftStore::open_db(dir)?
+            .stored_identity()?
+            .ok_or_else(|| StorageError::Corrupt(format!("{} was never initialised", dir.display())))?;
+        RaftStore::open(dir, &id.cluster_id, id.node_id, None)
     }
 
     /// The drc cluster and node this data dir belongs to.
     pub fn identity(&self) -> Result<(String, u64), StorageError> {
-        let bytes = self.read_meta("identity")?.ok_or_else(|| StorageError::Corrupt("no identity".into()))?;
-        let id: Identity = serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt(format!("identity: {e}")))?;
+        let id = self.stored_identity()?.ok_or_else(|| StorageError::Corrupt("no identity".into()))?;
         Ok((id.cluster_id, id.node_id))
     }
 
-    fn node_id(&self) -> Result<u64, StorageError> {
-        self.identity().map(|(_, id)| id)
+    /// The identity stamped on the data dir; none on a new one.
+    fn stored_identity(&self) -> Result<Option<Identity>, StorageError> {
+        let Some(bytes) = self.read_meta("identity")? else { return Ok(None) };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| StorageError::Corrupt(format!("identity: {e}")))
     }
 
     fn db_err(&self, e: impl std::error::Error + Send + Sync + 'static) -> StorageError {

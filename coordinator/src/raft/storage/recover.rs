@@ -34,7 +34,7 @@ impl RaftStore {
     /// the uncommitted rest, in one transaction.
     pub fn force_new_cluster(&self) -> Result<Recovered, StorageError> {
         let mut core = lock::write(&self.core);
-        let node_id = self.node_id()?;
+        let (_, node_id) = self.identity()?;
         let commit = core.hard_state.commit.min(core.last_index());
         let mut sm = core.sm.clone();
         for e in core.entries.iter().filter(|e| e.index > core.applied.0 && e.index <= commit) {
