@@ -77,18 +77,11 @@ impl Actor {
     }
 
     /// How to start now, by the record on disk.
-    fn boot_rule(&self, after_crash: bool, asked: bool) -> Boot {
+    fn boot_rule(&self, asked: bool) -> Boot {
         let k = lock(&self.known).clone();
-        let lease_valid = after_crash && lock(&self.lease_until).is_some_and(|t| Instant::now() < t);
         let first_primary = self.cfg.supervise.as_ref().and_then(|s| s.first_primary.as_deref());
-        let known = Known {
-            me: &self.cfg.member_id,
-            epoch: k.epoch,
-            primary: &k.primary,
-            primary_address: &k.primary_address,
-            lease_valid,
-            first_primary,
-        };
+        let known =
+            Known { me: &self.cfg.member_id, epoch: k.epoch, primary: &k.primary, primary_address: &k.primary_address, first_primary };
         if asked {
             rule::after_asking(self.data(), &known)
         } else {
@@ -98,7 +91,7 @@ impl Actor {
 
     /// Starts the supervised server by the rule; with nothing recorded,
     /// first waits for the coordinators' view of the cluster.
-    async fn boot(&self, after_crash: bool, cancel: &tokio_util::sync::CancellationToken) -> Result<(), String> {
+    async fn boot(&self, cancel: &tokio_util::sync::CancellationToken) -> Result<(), String> {
         let Some(sup) = &self.supervisor else { return Ok(()) };
         // A server this agent did not start (an unsupervised start, a
         // leftover) would escape the rule: stopped first.
@@ -112,7 +105,7 @@ impl Actor {
         if self.cfg.kind == Kind::Redis {
             sup.start(&sredis::closed_args(&self.cfg.connection)).await?;
         }
-        let mut boot = self.boot_rule(after_crash, false);
+        let mut boot = self.boot_rule(false);
         if boot == Boot::AskFirst {
             tracing::info!("no epoch recorded yet: the server starts once the coordinators say which epoch the cluster is in");
             let mut views = self.views.subscribe();
@@ -130,7 +123,7 @@ impl Actor {
                     r = next => if r.is_err() { return Ok(()) },
                 }
                 seen = true;
-                boot = self.boot_rule(after_crash, true);
+                boot = self.boot_rule(true);
                 if boot == Boot::AskFirst {
                     tracing::info!("the cluster has no primary yet: waiting for its first primary to claim it");
                 }
@@ -164,13 +157,6 @@ impl Actor {
         let Some(sup) = &self.supervisor else { return Ok(()) };
         let mut c = self.redis_local().await?;
         match boot {
-            // The primary under a lease it still holds, after a crash: as a
-            // held one coming back.
-            Boot::AsConfigured if self.epoch() > 0 => {
-                self.reopen_held_redis().await?;
-                *lock(&self.fenced) = false;
-                return Ok(());
-            }
             Boot::AsConfigured | Boot::AskFirst => *lock(&self.fenced) = false,
             Boot::HoldForLease => {
                 self.hold_for_lease();
@@ -208,7 +194,7 @@ impl Actor {
         let mut views = self.views.subscribe();
         loop {
             if sup.closed() {
-                if let Boot::Follow { address } = self.boot_rule(false, true) {
+                if let Boot::Follow { address } = self.boot_rule(true) {
                     if !address.is_empty() {
                         match self.boot_redis(Boot::Follow { address }).await {
                             Ok(()) => return,
@@ -242,10 +228,9 @@ impl Actor {
         let Some(sup) = self.supervisor.clone() else { return };
         let mut exits = sup.exits();
         let mut backoff = MIN_BACKOFF;
-        let mut after_crash = false;
         loop {
             let started = Instant::now();
-            if let Err(e) = self.boot(after_crash, &cancel).await {
+            if let Err(e) = self.boot(&cancel).await {
                 tracing::error!(error = %e, "cannot start the supervised server; trying again in {backoff:?}");
             } else {
                 exits.borrow_and_update();
@@ -279,7 +264,6 @@ impl Actor {
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            after_crash = true;
         }
         sup.stop().await;
     }

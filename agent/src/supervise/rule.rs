@@ -10,9 +10,6 @@ pub struct Known<'a> {
     pub epoch: u64,
     pub primary: &'a str,
     pub primary_address: &'a str,
-    /// This agent holds a lease of the newest epoch now (only after a
-    /// crash of the server; never right after the agent started).
-    pub lease_valid: bool,
     /// The member that starts writable when no coordinator has adopted a
     /// primary yet (`supervise.first_primary`); any member when unset.
     pub first_primary: Option<&'a str>,
@@ -58,9 +55,10 @@ pub fn boot(data: Data, k: &Known) -> Boot {
     if !k.primary.is_empty() && k.primary != k.me {
         return Boot::Follow { address: k.primary_address.to_string() };
     }
-    if k.lease_valid && k.primary == k.me {
-        return Boot::AsConfigured;
-    }
+    // Also after a crash under a lease still running: the coordinators
+    // renew only a primary they see serving, so that lease may lapse
+    // before they see the restarted one. A lease granted after the crash
+    // brings it back, as any held primary.
     Boot::HoldForLease
 }
 
@@ -90,41 +88,38 @@ pub fn after_asking(data: Data, k: &Known) -> Boot {
 mod tests {
     use super::*;
 
-    fn known<'a>(epoch: u64, primary: &'a str, lease_valid: bool) -> Known<'a> {
-        Known { me: "pg-a", epoch, primary, primary_address: "10.0.0.2:5432", lease_valid, first_primary: None }
+    fn known(epoch: u64, primary: &str) -> Known<'_> {
+        Known { me: "pg-a", epoch, primary, primary_address: "10.0.0.2:5432", first_primary: None }
     }
 
     #[test]
     fn a_restarted_primary_never_starts_writable_without_a_lease() {
-        // The agent restarted (container, machine): no lease in memory.
-        assert_eq!(boot(Data::Writable, &known(4, "pg-a", false)), Boot::HoldForLease);
-        // The server crashed under a running agent that holds a lease.
-        assert_eq!(boot(Data::Writable, &known(4, "pg-a", true)), Boot::AsConfigured);
+        // The agent restarted (container, machine), or the server crashed:
+        // a lease granted from now on brings it back.
+        assert_eq!(boot(Data::Writable, &known(4, "pg-a")), Boot::HoldForLease);
     }
 
     #[test]
     fn a_superseded_primary_follows_and_a_standby_always_starts() {
         let b = Boot::Follow { address: "10.0.0.2:5432".into() };
-        assert_eq!(boot(Data::Writable, &known(5, "pg-b", false)), b);
-        // A lease of an older epoch is no lease for this one.
-        assert_eq!(boot(Data::Writable, &known(5, "pg-b", true)), b);
-        assert_eq!(boot(Data::Standby, &known(5, "pg-b", false)), Boot::AsConfigured);
-        assert_eq!(boot(Data::Standby, &known(0, "", false)), Boot::AsConfigured);
+        assert_eq!(boot(Data::Writable, &known(5, "pg-b")), b);
+        assert_eq!(boot(Data::Standby, &known(5, "pg-b")), Boot::AsConfigured);
+        assert_eq!(boot(Data::Standby, &known(0, "")), Boot::AsConfigured);
     }
 
     #[test]
     fn nothing_recorded_asks_the_coordinators_and_only_an_unadopted_cluster_starts_writable() {
-        assert_eq!(boot(Data::Writable, &known(0, "", false)), Boot::AskFirst);
-        assert_eq!(after_asking(Data::Writable, &known(0, "", false)), Boot::AsConfigured);
-        assert_eq!(after_asking(Data::Writable, &known(0, "pg-a", false)), Boot::AsConfigured);
-        assert_eq!(after_asking(Data::Writable, &known(0, "pg-b", false)), Boot::Follow { address: "10.0.0.2:5432".into() });
-        assert_eq!(after_asking(Data::Writable, &known(3, "pg-a", false)), Boot::HoldForLease);
+        assert_eq!(boot(Data::Writable, &known(0, "")), Boot::AskFirst);
+        assert_eq!(after_asking(Data::Writable, &known(0, "")), Boot::AsConfigured);
+        assert_eq!(after_asking(Data::Writable, &known(0, "pg-a")), Boot::AsConfigured);
+        assert_eq!(after_asking(Data::Writable, &known(0, "pg-b")), Boot::Follow { address: "10.0.0.2:5432".into() });
+        assert_eq!(after_asking(Data::Writable, &known(3, "pg-a")), Boot::HoldForLease);
         // With a first primary named, the others wait for its claim.
-        let named = |me| Known { me, first_primary: Some("pg-b"), ..known(0, "", false) };
+        let named = |me| Known { me, first_primary: Some("pg-b"), ..known(0, "") };
         assert_eq!(after_asking(Data::Writable, &named("pg-a")), Boot::AskFirst);
         assert_eq!(after_asking(Data::Writable, &named("pg-b")), Boot::AsConfigured);
         let claimed = Known { primary: "pg-b", ..named("pg-a") };
         assert_eq!(after_asking(Data::Writable, &claimed), Boot::Follow { address: "10.0.0.2:5432".into() });
-        assert_eq!(after_asking(Data::Writable, &known(3, "pg-b", false)), Boot::Follow { address: "10.0.0.2:5432".into() });
+        assert_eq!(after_asking(Data::Writable, &known(3, "pg-b")), Boot::Follow { address: "10.0.0.2:5432".into() });
     }
 }
