@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::actions::lock;
 use crate::config::{AgentConfig, Kind};
 
 /// How long a start may take before it counts as failed (as `pg_ctl -t 60`).
@@ -34,6 +33,11 @@ pub struct Supervisor {
     exits: watch::Sender<u64>,
     /// A Redis server runs on no TCP port yet (see [`redis`]).
     closed: AtomicBool,
+}
+
+/// The supervisor's own (the agent's `actions` imports this module).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Running {
