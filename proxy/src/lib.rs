@@ -127,7 +127,7 @@ async fn carry(mut client: TcpStream, mut target: watch::Receiver<Option<Target>
         let _ = client.shutdown().await;
         return;
     };
-    let mut upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(&t.address)).await {
+    let mut upstream = match tokio::time::timeout(connect_timeout, drc_tls::socket::connect(&t.address)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             stats.refuse("unreachable");

@@ -43,9 +43,10 @@ fn host_port(uri: &Uri) -> io::Result<(String, u16)> {
     Ok((host, port))
 }
 
-/// A TCP connection to `host:port`, tuned ([`crate::socket::tune`]).
+/// A TCP connection to `host:port` ([`crate::socket::connect`]), tuned
+/// ([`crate::socket::tune`]).
 async fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
-    let tcp = TcpStream::connect((host, port)).await?;
+    let tcp = crate::socket::connect((host, port)).await?;
     crate::socket::tune(&tcp);
     Ok(tcp)
 }
