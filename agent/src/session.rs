@@ -141,6 +141,7 @@ pub async fn run(
             dataset_id: dataset.borrow().0.clone(),
             previous_dataset_id: dataset.borrow().1.clone(),
             command_protocol: drc_proto::COMMAND_PROTOCOL,
+            generation: actor.generation(),
         };
         let mut established = false;
         let end = tokio::select! {
@@ -269,6 +270,10 @@ async fn session(
                 Ok(Some(msg)) => match msg.body {
                     Some(coordinator_message::Body::Redirect(r)) => return Ok(End::Redirect(r.leader_address)),
                     Some(coordinator_message::Body::View(v)) => {
+                        if let Err(why) = actor.see_generation(v.generation) {
+                            tracing::error!(coordinator = %address, "{why}");
+                            return Ok(End::Retry(why));
+                        }
                         *established = true;
                         actor.stats.stream(true);
                         tracing::info!(primary = %v.primary_member, address = %v.primary_address, epoch = v.epoch, "cluster view");

@@ -85,6 +85,7 @@ async fn status_once(
         let v = json!({
             "leader_id": s.leader_id,
             "answered_by": s.answered_by,
+            "generation": s.generation,
             "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>(),
             "clusters": s.clusters.iter().map(cluster_json).collect::<Vec<_>>(),
             "topology": {
@@ -98,7 +99,8 @@ async fn status_once(
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let leader = if s.leader_id == 0 { "none (no quorum?)".to_string() } else { s.leader_id.to_string() };
-        println!("coordinators (leader: {leader}, answered by node {})", s.answered_by);
+        let generation = if s.generation > 0 { format!(", generation {} (recovered)", s.generation) } else { String::new() };
+        println!("coordinators (leader: {leader}, answered by node {}{generation})", s.answered_by);
         print!("{}", nodes_table(&s.nodes, s.leader_id));
         let insecure: Vec<String> = s.nodes.iter().filter(|n| n.reachable && n.insecure).map(|n| n.id.to_string()).collect();
         if !insecure.is_empty() {

@@ -2,7 +2,8 @@
 //!
 //! It follows `WatchPrimary` on every coordinator it is given (each node
 //! answers from its own replicated state) and keeps the newest answer: the
-//! highest epoch, and within an epoch a named member over an empty one. New
+//! newest generation of the coordinator group, then the highest epoch, and
+//! within an epoch a named member over an empty one. New
 //! connections go to that primary. When the primary changes — or a change is
 //! under way and no member is writable — every open connection to the old one
 //! is closed at once, so that no client keeps writing to a fenced primary, and
@@ -31,10 +32,12 @@ pub struct Target {
     pub address: String,
 }
 
-/// Orders answers from different coordinators: newer epochs win; within an
-/// epoch, a named primary is newer than "change under way".
+/// Orders answers from different coordinators: a newer generation of the
+/// coordinator group wins (an older one was left out of a recovery, and its
+/// epochs mean nothing any more), then newer epochs; within an epoch, a
+/// named primary is newer than "change under way".
 fn newer(a: &PrimaryEndpoint, than: Option<&PrimaryEndpoint>) -> bool {
-    let key = |e: &PrimaryEndpoint| (e.epoch, !e.member.is_empty());
+    let key = |e: &PrimaryEndpoint| (e.generation, e.epoch, !e.member.is_empty());
     than.is_none_or(|t| {
         key(a) > key(t) || (key(a) == key(t) && (a.member != t.member || a.address != t.address) && a.applied_index > t.applied_index)
     })
@@ -210,5 +213,13 @@ mod tests {
         assert!(!newer(&ep(1, "a", 20), Some(&ep(2, "", 9))), "a lagging coordinator never takes it back");
         assert!(!newer(&ep(2, "", 30), Some(&ep(2, "b", 9))), "nor a lagging answer within the epoch");
         assert!(!newer(&ep(2, "b", 10), Some(&ep(2, "b", 9))), "the same answer again changes nothing");
+    }
+
+    #[test]
+    fn a_coordinator_left_out_of_a_recovery_never_wins_whatever_its_epoch() {
+        let recovered = PrimaryEndpoint { generation: 1, ..ep(3, "b", 4) };
+        let left_behind = ep(4, "a", 900);
+        assert!(newer(&recovered, Some(&left_behind)), "the recovered group's answer replaces the old group's");
+        assert!(!newer(&left_behind, Some(&recovered)), "and the old group, failing over on its own, never takes it back");
     }
 }

@@ -3,11 +3,15 @@
 //! (`runbooks/coordinator-quorum-lost.md`, its `sh` blocks run verbatim)
 //! make it a one-node cluster with its state, and a member is added back
 //! with an empty data dir. The lost nodes, started again on their old data,
-//! do not disturb the recovered group.
+//! do not disturb the recovered group, and an agent that has seen it does
+//! not follow them.
 
 use std::time::Duration;
 
-use drc_tests::{drctl, example_topology, holds_for, run_runbook_block, runbook_blocks, wait_for, Cluster, ClusterOpts};
+use drc_proto::agent_service_client::AgentServiceClient;
+use drc_proto::{agent_message, coordinator_message, AgentHello, AgentMessage, ClusterView, CoordinatorMessage};
+use drc_tests::{drctl, example_topology, holds_for, run_runbook_block, runbook_blocks, wait_for, Cluster, ClusterOpts, Creds};
+use drc_tls::{Role, Security};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -18,6 +22,42 @@ fn run_block(c: &Cluster, block: &str, vars: &[(&str, String)]) -> String {
 fn paused(c: &Cluster, id: u64) -> Option<bool> {
     let s = c.json_at(id, &["status"]).ok()?;
     s["clusters"].as_array()?.iter().find(|x| x["name"] == "n8n-pg")?["paused"].as_bool()
+}
+
+fn generation(c: &Cluster, id: u64) -> Option<u64> {
+    c.json_at(id, &["status"]).ok()?["generation"].as_u64()
+}
+
+/// What the coordinator at `address` answers an agent of pg-a that has seen
+/// generation `seen` of the group: its first view, or the refusal.
+fn agent_session(c: &Cluster, address: &str, seen: u64) -> Result<ClusterView, tonic::Status> {
+    let files = c.pki.as_ref().expect("a TLS cluster").client(Role::Agent, "pg-a", "agent-pg-a").expect("an agent certificate");
+    let security = Creds::Tls(files).security().expect("certificate files");
+    let hello = AgentHello {
+        member_id: "pg-a".into(),
+        cluster: "n8n-pg".into(),
+        region: "a".into(),
+        kind: "postgres".into(),
+        command_protocol: drc_proto::COMMAND_PROTOCOL,
+        generation: seen,
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let endpoint = Security::endpoint(address).expect("endpoint").timeout(LONG);
+        let channel = security.connect(endpoint).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        // The sender stays open: a closed request stream ends the session.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) }).await.expect("queued");
+        let mut inbound = AgentServiceClient::new(channel).session(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        match tokio::time::timeout(LONG, inbound.message()).await {
+            Ok(Ok(Some(CoordinatorMessage { body: Some(coordinator_message::Body::View(v)) }))) => Ok(v),
+            Ok(Ok(Some(other))) => Err(tonic::Status::aborted(format!("not a view: {other:?}"))),
+            Ok(Ok(None)) => Err(tonic::Status::aborted("the session ended without a view")),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(tonic::Status::deadline_exceeded("no view")),
+        }
+    })
 }
 
 #[test]
@@ -56,6 +96,9 @@ fn a_cluster_that_lost_two_of_three_coordinators_is_back_with_its_state_by_the_r
     let lost_nodes: Vec<_> = lost.iter().map(|id| c.nodes.remove(id).expect("lost node")).collect();
     assert_eq!(c.wait_leader(LONG).expect("leader"), survivor);
     assert_eq!(paused(&c, survivor), Some(true), "the state survived");
+    assert_eq!(generation(&c, survivor), Some(1), "a recovered group is the next generation");
+    let view = agent_session(&c, &c.nodes[&survivor].address, 0).expect("an agent of the old generation is served");
+    assert_eq!(view.generation, 1, "and learns the new one: {view:?}");
     let topology = c.json_at(survivor, &["topology", "get"]).expect("topology");
     assert_eq!(topology["topology"]["regions"]["a"]["priority"], 7, "{topology}");
     c.json(&["resume", "--cluster", "n8n-pg"]).expect("a write works again");
@@ -100,4 +143,15 @@ fn a_cluster_that_lost_two_of_three_coordinators_is_back_with_its_state_by_the_r
     })
     .expect("undisturbed");
     c.json_at(survivor, &["pause", "--cluster", "n8n-pg"]).expect("writes still work");
+    // The stale group still serves what it knew, as generation 0: an agent
+    // that has seen generation 1 is sent on (UNAVAILABLE, so it tries the
+    // next coordinator), by its leader and by its follower alike.
+    let stale = stale_leader(&c).expect("stale leader");
+    assert_eq!(generation(&c, stale), Some(0));
+    for id in &lost {
+        let refused = agent_session(&c, &c.nodes[id].address, 1).expect_err("a node left out of the recovery");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(refused.message().contains("left behind by `drc-coordinator recover`"), "{}", refused.message());
+    }
+    assert_eq!(agent_session(&c, &c.nodes[&survivor].address, 1).expect("the recovered group serves it").generation, 1);
 }

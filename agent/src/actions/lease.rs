@@ -43,6 +43,11 @@ pub(super) struct EpochRecord {
     /// restarted from its own persistence gets a new id and continues it.
     #[serde(default)]
     pub(super) dataset: String,
+    /// The newest generation of the coordinator group seen: coordinators
+    /// of an older one were left out of a `drc-coordinator recover` and
+    /// are not followed.
+    #[serde(default)]
+    pub(super) generation: u64,
 }
 
 /// How often the agent checks its lease.
@@ -184,6 +189,28 @@ impl Actor {
                 tracing::warn!(path = %p.display(), "cannot persist the agent's epoch: {e}");
             }
         }
+    }
+
+    /// The newest generation of the coordinator group this agent has seen.
+    pub fn generation(&self) -> u64 {
+        lock(&self.known).generation
+    }
+
+    /// A view came from a coordinator of generation `g`: a newer one is
+    /// kept (and persisted), an older one is refused, with why.
+    pub fn see_generation(&self, g: u64) -> Result<(), String> {
+        let mut k = lock(&self.known);
+        if g < k.generation {
+            return Err(format!(
+                "this coordinator belongs to generation {g} of the group, older than generation {} seen: it was left behind by `drc-coordinator recover`",
+                k.generation
+            ));
+        }
+        if g > k.generation {
+            k.generation = g;
+            self.save(&k);
+        }
+        Ok(())
     }
 
     /// The cluster view from the coordinator: who is primary in which
@@ -471,5 +498,24 @@ mod tests {
         let mut next = drc_proto::Sample::default();
         again.stamp(&mut next);
         assert!(next.seq > last.seq);
+    }
+
+    #[test]
+    fn a_newer_generation_of_the_coordinators_is_kept_across_a_restart_and_an_older_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = crate::config::AgentConfig::from_toml(&format!(
+            "member_id = \"pg-a\"\ncluster = \"pg\"\nregion = \"a\"\nkind = \"postgres\"\nendpoints = [\"127.0.0.1:1\"]\nstate_dir = {:?}\n[connection]\nport = 1\n",
+            dir.path()
+        ))
+        .expect("config");
+        let cfg = Arc::new(cfg);
+        let actor = Actor::new(Arc::clone(&cfg), crate::archive::Archiver::new(Arc::clone(&cfg))).expect("actor");
+        assert_eq!(actor.generation(), 0);
+        actor.see_generation(0).expect("a founded group");
+        actor.see_generation(1).expect("a recovered group");
+        let again = Actor::new(Arc::clone(&cfg), crate::archive::Archiver::new(cfg)).expect("actor");
+        assert_eq!(again.generation(), 1, "persisted with the epoch record");
+        let e = again.see_generation(0).expect_err("a node left out of the recovery");
+        assert!(e.contains("generation 0") && e.contains("left behind"), "{e}");
     }
 }

@@ -187,6 +187,8 @@ impl HealthViews {
                     primary_member: primary.to_string(),
                     primary_address: address.to_string(),
                     epoch,
+                    // Stamped by the session that sends it (`api::agent`).
+                    generation: 0,
                 });
                 true
             });

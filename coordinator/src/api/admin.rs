@@ -431,7 +431,8 @@ impl AdminService for AdminApi {
             failover_groups: sm.topology.failover_groups.len() as u32,
         });
         let clusters = self.leader_health().await;
-        Ok(Response::new(StatusResponse { leader_id, nodes, topology: Some(topology), answered_by: me.id, clusters }))
+        let generation = self.node.store().with_state(|sm| sm.generation);
+        Ok(Response::new(StatusResponse { leader_id, nodes, topology: Some(topology), answered_by: me.id, clusters, generation }))
     }
 
     async fn node_status(&self, _req: Request<NodeStatusRequest>) -> Result<Response<NodeStatusProto>, Status> {

@@ -7,14 +7,17 @@
 //! that agents cross-probe it. A malformed message ends that one stream with
 //! `INVALID_ARGUMENT`; nothing else is affected. A member whose dataset
 //! (system identifier / replication id) differs from its cluster's is refused
-//! with `FAILED_PRECONDITION`.
+//! with `FAILED_PRECONDITION`. An agent that has seen a newer generation of
+//! the coordinator group than this node's is answered `UNAVAILABLE`: this
+//! node was left out of a `drc-coordinator recover`, and the agent goes on
+//! to another coordinator.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use drc_proto::agent_service_server::AgentService;
-use drc_proto::{agent_message, coordinator_message, AgentHello, AgentMessage, CoordinatorMessage, Redirect, Sample};
+use drc_proto::{agent_message, coordinator_message, AgentHello, AgentMessage, ClusterView, CoordinatorMessage, Redirect, Sample};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -87,6 +90,27 @@ fn check_hello(h: &AgentHello, t: &Topology) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// An agent that has seen a newer generation of the coordinator group than
+/// this node's was served by a group `drc-coordinator recover` made without
+/// this node: this one is left behind, and must not lead it. UNAVAILABLE,
+/// so that the agent goes on to another coordinator.
+#[allow(clippy::result_large_err)]
+fn check_generation(h: &AgentHello, own: u64) -> Result<(), Status> {
+    if h.generation <= own {
+        return Ok(());
+    }
+    tracing::error!(
+        member = %h.member_id,
+        seen = h.generation,
+        own,
+        "an agent has seen a newer generation of the coordinator group: this node was left out of a recovery; wipe its data dir (runbooks/coordinator-quorum-lost.md)"
+    );
+    Err(Status::unavailable(format!(
+        "this coordinator belongs to generation {own} of the group, and the agent of {:?} has seen generation {}: this node was left behind by `drc-coordinator recover`",
+        h.member_id, h.generation
+    )))
 }
 
 /// An agent speaks only for the member its certificate names.
@@ -163,6 +187,7 @@ impl AgentService for AgentApi {
             return Err(Status::invalid_argument("hello.member_id: must not be empty"));
         }
         check_caller(&hello, &caller)?;
+        check_generation(&hello, self.node.store().with_state(|sm| sm.generation))?;
         if self.node.status().role != Role::Leader {
             // During an election nobody knows the leader yet. An agent told
             // so would back off and retry, and arrive at the new leader up to
@@ -215,7 +240,9 @@ impl AgentApi {
         loop {
             let view = views.borrow_and_update().clone();
             if view.is_some() && view != sent_view {
-                let msg = CoordinatorMessage { body: Some(coordinator_message::Body::View(view.clone().unwrap_or_default())) };
+                let generation = self.node.store().with_state(|sm| sm.generation);
+                let full = ClusterView { generation, ..view.clone().unwrap_or_default() };
+                let msg = CoordinatorMessage { body: Some(coordinator_message::Body::View(full)) };
                 if tx.send(Ok(msg)).await.is_err() {
                     return Ok("agent went away");
                 }
@@ -291,5 +318,15 @@ mod tests {
             check_hello(&AgentHello { region: "b".into(), ..hello }, &t).expect_err("wrong region").code(),
             Code::FailedPrecondition
         );
+    }
+
+    #[test]
+    fn an_agent_that_has_seen_a_newer_generation_is_sent_on_to_another_coordinator() {
+        let hello = AgentHello { member_id: "m".into(), generation: 2, ..Default::default() };
+        assert!(check_generation(&hello, 2).is_ok());
+        assert!(check_generation(&hello, 3).is_ok(), "an agent that has not seen the newest yet");
+        let left_behind = check_generation(&hello, 1).expect_err("a node left out of a recovery");
+        assert_eq!(left_behind.code(), Code::Unavailable, "retryable elsewhere, not a refusal of the agent");
+        assert!(left_behind.message().contains("generation 1") && left_behind.message().contains("recover"), "{}", left_behind.message());
     }
 }

@@ -143,6 +143,7 @@ fn published(node: &NodeHandle, cluster: &str) -> Option<PrimaryEndpoint> {
             region: decl.map(|m| m.region.clone()).unwrap_or_default(),
             node_id: status.id,
             applied_index: status.applied_index,
+            generation: sm.generation,
         })
     })
 }

@@ -94,16 +94,17 @@ fn run_tool(tool: Tool) -> ExitCode {
     let result = RaftStore::open_existing(dir).and_then(|store| match tool {
         Tool::Recover { .. } => store.force_new_cluster().map(|r| {
             let text = format!(
-                "node {} of this data dir is now the only voter, with everything it knew committed (index {}, term {}); dropped {} uncommitted entries; removed nodes {:?} (voters were {:?}).\nNext: start this coordinator as usual, then add members back with `drctl members add --id ID --address HOST:PORT`, each started with `join = true` and an empty data dir. Never start a removed node on its old data.",
-                r.node_id, r.applied_index, r.term, r.dropped_entries, r.removed, r.voters_before
+                "node {} of this data dir is now the only voter, with everything it knew committed (index {}, term {}); dropped {} uncommitted entries; removed nodes {:?} (voters were {:?}); the group is now generation {}, and agents and proxies that see it leave any coordinator of an older one.\nNext: start this coordinator as usual, then add members back with `drctl members add --id ID --address HOST:PORT`, each started with `join = true` and an empty data dir. Never start a removed node on its old data.",
+                r.node_id, r.applied_index, r.term, r.dropped_entries, r.removed, r.voters_before, r.generation
             );
             (serde_json::to_value(&r), text)
         }),
         Tool::Inspect { .. } => store.describe().map(|d| {
             let text = format!(
-                "cluster {:?} node {}\nterm {} (voted for {}), commit {}, applied {}, log {}..{}\nvoters {:?}, learners {:?}\nmembers {:?}\nsnapshot format {}, entries by format {:?}; this release reads formats up to {}",
+                "cluster {:?} node {}, generation {}\nterm {} (voted for {}), commit {}, applied {}, log {}..{}\nvoters {:?}, learners {:?}\nmembers {:?}\nsnapshot format {}, entries by format {:?}; this release reads formats up to {}",
                 d.cluster_id,
                 d.node_id,
+                d.generation,
                 d.term,
                 d.vote,
                 d.commit_index,

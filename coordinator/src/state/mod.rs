@@ -226,6 +226,12 @@ pub struct StateMachine {
     /// What ended, counted for `/metrics`.
     #[serde(default)]
     pub tally: Tally,
+    /// The coordinator group's generation: 0 when founded, one more at each
+    /// `drc-coordinator recover`, which sets it outside the log, in the
+    /// state every later member starts from (a snapshot). Agents and
+    /// proxies leave a group older than one they have seen.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 impl StateMachine {

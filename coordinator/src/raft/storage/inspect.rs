@@ -31,6 +31,8 @@ pub struct Described {
     pub entry_formats: BTreeMap<u32, u64>,
     /// The format this release writes and the newest it reads.
     pub supported_format: u32,
+    /// The coordinator group's generation (one more at each recovery).
+    pub generation: u64,
 }
 
 impl RaftStore {
@@ -59,6 +61,7 @@ impl RaftStore {
             snapshot_format,
             entry_formats,
             supported_format: format::FORMAT,
+            generation: core.sm.generation,
         })
     }
 }

@@ -26,6 +26,10 @@ pub struct Recovered {
     pub voters_before: Vec<u64>,
     /// Nodes removed from the membership.
     pub removed: Vec<u64>,
+    /// The group's new generation: the removed nodes, should they start
+    /// again on their old data, keep the old one, and agents and proxies
+    /// that have seen this one leave them.
+    pub generation: u64,
 }
 
 impl RaftStore {
@@ -61,6 +65,8 @@ impl RaftStore {
         for id in &removed {
             sm.apply_membership(*id, None);
         }
+        sm.generation += 1;
+        let generation = sm.generation;
         let mut voters_before = core.conf_state.voters.clone();
         voters_before.sort_unstable();
         let conf_state = ConfState { voters: vec![node_id], ..Default::default() };
@@ -88,7 +94,7 @@ impl RaftStore {
         core.conf_state = conf_state;
         core.hard_state = hard_state;
         core.sm = sm;
-        Ok(Recovered { node_id, applied_index: commit, term, dropped_entries, voters_before, removed })
+        Ok(Recovered { node_id, applied_index: commit, term, dropped_entries, voters_before, removed, generation })
     }
 }
 
@@ -130,6 +136,7 @@ mod tests {
         let r = RaftStore::open_existing(dir.path()).expect("opens").force_new_cluster().expect("recovers");
         assert_eq!((r.node_id, r.applied_index, r.dropped_entries), (1, 263, 0));
         assert_eq!((r.voters_before.as_slice(), r.removed.as_slice()), (&[1, 2, 3][..], &[2, 3][..]));
+        assert_eq!(r.generation, 1, "a founded group is generation 0");
         // What a restart reads: one voter, nothing left to apply, the six
         // entries past the checkpoint applied (the last backup among them).
         let store = RaftStore::open_existing(dir.path()).expect("reopens");
@@ -139,6 +146,7 @@ mod tests {
         store.with_state(|sm| {
             assert_eq!(sm.backups.values().filter(|b| b.cluster == "app-pg").count(), 2, "{:?}", sm.backups.keys());
             assert_eq!(sm.records["app-pg"].primary, "pg-b");
+            assert_eq!(sm.generation, 1, "kept with the state");
         });
     }
 
