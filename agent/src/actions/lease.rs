@@ -472,15 +472,19 @@ mod tests {
         assert!(e.contains("corrupt") && e.contains("newest epoch"), "{e}");
     }
 
+    /// A PostgreSQL agent's configuration whose state dir is `dir`.
+    fn config_in(dir: &std::path::Path) -> Arc<crate::config::AgentConfig> {
+        let cfg = crate::config::AgentConfig::from_toml(&format!(
+            "member_id = \"pg-a\"\ncluster = \"pg\"\nregion = \"a\"\nkind = \"postgres\"\nendpoints = [\"127.0.0.1:1\"]\nstate_dir = {dir:?}\n[connection]\nport = 1\n"
+        ))
+        .expect("config");
+        Arc::new(cfg)
+    }
+
     #[test]
     fn renewals_find_the_samples_they_answer_and_only_the_newest() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = crate::config::AgentConfig::from_toml(&format!(
-            "member_id = \"pg-a\"\ncluster = \"pg\"\nregion = \"a\"\nkind = \"postgres\"\nendpoints = [\"127.0.0.1:1\"]\nstate_dir = {:?}\n[connection]\nport = 1\n",
-            dir.path()
-        ))
-        .expect("config");
-        let cfg = Arc::new(cfg);
+        let cfg = config_in(dir.path());
         let actor = Actor::new(Arc::clone(&cfg), crate::archive::Archiver::new(Arc::clone(&cfg))).expect("actor");
         let mut first = drc_proto::Sample::default();
         actor.stamp(&mut first);
@@ -503,12 +507,7 @@ mod tests {
     #[test]
     fn a_newer_generation_of_the_coordinators_is_kept_across_a_restart_and_an_older_one_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = crate::config::AgentConfig::from_toml(&format!(
-            "member_id = \"pg-a\"\ncluster = \"pg\"\nregion = \"a\"\nkind = \"postgres\"\nendpoints = [\"127.0.0.1:1\"]\nstate_dir = {:?}\n[connection]\nport = 1\n",
-            dir.path()
-        ))
-        .expect("config");
-        let cfg = Arc::new(cfg);
+        let cfg = config_in(dir.path());
         let actor = Actor::new(Arc::clone(&cfg), crate::archive::Archiver::new(Arc::clone(&cfg))).expect("actor");
         assert_eq!(actor.generation(), 0);
         actor.see_generation(0).expect("a founded group");
