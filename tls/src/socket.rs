@@ -37,13 +37,15 @@ const MAX_ATTEMPTS: usize = 4;
 
 /// A TCP connection to `addr`: the first of staggered attempts, to each of
 /// its addresses in turn. An attempt that fails (a reset, no route) is an
-/// answer, not silence: once every attempt started has failed, so has the
-/// connection. Not tuned: drc's own connections add [`tune`].
+/// answer, not silence: the next address not yet tried is tried at once,
+/// and once every address has been tried and every attempt has failed, so
+/// has the connection. Not tuned: drc's own connections add [`tune`].
 pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
     let Some(&first) = addrs.first() else {
         return Err(io::Error::new(io::ErrorKind::NotFound, "the name has no address"));
     };
+    let limit = MAX_ATTEMPTS.max(addrs.len());
     let mut attempts = tokio::task::JoinSet::new();
     attempts.spawn(TcpStream::connect(first));
     let mut started = 1;
@@ -51,11 +53,15 @@ pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
         tokio::select! {
             Some(done) = attempts.join_next() => match done.map_err(io::Error::other)? {
                 Ok(tcp) => return Ok(tcp),
+                Err(_) if started < addrs.len() => {
+                    attempts.spawn(TcpStream::connect(addrs[started]));
+                    started += 1;
+                }
                 Err(e) if attempts.is_empty() => return Err(e),
                 // Another attempt may still connect.
                 Err(_) => {}
             },
-            _ = tokio::time::sleep(ATTEMPT_DELAY), if started < MAX_ATTEMPTS => {
+            _ = tokio::time::sleep(ATTEMPT_DELAY), if started < limit => {
                 attempts.spawn(TcpStream::connect(addrs[started % addrs.len()]));
                 started += 1;
             }
@@ -100,5 +106,14 @@ mod tests {
         drop(listener);
         let e = super::connect(addr).await.expect_err("nothing listens");
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+
+    #[tokio::test]
+    async fn an_address_that_refuses_is_followed_at_once_by_the_next_one() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let open = listener.local_addr().expect("addr");
+        let tcp = super::connect(&[closed, open][..]).await.expect("the second address answers");
+        assert_eq!(tcp.peer_addr().expect("peer"), open);
     }
 }
