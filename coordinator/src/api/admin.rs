@@ -423,15 +423,17 @@ impl AdminService for AdminApi {
         } else {
             nodes.iter().filter(|n| n.reachable).map(|n| n.leader_id).find(|l| *l != 0).unwrap_or(0)
         };
-        let topology = self.node.store().with_state(|sm| TopologySummary {
-            version: sm.topology_version,
-            regions: sm.topology.regions.len() as u32,
-            clusters: sm.topology.clusters.len() as u32,
-            members: sm.topology.members.len() as u32,
-            failover_groups: sm.topology.failover_groups.len() as u32,
+        let (topology, generation) = self.node.store().with_state(|sm| {
+            let summary = TopologySummary {
+                version: sm.topology_version,
+                regions: sm.topology.regions.len() as u32,
+                clusters: sm.topology.clusters.len() as u32,
+                members: sm.topology.members.len() as u32,
+                failover_groups: sm.topology.failover_groups.len() as u32,
+            };
+            (summary, sm.generation)
         });
         let clusters = self.leader_health().await;
-        let generation = self.node.store().with_state(|sm| sm.generation);
         Ok(Response::new(StatusResponse { leader_id, nodes, topology: Some(topology), answered_by: me.id, clusters, generation }))
     }
 

@@ -237,10 +237,11 @@ impl AgentApi {
         role.mark_changed();
         let mut sent_view = None;
         let mut checked = (hello.dataset_id.clone(), hello.previous_dataset_id.clone());
+        // Changed only by `drc-coordinator recover`, with this node stopped.
+        let generation = self.node.store().with_state(|sm| sm.generation);
         loop {
             let view = views.borrow_and_update().clone();
             if view.is_some() && view != sent_view {
-                let generation = self.node.store().with_state(|sm| sm.generation);
                 let full = ClusterView { generation, ..view.clone().unwrap_or_default() };
                 let msg = CoordinatorMessage { body: Some(coordinator_message::Body::View(full)) };
                 if tx.send(Ok(msg)).await.is_err() {
